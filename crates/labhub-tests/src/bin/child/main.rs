@@ -1,0 +1,13 @@
+//! `labhub-test-child ROLE [ARGS…]`: the child processes that integration tests spawn and kill.
+//!
+//! Each role lives in its own module; the first argument picks it.
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let role = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    #[allow(clippy::match_single_binding)] // each concept's module adds its roles here
+    match role.as_str() {
+        other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
+    }
+}

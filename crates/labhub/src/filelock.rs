@@ -1,0 +1,1 @@
+//! filelock (under construction).

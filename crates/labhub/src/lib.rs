@@ -1,0 +1,24 @@
+//! labhub: a data exchange hub for laboratory software.
+//!
+//! Programs on one machine exchange frames through shared-memory channels at memory speed;
+//! programs on several machines find each other and exchange control messages through a
+//! CurveZMQ-encrypted broker. This crate is the library under the `labhub` command.
+//!
+//! The modules are layered; each uses only those listed before it:
+//!
+//! | module | what it is |
+//! |---|---|
+//! | [`sys`] | the only place that calls the operating system: futex, robust lists, flock, shared memory |
+//! | [`lifecycle`] | modules with dependencies, started in order and stopped in reverse |
+//! | [`log`] | asynchronous logging on `tracing`, a lifecycle module |
+//! | [`sync`] | process-shared, robust mutex and event that live inside shared memory |
+//! | [`filelock`] | an exclusive cross-process, cross-thread lock on a path |
+//!
+//! See `docs/ARCHITECTURE.md` for the design.
+#![deny(missing_docs)]
+
+pub mod filelock;
+pub mod lifecycle;
+pub mod log;
+pub mod sync;
+pub mod sys;
