@@ -1,0 +1,39 @@
+//! Helpers: a watchdog so a deadlock fails the test instead of hanging it.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use labhub_zmq::{Context, Socket, SocketType};
+
+/// Generous bound for anything that should be prompt; reached only on a hang.
+pub const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// Short receive timeout for "nothing arrives" checks.
+pub const NOTHING_ARRIVES: Duration = Duration::from_millis(300);
+
+/// Runs `f` on a thread and returns its result, failing the test if it takes longer than
+/// [`WATCHDOG`] (a hang), or propagating its panic.
+pub fn within_watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let value = f();
+        let _ = tx.send(());
+        value
+    });
+    match rx.recv_timeout(WATCHDOG) {
+        // Finished, or panicked (the sender was dropped): join returns either at once.
+        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within {WATCHDOG:?}"),
+    }
+}
+
+/// A socket bound to a free tcp port on 127.0.0.1, and its resolved endpoint.
+pub fn bound(context: &Context, kind: SocketType) -> (Socket, String) {
+    let socket = context.socket(kind).unwrap();
+    socket.bind("tcp://127.0.0.1:0").unwrap();
+    let endpoint = socket.last_endpoint().unwrap();
+    (socket, endpoint)
+}
