@@ -37,3 +37,28 @@ pub fn bound(context: &Context, kind: SocketType) -> (Socket, String) {
     let endpoint = socket.last_endpoint().unwrap();
     (socket, endpoint)
 }
+
+/// Reads monitor events of `socket` until one satisfies `wanted` and returns it; fails after
+/// [`WATCHDOG`] without one.
+pub fn wait_for_event(
+    socket: &Socket,
+    wanted: impl Fn(&labhub_zmq::MonitorEvent) -> bool,
+) -> labhub_zmq::MonitorEvent {
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let monitor = socket.monitor_socket().expect("monitor enabled");
+        let mut items = [monitor.poll_item(labhub_zmq::PollEvents::IN)];
+        if labhub_zmq::poll(&mut items, Some(left)).unwrap() == 0 {
+            panic!("no matching monitor event within {WATCHDOG:?}; saw {seen:?}");
+        }
+        let event = socket
+            .recv_monitor_event(labhub_zmq::Flags::DONTWAIT)
+            .unwrap();
+        if wanted(&event) {
+            return event;
+        }
+        seen.push(event);
+    }
+}

@@ -4,6 +4,7 @@ mod common;
 mod curve;
 mod linger;
 mod messaging;
+mod monitor;
 mod poll;
 mod timeouts;
 mod zap;
