@@ -1,1 +1,3 @@
 //! Linux implementation of the platform layer.
+
+pub mod log_sys;
