@@ -71,11 +71,7 @@ pub(crate) fn internal_line(level: Level, pid: u32, message: fmt::Arguments<'_>)
 }
 
 /// Formats an event; `spans` writes the `name{fields}:` chain of the event's scope, if any.
-pub(crate) fn event_line(
-    event: &Event<'_>,
-    pid: u32,
-    spans: impl FnOnce(&mut String),
-) -> Line {
+pub(crate) fn event_line(event: &Event<'_>, pid: u32, spans: impl FnOnce(&mut String)) -> Line {
     let meta = event.metadata();
     let level = *meta.level();
     let mut text = String::with_capacity(160);
@@ -204,7 +200,10 @@ mod tests {
     fn internal_lines_have_the_documented_shape() {
         let line = internal_line(Level::WARN, 42, format_args!("x {}", 1));
         let t = &line.text;
-        assert_eq!(&t[TIMESTAMP_LEN..TIMESTAMP_LEN + 1 + LEVEL_WIDTH + 1], " WARN  ");
+        assert_eq!(
+            &t[TIMESTAMP_LEN..TIMESTAMP_LEN + 1 + LEVEL_WIDTH + 1],
+            " WARN  "
+        );
         assert!(t[..TIMESTAMP_LEN].ends_with('Z'), "{t}");
         assert_eq!(&t[10..11], "T");
         assert!(t.ends_with(" labhub::log: x 1\n"), "{t}");

@@ -231,6 +231,9 @@ pub struct Logger {
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
     pid: u32,
+    /// Dispatchers made by [`Logger::dispatch`], to rebuild callsite interest in (see
+    /// [`Logger::set_level`]).
+    dispatches: Mutex<Vec<tracing::dispatcher::WeakDispatch>>,
 }
 
 impl std::fmt::Debug for Logger {
@@ -271,6 +274,7 @@ impl Logger {
             writer: Mutex::new(Some(handle)),
             counters,
             pid,
+            dispatches: Mutex::new(Vec::new()),
         }))
     }
 
@@ -284,7 +288,11 @@ impl Logger {
     /// A subscriber that writes to this logger, for [`tracing::dispatcher::with_default`]
     /// (scoped to a thread) or [`tracing::dispatcher::set_global_default`].
     pub fn dispatch(self: &Arc<Self>) -> tracing::Dispatch {
-        tracing::Dispatch::new(tracing_subscriber::registry().with(self.layer()))
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(self.layer()));
+        let mut dispatches = self.dispatches.lock().unwrap_or_else(|p| p.into_inner());
+        dispatches.retain(|d| d.upgrade().is_some());
+        dispatches.push(dispatch.downgrade());
+        dispatch
     }
 
     /// Sends the process's `tracing` events (the global default subscriber) to this logger
@@ -311,8 +319,23 @@ impl Logger {
     pub fn set_level(&self, level: LevelFilter) {
         self.level.store(filter_to_u8(level), Ordering::Relaxed);
         layer::level_changed(self);
-        // Callsites cache whether they are enabled; recompute (and the global max level).
-        tracing::callsite::rebuild_interest_cache();
+        // Callsites cache whether they are enabled: recompute, and the global max level. While
+        // only one dispatcher exists in the process, tracing asks the calling thread's default
+        // dispatcher rather than the registered one, so rebuild inside one of ours (a thread
+        // with no default would otherwise disable every callsite).
+        let ours = self
+            .dispatches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find_map(|d| d.upgrade());
+        match ours {
+            Some(dispatch) => tracing::dispatcher::with_default(
+                &dispatch,
+                tracing::callsite::rebuild_interest_cache,
+            ),
+            None => tracing::callsite::rebuild_interest_cache(),
+        }
     }
 
     /// Switches to another sink. The new sink is opened here, so a bad one is an error now
@@ -450,4 +473,44 @@ fn filter_from_u8(v: u8) -> LevelFilter {
 
 fn level_enabled(filter: u8, level: &Level) -> bool {
     level_to_u8(*level) <= filter
+}
+
+/// The name of the log module in the lifecycle; modules that log depend on it.
+pub const MODULE_NAME: &str = "labhub::log";
+
+/// How long the lifecycle waits for the log module to drain its queue at shutdown.
+pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The log module: a lifecycle service whose startup starts a [`Logger`] with `config` and
+/// routes the process's `tracing` events to it, and whose shutdown drains the queue, flushes
+/// and stops it (bounded by [`SHUTDOWN_TIMEOUT`]).
+///
+/// ```no_run
+/// use labhub::lifecycle::LifecycleGuard;
+/// use labhub::log::{self, LogConfig, Sink};
+///
+/// let _guard = LifecycleGuard::new([log::module(LogConfig::new(Sink::File("app.log".into())))])?;
+/// tracing::info!("running");
+/// log::logger().expect("the log module is started").flush()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn module(config: LogConfig) -> crate::lifecycle::ModuleDef {
+    crate::lifecycle::ModuleDef::service(
+        MODULE_NAME,
+        move || {
+            let logger = Logger::start(config)?;
+            if let Err(e) = logger.route_global_events() {
+                logger.shutdown();
+                return Err(e.into());
+            }
+            Ok(logger)
+        },
+        SHUTDOWN_TIMEOUT,
+        |logger: Arc<Logger>| logger.shutdown(),
+    )
+}
+
+/// The logger of the global lifecycle's log module, if it is started.
+pub fn logger() -> Option<Arc<Logger>> {
+    crate::lifecycle::Lifecycle::global().service::<Logger>()
 }
