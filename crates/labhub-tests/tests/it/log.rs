@@ -705,6 +705,26 @@ fn spans_fields_and_multiline_messages_stay_on_one_line() {
 }
 
 #[test]
+fn events_without_message_and_fields_before_the_message_keep_the_format() {
+    let dir = unique_dir("order");
+    let path = dir.join("order.log");
+    let logger = Logger::start(LogConfig::new(Sink::File(path.clone()))).unwrap();
+    tracing::dispatcher::with_default(&logger.dispatch(), || {
+        tracing::info!(a = 1, b = "x");
+        tracing::event!(
+            tracing::Level::INFO,
+            a = 2,
+            message = "late message",
+            b = "y"
+        );
+    });
+    logger.shutdown();
+    let rests: Vec<String> = read_lines(&path).iter().map(|l| parse(l).rest).collect();
+    assert_eq!(rests, [r#"a=1 b="x""#, r#"late message a=2 b="y""#]);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn syslog_sink_can_be_chosen_and_written() {
     // No syslog daemon may be running here: choosing the sink and writing must still work.
     let logger = Logger::start(LogConfig::new(Sink::Syslog {

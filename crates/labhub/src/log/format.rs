@@ -4,6 +4,7 @@
 //! 2026-11-27T12:50:53.123456Z INFO  4242:4250 labhub::shm: open{channel="cam0"}: created slots=8
 //! ```
 
+use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::time::SystemTime;
 
@@ -28,7 +29,8 @@ pub(crate) struct Line {
 }
 
 thread_local! {
-    static THREAD_ID: u32 = log_sys::thread_id();
+    /// `pid:tid ` of this thread, formatted once (for the pid it was formatted with).
+    static IDS: RefCell<(u32, String)> = const { RefCell::new((0, String::new())) };
 }
 
 pub(crate) fn level_str(level: Level) -> &'static str {
@@ -43,16 +45,21 @@ pub(crate) fn level_str(level: Level) -> &'static str {
 
 /// Writes `timestamp level pid:tid ` into `out` and returns where the body starts.
 fn write_prefix(out: &mut String, level: Level, pid: u32) -> usize {
-    let tid = THREAD_ID.with(|t| *t);
     // Writing into a String cannot fail.
     let _ = write!(
         out,
-        "{} {} {}:{} ",
+        "{} {} ",
         humantime::format_rfc3339_micros(SystemTime::now()),
-        level_str(level),
-        pid,
-        tid
+        level_str(level)
     );
+    IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if ids.0 != pid || ids.1.is_empty() {
+            let tid = log_sys::thread_id();
+            *ids = (pid, format!("{pid}:{tid} "));
+        }
+        out.push_str(&ids.1);
+    });
     out.len()
 }
 
@@ -74,18 +81,14 @@ pub(crate) fn internal_line(level: Level, pid: u32, message: fmt::Arguments<'_>)
 pub(crate) fn event_line(event: &Event<'_>, pid: u32, spans: impl FnOnce(&mut String)) -> Line {
     let meta = event.metadata();
     let level = *meta.level();
-    let mut text = String::with_capacity(160);
+    let mut text = String::with_capacity(256);
     let body_start = write_prefix(&mut text, level, pid);
     text.push_str(meta.target());
     text.push_str(": ");
     spans(&mut text);
-    let mut visitor = FieldVisitor {
-        message: &mut text,
-        fields: String::new(),
-    };
+    let mut visitor = FieldVisitor::for_event(&mut text);
     event.record(&mut visitor);
-    let fields = visitor.fields;
-    text.push_str(&fields);
+    visitor.finish();
     text.push('\n');
     Line {
         text,
@@ -96,67 +99,112 @@ pub(crate) fn event_line(event: &Event<'_>, pid: u32, spans: impl FnOnce(&mut St
 
 /// Appends span fields, ` name=value` each (leading space), for the span chain.
 pub(crate) fn span_fields(attrs: &tracing::span::Attributes<'_>, out: &mut String) {
-    let mut visitor = FieldVisitor {
-        message: &mut String::new(),
-        fields: std::mem::take(out),
-    };
-    attrs.record(&mut visitor);
-    *out = visitor.fields;
+    attrs.record(&mut FieldVisitor::for_span(out));
 }
 
 /// Appends the fields of a `Span::record` call.
 pub(crate) fn record_fields(values: &tracing::span::Record<'_>, out: &mut String) {
-    let mut visitor = FieldVisitor {
-        message: &mut String::new(),
-        fields: std::mem::take(out),
-    };
-    values.record(&mut visitor);
-    *out = visitor.fields;
+    values.record(&mut FieldVisitor::for_span(out));
 }
 
-/// Collects the `message` field into the line and every other field into ` name=value`.
+/// Writes the `message` field, then every other field as ` name=value`.
+///
+/// The macros put the message first, so fields normally go straight into the line; fields
+/// seen before the message wait in `early`.
 struct FieldVisitor<'a> {
-    message: &'a mut String,
-    fields: String,
+    line: &'a mut String,
+    early: String,
+    /// The message is written (or, for spans, `message` is an ordinary field).
+    message_done: bool,
+    is_span: bool,
+}
+
+impl<'a> FieldVisitor<'a> {
+    fn for_event(line: &'a mut String) -> Self {
+        FieldVisitor {
+            line,
+            early: String::new(),
+            message_done: false,
+            is_span: false,
+        }
+    }
+
+    fn for_span(out: &'a mut String) -> Self {
+        FieldVisitor {
+            line: out,
+            early: String::new(),
+            message_done: true,
+            is_span: true,
+        }
+    }
+
+    fn fields(&mut self) -> &mut String {
+        if self.message_done {
+            self.line
+        } else {
+            &mut self.early
+        }
+    }
+
+    fn is_message(&self, field: &Field) -> bool {
+        !self.is_span && field.name() == "message"
+    }
+
+    fn message_written(&mut self) {
+        self.message_done = true;
+        self.line.push_str(&self.early);
+    }
+
+    /// Completes an event without a message: its fields follow the `: ` directly.
+    fn finish(self) {
+        if !self.message_done {
+            self.line
+                .push_str(self.early.strip_prefix(' ').unwrap_or(&self.early));
+        }
+    }
 }
 
 impl Visit for FieldVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            let _ = Escaped(self.message).write_str(value);
+        if self.is_message(field) {
+            let _ = Escaped(self.line).write_str(value);
+            self.message_written();
         } else {
-            let _ = write!(self.fields, " {}={:?}", field.name(), value);
+            let _ = write!(self.fields(), " {}={:?}", field.name(), value);
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(Escaped(self.message), "{value:?}");
+        if self.is_message(field) {
+            let _ = write!(Escaped(self.line), "{value:?}");
+            self.message_written();
         } else {
-            let _ = write!(self.fields, " {}=", field.name());
-            let _ = write!(Escaped(&mut self.fields), "{value:?}");
+            let out = self.fields();
+            let _ = write!(out, " {}=", field.name());
+            let _ = write!(Escaped(out), "{value:?}");
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        let _ = write!(self.fields, " {}={}", field.name(), value);
+        let _ = write!(self.fields(), " {}={}", field.name(), value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        let _ = write!(self.fields, " {}={}", field.name(), value);
+        let _ = write!(self.fields(), " {}={}", field.name(), value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        let _ = write!(self.fields, " {}={}", field.name(), value);
+        let _ = write!(self.fields(), " {}={}", field.name(), value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        let _ = write!(self.fields, " {}={}", field.name(), value);
+        let _ = write!(self.fields(), " {}={}", field.name(), value);
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        let _ = write!(self.fields, " {}=", field.name());
-        let _ = write!(Escaped(&mut self.fields), "{:?}", value.to_string());
+        let out = self.fields();
+        let _ = write!(out, " {}=", field.name());
+        let _ = write!(Escaped(out), "{:?}", value.to_string());
     }
 }
 

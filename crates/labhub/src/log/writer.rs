@@ -4,12 +4,18 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Duration;
 
 use tracing::Level;
 
 use super::LogError;
 use super::format::{self, Line};
 use super::sink::{MAX_WRITE, OpenSink};
+
+/// How long the writer sleeps between polls after a batch.
+const LINGER_POLL: Duration = Duration::from_micros(500);
+/// Polls before the writer blocks in `recv` again.
+const LINGER_POLLS: u32 = 4;
 
 /// What travels through the queue. Lines are offered with `try_send` and dropped when the
 /// queue is full; control messages wait for room, so they are never lost and keep their
@@ -69,13 +75,32 @@ impl Writer {
                     }
                 }
                 next = self.rx.try_recv().ok();
+                if next.is_none() {
+                    self.write_out(&mut batch, &mut buf, &mut pending_error);
+                    batch_bytes = 0;
+                    next = self.linger();
+                }
             }
-            self.write_out(&mut batch, &mut buf, &mut pending_error);
-            batch_bytes = 0;
         }
         // Every sender is gone and the queue is drained: make it durable.
         self.write_out(&mut batch, &mut buf, &mut pending_error);
         let _ = self.sink.flush();
+    }
+
+    /// Waits a little for more messages without blocking in `recv`.
+    ///
+    /// A sender wakes the receiver (a futex call, about a microsecond) only when it is blocked
+    /// in `recv`. Polling for a moment after each batch keeps the writer out of `recv` while
+    /// lines keep coming, so a busy caller pays no wake-up per line; an idle writer soon goes
+    /// back to blocking and costs nothing.
+    fn linger(&mut self) -> Option<Msg> {
+        for _ in 0..LINGER_POLLS {
+            std::thread::sleep(LINGER_POLL);
+            if let Ok(msg) = self.rx.try_recv() {
+                return Some(msg);
+            }
+        }
+        None
     }
 
     fn control(&mut self, msg: Msg, pending_error: &mut Option<io::Error>) {

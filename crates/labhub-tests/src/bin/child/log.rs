@@ -9,8 +9,9 @@ use labhub::log::{self, LogConfig, Sink};
 
 /// `log-append file PATH PROC COUNT` or `log-append rotating PATH PROC COUNT MAX_BYTES BACKUPS`:
 /// starts the log module on that sink, prints `ready`, waits for a line on stdin, logs COUNT
-/// lines `child line proc=PROC i=I`, stops the lifecycle (which drains the queue) and prints
-/// `done`.
+/// lines `child line proc=PROC i=I`, flushes, stops the lifecycle (which drains the queue) and
+/// prints `done`. It also logs before the module starts and after it stops: those lines must
+/// go nowhere.
 pub fn append(args: &[String]) -> anyhow::Result<()> {
     let arg = |i: usize| -> anyhow::Result<&str> {
         args.get(i)
@@ -31,6 +32,8 @@ pub fn append(args: &[String]) -> anyhow::Result<()> {
     };
     // Room for every line: this role tests interleaving, not dropping.
     let config = LogConfig::new(sink).queue_capacity(count as usize + 16);
+    // Before the log module starts: a silent no-op (the tests check it never appears).
+    tracing::info!(proc = proc_index, "before start");
     let guard = LifecycleGuard::new([log::module(config)])?;
 
     let mut stdout = std::io::stdout();
@@ -42,10 +45,19 @@ pub fn append(args: &[String]) -> anyhow::Result<()> {
     for i in 0..count {
         tracing::info!(proc = proc_index, i, "child line");
     }
+    // Reached through the lifecycle; flush returns once the lines above are written.
+    log::logger()
+        .context("log-append: no logger service")?
+        .flush()?;
     let report = guard.finalize();
     if !report.is_clean() {
         bail!("log-append: lifecycle did not stop cleanly: {report:?}");
     }
+    if log::logger().is_some() {
+        bail!("log-append: logger service still reachable after finalize");
+    }
+    // After the log module stopped: a silent no-op again.
+    tracing::info!(proc = proc_index, "after stop");
     writeln!(stdout, "done")?;
     stdout.flush()?;
     Ok(())
