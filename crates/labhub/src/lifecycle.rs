@@ -736,7 +736,7 @@ impl Lifecycle {
         let start = Instant::now();
         let mut g = self.lock();
         while let Some(running) = g.busy {
-            if matches!(g.phase, Phase::Finalizing | Phase::Finalized) && op != "finalize" {
+            if matches!(g.phase, Phase::Finalizing | Phase::Finalized) {
                 return Err(LifecycleError::AlreadyFinalized);
             }
             let waited = start.elapsed();
@@ -931,18 +931,21 @@ impl Lifecycle {
         let mut g = self.lock();
         loop {
             match g.phase {
-                Phase::Finalized => return FinalizeReport::empty(FinalizeOutcome::AlreadyFinalized),
+                Phase::Finalized => {
+                    return FinalizeReport::empty(FinalizeOutcome::AlreadyFinalized);
+                }
                 // Bounded by the shutdown timeouts, so wait without a limit of our own.
                 Phase::Finalizing => {
-                    g = self
-                        .changed
-                        .wait(g)
-                        .unwrap_or_else(PoisonError::into_inner);
+                    g = self.changed.wait(g).unwrap_or_else(PoisonError::into_inner);
                 }
                 _ if g.busy.is_some() => {
                     let waited = start.elapsed();
                     if waited >= self.wait_limit {
-                        tracing::warn!(running = g.busy, ?waited, "finalize gave up waiting for a running operation");
+                        tracing::warn!(
+                            running = g.busy,
+                            ?waited,
+                            "finalize gave up waiting for a running operation"
+                        );
                         return FinalizeReport::empty(FinalizeOutcome::Busy);
                     }
                     g = self
@@ -967,7 +970,7 @@ impl Lifecycle {
             .filter(|n| n.kind == Kind::Dynamic && n.state == ModuleState::Started)
             .map(|n| (n.loaded_seq, n.def.name.clone()))
             .collect();
-        dynamic.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        dynamic.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));
         let statics: Vec<String> = g.started.iter().rev().cloned().collect();
         drop(g);
 
@@ -1057,9 +1060,12 @@ impl Lifecycle {
         let plan = {
             let g = self.lock();
             Self::check_running(&g)?;
-            let node = g.nodes.get(name).ok_or_else(|| LifecycleError::UnknownModule {
-                module: name.to_owned(),
-            })?;
+            let node = g
+                .nodes
+                .get(name)
+                .ok_or_else(|| LifecycleError::UnknownModule {
+                    module: name.to_owned(),
+                })?;
             if node.kind != Kind::Dynamic {
                 return Err(LifecycleError::NotDynamic {
                     module: name.to_owned(),
@@ -1108,9 +1114,12 @@ impl Lifecycle {
         let plan = {
             let mut g = self.lock();
             Self::check_running(&g)?;
-            let node = g.nodes.get(name).ok_or_else(|| LifecycleError::UnknownModule {
-                module: name.to_owned(),
-            })?;
+            let node = g
+                .nodes
+                .get(name)
+                .ok_or_else(|| LifecycleError::UnknownModule {
+                    module: name.to_owned(),
+                })?;
             if node.kind != Kind::Dynamic {
                 return Err(LifecycleError::NotDynamic {
                     module: name.to_owned(),
@@ -1322,10 +1331,7 @@ fn unload_plan(g: &Graph, name: &str) -> Vec<String> {
         {
             continue;
         }
-        if g.loaded_dependents(&dep)
-            .iter()
-            .all(|d| going.contains(d))
-        {
+        if g.loaded_dependents(&dep).iter().all(|d| going.contains(d)) {
             going.insert(dep.clone());
             candidates.extend(node.def.dependencies.iter().cloned());
         }
@@ -1490,9 +1496,11 @@ mod tests {
         let lc = Arc::new(Lifecycle::new());
         let (tx, rx) = mpsc::channel();
         let inner = Arc::clone(&lc);
-        lc.register(ModuleDef::new("m").on_shutdown(Duration::from_secs(30), move || {
-            tx.send(inner.unload("m")).unwrap();
-        }))
+        lc.register(
+            ModuleDef::new("m").on_shutdown(Duration::from_secs(30), move || {
+                tx.send(inner.unload("m")).unwrap();
+            }),
+        )
         .unwrap();
         lc.initialize().unwrap();
         assert!(lc.finalize().is_clean());
