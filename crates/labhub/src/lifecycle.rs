@@ -548,6 +548,8 @@ impl Graph {
 ///
 /// Tests make their own instances with [`Lifecycle::new`]; programs use [`Lifecycle::global`],
 /// usually through a [`LifecycleGuard`]. See the [module documentation](self) for the rules.
+///
+/// Dropping an instance that is still initialised finalises it (the global one is never dropped).
 pub struct Lifecycle {
     graph: Mutex<Graph>,
     /// Signalled whenever an operation ends.
@@ -702,13 +704,16 @@ impl Lifecycle {
         if g.phase != Phase::Registering {
             return Err(LifecycleError::RegisteredAfterInit { module: def.name });
         }
-        self.insert(&mut g, def, Kind::Static)
-    }
-
-    fn insert(&self, g: &mut Graph, def: ModuleDef, kind: Kind) -> Result<(), LifecycleError> {
         if g.nodes.contains_key(&def.name) {
+            // `def` (user closures) is dropped after the guard: parameters outlive locals.
             return Err(LifecycleError::DuplicateModule { module: def.name });
         }
+        Self::insert(&mut g, def, Kind::Static);
+        Ok(())
+    }
+
+    /// Adds a module whose name is known to be free.
+    fn insert(g: &mut Graph, def: ModuleDef, kind: Kind) {
         let seq = g.bump();
         tracing::debug!(module = %def.name, ?kind, "module registered");
         g.nodes.insert(
@@ -722,7 +727,6 @@ impl Lifecycle {
                 explicit: false,
             },
         );
-        Ok(())
     }
 
     /// Waits (at most the wait limit) until no operation runs, then claims the right to run `op`.
@@ -963,7 +967,6 @@ impl Lifecycle {
         }
         g.phase = Phase::Finalizing;
         g.busy = Some("finalize");
-        let _op = OperationToken { lifecycle: self };
         let mut dynamic: Vec<(u64, String)> = g
             .nodes
             .values()
@@ -973,6 +976,7 @@ impl Lifecycle {
         dynamic.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));
         let statics: Vec<String> = g.started.iter().rev().cloned().collect();
         drop(g);
+        let _op = OperationToken { lifecycle: self };
 
         tracing::debug!("finalising");
         let modules: Vec<ShutdownRecord> = dynamic
@@ -1028,7 +1032,8 @@ impl Lifecycle {
                 cycle: vec![def.name.clone(), def.name.clone()],
             });
         }
-        self.insert(&mut g, def, Kind::Dynamic)
+        Self::insert(&mut g, def, Kind::Dynamic);
+        Ok(())
     }
 
     fn check_running(g: &Graph) -> Result<(), LifecycleError> {
@@ -1039,6 +1044,16 @@ impl Lifecycle {
                 Err(LifecycleError::NotInitialized)
             }
         }
+    }
+
+    /// Removes modules from the graph and hands them back, so that the caller drops them (and
+    /// the user values their actions captured) without the graph lock.
+    fn remove<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> Vec<Node> {
+        let mut g = self.lock();
+        names
+            .into_iter()
+            .filter_map(|name| g.nodes.remove(name))
+            .collect()
     }
 
     /// Loads a dynamic module: its dynamic dependencies that are not loaded first (recursively,
@@ -1080,10 +1095,7 @@ impl Lifecycle {
                 for done in started.iter().rev() {
                     self.stop_module(done);
                 }
-                let mut g = self.lock();
-                for gone in started.iter().copied().chain([module.as_str()]) {
-                    g.nodes.remove(gone);
-                }
+                drop(self.remove(started.iter().copied().chain([module.as_str()])));
                 return Err(err);
             }
             let mut g = self.lock();
@@ -1145,10 +1157,7 @@ impl Lifecycle {
         for module in &plan {
             self.stop_module(module);
         }
-        let mut g = self.lock();
-        for module in &plan {
-            g.nodes.remove(module);
-        }
+        drop(self.remove(plan.iter().map(String::as_str)));
         tracing::debug!(module = %name, unloaded = ?plan, "module unloaded");
         Ok(())
     }
@@ -1185,6 +1194,17 @@ impl Lifecycle {
     /// Whether initialisation has completed and finalisation has not begun.
     pub fn is_initialized(&self) -> bool {
         self.lock().phase == Phase::Running
+    }
+}
+
+impl Drop for Lifecycle {
+    /// An instance dropped while running finalises first, so its modules are not left running.
+    fn drop(&mut self) {
+        let running = self.lock().phase == Phase::Running;
+        if running {
+            let report = self.finalize();
+            tracing::debug!(outcome = ?report.outcome, "lifecycle dropped while running; finalised");
+        }
     }
 }
 

@@ -498,6 +498,27 @@ fn finalize_before_initialize_does_nothing_and_initialisation_still_works() {
 }
 
 #[test]
+fn dropping_a_running_lifecycle_stops_its_modules_in_reverse() {
+    within(|| {
+        let log = Log::default();
+        let lc = Lifecycle::new();
+        lc.register(log.module("a")).unwrap();
+        lc.register(log.module("b").depends_on("a")).unwrap();
+        lc.initialize().unwrap();
+        lc.register_dynamic(log.module("d").depends_on("b"))
+            .unwrap();
+        lc.load("d").unwrap();
+        drop(lc);
+        assert_eq!(
+            log.take(),
+            lines(&[
+                "start a", "start b", "start d", "stop d", "stop b", "stop a"
+            ])
+        );
+    });
+}
+
+#[test]
 fn nothing_starts_again_after_finalisation() {
     let lc = Lifecycle::new();
     lc.register(ModuleDef::new("m")).unwrap();
@@ -896,6 +917,50 @@ fn a_failed_load_stops_what_it_started_and_keeps_what_was_loaded_before() {
         assert_eq!(lc.state("broken"), None);
         assert_eq!(lc.state("fresh"), None);
         assert_eq!(lc.state("old"), Some(ModuleState::Started));
+    });
+}
+
+/// Reads the lifecycle when dropped: deadlocks if dropped under the lifecycle's lock.
+struct ReadsOnDrop {
+    lc: Arc<Lifecycle>,
+    tx: mpsc::Sender<Option<ModuleState>>,
+}
+
+impl Drop for ReadsOnDrop {
+    fn drop(&mut self) {
+        let _ = self.tx.send(self.lc.state("core"));
+    }
+}
+
+#[test]
+fn values_captured_by_discarded_modules_are_dropped_outside_the_lifecycle_lock() {
+    within(|| {
+        let lc = Arc::new(Lifecycle::new());
+        let (tx, rx) = mpsc::channel();
+        let probe = |lc: &Arc<Lifecycle>| ReadsOnDrop {
+            lc: Arc::clone(lc),
+            tx: tx.clone(),
+        };
+        lc.register(ModuleDef::new("core")).unwrap();
+        // A duplicate registration discards its definition.
+        let held = probe(&lc);
+        let duplicate = ModuleDef::new("core").on_startup(move || {
+            drop(held);
+            Ok(())
+        });
+        assert!(lc.register(duplicate).is_err());
+        assert_eq!(rx.recv().unwrap(), Some(ModuleState::Registered));
+        lc.initialize().unwrap();
+        // A failed load removes the module whose shutdown never ran.
+        let held = probe(&lc);
+        lc.register_dynamic(
+            ModuleDef::new("broken")
+                .on_startup(|| Err("no".into()))
+                .on_shutdown(AMPLE, move || drop(held)),
+        )
+        .unwrap();
+        assert!(lc.load("broken").is_err());
+        assert_eq!(rx.recv().unwrap(), Some(ModuleState::Started));
     });
 }
 
