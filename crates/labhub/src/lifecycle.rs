@@ -606,6 +606,8 @@ impl Drop for OperationToken<'_> {
     }
 }
 
+/// Locks the graph. Never emit `tracing` events or drop user values while holding it: the
+/// logger's layer may itself reach the lifecycle (for its service).
 fn lock_ignoring_poison<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The lifecycle never runs user code under its locks, so poisoning can only come from a
     // bug of ours; the data stays consistent between statements, so go on.
@@ -708,14 +710,16 @@ impl Lifecycle {
             // `def` (user closures) is dropped after the guard: parameters outlive locals.
             return Err(LifecycleError::DuplicateModule { module: def.name });
         }
+        let name = def.name.clone();
         Self::insert(&mut g, def, Kind::Static);
+        drop(g);
+        tracing::debug!(module = %name, "static module registered");
         Ok(())
     }
 
     /// Adds a module whose name is known to be free.
     fn insert(g: &mut Graph, def: ModuleDef, kind: Kind) {
         let seq = g.bump();
-        tracing::debug!(module = %def.name, ?kind, "module registered");
         g.nodes.insert(
             def.name.clone(),
             Node {
@@ -840,14 +844,14 @@ impl Lifecycle {
                 }
             }
         };
-        let mut g = self.lock();
-        let node = g.node_mut(name);
-        node.state = if result.is_ok() {
-            tracing::debug!(module = %name, "module started");
+        self.lock().node_mut(name).state = if result.is_ok() {
             ModuleState::Started
         } else {
             ModuleState::Failed
         };
+        if result.is_ok() {
+            tracing::debug!(module = %name, "module started");
+        }
         result
     }
 
@@ -945,8 +949,10 @@ impl Lifecycle {
                 _ if g.busy.is_some() => {
                     let waited = start.elapsed();
                     if waited >= self.wait_limit {
+                        let running = g.busy;
+                        drop(g);
                         tracing::warn!(
-                            running = g.busy,
+                            running,
                             ?waited,
                             "finalize gave up waiting for a running operation"
                         );
@@ -1021,18 +1027,21 @@ impl Lifecycle {
         if g.nodes.contains_key(&def.name) {
             return Err(LifecycleError::DuplicateModule { module: def.name });
         }
+        if def.dependencies.contains(&def.name) {
+            return Err(LifecycleError::Cycle {
+                cycle: vec![def.name.clone(), def.name.clone()],
+            });
+        }
         if let Some(dep) = def.dependencies.iter().find(|d| !g.nodes.contains_key(*d)) {
             return Err(LifecycleError::UnknownDependency {
                 module: def.name.clone(),
                 dependency: dep.clone(),
             });
         }
-        if def.dependencies.contains(&def.name) {
-            return Err(LifecycleError::Cycle {
-                cycle: vec![def.name.clone(), def.name.clone()],
-            });
-        }
+        let name = def.name.clone();
         Self::insert(&mut g, def, Kind::Dynamic);
+        drop(g);
+        tracing::debug!(module = %name, "dynamic module registered");
         Ok(())
     }
 
@@ -1141,6 +1150,7 @@ impl Lifecycle {
                 return Ok(());
             }
             if node.def.persistent {
+                drop(g);
                 tracing::debug!(module = %name, "persistent module not unloaded; it stops at finalisation");
                 return Ok(());
             }

@@ -701,6 +701,10 @@ fn dynamic_registration_needs_an_initialised_lifecycle_and_known_dependencies() 
         lc.register_dynamic(ModuleDef::new("x").depends_on("missing")),
         Err(LifecycleError::UnknownDependency { module, dependency }) if module == "x" && dependency == "missing"
     ));
+    assert!(matches!(
+        lc.register_dynamic(ModuleDef::new("me").depends_on("me")),
+        Err(LifecycleError::Cycle { cycle }) if cycle == ["me", "me"]
+    ));
     assert!(
         matches!(lc.load("nope"), Err(LifecycleError::UnknownModule { module }) if module == "nope")
     );
@@ -961,6 +965,80 @@ fn values_captured_by_discarded_modules_are_dropped_outside_the_lifecycle_lock()
         .unwrap();
         assert!(lc.load("broken").is_err());
         assert_eq!(rx.recv().unwrap(), Some(ModuleState::Started));
+    });
+}
+
+/// A subscriber that reads the lifecycle on every event, as a logger layer reaching its service
+/// through the lifecycle would: deadlocks if the lifecycle logs under its lock.
+struct ReadsOnEvent {
+    lc: Arc<Lifecycle>,
+    events: Arc<AtomicUsize>,
+}
+
+impl tracing::Subscriber for ReadsOnEvent {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {
+        let _ = self.lc.state("core");
+        let _ = self.lc.service::<String>();
+        self.events.fetch_add(1, Ordering::SeqCst);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn a_subscriber_that_reads_the_lifecycle_on_every_event_does_not_deadlock_it() {
+    within(|| {
+        let lc = Arc::new(Lifecycle::with_wait_limit(Duration::from_millis(100)));
+        let events = Arc::new(AtomicUsize::new(0));
+        let subscriber = ReadsOnEvent {
+            lc: Arc::clone(&lc),
+            events: Arc::clone(&events),
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            lc.register(ModuleDef::new("core")).unwrap();
+            assert!(lc.register(ModuleDef::new("core")).is_err());
+            lc.initialize().unwrap();
+            lc.register_dynamic(ModuleDef::new("pinned").persistent(true))
+                .unwrap();
+            lc.register_dynamic(ModuleDef::new("plain")).unwrap();
+            lc.register_dynamic(ModuleDef::new("broken").on_startup(|| Err("no".into())))
+                .unwrap();
+            lc.load("pinned").unwrap();
+            lc.load("plain").unwrap();
+            lc.unload("pinned").unwrap();
+            lc.unload("plain").unwrap();
+            assert!(lc.load("broken").is_err());
+            // A finalize that gives up waiting for a load blocked in its startup.
+            let (entered_tx, entered_rx) = mpsc::channel();
+            let (release_tx, release_rx) = mpsc::channel::<()>();
+            lc.register_dynamic(ModuleDef::new("slow").on_startup(move || {
+                entered_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(WATCHDOG);
+                Ok(())
+            }))
+            .unwrap();
+            let loader = {
+                let lc = Arc::clone(&lc);
+                thread::spawn(move || lc.load("slow"))
+            };
+            entered_rx.recv().unwrap();
+            assert_eq!(lc.finalize().outcome, FinalizeOutcome::Busy);
+            release_tx.send(()).unwrap();
+            loader.join().unwrap().unwrap();
+            assert!(lc.finalize().is_clean());
+        });
+        assert!(
+            events.load(Ordering::SeqCst) > 10,
+            "the subscriber saw the lifecycle's events"
+        );
     });
 }
 
