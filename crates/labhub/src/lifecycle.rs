@@ -548,6 +548,8 @@ impl Graph {
 ///
 /// Tests make their own instances with [`Lifecycle::new`]; programs use [`Lifecycle::global`],
 /// usually through a [`LifecycleGuard`]. See the [module documentation](self) for the rules.
+///
+/// Dropping an instance that is still initialised finalises it (the global one is never dropped).
 pub struct Lifecycle {
     graph: Mutex<Graph>,
     /// Signalled whenever an operation ends.
@@ -604,6 +606,8 @@ impl Drop for OperationToken<'_> {
     }
 }
 
+/// Locks the graph. Never emit `tracing` events or drop user values while holding it: the
+/// logger's layer may itself reach the lifecycle (for its service).
 fn lock_ignoring_poison<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The lifecycle never runs user code under its locks, so poisoning can only come from a
     // bug of ours; the data stays consistent between statements, so go on.
@@ -702,15 +706,20 @@ impl Lifecycle {
         if g.phase != Phase::Registering {
             return Err(LifecycleError::RegisteredAfterInit { module: def.name });
         }
-        self.insert(&mut g, def, Kind::Static)
-    }
-
-    fn insert(&self, g: &mut Graph, def: ModuleDef, kind: Kind) -> Result<(), LifecycleError> {
         if g.nodes.contains_key(&def.name) {
+            // `def` (user closures) is dropped after the guard: parameters outlive locals.
             return Err(LifecycleError::DuplicateModule { module: def.name });
         }
+        let name = def.name.clone();
+        Self::insert(&mut g, def, Kind::Static);
+        drop(g);
+        tracing::debug!(module = %name, "static module registered");
+        Ok(())
+    }
+
+    /// Adds a module whose name is known to be free.
+    fn insert(g: &mut Graph, def: ModuleDef, kind: Kind) {
         let seq = g.bump();
-        tracing::debug!(module = %def.name, ?kind, "module registered");
         g.nodes.insert(
             def.name.clone(),
             Node {
@@ -722,7 +731,6 @@ impl Lifecycle {
                 explicit: false,
             },
         );
-        Ok(())
     }
 
     /// Waits (at most the wait limit) until no operation runs, then claims the right to run `op`.
@@ -736,7 +744,7 @@ impl Lifecycle {
         let start = Instant::now();
         let mut g = self.lock();
         while let Some(running) = g.busy {
-            if matches!(g.phase, Phase::Finalizing | Phase::Finalized) && op != "finalize" {
+            if matches!(g.phase, Phase::Finalizing | Phase::Finalized) {
                 return Err(LifecycleError::AlreadyFinalized);
             }
             let waited = start.elapsed();
@@ -836,14 +844,14 @@ impl Lifecycle {
                 }
             }
         };
-        let mut g = self.lock();
-        let node = g.node_mut(name);
-        node.state = if result.is_ok() {
-            tracing::debug!(module = %name, "module started");
+        self.lock().node_mut(name).state = if result.is_ok() {
             ModuleState::Started
         } else {
             ModuleState::Failed
         };
+        if result.is_ok() {
+            tracing::debug!(module = %name, "module started");
+        }
         result
     }
 
@@ -931,18 +939,23 @@ impl Lifecycle {
         let mut g = self.lock();
         loop {
             match g.phase {
-                Phase::Finalized => return FinalizeReport::empty(FinalizeOutcome::AlreadyFinalized),
+                Phase::Finalized => {
+                    return FinalizeReport::empty(FinalizeOutcome::AlreadyFinalized);
+                }
                 // Bounded by the shutdown timeouts, so wait without a limit of our own.
                 Phase::Finalizing => {
-                    g = self
-                        .changed
-                        .wait(g)
-                        .unwrap_or_else(PoisonError::into_inner);
+                    g = self.changed.wait(g).unwrap_or_else(PoisonError::into_inner);
                 }
                 _ if g.busy.is_some() => {
                     let waited = start.elapsed();
                     if waited >= self.wait_limit {
-                        tracing::warn!(running = g.busy, ?waited, "finalize gave up waiting for a running operation");
+                        let running = g.busy;
+                        drop(g);
+                        tracing::warn!(
+                            running,
+                            ?waited,
+                            "finalize gave up waiting for a running operation"
+                        );
                         return FinalizeReport::empty(FinalizeOutcome::Busy);
                     }
                     g = self
@@ -960,16 +973,16 @@ impl Lifecycle {
         }
         g.phase = Phase::Finalizing;
         g.busy = Some("finalize");
-        let _op = OperationToken { lifecycle: self };
         let mut dynamic: Vec<(u64, String)> = g
             .nodes
             .values()
             .filter(|n| n.kind == Kind::Dynamic && n.state == ModuleState::Started)
             .map(|n| (n.loaded_seq, n.def.name.clone()))
             .collect();
-        dynamic.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        dynamic.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));
         let statics: Vec<String> = g.started.iter().rev().cloned().collect();
         drop(g);
+        let _op = OperationToken { lifecycle: self };
 
         tracing::debug!("finalising");
         let modules: Vec<ShutdownRecord> = dynamic
@@ -1014,18 +1027,22 @@ impl Lifecycle {
         if g.nodes.contains_key(&def.name) {
             return Err(LifecycleError::DuplicateModule { module: def.name });
         }
+        if def.dependencies.contains(&def.name) {
+            return Err(LifecycleError::Cycle {
+                cycle: vec![def.name.clone(), def.name.clone()],
+            });
+        }
         if let Some(dep) = def.dependencies.iter().find(|d| !g.nodes.contains_key(*d)) {
             return Err(LifecycleError::UnknownDependency {
                 module: def.name.clone(),
                 dependency: dep.clone(),
             });
         }
-        if def.dependencies.contains(&def.name) {
-            return Err(LifecycleError::Cycle {
-                cycle: vec![def.name.clone(), def.name.clone()],
-            });
-        }
-        self.insert(&mut g, def, Kind::Dynamic)
+        let name = def.name.clone();
+        Self::insert(&mut g, def, Kind::Dynamic);
+        drop(g);
+        tracing::debug!(module = %name, "dynamic module registered");
+        Ok(())
     }
 
     fn check_running(g: &Graph) -> Result<(), LifecycleError> {
@@ -1036,6 +1053,16 @@ impl Lifecycle {
                 Err(LifecycleError::NotInitialized)
             }
         }
+    }
+
+    /// Removes modules from the graph and hands them back, so that the caller drops them (and
+    /// the user values their actions captured) without the graph lock.
+    fn remove<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> Vec<Node> {
+        let mut g = self.lock();
+        names
+            .into_iter()
+            .filter_map(|name| g.nodes.remove(name))
+            .collect()
     }
 
     /// Loads a dynamic module: its dynamic dependencies that are not loaded first (recursively,
@@ -1057,9 +1084,12 @@ impl Lifecycle {
         let plan = {
             let g = self.lock();
             Self::check_running(&g)?;
-            let node = g.nodes.get(name).ok_or_else(|| LifecycleError::UnknownModule {
-                module: name.to_owned(),
-            })?;
+            let node = g
+                .nodes
+                .get(name)
+                .ok_or_else(|| LifecycleError::UnknownModule {
+                    module: name.to_owned(),
+                })?;
             if node.kind != Kind::Dynamic {
                 return Err(LifecycleError::NotDynamic {
                     module: name.to_owned(),
@@ -1074,10 +1104,7 @@ impl Lifecycle {
                 for done in started.iter().rev() {
                     self.stop_module(done);
                 }
-                let mut g = self.lock();
-                for gone in started.iter().copied().chain([module.as_str()]) {
-                    g.nodes.remove(gone);
-                }
+                drop(self.remove(started.iter().copied().chain([module.as_str()])));
                 return Err(err);
             }
             let mut g = self.lock();
@@ -1108,9 +1135,12 @@ impl Lifecycle {
         let plan = {
             let mut g = self.lock();
             Self::check_running(&g)?;
-            let node = g.nodes.get(name).ok_or_else(|| LifecycleError::UnknownModule {
-                module: name.to_owned(),
-            })?;
+            let node = g
+                .nodes
+                .get(name)
+                .ok_or_else(|| LifecycleError::UnknownModule {
+                    module: name.to_owned(),
+                })?;
             if node.kind != Kind::Dynamic {
                 return Err(LifecycleError::NotDynamic {
                     module: name.to_owned(),
@@ -1120,6 +1150,7 @@ impl Lifecycle {
                 return Ok(());
             }
             if node.def.persistent {
+                drop(g);
                 tracing::debug!(module = %name, "persistent module not unloaded; it stops at finalisation");
                 return Ok(());
             }
@@ -1136,10 +1167,7 @@ impl Lifecycle {
         for module in &plan {
             self.stop_module(module);
         }
-        let mut g = self.lock();
-        for module in &plan {
-            g.nodes.remove(module);
-        }
+        drop(self.remove(plan.iter().map(String::as_str)));
         tracing::debug!(module = %name, unloaded = ?plan, "module unloaded");
         Ok(())
     }
@@ -1176,6 +1204,17 @@ impl Lifecycle {
     /// Whether initialisation has completed and finalisation has not begun.
     pub fn is_initialized(&self) -> bool {
         self.lock().phase == Phase::Running
+    }
+}
+
+impl Drop for Lifecycle {
+    /// An instance dropped while running finalises first, so its modules are not left running.
+    fn drop(&mut self) {
+        let running = self.lock().phase == Phase::Running;
+        if running {
+            let report = self.finalize();
+            tracing::debug!(outcome = ?report.outcome, "lifecycle dropped while running; finalised");
+        }
     }
 }
 
@@ -1322,10 +1361,7 @@ fn unload_plan(g: &Graph, name: &str) -> Vec<String> {
         {
             continue;
         }
-        if g.loaded_dependents(&dep)
-            .iter()
-            .all(|d| going.contains(d))
-        {
+        if g.loaded_dependents(&dep).iter().all(|d| going.contains(d)) {
             going.insert(dep.clone());
             candidates.extend(node.def.dependencies.iter().cloned());
         }
@@ -1490,9 +1526,11 @@ mod tests {
         let lc = Arc::new(Lifecycle::new());
         let (tx, rx) = mpsc::channel();
         let inner = Arc::clone(&lc);
-        lc.register(ModuleDef::new("m").on_shutdown(Duration::from_secs(30), move || {
-            tx.send(inner.unload("m")).unwrap();
-        }))
+        lc.register(
+            ModuleDef::new("m").on_shutdown(Duration::from_secs(30), move || {
+                tx.send(inner.unload("m")).unwrap();
+            }),
+        )
         .unwrap();
         lc.initialize().unwrap();
         assert!(lc.finalize().is_clean());

@@ -2,6 +2,7 @@
 //!
 //! Each role lives in its own module; the first argument picks it.
 
+mod lifecycle;
 mod log;
 
 fn main() -> anyhow::Result<()> {
@@ -10,6 +11,7 @@ fn main() -> anyhow::Result<()> {
     let rest: Vec<String> = args.collect();
     #[allow(clippy::match_single_binding)] // each concept's module adds its roles here
     match role.as_str() {
+        r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         "log-append" => log::append(&rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
