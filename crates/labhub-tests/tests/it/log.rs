@@ -379,6 +379,32 @@ fn rotate_from_processes(
 }
 
 #[test]
+fn a_line_longer_than_max_bytes_gets_a_file_of_its_own() {
+    let dir = unique_dir("longline");
+    let path = dir.join("long.log");
+    let logger = Logger::start(LogConfig::new(Sink::RotatingFile {
+        path: path.clone(),
+        max_bytes: 200,
+        backups: 2,
+    }))
+    .unwrap();
+    let long = "x".repeat(500);
+    tracing::dispatcher::with_default(&logger.dispatch(), || {
+        tracing::info!("short before");
+        tracing::info!(long = long.as_str(), "long");
+        tracing::info!("short after");
+    });
+    logger.shutdown();
+    let backup = |i: u32| read_lines(Path::new(&format!("{}.{i}", path.display())));
+    assert!(backup(2)[0].ends_with(": short before"));
+    assert_eq!(backup(1).len(), 1, "the long line alone, no marker");
+    assert!(backup(1)[0].contains(&long));
+    let current = read_lines(&path);
+    assert!(current.last().unwrap().ends_with(": short after"));
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn processes_sharing_a_rotating_file_lose_no_line() {
     watchdog(120, || {
         // Enough backups to keep every line, so the check is exact: 4 × 300 lines of about

@@ -159,11 +159,16 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let current = CURRENT.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(logger) = current.as_ref()
-            && level_enabled(logger.level_u8(), event.metadata().level())
-        {
-            write_event(logger, event, &ctx);
+        // Take the logger out of the lock before formatting: a field's Debug impl runs user
+        // code, which must not run while shutdown waits for the write lock.
+        let logger = CURRENT
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|l| level_enabled(l.level_u8(), event.metadata().level()))
+            .cloned();
+        if let Some(logger) = logger {
+            write_event(&logger, event, &ctx);
         }
     }
 }

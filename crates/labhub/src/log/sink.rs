@@ -343,3 +343,24 @@ fn rename_if_exists(from: &Path, to: &Path) -> io::Result<()> {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colouring_wraps_only_the_level() {
+        let line = format::internal_line(Level::ERROR, 1, format_args!("boom"));
+        let mut buf = Vec::new();
+        push_coloured(&mut buf, &line);
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(
+            text.replace("\x1b[31m", "").replace("\x1b[0m", ""),
+            line.text
+        );
+        assert!(
+            text[TIMESTAMP_LEN..].starts_with(" \x1b[31mERROR\x1b[0m 1:"),
+            "{text:?}"
+        );
+    }
+}
