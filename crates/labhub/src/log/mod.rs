@@ -81,7 +81,7 @@ pub use layer::LoggerLayer;
 
 use format::Line;
 use sink::OpenSink;
-use writer::{Counters, Msg, Writer};
+use writer::{Control, Counters, Msg, Writer};
 
 /// Where log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,7 +344,7 @@ impl Logger {
     pub fn set_sink(&self, sink: Sink) -> Result<(), LogError> {
         let open = OpenSink::open(&sink)?;
         let (reply, done) = mpsc::sync_channel(1);
-        self.send_control(Msg::SetSink(Box::new(open), reply))?;
+        self.send_control(Control::SetSink(Box::new(open), reply))?;
         done.recv().map_err(|_| LogError::Stopped)
     }
 
@@ -352,7 +352,7 @@ impl Logger {
     /// durable (`fsync` for files). Reports the first write error since the previous flush.
     pub fn flush(&self) -> Result<(), LogError> {
         let (reply, done) = mpsc::sync_channel(1);
-        self.send_control(Msg::Flush(reply))?;
+        self.send_control(Control::Flush(reply))?;
         done.recv().map_err(|_| LogError::Stopped)?
     }
 
@@ -394,7 +394,7 @@ impl Logger {
     pub fn hold_writer(&self) -> Result<WriterHold, LogError> {
         let (parked, is_parked) = mpsc::sync_channel(1);
         let (release, wait) = mpsc::sync_channel(0);
-        self.send_control(Msg::Hold {
+        self.send_control(Control::Hold {
             parked,
             release: wait,
         })?;
@@ -418,7 +418,7 @@ impl Logger {
     }
 
     /// Queues a control message, waiting for room: control messages are never dropped.
-    fn send_control(&self, msg: Msg) -> Result<(), LogError> {
+    fn send_control(&self, control: Control) -> Result<(), LogError> {
         // Clone so that waiting for room does not hold the lock shutdown needs.
         let sender = self
             .sender
@@ -426,7 +426,9 @@ impl Logger {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(LogError::Stopped)?;
-        sender.send(msg).map_err(|_| LogError::Stopped)
+        sender
+            .send(Msg::Control(control))
+            .map_err(|_| LogError::Stopped)
     }
 }
 

@@ -22,6 +22,11 @@ const LINGER_POLLS: u32 = 4;
 /// place in the order.
 pub(crate) enum Msg {
     Line(Line),
+    Control(Control),
+}
+
+/// Messages that change or query the writer; each waits for the lines queued before it.
+pub(crate) enum Control {
     Flush(SyncSender<Result<(), LogError>>),
     SetSink(Box<OpenSink>, SyncSender<()>),
     /// Park the writer until `release` disconnects; `parked` is signalled first.
@@ -68,7 +73,7 @@ impl Writer {
                             batch_bytes = 0;
                         }
                     }
-                    control => {
+                    Msg::Control(control) => {
                         self.write_out(&mut batch, &mut buf, &mut pending_error);
                         batch_bytes = 0;
                         self.control(control, &mut pending_error);
@@ -103,10 +108,9 @@ impl Writer {
         None
     }
 
-    fn control(&mut self, msg: Msg, pending_error: &mut Option<io::Error>) {
-        match msg {
-            Msg::Line(_) => unreachable!("lines are batched by the caller"),
-            Msg::Flush(reply) => {
+    fn control(&mut self, control: Control, pending_error: &mut Option<io::Error>) {
+        match control {
+            Control::Flush(reply) => {
                 let flushed = self.sink.flush();
                 let result = match pending_error.take().map_or(flushed, Err) {
                     Ok(()) => Ok(()),
@@ -117,7 +121,7 @@ impl Writer {
                 };
                 let _ = reply.send(result);
             }
-            Msg::SetSink(new, reply) => {
+            Control::SetSink(new, reply) => {
                 // What the old sink could not write is reported by the next flush.
                 if let Err(e) = self.sink.flush() {
                     pending_error.get_or_insert(e);
@@ -125,7 +129,7 @@ impl Writer {
                 self.sink = *new;
                 let _ = reply.send(());
             }
-            Msg::Hold { parked, release } => {
+            Control::Hold { parked, release } => {
                 let _ = parked.send(());
                 // Returns when the holder drops its sender.
                 let _ = release.recv();
