@@ -9,8 +9,8 @@ use labhub::log::{self, LogConfig, Sink};
 
 /// `log-append file PATH PROC COUNT` or `log-append rotating PATH PROC COUNT MAX_BYTES BACKUPS`:
 /// starts the log module on that sink, prints `ready`, waits for a line on stdin, logs COUNT
-/// lines `child line proc=PROC i=I`, flushes, stops the lifecycle (which drains the queue) and
-/// prints `done`. It also logs before the module starts and after it stops: those lines must
+/// lines `child line proc=PROC i=I` (flushing halfway), stops the lifecycle (which drains the
+/// queue) and prints `done`. It also logs before the module starts and after it stops: those lines must
 /// go nowhere.
 pub fn append(args: &[String]) -> anyhow::Result<()> {
     let arg = |i: usize| -> anyhow::Result<&str> {
@@ -42,13 +42,17 @@ pub fn append(args: &[String]) -> anyhow::Result<()> {
     let mut go = String::new();
     std::io::stdin().lock().read_line(&mut go)?;
 
-    for i in 0..count {
+    for i in 0..count / 2 {
         tracing::info!(proc = proc_index, i, "child line");
     }
     // Reached through the lifecycle; flush returns once the lines above are written.
     log::logger()
         .context("log-append: no logger service")?
         .flush()?;
+    for i in count / 2..count {
+        tracing::info!(proc = proc_index, i, "child line");
+    }
+    // These last lines reach the file only if stopping the log module drains the queue.
     let report = guard.finalize();
     if !report.is_clean() {
         bail!("log-append: lifecycle did not stop cleanly: {report:?}");
