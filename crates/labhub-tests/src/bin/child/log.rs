@@ -7,6 +7,50 @@ use anyhow::{Context, bail};
 use labhub::lifecycle::LifecycleGuard;
 use labhub::log::{self, LogConfig, Sink};
 
+/// The sink named by `kind` (`file` or `rotating`, with `max_bytes` and `backups` in
+/// `args[extra..]`).
+fn sink_from(args: &[String], kind: &str, path: PathBuf, extra: usize) -> anyhow::Result<Sink> {
+    let num = |i: usize| -> anyhow::Result<&String> {
+        args.get(i)
+            .with_context(|| format!("missing argument {i} in {args:?}"))
+    };
+    Ok(match kind {
+        "file" => Sink::File(path),
+        "rotating" => Sink::RotatingFile {
+            path,
+            max_bytes: num(extra)?.parse()?,
+            backups: num(extra + 1)?.parse()?,
+        },
+        other => bail!("unknown sink kind {other:?}"),
+    })
+}
+
+/// `log-spam KIND PATH PROC [MAX_BYTES BACKUPS]`: logs `spam line proc=PROC i=I` as fast as
+/// it can (for at most 60 s); prints `writing` once the first lines are flushed, so the test
+/// can SIGKILL it mid-write.
+pub fn spam(args: &[String]) -> anyhow::Result<()> {
+    let kind = args.first().context("log-spam: missing sink kind")?;
+    let path = PathBuf::from(args.get(1).context("log-spam: missing path")?);
+    let proc_index: u32 = args.get(2).context("log-spam: missing proc")?.parse()?;
+    let sink = sink_from(args, kind, path, 3)?;
+    let _guard = LifecycleGuard::new([log::module(LogConfig::new(sink))])?;
+    let mut stdout = std::io::stdout();
+    // Bounded, so a child the test failed to kill still ends by itself.
+    let started = std::time::Instant::now();
+    for i in 0u64..10_000_000 {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            break;
+        }
+        tracing::info!(proc = proc_index, i, "spam line");
+        if i == 1000 {
+            log::logger().context("log-spam: no logger")?.flush()?;
+            writeln!(stdout, "writing")?;
+            stdout.flush()?;
+        }
+    }
+    Ok(())
+}
+
 /// `log-append file PATH PROC COUNT` or `log-append rotating PATH PROC COUNT MAX_BYTES BACKUPS`:
 /// starts the log module on that sink, prints `ready`, waits for a line on stdin, logs COUNT
 /// lines `child line proc=PROC i=I` (flushing halfway), stops the lifecycle (which drains the
@@ -21,15 +65,7 @@ pub fn append(args: &[String]) -> anyhow::Result<()> {
     let path = PathBuf::from(arg(1)?);
     let proc_index: u32 = arg(2)?.parse()?;
     let count: u32 = arg(3)?.parse()?;
-    let sink = match arg(0)? {
-        "file" => Sink::File(path),
-        "rotating" => Sink::RotatingFile {
-            path,
-            max_bytes: arg(4)?.parse()?,
-            backups: arg(5)?.parse()?,
-        },
-        other => bail!("log-append: unknown sink kind {other:?}"),
-    };
+    let sink = sink_from(args, arg(0)?, path, 4)?;
     // Room for every line: this role tests interleaving, not dropping.
     let config = LogConfig::new(sink).queue_capacity(count as usize + 16);
     // Before the log module starts: a silent no-op (the tests check it never appears).

@@ -13,6 +13,7 @@ fn main() -> anyhow::Result<()> {
     match role.as_str() {
         r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         "log-append" => log::append(&rest),
+        "log-spam" => log::spam(&rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
 }
