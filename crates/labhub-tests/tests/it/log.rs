@@ -622,6 +622,24 @@ fn unusable_sink_settings_are_typed_errors() {
 }
 
 #[test]
+fn a_failing_sink_reports_its_error_at_the_next_flush() {
+    // /dev/full opens fine and fails every write with ENOSPC.
+    let full = Path::new("/dev/full");
+    let logger = Logger::start(LogConfig::new(Sink::File(full.to_path_buf()))).unwrap();
+    tracing::dispatcher::with_default(&logger.dispatch(), || tracing::info!("into the void"));
+    match logger.flush() {
+        Err(LogError::Write { sink, source }) => {
+            assert_eq!(sink, "file /dev/full");
+            assert_eq!(source.raw_os_error(), Some(28), "{source}"); // ENOSPC
+        }
+        other => panic!("expected a write error, got {other:?}"),
+    }
+    // Reported once; nothing failed since.
+    logger.flush().unwrap();
+    logger.shutdown();
+}
+
+#[test]
 fn shutdown_drains_every_accepted_line() {
     watchdog(60, || {
         let dir = unique_dir("drain");

@@ -158,6 +158,15 @@ impl Writer {
             return;
         }
         if let Err(e) = self.sink.write_lines(batch, buf, self.pid) {
+            if pending_error.is_none() {
+                // The sink cannot say so itself; stderr is the last resort, once per failure
+                // streak (the next flush returns the error and ends the streak).
+                eprintln!(
+                    "labhub log: cannot write to {}: {e} (a batch of {} lines)",
+                    self.sink.describe(),
+                    batch.len()
+                );
+            }
             pending_error.get_or_insert(e);
         }
         batch.clear();
