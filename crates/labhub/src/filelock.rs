@@ -160,6 +160,9 @@ pub enum FileLock {}
 impl FileLock {
     /// Locks `path`, waiting as long as another thread or process holds it.
     ///
+    /// The lock is not re-entrant: a thread that locks a path it already holds waits for
+    /// itself forever.
+    ///
     /// # Errors
     ///
     /// [`FileLockError::InvalidPath`] for a path that cannot name a lock,
@@ -210,9 +213,11 @@ impl FileLock {
 
     /// Who holds the lock on `path` right now.
     ///
-    /// Meant for a monitor that does not lock `path` itself. The probe takes the OS lock for
-    /// an instant if it is free, so a concurrent [`FileLock::try_lock`] elsewhere may see the
-    /// lock as held during that instant. A lock file that does not exist is free; the probe
+    /// Meant for a monitor that does not lock `path` itself. The probe takes the lock for an
+    /// instant if it is free, so a concurrent [`FileLock::try_lock`], in this process or
+    /// another, may find it held during that instant. Like any probe, the answer may be out
+    /// of date by the time it is read; [`LockHolder::OtherProcess`] turning into
+    /// [`LockHolder::Nobody`] means the holder unlocked or died. A lock file that does not exist is free; the probe
     /// creates nothing.
     ///
     /// # Errors
