@@ -59,7 +59,7 @@
 //!     let target = target.clone();
 //!     move || FileLock::try_lock(&target).map(|g| g.is_some())
 //! });
-//! assert_eq!(other.join().unwrap()?, false);
+//! assert!(!other.join().unwrap()?);
 //!
 //! drop(guard);
 //! let again = FileLock::lock_timeout(&target, Duration::from_secs(1))?;
@@ -217,8 +217,8 @@ impl FileLock {
     /// instant if it is free, so a concurrent [`FileLock::try_lock`], in this process or
     /// another, may find it held during that instant. Like any probe, the answer may be out
     /// of date by the time it is read; [`LockHolder::OtherProcess`] turning into
-    /// [`LockHolder::Nobody`] means the holder unlocked or died. A lock file that does not exist is free; the probe
-    /// creates nothing.
+    /// [`LockHolder::Nobody`] means the holder unlocked or died. A lock file that does not
+    /// exist is free; the probe creates nothing.
     ///
     /// # Errors
     ///
@@ -264,12 +264,22 @@ impl FileLock {
 /// A held lock; dropping it unlocks.
 ///
 /// The guard may move to another thread: the OS lock belongs to the open lock file, not to a
-/// thread.
+/// thread. Dropping the guard closes the lock file, which releases the OS lock, and then
+/// releases the in-process claim.
+///
+/// Forking without exec copies the guard, its descriptor and the registry into the child
+/// (`std::process::Command` execs, and the descriptor is close-on-exec, so it is unaffected).
+/// The lock then stays held until both copies are dropped; the unlock is a close, not an
+/// explicit `LOCK_UN`, precisely so that a child dropping its copy can never release the
+/// parent's lock. The child should not lock paths its parent held at the fork: its copy of the
+/// registry still shows them claimed.
 #[derive(Debug)]
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct FileLockGuard {
-    // Field order matters: the file (and with it the OS lock) is released before the
-    // in-process claim, so a thread woken by the claim finds the OS lock free.
+    // Field order matters: fields drop in declaration order, so the file (and with it the OS
+    // lock) is released before the in-process claim, and a thread woken by the claim finds
+    // the OS lock free.
+    #[expect(dead_code, reason = "holding the open file is holding the OS lock")]
     file: LockFile,
     claim: Claim,
 }
@@ -278,16 +288,6 @@ impl FileLockGuard {
     /// The lock file this guard holds locked (absolute, with a canonical parent directory).
     pub fn lock_path(&self) -> &Path {
         &self.claim.lock_path
-    }
-}
-
-impl Drop for FileLockGuard {
-    fn drop(&mut self) {
-        // Closing the file would release the lock too, unless a child forked without exec
-        // still holds a copy of the descriptor; unlocking explicitly covers that case.
-        if let Err(error) = self.file.unlock() {
-            tracing::warn!(lock_path = ?self.claim.lock_path, %error, "cannot unlock lock file");
-        }
     }
 }
 

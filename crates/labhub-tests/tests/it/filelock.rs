@@ -39,7 +39,7 @@ fn with_watchdog<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -
 fn scratch_dir(test: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "labhub-it-filelock-{}-{n}-{test}",
         std::process::id()
     ));

@@ -14,7 +14,9 @@ use std::path::Path;
 
 /// An open lock file on which an exclusive `flock` can be taken.
 ///
-/// Dropping it closes the descriptor, which releases a lock still held.
+/// Dropping it closes the descriptor. That releases the lock unless another descriptor of the
+/// same open file description still exists (a copy inherited by a child forked without exec),
+/// in which case the lock lasts until that one closes too.
 #[derive(Debug)]
 pub struct LockFile {
     file: File,
@@ -71,14 +73,6 @@ impl LockFile {
         }
     }
 
-    /// Releases the lock.
-    ///
-    /// Closing the file would do the same, but an explicit unlock also releases it when a
-    /// forked child still holds a copy of the descriptor.
-    pub fn unlock(&self) -> io::Result<()> {
-        self.flock(libc::LOCK_UN)
-    }
-
     fn flock(&self, operation: libc::c_int) -> io::Result<()> {
         // SAFETY: flock takes a descriptor and an integer and touches no memory of ours; the
         // descriptor is owned by `self.file`, so it is open for the duration of the call.
@@ -108,10 +102,11 @@ mod tests {
         let b = LockFile::open_or_create(&path).unwrap();
         assert!(a.try_lock_exclusive().unwrap());
         assert!(!b.try_lock_exclusive().unwrap());
-        a.unlock().unwrap();
+        drop(a);
         assert!(b.try_lock_exclusive().unwrap());
         drop(b);
-        a.lock_exclusive().unwrap();
+        let c = LockFile::open_existing(&path).unwrap();
+        c.lock_exclusive().unwrap();
     }
 
     #[test]
