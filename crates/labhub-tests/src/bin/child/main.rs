@@ -3,6 +3,7 @@
 //! Each role lives in its own module; the first argument picks it.
 
 mod filelock;
+mod lifecycle;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -11,6 +12,7 @@ fn main() -> anyhow::Result<()> {
     #[allow(clippy::match_single_binding)] // each concept's module adds its roles here
     match role.as_str() {
         r if r.starts_with("filelock-") => filelock::run(r, &rest),
+        r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
 }
