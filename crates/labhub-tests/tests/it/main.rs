@@ -2,3 +2,4 @@
 mod filelock;
 
 mod lifecycle;
+mod sync;
