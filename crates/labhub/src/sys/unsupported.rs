@@ -15,7 +15,11 @@ fn unsupported(what: &str) -> io::Error {
 }
 
 /// Not supported: returns [`io::ErrorKind::Unsupported`].
-pub fn futex_wait(_word: &AtomicU32, _expected: u32, _timeout: Option<Duration>) -> io::Result<bool> {
+pub fn futex_wait(
+    _word: &AtomicU32,
+    _expected: u32,
+    _timeout: Option<Duration>,
+) -> io::Result<bool> {
     Err(unsupported("futex wait"))
 }
 

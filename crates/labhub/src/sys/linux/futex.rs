@@ -76,7 +76,11 @@ pub fn futex_wake(word: &AtomicU32, count: u32) -> usize {
         )
     };
     // FUTEX_WAKE fails only for a bad address or operation, which a `&AtomicU32` excludes.
-    debug_assert!(ret >= 0, "FUTEX_WAKE failed: {}", io::Error::last_os_error());
+    debug_assert!(
+        ret >= 0,
+        "FUTEX_WAKE failed: {}",
+        io::Error::last_os_error()
+    );
     usize::try_from(ret).unwrap_or(0)
 }
 
@@ -355,7 +359,10 @@ impl ThreadContext {
     pub unsafe fn unlink(&self, node: &RobustListNode) {
         let next = node.next.load(Ordering::Relaxed) as usize;
         let prev = node.prev.load(Ordering::Relaxed) as usize;
-        debug_assert!(next != 0 && prev != 0, "unlinking a node that is not linked");
+        debug_assert!(
+            next != 0 && prev != 0,
+            "unlinking a node that is not linked"
+        );
         // SAFETY: `next` and `prev` are list entries (or the head) of this thread's list,
         // live per the list's contracts; an entry's `prev` slot is 8 bytes before it and its
         // `next` slot is the entry itself.
