@@ -556,6 +556,34 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_that_exits_holding_a_placed_mutex_is_reported_by_the_kernel() {
+        let mutex = placed();
+        std::thread::spawn(|| std::mem::forget(mutex.lock().unwrap()))
+            .join()
+            .unwrap();
+        if sys::current_thread().has_robust_list() {
+            // The kernel walked the exited thread's robust list.
+            assert_eq!(mutex.word.load(Ordering::Relaxed), OWNER_DIED);
+        }
+        assert!(matches!(mutex.try_lock(), Err(LockError::OwnerDied(_))));
+    }
+
+    #[test]
+    fn a_thread_that_exits_holding_a_local_mutex_is_found_by_liveness_polling() {
+        let mutex = ProcessMutex::new();
+        let owner = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::mem::forget(mutex.lock().unwrap());
+                sys::current_thread().tid()
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(mutex.owner(), Some(owner), "not in any robust list");
+        assert!(matches!(mutex.lock(), Err(LockError::OwnerDied(_))));
+    }
+
+    #[test]
     fn eight_threads_increment_exactly() {
         const THREADS: u64 = 8;
         const ROUNDS: u64 = 20_000;
