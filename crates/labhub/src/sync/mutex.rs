@@ -419,7 +419,8 @@ impl fmt::Debug for ProcessMutex {
 /// Holds a [`ProcessMutex`]; unlocks it when dropped.
 ///
 /// `!Send`: the lock word and the robust list name the thread that locked it, so the same
-/// thread must unlock it.
+/// thread must unlock it. For the same reason a guard copied into a child by `fork()` (an
+/// unsafe call) belongs to the parent: the child must `mem::forget` it, never drop it.
 ///
 /// ```compile_fail
 /// fn assert_send<T: Send>() {}
