@@ -27,6 +27,11 @@
 //! - `thread_alive(tid) -> bool`: the thread exists and is not a zombie (tid reuse aside);
 //! - `ProcessId { pid, start_time }` with `current()`, `of(pid)`, `is_alive()`: an identity
 //!   that survives pid reuse.
+//!
+//! File locks (used by `filelock`):
+//! - `LockFile::{open_or_create, open_existing}(path)`: a close-on-exec descriptor that never
+//!   follows a symbolic link; `lock_exclusive()` (blocking) and `try_lock_exclusive() -> bool`
+//!   take a whole-file `flock`, which the kernel releases when the holder dies.
 
 #[cfg(target_os = "linux")]
 mod linux;

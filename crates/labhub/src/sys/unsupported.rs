@@ -155,3 +155,31 @@ impl ProcessId {
         true
     }
 }
+
+/// An open lock file; on this platform no lock can be taken.
+#[derive(Debug)]
+pub struct LockFile {
+    _file: std::fs::File,
+}
+
+impl LockFile {
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn open_or_create(_path: &std::path::Path) -> io::Result<Self> {
+        Err(unsupported("file locking"))
+    }
+
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn open_existing(_path: &std::path::Path) -> io::Result<Self> {
+        Err(unsupported("file locking"))
+    }
+
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn lock_exclusive(&self) -> io::Result<()> {
+        Err(unsupported("file locking"))
+    }
+
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn try_lock_exclusive(&self) -> io::Result<bool> {
+        Err(unsupported("file locking"))
+    }
+}
