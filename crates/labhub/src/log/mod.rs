@@ -191,6 +191,13 @@ pub enum LogError {
         /// The ident given.
         ident: String,
     },
+    /// Syslog cannot be used on this platform.
+    #[error("cannot open syslog")]
+    Syslog {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The queue capacity is zero.
     #[error("log queue capacity must be at least 1 line")]
     ZeroQueueCapacity,
