@@ -495,6 +495,10 @@ pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// routes the process's `tracing` events to it, and whose shutdown drains the queue, flushes
 /// and stops it (bounded by [`SHUTDOWN_TIMEOUT`]).
 ///
+/// Startup fails with the sink's [`LogError`], or with [`LogError::GlobalSubscriberTaken`] if
+/// the program installed a global `tracing` subscriber of its own; such a program adds
+/// [`Logger::layer`] to its subscriber instead of using this module.
+///
 /// ```no_run
 /// use labhub::lifecycle::LifecycleGuard;
 /// use labhub::log::{self, LogConfig, Sink};

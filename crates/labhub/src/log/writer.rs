@@ -3,7 +3,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::Duration;
 
 use tracing::Level;
@@ -103,8 +103,10 @@ impl Writer {
     fn linger(&mut self) -> Option<Msg> {
         for _ in 0..LINGER_POLLS {
             std::thread::sleep(LINGER_POLL);
-            if let Ok(msg) = self.rx.try_recv() {
-                return Some(msg);
+            match self.rx.try_recv() {
+                Ok(msg) => return Some(msg),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
             }
         }
         None
