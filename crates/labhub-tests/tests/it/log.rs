@@ -590,6 +590,28 @@ fn a_log_directory_under_a_regular_file_is_a_typed_error() {
 }
 
 #[test]
+fn the_log_module_with_a_bad_sink_fails_lifecycle_startup_with_the_typed_error() {
+    use labhub::lifecycle::{Lifecycle, LifecycleError};
+    let dir = unique_dir("badmodule");
+    let regular = dir.join("regular");
+    fs::write(&regular, b"x").unwrap();
+    // A private lifecycle: the failing startup never reaches the process-wide subscriber.
+    let lifecycle = Lifecycle::new();
+    let config = LogConfig::new(Sink::File(regular.join("app.log")));
+    lifecycle.register(labhub::log::module(config)).unwrap();
+    match lifecycle.initialize() {
+        Err(LifecycleError::StartupFailed { module, source }) => {
+            assert_eq!(module, labhub::log::MODULE_NAME);
+            let log_error = source.downcast_ref::<LogError>().expect("a LogError");
+            assert!(matches!(log_error, LogError::CreateDir { path, .. } if *path == regular));
+        }
+        other => panic!("expected StartupFailed, got {other:?}"),
+    }
+    assert!(lifecycle.service::<Logger>().is_none());
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn unusable_sink_settings_are_typed_errors() {
     let dir = unique_dir("badcfg");
     // A directory where the file should be.
