@@ -93,7 +93,8 @@ pub enum Sink {
     File(PathBuf),
     /// A file that is rotated before it would grow past `max_bytes`: `<path>.1` … `<path>.N`
     /// keep the older lines, newest first, for `backups` = N. With zero backups the file is
-    /// truncated and restarted instead.
+    /// truncated and restarted instead. Processes sharing the file must all use this sink
+    /// for it: they coordinate through `<path>.lock` (never deleted).
     RotatingFile {
         /// The current log file.
         path: PathBuf,
