@@ -243,7 +243,8 @@ impl FileLock {
         // Release the probe's own lock explicitly (a close alone would leave it held by any
         // child forked meanwhile, until that child execs), before other threads may claim it.
         if free {
-            file.unlock().map_err(FileLockError::io("unlock", &lock_path))?;
+            file.unlock()
+                .map_err(FileLockError::io("unlock", &lock_path))?;
         }
         drop(file);
         drop(claim);
