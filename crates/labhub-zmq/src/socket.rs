@@ -568,7 +568,8 @@ impl Socket {
         self.set_bool("ZMQ_REQ_CORRELATE", sys::ZMQ_REQ_CORRELATE, on)
     }
 
-    /// TCP_KEEPALIVE: `None` leaves the OS default, otherwise on or off.
+    /// TCP_KEEPALIVE: `None` leaves the OS default, otherwise on or off (the kernel then probes
+    /// an idle connection and closes it when the peer host is gone).
     pub fn set_tcp_keepalive(&self, on: Option<bool>) -> Result<(), ZmqError> {
         let value = match on {
             None => -1,
