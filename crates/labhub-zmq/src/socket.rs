@@ -110,7 +110,7 @@ impl BitOr for Flags {
 pub struct Socket {
     ptr: *mut c_void,
     // Keeps the context alive until this socket is closed.
-    _context: Arc<RawContext>,
+    pub(crate) context: Arc<RawContext>,
     kind: SocketType,
     // The PAIR receiving this socket's monitor events, if enabled (see monitor.rs).
     pub(crate) monitor: Option<Box<Socket>>,
@@ -133,7 +133,7 @@ impl Socket {
         }
         let socket = Self {
             ptr,
-            _context: Arc::clone(&context.inner),
+            context: Arc::clone(&context.inner),
             kind,
             monitor: None,
             _not_sync: PhantomData,
