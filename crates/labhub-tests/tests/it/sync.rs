@@ -248,6 +248,28 @@ fn our_mutexes_and_a_glibc_robust_mutex_share_one_robust_list_through_a_kill() {
 }
 
 #[test]
+fn a_waiter_that_cannot_read_proc_never_takes_the_lock_from_a_live_holder() {
+    let _watchdog = watchdog("a_waiter_that_cannot_read_proc", Duration::from_secs(60));
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold", &file, &[]);
+    holder.expect("locked");
+    let id = labhub::sys::ProcessId::of(holder.pid()).expect("holder identity");
+    // Long enough for several liveness probes (one per 100 ms slice).
+    let mut waiter = Child::spawn(
+        "sync-lock-without-fds",
+        &file,
+        &["350", &id.pid.to_string(), &id.start_time.to_string()],
+    );
+    assert_eq!(waiter.line(), "holder-alive=true lock=timeout");
+    waiter.finish();
+    assert_eq!(
+        file.shared.word(at::MUTEX) & TID_MASK,
+        holder.pid(),
+        "still the holder's"
+    );
+}
+
+#[test]
 fn a_hundred_thousand_notifications_between_processes_are_all_counted() {
     const ROUNDS: u64 = 100_000;
     let _watchdog = watchdog("a_hundred_thousand_notifications", Duration::from_secs(240));

@@ -153,6 +153,25 @@ pub fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
             ));
             Ok(())
         }
+        "sync-lock-without-fds" => {
+            // A waiter that can open no file (so cannot read /proc) must still never take the
+            // lock from a live holder, nor call a live process dead.
+            let timeout = Duration::from_millis(number(1)?);
+            let holder = labhub::sys::ProcessId {
+                pid: u32::try_from(number(2)?)?,
+                start_time: number(3)?,
+            };
+            let _spent = exhaust_file_descriptors()?;
+            let alive = holder.is_alive();
+            let outcome = match shared.mutex(at::MUTEX).lock_timeout(timeout) {
+                Ok(_) => "locked",
+                Err(LockError::OwnerDied(_)) => "owner-died",
+                Err(LockError::Timeout) => "timeout",
+                Err(other) => bail!("lock failed: {other}"),
+            };
+            say(&format!("holder-alive={alive} lock={outcome}"));
+            Ok(())
+        }
         other => bail!("unknown sync role {other:?}"),
     }
 }
@@ -177,6 +196,36 @@ fn lock_reporting(mutex: &ProcessMutex) -> anyhow::Result<labhub::sync::ProcessM
         Ok(guard) | Err(LockError::OwnerDied(guard)) => Ok(guard),
         Err(other) => bail!("lock failed: {other}"),
     }
+}
+
+/// Lowers the soft descriptor limit and opens /dev/null until no descriptor is left; the
+/// returned files hold them.
+fn exhaust_file_descriptors() -> anyhow::Result<Vec<std::fs::File>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit to the valid local passed by address.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    limit.rlim_cur = limit.rlim_cur.min(32);
+    // SAFETY: setrlimit reads one rlimit from the valid local passed by address.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        bail!("setrlimit: {}", std::io::Error::last_os_error());
+    }
+    let mut files = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => files.push(file),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+            Err(e) => return Err(e).context("opening /dev/null"),
+        }
+    }
+    if std::fs::read_to_string("/proc/self/stat").is_ok() {
+        bail!("/proc is still readable");
+    }
+    Ok(files)
 }
 
 /// `rounds` non-atomic increments of the counter under the mutex.
