@@ -270,6 +270,16 @@ fn a_waiter_that_cannot_read_proc_never_takes_the_lock_from_a_live_holder() {
 }
 
 #[test]
+fn a_guard_dropped_by_a_forked_copy_leaves_the_parents_lock_held() {
+    let _watchdog = watchdog("a_guard_dropped_by_a_forked_copy", Duration::from_secs(60));
+    let file = SharedFile::new();
+    let mut child = Child::spawn("sync-fork-while-holding", &file, &[]);
+    child.expect("held-after-the-fork-dropped-its-copy=true");
+    child.finish();
+    assert_eq!(file.shared.word(at::MUTEX), 0, "released by its owner");
+}
+
+#[test]
 fn a_hundred_thousand_notifications_between_processes_are_all_counted() {
     const ROUNDS: u64 = 100_000;
     let _watchdog = watchdog("a_hundred_thousand_notifications", Duration::from_secs(240));

@@ -172,6 +172,7 @@ pub fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
             say(&format!("holder-alive={alive} lock={outcome}"));
             Ok(())
         }
+        "sync-fork-while-holding" => fork_while_holding(&shared),
         other => bail!("unknown sync role {other:?}"),
     }
 }
@@ -226,6 +227,33 @@ fn exhaust_file_descriptors() -> anyhow::Result<Vec<std::fs::File>> {
         bail!("/proc is still readable");
     }
     Ok(files)
+}
+
+/// Locks MUTEX, forks, lets the forked copy drop its copy of the guard (as unwinding would),
+/// and reports whether this process still holds the lock.
+fn fork_while_holding(shared: &Shared) -> anyhow::Result<()> {
+    let mutex = shared.mutex(at::MUTEX);
+    let guard = lock_reporting(mutex)?;
+    // SAFETY: this process is single-threaded; the forked copy only drops the guard and ends
+    // with `_exit`, running no destructor of ours.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(guard);
+        // SAFETY: ends the forked copy at once.
+        unsafe { libc::_exit(0) };
+    }
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child, writing its status to a local.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        bail!("waitpid: {}", std::io::Error::last_os_error());
+    }
+    let held = mutex.owner() == Some(labhub::sys::gettid());
+    say(&format!("held-after-the-fork-dropped-its-copy={held}"));
+    drop(guard);
+    Ok(())
 }
 
 /// `rounds` non-atomic increments of the counter under the mutex.
