@@ -420,7 +420,8 @@ impl fmt::Debug for ProcessMutex {
 ///
 /// `!Send`: the lock word and the robust list name the thread that locked it, so the same
 /// thread must unlock it. For the same reason a guard copied into a child by `fork()` (an
-/// unsafe call) belongs to the parent: the child must `mem::forget` it, never drop it.
+/// unsafe call) belongs to the parent: dropping it in the child does nothing (the child's
+/// thread has another TID), and the parent's lock stays held until the parent drops its guard.
 ///
 /// ```compile_fail
 /// fn assert_send<T: Send>() {}
@@ -443,7 +444,11 @@ impl<'a> ProcessMutexGuard<'a> {
 impl Drop for ProcessMutexGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.mutex.unlock(&self.thread, self.listed);
+        // A copy made by `fork()` runs on another thread (new TID, emptied robust list) and
+        // must leave the parent's lock and list node alone, even when it unwinds.
+        if sys::current_thread().tid() == self.thread.tid() {
+            self.mutex.unlock(&self.thread, self.listed);
+        }
     }
 }
 
