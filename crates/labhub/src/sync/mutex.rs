@@ -31,10 +31,12 @@
 //! (at byte 24) is linked into the thread's kernel robust list: the list glibc registered for
 //! the thread, in glibc's own node format, so ours and glibc's robust mutexes share it. The
 //! order is glibc's: mark the node pending, take the word, link, clear the mark; to unlock,
-//! mark, unlink, release the word, wake, clear. The list is used only for a mutex reached
-//! through [`ProcessMutex::from_ptr`] (whose caller promises the mutex stays put), never for
-//! one made by [`ProcessMutex::new`], a value that safe code could move or free while a leaked
-//! guard keeps it linked.
+//! mark, unlink, release the word, wake, clear. The list is used for every mutex whose flags
+//! word does not carry `new()`'s mark: one reached through [`ProcessMutex::from_ptr`], or
+//! through any other cast into zeroed memory (a `#[repr(C)]` header holding one), whose author
+//! takes on `from_ptr`'s promises that the mutex stays put. It is never used for a value made
+//! by [`ProcessMutex::new`], which safe code could move or free while a leaked guard keeps it
+//! linked.
 
 use std::fmt;
 use std::io;
@@ -78,6 +80,11 @@ const LIVENESS_SLICE: Duration = Duration::from_millis(100);
 ///
 /// Everyone who can write the mapping is trusted: a process that scribbles on the node can
 /// make the owner's unlock corrupt its memory, as with glibc's robust mutexes.
+///
+/// All processes that share a mutex must share a pid namespace: the word holds TIDs, and a
+/// waiter's liveness probe would find an owner of another namespace missing and take its lock.
+/// Locking and unlocking are not async-signal-safe: a signal handler that locks a mutex on a
+/// thread interrupted inside `lock` or a guard's drop can corrupt that thread's robust list.
 #[repr(C, align(64))]
 pub struct ProcessMutex {
     word: AtomicU32,
@@ -165,7 +172,9 @@ impl ProcessMutex {
     /// `ptr` is aligned to 64 and points at 64 bytes that hold a `ProcessMutex` (all zero, or
     /// written by `new()` or by another process's use of one), that are accessed only through
     /// `ProcessMutex` methods, and that stay mapped at this address for `'a` and, if a guard
-    /// is leaked (`mem::forget`), until the leaking thread exits.
+    /// is leaked (`mem::forget`), until the leaking thread exits. The mark this call clears is
+    /// stored in the mutex: from then on every locker, whatever reference it holds, links the
+    /// mutex into its robust list, so the bytes must never be moved (only unmapped, as above).
     pub unsafe fn from_ptr<'a>(ptr: *const Self) -> &'a Self {
         // SAFETY: guaranteed by the caller: aligned, valid, mapped for 'a.
         let mutex = unsafe { &*ptr };
@@ -176,7 +185,7 @@ impl ProcessMutex {
     }
 
     /// Locks, sleeping as long as it takes. `Err` is only [`LockError::OwnerDied`] (which
-    /// holds the lock) or, off Linux, [`LockError::Wait`].
+    /// holds the lock) or [`LockError::Wait`] (off Linux, or an unexpected futex error).
     #[inline]
     pub fn lock(&self) -> Result<ProcessMutexGuard<'_>, LockError<'_>> {
         self.acquire(None)
