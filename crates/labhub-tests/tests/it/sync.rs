@@ -270,6 +270,19 @@ fn a_waiter_that_cannot_read_proc_never_takes_the_lock_from_a_live_holder() {
 }
 
 #[test]
+fn a_waiter_interrupted_by_frequent_signals_still_finds_a_dead_holder() {
+    let _watchdog = watchdog("waiter_under_signals", Duration::from_secs(30));
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold", &file, &["--no-robust-list"]);
+    holder.expect("locked");
+    holder.kill();
+    let mut waiter = Child::spawn("sync-wait-lock-under-signals", &file, &[]);
+    waiter.expect("waiting");
+    waiter.expect("owner-died");
+    waiter.finish();
+}
+
+#[test]
 fn a_guard_dropped_by_a_forked_copy_leaves_the_parents_lock_held() {
     let _watchdog = watchdog("a_guard_dropped_by_a_forked_copy", Duration::from_secs(60));
     let file = SharedFile::new();

@@ -173,6 +173,17 @@ pub fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         "sync-fork-while-holding" => fork_while_holding(&shared),
+        "sync-wait-lock-under-signals" => {
+            interrupt_every(Duration::from_millis(20))?;
+            say("waiting");
+            let outcome = match shared.mutex(at::MUTEX).lock() {
+                Ok(_) => "locked",
+                Err(LockError::OwnerDied(_)) => "owner-died",
+                Err(other) => bail!("lock failed: {other}"),
+            };
+            say(outcome);
+            Ok(())
+        }
         other => bail!("unknown sync role {other:?}"),
     }
 }
@@ -227,6 +238,33 @@ fn exhaust_file_descriptors() -> anyhow::Result<Vec<std::fs::File>> {
         bail!("/proc is still readable");
     }
     Ok(files)
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Sends this process SIGALRM every `period`, caught by a handler installed without
+/// `SA_RESTART`, so that every blocking call returns `EINTR` that often.
+fn interrupt_every(period: Duration) -> anyhow::Result<()> {
+    // SAFETY: all-zero is a valid `sigaction` (empty mask, no flags), completed below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: installs a handler that does nothing, from a valid `sigaction`.
+    if unsafe { libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()) } != 0 {
+        bail!("sigaction: {}", std::io::Error::last_os_error());
+    }
+    let every = libc::timeval {
+        tv_sec: 0,
+        tv_usec: libc::suseconds_t::try_from(period.as_micros())?,
+    };
+    let timer = libc::itimerval {
+        it_interval: every,
+        it_value: every,
+    };
+    // SAFETY: reads the valid `itimerval` above; the old value is not wanted.
+    if unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) } != 0 {
+        bail!("setitimer: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Locks MUTEX, forks, lets the forked copy drop its copy of the guard (as unwinding would),
