@@ -19,7 +19,7 @@
 //! | `tid → tid \| WAITERS` | a waiter, before it sleeps on the word |
 //! | `[OWNER_DIED] [\| WAITERS] → tid [\| WAITERS]` | lock, slow path; `OWNER_DIED` is reported as [`LockError::OwnerDied`] and cleared |
 //! | `tid [\| WAITERS] → OWNER_DIED [\| WAITERS]` | the kernel, when the owner dies with the lock in its robust list; it wakes one waiter |
-//! | `dead_tid [\| WAITERS] → tid \| WAITERS` | a waiter whose timed sleep (100 ms slices) found `dead_tid` gone: reported as owner death |
+//! | `dead_tid [\| WAITERS] → tid \| WAITERS` | a waiter that, once per 100 ms of sleep, found `dead_tid` gone: reported as owner death |
 //! | `tid [\| WAITERS] → 0` | unlock: one swap, then `FUTEX_WAKE` of one waiter only if `WAITERS` was set |
 //!
 //! A thread that has slept keeps `WAITERS` set when it takes the lock, since others may still
@@ -316,6 +316,8 @@ impl ProcessMutex {
         let mut spins = 0;
         // Once we have slept, others may sleep too: keep WAITERS when we take the lock.
         let mut waiters_bit = 0;
+        // When the owner's liveness was last probed (or the first sleep began).
+        let mut last_probe: Option<Instant> = None;
         loop {
             let word = self.word.load(Ordering::Relaxed);
             if word & TID_MASK == 0 {
@@ -349,11 +351,16 @@ impl ProcessMutex {
                 },
             };
             waiters_bit = WAITERS;
+            let probed = *last_probe.get_or_insert_with(Instant::now);
             match sys::futex_wait(&self.word, word | WAITERS, Some(slice)) {
-                Ok(true) => {}
-                Ok(false) => {
-                    if let Some(owner_died) = self.take_from_vanished_owner(tid) {
-                        return Ok(owner_died);
+                // Probe when a slice ran out, and also when early returns (signals, changes of
+                // the word) have added up to a slice, or a dead owner would never be noticed.
+                Ok(woken) => {
+                    if !woken || probed.elapsed() >= LIVENESS_SLICE {
+                        last_probe = Some(Instant::now());
+                        if let Some(owner_died) = self.take_from_vanished_owner(tid) {
+                            return Ok(owner_died);
+                        }
                     }
                 }
                 Err(e) => return Err(SlowFailure::Wait(e)),
