@@ -222,6 +222,40 @@ fn a_waiter_blocked_on_a_holder_without_robust_list_wakes_and_is_told() {
     waiter.finish();
 }
 
+/// Two waiters block on a holder that is then killed: exactly one is told of the death.
+fn two_waiters_on_a_killed_holder(holder_args: &[&str]) {
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold", &file, holder_args);
+    holder.expect("locked");
+    let mut waiters: Vec<Child> = (0..2)
+        .map(|_| Child::spawn("sync-wait-lock", &file, &[]))
+        .collect();
+    for waiter in &mut waiters {
+        waiter.expect("waiting");
+    }
+    wait_for(|| file.shared.word(at::MUTEX) & WAITERS != 0);
+    holder.kill();
+    let mut outcomes: Vec<String> = waiters.iter_mut().map(Child::line).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["locked", "owner-died"]);
+    for waiter in waiters {
+        waiter.finish();
+    }
+    assert_eq!(file.shared.word(at::MUTEX) & TID_MASK, 0);
+}
+
+#[test]
+fn of_two_waiters_on_a_killed_holder_exactly_one_is_told() {
+    let _watchdog = watchdog("two_waiters_robust_list", Duration::from_secs(60));
+    two_waiters_on_a_killed_holder(&[]);
+}
+
+#[test]
+fn of_two_waiters_polling_a_dead_holder_exactly_one_is_told() {
+    let _watchdog = watchdog("two_waiters_liveness", Duration::from_secs(60));
+    two_waiters_on_a_killed_holder(&["--no-robust-list"]);
+}
+
 #[test]
 fn our_mutexes_and_a_glibc_robust_mutex_share_one_robust_list_through_a_kill() {
     let _watchdog = watchdog("glibc_coexistence", Duration::from_secs(60));
