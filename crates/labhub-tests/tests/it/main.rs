@@ -2,4 +2,5 @@
 mod filelock;
 
 mod lifecycle;
+mod msg;
 mod sync;

@@ -4,6 +4,7 @@
 
 mod filelock;
 mod lifecycle;
+mod msg;
 mod sync;
 
 fn main() -> anyhow::Result<()> {
@@ -14,6 +15,7 @@ fn main() -> anyhow::Result<()> {
     match role.as_str() {
         r if r.starts_with("filelock-") => filelock::run(r, &rest),
         r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
+        r if r.starts_with("msg-") => msg::run(r, &rest),
         r if r.starts_with("sync-") => sync::run(r, &rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
