@@ -3,4 +3,5 @@ mod filelock;
 
 mod lifecycle;
 mod log;
+mod msg;
 mod sync;

@@ -5,6 +5,7 @@
 mod filelock;
 mod lifecycle;
 mod log;
+mod msg;
 mod sync;
 
 fn main() -> anyhow::Result<()> {
@@ -17,6 +18,7 @@ fn main() -> anyhow::Result<()> {
         r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         "log-append" => log::append(&rest),
         "log-spam" => log::spam(&rest),
+        r if r.starts_with("msg-") => msg::run(r, &rest),
         r if r.starts_with("sync-") => sync::run(r, &rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
