@@ -1,1 +1,4 @@
 //! Linux implementation of the platform layer.
+
+mod shm;
+pub use shm::*;
