@@ -111,7 +111,11 @@ impl Consumer {
                 channel: name.to_owned(),
             });
         }
-        let me = ProcessId::current();
+        let me = ProcessId::current().map_err(|source| ChannelError::Io {
+            channel: name.to_owned(),
+            op: "identify process",
+            source,
+        })?;
         let (entry, state_word, cursor) = claim_entry(&view, me)?;
         tracing::debug!(channel = name, entry, cursor, "consumer attached");
         Ok(Self {

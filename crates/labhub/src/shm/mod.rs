@@ -43,15 +43,15 @@ mod flex;
 pub mod layout;
 mod producer;
 pub mod segment;
-mod standin;
 
 pub use consumer::{AttachOptions, Consumer, Frame, WaitMode};
 pub use error::{ChannelError, LayoutError, PublishError, ReadError, StateError};
 pub use producer::{Producer, SlotWriter};
 
-/// The sync primitives the layout embeds (the `sync` module once merged).
+/// The sync primitives the layout embeds, and the process identity.
 pub(crate) mod sync_impl {
-    pub use super::standin::{LockError, ProcessEvent, ProcessId, ProcessMutex};
+    pub use crate::sync::{ProcessEvent, ProcessMutex};
+    pub use crate::sys::ProcessId;
 }
 
 use std::sync::atomic::Ordering;
@@ -333,7 +333,7 @@ fn entry_owner_dead(e: &layout::ConsumerEntry, state: u64) -> bool {
     let start_time = e.start_time.load(Ordering::Acquire);
     if state >> 32 == consumer_state::CLAIMING && start_time == 0 {
         // Still filling in: only the pid is known.
-        return !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        return !crate::sys::thread_alive(pid);
     }
     !sync_impl::ProcessId { pid, start_time }.is_alive()
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::error::{ChannelError, PublishError, StateError};
 use super::layout::{self, View, backpressure_code, consumer_state, policy_code};
 use super::segment::{self, Segment};
-use super::sync_impl::{LockError, ProcessId};
+use super::sync_impl::ProcessId;
 use super::{Backpressure, ChannelConfig, ChannelStats, FrameMeta, Policy, flex};
 use crate::sys;
 
@@ -85,7 +85,7 @@ impl Producer {
             },
             reason: e.to_string(),
         })?;
-        let me = ProcessId::current();
+        let me = current_process(name)?;
         match Segment::create(name, geo.total_size)? {
             Some(seg) => {
                 let view = View::new_unchecked_header(seg, geo).map_err(|source| {
@@ -189,9 +189,16 @@ impl Producer {
         let h = view.header();
         let _guard = match h.producer_mutex.lock() {
             Ok(g) => g,
-            // The previous holder died inside the takeover below; we redo it.
-            Err(LockError::OwnerDied(g)) => g,
-            Err(_) => unreachable!("an untimed lock does not time out"),
+            Err(e) => match e.into_guard() {
+                // The previous holder died inside the takeover below; we redo it.
+                Some(g) => g,
+                None => {
+                    return Err(ChannelError::ChannelBusy {
+                        channel: name.to_owned(),
+                        pid: 0,
+                    });
+                }
+            },
         };
         let pid = h.producer_pid.load(Ordering::Acquire);
         if pid != 0 {
@@ -382,6 +389,14 @@ impl Drop for Producer {
         }
         h.data_event.notify_all();
     }
+}
+
+fn current_process(name: &str) -> Result<ProcessId, ChannelError> {
+    ProcessId::current().map_err(|source| ChannelError::Io {
+        channel: name.to_owned(),
+        op: "identify process",
+        source,
+    })
 }
 
 /// Repairs what a dead producer left: a slot caught mid-write is emptied (its bytes are partial),
