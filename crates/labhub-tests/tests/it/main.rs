@@ -1,1 +1,3 @@
 //! labhub's integration tests: one binary, one module per concept (one link on a 2-core CI).
+
+mod sync;
