@@ -3,6 +3,7 @@
 //! Each role lives in its own module; the first argument picks it.
 
 mod shm;
+mod sync;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -11,6 +12,7 @@ fn main() -> anyhow::Result<()> {
     #[allow(clippy::match_single_binding)] // each concept's module adds its roles here
     match role.as_str() {
         r if r.starts_with("shm-") => shm::run(r, &rest),
+        sync_role if sync_role.starts_with("sync-") => sync::run(sync_role, &rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
 }
