@@ -165,7 +165,11 @@ fn say(line: &str) {
 
 fn block_until_stdin_closes() {
     let mut sink = String::new();
-    while std::io::stdin().lock().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+    while std::io::stdin()
+        .lock()
+        .read_line(&mut sink)
+        .is_ok_and(|n| n > 0)
+    {}
 }
 
 fn lock_reporting(mutex: &ProcessMutex) -> anyhow::Result<labhub::sync::ProcessMutexGuard<'_>> {
