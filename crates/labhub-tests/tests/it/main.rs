@@ -1,4 +1,6 @@
 //! labhub's integration tests: one binary, one module per concept (one link on a 2-core CI).
-mod shm;
+mod filelock;
 
+mod lifecycle;
+mod shm;
 mod sync;

@@ -2,6 +2,8 @@
 //!
 //! Each role lives in its own module; the first argument picks it.
 
+mod filelock;
+mod lifecycle;
 mod shm;
 mod sync;
 
@@ -11,8 +13,10 @@ fn main() -> anyhow::Result<()> {
     let rest: Vec<String> = args.collect();
     #[allow(clippy::match_single_binding)] // each concept's module adds its roles here
     match role.as_str() {
+        r if r.starts_with("filelock-") => filelock::run(r, &rest),
+        r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         r if r.starts_with("shm-") => shm::run(r, &rest),
-        sync_role if sync_role.starts_with("sync-") => sync::run(sync_role, &rest),
+        r if r.starts_with("sync-") => sync::run(r, &rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
 }

@@ -1,5 +1,7 @@
 //! Linux implementation of the platform layer.
 
+mod flock;
+pub use flock::LockFile;
 mod futex;
 mod process;
 mod shm;
