@@ -6,8 +6,9 @@
 //! The producer copies each frame into its slot (`begin_publish`, `copy_from_slice`, `publish`)
 //! on a lossless ring (Block) of 8 slots, or 1 MiB worth of small frames (256 × 4 KiB), so it can never outrun the consumer. The consumer is
 //! this executable re-spawned (`LABHUB_BENCH_ROLE=consumer`); it reads each frame in place and
-//! validates it, either touching only its first and last byte (`touch`) or reading every 8-byte
-//! word (`read`). The baseline copies the same frame into as many rotating destination buffers as the ring has
+//! validates it, either touching only its first and last byte (`touch`; also with the consumer in
+//! `WaitMode::Spin` for 50 µs before sleeping: `touch, spin`) or reading every 8-byte word
+//! (`read`). The baseline copies the same frame into as many rotating destination buffers as the ring has
 //! slots (the same
 //! memory footprint as the ring) on one thread. Each figure is the median of 5 runs.
 #![allow(missing_docs)]
@@ -16,7 +17,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use labhub::shm::{self, AttachOptions, Backpressure, ChannelConfig, Consumer, Policy, Producer};
+use labhub::shm::{
+    self, AttachOptions, Backpressure, ChannelConfig, Consumer, Policy, Producer, WaitMode,
+};
 
 /// Ring slots for a frame size: 8, or enough for 1 MiB of small frames.
 fn slots(size: usize) -> u32 {
@@ -32,8 +35,16 @@ fn consumer_main() {
         .unwrap()
         .parse()
         .unwrap();
-    let read_all = std::env::var("LABHUB_BENCH_READ").unwrap() == "read";
-    let mut c = Consumer::attach(&name, AttachOptions::default()).unwrap();
+    let mode = std::env::var("LABHUB_BENCH_READ").unwrap();
+    let read_all = mode == "read";
+    let wait = if mode == "spin" {
+        WaitMode::Spin {
+            spin_for: Duration::from_micros(50),
+        }
+    } else {
+        WaitMode::Blocking
+    };
+    let mut c = Consumer::attach(&name, AttachOptions::default().mode(wait)).unwrap();
     let mut out = std::io::stdout();
     writeln!(out, "ready").unwrap();
     out.flush().unwrap();
@@ -123,22 +134,31 @@ fn main() {
         println!("shm_throughput: run with `cargo bench` to measure");
         return;
     }
-    println!("| frame | memcpy GB/s | labhub touch GB/s | ratio | labhub read GB/s | ratio |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| frame | memcpy GB/s | touch GB/s | ratio | touch, spin GB/s | ratio | read GB/s | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let only = std::env::var("LABHUB_BENCH_ONLY").ok();
     for (label, size) in [("4 KiB", 4 << 10), ("1 MiB", 1 << 20), ("4 MiB", 4 << 20)] {
-        let (mut base, mut touch, mut read) = (vec![], vec![], vec![]);
+        if only.as_deref().is_some_and(|o| o != label) {
+            continue;
+        }
+        let (mut base, mut touch, mut spin, mut read) = (vec![], vec![], vec![], vec![]);
         // Interleave the measurements so machine noise hits all of them alike.
         for _ in 0..RUNS {
             base.push(memcpy_rate(size));
             touch.push(channel_rate(size, "touch"));
+            spin.push(channel_rate(size, "spin"));
             read.push(channel_rate(size, "read"));
         }
-        let (b, t, r) = (median(base), median(touch), median(read));
+        let (b, t, sp, r) = (median(base), median(touch), median(spin), median(read));
         println!(
-            "| {label} | {:.2} | {:.2} | {:.2}× | {:.2} | {:.2}× |",
+            "| {label} | {:.2} | {:.2} | {:.2}× | {:.2} | {:.2}× | {:.2} | {:.2}× |",
             b / 1e9,
             t / 1e9,
             t / b,
+            sp / 1e9,
+            sp / b,
             r / 1e9,
             r / b
         );
