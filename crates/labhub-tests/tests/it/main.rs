@@ -3,4 +3,5 @@ mod filelock;
 
 mod lifecycle;
 mod shm;
+mod log;
 mod sync;

@@ -5,6 +5,7 @@
 mod filelock;
 mod lifecycle;
 mod shm;
+mod log;
 mod sync;
 
 fn main() -> anyhow::Result<()> {
@@ -16,6 +17,8 @@ fn main() -> anyhow::Result<()> {
         r if r.starts_with("filelock-") => filelock::run(r, &rest),
         r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         r if r.starts_with("shm-") => shm::run(r, &rest),
+        "log-append" => log::append(&rest),
+        "log-spam" => log::spam(&rest),
         r if r.starts_with("sync-") => sync::run(r, &rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }

@@ -12,3 +12,5 @@ pub use futex::{
 };
 pub use process::{ProcessId, getpid, gettid, thread_alive};
 pub use shm::*;
+
+pub mod log_sys;
