@@ -2,6 +2,6 @@
 mod filelock;
 
 mod lifecycle;
-mod shm;
 mod log;
+mod shm;
 mod sync;

@@ -4,8 +4,8 @@
 
 mod filelock;
 mod lifecycle;
-mod shm;
 mod log;
+mod shm;
 mod sync;
 
 fn main() -> anyhow::Result<()> {
