@@ -14,6 +14,7 @@
 //! | [`sync`] | process-shared, robust mutex and event that live inside shared memory |
 //! | [`filelock`] | an exclusive cross-process, cross-thread lock on a path |
 //! | [`msg`] | ZeroMQ publish/subscribe and request/reply channels, optionally CurveZMQ-encrypted |
+//! | [`shm`] | shared-memory data channels: producer, consumers, policies, flexible zone |
 //!
 //! See `docs/ARCHITECTURE.md` for the design.
 #![deny(missing_docs)]
@@ -22,5 +23,6 @@ pub mod filelock;
 pub mod lifecycle;
 pub mod log;
 pub mod msg;
+pub mod shm;
 pub mod sync;
 pub mod sys;

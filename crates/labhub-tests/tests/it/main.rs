@@ -4,4 +4,5 @@ mod filelock;
 mod lifecycle;
 mod log;
 mod msg;
+mod shm;
 mod sync;

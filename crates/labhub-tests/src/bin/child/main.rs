@@ -6,6 +6,7 @@ mod filelock;
 mod lifecycle;
 mod log;
 mod msg;
+mod shm;
 mod sync;
 
 fn main() -> anyhow::Result<()> {
@@ -16,6 +17,7 @@ fn main() -> anyhow::Result<()> {
     match role.as_str() {
         r if r.starts_with("filelock-") => filelock::run(r, &rest),
         r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
+        r if r.starts_with("shm-") => shm::run(r, &rest),
         "log-append" => log::append(&rest),
         "log-spam" => log::spam(&rest),
         r if r.starts_with("msg-") => msg::run(r, &rest),
