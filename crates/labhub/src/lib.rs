@@ -13,6 +13,7 @@
 //! | [`log`] | asynchronous logging on `tracing`, a lifecycle module |
 //! | [`sync`] | process-shared, robust mutex and event that live inside shared memory |
 //! | [`filelock`] | an exclusive cross-process, cross-thread lock on a path |
+//! | [`protocol`] | the broker's wire messages: frames, types, typed decoding and validation |
 //!
 //! See `docs/ARCHITECTURE.md` for the design.
 #![deny(missing_docs)]
@@ -20,5 +21,6 @@
 pub mod filelock;
 pub mod lifecycle;
 pub mod log;
+pub mod protocol;
 pub mod sync;
 pub mod sys;
