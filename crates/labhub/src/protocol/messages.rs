@@ -170,7 +170,7 @@ pub struct List {
 #[non_exhaustive]
 pub enum Request {
     /// `register`
-    Register(Register),
+    Register(Box<Register>),
     /// `discover`
     Discover(Discover),
     /// `unregister`

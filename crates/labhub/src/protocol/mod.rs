@@ -229,7 +229,7 @@ fn decode_body(kind: &[u8], body: &[u8]) -> Result<Request, Rejected> {
     let invalid = |source| reject(DecodeError::InvalidBody { type_name, source });
     use serde_json::from_value as from;
     let request = match type_name {
-        "register" => Request::Register(from(value).map_err(invalid)?),
+        "register" => Request::Register(Box::new(from(value).map_err(invalid)?)),
         "discover" => Request::Discover(from(value).map_err(invalid)?),
         "unregister" => Request::Unregister(from(value).map_err(invalid)?),
         "attach" => Request::Attach(from(value).map_err(invalid)?),
