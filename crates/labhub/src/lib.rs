@@ -14,10 +14,12 @@
 //! | [`sync`] | process-shared, robust mutex and event that live inside shared memory |
 //! | [`filelock`] | an exclusive cross-process, cross-thread lock on a path |
 //! | [`protocol`] | the broker's wire messages: frames, types, typed decoding and validation |
+//! | [`broker`] | the broker: registry and watchdog, keys, config, audit trail, CurveZMQ server |
 //!
 //! See `docs/ARCHITECTURE.md` for the design.
 #![deny(missing_docs)]
 
+pub mod broker;
 pub mod filelock;
 pub mod lifecycle;
 pub mod log;

@@ -126,6 +126,13 @@ macro_rules! string_newtype {
             }
         }
 
+        // Ord and Hash are those of the inner String, so borrowing as str is consistent.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl From<$name> for String {
             fn from(n: $name) -> String {
                 n.0
