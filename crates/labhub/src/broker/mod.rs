@@ -10,4 +10,5 @@
 #![deny(unsafe_code)]
 
 pub mod audit;
+pub mod keys;
 pub mod registry;
