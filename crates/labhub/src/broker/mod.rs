@@ -10,5 +10,6 @@
 #![deny(unsafe_code)]
 
 pub mod audit;
+pub mod config;
 pub mod keys;
 pub mod registry;
