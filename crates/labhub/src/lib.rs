@@ -13,6 +13,7 @@
 //! | [`log`] | asynchronous logging on `tracing`, a lifecycle module |
 //! | [`sync`] | process-shared, robust mutex and event that live inside shared memory |
 //! | [`filelock`] | an exclusive cross-process, cross-thread lock on a path |
+//! | [`shm`] | shared-memory data channels: producer, consumers, policies, flexible zone |
 //! | [`protocol`] | the broker's wire messages: frames, types, typed decoding and validation |
 //! | [`broker`] | the broker: registry and watchdog, keys, config, audit trail, CurveZMQ server |
 //!
@@ -24,5 +25,6 @@ pub mod filelock;
 pub mod lifecycle;
 pub mod log;
 pub mod protocol;
+pub mod shm;
 pub mod sync;
 pub mod sys;

@@ -1,0 +1,520 @@
+//! The consumer side of a channel: attach by name, read frames in place, read the state.
+#![deny(unsafe_code)]
+
+use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
+
+use super::error::{ChannelError, ReadError, StateError};
+use super::layout::{self, View, backpressure_code, consumer_state, policy_code};
+use super::sync_impl::ProcessId;
+use super::{ChannelStats, FrameMeta, Secret, flex};
+use crate::sys;
+
+/// How [`Consumer::next`] waits for a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WaitMode {
+    /// Sleep on the channel's data event (no CPU while waiting).
+    #[default]
+    Blocking,
+    /// Poll the commit position for up to `spin_for`, then sleep on the data event: the lowest
+    /// latency, at the price of a busy core while spinning.
+    Spin {
+        /// How long to spin before sleeping.
+        spin_for: Duration,
+    },
+}
+
+/// Options of [`Consumer::attach`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AttachOptions {
+    /// The channel's secret, if it has one.
+    pub secret: Option<Secret>,
+    /// The segment size the caller was told (e.g. by a broker); attach fails if it differs.
+    pub expected_size: Option<u64>,
+    /// How `next` waits.
+    pub mode: WaitMode,
+    /// How long to wait for a channel being created to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            expected_size: None,
+            mode: WaitMode::Blocking,
+            ready_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl AttachOptions {
+    /// Presents `secret`.
+    pub fn secret(mut self, secret: impl Into<Secret>) -> Self {
+        self.secret = Some(secret.into());
+        self
+    }
+    /// Requires the segment to be `bytes` long.
+    pub fn expected_size(mut self, bytes: u64) -> Self {
+        self.expected_size = Some(bytes);
+        self
+    }
+    /// Sets the wait mode.
+    pub fn mode(mut self, mode: WaitMode) -> Self {
+        self.mode = mode;
+        self
+    }
+}
+
+/// A reader of a channel, registered (and monitored) in its consumer table.
+pub struct Consumer {
+    view: View,
+    entry: usize,
+    state_word: u64,
+    cursor: u64,
+    mode: WaitMode,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("channel", &self.view.segment().channel())
+            .field("entry", &self.entry)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest sleep between heartbeats while waiting without a timeout.
+const HEARTBEAT_NAP: Duration = Duration::from_millis(500);
+
+impl Consumer {
+    /// Attaches to channel `name`: validates the segment, checks the secret and the expected
+    /// size, and takes an entry in the consumer table. The consumer receives every frame
+    /// committed after this returns (under a lossless ring, the producer waits for it).
+    pub fn attach(name: &str, options: AttachOptions) -> Result<Self, ChannelError> {
+        let view = super::open_view(name, options.ready_timeout)?;
+        let total = view.geometry().total_size;
+        if let Some(expected) = options.expected_size {
+            if expected != total {
+                return Err(ChannelError::SizeMismatch {
+                    channel: name.to_owned(),
+                    expected,
+                    found: total,
+                });
+            }
+        }
+        if !super::check_secret(&view, options.secret.as_ref()) {
+            return Err(ChannelError::WrongSecret {
+                channel: name.to_owned(),
+            });
+        }
+        let me = ProcessId::current().map_err(|source| ChannelError::Io {
+            channel: name.to_owned(),
+            op: "identify process",
+            source,
+        })?;
+        let (entry, state_word, cursor) = claim_entry(&view, me)?;
+        tracing::debug!(channel = name, entry, cursor, "consumer attached");
+        Ok(Self {
+            view,
+            entry,
+            state_word,
+            cursor,
+            mode: options.mode,
+        })
+    }
+
+    /// The channel name.
+    pub fn channel(&self) -> &str {
+        self.view.segment().channel()
+    }
+
+    /// Size of the segment in bytes (what a broker would announce).
+    pub fn segment_size(&self) -> u64 {
+        self.view.geometry().total_size
+    }
+
+    /// The id of the next frame [`Consumer::next`] will return (if not overwritten first).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Counters and positions of the channel.
+    pub fn stats(&self) -> ChannelStats {
+        super::stats(&self.view)
+    }
+
+    /// Whether a live producer is attached now.
+    pub fn producer_alive(&self) -> bool {
+        let h = self.view.header();
+        let pid = h.producer_pid.load(Ordering::Acquire);
+        pid != 0
+            && ProcessId {
+                pid: u32::try_from(pid).unwrap_or(0),
+                start_time: h.producer_start_time.load(Ordering::Acquire),
+            }
+            .is_alive()
+    }
+
+    /// Frames this consumer lost because a lossy policy overwrote them.
+    pub fn missed(&self) -> u64 {
+        self.entry().missed.load(Ordering::Relaxed)
+    }
+
+    fn entry(&self) -> &layout::ConsumerEntry {
+        self.view
+            .consumer(self.entry)
+            .expect("entry index validated at attach")
+    }
+
+    fn lossless(&self) -> bool {
+        let p = self.view.geometry().params;
+        p.policy == policy_code::RING
+            && matches!(
+                p.backpressure,
+                backpressure_code::BLOCK | backpressure_code::FAIL
+            )
+    }
+
+    fn check_entry(&self) -> Result<&layout::ConsumerEntry, ReadError> {
+        let e = self.entry();
+        if e.state.load(Ordering::Acquire) != self.state_word {
+            return Err(ReadError::Evicted {
+                channel: self.channel().to_owned(),
+            });
+        }
+        e.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
+        Ok(e)
+    }
+
+    fn lose(&mut self, frames: u64) {
+        self.entry().missed.fetch_add(frames, Ordering::Relaxed);
+        self.view
+            .header()
+            .overwritten
+            .fetch_add(frames, Ordering::Relaxed);
+    }
+
+    fn set_position(&mut self, cursor: u64) {
+        self.cursor = cursor;
+        self.entry().position.store(cursor, Ordering::SeqCst);
+    }
+
+    /// Waits up to `timeout` (`None`: forever) for the next frame and returns it in place.
+    ///
+    /// Frames are returned in order. Under a lossy policy a slow consumer skips frames that were
+    /// overwritten before it got to them (counted in [`Consumer::missed`]).
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<Frame<'_>, ReadError> {
+        let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future));
+        let mut spin_until = match self.mode {
+            WaitMode::Spin { spin_for } => Some(Instant::now() + spin_for),
+            WaitMode::Blocking => None,
+        };
+        loop {
+            self.check_entry()?;
+            let commit = self.view.header().commit_pos.load(Ordering::Acquire);
+            if self.cursor < commit {
+                match self.snapshot(self.cursor, commit) {
+                    Some(snap) => return Ok(self.frame(snap)),
+                    None => continue,
+                }
+            }
+            // Nothing new: spin, then sleep on the data event.
+            if let Some(until) = spin_until {
+                if Instant::now() < until {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                spin_until = None;
+            }
+            let h = self.view.header();
+            let seen = h.data_event.sequence();
+            if h.commit_pos.load(Ordering::Acquire) > self.cursor {
+                continue;
+            }
+            let nap = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(ReadError::Timeout);
+                    }
+                    (d - now).min(HEARTBEAT_NAP)
+                }
+                None => HEARTBEAT_NAP,
+            };
+            h.data_event.wait_changed(seen, Some(nap));
+        }
+    }
+
+    /// The newest committed frame, in place, or `None` if nothing was published yet. Frames
+    /// between the cursor and the newest are skipped (not counted as missed).
+    pub fn latest(&mut self) -> Result<Option<Frame<'_>>, ReadError> {
+        loop {
+            self.check_entry()?;
+            let commit = self.view.header().commit_pos.load(Ordering::Acquire);
+            let Some(newest) = commit.checked_sub(1) else {
+                return Ok(None);
+            };
+            if newest > self.cursor {
+                self.set_position(newest);
+            }
+            if let Some(snap) = self.read_meta(newest) {
+                return Ok(Some(self.frame(snap)));
+            }
+            // Overwritten while we looked: try the (new) newest.
+        }
+    }
+
+    /// Tries to snapshot frame `self.cursor` (< commit); on loss, advances the cursor and
+    /// returns None.
+    fn snapshot(&mut self, cursor: u64, commit: u64) -> Option<Snapshot> {
+        let n = self.view.geometry().slots();
+        // Frames older than commit - n are gone from the ring.
+        let oldest = commit.saturating_sub(n);
+        if cursor < oldest {
+            self.lose(oldest - cursor);
+            self.set_position(oldest);
+            return None;
+        }
+        match self.read_meta(cursor) {
+            Some(s) => Some(s),
+            None => {
+                // Overwritten (lossy), abandoned by a crashed producer, or evicted.
+                self.lose(1);
+                self.set_position(cursor + 1);
+                None
+            }
+        }
+    }
+
+    /// Reads frame `f`'s descriptor if the slot holds committed frame `f`, consistently.
+    fn read_meta(&self, f: u64) -> Option<Snapshot> {
+        let m = self.view.slot_meta(f);
+        let seq = m.seq.load(Ordering::Acquire);
+        if seq != layout::committed_seq(f) {
+            return None;
+        }
+        let ndim = m.ndim.load(Ordering::Relaxed);
+        let mut dims = [0u64; layout::MAX_DIMS];
+        for (d, a) in dims.iter_mut().zip(&m.dims) {
+            *d = a.load(Ordering::Relaxed);
+        }
+        let snap = Snapshot {
+            frame: f,
+            seq,
+            len: m.data_size.load(Ordering::Relaxed),
+            checksum: m.checksum.load(Ordering::Relaxed),
+            meta: FrameMeta {
+                timestamp_ns: m.timestamp_ns.load(Ordering::Relaxed),
+                type_hash: m.type_hash.load(Ordering::Relaxed),
+                ndim: ndim.min(layout::MAX_DIMS as u64) as u8,
+                dims,
+            },
+        };
+        fence(Ordering::Acquire);
+        if m.seq.load(Ordering::Relaxed) != seq {
+            return None;
+        }
+        // Written by another process: a frame larger than its slot or with more than 4
+        // dimensions is not a frame the producer could have committed; clamp and let the
+        // checksum (if any) or the application judge. Lengths are clamped in slot_bytes too.
+        Some(Snapshot {
+            len: snap.len.min(self.view.geometry().params.slot_size),
+            ..snap
+        })
+    }
+
+    fn frame(&mut self, snap: Snapshot) -> Frame<'_> {
+        let e = self.entry();
+        e.held.store(snap.frame + 1, Ordering::Relaxed);
+        e.received.fetch_add(1, Ordering::Relaxed);
+        Frame {
+            consumer: self,
+            snap,
+        }
+    }
+
+    /// Reads the flexible-zone state: `Ok(None)` before the producer wrote any, else the version
+    /// and the value. Never returns a partially written state.
+    pub fn read_state<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Option<(u64, T)>, StateError> {
+        flex::read_state(&self.view)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let e = self.entry();
+        let _ = e
+            .state
+            .compare_exchange(self.state_word, 0, Ordering::SeqCst, Ordering::SeqCst);
+        self.view.header().space_event.notify_all();
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Takes a free (or dead consumer's) table entry. Returns (index, state word, start cursor).
+fn claim_entry(view: &View, me: ProcessId) -> Result<(usize, u64, u64), ChannelError> {
+    let h = view.header();
+    let claiming = (consumer_state::CLAIMING << 32) | u64::from(me.pid);
+    let active = (consumer_state::ACTIVE << 32) | u64::from(me.pid);
+    for i in 0..layout::CONSUMER_CAPACITY as usize {
+        let Some(e) = view.consumer(i) else { break };
+        let mut state = e.state.load(Ordering::SeqCst);
+        if state != 0 && super::reclaim_if_dead(view, e, state) {
+            state = 0;
+        }
+        if state != 0 {
+            continue;
+        }
+        if e.state
+            .compare_exchange(0, claiming, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            continue;
+        }
+        // Provisional position: conservative (it can only hold the producer back), raised below.
+        let c0 = h.commit_pos.load(Ordering::SeqCst);
+        e.position.store(c0, Ordering::SeqCst);
+        e.start_time.store(me.start_time, Ordering::SeqCst);
+        e.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
+        e.held.store(0, Ordering::Relaxed);
+        e.received.store(0, Ordering::Relaxed);
+        e.missed.store(0, Ordering::Relaxed);
+        e.state.store(active, Ordering::SeqCst);
+        // A frame the producer claimed before it could see this entry may overwrite the slot of
+        // frame write_pos - 1 - n; start no earlier than write_pos - n (Dekker pairing with the
+        // SeqCst claim-then-scan in Producer::begin_publish).
+        let wp = h.write_pos.load(Ordering::SeqCst);
+        let start = c0.max(wp.saturating_sub(view.geometry().slots()));
+        e.position.store(start, Ordering::SeqCst);
+        return Ok((i, active, start));
+    }
+    Err(ChannelError::ConsumerTableFull {
+        channel: view.segment().channel().to_owned(),
+        capacity: layout::CONSUMER_CAPACITY,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    frame: u64,
+    seq: u64,
+    len: u64,
+    checksum: u64,
+    meta: FrameMeta,
+}
+
+/// A frame read in place; the slot is released when it is dropped.
+///
+/// Under a lossy policy the bytes of [`Frame::data`] are only guaranteed whole if
+/// [`Frame::finish`] or [`Frame::validate`] returns `Ok` after reading them.
+#[must_use = "dropping a frame releases it at once"]
+pub struct Frame<'a> {
+    consumer: &'a mut Consumer,
+    snap: Snapshot,
+}
+
+impl std::fmt::Debug for Frame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("frame_id", &self.snap.frame)
+            .field("len", &self.snap.len)
+            .field("meta", &self.snap.meta)
+            .finish()
+    }
+}
+
+impl Frame<'_> {
+    /// The frame id (0, 1, … in publish order).
+    pub fn frame_id(&self) -> u64 {
+        self.snap.frame
+    }
+
+    /// The metadata (timestamp, type hash, dimensions).
+    pub fn meta(&self) -> &FrameMeta {
+        &self.snap.meta
+    }
+
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        self.snap.len as usize
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.snap.len == 0
+    }
+
+    /// The payload, in place in shared memory (no copy). See the type's note on lossy policies.
+    pub fn data(&self) -> &[u8] {
+        self.consumer
+            .view
+            .slot_bytes(self.snap.frame, self.snap.len)
+    }
+
+    /// Checks that the frame was not overwritten since it was returned, and its checksum if the
+    /// channel has checksums. `Ok` means every byte read from [`Frame::data`] before this call
+    /// belonged to this frame.
+    pub fn validate(&self) -> Result<(), ReadError> {
+        let view = &self.consumer.view;
+        let m = view.slot_meta(self.snap.frame);
+        let computed = (view.geometry().params.checksum == layout::checksum_code::XXH3_64)
+            .then(|| super::checksum_of(self.data()));
+        // Seqlock reader side: the payload reads above happen before the re-check.
+        fence(Ordering::Acquire);
+        if m.seq.load(Ordering::Relaxed) != self.snap.seq {
+            return Err(ReadError::Overwritten {
+                frame_id: self.snap.frame,
+            });
+        }
+        if let Some(computed) = computed {
+            if computed != self.snap.checksum {
+                return Err(ReadError::ChecksumMismatch {
+                    frame_id: self.snap.frame,
+                    stored: self.snap.checksum,
+                    computed,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates (see [`Frame::validate`]) and releases the frame. An overwritten frame is
+    /// counted as missed.
+    pub fn finish(self) -> Result<(), ReadError> {
+        self.validate()
+    }
+
+    /// Copies the payload out and validates it; the copy is whole if this returns `Ok`.
+    pub fn copy_to_vec(&self) -> Result<Vec<u8>, ReadError> {
+        let v = self.data().to_vec();
+        self.validate()?;
+        Ok(v)
+    }
+}
+
+impl Drop for Frame<'_> {
+    fn drop(&mut self) {
+        let c = &mut *self.consumer;
+        let m = c.view.slot_meta(self.snap.frame);
+        if m.seq.load(Ordering::Acquire) != self.snap.seq {
+            c.lose(1);
+        }
+        c.entry().held.store(0, Ordering::Relaxed);
+        let next = self.snap.frame + 1;
+        if next > c.cursor {
+            c.set_position(next);
+        }
+        if c.lossless() {
+            c.view.header().space_event.notify_all();
+        }
+    }
+}

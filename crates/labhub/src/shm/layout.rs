@@ -1,0 +1,707 @@
+//! The byte layout of a channel segment, and the only casts into a mapping.
+//!
+//! `docs/SHM_LAYOUT.md` documents every row; each row has a `const` assertion here, so the
+//! document and the code cannot drift. All multi-byte values are little-endian (the native order
+//! of every platform labhub runs on; a big-endian build refuses to compile below).
+//!
+//! Every value read from a segment was written by another process and is validated before it is
+//! used for arithmetic or indexing: [`Geometry::from_header`] recomputes the whole layout from the
+//! header's parameters with checked arithmetic and refuses any offset or size that disagrees.
+//! After that, every index is reduced modulo a validated count and every offset lies inside the
+//! mapping, so the accessors below are safe.
+
+use std::mem::{offset_of, size_of};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use super::error::LayoutError;
+use super::segment::Segment;
+use super::sync_impl::{ProcessEvent, ProcessMutex};
+
+#[cfg(target_endian = "big")]
+compile_error!("the shm layout is little-endian");
+
+/// `b"LABHUBDB"` read as a little-endian u64.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"LABHUBDB");
+/// Layout version; any change to this file's structs bumps it.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Alignment of regions and granularity of the segment size (bytes).
+pub const PAGE: u64 = 4096;
+/// Entries in the consumer table.
+pub const CONSUMER_CAPACITY: u32 = 16;
+/// Largest slot count a channel may have.
+pub const MAX_SLOTS: u32 = 1 << 16;
+/// Largest segment labhub creates or accepts (1 TiB).
+pub const MAX_TOTAL: u64 = 1 << 40;
+/// Largest number of dimensions in frame metadata.
+pub const MAX_DIMS: usize = 4;
+
+/// Policy codes stored in [`Header::policy`].
+pub mod policy_code {
+    /// One slot; the newest frame wins.
+    pub const LATEST: u32 = 1;
+    /// Two slots; the newest frame wins.
+    pub const DOUBLE_BUFFER: u32 = 2;
+    /// N slots, lossless unless the backpressure rule drops.
+    pub const RING: u32 = 3;
+}
+
+/// Backpressure codes stored in [`Header::backpressure`].
+pub mod backpressure_code {
+    /// Lossy policy: the producer never waits.
+    pub const NONE: u32 = 0;
+    /// Ring full: the producer waits (with a timeout).
+    pub const BLOCK: u32 = 1;
+    /// Ring full: publishing fails with `Full`.
+    pub const FAIL: u32 = 2;
+    /// Ring full: the oldest unread frame is overwritten.
+    pub const DROP_OLDEST: u32 = 3;
+}
+
+/// Checksum codes stored in [`Header::checksum`].
+pub mod checksum_code {
+    /// No per-frame checksum.
+    pub const NONE: u32 = 0;
+    /// XXH3-64 of the frame bytes.
+    pub const XXH3_64: u32 = 1;
+}
+
+/// State-format codes stored in [`Header::state_format`].
+pub mod state_format_code {
+    /// JSON (serde_json).
+    pub const JSON: u32 = 1;
+    /// MessagePack (rmp-serde, cargo feature `msgpack`).
+    pub const MSGPACK: u32 = 2;
+}
+
+/// Consumer-entry state, the high 32 bits of [`ConsumerEntry::state`]; the low 32 bits hold the pid.
+pub mod consumer_state {
+    /// Free entry (the whole word is 0).
+    pub const FREE: u64 = 0;
+    /// Being filled in by the consumer whose pid is in the low bits.
+    pub const CLAIMING: u64 = 1;
+    /// Attached and monitored.
+    pub const ACTIVE: u64 = 2;
+}
+
+/// The segment header at offset 0 (576 bytes).
+///
+/// Fields up to `secret_hash` are written once at creation, before `magic` and `layout_version`
+/// are published, and never change; the rest are atomics shared by all processes.
+#[repr(C, align(64))]
+pub struct Header {
+    /// [`MAGIC`]; stored last at creation.
+    pub magic: AtomicU64,
+    /// [`LAYOUT_VERSION`]; stored just before the magic.
+    pub layout_version: AtomicU32,
+    /// `size_of::<Header>()` of the creator.
+    pub header_size: u32,
+    /// Size of the whole segment in bytes.
+    pub total_size: u64,
+    /// A [`policy_code`].
+    pub policy: u32,
+    /// A [`backpressure_code`].
+    pub backpressure: u32,
+    /// Number of slots.
+    pub slot_count: u32,
+    /// Number of consumer-table entries.
+    pub consumer_capacity: u32,
+    /// Largest frame payload in bytes.
+    pub slot_size: u64,
+    /// Distance between slot payloads (slot_size rounded up to 64).
+    pub slot_stride: u64,
+    /// Capacity of each of the two flexible-zone buffers in bytes.
+    pub flex_size: u64,
+    /// Offset of the consumer table.
+    pub consumer_table_offset: u64,
+    /// Offset of the slot descriptors.
+    pub slot_meta_offset: u64,
+    /// Offset of the flexible zone.
+    pub flex_offset: u64,
+    /// Offset of slot 0's payload (page-aligned).
+    pub data_offset: u64,
+    /// A [`checksum_code`].
+    pub checksum: u32,
+    /// A [`state_format_code`].
+    pub state_format: u32,
+    /// 1 if the channel has a secret, else 0.
+    pub has_secret: u32,
+    /// Reserved, zero.
+    pub reserved0: u32,
+    /// Random salt of the secret hash.
+    pub secret_salt: [u8; 16],
+    /// BLAKE3(salt ‖ secret), all zero without a secret.
+    pub secret_hash: [u8; 32],
+    /// Reserved, zero.
+    pub reserved1: [u8; 32],
+    /// Pid of the producer attached now, 0 when none.
+    pub producer_pid: AtomicU64,
+    /// Start time (clock ticks since boot) of that process; with the pid it survives pid reuse.
+    pub producer_start_time: AtomicU64,
+    /// `CLOCK_MONOTONIC` ns of the producer's last publish or attach.
+    pub producer_heartbeat_ns: AtomicU64,
+    /// How many times a producer has attached (1 after creation).
+    pub producer_attaches: AtomicU64,
+    /// Reserved, zero.
+    pub reserved2: [u8; 32],
+    /// Next frame id the producer will claim (its own cache line: written per frame).
+    pub write_pos: AtomicU64,
+    /// Reserved, zero.
+    pub reserved3: [u8; 56],
+    /// Number of committed frames = last committed frame id + 1 (0: none yet).
+    pub commit_pos: AtomicU64,
+    /// Frames committed.
+    pub published: AtomicU64,
+    /// Frames lost to backpressure (Full, timed out, or the oldest dropped).
+    pub dropped: AtomicU64,
+    /// Frames consumers lost because a lossy policy overwrote them.
+    pub overwritten: AtomicU64,
+    /// Version of the flexible-zone state (0: none yet).
+    pub flex_version: AtomicU64,
+    /// Reserved, zero.
+    pub reserved4: [u8; 24],
+    /// Notified after every commit.
+    pub data_event: ProcessEvent,
+    /// Reserved, zero.
+    pub reserved5: [u8; 56],
+    /// Notified when a consumer releases a frame or detaches (lossless rings).
+    pub space_event: ProcessEvent,
+    /// Reserved, zero.
+    pub reserved6: [u8; 56],
+    /// Serialises producer attach and takeover.
+    pub producer_mutex: ProcessMutex,
+}
+
+const _: () = assert!(size_of::<Header>() == 576);
+const _: () = assert!(offset_of!(Header, magic) == 0);
+const _: () = assert!(offset_of!(Header, layout_version) == 8);
+const _: () = assert!(offset_of!(Header, header_size) == 12);
+const _: () = assert!(offset_of!(Header, total_size) == 16);
+const _: () = assert!(offset_of!(Header, policy) == 24);
+const _: () = assert!(offset_of!(Header, backpressure) == 28);
+const _: () = assert!(offset_of!(Header, slot_count) == 32);
+const _: () = assert!(offset_of!(Header, consumer_capacity) == 36);
+const _: () = assert!(offset_of!(Header, slot_size) == 40);
+const _: () = assert!(offset_of!(Header, slot_stride) == 48);
+const _: () = assert!(offset_of!(Header, flex_size) == 56);
+const _: () = assert!(offset_of!(Header, consumer_table_offset) == 64);
+const _: () = assert!(offset_of!(Header, slot_meta_offset) == 72);
+const _: () = assert!(offset_of!(Header, flex_offset) == 80);
+const _: () = assert!(offset_of!(Header, data_offset) == 88);
+const _: () = assert!(offset_of!(Header, checksum) == 96);
+const _: () = assert!(offset_of!(Header, state_format) == 100);
+const _: () = assert!(offset_of!(Header, has_secret) == 104);
+const _: () = assert!(offset_of!(Header, reserved0) == 108);
+const _: () = assert!(offset_of!(Header, secret_salt) == 112);
+const _: () = assert!(offset_of!(Header, secret_hash) == 128);
+const _: () = assert!(offset_of!(Header, reserved1) == 160);
+const _: () = assert!(offset_of!(Header, producer_pid) == 192);
+const _: () = assert!(offset_of!(Header, producer_start_time) == 200);
+const _: () = assert!(offset_of!(Header, producer_heartbeat_ns) == 208);
+const _: () = assert!(offset_of!(Header, producer_attaches) == 216);
+const _: () = assert!(offset_of!(Header, reserved2) == 224);
+const _: () = assert!(offset_of!(Header, write_pos) == 256);
+const _: () = assert!(offset_of!(Header, reserved3) == 264);
+const _: () = assert!(offset_of!(Header, commit_pos) == 320);
+const _: () = assert!(offset_of!(Header, published) == 328);
+const _: () = assert!(offset_of!(Header, dropped) == 336);
+const _: () = assert!(offset_of!(Header, overwritten) == 344);
+const _: () = assert!(offset_of!(Header, flex_version) == 352);
+const _: () = assert!(offset_of!(Header, reserved4) == 360);
+const _: () = assert!(offset_of!(Header, data_event) == 384);
+const _: () = assert!(offset_of!(Header, reserved5) == 392);
+const _: () = assert!(offset_of!(Header, space_event) == 448);
+const _: () = assert!(offset_of!(Header, reserved6) == 456);
+const _: () = assert!(offset_of!(Header, producer_mutex) == 512);
+const _: () = assert!(size_of::<ProcessEvent>() == 8);
+const _: () = assert!(size_of::<ProcessMutex>() == 64);
+
+/// One consumer-table entry (64 bytes).
+#[repr(C, align(64))]
+pub struct ConsumerEntry {
+    /// `(state << 32) | pid`, see [`consumer_state`]; 0 when free.
+    pub state: AtomicU64,
+    /// Start time of the consumer process (with the pid: survives pid reuse).
+    pub start_time: AtomicU64,
+    /// `CLOCK_MONOTONIC` ns of the consumer's last read or wait.
+    pub heartbeat_ns: AtomicU64,
+    /// Lowest frame id this consumer still needs (the next to read, or the one it holds).
+    pub position: AtomicU64,
+    /// Frame id + 1 of the frame held now, 0 when none (diagnostics).
+    pub held: AtomicU64,
+    /// Frames this consumer read.
+    pub received: AtomicU64,
+    /// Frames this consumer lost to overwrites.
+    pub missed: AtomicU64,
+    /// Reserved, zero.
+    pub reserved: u64,
+}
+
+const _: () = assert!(size_of::<ConsumerEntry>() == 64);
+const _: () = assert!(offset_of!(ConsumerEntry, state) == 0);
+const _: () = assert!(offset_of!(ConsumerEntry, start_time) == 8);
+const _: () = assert!(offset_of!(ConsumerEntry, heartbeat_ns) == 16);
+const _: () = assert!(offset_of!(ConsumerEntry, position) == 24);
+const _: () = assert!(offset_of!(ConsumerEntry, held) == 32);
+const _: () = assert!(offset_of!(ConsumerEntry, received) == 40);
+const _: () = assert!(offset_of!(ConsumerEntry, missed) == 48);
+const _: () = assert!(offset_of!(ConsumerEntry, reserved) == 56);
+
+/// One slot descriptor (128 bytes): the sequence word and the frame metadata.
+///
+/// Metadata words are atomics (accessed Relaxed, ordered by `seq`) so that a reader racing an
+/// overwrite reads stale values, never undefined ones; the `seq` re-check decides.
+#[repr(C, align(64))]
+pub struct SlotMeta {
+    /// 0: empty; odd `2f+1`: frame f being written; even `2f+2`: frame f committed.
+    pub seq: AtomicU64,
+    /// Frame id.
+    pub frame_id: AtomicU64,
+    /// Producer's timestamp in ns (`CLOCK_REALTIME` unless the producer set one).
+    pub timestamp_ns: AtomicU64,
+    /// Payload bytes used (≤ slot_size).
+    pub data_size: AtomicU64,
+    /// Application's type hash.
+    pub type_hash: AtomicU64,
+    /// Number of used dimensions (≤ 4).
+    pub ndim: AtomicU64,
+    /// Dimensions.
+    pub dims: [AtomicU64; MAX_DIMS],
+    /// XXH3-64 of the payload when the channel has checksums, else 0.
+    pub checksum: AtomicU64,
+    /// Reserved, zero.
+    pub reserved: [u64; 5],
+}
+
+const _: () = assert!(size_of::<SlotMeta>() == 128);
+const _: () = assert!(offset_of!(SlotMeta, seq) == 0);
+const _: () = assert!(offset_of!(SlotMeta, frame_id) == 8);
+const _: () = assert!(offset_of!(SlotMeta, timestamp_ns) == 16);
+const _: () = assert!(offset_of!(SlotMeta, data_size) == 24);
+const _: () = assert!(offset_of!(SlotMeta, type_hash) == 32);
+const _: () = assert!(offset_of!(SlotMeta, ndim) == 40);
+const _: () = assert!(offset_of!(SlotMeta, dims) == 48);
+const _: () = assert!(offset_of!(SlotMeta, checksum) == 80);
+const _: () = assert!(offset_of!(SlotMeta, reserved) == 88);
+
+/// Header of one flexible-zone buffer (64 bytes); `flex_size` bytes of state follow it.
+#[repr(C, align(64))]
+pub struct FlexHeader {
+    /// 0: empty; odd: being written; even `2v`: holds state version v.
+    pub seq: AtomicU64,
+    /// Bytes of serialised state.
+    pub len: AtomicU64,
+    /// Reserved, zero.
+    pub reserved: [u64; 6],
+}
+
+const _: () = assert!(size_of::<FlexHeader>() == 64);
+const _: () = assert!(offset_of!(FlexHeader, seq) == 0);
+const _: () = assert!(offset_of!(FlexHeader, len) == 8);
+
+/// Seq word of frame `f` while it is being written.
+pub const fn writing_seq(frame: u64) -> u64 {
+    frame.wrapping_mul(2).wrapping_add(1)
+}
+
+/// Seq word of frame `f` once committed.
+pub const fn committed_seq(frame: u64) -> u64 {
+    frame.wrapping_mul(2).wrapping_add(2)
+}
+
+/// The parameters a channel is created with; everything else in the layout follows from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// A [`policy_code`].
+    pub policy: u32,
+    /// A [`backpressure_code`].
+    pub backpressure: u32,
+    /// Number of slots.
+    pub slot_count: u32,
+    /// Largest payload.
+    pub slot_size: u64,
+    /// Capacity of each flexible-zone buffer.
+    pub flex_size: u64,
+    /// A [`checksum_code`].
+    pub checksum: u32,
+    /// A [`state_format_code`].
+    pub state_format: u32,
+}
+
+/// A validated layout: parameters plus every offset, all inside `total_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// The parameters.
+    pub params: Params,
+    /// Consumer-table entries.
+    pub consumer_capacity: u32,
+    /// Offset of the consumer table.
+    pub consumer_table_offset: u64,
+    /// Offset of the slot descriptors.
+    pub slot_meta_offset: u64,
+    /// Offset of the flexible zone.
+    pub flex_offset: u64,
+    /// Bytes per flexible-zone buffer including its header.
+    pub flex_stride: u64,
+    /// Offset of slot 0's payload.
+    pub data_offset: u64,
+    /// Distance between payloads.
+    pub slot_stride: u64,
+    /// Segment size.
+    pub total_size: u64,
+}
+
+fn round_up(v: u64, to: u64) -> Option<u64> {
+    v.checked_add(to - 1).map(|x| x / to * to)
+}
+
+fn invalid(field: &'static str, value: u64) -> LayoutError {
+    LayoutError::InvalidField { field, value }
+}
+
+impl Geometry {
+    /// Computes the layout for `params`, checking every parameter and every sum.
+    pub fn compute(params: Params) -> Result<Self, LayoutError> {
+        let p = params;
+        match p.policy {
+            policy_code::LATEST if p.slot_count == 1 => {}
+            policy_code::DOUBLE_BUFFER if p.slot_count == 2 => {}
+            policy_code::RING if (1..=MAX_SLOTS).contains(&p.slot_count) => {}
+            policy_code::LATEST | policy_code::DOUBLE_BUFFER | policy_code::RING => {
+                return Err(invalid("slot_count", p.slot_count.into()));
+            }
+            other => return Err(invalid("policy", other.into())),
+        }
+        let lossy = p.policy != policy_code::RING;
+        let bp_ok = match p.backpressure {
+            backpressure_code::NONE => lossy,
+            backpressure_code::BLOCK | backpressure_code::FAIL | backpressure_code::DROP_OLDEST => {
+                !lossy
+            }
+            _ => false,
+        };
+        if !bp_ok {
+            return Err(invalid("backpressure", p.backpressure.into()));
+        }
+        if !matches!(p.checksum, checksum_code::NONE | checksum_code::XXH3_64) {
+            return Err(invalid("checksum", p.checksum.into()));
+        }
+        if !matches!(
+            p.state_format,
+            state_format_code::JSON | state_format_code::MSGPACK
+        ) {
+            return Err(invalid("state_format", p.state_format.into()));
+        }
+        if p.slot_size == 0 || p.slot_size > MAX_TOTAL {
+            return Err(invalid("slot_size", p.slot_size));
+        }
+        if p.flex_size > MAX_TOTAL {
+            return Err(invalid("flex_size", p.flex_size));
+        }
+        let too_big = || invalid("total_size", u64::MAX);
+        let cap = CONSUMER_CAPACITY;
+        let consumer_table_offset = size_of::<Header>() as u64;
+        let slot_meta_offset = consumer_table_offset
+            .checked_add(u64::from(cap) * size_of::<ConsumerEntry>() as u64)
+            .ok_or_else(too_big)?;
+        let flex_offset = slot_meta_offset
+            .checked_add(u64::from(p.slot_count) * size_of::<SlotMeta>() as u64)
+            .ok_or_else(too_big)?;
+        let flex_stride = round_up(p.flex_size, 64)
+            .and_then(|f| f.checked_add(size_of::<FlexHeader>() as u64))
+            .ok_or_else(too_big)?;
+        let flex_end = flex_stride
+            .checked_mul(2)
+            .and_then(|f| f.checked_add(flex_offset))
+            .ok_or_else(too_big)?;
+        let data_offset = round_up(flex_end, PAGE).ok_or_else(too_big)?;
+        let slot_stride = round_up(p.slot_size, 64).ok_or_else(too_big)?;
+        let total_size = slot_stride
+            .checked_mul(u64::from(p.slot_count))
+            .and_then(|d| d.checked_add(data_offset))
+            .and_then(|t| round_up(t, PAGE))
+            .ok_or_else(too_big)?;
+        if total_size > MAX_TOTAL || usize::try_from(total_size).is_err() {
+            return Err(invalid("total_size", total_size));
+        }
+        Ok(Self {
+            params,
+            consumer_capacity: cap,
+            consumer_table_offset,
+            slot_meta_offset,
+            flex_offset,
+            flex_stride,
+            data_offset,
+            slot_stride,
+            total_size,
+        })
+    }
+
+    /// Reads the parameters from a published header, recomputes the layout and checks that every
+    /// stored size and offset agrees and that the layout fits in `mapped_len` bytes.
+    pub fn from_header(h: &Header, mapped_len: u64) -> Result<Self, LayoutError> {
+        if h.header_size as usize != size_of::<Header>() {
+            return Err(LayoutError::HeaderSize {
+                expected: size_of::<Header>() as u64,
+                found: h.header_size.into(),
+            });
+        }
+        if h.consumer_capacity != CONSUMER_CAPACITY {
+            return Err(invalid("consumer_capacity", h.consumer_capacity.into()));
+        }
+        let params = Params {
+            policy: h.policy,
+            backpressure: h.backpressure,
+            slot_count: h.slot_count,
+            slot_size: h.slot_size,
+            flex_size: h.flex_size,
+            checksum: h.checksum,
+            state_format: h.state_format,
+        };
+        let g = Self::compute(params)?;
+        let checks: [(&'static str, u64, u64); 6] = [
+            ("total_size", g.total_size, h.total_size),
+            ("slot_stride", g.slot_stride, h.slot_stride),
+            (
+                "consumer_table_offset",
+                g.consumer_table_offset,
+                h.consumer_table_offset,
+            ),
+            ("slot_meta_offset", g.slot_meta_offset, h.slot_meta_offset),
+            ("flex_offset", g.flex_offset, h.flex_offset),
+            ("data_offset", g.data_offset, h.data_offset),
+        ];
+        for (field, expected, found) in checks {
+            if expected != found {
+                return Err(LayoutError::Inconsistent {
+                    field,
+                    expected,
+                    found,
+                });
+            }
+        }
+        if h.has_secret > 1 {
+            return Err(invalid("has_secret", h.has_secret.into()));
+        }
+        if g.total_size > mapped_len {
+            return Err(LayoutError::Truncated {
+                header: g.total_size,
+                actual: mapped_len,
+            });
+        }
+        Ok(g)
+    }
+
+    /// Slot index of frame `f`.
+    pub fn slot_of(&self, frame: u64) -> usize {
+        // slot_count ≥ 1 by validation; the result is < slot_count ≤ MAX_SLOTS.
+        (frame % u64::from(self.params.slot_count.max(1))) as usize
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> u64 {
+        u64::from(self.params.slot_count)
+    }
+}
+
+/// A mapped segment together with its validated geometry: the safe window into a channel.
+pub struct View {
+    seg: Segment,
+    geo: Geometry,
+}
+
+impl View {
+    /// Wraps a segment whose header has not been published yet (the creator's view). The caller
+    /// computed `geo` and created the segment with exactly `geo.total_size` bytes.
+    pub fn new_unchecked_header(seg: Segment, geo: Geometry) -> Result<Self, LayoutError> {
+        if (seg.len() as u64) < geo.total_size {
+            return Err(LayoutError::Truncated {
+                header: geo.total_size,
+                actual: seg.len() as u64,
+            });
+        }
+        Ok(Self { seg, geo })
+    }
+
+    /// The header of a mapping at least one header long, before any validation.
+    pub fn raw_header(seg: &Segment) -> Result<&Header, LayoutError> {
+        if seg.len() < size_of::<Header>() {
+            return Err(LayoutError::Truncated {
+                header: size_of::<Header>() as u64,
+                actual: seg.len() as u64,
+            });
+        }
+        // SAFETY: the mapping is page-aligned (≥ 64, Header's alignment) and at least
+        // size_of::<Header>() bytes long; every bit pattern is a valid Header (integers, byte
+        // arrays, atomics and the sync words, whose all-bit patterns are handled by their own
+        // code). Other processes may write it concurrently only through atomics, or (for the
+        // creation fields) before publishing the magic; garbage is validated before use.
+        Ok(unsafe { &*seg.as_ptr().cast::<Header>() })
+    }
+
+    /// Validates the header of `seg` (magic and version already checked by the caller) and builds
+    /// the view.
+    pub fn attach(seg: Segment) -> Result<Self, LayoutError> {
+        let geo = Geometry::from_header(Self::raw_header(&seg)?, seg.len() as u64)?;
+        Ok(Self { seg, geo })
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    /// The validated geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        // SAFETY: as in `raw_header`; the mapping is ≥ total_size ≥ size_of::<Header>().
+        unsafe { &*self.seg.as_ptr().cast::<Header>() }
+    }
+
+    /// Consumer entry `i`, or `None` if `i` is out of range.
+    pub fn consumer(&self, i: usize) -> Option<&ConsumerEntry> {
+        if i >= self.geo.consumer_capacity as usize {
+            return None;
+        }
+        let off = self.geo.consumer_table_offset as usize + i * size_of::<ConsumerEntry>();
+        // SAFETY: i < capacity, so [off, off+64) lies inside the consumer table, which
+        // Geometry::from_header placed inside the mapping; off is 64-aligned (576 + 64 i) and the
+        // mapping base is page-aligned. All fields are atomics: any bit pattern is valid.
+        Some(unsafe { &*self.seg.as_ptr().add(off).cast::<ConsumerEntry>() })
+    }
+
+    /// Descriptor of the slot that frame `f` uses.
+    pub fn slot_meta(&self, frame: u64) -> &SlotMeta {
+        let slot = self.geo.slot_of(frame);
+        let off = self.geo.slot_meta_offset as usize + slot * size_of::<SlotMeta>();
+        // SAFETY: slot < slot_count, so [off, off+128) lies inside the descriptor array, inside
+        // the mapping; off is 64-aligned. All fields are atomics or plain integers.
+        unsafe { &*self.seg.as_ptr().add(off).cast::<SlotMeta>() }
+    }
+
+    /// Start of the payload of the slot that frame `f` uses; `slot_size` bytes are valid there.
+    fn slot_ptr(&self, frame: u64) -> *mut u8 {
+        let slot = self.geo.slot_of(frame) as u64;
+        // slot * stride + data_offset + slot_size ≤ total_size by Geometry::compute.
+        let off = (self.geo.data_offset + slot * self.geo.slot_stride) as usize;
+        // SAFETY: off < total_size ≤ mapping length (checked in compute / from_header).
+        unsafe { self.seg.as_ptr().add(off) }
+    }
+
+    /// The first `len` bytes of frame `f`'s slot, read in place. `len` is clamped to slot_size.
+    ///
+    /// Under a lossy policy the producer may overwrite these bytes while the slice lives; the
+    /// caller re-checks the slot's seq word before trusting them (the seqlock protocol).
+    pub fn slot_bytes(&self, frame: u64, len: u64) -> &[u8] {
+        let len = len.min(self.geo.params.slot_size) as usize;
+        // SAFETY: len ≤ slot_size bytes from slot_ptr lie inside the mapping, which lives as long
+        // as &self. Bytes are always initialised (shared memory starts zeroed). Concurrent writes
+        // can only come from another mapping (the producer's, possibly in another process); the
+        // reader treats the content as unverified until the seq re-check passes.
+        unsafe { std::slice::from_raw_parts(self.slot_ptr(frame), len) }
+    }
+
+    /// The whole payload of frame `f`'s slot, for the producer to fill.
+    ///
+    /// # Safety
+    /// The caller is the channel's only producer (enforced by the producer identity in the
+    /// header) and has marked the slot as being written (odd seq), and holds no other slice of
+    /// this slot from this view while the returned one lives.
+    pub unsafe fn slot_bytes_mut(&self, frame: u64) -> &mut [u8] {
+        let len = self.geo.params.slot_size as usize;
+        // SAFETY: in bounds as in `slot_bytes`; exclusivity within this view is the caller's
+        // contract; readers in other mappings follow the seqlock protocol.
+        unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(frame), len) }
+    }
+
+    /// Flexible-zone buffer `b` (0 or 1): its header and a pointer to its `flex_size` bytes.
+    pub fn flex(&self, b: usize) -> (&FlexHeader, *mut u8) {
+        let b = (b & 1) as u64;
+        let off = (self.geo.flex_offset + b * self.geo.flex_stride) as usize;
+        // SAFETY: both buffers lie in [flex_offset, flex_offset + 2 flex_stride) ⊂ mapping;
+        // off is 64-aligned (flex_offset and flex_stride are multiples of 64). All fields are
+        // atomics or integers.
+        let h = unsafe { &*self.seg.as_ptr().add(off).cast::<FlexHeader>() };
+        // SAFETY: the data follow the 64-byte header inside the same buffer.
+        let data = unsafe { self.seg.as_ptr().add(off + size_of::<FlexHeader>()) };
+        (h, data)
+    }
+
+    /// Copies `len` (≤ flex_size) bytes out of flexible-zone buffer `b`.
+    pub fn flex_read(&self, b: usize, len: u64) -> Vec<u8> {
+        let len = len.min(self.geo.params.flex_size) as usize;
+        let (_, p) = self.flex(b);
+        let mut v = vec![0u8; len];
+        // SAFETY: `len` ≤ flex_size bytes at p lie inside the mapping; v has len bytes; the
+        // regions don't overlap. The bytes may be concurrently rewritten by the producer: the
+        // caller re-checks the buffer's seq word and discards the copy if it changed.
+        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
+        v
+    }
+
+    /// Copies `src` (≤ flex_size bytes) into flexible-zone buffer `b`.
+    ///
+    /// # Safety
+    /// The caller is the only producer and has marked buffer `b` as being written (odd seq).
+    pub unsafe fn flex_write(&self, b: usize, src: &[u8]) {
+        let len = (src.len() as u64).min(self.geo.params.flex_size) as usize;
+        let (_, p) = self.flex(b);
+        // SAFETY: `len` ≤ flex_size bytes at p lie inside the mapping; src is a separate
+        // allocation. Exclusivity among writers is the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, len) };
+    }
+}
+
+/// Publishes a freshly initialised header: the version, then the magic, both Release.
+pub fn publish_magic(h: &Header) {
+    h.layout_version.store(LAYOUT_VERSION, Ordering::Release);
+    // SYNC POINT: every creation field and the zeroed regions happen-before any process that
+    // loads MAGIC from `magic` with Acquire (see `load_magic`).
+    h.magic.store(MAGIC, Ordering::Release);
+}
+
+/// Loads the magic and the version for an attach.
+pub fn load_magic(h: &Header) -> (u64, u32) {
+    // SYNC POINT: pairs with the Release store in `publish_magic`; after seeing MAGIC, the
+    // creation fields are complete.
+    let magic = h.magic.load(Ordering::Acquire);
+    let version = h.layout_version.load(Ordering::Acquire);
+    (magic, version)
+}
+
+/// Writes the creation fields of a fresh (all-zero) header. The magic is published separately.
+///
+/// # Safety
+/// No other process may access the header yet: the segment was just created exclusively and its
+/// magic is still zero, so attachers wait instead of reading.
+pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>) {
+    let g = view.geo;
+    let p = view.seg.as_ptr().cast::<Header>();
+    // SAFETY: `p` points to a header-sized, aligned, zeroed region only we access (see the
+    // function's contract); we write plain fields through the raw pointer.
+    unsafe {
+        (*p).header_size = size_of::<Header>() as u32;
+        (*p).total_size = g.total_size;
+        (*p).policy = g.params.policy;
+        (*p).backpressure = g.params.backpressure;
+        (*p).slot_count = g.params.slot_count;
+        (*p).consumer_capacity = g.consumer_capacity;
+        (*p).slot_size = g.params.slot_size;
+        (*p).slot_stride = g.slot_stride;
+        (*p).flex_size = g.params.flex_size;
+        (*p).consumer_table_offset = g.consumer_table_offset;
+        (*p).slot_meta_offset = g.slot_meta_offset;
+        (*p).flex_offset = g.flex_offset;
+        (*p).data_offset = g.data_offset;
+        (*p).checksum = g.params.checksum;
+        (*p).state_format = g.params.state_format;
+        if let Some((salt, hash)) = secret {
+            (*p).has_secret = 1;
+            (*p).secret_salt = salt;
+            (*p).secret_hash = hash;
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! The producer side of a channel: create or re-attach, publish frames, write the state.
+
+use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
+
+use super::error::{ChannelError, PublishError, StateError};
+use super::layout::{self, View, backpressure_code, consumer_state, policy_code};
+use super::segment::{self, Segment};
+use super::sync_impl::ProcessId;
+use super::{Backpressure, ChannelConfig, ChannelStats, FrameMeta, Policy, flex};
+use crate::sys;
+
+/// How long a producer re-attaching waits for a half-created segment to be published.
+const REATTACH_WAIT: Duration = Duration::from_secs(2);
+/// While blocked on a full ring, how often the producer re-checks whether the consumers holding
+/// it back are still alive.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The single writer of a channel.
+///
+/// Dropping it leaves the channel in place (consumers keep their mappings and the last frames);
+/// a producer created later under the same name re-attaches and continues the frame ids.
+pub struct Producer {
+    view: View,
+    config: ChannelConfig,
+    next_frame: u64,
+    me: ProcessId,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("channel", &self.view.segment().channel())
+            .field("next_frame", &self.next_frame)
+            .finish_non_exhaustive()
+    }
+}
+
+fn mismatch(
+    channel: &str,
+    field: &'static str,
+    expected: impl ToString,
+    found: impl ToString,
+) -> ChannelError {
+    ChannelError::ConfigMismatch {
+        channel: channel.to_owned(),
+        field,
+        expected: expected.to_string(),
+        found: found.to_string(),
+    }
+}
+
+fn policy_name(code: u32) -> &'static str {
+    match code {
+        policy_code::LATEST => "latest",
+        policy_code::DOUBLE_BUFFER => "double-buffer",
+        policy_code::RING => "ring",
+        _ => "unknown",
+    }
+}
+
+fn backpressure_name(code: u32) -> &'static str {
+    match code {
+        backpressure_code::NONE => "none",
+        backpressure_code::BLOCK => "block",
+        backpressure_code::FAIL => "fail",
+        backpressure_code::DROP_OLDEST => "drop-oldest",
+        _ => "unknown",
+    }
+}
+
+impl Producer {
+    /// Creates channel `name`, or re-attaches to it if it exists, has the same configuration and
+    /// no live producer (its previous producer exited or died); frame ids then continue.
+    ///
+    /// Errors: an invalid name or configuration, [`ChannelError::ChannelBusy`] if a live producer
+    /// owns the channel, [`ChannelError::ConfigMismatch`] naming the first differing field.
+    pub fn create(name: &str, config: ChannelConfig) -> Result<Self, ChannelError> {
+        segment::validate_name(name)?;
+        let params = config.params();
+        let geo = layout::Geometry::compute(params).map_err(|e| ChannelError::InvalidConfig {
+            field: match e {
+                super::LayoutError::InvalidField { field, .. } => field,
+                _ => "size",
+            },
+            reason: e.to_string(),
+        })?;
+        let me = current_process(name)?;
+        match Segment::create(name, geo.total_size)? {
+            Some(seg) => {
+                let view = View::new_unchecked_header(seg, geo).map_err(|source| {
+                    ChannelError::Layout {
+                        channel: name.to_owned(),
+                        source,
+                    }
+                })?;
+                let secret = config.secret.as_ref().map(|s| {
+                    let salt = super::random_salt();
+                    (salt, s.hash(&salt))
+                });
+                // SAFETY: we just created the segment exclusively and have not published its
+                // magic, so no other process reads the header yet.
+                unsafe { layout::init_header(&view, secret) };
+                let h = view.header();
+                h.producer_pid.store(u64::from(me.pid), Ordering::Relaxed);
+                h.producer_start_time
+                    .store(me.start_time, Ordering::Relaxed);
+                h.producer_heartbeat_ns
+                    .store(sys::monotonic_ns(), Ordering::Relaxed);
+                h.producer_attaches.store(1, Ordering::Relaxed);
+                layout::publish_magic(h);
+                tracing::debug!(channel = name, size = geo.total_size, "created channel");
+                Ok(Self {
+                    view,
+                    config,
+                    next_frame: 0,
+                    me,
+                })
+            }
+            None => Self::reattach(name, config, me),
+        }
+    }
+
+    fn reattach(name: &str, config: ChannelConfig, me: ProcessId) -> Result<Self, ChannelError> {
+        let view = super::open_view(name, REATTACH_WAIT)?;
+        let want = config.params();
+        let have = view.geometry().params;
+        if want.policy != have.policy {
+            return Err(mismatch(
+                name,
+                "policy",
+                policy_name(want.policy),
+                policy_name(have.policy),
+            ));
+        }
+        if want.slot_count != have.slot_count {
+            return Err(mismatch(
+                name,
+                "slot_count",
+                want.slot_count,
+                have.slot_count,
+            ));
+        }
+        if want.backpressure != have.backpressure {
+            return Err(mismatch(
+                name,
+                "backpressure",
+                backpressure_name(want.backpressure),
+                backpressure_name(have.backpressure),
+            ));
+        }
+        if want.slot_size != have.slot_size {
+            return Err(mismatch(name, "slot_size", want.slot_size, have.slot_size));
+        }
+        if want.flex_size != have.flex_size {
+            return Err(mismatch(name, "flex_size", want.flex_size, have.flex_size));
+        }
+        if want.checksum != have.checksum {
+            return Err(mismatch(name, "checksum", want.checksum, have.checksum));
+        }
+        if want.state_format != have.state_format {
+            return Err(mismatch(
+                name,
+                "state_format",
+                want.state_format,
+                have.state_format,
+            ));
+        }
+        if !super::check_secret(&view, config.secret.as_ref()) {
+            return Err(mismatch(
+                name,
+                "secret",
+                "the given secret",
+                "another secret",
+            ));
+        }
+        let next_frame = Self::take_over(name, &view, me)?;
+        tracing::debug!(channel = name, next_frame, "re-attached producer");
+        Ok(Self {
+            view,
+            config,
+            next_frame,
+            me,
+        })
+    }
+
+    /// Under the producer mutex: refuses a live producer, else installs `me` and repairs.
+    fn take_over(name: &str, view: &View, me: ProcessId) -> Result<u64, ChannelError> {
+        let h = view.header();
+        let _guard = match h.producer_mutex.lock() {
+            Ok(g) => g,
+            Err(e) => match e.into_guard() {
+                // The previous holder died inside the takeover below; we redo it.
+                Some(g) => g,
+                None => {
+                    return Err(ChannelError::ChannelBusy {
+                        channel: name.to_owned(),
+                        pid: 0,
+                    });
+                }
+            },
+        };
+        let pid = h.producer_pid.load(Ordering::Acquire);
+        if pid != 0 {
+            let prev = ProcessId {
+                pid: u32::try_from(pid).unwrap_or(0),
+                start_time: h.producer_start_time.load(Ordering::Acquire),
+            };
+            if prev.pid != 0 && prev.is_alive() {
+                return Err(ChannelError::ChannelBusy {
+                    channel: name.to_owned(),
+                    pid: prev.pid,
+                });
+            }
+            tracing::warn!(channel = name, pid, "taking over from a dead producer");
+        }
+        h.producer_pid.store(u64::from(me.pid), Ordering::Release);
+        h.producer_start_time
+            .store(me.start_time, Ordering::Release);
+        h.producer_heartbeat_ns
+            .store(sys::monotonic_ns(), Ordering::Relaxed);
+        h.producer_attaches.fetch_add(1, Ordering::Relaxed);
+        Ok(recover(view))
+    }
+
+    /// The channel name.
+    pub fn channel(&self) -> &str {
+        self.view.segment().channel()
+    }
+
+    /// The id the next published frame will get.
+    pub fn next_frame_id(&self) -> u64 {
+        self.next_frame
+    }
+
+    /// Largest frame payload in bytes.
+    pub fn slot_size(&self) -> usize {
+        self.view.geometry().params.slot_size as usize
+    }
+
+    /// Counters and positions of the channel.
+    pub fn stats(&self) -> ChannelStats {
+        super::stats(&self.view)
+    }
+
+    /// Claims the next slot and returns a guard to fill it. The frame becomes visible to readers
+    /// only when [`SlotWriter::publish`] commits it; dropping the guard abandons it (no frame id
+    /// is used).
+    ///
+    /// On a full lossless ring this applies the channel's [`Backpressure`] rule: it waits (and
+    /// evicts consumers found dead while waiting), fails with `Full`, or drops the oldest frame.
+    pub fn begin_publish(&mut self) -> Result<SlotWriter<'_>, PublishError> {
+        let w = self.next_frame;
+        let h = self.view.header();
+        // Claim first, then look at the consumers (SeqCst on both sides): a consumer attaching
+        // concurrently either is seen here or sees this claim and positions itself after it.
+        h.write_pos.store(w.wrapping_add(1), Ordering::SeqCst);
+        if let Err(e) = self.wait_for_space(w) {
+            h.write_pos.store(w, Ordering::SeqCst);
+            h.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        let meta = self.view.slot_meta(w);
+        meta.seq.store(layout::writing_seq(w), Ordering::Relaxed);
+        // Orders the odd seq before every write of the payload (seqlock writer side).
+        fence(Ordering::Release);
+        Ok(SlotWriter {
+            producer: self,
+            frame: w,
+            len: None,
+            meta: FrameMeta::default(),
+            done: false,
+        })
+    }
+
+    /// Publishes `data` as one frame with `meta`; returns its frame id.
+    pub fn publish_bytes(&mut self, data: &[u8], meta: &FrameMeta) -> Result<u64, PublishError> {
+        let cap = self.view.geometry().params.slot_size;
+        if data.len() as u64 > cap {
+            return Err(PublishError::TooLarge {
+                size: data.len() as u64,
+                capacity: cap,
+            });
+        }
+        let mut slot = self.begin_publish()?;
+        slot.data_mut()[..data.len()].copy_from_slice(data);
+        slot.set_len(data.len())?;
+        slot.set_meta(meta);
+        slot.publish()
+    }
+
+    /// Serialises `state` into the flexible zone as a new version; readers never see a partial
+    /// state. Returns the new version (1, 2, …).
+    pub fn write_state<T: serde::Serialize>(&mut self, state: &T) -> Result<u64, StateError> {
+        flex::write_state(&self.view, state)
+    }
+
+    fn wait_for_space(&self, w: u64) -> Result<(), PublishError> {
+        let p = self.view.geometry().params;
+        if p.policy != policy_code::RING {
+            return Ok(());
+        }
+        let n = u64::from(p.slot_count);
+        let h = self.view.header();
+        let deadline = match self.config.policy {
+            Policy::Ring {
+                when_full: Backpressure::Block { timeout },
+                ..
+            } => Some(
+                Instant::now()
+                    .checked_add(timeout)
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
+            ),
+            _ => None,
+        };
+        let mut checked_liveness = false;
+        loop {
+            let seen = h.space_event.sequence();
+            if !self.ring_full(w, n, !checked_liveness) {
+                return Ok(());
+            }
+            checked_liveness = true;
+            match p.backpressure {
+                backpressure_code::FAIL => {
+                    return Err(PublishError::Full {
+                        channel: self.channel().to_owned(),
+                        slots: p.slot_count,
+                    });
+                }
+                backpressure_code::DROP_OLDEST => {
+                    h.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                _ => {}
+            }
+            let Some(deadline) = deadline else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(PublishError::Timeout {
+                    channel: self.channel().to_owned(),
+                });
+            }
+            let nap = (deadline - now).min(LIVENESS_INTERVAL);
+            if !h.space_event.wait_changed(seen, Some(nap)) {
+                // Woken by the interval, not by a release: look for dead consumers again.
+                checked_liveness = false;
+            }
+        }
+    }
+
+    /// Whether some live consumer still needs the frame that slot `w % n` holds. With
+    /// `check_liveness`, blocking consumers whose process is gone are evicted on the way.
+    fn ring_full(&self, w: u64, n: u64, check_liveness: bool) -> bool {
+        let Some(oldest_allowed) = w.checked_sub(n) else {
+            return false;
+        };
+        let mut full = false;
+        for i in 0..layout::CONSUMER_CAPACITY as usize {
+            let Some(e) = self.view.consumer(i) else {
+                break;
+            };
+            let state = e.state.load(Ordering::SeqCst);
+            if state == consumer_state::FREE {
+                continue;
+            }
+            let pos = e.position.load(Ordering::SeqCst);
+            if pos > oldest_allowed {
+                continue;
+            }
+            if check_liveness && super::reclaim_if_dead(&self.view, e, state) {
+                continue;
+            }
+            full = true;
+        }
+        full
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        let h = self.view.header();
+        // Give the channel up, but only if it is still ours (review item 1.3: never unlink).
+        if h.producer_pid.load(Ordering::Acquire) == u64::from(self.me.pid)
+            && h.producer_start_time.load(Ordering::Acquire) == self.me.start_time
+        {
+            h.producer_pid.store(0, Ordering::Release);
+        }
+        h.data_event.notify_all();
+    }
+}
+
+fn current_process(name: &str) -> Result<ProcessId, ChannelError> {
+    ProcessId::current().map_err(|source| ChannelError::Io {
+        channel: name.to_owned(),
+        op: "identify process",
+        source,
+    })
+}
+
+/// Repairs what a dead producer left: a slot caught mid-write is emptied (its bytes are partial),
+/// a slot committed but not yet counted is counted, and the write position returns to the commit
+/// position. Returns the next frame id.
+fn recover(view: &View) -> u64 {
+    let h = view.header();
+    let mut commit = h.commit_pos.load(Ordering::Acquire);
+    // A frame whose seq was committed before the crash but whose commit position was not.
+    if view.slot_meta(commit).seq.load(Ordering::Acquire) == layout::committed_seq(commit) {
+        commit += 1;
+        h.commit_pos.store(commit, Ordering::Release);
+        h.published.fetch_add(1, Ordering::Relaxed);
+    }
+    for s in 0..view.geometry().slots() {
+        let meta = view.slot_meta(s);
+        let seq = meta.seq.load(Ordering::Acquire);
+        if seq % 2 == 1 {
+            meta.seq.store(0, Ordering::Release);
+        }
+    }
+    h.write_pos.store(commit, Ordering::SeqCst);
+    h.data_event.notify_all();
+    commit
+}
+
+/// A claimed slot being filled; publish it with [`SlotWriter::publish`], or drop it to abandon.
+#[must_use = "a slot that is not published is abandoned when dropped"]
+pub struct SlotWriter<'a> {
+    producer: &'a mut Producer,
+    frame: u64,
+    len: Option<usize>,
+    meta: FrameMeta,
+    done: bool,
+}
+
+impl SlotWriter<'_> {
+    /// The frame id this slot will publish.
+    pub fn frame_id(&self) -> u64 {
+        self.frame
+    }
+
+    /// The whole slot (slot size bytes), to write the frame into in place.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the producer is the channel's only writer (its identity is in the header and a
+        // second producer is refused), the slot's seq is odd (set in begin_publish), and this
+        // guard borrows the producer mutably, so no other slice of this slot exists here.
+        unsafe { self.producer.view.slot_bytes_mut(self.frame) }
+    }
+
+    /// Sets the frame's length in bytes (default: the whole slot).
+    pub fn set_len(&mut self, len: usize) -> Result<(), PublishError> {
+        let cap = self.producer.view.geometry().params.slot_size;
+        if len as u64 > cap {
+            return Err(PublishError::TooLarge {
+                size: len as u64,
+                capacity: cap,
+            });
+        }
+        self.len = Some(len);
+        Ok(())
+    }
+
+    /// Sets all metadata at once.
+    pub fn set_meta(&mut self, meta: &FrameMeta) {
+        self.meta = *meta;
+    }
+
+    /// Sets the timestamp (ns); 0 stamps `CLOCK_REALTIME` at publish.
+    pub fn set_timestamp_ns(&mut self, ns: u64) {
+        self.meta.timestamp_ns = ns;
+    }
+
+    /// Sets the type hash.
+    pub fn set_type_hash(&mut self, hash: u64) {
+        self.meta.type_hash = hash;
+    }
+
+    /// Sets the dimensions (at most 4).
+    pub fn set_dims(&mut self, dims: &[u64]) -> Result<(), PublishError> {
+        self.meta.set_dims(dims)
+    }
+
+    /// Commits the frame: readers see all of it or none of it. Returns its frame id.
+    pub fn publish(mut self) -> Result<u64, PublishError> {
+        let w = self.frame;
+        let view = &self.producer.view;
+        let params = view.geometry().params;
+        let len = self.len.unwrap_or(params.slot_size as usize);
+        let m = view.slot_meta(w);
+        let ts = if self.meta.timestamp_ns == 0 {
+            sys::realtime_ns()
+        } else {
+            self.meta.timestamp_ns
+        };
+        m.frame_id.store(w, Ordering::Relaxed);
+        m.timestamp_ns.store(ts, Ordering::Relaxed);
+        m.data_size.store(len as u64, Ordering::Relaxed);
+        m.type_hash.store(self.meta.type_hash, Ordering::Relaxed);
+        m.ndim.store(u64::from(self.meta.ndim), Ordering::Relaxed);
+        for (d, v) in m.dims.iter().zip(self.meta.dims) {
+            d.store(v, Ordering::Relaxed);
+        }
+        let sum = if params.checksum == layout::checksum_code::XXH3_64 {
+            super::checksum_of(view.slot_bytes(w, len as u64))
+        } else {
+            0
+        };
+        m.checksum.store(sum, Ordering::Relaxed);
+        // Commit: the even seq publishes payload and metadata (Release), then the commit position
+        // tells waiting readers the frame exists.
+        m.seq.store(layout::committed_seq(w), Ordering::Release);
+        let h = view.header();
+        h.commit_pos.store(w + 1, Ordering::Release);
+        h.published.fetch_add(1, Ordering::Relaxed);
+        h.producer_heartbeat_ns
+            .store(sys::monotonic_ns(), Ordering::Relaxed);
+        h.data_event.notify_all();
+        self.done = true;
+        self.producer.next_frame = w + 1;
+        Ok(w)
+    }
+}
+
+impl Drop for SlotWriter<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Abandon: the slot's old bytes may be partly overwritten, so it becomes empty (a reader
+        // that was reading its old frame sees the seq change); the frame id is not used.
+        let view = &self.producer.view;
+        view.slot_meta(self.frame).seq.store(0, Ordering::Release);
+        view.header().write_pos.store(self.frame, Ordering::SeqCst);
+    }
+}

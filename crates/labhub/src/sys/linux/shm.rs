@@ -1,0 +1,206 @@
+//! Named POSIX shared memory: create, open, size, map, unlink; and the few ids and clocks the
+//! shm module needs (user id, page size, monotonic nanoseconds).
+//!
+//! Everything here is a thin, checked wrapper over one system call; the policy (names, sizes,
+//! layout) lives in `shm::segment` above.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+fn cstring(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))
+}
+
+/// Creates the named segment exclusively (`O_CREAT | O_EXCL`), owner-only, and sizes it.
+///
+/// The mode is forced to 0600 with `fchmod` after creation, so a permissive umask cannot widen it
+/// and a restrictive one cannot lock the owner out. Fails with `AlreadyExists` if the name exists.
+pub fn shm_create_exclusive(name: &str, size: u64) -> io::Result<OwnedFd> {
+    let c = cstring(name)?;
+    // SAFETY: `c` is a valid NUL-terminated string; flags and mode are plain integers.
+    let fd = unsafe {
+        libc::shm_open(
+            c.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600 as libc::mode_t,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by shm_open and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sized = (|| {
+        // SAFETY: plain syscall on a descriptor we own.
+        if unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let len = libc::off_t::try_from(size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment size too large"))?;
+        // SAFETY: plain syscall on a descriptor we own.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    })();
+    if let Err(e) = sized {
+        let _ = shm_unlink(name);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// Opens an existing named segment for reading and writing.
+pub fn shm_open_existing(name: &str) -> io::Result<OwnedFd> {
+    let c = cstring(name)?;
+    // SAFETY: `c` is a valid NUL-terminated string; no O_CREAT so the mode is ignored.
+    let fd = unsafe { libc::shm_open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by shm_open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Removes the name of a segment; existing mappings stay valid until unmapped.
+pub fn shm_unlink(name: &str) -> io::Result<()> {
+    let c = cstring(name)?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    if unsafe { libc::shm_unlink(c.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What `fstat` says about a segment: size, owner and permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmStat {
+    /// Size in bytes.
+    pub size: u64,
+    /// Owning user id.
+    pub uid: u32,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
+/// `fstat` on a segment descriptor.
+pub fn shm_stat(fd: &OwnedFd) -> io::Result<ShmStat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a writable buffer of the right type; `fd` is open.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(ShmStat {
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        uid: st.st_uid,
+        mode: st.st_mode & 0o7777,
+    })
+}
+
+/// A shared, read-write mapping of a whole segment; unmapped on drop.
+#[derive(Debug)]
+pub struct ShmMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; all shared access to its contents goes
+// through atomics or is argued at each use in shm::layout.
+unsafe impl Send for ShmMapping {}
+// SAFETY: as above; `&ShmMapping` only hands out the base pointer and length.
+unsafe impl Sync for ShmMapping {}
+
+impl ShmMapping {
+    /// Maps `len` bytes of `fd` from offset 0, `MAP_SHARED`, readable and writable.
+    pub fn map(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map an empty segment",
+            ));
+        }
+        // SAFETY: a fresh mapping chosen by the kernel (addr null) over an open descriptor; the
+        // result is checked against MAP_FAILED before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, len })
+    }
+
+    /// Base address (page-aligned).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: empty mappings are refused by [`ShmMapping::map`].
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for ShmMapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe exactly the mapping created in `map`, unmapped only here.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// The real user id of this process.
+pub fn getuid() -> u32 {
+    // SAFETY: getuid cannot fail and has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+/// The system page size in bytes.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process on the machine, so
+/// heartbeats written by one process can be compared by another.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// `CLOCK_REALTIME` in nanoseconds since the Unix epoch (frame timestamps).
+pub fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
