@@ -13,3 +13,4 @@ pub mod audit;
 pub mod config;
 pub mod keys;
 pub mod registry;
+pub mod segments;

@@ -324,7 +324,7 @@ pub fn validate(request: &Request) -> Result<(), DecodeError> {
                 if !ok {
                     return Err(field_error(
                         "prefix",
-                        "must be at most 100 bytes of channel-name characters",
+                        "must be at most 128 bytes of channel-name characters",
                     ));
                 }
             }

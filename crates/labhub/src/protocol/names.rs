@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Longest channel name, in bytes.
-pub const MAX_CHANNEL_NAME_LEN: usize = 100;
+pub const MAX_CHANNEL_NAME_LEN: usize = 128;
 /// Longest client id, in bytes.
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 /// Longest endpoint, in bytes.
@@ -163,11 +163,11 @@ fn check_channel_name(s: &str) -> Result<(), NameError> {
         "ASCII letters, digits, '_', '-', '.'",
         name_char,
     )?;
-    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+    if s == "." || s == ".." {
         return Err(NameError::Invalid {
             what: WHAT,
             value: s.to_owned(),
-            problem: "must start with a letter or digit",
+            problem: "'.' and '..' are reserved",
         });
     }
     Ok(())
@@ -292,8 +292,8 @@ fn check_endpoint(s: &str) -> Result<(), NameError> {
 }
 
 string_newtype!(
-    /// A channel name: 1 to 100 bytes of ASCII letters, digits, `_`, `-` and `.`, starting
-    /// with a letter or digit.
+    /// A channel name: 1 to 128 bytes of ASCII letters, digits, `_`, `-` and `.`, but not `.`
+    /// or `..` (the rule of [`crate::shm`] channel names).
     ///
     /// ```
     /// use labhub::protocol::ChannelName;
@@ -355,10 +355,10 @@ mod tests {
 
     #[test]
     fn channel_names_accept_the_documented_charset_only() {
-        for ok in ["a", "cam0", "Cam_0-x.y", &"x".repeat(100)] {
+        for ok in ["a", "cam0", "Cam_0-x.y", "_x", ".hidden", &"x".repeat(128)] {
             assert!(ChannelName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".x", "-x", "a b", "a/b", "é", &"x".repeat(101), "a\0"] {
+        for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(129), "a\0"] {
             assert!(ChannelName::new(bad).is_err(), "{bad:?}");
         }
     }

@@ -155,3 +155,8 @@ impl ProcessId {
         true
     }
 }
+
+/// Names of shared-memory objects starting with `prefix`: unsupported here.
+pub fn shm_list(_prefix: &str) -> io::Result<Vec<String>> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
