@@ -97,14 +97,14 @@ impl Consumer {
     pub fn attach(name: &str, options: AttachOptions) -> Result<Self, ChannelError> {
         let view = super::open_view(name, options.ready_timeout)?;
         let total = view.geometry().total_size;
-        if let Some(expected) = options.expected_size {
-            if expected != total {
-                return Err(ChannelError::SizeMismatch {
-                    channel: name.to_owned(),
-                    expected,
-                    found: total,
-                });
-            }
+        if let Some(expected) = options.expected_size
+            && expected != total
+        {
+            return Err(ChannelError::SizeMismatch {
+                channel: name.to_owned(),
+                expected,
+                found: total,
+            });
         }
         if !super::check_secret(&view, options.secret.as_ref()) {
             return Err(ChannelError::WrongSecret {
@@ -249,22 +249,26 @@ impl Consumer {
         }
     }
 
-    /// The newest committed frame, in place, or `None` if nothing was published yet. Frames
-    /// between the cursor and the newest are skipped (not counted as missed).
+    /// The newest committed frame still in the ring, in place, or `None` if there is none.
+    /// Frames between the cursor and it are skipped (not counted as missed); [`Consumer::next`]
+    /// continues after it.
     pub fn latest(&mut self) -> Result<Option<Frame<'_>>, ReadError> {
         loop {
             self.check_entry()?;
-            let commit = self.view.header().commit_pos.load(Ordering::Acquire);
-            let Some(newest) = commit.checked_sub(1) else {
-                return Ok(None);
-            };
-            if newest > self.cursor {
-                self.set_position(newest);
-            }
-            if let Some(snap) = self.read_meta(newest) {
+            let h = self.view.header();
+            let commit = h.commit_pos.load(Ordering::Acquire);
+            let oldest = commit.saturating_sub(self.view.geometry().slots());
+            // Newest first; a slot emptied by a crashed or abandoning producer is passed over.
+            if let Some(snap) = (oldest..commit).rev().find_map(|f| self.read_meta(f)) {
+                if snap.frame > self.cursor {
+                    // Holding position ≤ frame keeps a lossless producer off its slot.
+                    self.set_position(snap.frame);
+                }
                 return Ok(Some(self.frame(snap)));
             }
-            // Overwritten while we looked: try the (new) newest.
+            if h.commit_pos.load(Ordering::Acquire) == commit {
+                return Ok(None);
+            }
         }
     }
 
@@ -475,14 +479,14 @@ impl Frame<'_> {
                 frame_id: self.snap.frame,
             });
         }
-        if let Some(computed) = computed {
-            if computed != self.snap.checksum {
-                return Err(ReadError::ChecksumMismatch {
-                    frame_id: self.snap.frame,
-                    stored: self.snap.checksum,
-                    computed,
-                });
-            }
+        if let Some(computed) = computed
+            && computed != self.snap.checksum
+        {
+            return Err(ReadError::ChecksumMismatch {
+                frame_id: self.snap.frame,
+                stored: self.snap.checksum,
+                computed,
+            });
         }
         Ok(())
     }

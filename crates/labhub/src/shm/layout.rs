@@ -610,6 +610,7 @@ impl View {
     /// The caller is the channel's only producer (enforced by the producer identity in the
     /// header) and has marked the slot as being written (odd seq), and holds no other slice of
     /// this slot from this view while the returned one lives.
+    #[allow(clippy::mut_from_ref)] // exclusivity is the caller's documented contract
     pub unsafe fn slot_bytes_mut(&self, frame: u64) -> &mut [u8] {
         let len = self.geo.params.slot_size as usize;
         // SAFETY: in bounds as in `slot_bytes`; exclusivity within this view is the caller's

@@ -2,12 +2,17 @@
 //!
 //! Each role lives in its own module; the first argument picks it.
 
+mod shm;
+mod sync;
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let role = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
     #[allow(clippy::match_single_binding)] // each concept's module adds its roles here
     match role.as_str() {
+        r if r.starts_with("shm-") => shm::run(r, &rest),
+        sync_role if sync_role.starts_with("sync-") => sync::run(sync_role, &rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
 }
