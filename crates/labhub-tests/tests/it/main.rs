@@ -2,3 +2,6 @@
 mod shm;
 
 mod sync;
+
+mod lifecycle;
+mod log;

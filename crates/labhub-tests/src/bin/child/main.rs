@@ -4,6 +4,8 @@
 
 mod shm;
 mod sync;
+mod lifecycle;
+mod log;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -13,6 +15,9 @@ fn main() -> anyhow::Result<()> {
     match role.as_str() {
         r if r.starts_with("shm-") => shm::run(r, &rest),
         sync_role if sync_role.starts_with("sync-") => sync::run(sync_role, &rest),
+        r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
+        "log-append" => log::append(&rest),
+        "log-spam" => log::spam(&rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
 }

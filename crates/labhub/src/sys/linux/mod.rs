@@ -27,3 +27,4 @@ pub fn shm_list(prefix: &str) -> std::io::Result<Vec<String>> {
     names.sort();
     Ok(names)
 }
+pub mod log_sys;
