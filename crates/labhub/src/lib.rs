@@ -9,7 +9,7 @@
 //! | module | what it is |
 //! |---|---|
 //! | [`sys`] | the only place that calls the operating system: futex, robust lists, flock, shared memory |
-//! | [`lifecycle`] | modules with dependencies, started in order and stopped in reverse |
+//! | [`lifecycle`] | modules with dependencies, started in order and stopped in reverse; owns the long-lived services |
 //! | [`log`] | asynchronous logging on `tracing`, a lifecycle module |
 //! | [`sync`] | process-shared, robust mutex and event that live inside shared memory |
 //! | [`filelock`] | an exclusive cross-process, cross-thread lock on a path |

@@ -2,12 +2,18 @@
 //!
 //! Each role lives in its own module; the first argument picks it.
 
+mod lifecycle;
+mod log;
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let role = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
     #[allow(clippy::match_single_binding)] // each concept's module adds its roles here
     match role.as_str() {
+        r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
+        "log-append" => log::append(&rest),
+        "log-spam" => log::spam(&rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
 }

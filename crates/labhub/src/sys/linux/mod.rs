@@ -1,5 +1,7 @@
 //! Linux implementation of the platform layer.
 
+pub mod log_sys;
+
 mod futex;
 mod process;
 mod shm;

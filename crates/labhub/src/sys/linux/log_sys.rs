@@ -1,0 +1,104 @@
+//! The OS calls the `log` module needs beyond `std`: the kernel thread id, `flock` on the
+//! rotation sidecar lock, and `syslog(3)`.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+
+/// The calling thread's kernel thread id (what `ps -L` and `/proc/<pid>/task` show).
+pub fn thread_id() -> u32 {
+    // SAFETY: gettid takes no arguments, cannot fail and touches no memory of ours.
+    let tid = unsafe { libc::gettid() };
+    tid as u32
+}
+
+/// Takes an exclusive `flock` on `file`, blocking until it is granted (retrying on `EINTR`).
+///
+/// The lock belongs to the open file description, so the kernel drops it when the holder
+/// dies. Release it with [`unlock`] or by closing the file.
+pub fn lock_exclusive(file: &File) -> io::Result<()> {
+    loop {
+        // SAFETY: the descriptor is valid for as long as `file` is borrowed; flock reads no
+        // memory of ours.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Releases a `flock` taken by [`lock_exclusive`].
+pub fn unlock(file: &File) -> io::Result<()> {
+    // SAFETY: as in `lock_exclusive`.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Severity of a syslog message (the subset the logger maps its levels onto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogSeverity {
+    /// `LOG_ERR`
+    Error,
+    /// `LOG_WARNING`
+    Warning,
+    /// `LOG_INFO`
+    Info,
+    /// `LOG_DEBUG`
+    Debug,
+}
+
+/// Idents handed to `openlog`, which keeps the pointer rather than a copy: each distinct ident
+/// is allocated once and lives for the rest of the process.
+static IDENTS: Mutex<Vec<&'static CStr>> = Mutex::new(Vec::new());
+
+/// Opens the process's syslog connection under `ident` (facility `LOG_USER`, pid included).
+///
+/// Returns `InvalidInput` if `ident` contains a NUL byte. glibc connects lazily and drops
+/// messages silently when no syslog daemon listens, so this never fails for lack of a daemon.
+pub fn syslog_open(ident: &str) -> io::Result<()> {
+    let owned = CString::new(ident).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "syslog ident contains a NUL byte",
+        )
+    })?;
+    let mut idents = IDENTS.lock().unwrap_or_else(|p| p.into_inner());
+    let stored: &'static CStr = match idents.iter().copied().find(|s| *s == owned.as_c_str()) {
+        Some(s) => s,
+        None => {
+            let leaked: &'static CStr = Box::leak(owned.into_boxed_c_str());
+            idents.push(leaked);
+            leaked
+        }
+    };
+    // SAFETY: `stored` is a NUL-terminated string that is never freed, as openlog requires.
+    unsafe { libc::openlog(stored.as_ptr(), libc::LOG_PID, libc::LOG_USER) };
+    Ok(())
+}
+
+/// Sends one message to syslog. Interior NUL bytes are replaced so the message is never cut.
+pub fn syslog_write(severity: SyslogSeverity, message: &str) {
+    let priority = match severity {
+        SyslogSeverity::Error => libc::LOG_ERR,
+        SyslogSeverity::Warning => libc::LOG_WARNING,
+        SyslogSeverity::Info => libc::LOG_INFO,
+        SyslogSeverity::Debug => libc::LOG_DEBUG,
+    };
+    let text = match CString::new(message) {
+        Ok(c) => c,
+        Err(_) => CString::new(message.replace('\0', "\\0")).unwrap_or_default(),
+    };
+    // SAFETY: the format is a static "%s" and its one argument a valid NUL-terminated string
+    // that outlives the call.
+    unsafe { libc::syslog(libc::LOG_USER | priority, c"%s".as_ptr(), text.as_ptr()) };
+}
