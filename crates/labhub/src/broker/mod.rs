@@ -12,5 +12,10 @@
 pub mod audit;
 pub mod config;
 pub mod keys;
+pub mod probe;
 pub mod registry;
 pub mod segments;
+pub mod server;
+
+pub use config::{BrokerConfig, ConfigError, ConfigLayer};
+pub use server::{Broker, BrokerError, BrokerStats, run};

@@ -18,17 +18,79 @@ pub(crate) const TIMESTAMP_LEN: usize = 27;
 /// Width the level is padded to.
 pub(crate) const LEVEL_WIDTH: usize = 5;
 
+/// Lines up to this many bytes travel inside the queue slot; longer ones are boxed.
+///
+/// Formatting happens in a reused thread-local buffer and the bytes are copied into the
+/// message, so the common line costs no allocation on the caller's thread and no free on
+/// the writer's (with glibc, memory freed by another thread is slow to reuse).
+pub(crate) const INLINE_LINE: usize = 224;
+
 /// One formatted line, ending in `\n`, plus what sinks need to know about it.
-#[derive(Debug)]
 pub(crate) struct Line {
-    pub(crate) text: String,
+    bytes: LineBytes,
     pub(crate) level: Level,
     /// Byte offset of the target, i.e. the line without timestamp, level and ids (syslog
     /// adds its own).
     pub(crate) body_start: usize,
 }
 
+// Large on purpose: the bytes live in the queue slot instead of on the heap.
+#[allow(clippy::large_enum_variant)]
+enum LineBytes {
+    Inline { len: u8, buf: [u8; INLINE_LINE] },
+    Boxed(Box<str>),
+}
+
+impl Line {
+    fn new(text: &str, level: Level, body_start: usize) -> Line {
+        let bytes = if text.len() <= INLINE_LINE {
+            let mut buf = [0u8; INLINE_LINE];
+            buf[..text.len()].copy_from_slice(text.as_bytes());
+            LineBytes::Inline {
+                len: text.len() as u8,
+                buf,
+            }
+        } else {
+            LineBytes::Boxed(text.into())
+        };
+        Line {
+            bytes,
+            level,
+            body_start,
+        }
+    }
+
+    /// The whole line, `\n` included (valid UTF-8).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            LineBytes::Inline { len, buf } => &buf[..usize::from(*len)],
+            LineBytes::Boxed(text) => text.as_bytes(),
+        }
+    }
+
+    /// The line from the target on, without the `\n`.
+    pub(crate) fn body(&self) -> std::borrow::Cow<'_, str> {
+        let bytes = self.bytes();
+        let body = &bytes[self.body_start.min(bytes.len())..];
+        String::from_utf8_lossy(body.strip_suffix(b"\n").unwrap_or(body))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.bytes().len()
+    }
+}
+
+impl fmt::Debug for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Line")
+            .field(&String::from_utf8_lossy(self.bytes()))
+            .finish()
+    }
+}
+
 thread_local! {
+    /// The buffer lines are formatted in, reused by every event of this thread.
+    static SCRATCH: RefCell<String> = RefCell::new(String::with_capacity(512));
     /// `pid:tid ` of this thread, formatted once (for the pid it was formatted with).
     static IDS: RefCell<(u32, String)> = const { RefCell::new((0, String::new())) };
 }
@@ -65,35 +127,50 @@ fn write_prefix(out: &mut String, level: Level, pid: u32) -> usize {
 
 /// Formats a line the logger writes about itself (drop reports, rotation markers).
 pub(crate) fn internal_line(level: Level, pid: u32, message: fmt::Arguments<'_>) -> Line {
-    let mut text = String::with_capacity(128);
-    let body_start = write_prefix(&mut text, level, pid);
-    text.push_str("labhub::log: ");
-    let _ = Escaped(&mut text).write_fmt(message);
-    text.push('\n');
-    Line {
-        text,
-        level,
-        body_start,
-    }
+    with_scratch(|text| {
+        let body_start = write_prefix(text, level, pid);
+        text.push_str("labhub::log: ");
+        let _ = Escaped(text).write_fmt(message);
+        text.push('\n');
+        Line::new(text, level, body_start)
+    })
 }
 
 /// Formats an event; `spans` writes the `name{fields}:` chain of the event's scope, if any.
 pub(crate) fn event_line(event: &Event<'_>, pid: u32, spans: impl FnOnce(&mut String)) -> Line {
     let meta = event.metadata();
     let level = *meta.level();
-    let mut text = String::with_capacity(256);
-    let body_start = write_prefix(&mut text, level, pid);
-    text.push_str(meta.target());
-    text.push_str(": ");
-    spans(&mut text);
-    let mut visitor = FieldVisitor::for_event(&mut text);
-    event.record(&mut visitor);
-    visitor.finish();
-    text.push('\n');
-    Line {
-        text,
-        level,
-        body_start,
+    with_scratch(|text| {
+        let body_start = write_prefix(text, level, pid);
+        text.push_str(meta.target());
+        text.push_str(": ");
+        spans(text);
+        let mut visitor = FieldVisitor::for_event(text);
+        event.record(&mut visitor);
+        visitor.finish();
+        text.push('\n');
+        Line::new(text, level, body_start)
+    })
+}
+
+/// Runs `f` on this thread's cleared scratch buffer (or a fresh one if it is in use, should
+/// formatting ever re-enter).
+fn with_scratch(f: impl FnOnce(&mut String) -> Line) -> Line {
+    let mut f = Some(f);
+    let line = SCRATCH.with(|scratch| {
+        let mut text = scratch.try_borrow_mut().ok()?;
+        text.clear();
+        let line = (f.take()?)(&mut text);
+        if text.capacity() > 64 * 1024 {
+            // One huge line should not pin its buffer for the thread's life.
+            *text = String::with_capacity(512);
+        }
+        Some(line)
+    });
+    match (line, f) {
+        (Some(line), _) => line,
+        (None, Some(f)) => f(&mut String::with_capacity(256)),
+        (None, None) => unreachable!("the closure ran, so it returned a line"),
     }
 }
 
@@ -247,7 +324,7 @@ mod tests {
     #[test]
     fn internal_lines_have_the_documented_shape() {
         let line = internal_line(Level::WARN, 42, format_args!("x {}", 1));
-        let t = &line.text;
+        let t = String::from_utf8(line.bytes().to_vec()).unwrap();
         assert_eq!(
             &t[TIMESTAMP_LEN..TIMESTAMP_LEN + 1 + LEVEL_WIDTH + 1],
             " WARN  "
@@ -256,6 +333,7 @@ mod tests {
         assert_eq!(&t[10..11], "T");
         assert!(t.ends_with(" labhub::log: x 1\n"), "{t}");
         assert!(t[line.body_start..].starts_with("labhub::log: "));
+        assert_eq!(line.body(), "labhub::log: x 1");
         let ids = t[TIMESTAMP_LEN + 7..line.body_start].trim_end();
         assert!(ids.starts_with("42:"), "{ids}");
     }

@@ -117,7 +117,8 @@ pub struct LogConfig {
     pub sink: Sink,
     /// The most verbose level written; changeable later with [`Logger::set_level`].
     pub level: LevelFilter,
-    /// How many lines may wait for the writer before new ones are dropped (at least 1).
+    /// How many lines may wait for the writer before new ones are dropped (at least 1). The
+    /// queue is allocated up front, about 256 bytes per line.
     pub queue_capacity: usize,
 }
 

@@ -105,7 +105,7 @@ impl OpenSink {
                     if *color {
                         push_coloured(buf, line);
                     } else {
-                        buf.extend_from_slice(line.text.as_bytes());
+                        buf.extend_from_slice(line.bytes());
                     }
                 }
                 let mut err = io::stderr().lock();
@@ -120,9 +120,9 @@ impl OpenSink {
                     buf.clear();
                     let mut end = start;
                     while end < lines.len()
-                        && (end == start || buf.len() + lines[end].text.len() <= MAX_WRITE)
+                        && (end == start || buf.len() + lines[end].len() <= MAX_WRITE)
                     {
-                        buf.extend_from_slice(lines[end].text.as_bytes());
+                        buf.extend_from_slice(lines[end].bytes());
                         end += 1;
                     }
                     file.write_all(buf)?;
@@ -133,8 +133,7 @@ impl OpenSink {
             OpenSink::Rotating(r) => r.write_lines(lines, buf, pid),
             OpenSink::Syslog => {
                 for line in lines {
-                    let body = line.text[line.body_start..].trim_end_matches('\n');
-                    log_sys::syslog_write(severity(line.level), body);
+                    log_sys::syslog_write(severity(line.level), &line.body());
                 }
                 Ok(())
             }
@@ -171,7 +170,7 @@ fn severity(level: Level) -> SyslogSeverity {
 }
 
 fn push_coloured(buf: &mut Vec<u8>, line: &Line) {
-    let text = line.text.as_bytes();
+    let text = line.bytes();
     let level_end = TIMESTAMP_LEN + 1 + LEVEL_WIDTH;
     if text.len() < level_end {
         buf.extend_from_slice(text);
@@ -244,7 +243,7 @@ impl RotatingFile {
         let mut size = self.file.metadata()?.len();
         buf.clear();
         for line in lines {
-            let len = line.text.len() as u64;
+            let len = line.len() as u64;
             let pending = buf.len() as u64;
             if size + pending > 0 && size + pending + len > self.max_bytes {
                 if !buf.is_empty() {
@@ -271,15 +270,15 @@ impl RotatingFile {
                 };
                 // The marker goes in only if the line still fits after it, so a tiny
                 // max_bytes never makes every line start a new file.
-                if marker.text.len() as u64 + len <= self.max_bytes {
-                    buf.extend_from_slice(marker.text.as_bytes());
+                if marker.len() as u64 + len <= self.max_bytes {
+                    buf.extend_from_slice(marker.bytes());
                 }
-            } else if buf.len() + line.text.len() > MAX_WRITE {
+            } else if buf.len() + line.len() > MAX_WRITE {
                 self.file.write_all(buf)?;
                 size += buf.len() as u64;
                 buf.clear();
             }
-            buf.extend_from_slice(line.text.as_bytes());
+            buf.extend_from_slice(line.bytes());
         }
         if !buf.is_empty() {
             self.file.write_all(buf)?;
@@ -355,8 +354,10 @@ mod tests {
         push_coloured(&mut buf, &line);
         let text = String::from_utf8(buf).unwrap();
         assert_eq!(
-            text.replace("\x1b[31m", "").replace("\x1b[0m", ""),
-            line.text
+            text.replace("\x1b[31m", "")
+                .replace("\x1b[0m", "")
+                .as_bytes(),
+            line.bytes()
         );
         assert!(
             text[TIMESTAMP_LEN..].starts_with(" \x1b[31mERROR\x1b[0m 1:"),

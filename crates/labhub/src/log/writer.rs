@@ -20,6 +20,8 @@ const LINGER_POLLS: u32 = 4;
 /// What travels through the queue. Lines are offered with `try_send` and dropped when the
 /// queue is full; control messages wait for room, so they are never lost and keep their
 /// place in the order.
+// Lines are large on purpose (see `format::INLINE_LINE`); control messages are rare.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Msg {
     Line(Line),
     Control(Control),
@@ -66,7 +68,7 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Line(line) => {
-                        batch_bytes += line.text.len();
+                        batch_bytes += line.len();
                         batch.push(line);
                         if batch_bytes >= MAX_WRITE {
                             self.write_out(&mut batch, &mut buf, &mut pending_error);

@@ -1,5 +1,7 @@
 //! Linux implementation of the platform layer.
 
+pub mod log_sys;
+
 mod futex;
 mod process;
 mod shm;
@@ -27,4 +29,3 @@ pub fn shm_list(prefix: &str) -> std::io::Result<Vec<String>> {
     names.sort();
     Ok(names)
 }
-pub mod log_sys;
