@@ -5,3 +5,5 @@ mod sync;
 
 mod lifecycle;
 mod log;
+mod client;
+mod e2e;

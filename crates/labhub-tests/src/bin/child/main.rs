@@ -6,6 +6,7 @@ mod shm;
 mod sync;
 mod lifecycle;
 mod log;
+mod client;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -18,6 +19,7 @@ fn main() -> anyhow::Result<()> {
         r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         "log-append" => log::append(&rest),
         "log-spam" => log::spam(&rest),
+        r if r.starts_with("client-") => client::run(r, &rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
 }
