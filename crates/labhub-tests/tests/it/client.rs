@@ -306,3 +306,102 @@ fn a_reply_arriving_after_its_timeout_is_dropped_and_the_next_call_gets_its_own(
         hub.shutdown();
     });
 }
+
+fn shm_discover(id: u64, name: &str, shm_name: &str, size: u64) -> String {
+    format!(
+        r#"{{"request_id":{id},"status":"ok","error_code":"none","message":"","channel":{{"name":"{name}","kind":"shm","shm_name":"{shm_name}","size":{size},"producer":"p","state":"up","consumers":0}}}}"#
+    )
+}
+
+#[test]
+fn a_consumer_refuses_a_segment_whose_size_or_name_differs_from_what_the_broker_announces() {
+    within_watchdog("layout mismatch", || {
+        let name = unique("mismatch");
+        let producer = labhub::shm::Producer::create(
+            &name,
+            labhub::shm::ChannelConfig::new(labhub::shm::Policy::DoubleBuffer, 256),
+        )
+        .unwrap();
+        let real_size = labhub::shm::segment::Segment::open(&name)
+            .unwrap()
+            .unwrap()
+            .len() as u64;
+        let shm_name = labhub::shm::os_name(&name).unwrap();
+        let fake = FakeBroker::start();
+        let hub = fake.client(Duration::from_secs(10));
+        let find = || hub.find_shm_consumer(&name, labhub::shm::AttachOptions::default());
+
+        let (n, s) = (name.clone(), shm_name.clone());
+        fake.answer(move |id| reply(&shm_discover(id, &n, &s, real_size + 4096)));
+        match find() {
+            Err(ClientError::LayoutMismatch {
+                field: "size",
+                broker,
+                segment,
+                ..
+            }) => {
+                assert_eq!(broker, (real_size + 4096).to_string());
+                assert_eq!(segment, real_size.to_string());
+            }
+            other => panic!("expected a size mismatch, got {other:?}"),
+        }
+
+        let n = name.clone();
+        fake.answer(move |id| reply(&shm_discover(id, &n, "/labhub.1.other", real_size)));
+        match find() {
+            Err(e @ ClientError::LayoutMismatch {
+                field: "shm_name", ..
+            }) => assert!(e.to_string().contains("shm_name"), "{e}"),
+            other => panic!("expected a segment name mismatch, got {other:?}"),
+        }
+
+        let n = name.clone();
+        fake.answer(move |id| reply(&ok_discover(id, &n)));
+        assert!(matches!(find(), Err(ClientError::WrongKind { .. })));
+
+        // With the right announcement, the consumer attaches and tells the broker.
+        let (n, s) = (name.clone(), shm_name.clone());
+        fake.answer(move |id| reply(&shm_discover(id, &n, &s, real_size)));
+        let (n, s) = (name.clone(), shm_name.clone());
+        fake.answer(move |id| reply(&shm_discover(id, &n, &s, real_size)));
+        let consumer = find().unwrap();
+        assert_eq!(consumer.info().spec.size, Some(real_size));
+        let kinds: Vec<String> = fake.seen.try_iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds.last().map(String::as_str), Some("attach"));
+        drop(consumer);
+        hub.shutdown();
+        drop(producer);
+        labhub::shm::remove_channel(&name).unwrap();
+    });
+}
+
+#[test]
+fn the_client_module_starts_a_hub_as_a_lifecycle_service_and_stops_it_at_finalize() {
+    use labhub::lifecycle::Lifecycle;
+    let def = labhub::client::module(ClientConfig::new(
+        ipc_endpoint("lc"),
+        KeyPair::generate().public,
+        KeyPair::generate(),
+    ));
+    assert_eq!(def.dependencies(), [labhub::log::MODULE_NAME]);
+    within_watchdog("lifecycle", || {
+        let lifecycle = Lifecycle::new();
+        let config = ClientConfig::new(
+            ipc_endpoint("lc"),
+            KeyPair::generate().public,
+            KeyPair::generate(),
+        )
+        .request_timeout(Duration::from_millis(100));
+        lifecycle
+            .register(labhub::client::module_without_log(config))
+            .unwrap();
+        lifecycle.initialize().unwrap();
+        let hub = lifecycle.service::<Hub>().expect("the hub runs");
+        assert!(!hub.is_stopped());
+        let report = lifecycle.finalize();
+        assert_eq!(report.stop_order(), [labhub::client::MODULE_NAME]);
+        assert!(report.is_clean(), "{report:?}");
+        assert!(hub.is_stopped());
+        assert!(matches!(hub.discover("x"), Err(ClientError::Stopped)));
+    });
+}

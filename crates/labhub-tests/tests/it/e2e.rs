@@ -7,8 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use labhub::client::{ClientConfig, Hub};
-use labhub::protocol::{ChannelKind, ChannelState};
+use std::sync::atomic::Ordering;
+
+use labhub::client::{ClientConfig, ConsumeError, Hub, ShmConsumer};
+use labhub::protocol::{ChannelKind, ChannelState, ErrorCode};
+use labhub::shm::{AttachOptions, Backpressure, ChannelConfig, FrameMeta, Policy};
 
 use super::client::{WATCHDOG, ipc_endpoint, unique};
 
@@ -182,5 +185,160 @@ fn consumers_hear_their_producer_die_resume_after_its_restart_and_outlive_a_brok
     drop(consumers);
     drop(producer);
     drop(broker);
+    let _ = labhub::shm::remove_channel(&name);
+}
+
+/// A broker child process in a fresh home, and a way to connect clients to it.
+struct TestBroker {
+    _proc: Proc,
+    home: Home,
+    endpoint: String,
+    notify: String,
+}
+
+impl TestBroker {
+    fn start() -> Self {
+        let home = Home(std::env::temp_dir().join(unique("broker-home")));
+        let endpoint = ipc_endpoint("broker");
+        let notify = ipc_endpoint("notify");
+        let mut proc = Proc::spawn(
+            "broker",
+            "client-broker",
+            &[home.0.to_str().unwrap(), &endpoint, &notify],
+        );
+        proc.wait_for("ready", |l| l == "ready");
+        Self {
+            _proc: proc,
+            home,
+            endpoint,
+            notify,
+        }
+    }
+
+    fn client(&self) -> Hub {
+        let mut config = ClientConfig::from_home(&self.home.0)
+            .unwrap()
+            .notify_endpoint(&self.notify)
+            .request_timeout(Duration::from_secs(5));
+        config.endpoint = self.endpoint.clone();
+        Hub::connect(config).unwrap()
+    }
+}
+
+fn shm_ring() -> ChannelConfig {
+    ChannelConfig::new(
+        Policy::Ring {
+            slots: 8,
+            when_full: Backpressure::DropOldest,
+        },
+        64,
+    )
+}
+
+fn wait_notice(consumer: &mut ShmConsumer, kind: &str) {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        if let Some(n) = consumer.try_notice()
+            && n.kind() == kind
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {kind} notice within {WATCHDOG:?}");
+        // Waiting for a frame is the consumer's way to wait for anything; none is coming.
+        let _ = consumer.read(Some(Duration::from_millis(20)), |_| ());
+    }
+}
+
+#[test]
+fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_segment() {
+    let broker = TestBroker::start();
+    let name = unique("recreate");
+    let producer_hub = broker.client();
+    let consumer_hub = broker.client();
+    let mut producer = producer_hub.create_shm_producer(&name, shm_ring()).unwrap();
+    let mut consumer = consumer_hub
+        .find_shm_consumer(&name, AttachOptions::default())
+        .unwrap();
+    producer.publish_bytes(b"old", &FrameMeta::default()).unwrap();
+    let frame = consumer.next_copy(Some(WATCHDOG)).unwrap();
+    assert_eq!((frame.frame_id, frame.data.as_slice()), (0, &b"old"[..]));
+
+    // The producer leaves (unregisters: the channel goes down), its segment is removed, and a
+    // new producer creates a fresh one: frame ids start again at 0 there.
+    drop(producer);
+    wait_notice(&mut consumer, "channel_down");
+    labhub::shm::remove_channel(&name).unwrap();
+    let mut producer = producer_hub.create_shm_producer(&name, shm_ring()).unwrap();
+    assert_eq!(producer.next_frame_id(), 0);
+    // A re-attached consumer reads the frames committed after it re-attached, so the producer
+    // keeps publishing until one arrives.
+    let deadline = Instant::now() + WATCHDOG;
+    let frame = loop {
+        producer.publish_bytes(b"new", &FrameMeta::default()).unwrap();
+        match consumer.next_copy(Some(Duration::from_millis(20))) {
+            Ok(frame) => break frame,
+            Err(ConsumeError::Timeout { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "the consumer never resumed");
+    };
+    assert_eq!(frame.data, b"new");
+    assert!(frame.frame_id < producer.next_frame_id(), "a frame of the new segment");
+    assert_eq!(consumer.counters().reattached.load(Ordering::Relaxed), 1);
+
+    // The heartbeat carries the producer's counters to the broker.
+    let published = producer.next_frame_id();
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let info = consumer_hub.discover(&name).unwrap();
+        if info.counters.get("frames_published") == Some(&published) {
+            assert_eq!(info.consumers, 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "counters never reported: {info:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Shutting the producer's client down unregisters the channel at once.
+    producer_hub.shutdown();
+    match consumer_hub.discover(&name) {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::ChannelDown), "{e}"),
+        Ok(info) => panic!("still up after the producer's shutdown: {info:?}"),
+    }
+    drop(producer);
+    drop(consumer);
+    consumer_hub.shutdown();
+    let _ = labhub::shm::remove_channel(&name);
+}
+
+#[test]
+fn a_producer_restarting_before_the_broker_noticed_its_death_waits_and_takes_the_channel_over() {
+    let broker = TestBroker::start();
+    let name = unique("takeover");
+    let home = broker.home.0.to_str().unwrap().to_owned();
+    let mut first = Proc::spawn(
+        "producer",
+        "client-producer",
+        &[&home, &broker.endpoint, &broker.notify, &name],
+    );
+    first.wait_for("ready", |l| l.starts_with("ready"));
+    first.kill();
+    // At once, before the broker's watchdog fires: the broker still holds the channel.
+    let hub = broker.client();
+    let producer = hub.create_shm_producer(
+        &name,
+        ChannelConfig::new(
+            Policy::Ring {
+                slots: 64,
+                when_full: Backpressure::DropOldest,
+            },
+            64,
+        ),
+    );
+    let producer = producer.unwrap();
+    let info = hub.discover(&name).unwrap();
+    assert_eq!(&info.producer, hub.client_id());
+    drop(producer);
+    hub.shutdown();
     let _ = labhub::shm::remove_channel(&name);
 }
