@@ -72,6 +72,7 @@ struct Pending {
 }
 
 struct Shared {
+    context: Context,
     commands: Mutex<Option<Sender<Command>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
     next_id: Arc<AtomicU64>,
@@ -252,6 +253,7 @@ impl Hub {
         tracing::debug!(%client_id, endpoint = %config.endpoint, "hub client started");
         Ok(Self {
             shared: Arc::new(Shared {
+                context,
                 commands: Mutex::new(Some(tx)),
                 worker: Mutex::new(Some(handle)),
                 next_id,
@@ -272,6 +274,10 @@ impl Hub {
     /// The broker endpoint.
     pub fn endpoint(&self) -> &str {
         &self.shared.endpoint
+    }
+
+    pub(crate) fn context(&self) -> &Context {
+        &self.shared.context
     }
 
     pub(crate) fn takeover_wait(&self) -> Duration {
