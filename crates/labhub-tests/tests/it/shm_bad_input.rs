@@ -1,0 +1,213 @@
+//! Bad segments: wrong magic or version, inconsistent or truncated sizes, garbage headers,
+//! foreign permissions. Every one is a typed error; none panics.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
+
+use labhub::shm::{
+    AttachOptions, ChannelConfig, ChannelError, Consumer, LayoutError, Policy, Producer,
+};
+use proptest::prelude::*;
+
+use super::TestChannel;
+
+/// The bytes of a freshly created, valid channel segment (Ring of 4 × 4 KiB).
+fn valid_segment_bytes() -> Vec<u8> {
+    let ch = TestChannel::new("template");
+    let cfg =
+        ChannelConfig::new(super::ring(4, labhub::shm::Backpressure::Fail), 4096).flex_size(64);
+    drop(Producer::create(&ch.name, cfg).unwrap());
+    std::fs::read(ch.path()).unwrap()
+}
+
+fn write_segment(ch: &TestChannel, bytes: &[u8], mode: u32) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(ch.path())
+        .unwrap();
+    f.write_all(bytes).unwrap();
+    // create_new applies the umask; set the exact mode.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ch.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn attach_quick(name: &str) -> Result<Consumer, ChannelError> {
+    let mut o = AttachOptions::default();
+    o.ready_timeout = Duration::from_millis(20);
+    Consumer::attach(name, o)
+}
+
+fn layout_error(r: Result<Consumer, ChannelError>) -> LayoutError {
+    match r {
+        Err(ChannelError::Layout { source, .. }) => source,
+        Err(other) => panic!("expected a layout error, got {other}"),
+        Ok(_) => panic!("expected a layout error, attach succeeded"),
+    }
+}
+
+fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn a_segment_with_the_wrong_magic_is_refused() {
+    let ch = TestChannel::new("magic");
+    let mut b = valid_segment_bytes();
+    put_u64(&mut b, 0, 0x1234);
+    write_segment(&ch, &b, 0o600);
+    assert!(matches!(
+        layout_error(attach_quick(&ch.name)),
+        LayoutError::BadMagic { found: 0x1234, .. }
+    ));
+}
+
+#[test]
+fn a_segment_with_another_layout_version_is_refused() {
+    let ch = TestChannel::new("version");
+    let mut b = valid_segment_bytes();
+    put_u32(&mut b, 8, 99);
+    write_segment(&ch, &b, 0o600);
+    assert_eq!(
+        layout_error(attach_quick(&ch.name)),
+        LayoutError::VersionMismatch {
+            expected: 1,
+            found: 99
+        }
+    );
+}
+
+#[test]
+fn a_segment_whose_magic_never_appears_is_not_initialized_after_a_bounded_wait() {
+    let ch = TestChannel::new("zero");
+    write_segment(&ch, &vec![0u8; 16384], 0o600);
+    assert_eq!(
+        layout_error(attach_quick(&ch.name)),
+        LayoutError::NotInitialized
+    );
+}
+
+#[test]
+fn attach_waits_for_the_magic_to_be_published() {
+    let ch = TestChannel::new("latemagic");
+    let b = valid_segment_bytes();
+    let mut hidden = b.clone();
+    put_u64(&mut hidden, 0, 0);
+    write_segment(&ch, &hidden, 0o600);
+    let path = ch.path();
+    let publisher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        // SAFETY: a test-only mapping of our own file; the attacher reads the magic atomically.
+        let mut m = unsafe { memmap2::MmapMut::map_mut(&f) }.unwrap();
+        m[..8].copy_from_slice(&b[..8]);
+    });
+    let mut o = AttachOptions::default();
+    o.ready_timeout = super::WATCHDOG;
+    Consumer::attach(&ch.name, o).unwrap();
+    publisher.join().unwrap();
+}
+
+#[test]
+fn a_truncated_segment_is_refused() {
+    let ch = TestChannel::new("trunc");
+    let b = valid_segment_bytes();
+    write_segment(&ch, &b[..b.len() - 4096], 0o600);
+    assert!(matches!(
+        layout_error(attach_quick(&ch.name)),
+        LayoutError::Truncated { .. }
+    ));
+    let ch2 = TestChannel::new("tiny");
+    write_segment(&ch2, &b[..100], 0o600);
+    assert!(matches!(
+        layout_error(attach_quick(&ch2.name)),
+        LayoutError::Truncated { actual: 100, .. }
+    ));
+}
+
+#[test]
+fn a_header_size_that_disagrees_with_its_parameters_is_refused() {
+    let ch = TestChannel::new("size");
+    let mut b = valid_segment_bytes();
+    let real = u64::from_le_bytes(b[16..24].try_into().unwrap());
+    put_u64(&mut b, 16, real - 4096);
+    write_segment(&ch, &b, 0o600);
+    match layout_error(attach_quick(&ch.name)) {
+        LayoutError::Inconsistent {
+            field,
+            expected,
+            found,
+        } => {
+            assert_eq!((field, expected, found), ("total_size", real, real - 4096));
+        }
+        other => panic!("{other}"),
+    }
+    // A slot count of zero, an unknown policy.
+    for (off, v, field) in [(32usize, 0u32, "slot_count"), (24, 77, "policy")] {
+        let ch = TestChannel::new("field");
+        let mut b = valid_segment_bytes();
+        put_u32(&mut b, off, v);
+        write_segment(&ch, &b, 0o600);
+        match layout_error(attach_quick(&ch.name)) {
+            LayoutError::InvalidField { field: f, .. } => assert_eq!(f, field),
+            other => panic!("{other}"),
+        }
+    }
+}
+
+#[test]
+fn a_segment_others_can_access_is_refused() {
+    let ch = TestChannel::new("mode");
+    write_segment(&ch, &valid_segment_bytes(), 0o644);
+    assert!(matches!(
+        attach_quick(&ch.name),
+        Err(ChannelError::NotOwned { mode: 0o644, .. })
+    ));
+    assert!(matches!(
+        Producer::create(&ch.name, ChannelConfig::new(Policy::Latest, 64)),
+        Err(ChannelError::NotOwned { .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random header bytes (with a valid magic and version half the time, so validation goes
+    /// deep) over a segment of random size: attach returns an error or a usable consumer, and
+    /// never panics.
+    #[test]
+    fn attaching_to_random_headers_never_panics(
+        header in proptest::collection::vec(any::<u8>(), 576),
+        keep_magic in any::<bool>(),
+        keep_params in any::<bool>(),
+        pages in 1usize..6,
+    ) {
+        let ch = TestChannel::new("fuzz");
+        let valid = valid_segment_bytes();
+        let mut b = vec![0u8; pages * 4096];
+        b[..576].copy_from_slice(&header);
+        if keep_magic {
+            b[..12].copy_from_slice(&valid[..12]);
+        }
+        if keep_params {
+            // The valid parameters with random offsets, or the reverse, reach the offset checks.
+            b[12..64].copy_from_slice(&valid[12..64]);
+        }
+        write_segment(&ch, &b, 0o600);
+        if let Ok(mut c) = attach_quick(&ch.name) {
+            let _ = c.next(Some(Duration::ZERO));
+            let _ = c.latest();
+            let _ = c.read_state::<serde_json::Value>();
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! SIGKILL mid-operation: a producer killed mid-write, a consumer killed holding a frame.
+
+use std::time::Duration;
+
+use labhub::shm::{
+    AttachOptions, Backpressure, ChannelConfig, Consumer, FrameMeta, Policy, Producer, ReadError,
+};
+
+use super::{ChildProc, TestChannel, WATCHDOG, next, pattern, ring};
+
+fn producer_killed_mid_write(policy: &str, cfg: ChannelConfig) {
+    let ch = TestChannel::new("midwrite");
+    let mut child = ChildProc::spawn("shm-producer-midwrite", &[&ch.name, policy, "4096", "3"]);
+    let line = child.expect("mid-write");
+    assert_eq!(line, "mid-write 3");
+    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    child.kill();
+    // The last complete frame is there and whole; the partial one never appears.
+    let f = c.latest().unwrap().expect("the last complete frame");
+    assert_eq!(
+        (f.frame_id(), f.copy_to_vec().unwrap()),
+        (2, pattern(2, 4096))
+    );
+    drop(f);
+    assert!(matches!(
+        c.next(Some(Duration::from_millis(20))),
+        Err(ReadError::Timeout)
+    ));
+    // A restarted producer takes over and continues the frame ids.
+    let mut p = Producer::create(&ch.name, cfg).unwrap();
+    assert_eq!(p.next_frame_id(), 3);
+    p.publish_bytes(&pattern(3, 4096), &FrameMeta::default())
+        .unwrap();
+    assert_eq!(next(&mut c), (3, pattern(3, 4096)));
+    assert_eq!(c.stats().published, 4);
+}
+
+#[test]
+fn a_producer_killed_mid_write_leaves_the_last_complete_frame_and_a_restart_continues_double_buffer()
+ {
+    producer_killed_mid_write("double", ChannelConfig::new(Policy::DoubleBuffer, 4096));
+}
+
+#[test]
+fn a_producer_killed_mid_write_leaves_the_last_complete_frame_and_a_restart_continues_ring() {
+    producer_killed_mid_write(
+        "ring-block-4",
+        ChannelConfig::new(ring(4, Backpressure::Block { timeout: WATCHDOG }), 4096),
+    );
+}
+
+#[test]
+fn a_consumer_reading_when_the_producer_is_killed_mid_write_gets_no_partial_frame() {
+    let ch = TestChannel::new("midwrite-latest");
+    let mut child = ChildProc::spawn("shm-producer-midwrite", &[&ch.name, "latest", "4096", "1"]);
+    child.expect("mid-write 1");
+    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    child.kill();
+    // Latest has one slot: the frame being rewritten is gone, and nothing partial is returned.
+    assert!(c.latest().unwrap().is_none());
+    let mut p = Producer::create(&ch.name, ChannelConfig::new(Policy::Latest, 4096)).unwrap();
+    assert_eq!(p.next_frame_id(), 1);
+    p.publish_bytes(&pattern(1, 4096), &FrameMeta::default())
+        .unwrap();
+    assert_eq!(next(&mut c), (1, pattern(1, 4096)));
+}
+
+#[test]
+fn a_consumer_killed_while_holding_a_frame_does_not_block_the_producer_forever() {
+    let ch = TestChannel::new("deadreader");
+    let cfg = ChannelConfig::new(ring(2, Backpressure::Block { timeout: WATCHDOG }), 64);
+    let mut p = Producer::create(&ch.name, cfg).unwrap();
+    let mut child = ChildProc::spawn("shm-consumer-hold", &[&ch.name]);
+    child.expect("attached");
+    p.publish_bytes(b"0", &FrameMeta::default()).unwrap();
+    assert_eq!(child.expect("holding"), "holding 0");
+    p.publish_bytes(b"1", &FrameMeta::default()).unwrap();
+    assert_eq!(p.stats().consumers, 1);
+    // The ring is full (the child holds frame 0): publishing blocks until the child dies.
+    let t = std::thread::spawn(move || {
+        let r = p.publish_bytes(b"2", &FrameMeta::default());
+        (p, r)
+    });
+    // Whether the kill lands before or during the wait, the producer must get through; this
+    // pause only makes the "while blocked" path the likely one.
+    std::thread::sleep(Duration::from_millis(50));
+    child.kill();
+    let (p, r) = t.join().unwrap();
+    assert_eq!(r.unwrap(), 2);
+    assert_eq!(
+        p.stats().consumers,
+        0,
+        "the dead consumer's entry was reclaimed"
+    );
+}
+
+#[test]
+fn a_consumer_killed_while_holding_a_frame_is_reclaimed_when_a_fail_ring_fills() {
+    let ch = TestChannel::new("deadreader-fail");
+    let mut p = Producer::create(
+        &ch.name,
+        ChannelConfig::new(ring(1, Backpressure::Fail), 64),
+    )
+    .unwrap();
+    let mut child = ChildProc::spawn("shm-consumer-hold", &[&ch.name]);
+    child.expect("attached");
+    p.publish_bytes(b"0", &FrameMeta::default()).unwrap();
+    child.expect("holding 0");
+    child.kill();
+    p.publish_bytes(b"1", &FrameMeta::default()).unwrap();
+    assert_eq!(p.stats().consumers, 0);
+}
+
+#[test]
+fn a_dead_consumers_table_entry_is_reused_by_a_new_consumer() {
+    let ch = TestChannel::new("deadentry");
+    let _p = Producer::create(&ch.name, ChannelConfig::new(Policy::Latest, 64)).unwrap();
+    let mut live: Vec<Consumer> = (0..15)
+        .map(|_| Consumer::attach(&ch.name, AttachOptions::default()).unwrap())
+        .collect();
+    let mut child = ChildProc::spawn("shm-consumer-attached", &[&ch.name]);
+    child.expect("attached");
+    assert!(
+        Consumer::attach(&ch.name, AttachOptions::default()).is_err(),
+        "table full"
+    );
+    child.kill();
+    live.push(Consumer::attach(&ch.name, AttachOptions::default()).unwrap());
+    assert_eq!(live[0].stats().consumers, 16);
+}
+
+#[test]
+fn a_producer_killed_while_publishing_is_replaced_by_a_new_one() {
+    let ch = TestChannel::new("deadproducer");
+    let mut child = ChildProc::spawn("shm-producer", &[&ch.name, "ring-fail-8", "64", "5"]);
+    child.expect("created");
+    child.expect("published 5");
+    child.kill();
+    let mut p = Producer::create(
+        &ch.name,
+        ChannelConfig::new(ring(8, Backpressure::Fail), 64),
+    )
+    .unwrap();
+    assert_eq!(p.next_frame_id(), 5);
+    assert_eq!(p.publish_bytes(b"x", &FrameMeta::default()).unwrap(), 5);
+}

@@ -1,0 +1,285 @@
+//! `ProcessMutex` and `ProcessEvent` between real processes, including SIGKILLed owners.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use labhub::sync::LockError;
+
+#[allow(dead_code)] // the roles themselves run in the child binary
+#[path = "../../src/bin/child/sync.rs"]
+mod roles;
+
+use roles::{Shared, at};
+
+const OWNER_DIED: u32 = 0x4000_0000;
+const WAITERS: u32 = 0x8000_0000;
+const TID_MASK: u32 = 0x3fff_ffff;
+
+/// Aborts the test binary if a test outlives `limit`, so a deadlock fails instead of hanging.
+struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
+
+fn watchdog(name: &'static str, limit: Duration) -> Watchdog {
+    let (cancel, cancelled) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(limit) {
+            eprintln!("watchdog: {name} still running after {limit:?}; aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog(cancel)
+}
+
+/// A shared file in /dev/shm, unique per test, removed on drop.
+struct SharedFile {
+    path: PathBuf,
+    shared: Shared,
+}
+
+impl SharedFile {
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = PathBuf::from(format!(
+            "/dev/shm/labhub-sync-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let shared = Shared::create(&path).expect("shared file");
+        Self { path, shared }
+    }
+}
+
+impl Drop for SharedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A child process, killed and reaped on drop.
+struct Child {
+    process: std::process::Child,
+    stdout: BufReader<ChildStdout>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Child {
+    fn spawn(role: &str, file: &SharedFile, args: &[&str]) -> Self {
+        let mut process = Command::new(env!("CARGO_BIN_EXE_labhub-test-child"))
+            .arg(role)
+            .arg(&file.path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn child");
+        let stdout = BufReader::new(process.stdout.take().unwrap());
+        let stdin = process.stdin.take();
+        Self {
+            process,
+            stdout,
+            stdin,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("child stdout");
+        assert!(!line.is_empty(), "child exited early");
+        line.trim_end().to_owned()
+    }
+
+    fn expect(&mut self, expected: &str) {
+        assert_eq!(self.line(), expected);
+    }
+
+    /// SIGKILL and reap (a zombie still counts as existing for `kill(pid, 0)`).
+    fn kill(&mut self) {
+        self.process.kill().expect("kill child");
+        self.process.wait().expect("reap child");
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = self.process.wait().expect("wait child");
+        assert!(status.success(), "child failed: {status}");
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.flush();
+        }
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Waits (bounded by the test's watchdog) until `cond` holds; for states only observable
+/// by looking, like a waiter having set the WAITERS bit before it sleeps.
+fn wait_for(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn four_processes_incrementing_under_the_mutex_reach_the_exact_total() {
+    let _watchdog = watchdog("four_processes_incrementing", Duration::from_secs(120));
+    let file = SharedFile::new();
+    let children: Vec<Child> = (0..4)
+        .map(|_| Child::spawn("sync-increment", &file, &["10000"]))
+        .collect();
+    for mut child in children {
+        child.expect("done");
+        child.finish();
+    }
+    assert_eq!(
+        file.shared.u64_at(at::COUNTER).load(Ordering::SeqCst),
+        40_000
+    );
+    assert_eq!(file.shared.word(at::MUTEX), 0, "left unlocked");
+}
+
+#[test]
+fn a_holder_killed_by_sigkill_is_reported_to_the_next_locker() {
+    let _watchdog = watchdog("a_holder_killed", Duration::from_secs(60));
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold", &file, &[]);
+    holder.expect("locked");
+    assert_eq!(
+        file.shared.word(at::MUTEX),
+        holder.pid(),
+        "the word names the holder"
+    );
+    holder.kill();
+    // The kernel walked the holder's robust list and released the word.
+    assert_eq!(file.shared.word(at::MUTEX), OWNER_DIED);
+    let mutex = file.shared.mutex(at::MUTEX);
+    let guard = match mutex.lock() {
+        Err(LockError::OwnerDied(guard)) => guard,
+        other => panic!("expected OwnerDied, got {other:?}"),
+    };
+    drop(guard);
+    assert!(mutex.lock().is_ok(), "the death is reported once");
+}
+
+#[test]
+fn a_waiter_blocked_on_a_killed_holder_wakes_and_is_told() {
+    let _watchdog = watchdog("a_waiter_blocked", Duration::from_secs(60));
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold", &file, &[]);
+    holder.expect("locked");
+    let mut waiter = Child::spawn("sync-wait-lock", &file, &[]);
+    waiter.expect("waiting");
+    wait_for(|| file.shared.word(at::MUTEX) & WAITERS != 0);
+    holder.kill();
+    waiter.expect("owner-died");
+    waiter.finish();
+    assert_eq!(file.shared.word(at::MUTEX), 0);
+}
+
+#[test]
+fn without_the_robust_list_a_dead_holder_is_found_by_liveness_polling() {
+    let _watchdog = watchdog("liveness_polling", Duration::from_secs(60));
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold", &file, &["--no-robust-list"]);
+    holder.expect("locked");
+    let holder_tid = holder.pid();
+    holder.kill();
+    // Nobody told the kernel: the word still names the dead holder.
+    assert_eq!(file.shared.word(at::MUTEX) & TID_MASK, holder_tid);
+    let mutex = file.shared.mutex(at::MUTEX);
+    assert!(
+        matches!(mutex.try_lock(), Ok(None)),
+        "try_lock does not probe"
+    );
+    match mutex.lock() {
+        Err(LockError::OwnerDied(guard)) => drop(guard),
+        other => panic!("expected OwnerDied, got {other:?}"),
+    }
+    assert!(mutex.lock().is_ok());
+}
+
+#[test]
+fn a_waiter_blocked_on_a_holder_without_robust_list_wakes_and_is_told() {
+    let _watchdog = watchdog("waiter_liveness_polling", Duration::from_secs(60));
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold", &file, &["--no-robust-list"]);
+    holder.expect("locked");
+    let mut waiter = Child::spawn("sync-wait-lock", &file, &[]);
+    waiter.expect("waiting");
+    wait_for(|| file.shared.word(at::MUTEX) & WAITERS != 0);
+    holder.kill();
+    waiter.expect("owner-died");
+    waiter.finish();
+}
+
+#[test]
+fn our_mutexes_and_a_glibc_robust_mutex_share_one_robust_list_through_a_kill() {
+    let _watchdog = watchdog("glibc_coexistence", Duration::from_secs(60));
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold-with-glibc", &file, &[]);
+    holder.expect("locked");
+    let pid = holder.pid();
+    assert_eq!(
+        file.shared.word(at::MUTEX),
+        0,
+        "unlocked (unlinked) before the kill"
+    );
+    assert_eq!(file.shared.word(at::MUTEX_B), pid);
+    assert_eq!(file.shared.word(at::MUTEX_C), pid);
+    assert_eq!(file.shared.word(at::PTHREAD) & TID_MASK, pid);
+    holder.kill();
+    // The kernel found every entry, ours and glibc's, by walking one list.
+    assert_eq!(file.shared.word(at::MUTEX_B), OWNER_DIED);
+    assert_eq!(file.shared.word(at::MUTEX_C), OWNER_DIED);
+    assert_eq!(file.shared.word(at::PTHREAD), OWNER_DIED);
+    assert_eq!(file.shared.word(at::MUTEX), 0);
+    let b = file.shared.mutex(at::MUTEX_B);
+    assert!(matches!(b.lock(), Err(LockError::OwnerDied(_))));
+}
+
+#[test]
+fn a_hundred_thousand_notifications_between_processes_are_all_counted() {
+    const ROUNDS: u64 = 100_000;
+    let _watchdog = watchdog("a_hundred_thousand_notifications", Duration::from_secs(240));
+    let file = SharedFile::new();
+    let mut child = Child::spawn("sync-pong", &file, &[&ROUNDS.to_string()]);
+    child.expect("ready");
+    let (ping, pong, turn) = (
+        file.shared.event(at::PING),
+        file.shared.event(at::PONG),
+        file.shared.u64_at(at::TURN),
+    );
+    for i in 1..=ROUNDS {
+        turn.store(2 * i - 1, Ordering::Release);
+        ping.notify_one();
+        // No timeout: a lost wake-up hangs, and the watchdog fails the test.
+        pong.wait_until(None, || turn.load(Ordering::Acquire) == 2 * i);
+    }
+    child.expect(&format!("counted {ROUNDS}"));
+    child.finish();
+}
+
+#[test]
+fn a_waiter_in_another_process_returns_no_earlier_than_its_timeout() {
+    let _watchdog = watchdog("a_waiter_with_a_timeout", Duration::from_secs(60));
+    let file = SharedFile::new();
+    let mut child = Child::spawn("sync-wait-timeout", &file, &["200"]);
+    let line = child.line();
+    let after_us: u128 = line
+        .strip_prefix("returned notified=false after_us=")
+        .unwrap_or_else(|| panic!("unexpected report {line:?}"))
+        .parse()
+        .unwrap();
+    assert!(after_us >= 200_000, "returned after {after_us} µs");
+    child.finish();
+}
