@@ -1,6 +1,7 @@
 //! labhub's integration tests: one binary, one module per concept (one link on a 2-core CI).
-mod filelock;
 
+mod broker;
+mod filelock;
 mod lifecycle;
 mod log;
 mod shm;

@@ -2,6 +2,7 @@
 //!
 //! Each role lives in its own module; the first argument picks it.
 
+mod broker;
 mod filelock;
 mod lifecycle;
 mod log;
@@ -14,6 +15,7 @@ fn main() -> anyhow::Result<()> {
     let rest: Vec<String> = args.collect();
     #[allow(clippy::match_single_binding)] // each concept's module adds its roles here
     match role.as_str() {
+        r if r.starts_with("broker-") => broker::run(r, &rest),
         r if r.starts_with("filelock-") => filelock::run(r, &rest),
         r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         "log-append" => log::append(&rest),
