@@ -1,9 +1,10 @@
 //! labhub's integration tests: one binary, one module per concept (one link on a 2-core CI).
-mod shm;
 
-mod sync;
-
-mod lifecycle;
-mod log;
+mod broker;
 mod client;
 mod e2e;
+mod filelock;
+mod lifecycle;
+mod log;
+mod shm;
+mod sync;
