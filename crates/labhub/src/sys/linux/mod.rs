@@ -15,6 +15,7 @@ pub use futex::{
 pub use process::{ProcessId, getpid, gettid, thread_alive};
 pub use shm::*;
 
+<<<<<<< HEAD
 /// Names (with the leading `/`) of this machine's POSIX shared-memory objects that start with
 /// `prefix` (which itself starts with `/`). Linux keeps them as the files of `/dev/shm`.
 pub fn shm_list(prefix: &str) -> std::io::Result<Vec<String>> {
@@ -31,3 +32,6 @@ pub fn shm_list(prefix: &str) -> std::io::Result<Vec<String>> {
     names.sort();
     Ok(names)
 }
+=======
+pub mod log_sys;
+>>>>>>> shm
