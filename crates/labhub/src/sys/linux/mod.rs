@@ -15,7 +15,6 @@ pub use futex::{
 pub use process::{ProcessId, getpid, gettid, thread_alive};
 pub use shm::*;
 
-<<<<<<< HEAD
 /// Names (with the leading `/`) of this machine's POSIX shared-memory objects that start with
 /// `prefix` (which itself starts with `/`). Linux keeps them as the files of `/dev/shm`.
 pub fn shm_list(prefix: &str) -> std::io::Result<Vec<String>> {
@@ -32,6 +31,3 @@ pub fn shm_list(prefix: &str) -> std::io::Result<Vec<String>> {
     names.sort();
     Ok(names)
 }
-=======
-pub mod log_sys;
->>>>>>> shm
