@@ -297,7 +297,7 @@ pub enum ClientError {
         channel: String,
         /// The cause.
         #[source]
-        source: crate::msg::MsgError,
+        source: Box<crate::msg::MsgError>,
     },
     /// Creating or attaching to the shared-memory channel failed.
     #[error("shared-memory channel {channel}")]

@@ -60,7 +60,7 @@ impl<T> Drop for Registered<T> {
 fn msg_err(channel: &str) -> impl FnOnce(MsgError) -> ClientError + '_ {
     move |source| ClientError::Msg {
         channel: channel.to_owned(),
-        source,
+        source: Box::new(source),
     }
 }
 
