@@ -33,6 +33,7 @@ type ReplySender = SyncSender<Result<Reply, ClientError>>;
 enum Command {
     Request {
         request: Request,
+        started: Instant,
         timeout: Duration,
         reply: ReplySender,
     },
@@ -295,6 +296,7 @@ impl Hub {
         let (tx, rx) = mpsc::sync_channel(1);
         self.shared.send(Command::Request {
             request,
+            started: Instant::now(),
             timeout,
             reply: tx,
         })?;
@@ -617,9 +619,17 @@ impl Worker {
         match command {
             Command::Request {
                 request,
+                started,
                 timeout,
                 reply,
-            } => self.send(request, Instant::now() + timeout, Waiter::Caller(reply)),
+            } => {
+                let id = request.request_id();
+                self.send(request, started + timeout, Waiter::Caller(reply));
+                // Time the wait from the caller's call, not from the send.
+                if let Some(p) = self.pending.get_mut(&id) {
+                    p.sent = started;
+                }
+            }
             Command::Forget { name, role } => {
                 let request = match role {
                     Role::Producer => {
