@@ -1,6 +1,9 @@
 //! labhub's integration tests: one binary, one module per concept (one link on a 2-core CI).
-mod filelock;
 
+mod broker;
+mod client;
+mod e2e;
+mod filelock;
 mod lifecycle;
 mod log;
 mod msg;

@@ -156,6 +156,11 @@ impl ProcessId {
     }
 }
 
+/// Names of shared-memory objects starting with `prefix`: unsupported here.
+pub fn shm_list(_prefix: &str) -> io::Result<Vec<String>> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 /// An open lock file; on this platform no lock can be taken.
 #[derive(Debug)]
 pub struct LockFile {

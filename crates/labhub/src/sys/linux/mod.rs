@@ -1,5 +1,7 @@
 //! Linux implementation of the platform layer.
 
+pub mod log_sys;
+
 mod flock;
 pub use flock::LockFile;
 mod futex;
@@ -13,4 +15,19 @@ pub use futex::{
 pub use process::{ProcessId, getpid, gettid, thread_alive};
 pub use shm::*;
 
-pub mod log_sys;
+/// Names (with the leading `/`) of this machine's POSIX shared-memory objects that start with
+/// `prefix` (which itself starts with `/`). Linux keeps them as the files of `/dev/shm`.
+pub fn shm_list(prefix: &str) -> std::io::Result<Vec<String>> {
+    let bare = prefix.strip_prefix('/').unwrap_or(prefix);
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir("/dev/shm")? {
+        let entry = entry?;
+        if let Some(name) = entry.file_name().to_str()
+            && name.starts_with(bare)
+        {
+            names.push(format!("/{name}"));
+        }
+    }
+    names.sort();
+    Ok(names)
+}

@@ -1,0 +1,530 @@
+//! Broker configuration: defaults, a TOML file, environment variables and command-line flags,
+//! with the precedence flag > environment > file > default.
+//!
+//! | setting | flag | environment | file key | default |
+//! |---|---|---|---|---|
+//! | labhub home | `--home` | `LABHUB_HOME` | — | `<data dir>/labhub` |
+//! | config file | `--config` | `LABHUB_BROKER_CONFIG` | — | `<home>/broker.toml` if present |
+//! | ROUTER endpoint | `--endpoint` | `LABHUB_BROKER_ENDPOINT` | `endpoint` | `tcp://127.0.0.1:5570` |
+//! | PUB endpoint | `--notify-endpoint` | `LABHUB_BROKER_NOTIFY_ENDPOINT` | `notify_endpoint` | `tcp://127.0.0.1:5571` |
+//! | heartbeat interval | `--heartbeat-interval-ms` | `LABHUB_HEARTBEAT_INTERVAL_MS` | `heartbeat_interval_ms` | 1000 |
+//! | misses allowed | `--max-missed-heartbeats` | `LABHUB_MAX_MISSED_HEARTBEATS` | `max_missed_heartbeats` | 5 |
+//! | allow list | `--allow-list` | `LABHUB_ALLOW_LIST` | `allow_list` | `<home>/allowed_clients` if present |
+//! | admit any CURVE client | `--allow-any-client` | `LABHUB_ALLOW_ANY_CLIENT` | `allow_any_client` | false |
+//! | password file | `--secret-file` | `LABHUB_BROKER_SECRET_FILE` | `secret_file` | none |
+//! | password | — | `LABHUB_BROKER_SECRET` | — | none |
+//! | audit log | `--audit-log` | `LABHUB_AUDIT_LOG` | `audit_log` | `<home>/audit.jsonl` |
+//! | limits | — | — | `max_channels`, `max_clients`, `max_consumers_per_channel` | 10000, 10000, 64 |
+//! | reap stale segments at start | — | — | `reap_stale_segments` | true |
+//!
+//! The password is never read from the config file. The config file and the allow list must
+//! not be writable by group or others.
+#![deny(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::keys::{self, KeyError};
+use super::registry::RegistryConfig;
+
+/// The default ROUTER endpoint.
+pub const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:5570";
+/// The default notification PUB endpoint.
+pub const DEFAULT_NOTIFY_ENDPOINT: &str = "tcp://127.0.0.1:5571";
+
+/// Why the configuration could not be assembled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No home directory was given and the platform has no data directory.
+    #[error("no labhub home: set LABHUB_HOME (the platform reports no data directory)")]
+    NoHome,
+    /// The config file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for the broker.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's complaint (names the key and line).
+        message: String,
+    },
+    /// A file's permissions or contents are refused.
+    #[error(transparent)]
+    File(#[from] KeyError),
+    /// A value is out of range or malformed.
+    #[error("{origin} {key} = {value:?} is invalid: {problem}")]
+    InvalidValue {
+        /// Where the value came from (`flag`, `environment`, the config file path).
+        origin: String,
+        /// The setting's name in that source.
+        key: String,
+        /// The value.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// One source's settings, each optional; later merged by precedence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// ROUTER endpoint to bind.
+    pub endpoint: Option<String>,
+    /// PUB endpoint to bind.
+    pub notify_endpoint: Option<String>,
+    /// Heartbeat interval in milliseconds.
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Intervals a client may miss.
+    pub max_missed_heartbeats: Option<u32>,
+    /// Allow-list file.
+    pub allow_list: Option<PathBuf>,
+    /// Admit any client that speaks CURVE with the right server key.
+    pub allow_any_client: Option<bool>,
+    /// File holding the password of the broker's secret key.
+    pub secret_file: Option<PathBuf>,
+    /// Audit log file.
+    pub audit_log: Option<PathBuf>,
+    /// Channel limit.
+    pub max_channels: Option<usize>,
+    /// Client limit.
+    pub max_clients: Option<usize>,
+    /// Consumers per channel.
+    pub max_consumers_per_channel: Option<usize>,
+    /// Unlink stale segments of dead producers at start.
+    pub reap_stale_segments: Option<bool>,
+}
+
+impl ConfigLayer {
+    /// `self` where set, else `lower`.
+    pub fn over(self, lower: ConfigLayer) -> ConfigLayer {
+        ConfigLayer {
+            endpoint: self.endpoint.or(lower.endpoint),
+            notify_endpoint: self.notify_endpoint.or(lower.notify_endpoint),
+            heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
+            max_missed_heartbeats: self.max_missed_heartbeats.or(lower.max_missed_heartbeats),
+            allow_list: self.allow_list.or(lower.allow_list),
+            allow_any_client: self.allow_any_client.or(lower.allow_any_client),
+            secret_file: self.secret_file.or(lower.secret_file),
+            audit_log: self.audit_log.or(lower.audit_log),
+            max_channels: self.max_channels.or(lower.max_channels),
+            max_clients: self.max_clients.or(lower.max_clients),
+            max_consumers_per_channel: self
+                .max_consumers_per_channel
+                .or(lower.max_consumers_per_channel),
+            reap_stale_segments: self.reap_stale_segments.or(lower.reap_stale_segments),
+        }
+    }
+
+    /// Reads the `LABHUB_*` variables through `var`.
+    pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<ConfigLayer, ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            var: &dyn Fn(&str) -> Option<String>,
+            key: &str,
+        ) -> Result<Option<T>, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match var(key) {
+                None => Ok(None),
+                Some(v) => {
+                    v.trim()
+                        .parse()
+                        .map(Some)
+                        .map_err(|e: T::Err| ConfigError::InvalidValue {
+                            origin: "environment variable".into(),
+                            key: key.into(),
+                            value: v.clone(),
+                            problem: e.to_string(),
+                        })
+                }
+            }
+        }
+        Ok(ConfigLayer {
+            endpoint: var("LABHUB_BROKER_ENDPOINT"),
+            notify_endpoint: var("LABHUB_BROKER_NOTIFY_ENDPOINT"),
+            heartbeat_interval_ms: parse(var, "LABHUB_HEARTBEAT_INTERVAL_MS")?,
+            max_missed_heartbeats: parse(var, "LABHUB_MAX_MISSED_HEARTBEATS")?,
+            allow_list: var("LABHUB_ALLOW_LIST").map(PathBuf::from),
+            allow_any_client: parse(var, "LABHUB_ALLOW_ANY_CLIENT")?,
+            secret_file: var("LABHUB_BROKER_SECRET_FILE").map(PathBuf::from),
+            audit_log: var("LABHUB_AUDIT_LOG").map(PathBuf::from),
+            max_channels: None,
+            max_clients: None,
+            max_consumers_per_channel: None,
+            reap_stale_segments: None,
+        })
+    }
+
+    /// Reads a TOML config file, refusing one writable by group or others.
+    pub fn from_file(path: &Path) -> Result<ConfigLayer, ConfigError> {
+        keys::check_trusted_permissions(path)?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+}
+
+/// The resolved broker configuration.
+#[derive(Clone)]
+pub struct BrokerConfig {
+    /// The labhub home: keys, audit log, allow list.
+    pub home: PathBuf,
+    /// ROUTER endpoint to bind.
+    pub endpoint: String,
+    /// PUB endpoint to bind.
+    pub notify_endpoint: String,
+    /// Registry timing and limits.
+    pub registry: RegistryConfig,
+    /// The allow list file, if any (a missing default file means "only the local client").
+    pub allow_list: Option<PathBuf>,
+    /// Whether the allow list must exist (it was named explicitly).
+    pub allow_list_required: bool,
+    /// Admit every CURVE client that knows the server key.
+    pub allow_any_client: bool,
+    /// The password of the broker's secret key, from `LABHUB_BROKER_SECRET`.
+    pub password: Option<Zeroizing<String>>,
+    /// A file holding that password.
+    pub secret_file: Option<PathBuf>,
+    /// May the broker prompt on a terminal for the password.
+    pub interactive: bool,
+    /// The audit log.
+    pub audit_log: PathBuf,
+    /// Unlink stale segments of dead producers at start.
+    pub reap_stale_segments: bool,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("home", &self.home)
+            .field("endpoint", &self.endpoint)
+            .field("notify_endpoint", &self.notify_endpoint)
+            .field("registry", &self.registry)
+            .field("allow_list", &self.allow_list)
+            .field("allow_any_client", &self.allow_any_client)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("secret_file", &self.secret_file)
+            .field("interactive", &self.interactive)
+            .field("audit_log", &self.audit_log)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The labhub home: `LABHUB_HOME` or `<data dir>/labhub`.
+pub fn default_home(var: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, ConfigError> {
+    if let Some(h) = var("LABHUB_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(h));
+    }
+    dirs::data_dir()
+        .map(|d| d.join("labhub"))
+        .ok_or(ConfigError::NoHome)
+}
+
+fn check_bind_endpoint(origin: &str, key: &str, value: &str) -> Result<(), ConfigError> {
+    let invalid = |problem: &str| ConfigError::InvalidValue {
+        origin: origin.into(),
+        key: key.into(),
+        value: value.into(),
+        problem: problem.into(),
+    };
+    if let Some(addr) = value.strip_prefix("tcp://") {
+        let (_, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("a tcp endpoint needs host:port"))?;
+        if port != "*" && port.parse::<u16>().is_err() {
+            return Err(invalid("the port must be a number from 0 to 65535 or *"));
+        }
+        Ok(())
+    } else if let Some(path) = value.strip_prefix("ipc://") {
+        if path.is_empty() || path.len() > crate::protocol::MAX_IPC_PATH_LEN {
+            return Err(invalid("the ipc path must be 1 to 107 bytes"));
+        }
+        Ok(())
+    } else {
+        Err(invalid("the broker binds tcp:// or ipc:// endpoints"))
+    }
+}
+
+impl BrokerConfig {
+    /// Defaults for a given home (what `labhub hub` does with no configuration).
+    pub fn for_home(home: impl Into<PathBuf>) -> Self {
+        let home = home.into();
+        Self {
+            endpoint: DEFAULT_ENDPOINT.into(),
+            notify_endpoint: DEFAULT_NOTIFY_ENDPOINT.into(),
+            registry: RegistryConfig::default(),
+            allow_list: Some(home.join("allowed_clients")),
+            allow_list_required: false,
+            allow_any_client: false,
+            password: None,
+            secret_file: None,
+            interactive: false,
+            audit_log: home.join("audit.jsonl"),
+            reap_stale_segments: true,
+            home,
+        }
+    }
+
+    /// Where the broker's and the local client's keys live.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.home.join("keys")
+    }
+
+    /// Assembles the configuration: `flags` over the environment (read through `var`) over
+    /// the config file over the defaults.
+    pub fn resolve(
+        flags: ConfigLayer,
+        home_flag: Option<PathBuf>,
+        config_flag: Option<PathBuf>,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let home = match home_flag {
+            Some(h) => h,
+            None => default_home(var)?,
+        };
+        let env = ConfigLayer::from_env(var)?;
+        let (file, file_origin) =
+            match config_flag.or_else(|| var("LABHUB_BROKER_CONFIG").map(PathBuf::from)) {
+                Some(path) => (ConfigLayer::from_file(&path)?, path.display().to_string()),
+                None => {
+                    let path = home.join("broker.toml");
+                    if path.exists() {
+                        (ConfigLayer::from_file(&path)?, path.display().to_string())
+                    } else {
+                        (ConfigLayer::default(), String::new())
+                    }
+                }
+            };
+        // Validate each layer's values under their own name, so an error says where the bad
+        // value came from.
+        for (layer, origin) in [
+            (&flags, "flag".to_owned()),
+            (&env, "environment".to_owned()),
+            (&file, file_origin),
+        ] {
+            validate_layer(layer, &origin)?;
+        }
+        let allow_list_named = flags
+            .allow_list
+            .clone()
+            .or(env.allow_list.clone())
+            .or(file.allow_list.clone());
+        let merged = flags.over(env).over(file);
+        let mut config = Self::for_home(home);
+        if let Some(v) = merged.endpoint {
+            config.endpoint = v;
+        }
+        if let Some(v) = merged.notify_endpoint {
+            config.notify_endpoint = v;
+        }
+        if let Some(v) = merged.heartbeat_interval_ms {
+            config.registry.heartbeat_interval = Duration::from_millis(v);
+        }
+        if let Some(v) = merged.max_missed_heartbeats {
+            config.registry.max_missed_heartbeats = v;
+        }
+        if let Some(v) = merged.max_channels {
+            config.registry.max_channels = v;
+        }
+        if let Some(v) = merged.max_clients {
+            config.registry.max_clients = v;
+        }
+        if let Some(v) = merged.max_consumers_per_channel {
+            config.registry.max_consumers_per_channel = v;
+        }
+        if let Some(path) = allow_list_named {
+            config.allow_list = Some(path);
+            config.allow_list_required = true;
+        }
+        if let Some(v) = merged.allow_any_client {
+            config.allow_any_client = v;
+        }
+        config.secret_file = merged.secret_file;
+        if let Some(v) = merged.audit_log {
+            config.audit_log = v;
+        }
+        if let Some(v) = merged.reap_stale_segments {
+            config.reap_stale_segments = v;
+        }
+        config.password = var("LABHUB_BROKER_SECRET")
+            .filter(|p| !p.is_empty())
+            .map(Zeroizing::new);
+        Ok(config)
+    }
+}
+
+fn validate_layer(layer: &ConfigLayer, origin: &str) -> Result<(), ConfigError> {
+    let invalid = |key: &str, value: String, problem: &str| ConfigError::InvalidValue {
+        origin: origin.into(),
+        key: key.into(),
+        value,
+        problem: problem.into(),
+    };
+    if let Some(e) = &layer.endpoint {
+        check_bind_endpoint(origin, "endpoint", e)?;
+    }
+    if let Some(e) = &layer.notify_endpoint {
+        check_bind_endpoint(origin, "notify_endpoint", e)?;
+    }
+    if let Some(v) = layer.heartbeat_interval_ms
+        && !(10..=3_600_000).contains(&v)
+    {
+        return Err(invalid(
+            "heartbeat_interval_ms",
+            v.to_string(),
+            "must be from 10 ms to one hour",
+        ));
+    }
+    if let Some(v) = layer.max_missed_heartbeats
+        && !(1..=1000).contains(&v)
+    {
+        return Err(invalid(
+            "max_missed_heartbeats",
+            v.to_string(),
+            "must be from 1 to 1000",
+        ));
+    }
+    for (key, v) in [
+        ("max_channels", layer.max_channels),
+        ("max_clients", layer.max_clients),
+        ("max_consumers_per_channel", layer.max_consumers_per_channel),
+    ] {
+        if let Some(v) = v
+            && !(1..=1_000_000).contains(&v)
+        {
+            return Err(invalid(key, v.to_string(), "must be from 1 to 1000000"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn home(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("labhub-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn with_nothing_configured_the_defaults_apply() {
+        let h = home("defaults");
+        let c = BrokerConfig::resolve(
+            ConfigLayer::default(),
+            None,
+            None,
+            &env(&[("LABHUB_HOME", h.to_str().unwrap())]),
+        )
+        .unwrap();
+        assert_eq!(c.home, h);
+        assert_eq!(c.endpoint, DEFAULT_ENDPOINT);
+        assert_eq!(c.registry, RegistryConfig::default());
+        assert!(!c.allow_list_required);
+        assert_eq!(c.audit_log, h.join("audit.jsonl"));
+        std::fs::remove_dir_all(&h).unwrap();
+    }
+
+    #[test]
+    fn flags_beat_environment_which_beats_the_file() {
+        let h = home("precedence");
+        std::fs::write(
+            h.join("broker.toml"),
+            "endpoint = \"tcp://127.0.0.1:1001\"\nnotify_endpoint = \"tcp://127.0.0.1:2001\"\nheartbeat_interval_ms = 300\nmax_missed_heartbeats = 7\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("LABHUB_HOME", h.to_str().unwrap()),
+            ("LABHUB_BROKER_ENDPOINT", "tcp://127.0.0.1:1002"),
+            ("LABHUB_HEARTBEAT_INTERVAL_MS", "200"),
+        ]);
+        let flags = ConfigLayer {
+            endpoint: Some("tcp://127.0.0.1:1003".into()),
+            ..ConfigLayer::default()
+        };
+        let c = BrokerConfig::resolve(flags, None, None, &e).unwrap();
+        assert_eq!(c.endpoint, "tcp://127.0.0.1:1003");
+        assert_eq!(c.notify_endpoint, "tcp://127.0.0.1:2001");
+        assert_eq!(c.registry.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(c.registry.max_missed_heartbeats, 7);
+        std::fs::remove_dir_all(&h).unwrap();
+    }
+
+    #[test]
+    fn a_bad_value_names_its_source() {
+        let h = home("bad");
+        let e = env(&[
+            ("LABHUB_HOME", h.to_str().unwrap()),
+            ("LABHUB_HEARTBEAT_INTERVAL_MS", "soon"),
+        ]);
+        let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
+        assert!(
+            err.to_string().contains("LABHUB_HEARTBEAT_INTERVAL_MS"),
+            "{err}"
+        );
+
+        std::fs::write(h.join("broker.toml"), "heartbeat_interval_ms = 1\n").unwrap();
+        let e = env(&[("LABHUB_HOME", h.to_str().unwrap())]);
+        let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
+        assert!(err.to_string().contains("broker.toml"), "{err}");
+        assert!(err.to_string().contains("heartbeat_interval_ms"), "{err}");
+
+        std::fs::write(h.join("broker.toml"), "hearbeat = 3\n").unwrap();
+        let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("hearbeat"), "{err}");
+
+        let flags = ConfigLayer {
+            endpoint: Some("udp://x".into()),
+            ..ConfigLayer::default()
+        };
+        std::fs::remove_file(h.join("broker.toml")).unwrap();
+        let err = BrokerConfig::resolve(flags, None, None, &e).unwrap_err();
+        assert!(err.to_string().starts_with("flag endpoint"), "{err}");
+        std::fs::remove_dir_all(&h).unwrap();
+    }
+
+    #[test]
+    fn a_config_file_writable_by_others_is_refused() {
+        let h = home("perm");
+        let path = h.join("broker.toml");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = env(&[("LABHUB_HOME", h.to_str().unwrap())]);
+        let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::File(KeyError::InsecurePermissions { .. })
+        ));
+        std::fs::remove_dir_all(&h).unwrap();
+    }
+}

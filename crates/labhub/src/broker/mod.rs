@@ -1,0 +1,23 @@
+//! The broker: the hub's authority for who is alive and what exists.
+//!
+//! It stays off the data path: producers and consumers exchange frames through shared memory
+//! or their own sockets, and only ask the broker to register, discover and attach. A broker
+//! restart interrupts no stream; clients told `unknown_client` register again.
+//!
+//! - [`registry`]: the pure state machine (channels, clients, watchdog), driven by an injected
+//!   clock;
+//! - [`audit`]: the JSON-lines audit trail.
+#![deny(unsafe_code)]
+
+pub mod audit;
+pub mod config;
+pub mod keys;
+pub mod probe;
+pub mod registry;
+pub mod segments;
+pub mod server;
+pub mod service;
+
+pub use config::{BrokerConfig, ConfigError, ConfigLayer};
+pub use server::{Broker, BrokerError, BrokerStats, run};
+pub use service::{BrokerInfo, ForegroundError, MODULE_NAME, module, run_foreground};

@@ -1,0 +1,490 @@
+//! Message bodies: what each request, reply and notification carries as JSON.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::names::{ChannelName, ClientId, Endpoint, ShmName};
+
+/// Free key/value metadata of a channel (a JSON object, at most [`MAX_METADATA_BYTES`] when
+/// serialised and nested at most [`MAX_METADATA_DEPTH`] deep).
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+/// Counters a producer reports for a channel in its heartbeat (`frames_written`, …).
+pub type Counters = BTreeMap<String, u64>;
+
+/// Largest serialised metadata object, in bytes.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// Deepest nesting of metadata values.
+pub const MAX_METADATA_DEPTH: usize = 8;
+/// Most counters per channel in one heartbeat.
+pub const MAX_COUNTERS: usize = 32;
+/// Longest counter name.
+pub const MAX_COUNTER_NAME_LEN: usize = 64;
+/// Most channels one heartbeat may report counters for.
+pub const MAX_HEARTBEAT_CHANNELS: usize = 256;
+/// Longest free-text label (policy, schema name, schema hash, host).
+pub const MAX_LABEL_LEN: usize = 128;
+/// Largest shared-memory segment a channel may announce (1 TiB).
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 40;
+
+/// The transport of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ChannelKind {
+    /// A shared-memory DataBlock segment on the broker's machine (`shm_name` and `size`).
+    Shm,
+    /// A ZeroMQ PUB socket (`endpoint`).
+    Pubsub,
+    /// A ZeroMQ REP/ROUTER server (`endpoint`).
+    Reqrep,
+}
+
+impl ChannelKind {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shm => "shm",
+            Self::Pubsub => "pubsub",
+            Self::Reqrep => "reqrep",
+        }
+    }
+}
+
+/// Type information of a channel's frames, compared by consumers before they attach.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schema {
+    /// The type name (`"f32[640x480]"`, `"my.Frame"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The schema version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// A hash of the layout, hexadecimal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// What a producer announces when it registers a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    /// The channel's name, unique on the broker.
+    pub name: ChannelName,
+    /// Its transport.
+    pub kind: ChannelKind,
+    /// The dialable endpoint (pubsub and reqrep only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+    /// The segment name (shm only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_name: Option<ShmName>,
+    /// The segment size in bytes (shm: required), or the largest message (others: optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The buffering policy (`latest`, `double`, `ring:8`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Frame type information.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Schema>,
+    /// Free metadata.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
+}
+
+/// `register`: a producer announces a channel it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    /// The request id, echoed in the reply.
+    pub request_id: u64,
+    /// The producer's client id.
+    pub client: ClientId,
+    /// The channel.
+    pub channel: ChannelSpec,
+    /// The producer's process id, for people reading `list` (not used for liveness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The producer's host name, for people reading `list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// `discover`: look up a channel by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discover {
+    /// The request id.
+    pub request_id: u64,
+    /// The channel.
+    pub name: ChannelName,
+    /// The asking client, if it has an id (refreshes its liveness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientId>,
+}
+
+/// `unregister`, `attach`, `detach`: a client acts on one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRequest {
+    /// The request id.
+    pub request_id: u64,
+    /// The acting client.
+    pub client: ClientId,
+    /// The channel.
+    pub name: ChannelName,
+}
+
+/// `heartbeat`: a client says it is alive, optionally with per-channel counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The request id.
+    pub request_id: u64,
+    /// The client.
+    pub client: ClientId,
+    /// Counters per channel it produces.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub channels: BTreeMap<ChannelName, Counters>,
+}
+
+/// `list`: every channel, optionally filtered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct List {
+    /// The request id.
+    pub request_id: u64,
+    /// Only channels whose name starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Only channels of this kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ChannelKind>,
+}
+
+/// A decoded, validated request.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Request {
+    /// `register`
+    Register(Box<Register>),
+    /// `discover`
+    Discover(Discover),
+    /// `unregister`
+    Unregister(ChannelRequest),
+    /// `attach`: become a consumer of a channel.
+    Attach(ChannelRequest),
+    /// `detach`: stop being a consumer.
+    Detach(ChannelRequest),
+    /// `heartbeat`
+    Heartbeat(Heartbeat),
+    /// `list`
+    List(List),
+}
+
+impl Request {
+    /// The request id.
+    pub fn request_id(&self) -> u64 {
+        match self {
+            Self::Register(r) => r.request_id,
+            Self::Discover(r) => r.request_id,
+            Self::Unregister(r) | Self::Attach(r) | Self::Detach(r) => r.request_id,
+            Self::Heartbeat(r) => r.request_id,
+            Self::List(r) => r.request_id,
+        }
+    }
+
+    /// The message type frame.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Register(_) => "register",
+            Self::Discover(_) => "discover",
+            Self::Unregister(_) => "unregister",
+            Self::Attach(_) => "attach",
+            Self::Detach(_) => "detach",
+            Self::Heartbeat(_) => "heartbeat",
+            Self::List(_) => "list",
+        }
+    }
+
+    /// The client id the request is made by, if any.
+    pub fn client(&self) -> Option<&ClientId> {
+        match self {
+            Self::Register(r) => Some(&r.client),
+            Self::Discover(r) => r.client.as_ref(),
+            Self::Unregister(r) | Self::Attach(r) | Self::Detach(r) => Some(&r.client),
+            Self::Heartbeat(r) => Some(&r.client),
+            Self::List(_) => None,
+        }
+    }
+}
+
+/// Whether a channel's producer is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ChannelState {
+    /// The producer is alive.
+    Up,
+    /// The producer is gone; the entry stays while consumers still hold the segment.
+    Down,
+}
+
+/// A channel as the broker describes it in replies and notifications.
+// No deny_unknown_fields: it does not work with `flatten`, and clients should accept fields a
+// newer broker of the same major version adds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    /// What the producer registered.
+    #[serde(flatten)]
+    pub spec: ChannelSpec,
+    /// The producer's client id.
+    pub producer: ClientId,
+    /// The producer's process id, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer_pid: Option<u32>,
+    /// The producer's host, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer_host: Option<String>,
+    /// Up or down.
+    pub state: ChannelState,
+    /// Consumers attached.
+    pub consumers: u32,
+    /// The counters of the producer's latest heartbeat.
+    #[serde(default, skip_serializing_if = "Counters::is_empty")]
+    pub counters: Counters,
+}
+
+/// The error codes of replies (`error_code`), stable across versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Success (`status` is `ok`).
+    None,
+    /// Wrong number of frames or an empty frame where one is needed.
+    BadFrames,
+    /// The first frame is not the protocol tag.
+    BadTag,
+    /// The version frame is not one this broker speaks.
+    UnsupportedVersion,
+    /// The type frame names no known message.
+    UnknownType,
+    /// The message or one of its frames is larger than allowed.
+    TooLarge,
+    /// The body is not JSON, or not an object.
+    MalformedBody,
+    /// A field is missing, unknown, of the wrong type or out of bounds.
+    InvalidField,
+    /// No such channel.
+    NotFound,
+    /// The channel is registered by another live client.
+    AlreadyExists,
+    /// The client id or channel belongs to another client or key.
+    NotOwner,
+    /// The channel's producer is gone.
+    ChannelDown,
+    /// The channel has as many consumers as it allows.
+    ChannelFull,
+    /// The broker does not know this client (it restarted, or the client expired): register
+    /// and attach again.
+    UnknownClient,
+    /// The client is not a consumer of the channel.
+    NotAttached,
+    /// A broker-wide limit (channels, clients) is reached.
+    LimitReached,
+    /// The broker failed internally; the request may be retried.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::BadFrames => "bad_frames",
+            Self::BadTag => "bad_tag",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::UnknownType => "unknown_type",
+            Self::TooLarge => "too_large",
+            Self::MalformedBody => "malformed_body",
+            Self::InvalidField => "invalid_field",
+            Self::NotFound => "not_found",
+            Self::AlreadyExists => "already_exists",
+            Self::NotOwner => "not_owner",
+            Self::ChannelDown => "channel_down",
+            Self::ChannelFull => "channel_full",
+            Self::UnknownClient => "unknown_client",
+            Self::NotAttached => "not_attached",
+            Self::LimitReached => "limit_reached",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `ok` or `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Status {
+    /// The request was carried out.
+    Ok,
+    /// It was not; see `error_code` and `message`.
+    Error,
+}
+
+/// The body of every reply (message type `reply`).
+// Clients accept unknown fields so that a newer broker of the same major version can add some.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request's id, or `null` when the request was too broken to have one.
+    pub request_id: Option<u64>,
+    /// `ok` or `error`.
+    pub status: Status,
+    /// `none` on success.
+    pub error_code: ErrorCode,
+    /// Empty on success; says what was wrong otherwise.
+    pub message: String,
+    /// `discover`, `attach`: the channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelInfo>,
+    /// `list`: the channels, sorted by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<ChannelInfo>>,
+    /// `register`, `attach`, `heartbeat`: how often to send heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// `register`, `attach`, `heartbeat`: how many intervals may pass silently before the
+    /// client is declared gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_missed_heartbeats: Option<u32>,
+}
+
+impl Reply {
+    /// A bare success reply.
+    pub fn ok(request_id: u64) -> Self {
+        Self {
+            request_id: Some(request_id),
+            status: Status::Ok,
+            error_code: ErrorCode::None,
+            message: String::new(),
+            channel: None,
+            channels: None,
+            heartbeat_interval_ms: None,
+            max_missed_heartbeats: None,
+        }
+    }
+
+    /// An error reply.
+    pub fn error(request_id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            request_id,
+            status: Status::Error,
+            error_code: code,
+            message: message.into(),
+            ..Self::ok(0)
+        }
+    }
+
+    /// Whether the status is `ok`.
+    pub fn is_ok(&self) -> bool {
+        self.status == Status::Ok
+    }
+}
+
+/// Why a channel went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DownReason {
+    /// The producer stopped sending heartbeats.
+    HeartbeatTimeout,
+    /// The producer unregistered it.
+    Unregistered,
+}
+
+/// Why a consumer was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The consumer stopped sending heartbeats.
+    HeartbeatTimeout,
+}
+
+/// Notifications published on the broker's PUB socket.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Notification {
+    /// `channel_up`: a channel was registered (or its producer came back).
+    ChannelUp {
+        /// The channel.
+        channel: Box<ChannelInfo>,
+    },
+    /// `channel_down`: a channel's producer is gone.
+    ChannelDown {
+        /// The channel.
+        name: ChannelName,
+        /// Its producer.
+        producer: ClientId,
+        /// Why.
+        reason: DownReason,
+    },
+    /// `consumer_dropped`: a consumer went silent and lost its slot; addressed to the producer.
+    ConsumerDropped {
+        /// The channel.
+        name: ChannelName,
+        /// Its producer (who should release the consumer's slot).
+        producer: ClientId,
+        /// The consumer that went silent.
+        consumer: ClientId,
+        /// Why.
+        reason: DropReason,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ChannelUpBody {
+    pub seq: u64,
+    pub channel: ChannelInfo,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ChannelDownBody {
+    pub seq: u64,
+    pub name: ChannelName,
+    pub producer: ClientId,
+    pub reason: DownReason,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConsumerDroppedBody {
+    pub seq: u64,
+    pub name: ChannelName,
+    pub producer: ClientId,
+    pub consumer: ClientId,
+    pub reason: DropReason,
+}
+
+impl Notification {
+    /// The message type frame.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::ChannelUp { .. } => "channel_up",
+            Self::ChannelDown { .. } => "channel_down",
+            Self::ConsumerDropped { .. } => "consumer_dropped",
+        }
+    }
+}

@@ -1,0 +1,306 @@
+use super::*;
+
+use proptest::prelude::*;
+
+fn frames(kind: &str, body: &str) -> Vec<Vec<u8>> {
+    envelope(kind, body.as_bytes().to_vec())
+}
+
+fn decode(kind: &str, body: &str) -> Decoded {
+    decode_request(&frames(kind, body))
+}
+
+fn code_of(d: Decoded) -> (Option<u64>, ErrorCode) {
+    let r = d.outcome.expect_err("should be refused");
+    (r.request_id, r.error.code())
+}
+
+const SHM_REGISTER: &str = r#"{"request_id": 1, "client": "host:42", "channel": {
+    "name": "cam0", "kind": "shm", "shm_name": "/labhub.1000.cam0", "size": 4096,
+    "policy": "ring:8", "schema": {"name": "u8[64x64]", "version": 2, "hash": "ab01"},
+    "metadata": {"exposure_us": 300, "tags": ["a", "b"]}}, "pid": 42, "host": "lab-pc"}"#;
+
+#[test]
+fn a_full_shm_registration_decodes_into_typed_values() {
+    let d = decode("register", SHM_REGISTER);
+    let Request::Register(r) = d.outcome.unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.request_id, 1);
+    assert_eq!(r.client.as_str(), "host:42");
+    assert_eq!(r.channel.kind, ChannelKind::Shm);
+    assert_eq!(r.channel.size, Some(4096));
+    assert_eq!(r.channel.shm_name.unwrap().uid(), 1000);
+    assert_eq!(r.channel.metadata["exposure_us"], 300);
+}
+
+#[test]
+fn a_req_delimiter_is_recognised_and_reported() {
+    let mut f = vec![Vec::new()];
+    f.extend(frames("list", r#"{"request_id": 3}"#));
+    let d = decode_request(&f);
+    assert!(d.delimiter);
+    assert!(matches!(d.outcome, Ok(Request::List(_))));
+}
+
+#[test]
+fn every_request_round_trips_through_the_encoder() {
+    let d = decode("register", SHM_REGISTER);
+    let req = d.outcome.unwrap();
+    let again = decode_request(&encode_request(&req)).outcome.unwrap();
+    assert_eq!(req, again);
+    for (kind, body) in [
+        ("discover", r#"{"request_id": 2, "name": "x"}"#),
+        (
+            "unregister",
+            r#"{"request_id": 2, "client": "c", "name": "x"}"#,
+        ),
+        ("attach", r#"{"request_id": 2, "client": "c", "name": "x"}"#),
+        ("detach", r#"{"request_id": 2, "client": "c", "name": "x"}"#),
+        (
+            "heartbeat",
+            r#"{"request_id": 2, "client": "c", "channels": {"x": {"frames": 9}}}"#,
+        ),
+        (
+            "list",
+            r#"{"request_id": 2, "prefix": "ca", "kind": "pubsub"}"#,
+        ),
+    ] {
+        let req = decode(kind, body).outcome.unwrap();
+        assert_eq!(req.type_name(), kind);
+        assert_eq!(decode_request(&encode_request(&req)).outcome.unwrap(), req);
+    }
+}
+
+#[test]
+fn envelope_errors_carry_their_codes() {
+    assert_eq!(
+        code_of(decode_request(&[b"labhub".to_vec()])).1,
+        ErrorCode::BadFrames
+    );
+    let mut f = frames("list", r#"{"request_id": 1}"#);
+    f[0] = b"LABHUB".to_vec();
+    assert_eq!(code_of(decode_request(&f)).1, ErrorCode::BadTag);
+    f[0] = TAG.to_vec();
+    f[1] = b"2".to_vec();
+    assert_eq!(code_of(decode_request(&f)).1, ErrorCode::UnsupportedVersion);
+    assert_eq!(
+        code_of(decode("explode", r#"{"request_id": 1}"#)).1,
+        ErrorCode::UnknownType
+    );
+    assert_eq!(
+        code_of(decode("list", "{not json")).1,
+        ErrorCode::MalformedBody
+    );
+    assert_eq!(code_of(decode("list", "[1]")).1, ErrorCode::MalformedBody);
+    let big = format!(r#"{{"request_id": 1, "prefix": "{}"}}"#, "a".repeat(70_000));
+    assert_eq!(code_of(decode("list", &big)).1, ErrorCode::TooLarge);
+}
+
+#[test]
+fn field_errors_keep_the_request_id_for_the_reply() {
+    for body in [
+        r#"{"request_id": 9}"#,
+        r#"{"request_id": 9, "name": "a b"}"#,
+        r#"{"request_id": 9, "name": "x", "extra": 1}"#,
+        r#"{"request_id": 9, "name": 5}"#,
+    ] {
+        assert_eq!(
+            code_of(decode("discover", body)),
+            (Some(9), ErrorCode::InvalidField),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        code_of(decode("discover", r#"{"request_id": -1, "name": "x"}"#)),
+        (None, ErrorCode::InvalidField)
+    );
+}
+
+#[test]
+fn registrations_must_fit_their_kind() {
+    let bad = [
+        // shm without a segment name, or with one of another channel
+        r#"{"name": "c", "kind": "shm", "size": 1}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.d", "size": 1}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c"}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 0}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 2199023255553}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 1, "endpoint": "tcp://a:1"}"#,
+        // network kinds need a dialable endpoint
+        r#"{"name": "c", "kind": "pubsub"}"#,
+        r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://0.0.0.0:5"}"#,
+        r#"{"name": "c", "kind": "reqrep", "endpoint": "tcp://*:5"}"#,
+        r#"{"name": "c", "kind": "reqrep", "endpoint": "tcp://h:5", "shm_name": "/labhub.1.c"}"#,
+        r#"{"name": "c", "kind": "pipe", "endpoint": "tcp://h:5"}"#,
+        r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "policy": "has space"}"#,
+        r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "schema": {"hash": "xyz"}}"#,
+        r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "schema": {"nme": "x"}}"#,
+        r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "metadata": {"a": [[[[[[[[[1]]]]]]]]]}}"#,
+    ];
+    for spec in bad {
+        let body = format!(r#"{{"request_id": 4, "client": "c", "channel": {spec}}}"#);
+        assert_eq!(
+            code_of(decode("register", &body)),
+            (Some(4), ErrorCode::InvalidField),
+            "{spec}"
+        );
+    }
+    let big_meta = format!(
+        r#"{{"request_id": 4, "client": "c", "channel": {{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "metadata": {{"a": "{}"}}}}}}"#,
+        "x".repeat(5000)
+    );
+    assert_eq!(
+        code_of(decode("register", &big_meta)).1,
+        ErrorCode::InvalidField
+    );
+}
+
+#[test]
+fn heartbeat_counters_are_bounded() {
+    let many: Vec<String> = (0..40).map(|i| format!(r#""c{i}": 1"#)).collect();
+    let body = format!(
+        r#"{{"request_id": 1, "client": "c", "channels": {{"x": {{{}}}}}}}"#,
+        many.join(",")
+    );
+    assert_eq!(
+        code_of(decode("heartbeat", &body)).1,
+        ErrorCode::InvalidField
+    );
+    let body = r#"{"request_id": 1, "client": "c", "channels": {"x": {"bad name": 1}}}"#;
+    assert_eq!(
+        code_of(decode("heartbeat", body)).1,
+        ErrorCode::InvalidField
+    );
+}
+
+#[test]
+fn replies_and_notifications_round_trip() {
+    let mut reply = Reply::ok(5);
+    reply.heartbeat_interval_ms = Some(500);
+    for delimiter in [false, true] {
+        let f = encode_reply(&reply, delimiter);
+        assert_eq!(f[0].is_empty(), delimiter);
+        assert_eq!(decode_reply(&f).unwrap(), reply);
+    }
+    let err = Reply::error(
+        None,
+        ErrorCode::BadTag,
+        "first frame is not the protocol tag",
+    );
+    assert_eq!(decode_reply(&encode_reply(&err, false)).unwrap(), err);
+    let json: serde_json::Value = serde_json::from_slice(&encode_reply(&err, false)[3]).unwrap();
+    assert_eq!(json["status"], "error");
+    assert_eq!(json["error_code"], "bad_tag");
+    assert_eq!(json["request_id"], serde_json::Value::Null);
+
+    let Request::Register(r) = decode("register", SHM_REGISTER).outcome.unwrap() else {
+        panic!()
+    };
+    let info = ChannelInfo {
+        spec: r.channel,
+        producer: r.client.clone(),
+        producer_pid: Some(42),
+        producer_host: None,
+        state: ChannelState::Up,
+        consumers: 1,
+        counters: Counters::from([("frames".into(), 3)]),
+    };
+    let notes = [
+        Notification::ChannelUp {
+            channel: Box::new(info),
+        },
+        Notification::ChannelDown {
+            name: ChannelName::new("cam0").unwrap(),
+            producer: r.client.clone(),
+            reason: DownReason::HeartbeatTimeout,
+        },
+        Notification::ConsumerDropped {
+            name: ChannelName::new("cam0").unwrap(),
+            producer: r.client.clone(),
+            consumer: ClientId::new("other").unwrap(),
+            reason: DropReason::HeartbeatTimeout,
+        },
+    ];
+    for (seq, n) in notes.into_iter().enumerate() {
+        let f = encode_notification(seq as u64, &n);
+        assert_eq!(f[2], n.type_name().as_bytes());
+        assert_eq!(decode_notification(&f).unwrap(), (seq as u64, n));
+    }
+}
+
+fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(TAG.to_vec()),
+        Just(VERSION_FRAME.to_vec()),
+        Just(Vec::new()),
+        proptest::sample::select(REQUEST_TYPES.to_vec()).prop_map(|t| t.as_bytes().to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..64),
+        ".{0,80}".prop_map(String::into_bytes),
+    ]
+}
+
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        "[a-z0-9:/._*-]{0,24}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map(
+                proptest::sample::select(vec![
+                    "request_id",
+                    "client",
+                    "name",
+                    "channel",
+                    "kind",
+                    "endpoint",
+                    "shm_name",
+                    "size",
+                    "policy",
+                    "schema",
+                    "metadata",
+                    "channels",
+                    "prefix",
+                    "hash",
+                    "x",
+                ])
+                .prop_map(String::from),
+                inner,
+                0..8
+            )
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Arbitrary frames never panic the decoder, and a refusal always has an error code.
+    #[test]
+    fn the_decoder_survives_arbitrary_frames(f in proptest::collection::vec(arb_frame(), 0..7)) {
+        let d = decode_request(&f);
+        if let Err(r) = d.outcome {
+            prop_assert_ne!(r.error.code(), ErrorCode::None);
+        }
+    }
+
+    /// Well-enveloped arbitrary JSON bodies never panic the decoder; anything accepted
+    /// re-encodes to the same request.
+    #[test]
+    fn the_decoder_survives_arbitrary_bodies(
+        kind in proptest::sample::select(REQUEST_TYPES.to_vec()),
+        body in arb_json(),
+    ) {
+        let f = envelope(kind, serde_json::to_vec(&body).unwrap());
+        if let Ok(req) = decode_request(&f).outcome {
+            let again = decode_request(&encode_request(&req)).outcome;
+            prop_assert_eq!(again.ok(), Some(req));
+        }
+    }
+}
