@@ -24,7 +24,7 @@ pub const CURVE_KEY_Z85_LEN: usize = 40;
 /// assert_eq!(text, "HelloWorld");
 /// ```
 pub fn z85_encode(data: &[u8]) -> Result<String, Z85Error> {
-    if data.len() % 4 != 0 {
+    if !data.len().is_multiple_of(4) {
         return Err(Z85Error::EncodeLength { found: data.len() });
     }
     let mut out = vec![0u8; data.len() / 4 * 5 + 1];
@@ -73,7 +73,7 @@ pub fn z85_decode(text: &str) -> Result<Vec<u8>, Z85Error> {
 
 fn validate_z85(text: &str) -> Result<(), Z85Error> {
     let bytes = text.as_bytes();
-    if bytes.len() % 5 != 0 {
+    if !bytes.len().is_multiple_of(5) {
         return Err(Z85Error::DecodeLength { found: bytes.len() });
     }
     for (group_index, group) in bytes.chunks_exact(5).enumerate() {

@@ -9,6 +9,7 @@
 //! - [`poll`] over several sockets with a timeout.
 //! - CURVE keys ([`CurveKeyPair`]), Z85 ([`z85_encode`], [`z85_decode`]).
 //! - ZAP ([`Context::start_zap_handler`]): a closure admits or refuses each connecting peer.
+//! - Socket monitor ([`Socket::enable_monitor`]): connection and handshake events.
 //!
 //! Every failure is a [`ZmqError`]; libzmq errors keep their errno and name the call.
 //!
@@ -45,6 +46,7 @@ mod context;
 mod curve;
 mod error;
 mod message;
+mod monitor;
 mod poll;
 mod socket;
 mod zap;
@@ -56,6 +58,7 @@ pub use curve::{
 };
 pub use error::{Z85Error, ZmqError};
 pub use message::Message;
+pub use monitor::{MonitorEvent, SocketEvent};
 pub use poll::{PollEvents, PollItem, poll};
 pub use socket::{Flags, Mechanism, Socket, SocketType};
 pub use zap::{ZAP_ENDPOINT, ZapDecision, ZapHandler, ZapRequest, ZapStatus};

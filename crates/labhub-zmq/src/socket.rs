@@ -112,6 +112,8 @@ pub struct Socket {
     // Keeps the context alive until this socket is closed.
     _context: Arc<RawContext>,
     kind: SocketType,
+    // The PAIR receiving this socket's monitor events, if enabled (see monitor.rs).
+    pub(crate) monitor: Option<Box<Socket>>,
     // !Sync: libzmq sockets must not be used from two threads at once.
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -133,6 +135,7 @@ impl Socket {
             ptr,
             _context: Arc::clone(&context.inner),
             kind,
+            monitor: None,
             _not_sync: PhantomData,
         };
         socket.set_linger(Some(DEFAULT_LINGER))?;
@@ -645,6 +648,12 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
+        if self.monitor.is_some() {
+            // Stop monitoring while our receiving PAIR is still connected: libzmq sends events
+            // with a blocking send, which would stall its I/O thread on a closed receiver.
+            // SAFETY: the socket is open; a null endpoint stops its monitor synchronously.
+            unsafe { sys::zmq_socket_monitor(self.ptr, std::ptr::null(), 0) };
+        }
         // SAFETY: the socket is open and closed exactly once, here, by its owning thread. Its
         // unsent messages linger inside the context per LINGER; the context is terminated
         // only after this (we hold an Arc to it).

@@ -161,6 +161,13 @@ impl Drop for ZapHandler {
 }
 
 fn serve(zap: &Socket, stop: &Socket, decide: &dyn Fn(&ZapRequest) -> ZapDecision) {
+    serve_until_stopped(zap, stop, decide);
+    // Unbinding an inproc endpoint is synchronous, unlike closing the socket (done later by
+    // libzmq's reaper thread): once the handler is joined, a new one can bind at once.
+    let _ = zap.unbind(ZAP_ENDPOINT);
+}
+
+fn serve_until_stopped(zap: &Socket, stop: &Socket, decide: &dyn Fn(&ZapRequest) -> ZapDecision) {
     loop {
         let mut items = [
             zap.poll_item(PollEvents::IN),

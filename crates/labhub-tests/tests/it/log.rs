@@ -590,6 +590,28 @@ fn a_log_directory_under_a_regular_file_is_a_typed_error() {
 }
 
 #[test]
+fn the_log_module_with_a_bad_sink_fails_lifecycle_startup_with_the_typed_error() {
+    use labhub::lifecycle::{Lifecycle, LifecycleError};
+    let dir = unique_dir("badmodule");
+    let regular = dir.join("regular");
+    fs::write(&regular, b"x").unwrap();
+    // A private lifecycle: the failing startup never reaches the process-wide subscriber.
+    let lifecycle = Lifecycle::new();
+    let config = LogConfig::new(Sink::File(regular.join("app.log")));
+    lifecycle.register(labhub::log::module(config)).unwrap();
+    match lifecycle.initialize() {
+        Err(LifecycleError::StartupFailed { module, source }) => {
+            assert_eq!(module, labhub::log::MODULE_NAME);
+            let log_error = source.downcast_ref::<LogError>().expect("a LogError");
+            assert!(matches!(log_error, LogError::CreateDir { path, .. } if *path == regular));
+        }
+        other => panic!("expected StartupFailed, got {other:?}"),
+    }
+    assert!(lifecycle.service::<Logger>().is_none());
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn unusable_sink_settings_are_typed_errors() {
     let dir = unique_dir("badcfg");
     // A directory where the file should be.
@@ -619,6 +641,24 @@ fn unusable_sink_settings_are_typed_errors() {
         Err(LogError::InvalidSyslogIdent { .. })
     ));
     fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_failing_sink_reports_its_error_at_the_next_flush() {
+    // /dev/full opens fine and fails every write with ENOSPC.
+    let full = Path::new("/dev/full");
+    let logger = Logger::start(LogConfig::new(Sink::File(full.to_path_buf()))).unwrap();
+    tracing::dispatcher::with_default(&logger.dispatch(), || tracing::info!("into the void"));
+    match logger.flush() {
+        Err(LogError::Write { sink, source }) => {
+            assert_eq!(sink, "file /dev/full");
+            assert_eq!(source.raw_os_error(), Some(28), "{source}"); // ENOSPC
+        }
+        other => panic!("expected a write error, got {other:?}"),
+    }
+    // Reported once; nothing failed since.
+    logger.flush().unwrap();
+    logger.shutdown();
 }
 
 #[test]

@@ -638,3 +638,56 @@ fn a_reader_never_sees_a_half_written_state() {
     }
     assert!(reader.join().unwrap() > 0);
 }
+
+#[test]
+fn invalid_configurations_are_typed_errors_naming_the_field() {
+    let ch = TestChannel::new("badcfg");
+    let cases = [
+        (ChannelConfig::new(Policy::Latest, 0), "slot_size"),
+        (
+            ChannelConfig::new(ring(0, Backpressure::Fail), 64),
+            "slot_count",
+        ),
+        (
+            ChannelConfig::new(ring(100_000, Backpressure::Fail), 64),
+            "slot_count",
+        ),
+        (ChannelConfig::new(Policy::Latest, u64::MAX), "slot_size"),
+        (
+            ChannelConfig::new(ring(65536, Backpressure::Fail), 1 << 30),
+            "total_size",
+        ),
+    ];
+    for (cfg, field) in cases {
+        match Producer::create(&ch.name, cfg).unwrap_err() {
+            ChannelError::InvalidConfig { field: f, .. } => assert_eq!(f, field),
+            other => panic!("expected InvalidConfig on {field}, got {other}"),
+        }
+    }
+    assert!(
+        !std::path::Path::new(&ch.path()).exists(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn a_consumer_whose_table_entry_was_taken_away_is_told_it_was_evicted() {
+    let ch = TestChannel::new("evicted");
+    let mut p = Producer::create(&ch.name, ChannelConfig::new(Policy::Latest, 64)).unwrap();
+    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    p.publish_bytes(b"x", &FrameMeta::default()).unwrap();
+    // Free entry 0 behind the library's back, as a reaper that judged it dead would.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ch.path())
+        .unwrap();
+    // SAFETY: a test-only mapping of our own segment.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    map[576..584].fill(0);
+    assert!(matches!(
+        c.next(Some(WATCHDOG)),
+        Err(ReadError::Evicted { .. })
+    ));
+    assert!(matches!(c.latest(), Err(ReadError::Evicted { .. })));
+}

@@ -33,17 +33,16 @@ struct Model {
     next_id: u64,
     cursors: [u64; 2],
     dropped: u64,
+    /// DropOldest: the frame id below which the drop for a claim was already counted (a claim
+    /// that is abandoned and retried at the same id drops nothing more).
+    decided: u64,
 }
 
 impl Model {
     fn publish(&mut self, data: Vec<u8>) -> Result<u64, ()> {
         let slowest = self.cursors.iter().copied().min().unwrap();
-        if self.next_id - slowest >= self.slots as u64 {
-            if !self.drop_oldest {
-                self.dropped += 1;
-                return Err(());
-            }
-            self.dropped += 1;
+        if !self.claim(slowest) {
+            return Err(());
         }
         if self.ring.len() == self.slots {
             self.ring.pop_front();
@@ -58,14 +57,27 @@ impl Model {
     /// full of frames). Returns whether the claim succeeded.
     fn abandon(&mut self) -> bool {
         let slowest = self.cursors.iter().copied().min().unwrap();
-        if self.next_id - slowest >= self.slots as u64 {
-            self.dropped += 1;
-            if !self.drop_oldest {
-                return false;
-            }
+        if !self.claim(slowest) {
+            return false;
         }
         if self.ring.len() == self.slots {
             self.ring.pop_front();
+        }
+        true
+    }
+
+    /// The backpressure decision for claiming `next_id`: false if refused (Fail, full).
+    fn claim(&mut self, slowest: u64) -> bool {
+        if self.next_id - slowest < self.slots as u64 {
+            return true;
+        }
+        if !self.drop_oldest {
+            self.dropped += 1;
+            return false;
+        }
+        if self.next_id >= self.decided {
+            self.dropped += 1;
+            self.decided = self.next_id + 1;
         }
         true
     }
@@ -95,6 +107,7 @@ fn run(slots: u32, when_full: Backpressure, ops: &[Op]) {
         next_id: 0,
         cursors: [0, 0],
         dropped: 0,
+        decided: 0,
     };
     for op in ops {
         match *op {

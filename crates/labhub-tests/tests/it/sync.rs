@@ -141,7 +141,10 @@ fn four_processes_incrementing_under_the_mutex_reach_the_exact_total() {
         child.expect("done");
         child.finish();
     }
-    assert_eq!(file.shared.u64_at(at::COUNTER).load(Ordering::SeqCst), 40_000);
+    assert_eq!(
+        file.shared.u64_at(at::COUNTER).load(Ordering::SeqCst),
+        40_000
+    );
     assert_eq!(file.shared.word(at::MUTEX), 0, "left unlocked");
 }
 
@@ -151,7 +154,11 @@ fn a_holder_killed_by_sigkill_is_reported_to_the_next_locker() {
     let file = SharedFile::new();
     let mut holder = Child::spawn("sync-hold", &file, &[]);
     holder.expect("locked");
-    assert_eq!(file.shared.word(at::MUTEX), holder.pid(), "the word names the holder");
+    assert_eq!(
+        file.shared.word(at::MUTEX),
+        holder.pid(),
+        "the word names the holder"
+    );
     holder.kill();
     // The kernel walked the holder's robust list and released the word.
     assert_eq!(file.shared.word(at::MUTEX), OWNER_DIED);
@@ -190,7 +197,10 @@ fn without_the_robust_list_a_dead_holder_is_found_by_liveness_polling() {
     // Nobody told the kernel: the word still names the dead holder.
     assert_eq!(file.shared.word(at::MUTEX) & TID_MASK, holder_tid);
     let mutex = file.shared.mutex(at::MUTEX);
-    assert!(matches!(mutex.try_lock(), Ok(None)), "try_lock does not probe");
+    assert!(
+        matches!(mutex.try_lock(), Ok(None)),
+        "try_lock does not probe"
+    );
     match mutex.lock() {
         Err(LockError::OwnerDied(guard)) => drop(guard),
         other => panic!("expected OwnerDied, got {other:?}"),
@@ -219,7 +229,11 @@ fn our_mutexes_and_a_glibc_robust_mutex_share_one_robust_list_through_a_kill() {
     let mut holder = Child::spawn("sync-hold-with-glibc", &file, &[]);
     holder.expect("locked");
     let pid = holder.pid();
-    assert_eq!(file.shared.word(at::MUTEX), 0, "unlocked (unlinked) before the kill");
+    assert_eq!(
+        file.shared.word(at::MUTEX),
+        0,
+        "unlocked (unlinked) before the kill"
+    );
     assert_eq!(file.shared.word(at::MUTEX_B), pid);
     assert_eq!(file.shared.word(at::MUTEX_C), pid);
     assert_eq!(file.shared.word(at::PTHREAD) & TID_MASK, pid);

@@ -16,6 +16,8 @@ pub mod probe;
 pub mod registry;
 pub mod segments;
 pub mod server;
+pub mod service;
 
 pub use config::{BrokerConfig, ConfigError, ConfigLayer};
 pub use server::{Broker, BrokerError, BrokerStats, run};
+pub use service::{BrokerInfo, ForegroundError, MODULE_NAME, module, run_foreground};

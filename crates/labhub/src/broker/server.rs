@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -133,12 +133,12 @@ pub enum PasswordOrigin {
     None,
 }
 
-fn read_password_file(path: &PathBuf) -> Result<Zeroizing<String>, KeyError> {
+fn read_password_file(path: &std::path::Path) -> Result<Zeroizing<String>, KeyError> {
     let text = keys::read_secret_text(path)?;
     let password = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned());
     if password.is_empty() {
         return Err(KeyError::Malformed {
-            path: path.clone(),
+            path: path.to_owned(),
             problem: "the password file is empty".into(),
         });
     }
@@ -614,7 +614,7 @@ mod tests {
     use crate::broker::probe::Probe;
     use std::sync::Arc;
 
-    fn temp_home(tag: &str) -> PathBuf {
+    fn temp_home(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("labhub-server-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level};
 
-use crate::sys::log_sys;
+use crate::sys;
 
 /// Length of the timestamp, `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`.
 pub(crate) const TIMESTAMP_LEN: usize = 27;
@@ -117,7 +117,7 @@ fn write_prefix(out: &mut String, level: Level, pid: u32) -> usize {
     IDS.with(|ids| {
         let mut ids = ids.borrow_mut();
         if ids.0 != pid || ids.1.is_empty() {
-            let tid = log_sys::thread_id();
+            let tid = sys::gettid();
             *ids = (pid, format!("{pid}:{tid} "));
         }
         out.push_str(&ids.1);

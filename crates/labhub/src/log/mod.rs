@@ -93,7 +93,8 @@ pub enum Sink {
     File(PathBuf),
     /// A file that is rotated before it would grow past `max_bytes`: `<path>.1` … `<path>.N`
     /// keep the older lines, newest first, for `backups` = N. With zero backups the file is
-    /// truncated and restarted instead.
+    /// truncated and restarted instead. Processes sharing the file must all use this sink
+    /// for it: they coordinate through `<path>.lock` (never deleted).
     RotatingFile {
         /// The current log file.
         path: PathBuf,
@@ -190,6 +191,13 @@ pub enum LogError {
     InvalidSyslogIdent {
         /// The ident given.
         ident: String,
+    },
+    /// Syslog cannot be used on this platform.
+    #[error("cannot open syslog")]
+    Syslog {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
     },
     /// The queue capacity is zero.
     #[error("log queue capacity must be at least 1 line")]
@@ -487,6 +495,10 @@ pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// The log module: a lifecycle service whose startup starts a [`Logger`] with `config` and
 /// routes the process's `tracing` events to it, and whose shutdown drains the queue, flushes
 /// and stops it (bounded by [`SHUTDOWN_TIMEOUT`]).
+///
+/// Startup fails with the sink's [`LogError`], or with [`LogError::GlobalSubscriberTaken`] if
+/// the program installed a global `tracing` subscriber of its own; such a program adds
+/// [`Logger::layer`] to its subscriber instead of using this module.
 ///
 /// ```no_run
 /// use labhub::lifecycle::LifecycleGuard;

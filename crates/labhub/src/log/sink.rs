@@ -73,8 +73,14 @@ impl OpenSink {
                 }))
             }
             Sink::Syslog { ident } => {
-                log_sys::syslog_open(ident).map_err(|_| LogError::InvalidSyslogIdent {
-                    ident: ident.clone(),
+                log_sys::syslog_open(ident).map_err(|source| {
+                    if source.kind() == io::ErrorKind::InvalidInput {
+                        LogError::InvalidSyslogIdent {
+                            ident: ident.clone(),
+                        }
+                    } else {
+                        LogError::Syslog { source }
+                    }
                 })?;
                 Ok(OpenSink::Syslog)
             }

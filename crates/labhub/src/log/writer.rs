@@ -3,7 +3,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::Duration;
 
 use tracing::Level;
@@ -103,8 +103,10 @@ impl Writer {
     fn linger(&mut self) -> Option<Msg> {
         for _ in 0..LINGER_POLLS {
             std::thread::sleep(LINGER_POLL);
-            if let Ok(msg) = self.rx.try_recv() {
-                return Some(msg);
+            match self.rx.try_recv() {
+                Ok(msg) => return Some(msg),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
             }
         }
         None
@@ -158,6 +160,15 @@ impl Writer {
             return;
         }
         if let Err(e) = self.sink.write_lines(batch, buf, self.pid) {
+            if pending_error.is_none() {
+                // The sink cannot say so itself; stderr is the last resort, once per failure
+                // streak (the next flush returns the error and ends the streak).
+                eprintln!(
+                    "labhub log: cannot write to {}: {e} (a batch of {} lines)",
+                    self.sink.describe(),
+                    batch.len()
+                );
+            }
             pending_error.get_or_insert(e);
         }
         batch.clear();

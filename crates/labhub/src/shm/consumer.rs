@@ -74,6 +74,8 @@ pub struct Consumer {
     entry: usize,
     state_word: u64,
     cursor: u64,
+    /// Last commit position read; frames below it exist (or existed).
+    known_commit: u64,
     mode: WaitMode,
 }
 
@@ -123,6 +125,7 @@ impl Consumer {
             entry,
             state_word,
             cursor,
+            known_commit: 0,
             mode: options.mode,
         })
     }
@@ -186,7 +189,8 @@ impl Consumer {
                 channel: self.channel().to_owned(),
             });
         }
-        e.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
+        e.heartbeat_ns
+            .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
         Ok(e)
     }
 
@@ -215,7 +219,11 @@ impl Consumer {
         };
         loop {
             self.check_entry()?;
-            let commit = self.view.header().commit_pos.load(Ordering::Acquire);
+            // Reload the shared commit position only when the known one is used up.
+            if self.cursor >= self.known_commit {
+                self.known_commit = self.view.header().commit_pos.load(Ordering::Acquire);
+            }
+            let commit = self.known_commit;
             if self.cursor < commit {
                 match self.snapshot(self.cursor, commit) {
                     Some(snap) => return Ok(self.frame(snap)),
@@ -224,11 +232,24 @@ impl Consumer {
             }
             // Nothing new: spin, then sleep on the data event.
             if let Some(until) = spin_until {
-                if Instant::now() < until {
+                // Poll the commit position; look at the clock every 64 polls and give the CPU
+                // away every 1024 (on a busy host the producer may need this core).
+                let h = self.view.header();
+                let mut polls = 0u32;
+                while h.commit_pos.load(Ordering::Acquire) <= self.cursor {
+                    polls = polls.wrapping_add(1);
+                    if polls.is_multiple_of(64) {
+                        if Instant::now() >= until {
+                            spin_until = None;
+                            break;
+                        }
+                        if polls.is_multiple_of(1024) {
+                            std::thread::yield_now();
+                        }
+                    }
                     std::hint::spin_loop();
-                    continue;
                 }
-                spin_until = None;
+                continue;
             }
             let h = self.view.header();
             let seen = h.data_event.sequence();
@@ -388,16 +409,21 @@ fn claim_entry(view: &View, me: ProcessId) -> Result<(usize, u64, u64), ChannelE
         let c0 = h.commit_pos.load(Ordering::SeqCst);
         e.position.store(c0, Ordering::SeqCst);
         e.start_time.store(me.start_time, Ordering::SeqCst);
-        e.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Relaxed);
+        e.heartbeat_ns
+            .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
         e.held.store(0, Ordering::Relaxed);
         e.received.store(0, Ordering::Relaxed);
         e.missed.store(0, Ordering::Relaxed);
         e.state.store(active, Ordering::SeqCst);
-        // A frame the producer claimed before it could see this entry may overwrite the slot of
-        // frame write_pos - 1 - n; start no earlier than write_pos - n (Dekker pairing with the
-        // SeqCst claim-then-scan in Producer::begin_publish).
-        let wp = h.write_pos.load(Ordering::SeqCst);
-        let start = c0.max(wp.saturating_sub(view.geometry().slots()));
+        // The producer may write frames below `space_bound` without scanning the table again,
+        // so start no earlier than `space_bound - n` (Dekker pairing with Producer::scan: it
+        // stores the bound, then scans; we store our entry, then load the bound). Clamped to
+        // the commit position, in case the header holds garbage.
+        let bound = h.space_bound.load(Ordering::SeqCst);
+        let commit = h.commit_pos.load(Ordering::SeqCst);
+        let start = c0
+            .max(bound.saturating_sub(view.geometry().slots()))
+            .min(commit.max(c0));
         e.position.store(start, Ordering::SeqCst);
         return Ok((i, active, start));
     }
@@ -517,8 +543,11 @@ impl Drop for Frame<'_> {
         if next > c.cursor {
             c.set_position(next);
         }
-        if c.lossless() {
-            c.view.header().space_event.notify_all();
+        // Dekker with the producer: it sets `producer_waiting` then re-checks positions; we
+        // stored our position (SeqCst) and now check the flag.
+        let h = c.view.header();
+        if c.lossless() && h.producer_waiting.load(Ordering::SeqCst) != 0 {
+            h.space_event.notify_all();
         }
     }
 }

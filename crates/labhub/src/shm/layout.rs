@@ -145,8 +145,13 @@ pub struct Header {
     pub reserved2: [u8; 32],
     /// Next frame id the producer will claim (its own cache line: written per frame).
     pub write_pos: AtomicU64,
+    /// Ring: frames below this id may be written without scanning the consumer table again
+    /// (the producer stores it, SeqCst, before the scan that justifies it).
+    pub space_bound: AtomicU64,
+    /// Ring: 1 while the producer sleeps on `space_event`, so releases notify only then.
+    pub producer_waiting: AtomicU32,
     /// Reserved, zero.
-    pub reserved3: [u8; 56],
+    pub reserved3: [u8; 44],
     /// Number of committed frames = last committed frame id + 1 (0: none yet).
     pub commit_pos: AtomicU64,
     /// Frames committed.
@@ -200,7 +205,9 @@ const _: () = assert!(offset_of!(Header, producer_heartbeat_ns) == 208);
 const _: () = assert!(offset_of!(Header, producer_attaches) == 216);
 const _: () = assert!(offset_of!(Header, reserved2) == 224);
 const _: () = assert!(offset_of!(Header, write_pos) == 256);
-const _: () = assert!(offset_of!(Header, reserved3) == 264);
+const _: () = assert!(offset_of!(Header, space_bound) == 264);
+const _: () = assert!(offset_of!(Header, producer_waiting) == 272);
+const _: () = assert!(offset_of!(Header, reserved3) == 276);
 const _: () = assert!(offset_of!(Header, commit_pos) == 320);
 const _: () = assert!(offset_of!(Header, published) == 328);
 const _: () = assert!(offset_of!(Header, dropped) == 336);

@@ -15,6 +15,8 @@ const REATTACH_WAIT: Duration = Duration::from_secs(2);
 /// While blocked on a full ring, how often the producer re-checks whether the consumers holding
 /// it back are still alive.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a producer blocked on a full ring spins before sleeping.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
 
 /// The single writer of a channel.
 ///
@@ -24,6 +26,8 @@ pub struct Producer {
     view: View,
     config: ChannelConfig,
     next_frame: u64,
+    /// Frames below this id need no consumer-table scan (ring policies).
+    space_bound: u64,
     me: ProcessId,
 }
 
@@ -106,7 +110,7 @@ impl Producer {
                 h.producer_start_time
                     .store(me.start_time, Ordering::Relaxed);
                 h.producer_heartbeat_ns
-                    .store(sys::monotonic_ns(), Ordering::Relaxed);
+                    .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
                 h.producer_attaches.store(1, Ordering::Relaxed);
                 layout::publish_magic(h);
                 tracing::debug!(channel = name, size = geo.total_size, "created channel");
@@ -114,6 +118,7 @@ impl Producer {
                     view,
                     config,
                     next_frame: 0,
+                    space_bound: 0,
                     me,
                 })
             }
@@ -180,6 +185,7 @@ impl Producer {
             view,
             config,
             next_frame,
+            space_bound: 0,
             me,
         })
     }
@@ -218,7 +224,7 @@ impl Producer {
         h.producer_start_time
             .store(me.start_time, Ordering::Release);
         h.producer_heartbeat_ns
-            .store(sys::monotonic_ns(), Ordering::Relaxed);
+            .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
         h.producer_attaches.fetch_add(1, Ordering::Relaxed);
         Ok(recover(view))
     }
@@ -252,11 +258,10 @@ impl Producer {
     pub fn begin_publish(&mut self) -> Result<SlotWriter<'_>, PublishError> {
         let w = self.next_frame;
         let h = self.view.header();
-        // Claim first, then look at the consumers (SeqCst on both sides): a consumer attaching
-        // concurrently either is seen here or sees this claim and positions itself after it.
-        h.write_pos.store(w.wrapping_add(1), Ordering::SeqCst);
+        h.write_pos.store(w.wrapping_add(1), Ordering::Release);
         if let Err(e) = self.wait_for_space(w) {
-            h.write_pos.store(w, Ordering::SeqCst);
+            let h = self.view.header();
+            h.write_pos.store(w, Ordering::Release);
             h.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
@@ -295,13 +300,12 @@ impl Producer {
         flex::write_state(&self.view, state)
     }
 
-    fn wait_for_space(&self, w: u64) -> Result<(), PublishError> {
+    fn wait_for_space(&mut self, w: u64) -> Result<(), PublishError> {
         let p = self.view.geometry().params;
-        if p.policy != policy_code::RING {
+        if p.policy != policy_code::RING || w < self.space_bound {
             return Ok(());
         }
         let n = u64::from(p.slot_count);
-        let h = self.view.header();
         let deadline = match self.config.policy {
             Policy::Ring {
                 when_full: Backpressure::Block { timeout },
@@ -309,26 +313,46 @@ impl Producer {
             } => Some(
                 Instant::now()
                     .checked_add(timeout)
-                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
+                    .unwrap_or_else(far_future),
             ),
             _ => None,
         };
-        let mut checked_liveness = false;
+        let result = self.wait_for_space_slow(w, n, p.backpressure, deadline);
+        self.view
+            .header()
+            .producer_waiting
+            .store(0, Ordering::Relaxed);
+        result
+    }
+
+    #[cold]
+    fn wait_for_space_slow(
+        &mut self,
+        w: u64,
+        n: u64,
+        backpressure: u32,
+        deadline: Option<Instant>,
+    ) -> Result<(), PublishError> {
+        let mut check_liveness = true;
+        let mut spun = false;
         loop {
+            let h = self.view.header();
             let seen = h.space_event.sequence();
-            if !self.ring_full(w, n, !checked_liveness) {
+            if let Some(bound) = self.scan(w, n, check_liveness) {
+                self.space_bound = bound;
                 return Ok(());
             }
-            checked_liveness = true;
-            match p.backpressure {
+            match backpressure {
                 backpressure_code::FAIL => {
                     return Err(PublishError::Full {
                         channel: self.channel().to_owned(),
-                        slots: p.slot_count,
+                        slots: n as u32,
                     });
                 }
                 backpressure_code::DROP_OLDEST => {
                     h.dropped.fetch_add(1, Ordering::Relaxed);
+                    // Everything up to this frame is decided; rescan at the next one.
+                    self.space_bound = w + 1;
                     return Ok(());
                 }
                 _ => {}
@@ -342,40 +366,80 @@ impl Producer {
                     channel: self.channel().to_owned(),
                 });
             }
-            let nap = (deadline - now).min(LIVENESS_INTERVAL);
-            if !h.space_event.wait_changed(seen, Some(nap)) {
-                // Woken by the interval, not by a release: look for dead consumers again.
-                checked_liveness = false;
+            if !spun {
+                // A consumer running on another core frees a slot within microseconds: spin a
+                // little before paying for a futex sleep and wake.
+                spun = true;
+                check_liveness = false;
+                let until = now + SPIN_BEFORE_SLEEP;
+                while Instant::now() < until && self.table_min(w, n, false).is_none() {
+                    std::hint::spin_loop();
+                }
+                continue;
             }
+            // Announce the sleep, then re-check (Dekker with the consumer's position store and
+            // flag load), then sleep until a release or the liveness interval.
+            h.producer_waiting.store(1, Ordering::SeqCst);
+            if self.scan(w, n, false).is_some() {
+                continue;
+            }
+            let nap = (deadline - now).min(LIVENESS_INTERVAL);
+            // Woken by the interval rather than a release: look for dead consumers again.
+            check_liveness = !h.space_event.wait_changed(seen, Some(nap));
         }
     }
 
-    /// Whether some live consumer still needs the frame that slot `w % n` holds. With
-    /// `check_liveness`, blocking consumers whose process is gone are evicted on the way.
-    fn ring_full(&self, w: u64, n: u64, check_liveness: bool) -> bool {
-        let Some(oldest_allowed) = w.checked_sub(n) else {
-            return false;
-        };
+    /// Scans the consumer table for frame `w`. `None`: a live consumer still needs the frame in
+    /// slot `w % n` (with `check_liveness`, dead ones are evicted on the way). `Some(bound)`:
+    /// frames below `bound` can be written without scanning again.
+    ///
+    /// Why a bound is safe: positions only grow, and a consumer that becomes active stores its
+    /// entry (SeqCst) and then reads `space_bound` (SeqCst), starting at or after
+    /// `space_bound - n`. The producer stores the bound and then scans again (SeqCst): a consumer
+    /// this second scan misses has seen the bound; one it sees is accounted for.
+    fn scan(&self, w: u64, n: u64, check_liveness: bool) -> Option<u64> {
+        let h = self.view.header();
+        let mut min = self.table_min(w, n, check_liveness)?;
+        loop {
+            let bound = min.saturating_add(n);
+            h.space_bound.store(bound, Ordering::SeqCst);
+            let again = self.table_min(w, n, false)?;
+            if again >= min {
+                return Some(bound);
+            }
+            // A consumer attached meanwhile with a lower position: tighten the bound.
+            min = again;
+        }
+    }
+
+    /// The lowest position of the active consumers (at most `w`), or `None` if one of them still
+    /// needs the frame in slot `w % n`.
+    fn table_min(&self, w: u64, n: u64, check_liveness: bool) -> Option<u64> {
+        let mut min = w;
         let mut full = false;
         for i in 0..layout::CONSUMER_CAPACITY as usize {
             let Some(e) = self.view.consumer(i) else {
                 break;
             };
             let state = e.state.load(Ordering::SeqCst);
-            if state == consumer_state::FREE {
+            if state >> 32 != consumer_state::ACTIVE {
                 continue;
             }
             let pos = e.position.load(Ordering::SeqCst);
-            if pos > oldest_allowed {
-                continue;
+            if pos.saturating_add(n) <= w {
+                if check_liveness && super::reclaim_if_dead(&self.view, e, state) {
+                    continue;
+                }
+                full = true;
             }
-            if check_liveness && super::reclaim_if_dead(&self.view, e, state) {
-                continue;
-            }
-            full = true;
+            min = min.min(pos);
         }
-        full
+        (!full).then_some(min)
     }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 impl Drop for Producer {
@@ -513,7 +577,7 @@ impl SlotWriter<'_> {
         h.commit_pos.store(w + 1, Ordering::Release);
         h.published.fetch_add(1, Ordering::Relaxed);
         h.producer_heartbeat_ns
-            .store(sys::monotonic_ns(), Ordering::Relaxed);
+            .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
         h.data_event.notify_all();
         self.done = true;
         self.producer.next_frame = w + 1;

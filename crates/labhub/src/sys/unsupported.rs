@@ -160,3 +160,68 @@ impl ProcessId {
 pub fn shm_list(_prefix: &str) -> io::Result<Vec<String>> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
+
+/// An open lock file; on this platform no lock can be taken.
+#[derive(Debug)]
+pub struct LockFile {
+    _file: std::fs::File,
+}
+
+impl LockFile {
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn open_or_create(_path: &std::path::Path) -> io::Result<Self> {
+        Err(unsupported("file locking"))
+    }
+
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn open_existing(_path: &std::path::Path) -> io::Result<Self> {
+        Err(unsupported("file locking"))
+    }
+
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn lock_exclusive(&self) -> io::Result<()> {
+        Err(unsupported("file locking"))
+    }
+
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn try_lock_exclusive(&self) -> io::Result<bool> {
+        Err(unsupported("file locking"))
+    }
+}
+
+/// The `log` module's OS calls; on this platform none is available.
+pub mod log_sys {
+    use std::fs::File;
+    use std::io;
+
+    /// Severity of a syslog message.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SyslogSeverity {
+        /// `LOG_ERR`
+        Error,
+        /// `LOG_WARNING`
+        Warning,
+        /// `LOG_INFO`
+        Info,
+        /// `LOG_DEBUG`
+        Debug,
+    }
+
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn lock_exclusive(_file: &File) -> io::Result<()> {
+        Err(super::unsupported("file locking"))
+    }
+
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn unlock(_file: &File) -> io::Result<()> {
+        Err(super::unsupported("file locking"))
+    }
+
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn syslog_open(_ident: &str) -> io::Result<()> {
+        Err(super::unsupported("syslog"))
+    }
+
+    /// Not supported: does nothing.
+    pub fn syslog_write(_severity: SyslogSeverity, _message: &str) {}
+}

@@ -71,14 +71,14 @@ impl Shared {
     }
 
     fn at(&self, offset: usize) -> *const u8 {
-        assert!(offset < at::SIZE && offset % 8 == 0);
+        assert!(offset < at::SIZE && offset.is_multiple_of(8));
         // SAFETY: in bounds of the mapping (checked above).
         unsafe { self.map.as_ptr().add(offset) }
     }
 
     /// The mutex at `offset` (a multiple of 64).
     pub fn mutex(&self, offset: usize) -> &ProcessMutex {
-        assert_eq!(offset % 64, 0);
+        assert!(offset.is_multiple_of(64));
         // SAFETY: page-aligned mapping + 64-aligned offset; the mapping lives as long as `self`,
         // and the tests never leak guards.
         unsafe { ProcessMutex::from_ptr(self.at(offset).cast()) }
@@ -165,7 +165,11 @@ fn say(line: &str) {
 
 fn block_until_stdin_closes() {
     let mut sink = String::new();
-    while std::io::stdin().lock().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+    while std::io::stdin()
+        .lock()
+        .read_line(&mut sink)
+        .is_ok_and(|n| n > 0)
+    {}
 }
 
 fn lock_reporting(mutex: &ProcessMutex) -> anyhow::Result<labhub::sync::ProcessMutexGuard<'_>> {

@@ -425,6 +425,36 @@ mod tests {
     }
 
     #[test]
+    fn a_forked_child_gets_its_own_tid_and_an_empty_list() {
+        let parent = current_thread();
+        let held = lock();
+        if parent.has_robust_list() {
+            // SAFETY: the box stays put until unlinked below.
+            unsafe { parent.link(&held.node) };
+        }
+        // SAFETY: the child makes only syscalls and thread-local accesses, then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let child = current_thread();
+            let ok = child.tid() == super::super::process::gettid()
+                && child.tid() != parent.tid()
+                && child.has_robust_list() == parent.has_robust_list()
+                && child.robust_list_entries().is_empty();
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: waits for our own child, writing its status to a local.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        if parent.has_robust_list() {
+            // SAFETY: linked above on this thread.
+            unsafe { parent.unlink(&held.node) };
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+
+    #[test]
     fn nodes_link_and_unlink_in_any_order_beside_glibc_mutexes() {
         let thread = current_thread();
         if !thread.has_robust_list() {

@@ -1,18 +1,12 @@
-//! The OS calls the `log` module needs beyond `std`: the kernel thread id, `flock` on the
-//! rotation sidecar lock, and `syslog(3)`.
+//! The OS calls the `log` module needs beyond `std` and the rest of `sys`: `flock` taken and
+//! released on a descriptor kept open (the rotation sidecar lock, locked once per batch), and
+//! `syslog(3)`.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
-
-/// The calling thread's kernel thread id (what `ps -L` and `/proc/<pid>/task` show).
-pub fn thread_id() -> u32 {
-    // SAFETY: gettid takes no arguments, cannot fail and touches no memory of ours.
-    let tid = unsafe { libc::gettid() };
-    tid as u32
-}
 
 /// Takes an exclusive `flock` on `file`, blocking until it is granted (retrying on `EINTR`).
 ///

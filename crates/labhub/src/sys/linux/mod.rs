@@ -2,6 +2,8 @@
 
 pub mod log_sys;
 
+mod flock;
+pub use flock::LockFile;
 mod futex;
 mod process;
 mod shm;

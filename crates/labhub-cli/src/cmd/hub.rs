@@ -1,0 +1,98 @@
+//! `labhub hub`: run the broker in the foreground.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use labhub::broker::{self, BrokerConfig, ConfigLayer};
+use labhub::log::{LogConfig, Sink};
+
+/// Run the broker in the foreground until SIGINT or SIGTERM.
+///
+/// With no options it binds tcp://127.0.0.1:5570 (requests) and tcp://127.0.0.1:5571
+/// (notifications), keeps its state under the labhub home, creates its keys on first run and
+/// prints its public key. Settings: flag > environment > config file > default.
+#[derive(Debug, clap::Args)]
+pub struct HubArgs {
+    /// The labhub home (keys, audit log, allow list) [env: LABHUB_HOME] [default: <data dir>/labhub].
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// A TOML config file [env: LABHUB_BROKER_CONFIG] [default: <home>/broker.toml if present].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The ROUTER endpoint to bind [env: LABHUB_BROKER_ENDPOINT].
+    #[arg(long, value_name = "ENDPOINT")]
+    endpoint: Option<String>,
+    /// The notification PUB endpoint to bind [env: LABHUB_BROKER_NOTIFY_ENDPOINT].
+    #[arg(long, value_name = "ENDPOINT")]
+    notify_endpoint: Option<String>,
+    /// How often clients must send heartbeats, in ms [env: LABHUB_HEARTBEAT_INTERVAL_MS].
+    #[arg(long, value_name = "MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// Heartbeat intervals a client may miss before it is declared gone [env: LABHUB_MAX_MISSED_HEARTBEATS].
+    #[arg(long, value_name = "N")]
+    max_missed_heartbeats: Option<u32>,
+    /// The allow list of client public keys [env: LABHUB_ALLOW_LIST] [default: <home>/allowed_clients if present].
+    #[arg(long, value_name = "FILE")]
+    allow_list: Option<PathBuf>,
+    /// Admit any CURVE client that knows the broker's public key [env: LABHUB_ALLOW_ANY_CLIENT].
+    #[arg(long)]
+    allow_any_client: bool,
+    /// A file (mode 0600) holding the password of the broker's secret key [env: LABHUB_BROKER_SECRET_FILE].
+    /// The password may also come from LABHUB_BROKER_SECRET, or a prompt on a terminal.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// The JSON-lines audit log [env: LABHUB_AUDIT_LOG] [default: <home>/audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// Log level on stderr: error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+    /// Print the ready line as JSON ({"endpoint", "notify_endpoint", "public_key"}).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Resolves the configuration, then runs the broker.
+pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
+    let flags = ConfigLayer {
+        endpoint: args.endpoint,
+        notify_endpoint: args.notify_endpoint,
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+        max_missed_heartbeats: args.max_missed_heartbeats,
+        allow_list: args.allow_list,
+        allow_any_client: args.allow_any_client.then_some(true),
+        secret_file: args.secret_file,
+        audit_log: args.audit_log,
+        ..ConfigLayer::default()
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let mut config = BrokerConfig::resolve(flags, args.home, args.config, &env)?;
+    config.interactive = true;
+    let level = args
+        .log_level
+        .parse()
+        .with_context(|| format!("--log-level {:?} is not a level", args.log_level))?;
+    let mut log = LogConfig::new(Sink::Console);
+    log.level = level;
+    let json = args.json;
+    let home = config.home.clone();
+    broker::run_foreground(config, log, |info| {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "endpoint": info.endpoint,
+                    "notify_endpoint": info.notify_endpoint,
+                    "public_key": info.public_key.to_z85(),
+                })
+            );
+        } else {
+            println!("labhub broker listening on {}", info.endpoint);
+            println!("notifications on {}", info.notify_endpoint);
+            println!("public key: {}", info.public_key);
+            println!("home: {}", home.display());
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,76 @@
+//! A Python client written from docs/PROTOCOL.md alone (`tests/python/client.py`, pyzmq from
+//! PyPI, installed by `.ci/run`) registers and discovers a channel on a real broker.
+
+use super::*;
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/client.py")
+}
+
+fn python() -> Option<&'static str> {
+    let found = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    found.then_some("python3")
+}
+
+#[test]
+fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
+    let Some(python) = python() else {
+        eprintln!("SKIPPED: python3 is not installed, so the pyzmq protocol test cannot run");
+        return;
+    };
+    let keygen = Command::new(python)
+        .arg(script())
+        .arg("keygen")
+        .output()
+        .expect("run client.py keygen");
+    assert!(
+        keygen.status.success(),
+        "client.py keygen failed (is pyzmq installed? `python3 -m pip install pyzmq==27.*`):\n{}",
+        String::from_utf8_lossy(&keygen.stderr)
+    );
+    let keys = String::from_utf8(keygen.stdout).unwrap();
+    let (public, secret) = keys.trim().split_once(' ').expect("two keys");
+
+    // The Python program's key is on the broker's allow list, like a lab member's laptop.
+    let home = TestHome::new("py");
+    std::fs::create_dir_all(&home.path).unwrap();
+    let list = home.path.join("python_clients");
+    std::fs::write(&list, format!("{public} python client\n")).unwrap();
+    let allow = format!("allow-list={}", list.display());
+    let broker = TestBroker::start_on(&home, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", &[&allow]);
+
+    let mut cmd = Command::new(python);
+    cmd.arg(script()).args([
+        "run",
+        &broker.endpoint,
+        &broker.notify_endpoint,
+        &broker.key.to_z85(),
+        public,
+        secret,
+        &home.channel("py"),
+    ]);
+    let mut run = ChildProc::from_command(cmd);
+    for step in [
+        "ok unknown_client",
+        "ok register",
+        "ok heartbeat terms",
+        "ok channel_up notification",
+        "ok heartbeat",
+        "ok discover over DEALER",
+        "ok discover over REQ",
+        "ok not_found",
+        "ok undialable endpoint refused",
+        "ok list",
+        "ok unregister",
+        "ok gone after unregister",
+        "done",
+    ] {
+        run.expect_line(step);
+    }
+    assert!(run.wait().success(), "{}", run.stderr());
+}

@@ -1,0 +1,127 @@
+//! CURVE and ZAP: who gets answers and who gets nothing.
+
+use super::*;
+
+use std::os::unix::fs::PermissionsExt;
+
+use labhub::broker::probe::ProbeError;
+
+/// Long enough for a CURVE handshake on a loaded machine, short enough to keep tests quick.
+/// A refused client never gets a reply, so this bounds how long the test waits for nothing.
+const SILENCE: Duration = Duration::from_millis(1500);
+
+#[test]
+fn clients_without_an_admitted_key_or_with_the_wrong_server_key_get_nothing() {
+    let home = TestHome::new("keys");
+    let broker = TestBroker::start(&home);
+
+    let stranger = KeyPair::generate();
+    let mut p = Probe::connect(&broker.endpoint, &broker.key, &stranger, SILENCE).unwrap();
+    assert!(matches!(
+        p.request("list", json!({})),
+        Err(ProbeError::Timeout(_))
+    ));
+
+    let wrong_server = KeyPair::generate().public;
+    let mut p =
+        Probe::connect(&broker.endpoint, &wrong_server, &home.local_key(), SILENCE).unwrap();
+    assert!(matches!(
+        p.request("list", json!({})),
+        Err(ProbeError::Timeout(_))
+    ));
+
+    // No CURVE at all.
+    let ctx = labhub_zmq::Context::new().unwrap();
+    let plain = ctx.socket(labhub_zmq::SocketType::Dealer).unwrap();
+    plain.connect(&broker.endpoint).unwrap();
+    plain
+        .send_multipart(
+            [&b"labhub"[..], b"1", b"list", br#"{"request_id": 1}"#],
+            labhub_zmq::Flags::NONE,
+        )
+        .unwrap();
+    let mut items = [plain.poll_item(labhub_zmq::PollEvents::IN)];
+    labhub_zmq::poll(&mut items, Some(SILENCE)).unwrap();
+    assert!(!items[0].is_readable(), "a plain client got a reply");
+
+    // The admitted local client is served meanwhile, and the refusal is audited.
+    let mut probe = broker.probe(&home);
+    assert!(probe.request("list", json!({})).unwrap().is_ok());
+    wait_until("the ZAP refusal reaches the audit log", || {
+        home.audit()
+            .iter()
+            .any(|l| l["event"] == "auth_refused" && l["key"] == stranger.public.to_z85().as_str())
+    });
+}
+
+#[test]
+fn a_key_on_the_allow_list_is_admitted() {
+    let home = TestHome::new("allow");
+    std::fs::create_dir_all(&home.path).unwrap();
+    let friend = KeyPair::generate();
+    let list = home.path.join("friends");
+    std::fs::write(
+        &list,
+        format!("# lab members\n{}  alice's laptop\n", friend.public),
+    )
+    .unwrap();
+    let allow = format!("allow-list={}", list.display());
+    let broker = TestBroker::start_on(&home, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", &[&allow]);
+    let mut p = Probe::connect(&broker.endpoint, &broker.key, &friend, WATCHDOG).unwrap();
+    assert!(p.request("list", json!({})).unwrap().is_ok());
+}
+
+#[test]
+fn an_allow_list_writable_by_others_stops_the_broker_with_an_error_naming_it() {
+    let home = TestHome::new("badallow");
+    std::fs::create_dir_all(&home.path).unwrap();
+    let list = home.path.join("friends");
+    std::fs::write(&list, "").unwrap();
+    std::fs::set_permissions(&list, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let allow = format!("allow-list={}", list.display());
+    let mut proc = ChildProc::spawn(
+        "broker-run",
+        &[
+            home.path.to_str().unwrap(),
+            "tcp://127.0.0.1:*",
+            "tcp://127.0.0.1:*",
+            "100",
+            "3",
+            &allow,
+        ],
+    );
+    let status = proc.wait();
+    assert!(!status.success());
+    let stderr = proc.stderr();
+    // The stderr reader may lag the exit by a moment.
+    wait_until("the error reaches stderr", || {
+        proc.stderr().contains(list.to_str().unwrap())
+    });
+    assert!(
+        proc.stderr().contains("writable by group or others"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_broker_secret_key_readable_by_others_is_refused() {
+    let home = TestHome::new("badsecret");
+    let mut broker = TestBroker::start(&home);
+    broker.proc.kill();
+    let secret = home.path.join("keys").join("broker.secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut proc = ChildProc::spawn(
+        "broker-run",
+        &[
+            home.path.to_str().unwrap(),
+            "tcp://127.0.0.1:*",
+            "tcp://127.0.0.1:*",
+            "100",
+            "3",
+        ],
+    );
+    assert!(!proc.wait().success());
+    wait_until("the error names the file", || {
+        proc.stderr().contains(secret.to_str().unwrap())
+    });
+}

@@ -1,0 +1,166 @@
+//! One-way throughput of a labhub channel, producer and consumer in separate processes, against
+//! single-thread memcpy of the same frames measured in the same run.
+//!
+//! `cargo bench -p labhub --bench shm_throughput`
+//!
+//! The producer copies each frame into its slot (`begin_publish`, `copy_from_slice`, `publish`)
+//! on a lossless ring (Block) of 8 slots, or 1 MiB worth of small frames (256 × 4 KiB), so it can never outrun the consumer. The consumer is
+//! this executable re-spawned (`LABHUB_BENCH_ROLE=consumer`); it reads each frame in place and
+//! validates it, either touching only its first and last byte (`touch`; also with the consumer in
+//! `WaitMode::Spin` for 50 µs before sleeping: `touch, spin`) or reading every 8-byte word
+//! (`read`). The baseline copies the same frame into as many rotating destination buffers as the ring has
+//! slots (the same
+//! memory footprint as the ring) on one thread. Each figure is the median of 5 runs.
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use labhub::shm::{
+    self, AttachOptions, Backpressure, ChannelConfig, Consumer, Policy, Producer, WaitMode,
+};
+
+/// Ring slots for a frame size: 8, or enough for 1 MiB of small frames.
+fn slots(size: usize) -> u32 {
+    ((1usize << 20) / size).max(8) as u32
+}
+const RUNS: usize = 5;
+/// Bytes moved per run.
+const BYTES_PER_RUN: usize = 1 << 30;
+
+fn consumer_main() {
+    let name = std::env::var("LABHUB_BENCH_CHANNEL").unwrap();
+    let frames: u64 = std::env::var("LABHUB_BENCH_FRAMES")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mode = std::env::var("LABHUB_BENCH_READ").unwrap();
+    let read_all = mode == "read";
+    let wait = if mode == "spin" {
+        WaitMode::Spin {
+            spin_for: Duration::from_micros(50),
+        }
+    } else {
+        WaitMode::Blocking
+    };
+    let mut c = Consumer::attach(&name, AttachOptions::default().mode(wait)).unwrap();
+    let mut out = std::io::stdout();
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    let mut acc = 0u64;
+    for _ in 0..frames {
+        let f = c.next(Some(Duration::from_secs(60))).unwrap();
+        let d = f.data();
+        if read_all {
+            for w in d.chunks_exact(8) {
+                acc ^= u64::from_le_bytes(w.try_into().unwrap());
+            }
+        } else {
+            acc ^= u64::from(d[0]) ^ u64::from(d[d.len() - 1]);
+        }
+        f.finish().unwrap();
+    }
+    writeln!(out, "done {acc}").unwrap();
+    out.flush().unwrap();
+}
+
+fn memcpy_rate(size: usize) -> f64 {
+    let src = vec![0x5au8; size];
+    let mut dst: Vec<Vec<u8>> = (0..slots(size)).map(|_| vec![0u8; size]).collect();
+    let frames = (BYTES_PER_RUN / size).max(1);
+    let start = Instant::now();
+    for i in 0..frames {
+        let n = dst.len();
+        let d = &mut dst[i % n];
+        d.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(d);
+    }
+    (frames * size) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn channel_rate(size: usize, mode: &str) -> f64 {
+    let name = format!("bench-tp-{}-{size}-{mode}", std::process::id());
+    let _ = shm::remove_channel(&name);
+    let frames = (BYTES_PER_RUN / size).max(1) as u64;
+    let cfg = ChannelConfig::new(
+        Policy::Ring {
+            slots: slots(size),
+            when_full: Backpressure::Block {
+                timeout: Duration::from_secs(60),
+            },
+        },
+        size as u64,
+    );
+    let mut p = Producer::create(&name, cfg).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("LABHUB_BENCH_ROLE", "consumer")
+        .env("LABHUB_BENCH_CHANNEL", &name)
+        .env("LABHUB_BENCH_FRAMES", frames.to_string())
+        .env("LABHUB_BENCH_READ", mode)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let src = vec![0x5au8; size];
+    let start = Instant::now();
+    for _ in 0..frames {
+        let mut w = p.begin_publish().unwrap();
+        w.data_mut().copy_from_slice(std::hint::black_box(&src));
+        w.publish().unwrap();
+    }
+    let done = lines.next().unwrap().unwrap();
+    let elapsed = start.elapsed();
+    assert!(done.starts_with("done"));
+    child.wait().unwrap();
+    drop(p);
+    shm::remove_channel(&name).unwrap();
+    (frames as usize * size) as f64 / elapsed.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::var("LABHUB_BENCH_ROLE").as_deref() == Ok("consumer") {
+        consumer_main();
+        return;
+    }
+    // `cargo test --benches` runs benches with `--test`-like flags; only measure under `--bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("shm_throughput: run with `cargo bench` to measure");
+        return;
+    }
+    println!(
+        "| frame | memcpy GB/s | touch GB/s | ratio | touch, spin GB/s | ratio | read GB/s | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let only = std::env::var("LABHUB_BENCH_ONLY").ok();
+    for (label, size) in [("4 KiB", 4 << 10), ("1 MiB", 1 << 20), ("4 MiB", 4 << 20)] {
+        if only.as_deref().is_some_and(|o| o != label) {
+            continue;
+        }
+        let (mut base, mut touch, mut spin, mut read) = (vec![], vec![], vec![], vec![]);
+        // Interleave the measurements so machine noise hits all of them alike.
+        for _ in 0..RUNS {
+            base.push(memcpy_rate(size));
+            touch.push(channel_rate(size, "touch"));
+            spin.push(channel_rate(size, "spin"));
+            read.push(channel_rate(size, "read"));
+        }
+        let (b, t, sp, r) = (median(base), median(touch), median(spin), median(read));
+        println!(
+            "| {label} | {:.2} | {:.2} | {:.2}× | {:.2} | {:.2}× | {:.2} | {:.2}× |",
+            b / 1e9,
+            t / 1e9,
+            t / b,
+            sp / 1e9,
+            sp / b,
+            r / 1e9,
+            r / b
+        );
+    }
+}
