@@ -45,6 +45,7 @@ pub fn ipc_endpoint(tag: &str) -> String {
 }
 
 type Responder = Box<dyn FnOnce(u64) -> Vec<Vec<u8>> + Send>;
+type BodyMaker = Box<dyn Fn(u64) -> String + Send>;
 
 /// A fake broker: a CURVE ROUTER on its own thread answering each request with the next
 /// scripted responder (given the request id read from the body), in order.
@@ -182,7 +183,10 @@ fn a_call_without_a_broker_times_out_and_the_client_stays_usable_and_shuts_down(
         )
         .request_timeout(Duration::from_millis(100));
         let hub = Hub::connect(config).unwrap();
-        assert!(matches!(hub.list(None, None), Err(ClientError::Timeout { .. })));
+        assert!(matches!(
+            hub.list(None, None),
+            Err(ClientError::Timeout { .. })
+        ));
         drop(hub);
     });
 }
@@ -192,7 +196,10 @@ fn expect_bad_reply(hub: &Hub, fake: &FakeBroker, frames: Vec<Vec<u8>>, needle: 
     match hub.discover("cam0") {
         Err(ClientError::BadReply { request, problem }) => {
             assert_eq!(request, "discover");
-            assert!(problem.contains(needle), "{problem:?} should mention {needle:?}");
+            assert!(
+                problem.contains(needle),
+                "{problem:?} should mention {needle:?}"
+            );
         }
         other => panic!("expected BadReply mentioning {needle:?}, got {other:?}"),
     }
@@ -208,9 +215,11 @@ fn malformed_replies_from_a_fake_broker_are_typed_errors_and_the_client_stays_us
         expect_bad_reply(&hub, &fake, reply("[1, 2]"), "");
         expect_bad_reply(&hub, &fake, reply(r#"{"status":"ok"}"#), "");
         // Each case that carries the request id is routed to its request.
-        let cases: Vec<(Box<dyn Fn(u64) -> String + Send>, &str)> = vec![
+        let cases: Vec<(BodyMaker, &str)> = vec![
             (
-                Box::new(|id| format!(r#"{{"request_id":{id},"status":"ok","error_code":"none"}}"#)),
+                Box::new(|id| {
+                    format!(r#"{{"request_id":{id},"status":"ok","error_code":"none"}}"#)
+                }),
                 "message",
             ),
             (
@@ -227,10 +236,7 @@ fn malformed_replies_from_a_fake_broker_are_typed_errors_and_the_client_stays_us
                 }),
                 "channel",
             ),
-            (
-                Box::new(|id| ok_discover(id, "other")),
-                "channel.name",
-            ),
+            (Box::new(|id| ok_discover(id, "other")), "channel.name"),
             (
                 Box::new(|id| {
                     format!(
@@ -245,7 +251,10 @@ fn malformed_replies_from_a_fake_broker_are_typed_errors_and_the_client_stays_us
             match hub.discover("cam0") {
                 Err(ClientError::BadReply { request, problem }) => {
                     assert_eq!(request, "discover");
-                    assert!(problem.contains(needle), "{problem:?} should mention {needle:?}");
+                    assert!(
+                        problem.contains(needle),
+                        "{problem:?} should mention {needle:?}"
+                    );
                 }
                 other => panic!("expected BadReply mentioning {needle:?}, got {other:?}"),
             }
@@ -254,14 +263,29 @@ fn malformed_replies_from_a_fake_broker_are_typed_errors_and_the_client_stays_us
         expect_bad_reply(
             &hub,
             &fake,
-            vec![b"nothub".to_vec(), b"1".to_vec(), b"reply".to_vec(), b"{}".to_vec()],
+            vec![
+                b"nothub".to_vec(),
+                b"1".to_vec(),
+                b"reply".to_vec(),
+                b"{}".to_vec(),
+            ],
             "tag",
         );
-        expect_bad_reply(&hub, &fake, vec![b"labhub".to_vec(), b"1".to_vec()], "frames");
         expect_bad_reply(
             &hub,
             &fake,
-            vec![b"labhub".to_vec(), b"9".to_vec(), b"reply".to_vec(), b"{}".to_vec()],
+            vec![b"labhub".to_vec(), b"1".to_vec()],
+            "frames",
+        );
+        expect_bad_reply(
+            &hub,
+            &fake,
+            vec![
+                b"labhub".to_vec(),
+                b"9".to_vec(),
+                b"reply".to_vec(),
+                b"{}".to_vec(),
+            ],
             "version",
         );
         // A refusal is a typed refusal, and a good reply still works afterwards.
@@ -349,9 +373,11 @@ fn a_consumer_refuses_a_segment_whose_size_or_name_differs_from_what_the_broker_
         let n = name.clone();
         fake.answer(move |id| reply(&shm_discover(id, &n, "/labhub.1.other", real_size)));
         match find() {
-            Err(e @ ClientError::LayoutMismatch {
-                field: "shm_name", ..
-            }) => assert!(e.to_string().contains("shm_name"), "{e}"),
+            Err(
+                e @ ClientError::LayoutMismatch {
+                    field: "shm_name", ..
+                },
+            ) => assert!(e.to_string().contains("shm_name"), "{e}"),
             other => panic!("expected a segment name mismatch, got {other:?}"),
         }
 

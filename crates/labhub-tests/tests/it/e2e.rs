@@ -134,10 +134,16 @@ fn consumers_hear_their_producer_die_resume_after_its_restart_and_outlive_a_brok
     let mut producer = Proc::spawn("producer 2", "client-producer", &with_name);
     let ready = producer.wait_for("ready", |l| l.starts_with("ready"));
     let resumed_at: u64 = ready["ready ".len()..].parse().unwrap();
-    assert!(resumed_at > last_seen[0].max(last_seen[1]), "frame ids continue");
+    assert!(
+        resumed_at > last_seen[0].max(last_seen[1]),
+        "frame ids continue"
+    );
     for c in &mut consumers {
         let id = c.next_frame();
-        assert!(id >= resumed_at, "frame {id} came before the restart at {resumed_at}");
+        assert!(
+            id >= resumed_at,
+            "frame {id} came before the restart at {resumed_at}"
+        );
         assert!(c.next_frame() > id);
     }
 
@@ -243,7 +249,10 @@ fn wait_notice(consumer: &mut ShmConsumer, kind: &str) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "no {kind} notice within {WATCHDOG:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} notice within {WATCHDOG:?}"
+        );
         // Waiting for a frame is the consumer's way to wait for anything; none is coming.
         let _ = consumer.read(Some(Duration::from_millis(20)), |_| ());
     }
@@ -259,7 +268,9 @@ fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_s
     let mut consumer = consumer_hub
         .find_shm_consumer(&name, AttachOptions::default())
         .unwrap();
-    producer.publish_bytes(b"old", &FrameMeta::default()).unwrap();
+    producer
+        .publish_bytes(b"old", &FrameMeta::default())
+        .unwrap();
     let frame = consumer.next_copy(Some(WATCHDOG)).unwrap();
     assert_eq!((frame.frame_id, frame.data.as_slice()), (0, &b"old"[..]));
 
@@ -274,7 +285,9 @@ fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_s
     // keeps publishing until one arrives.
     let deadline = Instant::now() + WATCHDOG;
     let frame = loop {
-        producer.publish_bytes(b"new", &FrameMeta::default()).unwrap();
+        producer
+            .publish_bytes(b"new", &FrameMeta::default())
+            .unwrap();
         match consumer.next_copy(Some(Duration::from_millis(20))) {
             Ok(frame) => break frame,
             Err(ConsumeError::Timeout { .. }) => {}
@@ -283,7 +296,10 @@ fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_s
         assert!(Instant::now() < deadline, "the consumer never resumed");
     };
     assert_eq!(frame.data, b"new");
-    assert!(frame.frame_id < producer.next_frame_id(), "a frame of the new segment");
+    assert!(
+        frame.frame_id < producer.next_frame_id(),
+        "a frame of the new segment"
+    );
     assert_eq!(consumer.counters().reattached.load(Ordering::Relaxed), 1);
 
     // The heartbeat carries the producer's counters to the broker.
@@ -295,7 +311,10 @@ fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_s
             assert_eq!(info.consumers, 1);
             break;
         }
-        assert!(Instant::now() < deadline, "counters never reported: {info:?}");
+        assert!(
+            Instant::now() < deadline,
+            "counters never reported: {info:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 

@@ -37,14 +37,24 @@ enum Command {
         reply: ReplySender,
     },
     /// Forget a channel end: unregister (producer) or detach (consumer), no answer awaited.
-    Forget { name: ChannelName, role: Role },
-    Track { id: u64, tracked: Tracked },
-    Untrack { id: u64 },
+    Forget {
+        name: ChannelName,
+        role: Role,
+    },
+    Track {
+        id: u64,
+        tracked: Tracked,
+    },
+    Untrack {
+        id: u64,
+    },
     Subscribe {
         channel: Option<ChannelName>,
         tx: Sender<Notice>,
     },
-    Shutdown { done: SyncSender<()> },
+    Shutdown {
+        done: SyncSender<()>,
+    },
 }
 
 enum Waiter {
@@ -93,9 +103,7 @@ impl Shared {
             return;
         }
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        let sent = self
-            .send(Command::Shutdown { done: done_tx })
-            .is_ok();
+        let sent = self.send(Command::Shutdown { done: done_tx }).is_ok();
         // No further command can be sent; the worker ends when the queue is drained.
         self.commands
             .lock()
@@ -154,14 +162,13 @@ fn curve_socket(
     endpoint: &str,
 ) -> Result<Socket, ClientError> {
     let err = |what| zmq_err(what, endpoint);
-    let socket = context
-        .socket(kind)
-        .map_err(err("creating a socket"))?;
-    let server = CurvePublicKey::from_bytes(config.server_key.as_bytes())
-        .map_err(|e| ClientError::Config {
+    let socket = context.socket(kind).map_err(err("creating a socket"))?;
+    let server = CurvePublicKey::from_bytes(config.server_key.as_bytes()).map_err(|e| {
+        ClientError::Config {
             path: "server_key".into(),
             problem: e.to_string(),
-        })?;
+        }
+    })?;
     let public = CurvePublicKey::from_bytes(config.keys.public.as_bytes()).map_err(|e| {
         ClientError::Config {
             path: "client key".into(),
@@ -187,9 +194,7 @@ fn curve_socket(
     socket
         .set_reconnect_ivl_max(Duration::from_secs(1))
         .map_err(err("setting the reconnect interval"))?;
-    socket
-        .connect(endpoint)
-        .map_err(err("connecting"))?;
+    socket.connect(endpoint).map_err(err("connecting"))?;
     Ok(socket)
 }
 
@@ -382,7 +387,12 @@ impl Hub {
         Ok(rx)
     }
 
-    pub(crate) fn track(&self, name: ChannelName, role: Role, counters: &Arc<ChannelCounters>) -> u64 {
+    pub(crate) fn track(
+        &self,
+        name: ChannelName,
+        role: Role,
+        counters: &Arc<ChannelCounters>,
+    ) -> u64 {
         let id = self.next_id();
         let _ = self.shared.send(Command::Track {
             id,
@@ -471,17 +481,18 @@ pub(crate) fn check_reply(request: &Request, reply: Reply) -> Result<Reply, Clie
         )));
     }
     match request {
-        Request::Discover(Discover { name, .. })
-        | Request::Attach(ChannelRequest { name, .. }) => match &reply.channel {
-            None => return Err(bad("field channel is missing".into())),
-            Some(info) if &info.spec.name != name => {
-                return Err(bad(format!(
-                    "field channel.name is {}, the request asked for {name}",
-                    info.spec.name
-                )));
+        Request::Discover(Discover { name, .. }) | Request::Attach(ChannelRequest { name, .. }) => {
+            match &reply.channel {
+                None => return Err(bad("field channel is missing".into())),
+                Some(info) if &info.spec.name != name => {
+                    return Err(bad(format!(
+                        "field channel.name is {}, the request asked for {name}",
+                        info.spec.name
+                    )));
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
-        },
+        }
         Request::List(_) if reply.channels.is_none() => {
             return Err(bad("field channels is missing".into()));
         }
@@ -587,8 +598,7 @@ impl Worker {
             }
         }
         if sub_ready {
-            loop {
-                let Some(sub) = &self.sub else { break };
+            while let Some(sub) = &self.sub {
                 let Ok(frames) = sub.recv_multipart_bytes(Flags::DONTWAIT) else {
                     break;
                 };
@@ -729,10 +739,8 @@ impl Worker {
                 }
             }
             match &p.request {
-                Request::Register(r) => {
-                    if !matches!(p.waiter, Waiter::Farewell) {
-                        self.owned.insert(r.channel.name.clone(), r.channel.clone());
-                    }
+                Request::Register(r) if !matches!(p.waiter, Waiter::Farewell) => {
+                    self.owned.insert(r.channel.name.clone(), r.channel.clone());
                 }
                 Request::Attach(r) => {
                     self.attached.insert(r.name.clone());
@@ -867,7 +875,11 @@ impl Worker {
             && seq <= last
         {
             // Sequence numbers restart with the broker.
-            tracing::debug!(seq, last, "notification sequence restarted (broker restart?)");
+            tracing::debug!(
+                seq,
+                last,
+                "notification sequence restarted (broker restart?)"
+            );
         }
         self.last_seq = Some(seq);
         // The broker dropped one of our consumers (we were silent too long): attach again.
@@ -880,7 +892,11 @@ impl Worker {
                 client: self.client_id.clone(),
                 name: name.clone(),
             });
-            self.send(request, Instant::now() + self.request_timeout, Waiter::Reregister);
+            self.send(
+                request,
+                Instant::now() + self.request_timeout,
+                Waiter::Reregister,
+            );
         }
         self.publish(&Notice::Broker(notification));
     }

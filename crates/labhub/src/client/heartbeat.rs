@@ -113,7 +113,10 @@ mod tests {
         // Every counter name passes the broker's validation.
         for counters in out.values() {
             for key in counters.keys() {
-                assert!(key.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_'));
+                assert!(
+                    key.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                );
             }
         }
     }

@@ -155,12 +155,13 @@ impl ClientConfig {
     /// [`ClientConfig::from_home`] for the labhub home: `LABHUB_HOME`, else the platform's data
     /// directory.
     pub fn from_env() -> Result<Self, ClientError> {
-        let home = crate::broker::config::default_home(&|k| std::env::var(k).ok()).map_err(|e| {
-            ClientError::Config {
-                path: PathBuf::from("LABHUB_HOME"),
-                problem: e.to_string(),
-            }
-        })?;
+        let home =
+            crate::broker::config::default_home(&|k| std::env::var(k).ok()).map_err(|e| {
+                ClientError::Config {
+                    path: PathBuf::from("LABHUB_HOME"),
+                    problem: e.to_string(),
+                }
+            })?;
         Self::from_home(&home)
     }
 
@@ -270,7 +271,9 @@ pub enum ClientError {
         found: ChannelKind,
     },
     /// What the broker announces disagrees with the channel itself (review item 1.2).
-    #[error("channel {channel}: the broker announces {field} = {broker}, the segment has {segment}")]
+    #[error(
+        "channel {channel}: the broker announces {field} = {broker}, the segment has {segment}"
+    )]
     LayoutMismatch {
         /// The channel.
         channel: String,

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use super::heartbeat::{ChannelCounters, Role};
 use super::{ClientError, Hub, Notice};
 use crate::protocol::{
-    ChannelInfo, ChannelKind, ChannelName, ChannelSpec, ErrorCode, Metadata, Notification,
-    ShmName,
+    ChannelInfo, ChannelKind, ChannelName, ChannelSpec, ErrorCode, Metadata, Notification, ShmName,
 };
 use crate::shm::{
     self, AttachOptions, Backpressure, ChannelConfig, ChannelError, Consumer, Frame, FrameMeta,
@@ -335,7 +334,7 @@ pub enum ConsumeError {
         channel: String,
         /// Why.
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
 }
 
@@ -495,10 +494,12 @@ impl ShmConsumer {
     }
 
     fn resume(&mut self) -> Result<(), ConsumeError> {
-        self.try_resume().map(|_| ()).map_err(|source| ConsumeError::Resume {
-            channel: self.name.to_string(),
-            source,
-        })
+        self.try_resume()
+            .map(|_| ())
+            .map_err(|source| ConsumeError::Resume {
+                channel: self.name.to_string(),
+                source: Box::new(source),
+            })
     }
 
     /// Switches to a new segment if the producer recreated it, or to a new table entry if this

@@ -22,8 +22,12 @@ use labhub::shm::{AttachOptions, Backpressure, ChannelConfig, FrameMeta, Policy}
 pub fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
     match (role, args) {
         ("client-broker", [home, endpoint, notify]) => broker(home, endpoint, notify),
-        ("client-producer", [home, endpoint, notify, name]) => producer(home, endpoint, notify, name),
-        ("client-consumer", [home, endpoint, notify, name]) => consumer(home, endpoint, notify, name),
+        ("client-producer", [home, endpoint, notify, name]) => {
+            producer(home, endpoint, notify, name)
+        }
+        ("client-consumer", [home, endpoint, notify, name]) => {
+            consumer(home, endpoint, notify, name)
+        }
         _ => bail!("bad client role {role:?} {args:?}"),
     }
 }
