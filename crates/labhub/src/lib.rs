@@ -17,6 +17,7 @@
 //! | [`protocol`] | the broker's wire messages: frames, types, typed decoding and validation |
 //! | [`broker`] | the broker: registry and watchdog, keys, config, audit trail, CurveZMQ server |
 //! | [`client`] | the Hub client: a lifecycle module (heartbeat, re-registration) and the channel factories |
+//! | [`msg`] | ZeroMQ publish/subscribe and request/reply channels, optionally CurveZMQ-encrypted |
 //!
 //! See `docs/ARCHITECTURE.md` for the design.
 #![deny(missing_docs)]
@@ -28,5 +29,6 @@ pub mod lifecycle;
 pub mod log;
 pub mod protocol;
 pub mod shm;
+pub mod msg;
 pub mod sync;
 pub mod sys;

@@ -7,4 +7,5 @@ mod filelock;
 mod lifecycle;
 mod log;
 mod shm;
+mod msg;
 mod sync;

@@ -8,6 +8,7 @@ mod filelock;
 mod lifecycle;
 mod log;
 mod shm;
+mod msg;
 mod sync;
 
 fn main() -> anyhow::Result<()> {
@@ -23,6 +24,7 @@ fn main() -> anyhow::Result<()> {
         "log-append" => log::append(&rest),
         "log-spam" => log::spam(&rest),
         r if r.starts_with("shm-") => shm::run(r, &rest),
+        r if r.starts_with("msg-") => msg::run(r, &rest),
         r if r.starts_with("sync-") => sync::run(r, &rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),
     }
