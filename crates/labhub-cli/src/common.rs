@@ -25,7 +25,8 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "ENDPOINT")]
     pub broker: Option<String>,
     /// The broker's public key: 40 Z85 characters, or a file holding them [default: <home>/keys/broker.pub].
-    #[arg(long, value_name = "KEY|FILE")]
+    // Z85 keys may start with `-`.
+    #[arg(long, value_name = "KEY|FILE", allow_hyphen_values = true)]
     pub server_key: Option<String>,
     /// The labhub home (the broker's public key, this user's client key) [env: LABHUB_HOME] [default: <data dir>/labhub].
     #[arg(long, value_name = "DIR")]

@@ -5,7 +5,7 @@
 //! | 0 | [`OK`] | success (also when stdout was closed early: a broken pipe) |
 //! | 1 | [`FAILURE`] | a runtime failure (the error and its causes are printed on stderr) |
 //! | 2 | [`USAGE`] | a usage error: unknown flag, bad value; nothing was done |
-//! | 3 | [`UNREACHABLE`] | the broker did not answer in time (not running, wrong endpoint or key, not admitted) |
+//! | 3 | [`UNREACHABLE`] | no reply in time: the broker (not running, wrong endpoint or key, not admitted), or the server of `call` |
 //! | 4 | [`NOT_FOUND`] | the channel named does not exist |
 
 use labhub::client::ClientError;
@@ -28,7 +28,7 @@ Exit codes:
   0  success (a closed stdout, e.g. `labhub ls | head -1`, is success too)
   1  runtime failure (the error and its causes are printed on stderr)
   2  usage error (bad flag or value; nothing was done)
-  3  broker unreachable: no reply within the timeout
+  3  no reply within the timeout (broker unreachable, or `call`'s server silent)
   4  channel not found";
 
 /// Bad input found while validating the arguments, before any side effect.
@@ -55,6 +55,9 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// The exit code for `error`: the first cause in its chain that has a code of its own decides.
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
+        if let Some(labhub::msg::MsgError::Timeout { .. }) = cause.downcast_ref() {
+            return UNREACHABLE;
+        }
         if cause.is::<UsageError>() {
             return USAGE;
         }

@@ -43,6 +43,15 @@ enum Command {
     /// Watch a channel's frame rate, throughput, latency and losses live.
     #[command(after_help = exit::HELP)]
     Watch(cmd::watch::WatchArgs),
+    /// Publish messages on a pub/sub channel.
+    #[command(after_help = exit::HELP)]
+    Pub(cmd::publish::PubArgs),
+    /// Print the messages of a pub/sub channel.
+    #[command(after_help = exit::HELP)]
+    Sub(cmd::subscribe::SubArgs),
+    /// Send one request to a request/reply channel and print the reply.
+    #[command(after_help = exit::HELP)]
+    Call(cmd::call::CallArgs),
     /// Run an embedded broker, a synthetic camera and consumers, and measure them.
     #[command(after_help = exit::HELP)]
     Demo(cmd::demo::DemoArgs),
@@ -70,6 +79,9 @@ fn main() -> ExitCode {
         Some(Command::Ls(args)) => cmd::ls::run(args, verbose),
         Some(Command::Info(args)) => cmd::info::run(args, verbose),
         Some(Command::Watch(args)) => cmd::watch::run(args, verbose),
+        Some(Command::Pub(args)) => cmd::publish::run(args, verbose),
+        Some(Command::Sub(args)) => cmd::subscribe::run(args, verbose),
+        Some(Command::Call(args)) => cmd::call::run(args, verbose),
         Some(Command::Demo(args)) => cmd::demo::run(args, verbose),
     };
     match result {

@@ -460,7 +460,13 @@ fn ls_with_no_broker_fails_with_the_unreachable_code() {
         .local_addr()
         .unwrap()
         .port();
-    let key = KeyPair::generate().public.to_z85();
+    // A key that starts with `-` (Z85 allows it) must still be taken as the value.
+    let key = loop {
+        let k = KeyPair::generate().public.to_z85();
+        if k.starts_with('-') {
+            break k;
+        }
+    };
     let mut c = labhub(home.path());
     c.args([
         "ls",
@@ -474,4 +480,147 @@ fn ls_with_no_broker_fails_with_the_unreachable_code() {
     let r = run(c);
     assert_eq!(r.code, UNREACHABLE, "{}", r.stderr);
     assert!(r.stderr.contains("no reply"), "{}", r.stderr);
+}
+
+/// Registers `server`'s endpoint as a request/reply channel through `hub`.
+fn register_reqrep(hub: &Hub, name: &str, endpoint: &str) {
+    use labhub::protocol::{ChannelKind, ChannelName, ChannelSpec, Endpoint, Metadata};
+    hub.register(ChannelSpec {
+        name: ChannelName::new(name).unwrap(),
+        kind: ChannelKind::Reqrep,
+        endpoint: Some(Endpoint::new(endpoint).unwrap()),
+        shm_name: None,
+        size: None,
+        policy: None,
+        schema: None,
+        metadata: Metadata::new(),
+    })
+    .unwrap();
+}
+
+#[test]
+fn call_sends_a_request_and_prints_the_reply() {
+    let broker = Broker::start();
+    let hub = broker.hub();
+    let name = unique("cli-call");
+    let context = labhub::msg::Context::new().unwrap();
+    let server = labhub::msg::ReqServer::builder(&context).create().unwrap();
+    register_reqrep(&hub, &name, server.endpoint());
+    let stop = Arc::new(AtomicBool::new(false));
+    let serving = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut served = 0;
+            while !stop.load(Ordering::Relaxed) {
+                server
+                    .serve_one(Duration::from_millis(50), |req| {
+                        served += 1;
+                        req.to_ascii_uppercase()
+                    })
+                    .unwrap();
+            }
+            served
+        })
+    };
+    let r = run(broker.labhub(&["call", &name, "hello labhub"]));
+    let r_json = run(broker.labhub(&["call", &name, "again", "--json"]));
+    stop.store(true, Ordering::Relaxed);
+    let served = serving.join().unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "HELLO LABHUB\n");
+    assert_eq!(r_json.code, 0, "{}", r_json.stderr);
+    let v = json(&r_json.stdout);
+    assert_eq!(v["reply"], "AGAIN");
+    assert_eq!(v["utf8"], true);
+    assert!(served >= 2);
+    hub.shutdown();
+}
+
+#[test]
+fn call_to_a_silent_server_exits_with_the_timeout_code() {
+    let broker = Broker::start();
+    let hub = broker.hub();
+    let name = unique("cli-silent");
+    let context = labhub::msg::Context::new().unwrap();
+    // Bound and registered, never serving.
+    let server = labhub::msg::ReqServer::builder(&context).create().unwrap();
+    register_reqrep(&hub, &name, server.endpoint());
+    let r = run(broker.labhub(&["call", &name, "anyone?", "--timeout", "300ms"]));
+    assert_eq!(r.code, UNREACHABLE, "{}", r.stderr);
+    assert!(r.stderr.contains("no reply"), "{}", r.stderr);
+    drop(server);
+    hub.shutdown();
+}
+
+#[test]
+fn call_of_a_missing_channel_exits_with_the_not_found_code() {
+    let broker = Broker::start();
+    let r = run(broker.labhub(&["call", "nobody-serves-this", "x"]));
+    assert_eq!(r.code, NOT_FOUND, "{}", r.stderr);
+}
+
+#[test]
+fn pub_and_sub_round_trip_messages_through_a_registered_channel() {
+    use std::io::Write as _;
+    let broker = Broker::start();
+    let name = unique("cli-pubsub");
+    let mut publisher = broker
+        .labhub(&[
+            "pub",
+            &name,
+            "-",
+            "--topic",
+            "temps",
+            "--wait-subscribers",
+            "1",
+            "--json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stdin lines wait in the pipe until the subscriber is there.
+    let mut stdin = publisher.stdin.take().unwrap();
+    stdin.write_all(b"21.5\n22.0\n").unwrap();
+    drop(stdin);
+    // Synchronise on the publisher's "waiting for 1 subscriber(s)" line: registered by then.
+    let stderr = publisher.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(WATCHDOG) {
+            Ok(line) if line.starts_with("waiting for 1 subscriber") => break,
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = publisher.kill();
+                panic!("labhub pub never waited for subscribers: {seen:?}");
+            }
+        }
+    }
+    let sub = run(broker.labhub(&["sub", &name, "--count", "2", "--json"]));
+    let status = publisher
+        .wait_timeout(WATCHDOG)
+        .unwrap()
+        .expect("pub ended");
+    let mut pub_out = String::new();
+    publisher
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut pub_out)
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(json(&pub_out)["sent"], 2);
+    assert_eq!(sub.code, 0, "{}", sub.stderr);
+    let messages: Vec<Value> = sub.stdout.lines().map(json).collect();
+    assert_eq!(messages.len(), 2, "{}", sub.stdout);
+    assert_eq!(messages[0]["topic"], "temps");
+    assert_eq!(messages[0]["payload"], "21.5");
+    assert_eq!(messages[1]["payload"], "22.0");
 }

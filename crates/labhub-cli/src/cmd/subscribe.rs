@@ -1,0 +1,102 @@
+//! `labhub sub CHANNEL`: print the messages of a pub/sub channel.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use labhub::client::ClientError;
+use labhub::msg::{Context, Subscriber};
+use labhub::protocol::{ChannelKind, ChannelName};
+
+use crate::common::{self, ConnectArgs, out, out_json};
+use crate::exit::UsageError;
+
+/// Print the messages of a pub/sub channel: finds its endpoint through the broker, connects,
+/// attaches at the broker as a consumer (so `labhub pub --wait-subscribers` sees it), and
+/// prints one line per message: `TOPIC<TAB>PAYLOAD` (payload as UTF-8, lossy), or with --json
+/// {"topic": string, "payload": string, "utf8": bool} per line. Ends after --count messages or
+/// --seconds, else with Ctrl-C.
+#[derive(Debug, clap::Args)]
+pub struct SubArgs {
+    /// The channel name.
+    #[arg(value_name = "CHANNEL")]
+    channel: String,
+    /// Only messages whose topic starts with this prefix (repeatable; default: all).
+    #[arg(long)]
+    topic: Vec<String>,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    seconds: Option<f64>,
+    /// Print JSON Lines.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// Subscribes and prints.
+pub fn run(args: SubArgs, verbose: u8) -> anyhow::Result<()> {
+    ChannelName::new(args.channel.as_str())
+        .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
+    if let Some(s) = args.seconds
+        && !(s.is_finite() && s > 0.0)
+    {
+        return Err(UsageError(format!("--seconds {s} must be more than 0")).into());
+    }
+    let config = args.connect.resolve()?;
+    let (_guard, hub) = common::connect(verbose, config)?;
+    let info = hub.discover(&args.channel)?;
+    if info.spec.kind != ChannelKind::Pubsub {
+        return Err(ClientError::WrongKind {
+            channel: args.channel.clone(),
+            expected: ChannelKind::Pubsub,
+            found: info.spec.kind,
+        }
+        .into());
+    }
+    let endpoint = info
+        .spec
+        .endpoint
+        .context("the broker announces no endpoint for this channel")?;
+    let context = Context::new().context("creating the ZeroMQ context")?;
+    let mut builder = Subscriber::builder(&context, endpoint.as_str());
+    builder = if args.topic.is_empty() {
+        builder.all_topics()
+    } else {
+        args.topic.iter().fold(builder, |b, t| b.topic(t))
+    };
+    let subscriber = builder.open()?;
+    hub.attach(&args.channel)?;
+    let end = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let mut received = 0u64;
+    while args.count.is_none_or(|n| received < n) {
+        let wait = match end {
+            Some(e) => {
+                let left = e.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                left.min(Duration::from_millis(200))
+            }
+            None => Duration::from_millis(200),
+        };
+        let Some(message) = subscriber.recv(wait)? else {
+            continue;
+        };
+        received += 1;
+        let topic = String::from_utf8_lossy(message.topic());
+        let utf8 = std::str::from_utf8(message.payload()).is_ok();
+        let payload = String::from_utf8_lossy(message.payload());
+        if args.json {
+            out_json(&serde_json::json!({"topic": topic, "payload": payload, "utf8": utf8}))?;
+        } else {
+            out(format!("{topic}\t{payload}"))?;
+        }
+    }
+    let _ = hub.detach(&args.channel);
+    Ok(())
+}
