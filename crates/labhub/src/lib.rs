@@ -27,6 +27,7 @@ pub mod client;
 pub mod filelock;
 pub mod lifecycle;
 pub mod log;
+pub mod msg;
 pub mod protocol;
 pub mod shm;
 pub mod msg;

@@ -361,3 +361,75 @@ fn a_producer_restarting_before_the_broker_noticed_its_death_waits_and_takes_the
     hub.shutdown();
     let _ = labhub::shm::remove_channel(&name);
 }
+
+#[test]
+fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker() {
+    let broker = TestBroker::start();
+    let server_hub = broker.client();
+    let client_hub = broker.client();
+    let topic_name = unique("topic");
+    let rpc_name = unique("rpc");
+
+    let publisher = server_hub.create_publisher(&topic_name).unwrap();
+    let server = server_hub.create_req_server(&rpc_name).unwrap();
+    for name in [&topic_name, &rpc_name] {
+        let endpoint = client_hub.discover(name).unwrap().spec.endpoint.unwrap();
+        let endpoint = endpoint.as_str();
+        assert!(
+            endpoint.starts_with("tcp://127.0.0.1:") && !endpoint.ends_with(":0"),
+            "{endpoint} must be dialable"
+        );
+    }
+
+    // Pub/sub: the subscriber joins late (ZeroMQ's slow joiner), so publish until it hears.
+    let subscriber = client_hub.find_subscriber(&topic_name, &[b"cam"]).unwrap();
+    let deadline = Instant::now() + WATCHDOG;
+    let got = loop {
+        publisher
+            .send_json("cam0", &serde_json::json!({"frame": 1}))
+            .unwrap();
+        publisher.send(b"other", b"ignored").unwrap();
+        if let Some(m) = subscriber
+            .recv_json::<serde_json::Value>(Duration::from_millis(20))
+            .unwrap()
+        {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber never heard the publisher"
+        );
+    };
+    assert_eq!(got.value["frame"], 1);
+
+    // Request/reply: the server answers on a thread of its own.
+    let mut client = client_hub.find_req_client(&rpc_name).unwrap();
+    let serving = std::thread::spawn(move || {
+        server
+            .serve_one(WATCHDOG, |request| [request, b"/pong"].concat())
+            .unwrap();
+        server
+    });
+    assert_eq!(client.request(b"ping", WATCHDOG).unwrap(), b"ping/pong");
+    let server = serving.join().unwrap();
+
+    // A channel of the wrong kind is refused by name.
+    assert!(matches!(
+        client_hub.find_req_client(&topic_name),
+        Err(labhub::client::ClientError::WrongKind { .. })
+    ));
+    let listed = client_hub.list(None, None).unwrap();
+    for (name, kind) in [
+        (&topic_name, ChannelKind::Pubsub),
+        (&rpc_name, ChannelKind::Reqrep),
+    ] {
+        let ch = listed
+            .iter()
+            .find(|c| c.spec.name.as_str() == name.as_str());
+        let ch = ch.unwrap_or_else(|| panic!("{name} not listed"));
+        assert_eq!((ch.spec.kind, ch.consumers), (kind, 1));
+    }
+    drop((publisher, server, subscriber, client));
+    server_hub.shutdown();
+    client_hub.shutdown();
+}

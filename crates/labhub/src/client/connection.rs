@@ -33,6 +33,7 @@ type ReplySender = SyncSender<Result<Reply, ClientError>>;
 enum Command {
     Request {
         request: Request,
+        started: Instant,
         timeout: Duration,
         reply: ReplySender,
     },
@@ -72,6 +73,7 @@ struct Pending {
 }
 
 struct Shared {
+    context: Context,
     commands: Mutex<Option<Sender<Command>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
     next_id: Arc<AtomicU64>,
@@ -252,6 +254,7 @@ impl Hub {
         tracing::debug!(%client_id, endpoint = %config.endpoint, "hub client started");
         Ok(Self {
             shared: Arc::new(Shared {
+                context,
                 commands: Mutex::new(Some(tx)),
                 worker: Mutex::new(Some(handle)),
                 next_id,
@@ -274,6 +277,10 @@ impl Hub {
         &self.shared.endpoint
     }
 
+    pub(crate) fn context(&self) -> &Context {
+        &self.shared.context
+    }
+
     pub(crate) fn takeover_wait(&self) -> Duration {
         self.shared.takeover_wait
     }
@@ -289,6 +296,7 @@ impl Hub {
         let (tx, rx) = mpsc::sync_channel(1);
         self.shared.send(Command::Request {
             request,
+            started: Instant::now(),
             timeout,
             reply: tx,
         })?;
@@ -611,9 +619,17 @@ impl Worker {
         match command {
             Command::Request {
                 request,
+                started,
                 timeout,
                 reply,
-            } => self.send(request, Instant::now() + timeout, Waiter::Caller(reply)),
+            } => {
+                let id = request.request_id();
+                self.send(request, started + timeout, Waiter::Caller(reply));
+                // Time the wait from the caller's call, not from the send.
+                if let Some(p) = self.pending.get_mut(&id) {
+                    p.sent = started;
+                }
+            }
             Command::Forget { name, role } => {
                 let request = match role {
                     Role::Producer => {

@@ -19,6 +19,10 @@
 //! - The client is a lifecycle module ([`module`], review item 1.1): it starts after the log
 //!   module and stops before it; [`hub`] returns the running client of the global lifecycle.
 //!
+//! Message channels: [`Hub::create_publisher`] / [`Hub::find_subscriber`] and
+//! [`Hub::create_req_server`] / [`Hub::find_req_client`] bind on a free loopback port, register
+//! the dialable endpoint (never `0.0.0.0`), and discover and connect (see [`crate::msg`]).
+//!
 //! Channels: [`Hub::create_shm_producer`] creates a shared-memory channel and registers it;
 //! [`Hub::find_shm_consumer`] discovers one and attaches, checking the size the broker announces
 //! against the segment's header (review item 1.2). An [`ShmConsumer`] resumes by itself when
@@ -39,6 +43,7 @@
 
 mod connection;
 mod heartbeat;
+mod msg;
 mod shm;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +52,7 @@ use std::time::Duration;
 
 pub use connection::Hub;
 pub use heartbeat::ChannelCounters;
+pub use msg::Registered;
 pub use shm::{ConsumeError, OwnedFrame, ShmConsumer, ShmProducer};
 
 use crate::broker::keys::{self, KeyError, KeyPair, PublicKey};
@@ -283,6 +289,15 @@ pub enum ClientError {
         broker: String,
         /// The segment's value.
         segment: String,
+    },
+    /// Creating or connecting a ZeroMQ message channel failed.
+    #[error("message channel {channel}")]
+    Msg {
+        /// The channel.
+        channel: String,
+        /// The cause.
+        #[source]
+        source: Box<crate::msg::MsgError>,
     },
     /// Creating or attaching to the shared-memory channel failed.
     #[error("shared-memory channel {channel}")]

@@ -359,6 +359,7 @@ impl Consumer {
         Frame {
             consumer: self,
             snap,
+            validated: std::cell::Cell::new(false),
         }
     }
 
@@ -450,6 +451,7 @@ struct Snapshot {
 pub struct Frame<'a> {
     consumer: &'a mut Consumer,
     snap: Snapshot,
+    validated: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for Frame<'_> {
@@ -505,6 +507,8 @@ impl Frame<'_> {
                 frame_id: self.snap.frame,
             });
         }
+        // Whole as read: an overwrite after this point is not a loss to this reader.
+        self.validated.set(true);
         if let Some(computed) = computed
             && computed != self.snap.checksum
         {
@@ -535,7 +539,7 @@ impl Drop for Frame<'_> {
     fn drop(&mut self) {
         let c = &mut *self.consumer;
         let m = c.view.slot_meta(self.snap.frame);
-        if m.seq.load(Ordering::Acquire) != self.snap.seq {
+        if !self.validated.get() && m.seq.load(Ordering::Acquire) != self.snap.seq {
             c.lose(1);
         }
         c.entry().held.store(0, Ordering::Relaxed);
