@@ -7,6 +7,7 @@
 //! ```sh
 //! cargo bench -p labhub-zmq --bench bare_router_echo
 //! ```
+#![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use std::hint::black_box;
 use std::thread::JoinHandle;

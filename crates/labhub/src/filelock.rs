@@ -240,7 +240,12 @@ impl FileLock {
         let free = file
             .try_lock_exclusive()
             .map_err(FileLockError::io("lock", &lock_path))?;
-        // Closing the file releases the probe's own lock before other threads may claim it.
+        // Release the probe's own lock explicitly (a close alone would leave it held by any
+        // child forked meanwhile, until that child execs), before other threads may claim it.
+        if free {
+            file.unlock()
+                .map_err(FileLockError::io("unlock", &lock_path))?;
+        }
         drop(file);
         drop(claim);
         Ok(if free {
@@ -264,24 +269,34 @@ impl FileLock {
 /// A held lock; dropping it unlocks.
 ///
 /// The guard may move to another thread: the OS lock belongs to the open lock file, not to a
-/// thread. Dropping the guard closes the lock file, which releases the OS lock, and then
-/// releases the in-process claim.
+/// thread. Dropping the guard releases the OS lock with an explicit `LOCK_UN`, closes the lock
+/// file, and then releases the in-process claim.
 ///
-/// Forking without exec copies the guard, its descriptor and the registry into the child
-/// (`std::process::Command` execs, and the descriptor is close-on-exec, so it is unaffected).
-/// The lock then stays held until both copies are dropped; the unlock is a close, not an
-/// explicit `LOCK_UN`, precisely so that a child dropping its copy can never release the
-/// parent's lock. The child should not lock paths its parent held at the fork: its copy of the
-/// registry still shows them claimed.
+/// The unlock is explicit rather than a mere close because a process that spawns children
+/// shares every open descriptor with each child between `fork` and `exec` (close-on-exec only
+/// closes it at `exec`): a close alone would leave the lock held by such a child for that
+/// window, and another process could find it locked after this guard was dropped. A child
+/// forked *without* exec that drops its copy of a guard therefore does release the parent's
+/// lock; do not lock in a process you fork without exec.
 #[derive(Debug)]
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct FileLockGuard {
     // Field order matters: fields drop in declaration order, so the file (and with it the OS
     // lock) is released before the in-process claim, and a thread woken by the claim finds
     // the OS lock free.
-    #[expect(dead_code, reason = "holding the open file is holding the OS lock")]
     file: LockFile,
     claim: Claim,
+}
+
+impl Drop for FileLockGuard {
+    fn drop(&mut self) {
+        // Release the lock on the open file description itself, so a descriptor copy held
+        // by a child between fork and exec cannot keep it locked. If this fails (it cannot
+        // for a valid descriptor), closing the file below still releases it eventually.
+        if let Err(e) = self.file.unlock() {
+            tracing::warn!(lock = %self.claim.lock_path.display(), error = %e, "unlock failed");
+        }
+    }
 }
 
 impl FileLockGuard {

@@ -9,6 +9,7 @@ use tracing::Level;
 
 use super::format::{self, LEVEL_WIDTH, Line, TIMESTAMP_LEN};
 use super::{LogError, Sink};
+use crate::sys::LockFile;
 use crate::sys::log_sys::{self, SyslogSeverity};
 
 /// Largest run of whole lines handed to one `write(2)`; a single longer line is written alone.
@@ -53,14 +54,8 @@ impl OpenSink {
                 }
                 let file = open_append(path)?;
                 let lock_path = sidecar(path, ".lock");
-                let lock = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o644)
-                    .open(&lock_path)
-                    .map_err(|source| LogError::Open {
+                let lock =
+                    LockFile::open_or_create(&lock_path).map_err(|source| LogError::Open {
                         path: lock_path.clone(),
                         source,
                     })?;
@@ -230,7 +225,7 @@ fn open_append(path: &Path) -> Result<File, LogError> {
 /// file after it has been renamed, so none is lost or lands out of order.
 pub(crate) struct RotatingFile {
     file: File,
-    lock: File,
+    lock: LockFile,
     path: PathBuf,
     max_bytes: u64,
     backups: u32,
@@ -238,9 +233,9 @@ pub(crate) struct RotatingFile {
 
 impl RotatingFile {
     fn write_lines(&mut self, lines: &[Line], buf: &mut Vec<u8>, pid: u32) -> io::Result<()> {
-        log_sys::lock_exclusive(&self.lock)?;
+        self.lock.lock_exclusive()?;
         let result = self.write_locked(lines, buf, pid);
-        let unlocked = log_sys::unlock(&self.lock);
+        let unlocked = self.lock.unlock();
         result.and(unlocked)
     }
 

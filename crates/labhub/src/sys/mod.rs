@@ -28,14 +28,13 @@
 //! - `ProcessId { pid, start_time }` with `current()`, `of(pid)`, `is_alive()`: an identity
 //!   that survives pid reuse.
 //!
-//! File locks (used by `filelock`):
+//! File locks (used by `filelock` and by the log's rotation lock):
 //! - `LockFile::{open_or_create, open_existing}(path)`: a close-on-exec descriptor that never
 //!   follows a symbolic link; `lock_exclusive()` (blocking) and `try_lock_exclusive() -> bool`
-//!   take a whole-file `flock`, which the kernel releases when the holder dies.
+//!   take a whole-file `flock`, which the kernel releases when the holder dies; `unlock()`
+//!   releases it and keeps the descriptor open.
 //!
 //! Logging (used by `log`), in the submodule `log_sys`:
-//! - `lock_exclusive(&File)`, `unlock(&File)`: a whole-file `flock` taken and released on a
-//!   descriptor that stays open (the rotation lock, taken once per batch of lines);
 //! - `syslog_open(ident) -> io::Result<()>` (`InvalidInput` for a NUL in `ident`) and
 //!   `syslog_write(SyslogSeverity, message)`.
 

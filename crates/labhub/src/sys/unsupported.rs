@@ -187,11 +187,15 @@ impl LockFile {
     pub fn try_lock_exclusive(&self) -> io::Result<bool> {
         Err(unsupported("file locking"))
     }
+
+    /// Not supported: returns [`io::ErrorKind::Unsupported`].
+    pub fn unlock(&self) -> io::Result<()> {
+        Err(unsupported("file locking"))
+    }
 }
 
 /// The `log` module's OS calls; on this platform none is available.
 pub mod log_sys {
-    use std::fs::File;
     use std::io;
 
     /// Severity of a syslog message.
@@ -205,16 +209,6 @@ pub mod log_sys {
         Info,
         /// `LOG_DEBUG`
         Debug,
-    }
-
-    /// Not supported: returns [`io::ErrorKind::Unsupported`].
-    pub fn lock_exclusive(_file: &File) -> io::Result<()> {
-        Err(super::unsupported("file locking"))
-    }
-
-    /// Not supported: returns [`io::ErrorKind::Unsupported`].
-    pub fn unlock(_file: &File) -> io::Result<()> {
-        Err(super::unsupported("file locking"))
     }
 
     /// Not supported: returns [`io::ErrorKind::Unsupported`].

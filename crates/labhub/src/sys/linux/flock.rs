@@ -73,6 +73,12 @@ impl LockFile {
         }
     }
 
+    /// Releases the lock while keeping the file open, for holders that lock and unlock the
+    /// same file many times (the log's rotation lock, once per batch).
+    pub fn unlock(&self) -> io::Result<()> {
+        self.flock(libc::LOCK_UN)
+    }
+
     fn flock(&self, operation: libc::c_int) -> io::Result<()> {
         // SAFETY: flock takes a descriptor and an integer and touches no memory of ours; the
         // descriptor is owned by `self.file`, so it is open for the duration of the call.

@@ -1,42 +1,8 @@
-//! The OS calls the `log` module needs beyond `std` and the rest of `sys`: `flock` taken and
-//! released on a descriptor kept open (the rotation sidecar lock, locked once per batch), and
-//! `syslog(3)`.
+//! The OS calls the `log` module needs beyond `std` and the rest of `sys`: `syslog(3)`.
 
 use std::ffi::{CStr, CString};
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Mutex;
-
-/// Takes an exclusive `flock` on `file`, blocking until it is granted (retrying on `EINTR`).
-///
-/// The lock belongs to the open file description, so the kernel drops it when the holder
-/// dies. Release it with [`unlock`] or by closing the file.
-pub fn lock_exclusive(file: &File) -> io::Result<()> {
-    loop {
-        // SAFETY: the descriptor is valid for as long as `file` is borrowed; flock reads no
-        // memory of ours.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// Releases a `flock` taken by [`lock_exclusive`].
-pub fn unlock(file: &File) -> io::Result<()> {
-    // SAFETY: as in `lock_exclusive`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
 
 /// Severity of a syslog message (the subset the logger maps its levels onto).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
