@@ -1,9 +1,11 @@
 //! CURVE keys and Z85 text.
 
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::c_char;
 use std::fmt;
 
 use labhub_zmq_sys as sys;
+
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Z85Error, ZmqError};
 
@@ -38,8 +40,12 @@ pub fn z85_encode(data: &[u8]) -> Result<String, Z85Error> {
         return Err(Z85Error::EncodeLength { found: data.len() });
     }
     out.pop(); // the NUL
-    // Z85 output is ASCII by construction.
-    Ok(out.into_iter().map(char::from).collect())
+    // Z85 output is ASCII by construction; from_utf8 reuses the buffer (no stray copy of a
+    // secret key's text).
+    String::from_utf8(out).map_err(|e| Z85Error::InvalidCharacter {
+        position: e.utf8_error().valid_up_to(),
+        character: '\u{FFFD}',
+    })
 }
 
 /// Decodes Z85 text into bytes.
@@ -55,15 +61,15 @@ pub fn z85_encode(data: &[u8]) -> Result<String, Z85Error> {
 /// ```
 pub fn z85_decode(text: &str) -> Result<Vec<u8>, Z85Error> {
     validate_z85(text)?;
-    // Validated: ASCII without NUL, so the CString cannot fail.
-    let c_text = CString::new(text).map_err(|e| Z85Error::InvalidCharacter {
-        position: e.nul_position(),
-        character: '\0',
-    })?;
+    // Validated: ASCII without NUL. The NUL-terminated copy is wiped after use, since the text
+    // may be a secret key.
+    let mut c_text = Zeroizing::new(Vec::with_capacity(text.len() + 1));
+    c_text.extend_from_slice(text.as_bytes());
+    c_text.push(0);
     let mut out = vec![0u8; text.len() / 5 * 4];
     // SAFETY: `c_text` is NUL-terminated with a length that is a multiple of 5; `out` has
     // room for len*4/5 bytes, which is what zmq_z85_decode writes.
-    let ptr = unsafe { sys::zmq_z85_decode(out.as_mut_ptr(), c_text.as_ptr()) };
+    let ptr = unsafe { sys::zmq_z85_decode(out.as_mut_ptr(), c_text.as_ptr().cast::<c_char>()) };
     if ptr.is_null() {
         // validate_z85 checks everything libzmq checks; keep a typed error regardless.
         return Err(Z85Error::Overflow { position: 0 });
@@ -106,7 +112,7 @@ fn key_from_z85(text: &str) -> Result<[u8; CURVE_KEY_LEN], Z85Error> {
             found: text.len(),
         });
     }
-    let bytes = z85_decode(text)?;
+    let bytes = Zeroizing::new(z85_decode(text)?);
     key_from_bytes(&bytes)
 }
 
@@ -168,9 +174,16 @@ impl std::str::FromStr for CurvePublicKey {
     }
 }
 
-/// A CURVE secret key (32 bytes). Its `Debug` output hides the key.
+/// A CURVE secret key (32 bytes). Its `Debug` output hides the key, and its bytes are wiped
+/// when it is dropped (libzmq keeps its own copy inside each socket it was given to).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CurveSecretKey([u8; CURVE_KEY_LEN]);
+
+impl Drop for CurveSecretKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl CurveSecretKey {
     /// The key from its 32 bytes.
@@ -188,9 +201,9 @@ impl CurveSecretKey {
         &self.0
     }
 
-    /// The 40-character Z85 text.
-    pub fn to_z85(&self) -> String {
-        key_to_z85(&self.0)
+    /// The 40-character Z85 text, wiped when dropped.
+    pub fn to_z85(&self) -> Zeroizing<String> {
+        Zeroizing::new(key_to_z85(&self.0))
     }
 
     /// The public key of this secret key.
@@ -219,16 +232,21 @@ impl CurveKeyPair {
     ///
     /// Fails with `ENOTSUP` if libzmq was built without CURVE, which this crate's build prevents.
     pub fn generate() -> Result<Self, ZmqError> {
-        let mut public = [0 as c_char; CURVE_KEY_Z85_LEN + 1];
-        let mut secret = [0 as c_char; CURVE_KEY_Z85_LEN + 1];
+        let mut public = [0u8; CURVE_KEY_Z85_LEN + 1];
+        let mut secret = Zeroizing::new([0u8; CURVE_KEY_Z85_LEN + 1]);
         // SAFETY: both buffers hold 40 characters plus NUL, as zmq_curve_keypair requires.
-        let rc = unsafe { sys::zmq_curve_keypair(public.as_mut_ptr(), secret.as_mut_ptr()) };
+        let rc = unsafe {
+            sys::zmq_curve_keypair(
+                public.as_mut_ptr().cast::<c_char>(),
+                secret.as_mut_ptr().cast::<c_char>(),
+            )
+        };
         if rc != 0 {
             return Err(ZmqError::last("zmq_curve_keypair", ""));
         }
         Ok(Self {
-            public: CurvePublicKey::from_z85(&z85_buffer_to_string(&public))?,
-            secret: CurveSecretKey::from_z85(&z85_buffer_to_string(&secret))?,
+            public: CurvePublicKey::from_z85(z85_text(&public))?,
+            secret: CurveSecretKey::from_z85(z85_text(&secret[..]))?,
         })
     }
 
@@ -243,23 +261,27 @@ impl CurveKeyPair {
 
 /// Derives the public key of a CURVE secret key (`zmq_curve_public`).
 pub fn curve_public(secret: &CurveSecretKey) -> Result<CurvePublicKey, ZmqError> {
-    let secret_text = CString::new(secret.to_z85())
-        .map_err(|_| ZmqError::invalid("curve_public", "secret key", "z85 text contains NUL"))?;
-    let mut public = [0 as c_char; CURVE_KEY_Z85_LEN + 1];
+    let mut secret_text = Zeroizing::new([0u8; CURVE_KEY_Z85_LEN + 1]);
+    secret_text[..CURVE_KEY_Z85_LEN].copy_from_slice(secret.to_z85().as_bytes());
+    let mut public = [0u8; CURVE_KEY_Z85_LEN + 1];
     // SAFETY: `public` holds 40 characters plus NUL; `secret_text` is 40 Z85 characters + NUL.
-    let rc = unsafe { sys::zmq_curve_public(public.as_mut_ptr(), secret_text.as_ptr()) };
+    let rc = unsafe {
+        sys::zmq_curve_public(
+            public.as_mut_ptr().cast::<c_char>(),
+            secret_text.as_ptr().cast::<c_char>(),
+        )
+    };
     if rc != 0 {
         return Err(ZmqError::last("zmq_curve_public", ""));
     }
-    Ok(CurvePublicKey::from_z85(&z85_buffer_to_string(&public))?)
+    Ok(CurvePublicKey::from_z85(z85_text(&public))?)
 }
 
-fn z85_buffer_to_string(buffer: &[c_char; CURVE_KEY_Z85_LEN + 1]) -> String {
-    // The buffer always ends with the NUL we allocated for; libzmq wrote 40 characters before it.
-    let bytes: Vec<u8> = buffer.iter().map(|&c| c as u8).collect();
-    CStr::from_bytes_until_nul(&bytes)
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// The text libzmq wrote into a 41-byte key buffer (40 characters, then NUL). Non-ASCII bytes,
+/// which libzmq never writes, give text that fails Z85 validation with a typed error.
+fn z85_text(buffer: &[u8]) -> &str {
+    let text = buffer.split(|&b| b == 0).next().unwrap_or(&[]);
+    std::str::from_utf8(text).unwrap_or("")
 }
 
 #[cfg(test)]
@@ -363,6 +385,6 @@ mod tests {
     fn secret_key_debug_output_hides_the_key() {
         let pair = CurveKeyPair::generate().unwrap();
         let shown = format!("{:?}", pair.secret);
-        assert!(!shown.contains(&pair.secret.to_z85()));
+        assert!(!shown.contains(pair.secret.to_z85().as_str()));
     }
 }

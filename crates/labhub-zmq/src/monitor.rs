@@ -1,6 +1,7 @@
 //! Socket monitor: connection and handshake events of a socket (`zmq_socket_monitor`).
 
 use std::ffi::CString;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use labhub_zmq_sys as sys;
@@ -89,12 +90,15 @@ impl Socket {
     ///
     /// Unread events queue without limit, so read them or drop the socket; monitoring stops
     /// when the socket is dropped. Enabling it twice restarts it.
-    pub fn enable_monitor(&mut self, context: &Context) -> Result<(), ZmqError> {
+    pub fn enable_monitor(&mut self) -> Result<(), ZmqError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let endpoint = format!(
             "inproc://labhub-monitor-{}",
             NEXT_ID.fetch_add(1, Ordering::Relaxed)
         );
+        let context = Context {
+            inner: Arc::clone(&self.context),
+        };
         let receiver = context.socket(SocketType::Pair)?;
         // Unlimited: libzmq's I/O thread sends events with a blocking send, so a full queue
         // would stall it.

@@ -110,7 +110,7 @@ impl BitOr for Flags {
 pub struct Socket {
     ptr: *mut c_void,
     // Keeps the context alive until this socket is closed.
-    _context: Arc<RawContext>,
+    pub(crate) context: Arc<RawContext>,
     kind: SocketType,
     // The PAIR receiving this socket's monitor events, if enabled (see monitor.rs).
     pub(crate) monitor: Option<Box<Socket>>,
@@ -133,7 +133,7 @@ impl Socket {
         }
         let socket = Self {
             ptr,
-            _context: Arc::clone(&context.inner),
+            context: Arc::clone(&context.inner),
             kind,
             monitor: None,
             _not_sync: PhantomData,
@@ -568,7 +568,8 @@ impl Socket {
         self.set_bool("ZMQ_REQ_CORRELATE", sys::ZMQ_REQ_CORRELATE, on)
     }
 
-    /// TCP_KEEPALIVE: `None` leaves the OS default, otherwise on or off.
+    /// TCP_KEEPALIVE: `None` leaves the OS default, otherwise on or off (the kernel then probes
+    /// an idle connection and closes it when the peer host is gone).
     pub fn set_tcp_keepalive(&self, on: Option<bool>) -> Result<(), ZmqError> {
         let value = match on {
             None => -1,

@@ -5,6 +5,7 @@ mod curve;
 mod linger;
 mod messaging;
 mod monitor;
+mod platform;
 mod poll;
 mod timeouts;
 mod zap;

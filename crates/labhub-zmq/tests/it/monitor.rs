@@ -13,7 +13,7 @@ fn a_monitor_reports_listening_and_a_successful_curve_handshake() {
         let context = Context::new().unwrap();
         let keys = CurveKeyPair::generate().unwrap();
         let mut server = context.socket(SocketType::Router).unwrap();
-        server.enable_monitor(&context).unwrap();
+        server.enable_monitor().unwrap();
         server.set_curve_server_keys(&keys.secret).unwrap();
         server.bind("tcp://127.0.0.1:0").unwrap();
         let endpoint = server.last_endpoint().unwrap();
@@ -39,7 +39,7 @@ fn a_monitor_reports_a_zap_refusal_with_status_400() {
             .unwrap();
         let keys = CurveKeyPair::generate().unwrap();
         let mut server = context.socket(SocketType::Router).unwrap();
-        server.enable_monitor(&context).unwrap();
+        server.enable_monitor().unwrap();
         server.set_curve_server_keys(&keys.secret).unwrap();
         server.bind("tcp://127.0.0.1:0").unwrap();
         let endpoint = server.last_endpoint().unwrap();
@@ -62,7 +62,7 @@ fn a_monitor_reports_the_handshake_failure_of_a_wrong_server_key() {
         let context = Context::new().unwrap();
         let keys = CurveKeyPair::generate().unwrap();
         let mut server = context.socket(SocketType::Router).unwrap();
-        server.enable_monitor(&context).unwrap();
+        server.enable_monitor().unwrap();
         server.set_curve_server_keys(&keys.secret).unwrap();
         server.bind("tcp://127.0.0.1:0").unwrap();
         let endpoint = server.last_endpoint().unwrap();
@@ -97,7 +97,7 @@ fn dropping_a_monitored_socket_with_unread_events_returns_promptly() {
     within_watchdog("monitored socket drop", || {
         let context = Context::new().unwrap();
         let mut socket = context.socket(SocketType::Router).unwrap();
-        socket.enable_monitor(&context).unwrap();
+        socket.enable_monitor().unwrap();
         for _ in 0..20 {
             socket.bind("tcp://127.0.0.1:0").unwrap();
         }
