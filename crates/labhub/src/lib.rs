@@ -30,6 +30,5 @@ pub mod log;
 pub mod msg;
 pub mod protocol;
 pub mod shm;
-pub mod msg;
 pub mod sync;
 pub mod sys;

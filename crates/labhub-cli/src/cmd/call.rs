@@ -3,9 +3,7 @@
 use std::io::Read as _;
 
 use anyhow::Context as _;
-use labhub::client::ClientError;
-use labhub::msg::{Context, ReqClient};
-use labhub::protocol::{ChannelKind, ChannelName};
+use labhub::protocol::ChannelName;
 
 use crate::common::{self, ConnectArgs, out, out_json};
 use crate::exit::UsageError;
@@ -45,21 +43,8 @@ pub fn run(args: CallArgs, verbose: u8) -> anyhow::Result<()> {
     };
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
-    let info = hub.discover(&args.channel)?;
-    if info.spec.kind != ChannelKind::Reqrep {
-        return Err(ClientError::WrongKind {
-            channel: args.channel.clone(),
-            expected: ChannelKind::Reqrep,
-            found: info.spec.kind,
-        }
-        .into());
-    }
-    let endpoint = info
-        .spec
-        .endpoint
-        .context("the broker announces no endpoint for this channel")?;
-    let context = Context::new().context("creating the ZeroMQ context")?;
-    let mut client = ReqClient::builder(&context, endpoint.as_str()).open()?;
+    // Discovers the server's endpoint and connects (the Hub client's `find_req_client`).
+    let mut client = hub.find_req_client(&args.channel)?;
     let reply = client.request(&request, args.connect.timeout)?;
     let utf8 = std::str::from_utf8(&reply).is_ok();
     let text = String::from_utf8_lossy(&reply);

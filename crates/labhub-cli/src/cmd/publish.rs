@@ -4,13 +4,13 @@ use std::io::BufRead as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use labhub::msg::{Context, Publisher};
-use labhub::protocol::{ChannelKind, ChannelName, ChannelSpec, Endpoint, Metadata};
+use labhub::protocol::ChannelName;
 
 use crate::common::{self, ConnectArgs, out_json};
 use crate::exit::UsageError;
 
-/// Publish messages on a pub/sub channel: binds a ZeroMQ PUB socket, registers CHANNEL with
+/// Publish messages on a pub/sub channel: binds a ZeroMQ PUB socket on a free loopback port
+/// (the Hub client's `create_publisher`), registers CHANNEL with
 /// the broker (its endpoint found by `labhub sub` and other subscribers), sends MESSAGE, or
 /// every line of standard input with `-`, then withdraws the channel.
 ///
@@ -29,9 +29,6 @@ pub struct PubArgs {
     /// The topic of the messages.
     #[arg(long, default_value = "")]
     topic: String,
-    /// The endpoint to bind (its wildcard host is advertised as 127.0.0.1).
-    #[arg(long, value_name = "ENDPOINT", default_value = labhub::msg::DEFAULT_BIND)]
-    bind: String,
     /// Wait until this many subscribers have attached at the broker before sending.
     #[arg(long, value_name = "N", default_value_t = 0)]
     wait_subscribers: u32,
@@ -50,23 +47,13 @@ pub struct PubArgs {
 
 /// Publishes.
 pub fn run(args: PubArgs, verbose: u8) -> anyhow::Result<()> {
-    let name = ChannelName::new(args.channel.as_str())
+    ChannelName::new(args.channel.as_str())
         .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
-    let context = Context::new().context("creating the ZeroMQ context")?;
-    let publisher = Publisher::builder(&context).bind(&args.bind).create()?;
+    // Registered as the pub/sub channel; dropping it withdraws the channel.
+    let publisher = hub.create_publisher(&args.channel)?;
     let endpoint = publisher.endpoint().to_owned();
-    hub.register(ChannelSpec {
-        name,
-        kind: ChannelKind::Pubsub,
-        endpoint: Some(Endpoint::new(endpoint.as_str())?),
-        shm_name: None,
-        size: None,
-        policy: None,
-        schema: None,
-        metadata: Metadata::new(),
-    })?;
     if args.wait_subscribers > 0 {
         // Scripts (and the tests) wait for this line before starting subscribers.
         eprintln!(
@@ -100,9 +87,7 @@ pub fn run(args: PubArgs, verbose: u8) -> anyhow::Result<()> {
         publisher.send(&args.topic, &args.message)?;
         sent = 1;
     }
-    if let Err(e) = hub.unregister(&args.channel) {
-        tracing::warn!(%e, "withdrawing the channel");
-    }
+    drop(publisher);
     if args.json {
         out_json(
             &serde_json::json!({"channel": args.channel, "endpoint": endpoint, "sent": sent}),

@@ -2,16 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use labhub::client::ClientError;
-use labhub::msg::{Context, Subscriber};
-use labhub::protocol::{ChannelKind, ChannelName};
+use labhub::protocol::ChannelName;
 
 use crate::common::{self, ConnectArgs, out, out_json};
 use crate::exit::UsageError;
 
 /// Print the messages of a pub/sub channel: finds its endpoint through the broker, connects,
-/// attaches at the broker as a consumer (so `labhub pub --wait-subscribers` sees it), and
+/// attaches (the Hub client's `find_subscriber`) at the broker as a consumer (so `labhub pub --wait-subscribers` sees it), and
 /// prints one line per message: `TOPIC<TAB>PAYLOAD` (payload as UTF-8, lossy), or with --json
 /// {"topic": string, "payload": string, "utf8": bool} per line. Ends after --count messages or
 /// --seconds, else with Ctrl-C.
@@ -47,28 +44,9 @@ pub fn run(args: SubArgs, verbose: u8) -> anyhow::Result<()> {
     }
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
-    let info = hub.discover(&args.channel)?;
-    if info.spec.kind != ChannelKind::Pubsub {
-        return Err(ClientError::WrongKind {
-            channel: args.channel.clone(),
-            expected: ChannelKind::Pubsub,
-            found: info.spec.kind,
-        }
-        .into());
-    }
-    let endpoint = info
-        .spec
-        .endpoint
-        .context("the broker announces no endpoint for this channel")?;
-    let context = Context::new().context("creating the ZeroMQ context")?;
-    let mut builder = Subscriber::builder(&context, endpoint.as_str());
-    builder = if args.topic.is_empty() {
-        builder.all_topics()
-    } else {
-        args.topic.iter().fold(builder, |b, t| b.topic(t))
-    };
-    let subscriber = builder.open()?;
-    hub.attach(&args.channel)?;
+    // Discovers the endpoint, connects, and attaches at the broker (detached on drop).
+    let topics: Vec<&[u8]> = args.topic.iter().map(|t| t.as_bytes()).collect();
+    let subscriber = hub.find_subscriber(&args.channel, &topics)?;
     let end = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
@@ -97,6 +75,5 @@ pub fn run(args: SubArgs, verbose: u8) -> anyhow::Result<()> {
             out(format!("{topic}\t{payload}"))?;
         }
     }
-    let _ = hub.detach(&args.channel);
     Ok(())
 }
