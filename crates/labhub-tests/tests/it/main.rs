@@ -6,6 +6,6 @@ mod e2e;
 mod filelock;
 mod lifecycle;
 mod log;
-mod shm;
 mod msg;
+mod shm;
 mod sync;

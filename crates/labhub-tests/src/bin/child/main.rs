@@ -7,8 +7,8 @@ mod client;
 mod filelock;
 mod lifecycle;
 mod log;
-mod shm;
 mod msg;
+mod shm;
 mod sync;
 
 fn main() -> anyhow::Result<()> {
