@@ -144,3 +144,48 @@ fn a_producer_killed_while_publishing_is_replaced_by_a_new_one() {
     assert_eq!(p.next_frame_id(), 5);
     assert_eq!(p.publish_bytes(b"x", &FrameMeta::default()).unwrap(), 5);
 }
+
+#[test]
+fn a_live_consumer_stuck_longer_than_the_consumer_timeout_is_evicted_and_told_so() {
+    let ch = TestChannel::new("stuck");
+    let cfg = ChannelConfig::new(ring(1, Backpressure::Block { timeout: WATCHDOG }), 64)
+        .consumer_timeout(Duration::from_millis(50));
+    let mut p = Producer::create(&ch.name, cfg).unwrap();
+    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    p.publish_bytes(b"0", &FrameMeta::default()).unwrap();
+    let held = c.next(Some(WATCHDOG)).unwrap();
+    // The ring is full and the reader does not move: after its heartbeat ages past 50 ms the
+    // producer evicts it and goes on.
+    assert_eq!(p.publish_bytes(b"1", &FrameMeta::default()).unwrap(), 1);
+    assert_eq!(p.stats().consumers, 0);
+    drop(held);
+    assert!(matches!(
+        c.next(Some(WATCHDOG)),
+        Err(ReadError::Evicted { .. })
+    ));
+}
+
+#[test]
+fn without_a_consumer_timeout_a_slow_live_consumer_is_waited_for() {
+    let ch = TestChannel::new("slow");
+    let cfg = ChannelConfig::new(
+        ring(
+            1,
+            Backpressure::Block {
+                timeout: Duration::from_millis(100),
+            },
+        ),
+        64,
+    );
+    let mut p = Producer::create(&ch.name, cfg).unwrap();
+    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    p.publish_bytes(b"0", &FrameMeta::default()).unwrap();
+    let held = c.next(Some(WATCHDOG)).unwrap();
+    assert!(matches!(
+        p.publish_bytes(b"1", &FrameMeta::default()),
+        Err(labhub::shm::PublishError::Timeout { .. })
+    ));
+    held.finish().unwrap();
+    assert_eq!(p.publish_bytes(b"1", &FrameMeta::default()).unwrap(), 1);
+    assert_eq!(next(&mut c), (1, b"1".to_vec()));
+}

@@ -713,3 +713,76 @@ pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(slots: u32, slot_size: u64, flex_size: u64) -> Params {
+        Params {
+            policy: policy_code::RING,
+            backpressure: backpressure_code::BLOCK,
+            slot_count: slots,
+            slot_size,
+            flex_size,
+            checksum: checksum_code::NONE,
+            state_format: state_format_code::JSON,
+        }
+    }
+
+    #[test]
+    fn the_documented_offsets_follow_from_the_parameters() {
+        let g = Geometry::compute(ring(4, 1000, 100)).unwrap();
+        assert_eq!(g.consumer_table_offset, 576);
+        assert_eq!(g.slot_meta_offset, 576 + 16 * 64);
+        assert_eq!(g.flex_offset, 1600 + 4 * 128);
+        assert_eq!(g.flex_stride, 64 + 128);
+        assert_eq!(g.data_offset, 4096);
+        assert_eq!(g.slot_stride, 1024);
+        assert_eq!(g.total_size, 8192);
+        assert_eq!(g.total_size % PAGE, 0);
+    }
+
+    #[test]
+    fn impossible_parameters_are_refused_without_overflow() {
+        for p in [
+            ring(0, 64, 0),
+            ring(MAX_SLOTS + 1, 64, 0),
+            ring(4, 0, 0),
+            ring(4, u64::MAX, 0),
+            ring(4, 64, u64::MAX),
+            ring(MAX_SLOTS, MAX_TOTAL, 0),
+            Params {
+                policy: policy_code::LATEST,
+                ..ring(2, 64, 0)
+            },
+            Params {
+                policy: 9,
+                ..ring(2, 64, 0)
+            },
+            Params {
+                backpressure: backpressure_code::NONE,
+                ..ring(2, 64, 0)
+            },
+            Params {
+                checksum: 7,
+                ..ring(2, 64, 0)
+            },
+            Params {
+                state_format: 0,
+                ..ring(2, 64, 0)
+            },
+        ] {
+            assert!(Geometry::compute(p).is_err(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn seq_words_are_odd_while_written_and_even_once_committed() {
+        for f in [0, 1, 7, u64::MAX / 2 - 1] {
+            assert_eq!(writing_seq(f) % 2, 1);
+            assert_eq!(committed_seq(f) % 2, 0);
+            assert_ne!(committed_seq(f), 0, "0 means empty");
+        }
+    }
+}

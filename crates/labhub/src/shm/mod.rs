@@ -157,6 +157,7 @@ pub struct ChannelConfig {
     checksum: bool,
     state_format: StateFormat,
     secret: Option<Secret>,
+    consumer_timeout: Option<Duration>,
 }
 
 impl ChannelConfig {
@@ -170,6 +171,7 @@ impl ChannelConfig {
             checksum: false,
             state_format: StateFormat::Json,
             secret: None,
+            consumer_timeout: None,
         }
     }
     /// Capacity of the flexible-zone state in bytes.
@@ -190,6 +192,14 @@ impl ChannelConfig {
     /// Requires consumers to present `secret`.
     pub fn secret(mut self, secret: impl Into<Secret>) -> Self {
         self.secret = Some(secret.into());
+        self
+    }
+    /// Evicts a consumer that holds a lossless ring back and whose heartbeat (refreshed by every
+    /// read and at least every 500 ms while it waits) is older than `timeout`, even if its
+    /// process lives (a stuck reader). Without it (the default) only dead consumers are evicted.
+    /// A producer-side setting: not stored in the segment.
+    pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
+        self.consumer_timeout = Some(timeout);
         self
     }
     /// The policy.

@@ -427,7 +427,10 @@ impl Producer {
             }
             let pos = e.position.load(Ordering::SeqCst);
             if pos.saturating_add(n) <= w {
-                if check_liveness && super::reclaim_if_dead(&self.view, e, state) {
+                if check_liveness
+                    && (super::reclaim_if_dead(&self.view, e, state)
+                        || self.evict_if_stale(e, state))
+                {
                     continue;
                 }
                 full = true;
@@ -435,6 +438,34 @@ impl Producer {
             min = min.min(pos);
         }
         (!full).then_some(min)
+    }
+}
+
+impl Producer {
+    /// Evicts entry `e` (recorded `state`) if the channel has a consumer timeout and the entry's
+    /// heartbeat is older than it. Returns true if evicted.
+    fn evict_if_stale(&self, e: &layout::ConsumerEntry, state: u64) -> bool {
+        let Some(timeout) = self.config.consumer_timeout else {
+            return false;
+        };
+        let beat = e.heartbeat_ns.load(Ordering::Acquire);
+        let age = sys::monotonic_coarse_ns().saturating_sub(beat);
+        if u128::from(age) <= timeout.as_nanos() {
+            return false;
+        }
+        if e.state
+            .compare_exchange(state, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        tracing::warn!(
+            channel = self.channel(),
+            pid = state & 0xffff_ffff,
+            age_ms = age / 1_000_000,
+            "evicted a consumer whose heartbeat is older than the consumer timeout"
+        );
+        true
     }
 }
 
