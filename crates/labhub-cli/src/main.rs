@@ -1,16 +1,28 @@
 //! The `labhub` command.
 //!
-//! Exit codes: 0 success, 1 an error (printed with its causes on stderr), 2 a usage error.
+//! Each subcommand is one module of [`cmd`], with a clap `Args` struct and a `run` function that
+//! parses, validates (bad input fails before any side effect), then acts. Data goes to stdout,
+//! logs and errors to stderr; `--json` prints the same data for scripts. Exit codes are one
+//! table, in [`exit`].
 #![forbid(unsafe_code)]
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
 mod cmd;
+mod common;
+mod exit;
+mod meter;
+mod segment;
 
 /// labhub: shared-memory data channels and a CurveZMQ broker for laboratory software.
 #[derive(Debug, Parser)]
-#[command(name = "labhub", version, about, long_about = None)]
+#[command(name = "labhub", version, about, long_about = None, after_help = exit::HELP)]
 struct Cli {
+    /// More log lines on stderr: -v info, -vv debug, -vvv trace (default: warnings). `hub` uses --log-level.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -22,25 +34,71 @@ enum Command {
     Hub(cmd::hub::HubArgs),
     /// Make a CURVE key pair.
     Keygen(cmd::keygen::KeygenArgs),
+    /// List the channels the broker knows.
+    #[command(after_help = exit::HELP)]
+    Ls(cmd::ls::LsArgs),
+    /// Show one channel in detail.
+    #[command(after_help = exit::HELP)]
+    Info(cmd::info::InfoArgs),
+    /// Watch a channel's frame rate, throughput, latency and losses live.
+    #[command(after_help = exit::HELP)]
+    Watch(cmd::watch::WatchArgs),
+    /// Publish messages on a pub/sub channel.
+    #[command(after_help = exit::HELP)]
+    Pub(cmd::publish::PubArgs),
+    /// Print the messages of a pub/sub channel.
+    #[command(after_help = exit::HELP)]
+    Sub(cmd::subscribe::SubArgs),
+    /// Send one request to a request/reply channel and print the reply.
+    #[command(after_help = exit::HELP)]
+    Call(cmd::call::CallArgs),
+    /// Run an embedded broker, a synthetic camera and consumers, and measure them.
+    #[command(after_help = exit::HELP)]
+    Demo(cmd::demo::DemoArgs),
 }
 
-fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version come here too, with exit code 0; usage errors with 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(exit::USAGE));
+        }
+    };
+    let verbose = cli.verbose;
     let result = match cli.command {
         None => {
             use clap::CommandFactory;
             // No subcommand: show what there is rather than doing nothing silently.
             let _ = Cli::command().print_help();
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
-        Some(Command::Hub(args)) => cmd::hub::run(args),
-        Some(Command::Keygen(args)) => cmd::keygen::run(args),
+        Some(Command::Hub(args)) => cmd::hub::run(args).map(|_| ()),
+        Some(Command::Keygen(args)) => cmd::keygen::run(args).map(|_| ()),
+        Some(Command::Ls(args)) => cmd::ls::run(args, verbose),
+        Some(Command::Info(args)) => cmd::info::run(args, verbose),
+        Some(Command::Watch(args)) => cmd::watch::run(args, verbose),
+        Some(Command::Pub(args)) => cmd::publish::run(args, verbose),
+        Some(Command::Sub(args)) => cmd::subscribe::run(args, verbose),
+        Some(Command::Call(args)) => cmd::call::run(args, verbose),
+        Some(Command::Demo(args)) => cmd::demo::run(args, verbose),
     };
     match result {
-        Ok(code) => code,
+        Ok(()) => ExitCode::from(exit::OK),
+        // The reader went away (`labhub ls | head -1`): not a failure.
+        Err(e) if exit::is_broken_pipe(&e) => ExitCode::from(exit::OK),
         Err(e) => {
-            eprintln!("labhub: error: {e:#}");
-            std::process::ExitCode::from(1)
+            let code = exit::code_for(&e);
+            let mut text = format!("labhub: error: {e}");
+            for cause in e.chain().skip(1) {
+                text += &format!("\n  caused by: {cause}");
+            }
+            if code == exit::USAGE {
+                text += "\n\nFor more information, try '--help'.";
+            }
+            eprintln!("{text}");
+            ExitCode::from(code)
         }
     }
 }

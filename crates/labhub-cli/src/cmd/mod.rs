@@ -1,4 +1,11 @@
 //! One module per subcommand.
 
+pub mod call;
+pub mod demo;
 pub mod hub;
+pub mod info;
 pub mod keygen;
+pub mod ls;
+pub mod publish;
+pub mod subscribe;
+pub mod watch;

@@ -6,7 +6,13 @@
 //!
 //! - [`registry`]: the pure state machine (channels, clients, watchdog), driven by an injected
 //!   clock;
-//! - [`audit`]: the JSON-lines audit trail.
+//! - [`server`]: the CURVE ROUTER + PUB loop with ZAP admission that feeds it;
+//! - [`service`]: the lifecycle module and [`run_foreground`] (what `labhub hub` runs);
+//! - [`keys`], [`config`], [`audit`], [`segments`]: key files, configuration, the JSON-lines
+//!   audit trail, segment cleanup;
+//! - [`probe`]: a minimal synchronous client for tests and benchmarks.
+//!
+//! The wire format is [`crate::protocol`] (`docs/PROTOCOL.md`).
 #![deny(unsafe_code)]
 
 pub mod audit;

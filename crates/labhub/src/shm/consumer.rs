@@ -232,20 +232,15 @@ impl Consumer {
             }
             // Nothing new: spin, then sleep on the data event.
             if let Some(until) = spin_until {
-                // Poll the commit position; look at the clock every 64 polls and give the CPU
-                // away every 1024 (on a busy host the producer may need this core).
+                // Poll the commit position, looking at the clock every 64 polls. No yielding:
+                // spin mode is for a host with a core to spare for this consumer.
                 let h = self.view.header();
                 let mut polls = 0u32;
                 while h.commit_pos.load(Ordering::Acquire) <= self.cursor {
                     polls = polls.wrapping_add(1);
-                    if polls.is_multiple_of(64) {
-                        if Instant::now() >= until {
-                            spin_until = None;
-                            break;
-                        }
-                        if polls.is_multiple_of(1024) {
-                            std::thread::yield_now();
-                        }
+                    if polls.is_multiple_of(64) && Instant::now() >= until {
+                        spin_until = None;
+                        break;
                     }
                     std::hint::spin_loop();
                 }

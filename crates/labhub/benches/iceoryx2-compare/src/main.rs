@@ -1,4 +1,5 @@
-//! Round-trip latency: labhub channels against iceoryx2 publish-subscribe, in one run.
+//! Round-trip latency: labhub channels against iceoryx2 publish-subscribe and against ZeroMQ
+//! PAIR sockets over `ipc://` (the `labhub-zmq` wrapper), in one run.
 //!
 //! `cargo bench --manifest-path crates/labhub/benches/iceoryx2-compare/Cargo.toml`
 //!
@@ -6,7 +7,9 @@
 //! stamp the round number in its first 8 bytes, send; the receiver reads the round number in
 //! place and answers. Blocking mode: labhub sleeps on its `ProcessEvent`; iceoryx2 pairs the
 //! publish-subscribe service with an event service (notify after send, `blocking_wait` when
-//! nothing was received), as its examples do. Spin mode: both poll for the next sample.
+//! nothing was received), as its examples do; ZeroMQ blocks in `recv`. Spin mode: all three poll
+//! for the next message (ZeroMQ: `recv` with `DONTWAIT`). ZeroMQ copies each message into and out
+//! of the kernel socket; the receiver gets it as a `Message`.
 #![allow(missing_docs)]
 
 #[path = "../../shm_latency.rs"]
@@ -158,10 +161,84 @@ fn iox_round_trip(size: usize, spin: bool) -> Duration {
     elapsed / rounds as u32
 }
 
+// ---- ZeroMQ: one PAIR socket pair over ipc:// ---------------------------------------------------
+
+fn zmq_send(s: &labhub_zmq::Socket, payload: &mut [u8], round: u64) {
+    payload[..8].copy_from_slice(&round.to_le_bytes());
+    s.send(&*payload, labhub_zmq::Flags::NONE).unwrap();
+}
+
+fn zmq_recv(s: &labhub_zmq::Socket, spin: bool) -> u64 {
+    let flags = if spin {
+        labhub_zmq::Flags::DONTWAIT
+    } else {
+        labhub_zmq::Flags::NONE
+    };
+    loop {
+        match s.recv(flags) {
+            Ok(m) => return u64::from_le_bytes(m.as_bytes()[..8].try_into().unwrap()),
+            Err(_) if spin => std::hint::spin_loop(),
+            Err(e) => panic!("zmq recv: {e}"),
+        }
+    }
+}
+
+fn zmq_pong_main() {
+    let endpoint = std::env::var("ZMQ_ENDPOINT").unwrap();
+    let size: usize = std::env::var("ZMQ_SIZE").unwrap().parse().unwrap();
+    let spin = std::env::var("ZMQ_SPIN").unwrap() == "1";
+    let total: u64 = std::env::var("ZMQ_ROUNDS").unwrap().parse().unwrap();
+    let ctx = labhub_zmq::Context::new().unwrap();
+    let s = ctx.socket(labhub_zmq::SocketType::Pair).unwrap();
+    s.set_linger(Some(Duration::from_secs(5))).unwrap();
+    s.connect(&endpoint).unwrap();
+    let mut payload = vec![0x5au8; size];
+    for _ in 0..total {
+        let r = zmq_recv(&s, spin);
+        zmq_send(&s, &mut payload, r);
+    }
+}
+
+fn zmq_round_trip(size: usize, spin: bool) -> Duration {
+    let endpoint = format!(
+        "ipc:///tmp/labhub-bench-{}-{size}-{}.ipc",
+        std::process::id(),
+        u8::from(spin)
+    );
+    let rounds = labhub_side::rounds_for(size);
+    let warmup = rounds / 10;
+    let ctx = labhub_zmq::Context::new().unwrap();
+    let s = ctx.socket(labhub_zmq::SocketType::Pair).unwrap();
+    s.set_linger(Some(Duration::ZERO)).unwrap();
+    s.bind(&endpoint).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("LABHUB_BENCH_ROLE", "zmq-pong")
+        .env("ZMQ_ENDPOINT", &endpoint)
+        .env("ZMQ_SIZE", size.to_string())
+        .env("ZMQ_SPIN", if spin { "1" } else { "0" })
+        .env("ZMQ_ROUNDS", (rounds + warmup).to_string())
+        .spawn()
+        .unwrap();
+    let mut payload = vec![0x5au8; size];
+    let mut start = Instant::now();
+    for r in 0..rounds + warmup {
+        if r == warmup {
+            start = Instant::now();
+        }
+        zmq_send(&s, &mut payload, r);
+        assert_eq!(zmq_recv(&s, spin), r);
+    }
+    let elapsed = start.elapsed();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(endpoint.trim_start_matches("ipc://"));
+    elapsed / rounds as u32
+}
+
 fn main() {
     match std::env::var("LABHUB_BENCH_ROLE").as_deref() {
         Ok("labhub-pong") => return labhub_side::labhub_pong_main(),
         Ok("iox-pong") => return iox_pong_main(),
+        Ok("zmq-pong") => return zmq_pong_main(),
         _ => {}
     }
     if !std::env::args().any(|a| a == "--bench") {
@@ -169,25 +246,30 @@ fn main() {
         return;
     }
     set_log_level(LogLevel::Error);
-    println!("| frame | mode | labhub round trip | iceoryx2 round trip | labhub / iceoryx2 |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| frame | mode | labhub round trip | iceoryx2 round trip | labhub / iceoryx2 | ZeroMQ ipc round trip | labhub / ZeroMQ |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (label, size) in labhub_side::SIZES {
         for spin in [false, true] {
-            let mut l = vec![];
-            let mut i = vec![];
+            let (mut l, mut i, mut z) = (vec![], vec![], vec![]);
             for _ in 0..3 {
                 l.push(labhub_side::labhub_round_trip(size, spin));
                 i.push(iox_round_trip(size, spin));
+                z.push(zmq_round_trip(size, spin));
             }
             l.sort();
             i.sort();
-            let (l, i) = (l[1], i[1]);
+            z.sort();
+            let (l, i, z) = (l[1], i[1], z[1]);
             println!(
-                "| {label} | {} | {:.2} µs | {:.2} µs | {:.2}× |",
+                "| {label} | {} | {:.2} µs | {:.2} µs | {:.2}× | {:.2} µs | {:.2}× |",
                 if spin { "spin" } else { "blocking" },
                 l.as_secs_f64() * 1e6,
                 i.as_secs_f64() * 1e6,
-                l.as_secs_f64() / i.as_secs_f64()
+                l.as_secs_f64() / i.as_secs_f64(),
+                z.as_secs_f64() * 1e6,
+                l.as_secs_f64() / z.as_secs_f64()
             );
         }
     }

@@ -1,0 +1,124 @@
+//! `labhub info CHANNEL`: one channel in detail.
+
+use std::time::Duration;
+
+use labhub::protocol::{ChannelKind, ChannelName};
+
+use crate::common::{self, ConnectArgs, out, out_json, parse_duration};
+use crate::exit::{NotFound, UsageError};
+use crate::segment;
+
+/// Show one channel: what the broker knows (producer, consumers, counters) and, for a
+/// shared-memory channel on this machine, its segment header (slots, policy, counters,
+/// consumer table).
+///
+/// JSON (--json): {"channel": CHANNEL, "frame_rate": number|null, "segment": SEGMENT|null},
+/// CHANNEL as in `ls --json`, SEGMENT {"shm_name", "total_size", "policy", "slots",
+/// "slot_size", "flex_size", "published", "dropped", "overwritten", "producer_pid",
+/// "consumers": [{"index", "pid", "state", "position", "received", "missed"}]}.
+/// A channel the broker does not know exits with code 4.
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// The channel name.
+    #[arg(value_name = "CHANNEL")]
+    channel: String,
+    /// How long to watch the segment's counter to measure the frame rate (0: do not).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    sample: Duration,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// Shows the channel.
+pub fn run(args: InfoArgs, verbose: u8) -> anyhow::Result<()> {
+    ChannelName::new(args.channel.as_str())
+        .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
+    let config = args.connect.resolve()?;
+    let (_guard, hub) = common::connect(verbose, config)?;
+    // `list` rather than `discover`: it also shows a channel whose producer is gone.
+    let channel = hub
+        .list(Some(&args.channel), None)?
+        .into_iter()
+        .find(|c| c.spec.name.as_str() == args.channel)
+        .ok_or_else(|| NotFound {
+            channel: args.channel.clone(),
+        })?;
+    let rate = super::ls::frame_rates(std::slice::from_ref(&channel), args.sample)[0];
+    let seg = (channel.spec.kind == ChannelKind::Shm)
+        .then(|| segment::read(&args.channel))
+        .flatten();
+    if args.json {
+        return out_json(&serde_json::json!({
+            "channel": channel,
+            "frame_rate": rate,
+            "segment": seg,
+        }));
+    }
+    let c = &channel;
+    out(format!("channel    {}", c.spec.name))?;
+    out(format!("kind       {}", c.spec.kind.as_str()))?;
+    out(format!("state      {}", super::ls::state_name(c.state)))?;
+    let mut producer = c.producer.to_string();
+    if let Some(pid) = c.producer_pid {
+        producer += &format!(" (pid {pid})");
+    }
+    if let Some(host) = &c.producer_host {
+        producer += &format!(" on {host}");
+    }
+    out(format!("producer   {producer}"))?;
+    out(format!("consumers  {}", c.consumers))?;
+    if let Some(e) = &c.spec.endpoint {
+        out(format!("endpoint   {e}"))?;
+    }
+    if let Some(s) = &c.spec.shm_name {
+        out(format!("shm name   {s}"))?;
+    }
+    if let Some(s) = c.spec.size {
+        out(format!("size       {s} bytes"))?;
+    }
+    if let Some(p) = &c.spec.policy {
+        out(format!("policy     {p}"))?;
+    }
+    out(format!("frames/s   {}", super::ls::rate_text(rate)))?;
+    if !c.counters.is_empty() {
+        let counters: Vec<String> = c.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out(format!(
+            "counters   {} (producer's last heartbeat)",
+            counters.join(" ")
+        ))?;
+    }
+    if !c.spec.metadata.is_empty() {
+        out(format!(
+            "metadata   {}",
+            serde_json::Value::Object(c.spec.metadata.clone())
+        ))?;
+    }
+    if let Some(s) = seg {
+        out("segment (read from its header)")?;
+        out(format!(
+            "  slots {} x {} bytes, policy {}, flexible zone {} bytes, {} bytes in all",
+            s.slots, s.slot_size, s.policy, s.flex_size, s.total_size
+        ))?;
+        out(format!(
+            "  published {}, dropped {}, overwritten {}, producer pid {}",
+            s.published,
+            s.dropped,
+            s.overwritten,
+            if s.producer_pid == 0 {
+                "none".into()
+            } else {
+                s.producer_pid.to_string()
+            }
+        ))?;
+        for k in &s.consumers {
+            out(format!(
+                "  consumer {}: pid {} {}, position {}, received {}, missed {}",
+                k.index, k.pid, k.state, k.position, k.received, k.missed
+            ))?;
+        }
+    }
+    Ok(())
+}

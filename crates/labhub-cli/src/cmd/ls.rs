@@ -1,0 +1,165 @@
+//! `labhub ls`: the channels the broker knows.
+
+use std::time::{Duration, Instant};
+
+use labhub::protocol::{ChannelInfo, ChannelKind, ChannelState};
+use serde::Serialize;
+
+use crate::common::{self, ConnectArgs, out, out_json, parse_duration};
+use crate::segment;
+
+/// List the channels the broker knows: kind, state, producer, consumers, frame rate.
+///
+/// The frame rate of a shared-memory channel on this machine is measured from its segment's
+/// counter over --sample; other channels show "-".
+///
+/// JSON (--json): one object {"channels": [CHANNEL, ...]}, each CHANNEL the broker's channel
+/// object (docs/PROTOCOL.md §3: name, kind, state, producer, consumers, counters, ...) plus
+/// "frame_rate" (frames/s, or null when not measured).
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// Only channels whose name starts with PREFIX.
+    #[arg(value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// Only channels of this kind.
+    #[arg(long, value_enum)]
+    kind: Option<Kind>,
+    /// How long to watch shared-memory counters to measure frame rates (0: do not).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    sample: Duration,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// A channel kind on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    /// Shared memory.
+    Shm,
+    /// ZeroMQ publish/subscribe.
+    Pubsub,
+    /// ZeroMQ request/reply.
+    Reqrep,
+}
+
+impl From<Kind> for ChannelKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Shm => ChannelKind::Shm,
+            Kind::Pubsub => ChannelKind::Pubsub,
+            Kind::Reqrep => ChannelKind::Reqrep,
+        }
+    }
+}
+
+/// One row of `ls --json`.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    /// The broker's channel object.
+    #[serde(flatten)]
+    pub channel: ChannelInfo,
+    /// Frames per second, if measured.
+    pub frame_rate: Option<f64>,
+}
+
+/// Measures the frame rate of each local shared-memory channel over `sample`.
+pub fn frame_rates(channels: &[ChannelInfo], sample: Duration) -> Vec<Option<f64>> {
+    let published = |c: &ChannelInfo| {
+        (c.spec.kind == ChannelKind::Shm)
+            .then(|| segment::read(c.spec.name.as_str()))
+            .flatten()
+            .map(|s| s.published)
+    };
+    if sample.is_zero() {
+        return vec![None; channels.len()];
+    }
+    let start = Instant::now();
+    let before: Vec<_> = channels.iter().map(published).collect();
+    if before.iter().all(Option::is_none) {
+        return before.iter().map(|_| None).collect();
+    }
+    std::thread::sleep(sample);
+    let seconds = start.elapsed().as_secs_f64();
+    channels
+        .iter()
+        .zip(before)
+        .map(|(c, b)| Some((published(c)?.saturating_sub(b?)) as f64 / seconds))
+        .collect()
+}
+
+pub(crate) fn state_name(state: ChannelState) -> &'static str {
+    match state {
+        ChannelState::Up => "up",
+        ChannelState::Down => "down",
+        _ => "unknown",
+    }
+}
+
+pub(crate) fn rate_text(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".into(), |r| format!("{r:.1}"))
+}
+
+/// Lists the channels.
+pub fn run(args: LsArgs, verbose: u8) -> anyhow::Result<()> {
+    let config = args.connect.resolve()?;
+    let (_guard, hub) = common::connect(verbose, config)?;
+    let channels = hub.list(args.prefix.as_deref(), args.kind.map(Into::into))?;
+    let rates = frame_rates(&channels, args.sample);
+    if args.json {
+        let rows: Vec<Row> = channels
+            .into_iter()
+            .zip(rates)
+            .map(|(channel, frame_rate)| Row {
+                channel,
+                frame_rate,
+            })
+            .collect();
+        return out_json(&serde_json::json!({ "channels": rows }));
+    }
+    if channels.is_empty() {
+        eprintln!("no channels");
+        return Ok(());
+    }
+    let mut table = vec![[
+        "NAME".to_owned(),
+        "KIND".into(),
+        "STATE".into(),
+        "PRODUCER".into(),
+        "CONSUMERS".into(),
+        "FRAMES/S".into(),
+    ]];
+    for (c, rate) in channels.iter().zip(rates) {
+        table.push([
+            c.spec.name.to_string(),
+            c.spec.kind.as_str().into(),
+            state_name(c.state).into(),
+            match c.producer_pid {
+                Some(pid) => format!("{} (pid {pid})", c.producer),
+                None => c.producer.to_string(),
+            },
+            c.consumers.to_string(),
+            rate_text(rate),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in table {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out(line.join("  ").trim_end())?;
+    }
+    Ok(())
+}

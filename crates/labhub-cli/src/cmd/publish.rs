@@ -1,0 +1,99 @@
+//! `labhub pub CHANNEL`: publish messages on a pub/sub channel this command creates.
+
+use std::io::BufRead as _;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use labhub::protocol::ChannelName;
+
+use crate::common::{self, ConnectArgs, out_json};
+use crate::exit::UsageError;
+
+/// Publish messages on a pub/sub channel: binds a ZeroMQ PUB socket on a free loopback port
+/// (the Hub client's `create_publisher`), registers CHANNEL with
+/// the broker (its endpoint found by `labhub sub` and other subscribers), sends MESSAGE, or
+/// every line of standard input with `-`, then withdraws the channel.
+///
+/// PUB/SUB delivers only to subscribers already connected: use --wait-subscribers N to wait
+/// until N subscribers have attached at the broker (plus --settle for their connection).
+/// Messages are sent without CURVE. Reports what was sent on stderr ({"channel", "endpoint",
+/// "sent"} on stdout with --json).
+#[derive(Debug, clap::Args)]
+pub struct PubArgs {
+    /// The channel name.
+    #[arg(value_name = "CHANNEL")]
+    channel: String,
+    /// The message, or `-` for one message per line of standard input.
+    #[arg(value_name = "MESSAGE|-")]
+    message: String,
+    /// The topic of the messages.
+    #[arg(long, default_value = "")]
+    topic: String,
+    /// Wait until this many subscribers have attached at the broker before sending.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    wait_subscribers: u32,
+    /// How long to wait for them.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = common::parse_duration)]
+    wait_timeout: Duration,
+    /// Time given to attached subscribers to finish connecting before the first message.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = common::parse_duration)]
+    settle: Duration,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// Publishes.
+pub fn run(args: PubArgs, verbose: u8) -> anyhow::Result<()> {
+    ChannelName::new(args.channel.as_str())
+        .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
+    let config = args.connect.resolve()?;
+    let (_guard, hub) = common::connect(verbose, config)?;
+    // Registered as the pub/sub channel; dropping it withdraws the channel.
+    let publisher = hub.create_publisher(&args.channel)?;
+    let endpoint = publisher.endpoint().to_owned();
+    if args.wait_subscribers > 0 {
+        // Scripts (and the tests) wait for this line before starting subscribers.
+        eprintln!(
+            "waiting for {} subscriber(s) on {} ({endpoint})",
+            args.wait_subscribers, args.channel
+        );
+        let deadline = Instant::now() + args.wait_timeout;
+        loop {
+            let attached = hub.discover(&args.channel)?.consumers;
+            if attached >= args.wait_subscribers {
+                break;
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "only {attached} of {} subscribers attached within {:?}",
+                    args.wait_subscribers,
+                    args.wait_timeout
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(args.settle);
+    }
+    let mut sent = 0u64;
+    if args.message == "-" {
+        for line in std::io::stdin().lock().lines() {
+            publisher.send(&args.topic, line.context("reading standard input")?)?;
+            sent += 1;
+        }
+    } else {
+        publisher.send(&args.topic, &args.message)?;
+        sent = 1;
+    }
+    drop(publisher);
+    if args.json {
+        out_json(
+            &serde_json::json!({"channel": args.channel, "endpoint": endpoint, "sent": sent}),
+        )?;
+    } else {
+        eprintln!("sent {sent} message(s) on {} ({endpoint})", args.channel);
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! `labhub sub CHANNEL`: print the messages of a pub/sub channel.
+
+use std::time::{Duration, Instant};
+
+use labhub::protocol::ChannelName;
+
+use crate::common::{self, ConnectArgs, out, out_json};
+use crate::exit::UsageError;
+
+/// Print the messages of a pub/sub channel: finds its endpoint through the broker, connects,
+/// attaches (the Hub client's `find_subscriber`) at the broker as a consumer (so `labhub pub --wait-subscribers` sees it), and
+/// prints one line per message: `TOPIC<TAB>PAYLOAD` (payload as UTF-8, lossy), or with --json
+/// {"topic": string, "payload": string, "utf8": bool} per line. Ends after --count messages or
+/// --seconds, else with Ctrl-C.
+#[derive(Debug, clap::Args)]
+pub struct SubArgs {
+    /// The channel name.
+    #[arg(value_name = "CHANNEL")]
+    channel: String,
+    /// Only messages whose topic starts with this prefix (repeatable; default: all).
+    #[arg(long)]
+    topic: Vec<String>,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    seconds: Option<f64>,
+    /// Print JSON Lines.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// Subscribes and prints.
+pub fn run(args: SubArgs, verbose: u8) -> anyhow::Result<()> {
+    ChannelName::new(args.channel.as_str())
+        .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
+    if let Some(s) = args.seconds
+        && !(s.is_finite() && s > 0.0)
+    {
+        return Err(UsageError(format!("--seconds {s} must be more than 0")).into());
+    }
+    let config = args.connect.resolve()?;
+    let (_guard, hub) = common::connect(verbose, config)?;
+    // Discovers the endpoint, connects, and attaches at the broker (detached on drop).
+    let topics: Vec<&[u8]> = args.topic.iter().map(|t| t.as_bytes()).collect();
+    let subscriber = hub.find_subscriber(&args.channel, &topics)?;
+    let end = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let mut received = 0u64;
+    while args.count.is_none_or(|n| received < n) {
+        let wait = match end {
+            Some(e) => {
+                let left = e.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                left.min(Duration::from_millis(200))
+            }
+            None => Duration::from_millis(200),
+        };
+        let Some(message) = subscriber.recv(wait)? else {
+            continue;
+        };
+        received += 1;
+        let topic = String::from_utf8_lossy(message.topic());
+        let utf8 = std::str::from_utf8(message.payload()).is_ok();
+        let payload = String::from_utf8_lossy(message.payload());
+        if args.json {
+            out_json(&serde_json::json!({"topic": topic, "payload": payload, "utf8": utf8}))?;
+        } else {
+            out(format!("{topic}\t{payload}"))?;
+        }
+    }
+    Ok(())
+}

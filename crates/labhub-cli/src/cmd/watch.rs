@@ -1,0 +1,270 @@
+//! `labhub watch CHANNEL`: live frame rate, throughput, latency and losses of a channel.
+
+use std::time::{Duration, Instant};
+
+use labhub::client::{ConsumeError, Hub};
+use labhub::protocol::{ChannelKind, ChannelName};
+use labhub::shm::AttachOptions;
+use serde::Serialize;
+
+use crate::common::{self, ConnectArgs, out_json, parse_duration};
+use crate::exit::UsageError;
+use crate::meter::{LiveLine, Meter, Rates, micros};
+
+/// Watch a channel live. A shared-memory channel is attached as a consumer (registered with
+/// the broker) and every frame is counted: frames/s, MB/s, latency (the frame's timestamp to
+/// the moment it is read) and frames lost. Other channels show the producer's counters from
+/// its heartbeats. Refreshes in place on a terminal; ends with Ctrl-C, --seconds or --count.
+///
+/// JSON (--json): JSON Lines, one {"type": "sample", ...} per interval and a final
+/// {"type": "summary", ...} (fields in the README).
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// The channel name.
+    #[arg(value_name = "CHANNEL")]
+    channel: String,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    seconds: Option<f64>,
+    /// Stop after this many samples.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Time between samples.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Print JSON Lines.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// One line of `watch --json`.
+#[derive(Debug, Serialize)]
+struct Sample<'a> {
+    r#type: &'static str,
+    channel: &'a str,
+    elapsed_s: f64,
+    /// Frames the producer committed per second (from the segment or the heartbeat counters).
+    published_per_s: Option<f64>,
+    #[serde(flatten)]
+    rates: Rates,
+    /// Frames this watcher lost to overwrites (lossy policies), in the interval.
+    missed: u64,
+    /// Frames the channel dropped to backpressure, in the interval.
+    dropped: u64,
+}
+
+impl WatchArgs {
+    fn validate(&self) -> Result<(), UsageError> {
+        ChannelName::new(self.channel.as_str())
+            .map_err(|e| UsageError(format!("channel name {:?}: {e}", self.channel)))?;
+        if let Some(s) = self.seconds
+            && !(s.is_finite() && s > 0.0)
+        {
+            return Err(UsageError(format!("--seconds {s} must be more than 0")));
+        }
+        if self.count == Some(0) {
+            return Err(UsageError("--count must be at least 1".into()));
+        }
+        if self.interval < Duration::from_millis(10) {
+            return Err(UsageError("--interval must be at least 10ms".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Watches the channel.
+pub fn run(args: WatchArgs, verbose: u8) -> anyhow::Result<()> {
+    args.validate()?;
+    let config = args.connect.resolve()?;
+    let (_guard, hub) = common::connect(verbose, config)?;
+    let info = hub.discover(&args.channel)?;
+    let end = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    if info.spec.kind == ChannelKind::Shm {
+        watch_shm(&args, &hub, end)
+    } else {
+        watch_counters(&args, &hub, end)
+    }
+}
+
+/// Sampling schedule shared by both modes.
+struct Clock {
+    start: Instant,
+    next: Instant,
+    last: Instant,
+    samples: u64,
+}
+
+impl Clock {
+    fn new(interval: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            start: now,
+            next: now + interval,
+            last: now,
+            samples: 0,
+        }
+    }
+}
+
+fn finished(args: &WatchArgs, clock: &Clock, end: Option<Instant>) -> bool {
+    args.count.is_some_and(|n| clock.samples >= n) || end.is_some_and(|e| Instant::now() >= e)
+}
+
+fn emit(args: &WatchArgs, live: &mut LiveLine, sample: &Sample<'_>) -> anyhow::Result<()> {
+    if args.json {
+        return out_json(sample);
+    }
+    let published = sample
+        .published_per_s
+        .map_or_else(|| "-".into(), |p| format!("{p:.1}"));
+    live.show(&format!(
+        "{} {:6.1} s  {:.1} frames/s  {:.2} MB/s  latency mean {} max {}  missed {}  dropped {}  (producer {} frames/s)",
+        sample.channel,
+        sample.elapsed_s,
+        sample.rates.frames_per_s,
+        sample.rates.mb_per_s,
+        micros(sample.rates.latency_us_mean),
+        micros(sample.rates.latency_us_max),
+        sample.missed,
+        sample.dropped,
+        published,
+    ))?;
+    Ok(())
+}
+
+fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Result<()> {
+    let mut consumer = hub.find_shm_consumer(&args.channel, AttachOptions::default())?;
+    let mut live = LiveLine::new();
+    let mut clock = Clock::new(args.interval);
+    let mut meter = Meter::default();
+    let mut total = Meter::default();
+    let mut stats = consumer.consumer().stats();
+    let mut missed = consumer.consumer().missed();
+    let (mut all_missed, mut all_dropped) = (0, 0);
+    while !finished(args, &clock, end) {
+        let mut wake = clock.next;
+        if let Some(e) = end {
+            wake = wake.min(e);
+        }
+        let wait = wake.saturating_duration_since(Instant::now());
+        match consumer.read(Some(wait), |f| (f.len(), f.meta().timestamp_ns)) {
+            Ok((len, ts)) => {
+                meter.record(len, ts);
+                total.record(len, ts);
+            }
+            Err(ConsumeError::Timeout { .. }) => {}
+            // An overwritten frame under a lossy policy: counted through `missed` below.
+            Err(ConsumeError::Read { source, .. }) => {
+                tracing::debug!(%source, "a frame could not be read whole");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let now = Instant::now();
+        if now >= clock.next || end.is_some_and(|e| now >= e) {
+            let seconds = (now - clock.last).as_secs_f64();
+            let s = consumer.consumer().stats();
+            let m = consumer.consumer().missed();
+            let sample = Sample {
+                r#type: "sample",
+                channel: &args.channel,
+                elapsed_s: (now - clock.start).as_secs_f64(),
+                published_per_s: Some(s.published.saturating_sub(stats.published) as f64 / seconds),
+                rates: std::mem::take(&mut meter).rates(seconds),
+                missed: m.saturating_sub(missed),
+                dropped: s.dropped.saturating_sub(stats.dropped),
+            };
+            all_missed += sample.missed;
+            all_dropped += sample.dropped;
+            emit(args, &mut live, &sample)?;
+            stats = s;
+            missed = m;
+            clock.last = now;
+            clock.samples += 1;
+            while clock.next <= now {
+                clock.next += args.interval;
+            }
+        }
+    }
+    live.finish()?;
+    summary(args, &clock, total, all_missed, all_dropped)
+}
+
+fn summary(
+    args: &WatchArgs,
+    clock: &Clock,
+    total: Meter,
+    missed: u64,
+    dropped: u64,
+) -> anyhow::Result<()> {
+    let seconds = clock.start.elapsed().as_secs_f64();
+    let rates = total.rates(seconds);
+    if args.json {
+        return out_json(&Sample {
+            r#type: "summary",
+            channel: &args.channel,
+            elapsed_s: seconds,
+            published_per_s: None,
+            rates,
+            missed,
+            dropped,
+        });
+    }
+    common::out(format!(
+        "{}: {} frames in {:.1} s, {:.1} frames/s, {:.2} MB/s, latency mean {} max {}, missed {}, dropped {}",
+        args.channel,
+        rates.frames,
+        seconds,
+        rates.frames_per_s,
+        rates.mb_per_s,
+        micros(rates.latency_us_mean),
+        micros(rates.latency_us_max),
+        missed,
+        dropped
+    ))?;
+    Ok(())
+}
+
+/// Non-shm channels: the producer's heartbeat counters, polled through the broker.
+fn watch_counters(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Result<()> {
+    let frames = |c: &labhub::protocol::Counters| {
+        c.get("frames_published")
+            .or_else(|| c.get("messages_published"))
+            .or_else(|| c.get("frames"))
+            .copied()
+    };
+    let mut live = LiveLine::new();
+    let mut clock = Clock::new(args.interval);
+    let mut before = frames(&hub.discover(&args.channel)?.counters);
+    while !finished(args, &clock, end) {
+        let mut wake = clock.next;
+        if let Some(e) = end {
+            wake = wake.min(e);
+        }
+        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        let seconds = (now - clock.last).as_secs_f64();
+        let after = frames(&hub.discover(&args.channel)?.counters);
+        let sample = Sample {
+            r#type: "sample",
+            channel: &args.channel,
+            elapsed_s: (now - clock.start).as_secs_f64(),
+            published_per_s: before
+                .zip(after)
+                .map(|(b, a)| a.saturating_sub(b) as f64 / seconds),
+            rates: Rates::default(),
+            missed: 0,
+            dropped: 0,
+        };
+        emit(args, &mut live, &sample)?;
+        before = after;
+        clock.last = now;
+        clock.samples += 1;
+        clock.next += args.interval;
+    }
+    live.finish()?;
+    summary(args, &clock, Meter::default(), 0, 0)
+}

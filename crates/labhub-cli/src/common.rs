@@ -1,0 +1,211 @@
+//! What several commands share: how to reach the broker, output, logging, durations.
+//!
+//! Each command follows parse → validate → act: clap fills its `Args`, [`ConnectArgs::resolve`]
+//! turns flags, environment and files into a checked [`labhub::client::ClientConfig`] (keys
+//! read, endpoint chosen) before anything is sent, and only then does the command act.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use labhub::broker::config::{ConfigLayer, DEFAULT_ENDPOINT, default_home};
+use labhub::broker::keys::{self, PublicKey};
+use labhub::client::ClientConfig;
+use labhub::lifecycle::{LifecycleGuard, ModuleDef};
+use labhub::log::{LogConfig, Sink};
+use tracing::level_filters::LevelFilter;
+
+use crate::exit::UsageError;
+
+/// How to reach the broker (shared by every command that talks to it).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// The broker's request endpoint [env: LABHUB_BROKER_ENDPOINT] [default: from <home>/broker.toml, else tcp://127.0.0.1:5570].
+    #[arg(long, value_name = "ENDPOINT")]
+    pub broker: Option<String>,
+    /// The broker's public key: 40 Z85 characters, or a file holding them [default: <home>/keys/broker.pub].
+    // Z85 keys may start with `-`.
+    #[arg(long, value_name = "KEY|FILE", allow_hyphen_values = true)]
+    pub server_key: Option<String>,
+    /// The labhub home (the broker's public key, this user's client key) [env: LABHUB_HOME] [default: <data dir>/labhub].
+    #[arg(long, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// How long to wait for each broker reply (e.g. 500ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Parses `500ms`, `2s`, `1m`… (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 2s, 1m)"))
+}
+
+/// A tcp bind address made dialable on this machine (`*` and `0.0.0.0` are not dialable).
+fn dialable(endpoint: &str) -> String {
+    for wildcard in ["tcp://*:", "tcp://0.0.0.0:"] {
+        if let Some(port) = endpoint.strip_prefix(wildcard) {
+            return format!("tcp://127.0.0.1:{port}");
+        }
+    }
+    endpoint.to_owned()
+}
+
+fn check_endpoint(endpoint: &str) -> Result<(), UsageError> {
+    let bad = |why: &str| UsageError(format!("--broker {endpoint:?}: {why}"));
+    if let Some(addr) = endpoint.strip_prefix("tcp://") {
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| bad("a tcp endpoint needs host:port"))?;
+        if host.is_empty() {
+            return Err(bad("the host is empty"));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(()),
+            _ => Err(bad("the port must be a number from 1 to 65535")),
+        }
+    } else if let Some(path) = endpoint.strip_prefix("ipc://") {
+        if path.is_empty() {
+            return Err(bad("the ipc path is empty"));
+        }
+        Ok(())
+    } else {
+        Err(bad("expected tcp://HOST:PORT or ipc://PATH"))
+    }
+}
+
+/// `KEY|FILE`: 40 Z85 characters, else the first word of the file named.
+fn server_key(text: &str) -> anyhow::Result<PublicKey> {
+    if text.len() == 40
+        && let Ok(key) = PublicKey::from_z85(text)
+    {
+        return Ok(key);
+    }
+    let path = Path::new(text);
+    if !path.exists() {
+        return Err(UsageError(format!(
+            "--server-key {text:?} is neither a 40-character Z85 key nor an existing file"
+        ))
+        .into());
+    }
+    Ok(keys::read_public(path)?)
+}
+
+/// The labhub home: the flag, else `LABHUB_HOME`, else the platform's data directory.
+pub fn home(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match flag {
+        Some(h) => Ok(h.to_owned()),
+        None => Ok(default_home(&|k| std::env::var(k).ok())?),
+    }
+}
+
+impl ConnectArgs {
+    /// Validates the flags and reads the keys: everything that can be wrong with the input
+    /// fails here, before any request.
+    pub fn resolve(&self) -> anyhow::Result<ClientConfig> {
+        if let Some(e) = &self.broker {
+            check_endpoint(e)?;
+        }
+        if self.timeout.is_zero() {
+            return Err(UsageError("--timeout must be longer than 0".into()).into());
+        }
+        let home = home(self.home.as_deref())?;
+        let server_key = match &self.server_key {
+            Some(text) => server_key(text)?,
+            None => {
+                let path = home.join("keys").join("broker.pub");
+                keys::read_public(&path).with_context(|| {
+                    format!(
+                        "no broker key at {}: pass --server-key, or --home/LABHUB_HOME of the hub",
+                        path.display()
+                    )
+                })?
+            }
+        };
+        let client_keys =
+            keys::local_client_key(&home.join("keys")).context("reading this user's client key")?;
+        let env = std::env::var("LABHUB_BROKER_ENDPOINT")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let endpoint = match (&self.broker, env) {
+            (Some(e), _) => e.clone(),
+            (None, Some(e)) => e,
+            (None, None) => {
+                let file = home.join("broker.toml");
+                let layer = if file.exists() {
+                    ConfigLayer::from_file(&file)?
+                } else {
+                    ConfigLayer::default()
+                };
+                layer.endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into())
+            }
+        };
+        Ok(
+            ClientConfig::new(dialable(&endpoint), server_key, client_keys)
+                .request_timeout(self.timeout),
+        )
+    }
+}
+
+/// The log level for `-v` given `count` times: warn, info, debug, trace.
+pub fn level(verbose: u8) -> LevelFilter {
+    match verbose {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    }
+}
+
+/// Starts the log module (console sink, on stderr) plus `more`, through the lifecycle guard.
+pub fn start(verbose: u8, more: Vec<ModuleDef>) -> anyhow::Result<LifecycleGuard> {
+    let mut log = LogConfig::new(Sink::Console);
+    log.level = level(verbose);
+    let mut modules = vec![labhub::log::module(log)];
+    modules.extend(more);
+    let guard = LifecycleGuard::new(modules).context("starting labhub's modules")?;
+    Ok(guard)
+}
+
+/// Writes one line to stdout; a closed stdout comes back as a `BrokenPipe` error.
+pub fn out(line: impl std::fmt::Display) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()
+}
+
+/// Prints `value` as one line of JSON on stdout.
+pub fn out_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string(value)?;
+    out(text)?;
+    Ok(())
+}
+
+/// Nanoseconds since the Unix epoch (the clock frame timestamps use).
+pub fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Bytes per second as MB/s (10^6 bytes).
+pub fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / 1e6 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// Starts logging and the Hub client module with `config`; the client runs until the guard drops.
+pub fn connect(
+    verbose: u8,
+    config: ClientConfig,
+) -> anyhow::Result<(LifecycleGuard, std::sync::Arc<labhub::client::Hub>)> {
+    let guard = start(verbose, vec![labhub::client::module(config)])?;
+    let hub = labhub::client::hub().context("the hub client module is not running")?;
+    Ok((guard, hub))
+}
