@@ -16,14 +16,18 @@
 //! | [`shm`] | shared-memory data channels: producer, consumers, policies, flexible zone |
 //! | [`protocol`] | the broker's wire messages: frames, types, typed decoding and validation |
 //! | [`broker`] | the broker: registry and watchdog, keys, config, audit trail, CurveZMQ server |
+//! | [`msg`] | ZeroMQ publish/subscribe and request/reply channels, optionally CurveZMQ-encrypted |
+//! | [`client`] | the Hub client: a lifecycle module (heartbeat, re-registration) and the channel factories |
 //!
 //! See `docs/ARCHITECTURE.md` for the design.
 #![deny(missing_docs)]
 
 pub mod broker;
+pub mod client;
 pub mod filelock;
 pub mod lifecycle;
 pub mod log;
+pub mod msg;
 pub mod protocol;
 pub mod shm;
 pub mod sync;

@@ -1,8 +1,11 @@
 //! labhub's integration tests: one binary, one module per concept (one link on a 2-core CI).
 
 mod broker;
+mod client;
+mod e2e;
 mod filelock;
 mod lifecycle;
 mod log;
+mod msg;
 mod shm;
 mod sync;

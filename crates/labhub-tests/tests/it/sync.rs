@@ -222,6 +222,40 @@ fn a_waiter_blocked_on_a_holder_without_robust_list_wakes_and_is_told() {
     waiter.finish();
 }
 
+/// Two waiters block on a holder that is then killed: exactly one is told of the death.
+fn two_waiters_on_a_killed_holder(holder_args: &[&str]) {
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold", &file, holder_args);
+    holder.expect("locked");
+    let mut waiters: Vec<Child> = (0..2)
+        .map(|_| Child::spawn("sync-wait-lock", &file, &[]))
+        .collect();
+    for waiter in &mut waiters {
+        waiter.expect("waiting");
+    }
+    wait_for(|| file.shared.word(at::MUTEX) & WAITERS != 0);
+    holder.kill();
+    let mut outcomes: Vec<String> = waiters.iter_mut().map(Child::line).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["locked", "owner-died"]);
+    for waiter in waiters {
+        waiter.finish();
+    }
+    assert_eq!(file.shared.word(at::MUTEX) & TID_MASK, 0);
+}
+
+#[test]
+fn of_two_waiters_on_a_killed_holder_exactly_one_is_told() {
+    let _watchdog = watchdog("two_waiters_robust_list", Duration::from_secs(60));
+    two_waiters_on_a_killed_holder(&[]);
+}
+
+#[test]
+fn of_two_waiters_polling_a_dead_holder_exactly_one_is_told() {
+    let _watchdog = watchdog("two_waiters_liveness", Duration::from_secs(60));
+    two_waiters_on_a_killed_holder(&["--no-robust-list"]);
+}
+
 #[test]
 fn our_mutexes_and_a_glibc_robust_mutex_share_one_robust_list_through_a_kill() {
     let _watchdog = watchdog("glibc_coexistence", Duration::from_secs(60));
@@ -245,6 +279,51 @@ fn our_mutexes_and_a_glibc_robust_mutex_share_one_robust_list_through_a_kill() {
     assert_eq!(file.shared.word(at::MUTEX), 0);
     let b = file.shared.mutex(at::MUTEX_B);
     assert!(matches!(b.lock(), Err(LockError::OwnerDied(_))));
+}
+
+#[test]
+fn a_waiter_that_cannot_read_proc_never_takes_the_lock_from_a_live_holder() {
+    let _watchdog = watchdog("a_waiter_that_cannot_read_proc", Duration::from_secs(60));
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold", &file, &[]);
+    holder.expect("locked");
+    let id = labhub::sys::ProcessId::of(holder.pid()).expect("holder identity");
+    // Long enough for several liveness probes (one per 100 ms slice).
+    let mut waiter = Child::spawn(
+        "sync-lock-without-fds",
+        &file,
+        &["350", &id.pid.to_string(), &id.start_time.to_string()],
+    );
+    assert_eq!(waiter.line(), "holder-alive=true lock=timeout");
+    waiter.finish();
+    assert_eq!(
+        file.shared.word(at::MUTEX) & TID_MASK,
+        holder.pid(),
+        "still the holder's"
+    );
+}
+
+#[test]
+fn a_waiter_interrupted_by_frequent_signals_still_finds_a_dead_holder() {
+    let _watchdog = watchdog("waiter_under_signals", Duration::from_secs(30));
+    let file = SharedFile::new();
+    let mut holder = Child::spawn("sync-hold", &file, &["--no-robust-list"]);
+    holder.expect("locked");
+    holder.kill();
+    let mut waiter = Child::spawn("sync-wait-lock-under-signals", &file, &[]);
+    waiter.expect("waiting");
+    waiter.expect("owner-died");
+    waiter.finish();
+}
+
+#[test]
+fn a_guard_dropped_by_a_forked_copy_leaves_the_parents_lock_held() {
+    let _watchdog = watchdog("a_guard_dropped_by_a_forked_copy", Duration::from_secs(60));
+    let file = SharedFile::new();
+    let mut child = Child::spawn("sync-fork-while-holding", &file, &[]);
+    child.expect("held-after-the-fork-dropped-its-copy=true");
+    child.finish();
+    assert_eq!(file.shared.word(at::MUTEX), 0, "released by its owner");
 }
 
 #[test]

@@ -152,8 +152,10 @@ impl ProcessEvent {
 
     /// Condition-variable use: releases the guard's mutex, waits for a notify (or the
     /// timeout), and locks the mutex again. Returns the relock result and whether a notify
-    /// came (false: timed out). A notify made after the caller's check under the mutex is
-    /// never missed. Spurious returns are possible: re-check the condition in a loop.
+    /// came (false: timed out). As with any condition variable, the notifier changes the
+    /// condition while holding the mutex and notifies after that (under the mutex or after
+    /// releasing it); such a notify is never missed. The relock itself has no timeout.
+    /// Spurious returns are possible: re-check the condition in a loop.
     pub fn wait_with<'a>(
         &self,
         guard: ProcessMutexGuard<'a>,

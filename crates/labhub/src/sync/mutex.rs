@@ -19,7 +19,7 @@
 //! | `tid → tid \| WAITERS` | a waiter, before it sleeps on the word |
 //! | `[OWNER_DIED] [\| WAITERS] → tid [\| WAITERS]` | lock, slow path; `OWNER_DIED` is reported as [`LockError::OwnerDied`] and cleared |
 //! | `tid [\| WAITERS] → OWNER_DIED [\| WAITERS]` | the kernel, when the owner dies with the lock in its robust list; it wakes one waiter |
-//! | `dead_tid [\| WAITERS] → tid \| WAITERS` | a waiter whose timed sleep (100 ms slices) found `dead_tid` gone: reported as owner death |
+//! | `dead_tid [\| WAITERS] → tid \| WAITERS` | a waiter that, once per 100 ms of sleep, found `dead_tid` gone: reported as owner death |
 //! | `tid [\| WAITERS] → 0` | unlock: one swap, then `FUTEX_WAKE` of one waiter only if `WAITERS` was set |
 //!
 //! A thread that has slept keeps `WAITERS` set when it takes the lock, since others may still
@@ -31,10 +31,12 @@
 //! (at byte 24) is linked into the thread's kernel robust list: the list glibc registered for
 //! the thread, in glibc's own node format, so ours and glibc's robust mutexes share it. The
 //! order is glibc's: mark the node pending, take the word, link, clear the mark; to unlock,
-//! mark, unlink, release the word, wake, clear. The list is used only for a mutex reached
-//! through [`ProcessMutex::from_ptr`] (whose caller promises the mutex stays put), never for
-//! one made by [`ProcessMutex::new`], a value that safe code could move or free while a leaked
-//! guard keeps it linked.
+//! mark, unlink, release the word, wake, clear. The list is used for every mutex whose flags
+//! word does not carry `new()`'s mark: one reached through [`ProcessMutex::from_ptr`], or
+//! through any other cast into zeroed memory (a `#[repr(C)]` header holding one), whose author
+//! takes on `from_ptr`'s promises that the mutex stays put. It is never used for a value made
+//! by [`ProcessMutex::new`], which safe code could move or free while a leaked guard keeps it
+//! linked.
 
 use std::fmt;
 use std::io;
@@ -78,6 +80,11 @@ const LIVENESS_SLICE: Duration = Duration::from_millis(100);
 ///
 /// Everyone who can write the mapping is trusted: a process that scribbles on the node can
 /// make the owner's unlock corrupt its memory, as with glibc's robust mutexes.
+///
+/// All processes that share a mutex must share a pid namespace: the word holds TIDs, and a
+/// waiter's liveness probe would find an owner of another namespace missing and take its lock.
+/// Locking and unlocking are not async-signal-safe: a signal handler that locks a mutex on a
+/// thread interrupted inside `lock` or a guard's drop can corrupt that thread's robust list.
 #[repr(C, align(64))]
 pub struct ProcessMutex {
     word: AtomicU32,
@@ -165,7 +172,9 @@ impl ProcessMutex {
     /// `ptr` is aligned to 64 and points at 64 bytes that hold a `ProcessMutex` (all zero, or
     /// written by `new()` or by another process's use of one), that are accessed only through
     /// `ProcessMutex` methods, and that stay mapped at this address for `'a` and, if a guard
-    /// is leaked (`mem::forget`), until the leaking thread exits.
+    /// is leaked (`mem::forget`), until the leaking thread exits. The mark this call clears is
+    /// stored in the mutex: from then on every locker, whatever reference it holds, links the
+    /// mutex into its robust list, so the bytes must never be moved (only unmapped, as above).
     pub unsafe fn from_ptr<'a>(ptr: *const Self) -> &'a Self {
         // SAFETY: guaranteed by the caller: aligned, valid, mapped for 'a.
         let mutex = unsafe { &*ptr };
@@ -176,7 +185,7 @@ impl ProcessMutex {
     }
 
     /// Locks, sleeping as long as it takes. `Err` is only [`LockError::OwnerDied`] (which
-    /// holds the lock) or, off Linux, [`LockError::Wait`].
+    /// holds the lock) or [`LockError::Wait`] (off Linux, or an unexpected futex error).
     #[inline]
     pub fn lock(&self) -> Result<ProcessMutexGuard<'_>, LockError<'_>> {
         self.acquire(None)
@@ -307,6 +316,8 @@ impl ProcessMutex {
         let mut spins = 0;
         // Once we have slept, others may sleep too: keep WAITERS when we take the lock.
         let mut waiters_bit = 0;
+        // When the owner's liveness was last probed (or the first sleep began).
+        let mut last_probe: Option<Instant> = None;
         loop {
             let word = self.word.load(Ordering::Relaxed);
             if word & TID_MASK == 0 {
@@ -340,11 +351,16 @@ impl ProcessMutex {
                 },
             };
             waiters_bit = WAITERS;
+            let probed = *last_probe.get_or_insert_with(Instant::now);
             match sys::futex_wait(&self.word, word | WAITERS, Some(slice)) {
-                Ok(true) => {}
-                Ok(false) => {
-                    if let Some(owner_died) = self.take_from_vanished_owner(tid) {
-                        return Ok(owner_died);
+                // Probe when a slice ran out, and also when early returns (signals, changes of
+                // the word) have added up to a slice, or a dead owner would never be noticed.
+                Ok(woken) => {
+                    if !woken || probed.elapsed() >= LIVENESS_SLICE {
+                        last_probe = Some(Instant::now());
+                        if let Some(owner_died) = self.take_from_vanished_owner(tid) {
+                            return Ok(owner_died);
+                        }
                     }
                 }
                 Err(e) => return Err(SlowFailure::Wait(e)),
@@ -420,7 +436,8 @@ impl fmt::Debug for ProcessMutex {
 ///
 /// `!Send`: the lock word and the robust list name the thread that locked it, so the same
 /// thread must unlock it. For the same reason a guard copied into a child by `fork()` (an
-/// unsafe call) belongs to the parent: the child must `mem::forget` it, never drop it.
+/// unsafe call) belongs to the parent: dropping it in the child does nothing (the child's
+/// thread has another TID), and the parent's lock stays held until the parent drops its guard.
 ///
 /// ```compile_fail
 /// fn assert_send<T: Send>() {}
@@ -443,7 +460,11 @@ impl<'a> ProcessMutexGuard<'a> {
 impl Drop for ProcessMutexGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.mutex.unlock(&self.thread, self.listed);
+        // A copy made by `fork()` runs on another thread (new TID, emptied robust list) and
+        // must leave the parent's lock and list node alone, even when it unwinds.
+        if sys::current_thread().tid() == self.thread.tid() {
+            self.mutex.unlock(&self.thread, self.listed);
+        }
     }
 }
 

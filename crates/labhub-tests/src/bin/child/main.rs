@@ -3,9 +3,11 @@
 //! Each role lives in its own module; the first argument picks it.
 
 mod broker;
+mod client;
 mod filelock;
 mod lifecycle;
 mod log;
+mod msg;
 mod shm;
 mod sync;
 
@@ -16,10 +18,12 @@ fn main() -> anyhow::Result<()> {
     #[allow(clippy::match_single_binding)] // each concept's module adds its roles here
     match role.as_str() {
         r if r.starts_with("broker-") => broker::run(r, &rest),
+        r if r.starts_with("client-") => client::run(r, &rest),
         r if r.starts_with("filelock-") => filelock::run(r, &rest),
         r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         "log-append" => log::append(&rest),
         "log-spam" => log::spam(&rest),
+        r if r.starts_with("msg-") => msg::run(r, &rest),
         r if r.starts_with("shm-") => shm::run(r, &rest),
         r if r.starts_with("sync-") => sync::run(r, &rest),
         other => anyhow::bail!("unknown child role {other:?} (args {rest:?})"),

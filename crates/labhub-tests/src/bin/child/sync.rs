@@ -153,6 +153,37 @@ pub fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
             ));
             Ok(())
         }
+        "sync-lock-without-fds" => {
+            // A waiter that can open no file (so cannot read /proc) must still never take the
+            // lock from a live holder, nor call a live process dead.
+            let timeout = Duration::from_millis(number(1)?);
+            let holder = labhub::sys::ProcessId {
+                pid: u32::try_from(number(2)?)?,
+                start_time: number(3)?,
+            };
+            let _spent = exhaust_file_descriptors()?;
+            let alive = holder.is_alive();
+            let outcome = match shared.mutex(at::MUTEX).lock_timeout(timeout) {
+                Ok(_) => "locked",
+                Err(LockError::OwnerDied(_)) => "owner-died",
+                Err(LockError::Timeout) => "timeout",
+                Err(other) => bail!("lock failed: {other}"),
+            };
+            say(&format!("holder-alive={alive} lock={outcome}"));
+            Ok(())
+        }
+        "sync-fork-while-holding" => fork_while_holding(&shared),
+        "sync-wait-lock-under-signals" => {
+            interrupt_every(Duration::from_millis(20))?;
+            say("waiting");
+            let outcome = match shared.mutex(at::MUTEX).lock() {
+                Ok(_) => "locked",
+                Err(LockError::OwnerDied(_)) => "owner-died",
+                Err(other) => bail!("lock failed: {other}"),
+            };
+            say(outcome);
+            Ok(())
+        }
         other => bail!("unknown sync role {other:?}"),
     }
 }
@@ -177,6 +208,90 @@ fn lock_reporting(mutex: &ProcessMutex) -> anyhow::Result<labhub::sync::ProcessM
         Ok(guard) | Err(LockError::OwnerDied(guard)) => Ok(guard),
         Err(other) => bail!("lock failed: {other}"),
     }
+}
+
+/// Lowers the soft descriptor limit and opens /dev/null until no descriptor is left; the
+/// returned files hold them.
+fn exhaust_file_descriptors() -> anyhow::Result<Vec<std::fs::File>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit to the valid local passed by address.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    limit.rlim_cur = limit.rlim_cur.min(32);
+    // SAFETY: setrlimit reads one rlimit from the valid local passed by address.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        bail!("setrlimit: {}", std::io::Error::last_os_error());
+    }
+    let mut files = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => files.push(file),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+            Err(e) => return Err(e).context("opening /dev/null"),
+        }
+    }
+    if std::fs::read_to_string("/proc/self/stat").is_ok() {
+        bail!("/proc is still readable");
+    }
+    Ok(files)
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Sends this process SIGALRM every `period`, caught by a handler installed without
+/// `SA_RESTART`, so that every blocking call returns `EINTR` that often.
+fn interrupt_every(period: Duration) -> anyhow::Result<()> {
+    // SAFETY: all-zero is a valid `sigaction` (empty mask, no flags), completed below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: installs a handler that does nothing, from a valid `sigaction`.
+    if unsafe { libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()) } != 0 {
+        bail!("sigaction: {}", std::io::Error::last_os_error());
+    }
+    let every = libc::timeval {
+        tv_sec: 0,
+        tv_usec: libc::suseconds_t::try_from(period.as_micros())?,
+    };
+    let timer = libc::itimerval {
+        it_interval: every,
+        it_value: every,
+    };
+    // SAFETY: reads the valid `itimerval` above; the old value is not wanted.
+    if unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) } != 0 {
+        bail!("setitimer: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Locks MUTEX, forks, lets the forked copy drop its copy of the guard (as unwinding would),
+/// and reports whether this process still holds the lock.
+fn fork_while_holding(shared: &Shared) -> anyhow::Result<()> {
+    let mutex = shared.mutex(at::MUTEX);
+    let guard = lock_reporting(mutex)?;
+    // SAFETY: this process is single-threaded; the forked copy only drops the guard and ends
+    // with `_exit`, running no destructor of ours.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(guard);
+        // SAFETY: ends the forked copy at once.
+        unsafe { libc::_exit(0) };
+    }
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child, writing its status to a local.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        bail!("waitpid: {}", std::io::Error::last_os_error());
+    }
+    let held = mutex.owner() == Some(labhub::sys::gettid());
+    say(&format!("held-after-the-fork-dropped-its-copy={held}"));
+    drop(guard);
+    Ok(())
 }
 
 /// `rounds` non-atomic increments of the counter under the mutex.

@@ -16,25 +16,37 @@ pub fn getpid() -> u32 {
 
 /// Whether a thread (of any process) with kernel id `tid` exists and has not exited.
 ///
-/// A zombie (dead, not yet reaped) counts as exited. The answer can be wrong after tid reuse:
-/// a new, unrelated thread with the same id counts as alive.
+/// A zombie (dead, not yet reaped) counts as exited when `/proc` can be read. The answer errs
+/// towards "alive": callers take locks from threads reported dead. It can be wrong after tid
+/// reuse (a new, unrelated thread with the same id counts as alive), and ids are those of the
+/// caller's pid namespace.
 pub fn thread_alive(tid: u32) -> bool {
-    let Ok(id) = libc::pid_t::try_from(tid) else {
+    if !task_exists(tid) {
+        return false;
+    }
+    // `kill` succeeds on zombies; their state in /proc is Z (or X while being reaped). If
+    // /proc cannot be read (not mounted, no descriptor left), `kill` has the last word: a
+    // zombie then counts as alive until reaped, which is slow but never takes a live lock.
+    match read_stat(tid) {
+        Ok(stat) => !matches!(stat.state, 'Z' | 'X'),
+        Err(_) => true,
+    }
+}
+
+/// Whether a task (thread or process) with id `id` exists, zombies included (`kill(id, 0)`).
+fn task_exists(id: u32) -> bool {
+    let Ok(id) = libc::pid_t::try_from(id) else {
         return false;
     };
     if id <= 0 {
         return false;
     }
     // SAFETY: signal 0 performs only the existence and permission checks.
-    if unsafe { libc::kill(id, 0) } != 0 {
-        // EPERM: it exists but belongs to someone else.
-        return io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if unsafe { libc::kill(id, 0) } == 0 {
+        return true;
     }
-    // `kill` succeeds on zombies; their state in /proc is Z (or X while being reaped).
-    match read_stat(tid) {
-        Ok(stat) => !matches!(stat.state, 'Z' | 'X'),
-        Err(_) => false, // vanished in between
-    }
+    // EPERM: it exists but belongs to someone else.
+    io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// A process identity that survives pid reuse: the pid plus the process's start time
@@ -64,10 +76,13 @@ impl ProcessId {
 
     /// Whether this very process still runs: the pid exists, is not a zombie, and started
     /// at the same time (so it is not a later process that reused the pid).
+    ///
+    /// If `/proc` cannot be read (not mounted, no descriptor left) the answer is whether the
+    /// pid exists: it errs towards "alive", since callers reclaim what dead processes held.
     pub fn is_alive(&self) -> bool {
         match read_stat(self.pid) {
             Ok(stat) => stat.start_time == self.start_time && !matches!(stat.state, 'Z' | 'X'),
-            Err(_) => false,
+            Err(_) => task_exists(self.pid),
         }
     }
 }

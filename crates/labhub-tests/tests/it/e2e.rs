@@ -1,0 +1,435 @@
+//! End to end with real processes: a broker, a producer and two consumers as child processes,
+//! SIGKILLed and restarted while frames flow.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use std::sync::atomic::Ordering;
+
+use labhub::client::{ClientConfig, ConsumeError, Hub, ShmConsumer};
+use labhub::protocol::{ChannelKind, ChannelState, ErrorCode};
+use labhub::shm::{AttachOptions, Backpressure, ChannelConfig, FrameMeta, Policy};
+
+use super::client::{WATCHDOG, ipc_endpoint, unique};
+
+/// A child process whose stdout lines arrive on a channel; SIGKILLed when dropped.
+struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+    label: String,
+}
+
+impl Proc {
+    fn spawn(label: &str, role: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_labhub-test-child"))
+            .arg(role)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn labhub-test-child");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            label: label.into(),
+        }
+    }
+
+    /// Skips lines until one satisfies `want`; returns it. Fails after [`WATCHDOG`].
+    fn wait_for(&mut self, what: &str, mut want: impl FnMut(&str) -> bool) -> String {
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if want(&line) => return line,
+                Ok(line) => {
+                    assert!(!line.starts_with("error"), "{}: {line}", self.label);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{} did not say {what} within {WATCHDOG:?}", self.label)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().unwrap();
+                    panic!("{} exited ({status}) before saying {what}", self.label)
+                }
+            }
+        }
+    }
+
+    /// The id of the next `frame <id>` line.
+    fn next_frame(&mut self) -> u64 {
+        let line = self.wait_for("a frame", |l| l.starts_with("frame "));
+        line["frame ".len()..].parse().unwrap()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Home(PathBuf);
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn consumers_hear_their_producer_die_resume_after_its_restart_and_outlive_a_broker_restart() {
+    let home = Home(std::env::temp_dir().join(unique("e2e-home")));
+    let home_s = home.0.to_str().unwrap().to_owned();
+    let endpoint = ipc_endpoint("e2e-broker");
+    let notify = ipc_endpoint("e2e-notify");
+    let name = unique("e2e");
+    let args = [home_s.as_str(), endpoint.as_str(), notify.as_str()];
+    let with_name = [args[0], args[1], args[2], name.as_str()];
+
+    let mut broker = Proc::spawn("broker", "client-broker", &args);
+    broker.wait_for("ready", |l| l == "ready");
+    let mut producer = Proc::spawn("producer", "client-producer", &with_name);
+    producer.wait_for("ready", |l| l.starts_with("ready"));
+    let mut consumers = [
+        Proc::spawn("consumer 1", "client-consumer", &with_name),
+        Proc::spawn("consumer 2", "client-consumer", &with_name),
+    ];
+    for c in &mut consumers {
+        c.wait_for("attached", |l| l == "attached");
+        c.next_frame();
+    }
+
+    // SIGKILL the producer: the broker's watchdog declares the channel down and tells them.
+    producer.kill();
+    let mut last_seen = [0u64; 2];
+    for (c, last) in consumers.iter_mut().zip(&mut last_seen) {
+        c.wait_for("notice channel_down", |l| {
+            if let Some(id) = l.strip_prefix("frame ") {
+                *last = (*last).max(id.parse().unwrap());
+            }
+            l == "notice channel_down"
+        });
+    }
+
+    // Restart it: it re-attaches to the segment, frame ids continue, consumers resume.
+    let mut producer = Proc::spawn("producer 2", "client-producer", &with_name);
+    let ready = producer.wait_for("ready", |l| l.starts_with("ready"));
+    let resumed_at: u64 = ready["ready ".len()..].parse().unwrap();
+    assert!(
+        resumed_at > last_seen[0].max(last_seen[1]),
+        "frame ids continue"
+    );
+    for c in &mut consumers {
+        let id = c.next_frame();
+        assert!(
+            id >= resumed_at,
+            "frame {id} came before the restart at {resumed_at}"
+        );
+        assert!(c.next_frame() > id);
+    }
+
+    // SIGKILL the broker: frames keep flowing through shared memory.
+    broker.kill();
+    for c in &mut consumers {
+        let first = c.next_frame();
+        let mut id = first;
+        for _ in 0..5 {
+            let next = c.next_frame();
+            assert!(next > id);
+            id = next;
+        }
+    }
+
+    // Restart it: the producer registers again, the consumers attach again, LIST shows it.
+    let mut broker = Proc::spawn("broker 2", "client-broker", &args);
+    broker.wait_for("ready", |l| l == "ready");
+    let mut config = ClientConfig::from_home(&home.0)
+        .unwrap()
+        .request_timeout(Duration::from_secs(2));
+    config.endpoint = endpoint.clone();
+    let hub = Hub::connect(config).unwrap();
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let listed = hub.list(Some(&name), Some(ChannelKind::Shm)).unwrap();
+        if let [ch] = listed.as_slice()
+            && ch.state == ChannelState::Up
+            && ch.consumers == 2
+        {
+            assert_eq!(ch.spec.name.as_str(), name);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the clients did not register again within {WATCHDOG:?}: {listed:?}"
+        );
+        // Polling the broker is the event here: the list is what the test observes.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in &mut consumers {
+        c.next_frame();
+    }
+    hub.shutdown();
+    drop(consumers);
+    drop(producer);
+    drop(broker);
+    let _ = labhub::shm::remove_channel(&name);
+}
+
+/// A broker child process in a fresh home, and a way to connect clients to it.
+struct TestBroker {
+    _proc: Proc,
+    home: Home,
+    endpoint: String,
+    notify: String,
+}
+
+impl TestBroker {
+    fn start() -> Self {
+        let home = Home(std::env::temp_dir().join(unique("broker-home")));
+        let endpoint = ipc_endpoint("broker");
+        let notify = ipc_endpoint("notify");
+        let mut proc = Proc::spawn(
+            "broker",
+            "client-broker",
+            &[home.0.to_str().unwrap(), &endpoint, &notify],
+        );
+        proc.wait_for("ready", |l| l == "ready");
+        Self {
+            _proc: proc,
+            home,
+            endpoint,
+            notify,
+        }
+    }
+
+    fn client(&self) -> Hub {
+        let mut config = ClientConfig::from_home(&self.home.0)
+            .unwrap()
+            .notify_endpoint(&self.notify)
+            .request_timeout(Duration::from_secs(5));
+        config.endpoint = self.endpoint.clone();
+        Hub::connect(config).unwrap()
+    }
+}
+
+fn shm_ring() -> ChannelConfig {
+    ChannelConfig::new(
+        Policy::Ring {
+            slots: 8,
+            when_full: Backpressure::DropOldest,
+        },
+        64,
+    )
+}
+
+fn wait_notice(consumer: &mut ShmConsumer, kind: &str) {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        if let Some(n) = consumer.try_notice()
+            && n.kind() == kind
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} notice within {WATCHDOG:?}"
+        );
+        // Waiting for a frame is the consumer's way to wait for anything; none is coming.
+        let _ = consumer.read(Some(Duration::from_millis(20)), |_| ());
+    }
+}
+
+#[test]
+fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_segment() {
+    let broker = TestBroker::start();
+    let name = unique("recreate");
+    let producer_hub = broker.client();
+    let consumer_hub = broker.client();
+    let mut producer = producer_hub.create_shm_producer(&name, shm_ring()).unwrap();
+    let mut consumer = consumer_hub
+        .find_shm_consumer(&name, AttachOptions::default())
+        .unwrap();
+    producer
+        .publish_bytes(b"old", &FrameMeta::default())
+        .unwrap();
+    let frame = consumer.next_copy(Some(WATCHDOG)).unwrap();
+    assert_eq!((frame.frame_id, frame.data.as_slice()), (0, &b"old"[..]));
+
+    // The producer leaves (unregisters: the channel goes down), its segment is removed, and a
+    // new producer creates a fresh one: frame ids start again at 0 there.
+    drop(producer);
+    wait_notice(&mut consumer, "channel_down");
+    labhub::shm::remove_channel(&name).unwrap();
+    let mut producer = producer_hub.create_shm_producer(&name, shm_ring()).unwrap();
+    assert_eq!(producer.next_frame_id(), 0);
+    // A re-attached consumer reads the frames committed after it re-attached, so the producer
+    // keeps publishing until one arrives.
+    let deadline = Instant::now() + WATCHDOG;
+    let frame = loop {
+        producer
+            .publish_bytes(b"new", &FrameMeta::default())
+            .unwrap();
+        match consumer.next_copy(Some(Duration::from_millis(20))) {
+            Ok(frame) => break frame,
+            Err(ConsumeError::Timeout { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "the consumer never resumed");
+    };
+    assert_eq!(frame.data, b"new");
+    assert!(
+        frame.frame_id < producer.next_frame_id(),
+        "a frame of the new segment"
+    );
+    assert_eq!(consumer.counters().reattached.load(Ordering::Relaxed), 1);
+
+    // The heartbeat carries the producer's counters to the broker.
+    let published = producer.next_frame_id();
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let info = consumer_hub.discover(&name).unwrap();
+        if info.counters.get("frames_published") == Some(&published) {
+            assert_eq!(info.consumers, 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters never reported: {info:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Shutting the producer's client down unregisters the channel at once.
+    producer_hub.shutdown();
+    match consumer_hub.discover(&name) {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::ChannelDown), "{e}"),
+        Ok(info) => panic!("still up after the producer's shutdown: {info:?}"),
+    }
+    drop(producer);
+    drop(consumer);
+    consumer_hub.shutdown();
+    let _ = labhub::shm::remove_channel(&name);
+}
+
+#[test]
+fn a_producer_restarting_before_the_broker_noticed_its_death_waits_and_takes_the_channel_over() {
+    let broker = TestBroker::start();
+    let name = unique("takeover");
+    let home = broker.home.0.to_str().unwrap().to_owned();
+    let mut first = Proc::spawn(
+        "producer",
+        "client-producer",
+        &[&home, &broker.endpoint, &broker.notify, &name],
+    );
+    first.wait_for("ready", |l| l.starts_with("ready"));
+    first.kill();
+    // At once, before the broker's watchdog fires: the broker still holds the channel.
+    let hub = broker.client();
+    let producer = hub.create_shm_producer(
+        &name,
+        ChannelConfig::new(
+            Policy::Ring {
+                slots: 64,
+                when_full: Backpressure::DropOldest,
+            },
+            64,
+        ),
+    );
+    let producer = producer.unwrap();
+    let info = hub.discover(&name).unwrap();
+    assert_eq!(&info.producer, hub.client_id());
+    drop(producer);
+    hub.shutdown();
+    let _ = labhub::shm::remove_channel(&name);
+}
+
+#[test]
+fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker() {
+    let broker = TestBroker::start();
+    let server_hub = broker.client();
+    let client_hub = broker.client();
+    let topic_name = unique("topic");
+    let rpc_name = unique("rpc");
+
+    let publisher = server_hub.create_publisher(&topic_name).unwrap();
+    let server = server_hub.create_req_server(&rpc_name).unwrap();
+    for name in [&topic_name, &rpc_name] {
+        let endpoint = client_hub.discover(name).unwrap().spec.endpoint.unwrap();
+        let endpoint = endpoint.as_str();
+        assert!(
+            endpoint.starts_with("tcp://127.0.0.1:") && !endpoint.ends_with(":0"),
+            "{endpoint} must be dialable"
+        );
+    }
+
+    // Pub/sub: the subscriber joins late (ZeroMQ's slow joiner), so publish until it hears.
+    let subscriber = client_hub.find_subscriber(&topic_name, &[b"cam"]).unwrap();
+    let deadline = Instant::now() + WATCHDOG;
+    let got = loop {
+        publisher
+            .send_json("cam0", &serde_json::json!({"frame": 1}))
+            .unwrap();
+        publisher.send(b"other", b"ignored").unwrap();
+        if let Some(m) = subscriber
+            .recv_json::<serde_json::Value>(Duration::from_millis(20))
+            .unwrap()
+        {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber never heard the publisher"
+        );
+    };
+    assert_eq!(got.value["frame"], 1);
+
+    // Request/reply: the server answers on a thread of its own.
+    let mut client = client_hub.find_req_client(&rpc_name).unwrap();
+    let serving = std::thread::spawn(move || {
+        server
+            .serve_one(WATCHDOG, |request| [request, b"/pong"].concat())
+            .unwrap();
+        server
+    });
+    assert_eq!(client.request(b"ping", WATCHDOG).unwrap(), b"ping/pong");
+    let server = serving.join().unwrap();
+
+    // A channel of the wrong kind is refused by name.
+    assert!(matches!(
+        client_hub.find_req_client(&topic_name),
+        Err(labhub::client::ClientError::WrongKind { .. })
+    ));
+    let listed = client_hub.list(None, None).unwrap();
+    for (name, kind) in [
+        (&topic_name, ChannelKind::Pubsub),
+        (&rpc_name, ChannelKind::Reqrep),
+    ] {
+        let ch = listed
+            .iter()
+            .find(|c| c.spec.name.as_str() == name.as_str());
+        let ch = ch.unwrap_or_else(|| panic!("{name} not listed"));
+        assert_eq!((ch.spec.kind, ch.consumers), (kind, 1));
+    }
+    drop((publisher, server, subscriber, client));
+    server_hub.shutdown();
+    client_hub.shutdown();
+}

@@ -1,0 +1,400 @@
+//! The Hub client: what an application uses to reach the broker and open channels.
+//!
+//! A [`Hub`] is a handle to one connection to the broker. The connection is an actor: one
+//! worker thread owns the CurveZMQ DEALER socket (requests), the SUB socket (the broker's
+//! notices) and the heartbeat timer; API calls from any thread are messages to it and wait for
+//! their answer on a channel of their own. So no ZeroMQ socket is ever touched by two threads,
+//! and a call that times out leaves nothing half-done behind: every request carries an id, and a
+//! reply that arrives after its caller gave up is dropped.
+//!
+//! - Every reply is decoded by [`protocol::decode_reply`](crate::protocol::decode_reply) and
+//!   checked against the request before use: a reply that is not a JSON object, lacks a field or
+//!   has one of the wrong type is [`ClientError::BadReply`], never a panic (review item 1.4).
+//! - No broker: calls fail with [`ClientError::Timeout`], and [`Hub::shutdown`] (or dropping the
+//!   last handle) returns within a bounded time, since the sockets have a short LINGER.
+//! - The heartbeat carries the liveness of every producer and consumer of this client and
+//!   per-channel counters. When the broker answers a heartbeat with `unknown_client` (it
+//!   restarted, or this client was silent too long), the client registers its channels and
+//!   attaches its consumers again by itself.
+//! - The client is a lifecycle module ([`module`], review item 1.1): it starts after the log
+//!   module and stops before it; [`hub`] returns the running client of the global lifecycle.
+//!
+//! Message channels: [`Hub::create_publisher`] / [`Hub::find_subscriber`] and
+//! [`Hub::create_req_server`] / [`Hub::find_req_client`] bind on a free loopback port, register
+//! the dialable endpoint (never `0.0.0.0`), and discover and connect (see [`crate::msg`]).
+//!
+//! Channels: [`Hub::create_shm_producer`] creates a shared-memory channel and registers it;
+//! [`Hub::find_shm_consumer`] discovers one and attaches, checking the size the broker announces
+//! against the segment's header (review item 1.2). An [`ShmConsumer`] resumes by itself when
+//! its producer restarts: it keeps reading when the new producer re-attaches to the same
+//! segment, and re-attaches when the segment was recreated.
+//!
+//! ```no_run
+//! use labhub::client::{ClientConfig, Hub};
+//! use labhub::shm::{ChannelConfig, FrameMeta, Policy};
+//!
+//! // Keys and endpoints from the labhub home (where `labhub hub` writes them).
+//! let hub = Hub::connect(ClientConfig::from_env()?)?;
+//! let mut producer = hub.create_shm_producer("cam0", ChannelConfig::new(Policy::DoubleBuffer, 4096))?;
+//! producer.publish_bytes(b"frame", &FrameMeta::default())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_code)]
+
+mod connection;
+mod heartbeat;
+mod msg;
+mod shm;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use connection::Hub;
+pub use heartbeat::ChannelCounters;
+pub use msg::Registered;
+pub use shm::{ConsumeError, OwnedFrame, ShmConsumer, ShmProducer};
+
+use crate::broker::keys::{self, KeyError, KeyPair, PublicKey};
+use crate::protocol::{ChannelKind, ChannelName, ClientId, ErrorCode, NameError, Notification};
+
+/// The name of the client module in the lifecycle.
+pub const MODULE_NAME: &str = "labhub::client";
+
+/// How long the lifecycle waits for the client to unregister and close at shutdown.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default time a request waits for its reply.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach and authenticate to the broker.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The broker's ROUTER endpoint (dialable: `tcp://127.0.0.1:5570`).
+    pub endpoint: String,
+    /// The broker's notification PUB endpoint; `None` runs without notices.
+    pub notify_endpoint: Option<String>,
+    /// The broker's CURVE public key.
+    pub server_key: PublicKey,
+    /// This client's CURVE key pair (the broker admits the local user's client key).
+    pub keys: KeyPair,
+    /// The client id; `None` generates one unique to this process.
+    pub client_id: Option<ClientId>,
+    /// How long a request waits for its reply.
+    pub request_timeout: Duration,
+    /// The heartbeat interval until the broker tells its own.
+    pub heartbeat_interval: Duration,
+    /// How long [`Hub::create_shm_producer`] retries while the broker still holds the channel
+    /// for a producer that died (until its heartbeat times out there).
+    pub takeover_wait: Duration,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoint", &self.endpoint)
+            .field("notify_endpoint", &self.notify_endpoint)
+            .field("server_key", &self.server_key)
+            .field("public_key", &self.keys.public)
+            .field("client_id", &self.client_id)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `tcp://*:port` or `tcp://0.0.0.0:port` bind address made dialable on this machine.
+fn dialable(endpoint: &str) -> String {
+    for wildcard in ["tcp://*:", "tcp://0.0.0.0:"] {
+        if let Some(port) = endpoint.strip_prefix(wildcard) {
+            return format!("tcp://127.0.0.1:{port}");
+        }
+    }
+    endpoint.to_owned()
+}
+
+impl ClientConfig {
+    /// A configuration for the broker at `endpoint` with public key `server_key`, using `keys`;
+    /// no notices until [`ClientConfig::notify_endpoint`] is set.
+    pub fn new(endpoint: impl Into<String>, server_key: PublicKey, keys: KeyPair) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            notify_endpoint: None,
+            server_key,
+            keys,
+            client_id: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            heartbeat_interval: Duration::from_secs(1),
+            takeover_wait: Duration::from_secs(10),
+        }
+    }
+
+    /// The configuration of the broker whose home is `home`: its public key from
+    /// `<home>/keys/broker.pub`, the local user's client key from `<home>/keys` (created on first
+    /// use; the broker admits it), and the endpoints from `LABHUB_BROKER_ENDPOINT` /
+    /// `LABHUB_BROKER_NOTIFY_ENDPOINT`, else `<home>/broker.toml`, else the defaults.
+    pub fn from_home(home: &Path) -> Result<Self, ClientError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let keys_dir = home.join("keys");
+        let server_key = keys::read_public(&keys_dir.join("broker.pub"))?;
+        let client = keys::local_client_key(&keys_dir)?;
+        let file_path = home.join("broker.toml");
+        let file = if file_path.exists() {
+            crate::broker::config::ConfigLayer::from_file(&file_path).map_err(|e| {
+                ClientError::Config {
+                    path: file_path.clone(),
+                    problem: e.to_string(),
+                }
+            })?
+        } else {
+            crate::broker::config::ConfigLayer::default()
+        };
+        let endpoint = var("LABHUB_BROKER_ENDPOINT")
+            .or(file.endpoint)
+            .unwrap_or_else(|| crate::broker::config::DEFAULT_ENDPOINT.into());
+        let notify = var("LABHUB_BROKER_NOTIFY_ENDPOINT")
+            .or(file.notify_endpoint)
+            .unwrap_or_else(|| crate::broker::config::DEFAULT_NOTIFY_ENDPOINT.into());
+        Ok(Self::new(dialable(&endpoint), server_key, client).notify_endpoint(dialable(&notify)))
+    }
+
+    /// [`ClientConfig::from_home`] for the labhub home: `LABHUB_HOME`, else the platform's data
+    /// directory.
+    pub fn from_env() -> Result<Self, ClientError> {
+        let home =
+            crate::broker::config::default_home(&|k| std::env::var(k).ok()).map_err(|e| {
+                ClientError::Config {
+                    path: PathBuf::from("LABHUB_HOME"),
+                    problem: e.to_string(),
+                }
+            })?;
+        Self::from_home(&home)
+    }
+
+    /// Subscribes to the broker's notices at `endpoint`.
+    pub fn notify_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.notify_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Uses `id` as the client id.
+    pub fn client_id(mut self, id: ClientId) -> Self {
+        self.client_id = Some(id);
+        self
+    }
+
+    /// How long each request waits for its reply.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The heartbeat interval used until the broker announces its own.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// How long a producer retries registering while the broker still holds the channel for a
+    /// dead predecessor.
+    pub fn takeover_wait(mut self, wait: Duration) -> Self {
+        self.takeover_wait = wait;
+        self
+    }
+}
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// A configuration file could not be used.
+    #[error("client configuration {path} is unusable: {problem}")]
+    Config {
+        /// The file (or variable) at fault.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A key file was refused.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A name given by the caller is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// A ZeroMQ call failed.
+    #[error("{what} failed for {endpoint}")]
+    Zmq {
+        /// What the client was doing.
+        what: &'static str,
+        /// The endpoint involved.
+        endpoint: String,
+        /// The libzmq error.
+        #[source]
+        source: labhub_zmq::ZmqError,
+    },
+    /// No reply arrived in time (is the broker running, and does it admit this key?).
+    #[error("{request} request to {endpoint} got no reply within {waited:?}")]
+    Timeout {
+        /// The request type.
+        request: &'static str,
+        /// The broker endpoint.
+        endpoint: String,
+        /// How long the request waited.
+        waited: Duration,
+    },
+    /// The broker's reply is malformed: not the protocol, not an object, a field missing or of
+    /// the wrong type, or contents that do not answer the request.
+    #[error("malformed reply to {request}: {problem}")]
+    BadReply {
+        /// The request type.
+        request: &'static str,
+        /// What is wrong with the reply, naming the field.
+        problem: String,
+    },
+    /// The broker refused the request.
+    #[error("broker refused {request}{}: {code}: {message}", channel.as_ref().map(|c| format!(" of channel {c}")).unwrap_or_default())]
+    Refused {
+        /// The request type.
+        request: &'static str,
+        /// The channel concerned, if any.
+        channel: Option<String>,
+        /// The broker's error code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The client was shut down.
+    #[error("the hub client is shut down")]
+    Stopped,
+    /// The channel is of another kind than the caller asked for.
+    #[error("channel {channel} is a {found} channel, not {expected}", found = found.as_str(), expected = expected.as_str())]
+    WrongKind {
+        /// The channel.
+        channel: String,
+        /// The kind asked for.
+        expected: ChannelKind,
+        /// The kind registered.
+        found: ChannelKind,
+    },
+    /// What the broker announces disagrees with the channel itself (review item 1.2).
+    #[error(
+        "channel {channel}: the broker announces {field} = {broker}, the segment has {segment}"
+    )]
+    LayoutMismatch {
+        /// The channel.
+        channel: String,
+        /// The field that differs (`size`, `shm_name`).
+        field: &'static str,
+        /// The broker's value.
+        broker: String,
+        /// The segment's value.
+        segment: String,
+    },
+    /// Creating or connecting a ZeroMQ message channel failed.
+    #[error("message channel {channel}")]
+    Msg {
+        /// The channel.
+        channel: String,
+        /// The cause.
+        #[source]
+        source: Box<crate::msg::MsgError>,
+    },
+    /// Creating or attaching to the shared-memory channel failed.
+    #[error("shared-memory channel {channel}")]
+    Shm {
+        /// The channel.
+        channel: String,
+        /// The cause.
+        #[source]
+        source: crate::shm::ChannelError,
+    },
+}
+
+impl ClientError {
+    /// The broker's error code, if the broker refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Something the broker or the client itself reports to interested channel objects.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// A notification published by the broker.
+    Broker(Notification),
+    /// The broker had forgotten this client (it restarted); its channels were registered and its
+    /// consumers attached again.
+    Reregistered {
+        /// The channel registered or attached again.
+        channel: ChannelName,
+    },
+    /// Registering or attaching again after a broker restart failed.
+    ReregisterFailed {
+        /// The channel.
+        channel: ChannelName,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+impl Notice {
+    /// The channel the notice is about, if any.
+    pub fn channel(&self) -> Option<&ChannelName> {
+        match self {
+            Self::Broker(Notification::ChannelUp { channel }) => Some(&channel.spec.name),
+            Self::Broker(Notification::ChannelDown { name, .. })
+            | Self::Broker(Notification::ConsumerDropped { name, .. }) => Some(name),
+            Self::Reregistered { channel } | Self::ReregisterFailed { channel, .. } => {
+                Some(channel)
+            }
+        }
+    }
+
+    /// A short name of the notice kind (`channel_down`, `reregistered`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Broker(n) => n.type_name(),
+            Self::Reregistered { .. } => "reregistered",
+            Self::ReregisterFailed { .. } => "reregister_failed",
+        }
+    }
+}
+
+/// The client module: a lifecycle service whose startup connects a [`Hub`] with `config` and
+/// whose shutdown unregisters its channels and closes it. It depends on the log module
+/// ([`crate::log::MODULE_NAME`]); use [`module_without_log`] in a lifecycle without one.
+pub fn module(config: ClientConfig) -> crate::lifecycle::ModuleDef {
+    module_without_log(config).depends_on(crate::log::MODULE_NAME)
+}
+
+/// The client module with no dependency on the log module.
+pub fn module_without_log(config: ClientConfig) -> crate::lifecycle::ModuleDef {
+    crate::lifecycle::ModuleDef::service(
+        MODULE_NAME,
+        move || Ok(Arc::new(Hub::connect(config)?)),
+        SHUTDOWN_TIMEOUT,
+        |hub: Arc<Hub>| hub.shutdown(),
+    )
+}
+
+/// The client of the global lifecycle's client module, while it runs.
+pub fn hub() -> Option<Arc<Hub>> {
+    crate::lifecycle::Lifecycle::global().service::<Hub>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_bind_addresses_become_dialable() {
+        assert_eq!(dialable("tcp://*:5570"), "tcp://127.0.0.1:5570");
+        assert_eq!(dialable("tcp://0.0.0.0:1"), "tcp://127.0.0.1:1");
+        assert_eq!(dialable("tcp://10.0.0.2:1"), "tcp://10.0.0.2:1");
+        assert_eq!(dialable("ipc:///tmp/x"), "ipc:///tmp/x");
+    }
+}

@@ -1,0 +1,135 @@
+//! ZeroMQ message channels: publish/subscribe and request/reply, optionally CurveZMQ.
+//!
+//! These are the channels the Hub client creates and finds through the broker
+//! (`create_publisher`, `find_subscriber`, `create_req_server`, `find_req_client`); they do not
+//! depend on the broker. The binding side reports an endpoint peers can dial, to be
+//! registered; the connecting side is given that endpoint.
+//!
+//! | type | socket | side | does |
+//! |---|---|---|---|
+//! | [`Publisher`] | PUB | binds | [`send`](Publisher::send)`(topic, payload)`, never blocks |
+//! | [`Subscriber`] | SUB | connects | receives topics matching its prefixes, with a timeout |
+//! | [`ReqServer`] | ROUTER | binds | receives a request, then replies (in any order) |
+//! | [`ReqClient`] | DEALER | connects | sends a request, waits for its reply with a timeout |
+//!
+//! Each channel owns one socket and is `Send` but not `Sync`: one thread uses it at a time.
+//! Sockets linger at most [`labhub_zmq::DEFAULT_LINGER`] on drop, so dropping never hangs,
+//! and queue at most [`DEFAULT_HWM`] messages per peer (configurable on each builder).
+//!
+//! # Endpoints
+//!
+//! Binding channels bind [`DEFAULT_BIND`] (`tcp://127.0.0.1:0`, a free port) unless given
+//! another `tcp://` or `ipc://` endpoint, and report the resolved endpoint. A wildcard host
+//! (`tcp://0.0.0.0:0`, `tcp://*:0`) listens on every interface, but is not an address: the
+//! reported endpoint has the host given to `advertise_host` instead, or the loopback address,
+//! so what is registered is always dialable.
+//!
+//! # Wire format
+//!
+//! Every message is a ZeroMQ multipart message, so any ZeroMQ binding can speak it.
+//!
+//! Publish/subscribe: `[topic, payload]`, exactly two frames. The topic is always sent, even
+//! when empty, so subscriptions (byte prefixes of the first frame) always apply to the
+//! topic. A message with another frame count is a [`MsgError::Malformed`] at the subscriber.
+//!
+//! Request/reply, as the client's DEALER sends and receives them:
+//!
+//! | message | frames |
+//! |---|---|
+//! | request | `[b"", request_id, payload]` |
+//! | reply | `[b"", request_id, status, body]` |
+//!
+//! - the empty delimiter frame is the usual ROUTER envelope separator;
+//! - `request_id` is 8 bytes, a little-endian `u64` the client picks fresh for each request
+//!   (ours count from 1); the reply carries the request's id back, and a client discards a
+//!   reply whose id is not that of the request it is waiting for;
+//! - `status` is one byte: 0 = ok, `body` is the reply payload; 1 = error, `body` is a UTF-8
+//!   error text (the handler failed or panicked, the request was malformed, or the server
+//!   dropped it unanswered).
+//!
+//! The server's ROUTER sees the client's routing id as an extra first frame and sends it back
+//! first. From Python (pyzmq):
+//!
+//! ```text
+//! client = ctx.socket(zmq.DEALER); client.connect(endpoint)
+//! client.send_multipart([b"", struct.pack("<Q", 1), b"ping"])
+//! _, rid, status, body = client.recv_multipart()        # status == b"\x00"
+//!
+//! server = ctx.socket(zmq.ROUTER); server.bind("tcp://127.0.0.1:5555")
+//! peer, _, rid, payload = server.recv_multipart()
+//! server.send_multipart([peer, b"", rid, b"\x00", b"pong"])
+//!
+//! sub.setsockopt(zmq.SUBSCRIBE, b"cam"); topic, payload = sub.recv_multipart()
+//! pub.send_multipart([b"cam0", payload])
+//! ```
+//!
+//! # CurveZMQ
+//!
+//! A binding channel given a server key pair (`curve(&keys)`) accepts only CurveZMQ
+//! clients; a connecting channel given the server's public key and its own key pair
+//! (`curve(&server_public, &own_keys)`) speaks CurveZMQ. A client with a wrong server key
+//! never completes the handshake: it receives nothing, and its requests time out.
+//!
+//! # Example
+//!
+//! The server serves on this thread, the client requests from a scoped one: each channel is
+//! used by exactly one thread.
+//!
+//! ```
+//! use std::time::Duration;
+//! use labhub::msg::{Context, ReqClient, ReqServer};
+//!
+//! let context = Context::new()?;
+//! let server = ReqServer::builder(&context).create()?;
+//! let mut client = ReqClient::builder(&context, server.endpoint()).open()?;
+//!
+//! let serving = std::thread::scope(|scope| {
+//!     let handle = scope.spawn(|| client.request(b"ping", Duration::from_secs(10)));
+//!     server.serve_one(Duration::from_secs(10), |request| [request, b"/pong"].concat())?;
+//!     handle.join().expect("client thread")
+//! })?;
+//! assert_eq!(serving, b"ping/pong");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use labhub_zmq::{Flags, Message as Frame, PollEvents, Socket, ZmqError, poll};
+
+mod endpoint;
+mod error;
+mod pubsub;
+mod reqrep;
+
+pub use endpoint::DEFAULT_BIND;
+pub use error::{FrameError, MsgError};
+pub use labhub_zmq::{Context, CurveKeyPair, CurvePublicKey, CurveSecretKey};
+pub use pubsub::{
+    JsonMessage, Message, Publisher, PublisherBuilder, Subscriber, SubscriberBuilder,
+};
+pub use reqrep::{ReqClient, ReqClientBuilder, ReqServer, ReqServerBuilder, Request, Served};
+
+/// Messages queued per peer (each way) before a publisher drops further ones for that peer
+/// or a sender waits: libzmq's default, stated so it does not change under us.
+pub const DEFAULT_HWM: i32 = 1000;
+
+/// Receives one multipart message, waiting up to `timeout`; `None` if none came.
+fn recv_frames(socket: &Socket, timeout: Duration) -> Result<Option<Vec<Frame>>, ZmqError> {
+    // No deadline (a timeout too large to add) waits forever.
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        // Try first: when a message is waiting, this saves the poll.
+        match socket.recv_multipart(Flags::DONTWAIT) {
+            Ok(frames) => return Ok(Some(frames)),
+            Err(e) if e.is_again() => {}
+            Err(e) => return Err(e),
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|left| left.is_zero()) {
+            return Ok(None);
+        }
+        let mut items = [socket.poll_item(PollEvents::IN)];
+        poll(&mut items, left)?;
+    }
+}
