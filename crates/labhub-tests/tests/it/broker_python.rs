@@ -1,5 +1,7 @@
 //! A Python client written from docs/PROTOCOL.md alone (`tests/python/client.py`, pyzmq from
-//! PyPI, installed by `.ci/run`) registers and discovers a channel on a real broker.
+//! PyPI) registers and discovers a channel on a real broker. When `import zmq` fails, the test
+//! installs pyzmq itself into a directory under the target folder (`pip install --target`),
+//! so the README's test command needs no manual step.
 
 use super::*;
 
@@ -17,17 +19,62 @@ fn python() -> Option<&'static str> {
     found.then_some("python3")
 }
 
+/// The `PYTHONPATH` under which `import zmq` works: none if pyzmq is installed already, else a
+/// private directory that pip fills once (reused by later runs).
+fn pyzmq_path(python: &str) -> Option<PathBuf> {
+    let importable = |path: Option<&Path>| {
+        let mut cmd = Command::new(python);
+        cmd.args(["-c", "import zmq"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(path) = path {
+            cmd.env("PYTHONPATH", path);
+        }
+        cmd.status().is_ok_and(|s| s.success())
+    };
+    if importable(None) {
+        return None;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyzmq-27");
+    if !importable(Some(&dir)) {
+        let out = Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&dir)
+            .arg("pyzmq==27.*")
+            .output()
+            .expect("run pip");
+        assert!(
+            out.status.success() && importable(Some(&dir)),
+            "pyzmq is not installed and `pip install pyzmq==27.*` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Some(dir)
+}
+
 #[test]
 fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
     let Some(python) = python() else {
         eprintln!("SKIPPED: python3 is not installed, so the pyzmq protocol test cannot run");
         return;
     };
-    let keygen = Command::new(python)
-        .arg(script())
-        .arg("keygen")
-        .output()
-        .expect("run client.py keygen");
+    let pythonpath = pyzmq_path(python);
+    let with_path = |cmd: &mut Command| {
+        if let Some(path) = &pythonpath {
+            cmd.env("PYTHONPATH", path);
+        }
+    };
+    let mut keygen = Command::new(python);
+    keygen.arg(script()).arg("keygen");
+    with_path(&mut keygen);
+    let keygen = keygen.output().expect("run client.py keygen");
     assert!(
         keygen.status.success(),
         "client.py keygen failed (is pyzmq installed? `python3 -m pip install pyzmq==27.*`):\n{}",
@@ -45,6 +92,7 @@ fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
     let broker = TestBroker::start_on(&home, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", &[&allow]);
 
     let mut cmd = Command::new(python);
+    with_path(&mut cmd);
     cmd.arg(script()).args([
         "run",
         &broker.endpoint,
