@@ -78,20 +78,22 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
     let json = args.json;
     let home = config.home.clone();
     broker::run_foreground(config, log, |info| {
+        // The broker keeps serving even if nobody reads its start banner (`labhub hub | head`),
+        // so a closed stdout is ignored here rather than a panic or an exit.
         if json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "endpoint": info.endpoint,
-                    "notify_endpoint": info.notify_endpoint,
-                    "public_key": info.public_key.to_z85(),
-                })
-            );
+            let _ = crate::common::out(serde_json::json!({
+                "endpoint": info.endpoint,
+                "notify_endpoint": info.notify_endpoint,
+                "public_key": info.public_key.to_z85(),
+            }));
         } else {
-            println!("labhub broker listening on {}", info.endpoint);
-            println!("notifications on {}", info.notify_endpoint);
-            println!("public key: {}", info.public_key);
-            println!("home: {}", home.display());
+            let _ = crate::common::out(format_args!(
+                "labhub broker listening on {}\nnotifications on {}\npublic key: {}\nhome: {}",
+                info.endpoint,
+                info.notify_endpoint,
+                info.public_key,
+                home.display()
+            ));
         }
     })?;
     Ok(ExitCode::SUCCESS)

@@ -93,6 +93,6 @@ pub fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
         keys::with_suffix(&out, "pub").display(),
         keys::with_suffix(&out, "secret").display()
     );
-    println!("{}", pair.public);
+    crate::common::out(pair.public)?;
     Ok(ExitCode::SUCCESS)
 }
