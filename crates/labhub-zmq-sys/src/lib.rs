@@ -279,6 +279,8 @@ pub const ZMQ_ROUTER_MANDATORY: c_int = 33;
 pub const ZMQ_TCP_KEEPALIVE: c_int = 34;
 /// Queue messages only to completed connections.
 pub const ZMQ_IMMEDIATE: c_int = 39;
+/// XPUB: pass every subscription message up, duplicates included (int 0/1).
+pub const ZMQ_XPUB_VERBOSE: c_int = 40;
 /// Security mechanism in use (int: `ZMQ_NULL`, `ZMQ_PLAIN`, `ZMQ_CURVE`).
 pub const ZMQ_MECHANISM: c_int = 43;
 /// Act as CURVE server (int 0/1).

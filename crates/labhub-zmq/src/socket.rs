@@ -504,6 +504,12 @@ impl Socket {
         self.set_raw("ZMQ_UNSUBSCRIBE", sys::ZMQ_UNSUBSCRIBE, prefix)
     }
 
+    /// XPUB_VERBOSE: every subscribe message is received, also one for a prefix another
+    /// subscriber already has (by default only the first is).
+    pub fn set_xpub_verbose(&self, on: bool) -> Result<(), ZmqError> {
+        self.set_bool("ZMQ_XPUB_VERBOSE", sys::ZMQ_XPUB_VERBOSE, on)
+    }
+
     /// ROUTER_MANDATORY: sending to an unknown routing id fails with `EHOSTUNREACH` instead
     /// of being dropped silently.
     pub fn set_router_mandatory(&self, on: bool) -> Result<(), ZmqError> {

@@ -322,6 +322,110 @@ fn a_slow_subscriber_never_blocks_the_publisher() {
     join_publisher(&publisher, &subscriber, b"t");
 }
 
+#[test]
+fn waiting_for_a_subscriber_makes_the_next_message_reach_it_without_probing() {
+    let _watchdog = watchdog("wait for subscriber");
+    let context = Context::new().unwrap();
+    let publisher = Publisher::builder(&context).create().unwrap();
+    let subscriber = Subscriber::builder(&context, publisher.endpoint())
+        .topic("cam")
+        .open()
+        .unwrap();
+    assert_eq!(publisher.wait_for_subscribers(1, LONG).unwrap(), 1);
+    // The very first message sent: no slow-joiner loss once the subscription is in.
+    publisher.send("cam0", "first").unwrap();
+    assert_eq!(received(&subscriber), (b"cam0".to_vec(), b"first".to_vec()));
+}
+
+#[test]
+fn every_subscriber_counts_even_when_they_subscribe_to_the_same_topic() {
+    let _watchdog = watchdog("same topic");
+    let context = Context::new().unwrap();
+    let publisher = Publisher::builder(&context).create().unwrap();
+    let subscribers: Vec<Subscriber> = (0..3)
+        .map(|_| {
+            Subscriber::builder(&context, publisher.endpoint())
+                .all_topics()
+                .open()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(publisher.wait_for_subscribers(3, LONG).unwrap(), 3);
+    publisher.send("t", "to all").unwrap();
+    for subscriber in &subscribers {
+        assert_eq!(received(subscriber), (b"t".to_vec(), b"to all".to_vec()));
+    }
+}
+
+#[test]
+fn waiting_for_subscribers_that_never_come_times_out_and_the_publisher_stays_usable() {
+    let _watchdog = watchdog("subscriber timeout");
+    let context = Context::new().unwrap();
+    let publisher = Publisher::builder(&context).create().unwrap();
+    let error = publisher.wait_for_subscribers(1, SHORT).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            MsgError::SubscriberTimeout { expected: 1, found: 0, timeout, endpoint }
+                if *timeout == SHORT && endpoint == publisher.endpoint()
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("only 0 of 1 subscriptions"),
+        "{error}"
+    );
+    let subscriber = Subscriber::builder(&context, publisher.endpoint())
+        .all_topics()
+        .open()
+        .unwrap();
+    assert_eq!(publisher.wait_for_subscribers(1, LONG).unwrap(), 1);
+    publisher.send("late", "still works").unwrap();
+    assert_eq!(
+        received(&subscriber),
+        (b"late".to_vec(), b"still works".to_vec())
+    );
+}
+
+#[test]
+fn send_never_blocks_and_counts_the_subscriptions_that_arrive_meanwhile() {
+    let _watchdog = watchdog("pending subscriptions");
+    let context = Context::new().unwrap();
+    let publisher = Publisher::builder(&context).create().unwrap();
+    // 3 subscribers with 200 prefixes each: 600 subscription messages, none of them read
+    // by anything but send().
+    let prefixes = 200;
+    let subscribers: Vec<Subscriber> = (0..3)
+        .map(|_| {
+            (0..prefixes)
+                .fold(
+                    Subscriber::builder(&context, publisher.endpoint()),
+                    |builder, i| builder.topic(format!("t{i}")),
+                )
+                .open()
+                .unwrap()
+        })
+        .collect();
+    let expected = subscribers.len() * prefixes;
+    // Nobody reads: the subscribers' queues fill while send() takes the subscriptions in.
+    let payload = vec![7u8; 4096];
+    let mut sent = 0u32;
+    while publisher.subscriptions() < expected {
+        publisher.send("t0", &payload).unwrap();
+        sent += 1;
+    }
+    for _ in 0..20_000 {
+        publisher.send("t0", &payload).unwrap();
+    }
+    assert!(sent > 0);
+    // Nothing was left behind or counted twice.
+    assert_eq!(
+        publisher.wait_for_subscribers(expected, SHORT).unwrap(),
+        expected
+    );
+    assert_eq!(publisher.subscriptions(), expected);
+}
+
 // ---- request/reply --------------------------------------------------------------------------
 
 /// Runs `server` on a thread until it has answered `requests` requests; returns it with the

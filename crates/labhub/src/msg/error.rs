@@ -58,6 +58,21 @@ pub enum MsgError {
         /// The time waited.
         timeout: Duration,
     },
+    /// Fewer subscriptions than waited for reached a publisher in time (see
+    /// `Publisher::wait_for_subscribers`). The publisher stays usable.
+    #[error(
+        "only {found} of {expected} subscriptions reached the publisher on {endpoint} within {timeout:?}"
+    )]
+    SubscriberTimeout {
+        /// The publisher's endpoint.
+        endpoint: String,
+        /// Subscriptions waited for.
+        expected: usize,
+        /// Subscriptions received.
+        found: usize,
+        /// The time waited.
+        timeout: Duration,
+    },
     /// A message did not have the channel's frame layout. It was consumed and dropped.
     #[error("malformed {what} on {endpoint}: {problem}")]
     Malformed {

@@ -7,7 +7,7 @@
 //!
 //! | type | socket | side | does |
 //! |---|---|---|---|
-//! | [`Publisher`] | PUB | binds | [`send`](Publisher::send)`(topic, payload)`, never blocks |
+//! | [`Publisher`] | XPUB | binds | [`send`](Publisher::send)`(topic, payload)`, never blocks; [`wait_for_subscribers`](Publisher::wait_for_subscribers) |
 //! | [`Subscriber`] | SUB | connects | receives topics matching its prefixes, with a timeout |
 //! | [`ReqServer`] | ROUTER | binds | receives a request, then replies (in any order) |
 //! | [`ReqClient`] | DEALER | connects | sends a request, waits for its reply with a timeout |
@@ -31,6 +31,7 @@
 //! Publish/subscribe: `[topic, payload]`, exactly two frames. The topic is always sent, even
 //! when empty, so subscriptions (byte prefixes of the first frame) always apply to the
 //! topic. A message with another frame count is a [`MsgError::Malformed`] at the subscriber.
+//! The publisher's XPUB socket is a PUB socket to its peers: any SUB socket subscribes to it.
 //!
 //! Request/reply, as the client's DEALER sends and receives them:
 //!

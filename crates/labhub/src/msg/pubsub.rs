@@ -1,10 +1,12 @@
-//! Publish/subscribe: [`Publisher`] (PUB, binds) and [`Subscriber`] (SUB, connects).
+//! Publish/subscribe: [`Publisher`] (XPUB, binds) and [`Subscriber`] (SUB, connects).
 
+use std::cell::Cell;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use labhub_zmq::{
-    Context, CurveKeyPair, CurvePublicKey, Flags, Message as Frame, Socket, SocketType,
+    Context, CurveKeyPair, CurvePublicKey, Flags, Message as Frame, PollEvents, Socket, SocketType,
+    poll,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,12 +17,17 @@ use super::{DEFAULT_HWM, FrameError, MsgError, recv_frames};
 /// Frames of a pub/sub message: topic, payload.
 const PUBSUB_FRAMES: usize = 2;
 
-/// A publisher: a PUB socket bound to an endpoint, sending `[topic, payload]` messages to
+/// A publisher: an XPUB socket bound to an endpoint, sending `[topic, payload]` messages to
 /// every connected [`Subscriber`] whose prefixes match the topic.
 ///
 /// Sending never blocks: a subscriber whose queue (the high-water mark) is full loses the
 /// message, the publisher and the other subscribers go on. `Send`, not `Sync`: one thread
 /// owns it.
+///
+/// A subscriber receives only what is sent after its subscription reached the publisher.
+/// The XPUB socket reports each subscription, so [`Publisher::wait_for_subscribers`] can wait
+/// for them instead of guessing with a sleep; [`Publisher::send`] drains the reports so they
+/// never pile up. Subscribers see a plain PUB socket: the wire format is unchanged.
 ///
 /// ```compile_fail
 /// fn shared<T: Sync>() {}
@@ -30,7 +37,12 @@ pub struct Publisher {
     socket: Socket,
     endpoint: String,
     curve_public: Option<CurvePublicKey>,
+    /// Subscribe messages received since creation.
+    subscriptions: Cell<usize>,
 }
+
+/// First byte of an XPUB subscription message that subscribes (0 unsubscribes).
+const SUBSCRIBE: u8 = 1;
 
 /// Builds a [`Publisher`]; see [`Publisher::builder`].
 #[derive(Debug, Clone)]
@@ -72,11 +84,17 @@ impl PublisherBuilder {
 
     /// Creates the socket and binds it.
     pub fn create(self) -> Result<Publisher, MsgError> {
-        let (socket, endpoint) = self.bind.bind(&self.context, SocketType::Pub)?;
+        let (socket, endpoint) = self.bind.bind(&self.context, SocketType::XPub)?;
+        // Every subscribe message, also a second subscriber's for a prefix already
+        // subscribed, so they can be counted. No peer knows the endpoint yet: none is missed.
+        socket
+            .set_xpub_verbose(true)
+            .map_err(|e| MsgError::zmq("set xpub verbose", &endpoint, e))?;
         Ok(Publisher {
             socket,
             endpoint,
             curve_public: self.bind.curve.map(|keys| keys.public),
+            subscriptions: Cell::new(0),
         })
     }
 }
@@ -102,9 +120,81 @@ impl Publisher {
         self.curve_public.as_ref()
     }
 
+    /// Waits up to `timeout` until `count` subscribe messages have reached the publisher
+    /// since it was created, and returns how many have (at least `count`). A message sent
+    /// after this returns reaches every subscriber counted.
+    ///
+    /// Subscribers cannot be told apart on an XPUB socket, so this counts subscriptions, not
+    /// subscribers: a subscriber with three topic prefixes counts three times, and one that
+    /// left still counts. With one prefix per subscriber, `count` is the number of
+    /// subscribers. Fails with [`MsgError::SubscriberTimeout`] if fewer came in time; the
+    /// publisher stays usable.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use labhub::msg::{Context, Publisher, Subscriber};
+    ///
+    /// let context = Context::new()?;
+    /// let publisher = Publisher::builder(&context).create()?;
+    /// let subscriber = Subscriber::builder(&context, publisher.endpoint()).all_topics().open()?;
+    /// publisher.wait_for_subscribers(1, Duration::from_secs(10))?;
+    /// publisher.send("cam0", "frame 1")?; // no slow-joiner loss: it is subscribed
+    /// let message = subscriber.recv(Duration::from_secs(10))?.expect("a message");
+    /// assert_eq!(message.payload(), b"frame 1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_for_subscribers(&self, count: usize, timeout: Duration) -> Result<usize, MsgError> {
+        // No deadline (a timeout too large to add) waits forever.
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            self.drain_subscriptions()?;
+            let seen = self.subscriptions.get();
+            if seen >= count {
+                return Ok(seen);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
+                return Err(MsgError::SubscriberTimeout {
+                    endpoint: self.endpoint.clone(),
+                    expected: count,
+                    found: seen,
+                    timeout,
+                });
+            }
+            let mut items = [self.socket.poll_item(PollEvents::IN)];
+            poll(&mut items, left).map_err(|e| MsgError::zmq("poll", &self.endpoint, e))?;
+        }
+    }
+
+    /// Subscribe messages received since creation, as of the last call of
+    /// [`wait_for_subscribers`](Self::wait_for_subscribers) or [`send`](Self::send) (which
+    /// receive them).
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions.get()
+    }
+
+    /// Receives the subscription messages waiting, without blocking, and counts the
+    /// subscribe ones.
+    fn drain_subscriptions(&self) -> Result<(), MsgError> {
+        loop {
+            match self.socket.recv(Flags::DONTWAIT) {
+                Ok(message) => {
+                    if message.first() == Some(&SUBSCRIBE) {
+                        self.subscriptions
+                            .set(self.subscriptions.get().saturating_add(1));
+                    }
+                }
+                Err(e) if e.is_again() => return Ok(()),
+                Err(e) => return Err(MsgError::zmq("receive subscriptions", &self.endpoint, e)),
+            }
+        }
+    }
+
     /// Sends `payload` under `topic` (which may be empty; it is always the first frame).
     /// Never blocks; a subscriber whose queue is full misses the message.
     pub fn send(&self, topic: impl AsRef<[u8]>, payload: impl AsRef<[u8]>) -> Result<(), MsgError> {
+        // Subscription reports queue on the socket until received: take them off first.
+        self.drain_subscriptions()?;
         self.socket
             .send_multipart([topic.as_ref(), payload.as_ref()], Flags::DONTWAIT)
             .map_err(|e| MsgError::zmq("send", &self.endpoint, e))
@@ -129,6 +219,7 @@ impl fmt::Debug for Publisher {
         f.debug_struct("Publisher")
             .field("endpoint", &self.endpoint)
             .field("curve", &self.curve_public.is_some())
+            .field("subscriptions", &self.subscriptions.get())
             .finish()
     }
 }
