@@ -18,6 +18,7 @@ use wait_timeout::ChildExt as _;
 /// Longest any `labhub` run may take before the test fails instead of hanging.
 const WATCHDOG: Duration = Duration::from_secs(60);
 
+const FAILURE: i32 = 1;
 const USAGE: i32 = 2;
 const UNREACHABLE: i32 = 3;
 const NOT_FOUND: i32 = 4;
@@ -560,6 +561,27 @@ fn call_of_a_missing_channel_exits_with_the_not_found_code() {
 }
 
 #[test]
+fn pub_waiting_for_a_subscriber_that_never_comes_fails_after_the_wait_timeout() {
+    let broker = Broker::start();
+    let name = unique("cli-pub-alone");
+    let r = run(broker.labhub(&[
+        "pub",
+        &name,
+        "hello",
+        "--wait-subscribers",
+        "1",
+        "--wait-timeout",
+        "300ms",
+    ]));
+    assert_eq!(r.code, FAILURE, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("only 0 of 1 subscriptions"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn pub_and_sub_round_trip_messages_through_a_registered_channel() {
     use std::io::Write as _;
     let broker = Broker::start();
@@ -603,6 +625,8 @@ fn pub_and_sub_round_trip_messages_through_a_registered_channel() {
             }
         }
     }
+    // No sleep anywhere: pub sends once this subscriber's subscription has reached it, so
+    // both lines arrive.
     let sub = run(broker.labhub(&["sub", &name, "--count", "2", "--json"]));
     let status = publisher
         .wait_timeout(WATCHDOG)

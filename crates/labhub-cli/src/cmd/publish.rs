@@ -1,7 +1,7 @@
 //! `labhub pub CHANNEL`: publish messages on a pub/sub channel this command creates.
 
 use std::io::BufRead as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use labhub::protocol::ChannelName;
@@ -9,13 +9,14 @@ use labhub::protocol::ChannelName;
 use crate::common::{self, ConnectArgs, out_json};
 use crate::exit::UsageError;
 
-/// Publish messages on a pub/sub channel: binds a ZeroMQ PUB socket on a free loopback port
+/// Publish messages on a pub/sub channel: binds a ZeroMQ XPUB socket on a free loopback port
 /// (the Hub client's `create_publisher`), registers CHANNEL with
 /// the broker (its endpoint found by `labhub sub` and other subscribers), sends MESSAGE, or
 /// every line of standard input with `-`, then withdraws the channel.
 ///
-/// PUB/SUB delivers only to subscribers already connected: use --wait-subscribers N to wait
-/// until N subscribers have attached at the broker (plus --settle for their connection).
+/// PUB/SUB delivers only to subscribers already subscribed: use --wait-subscribers N to wait
+/// until N subscriptions have reached the publisher (one per `labhub sub` without --topic, one
+/// per --topic otherwise).
 /// Messages are sent without CURVE. Reports what was sent on stderr ({"channel", "endpoint",
 /// "sent"} on stdout with --json).
 #[derive(Debug, clap::Args)]
@@ -29,15 +30,13 @@ pub struct PubArgs {
     /// The topic of the messages.
     #[arg(long, default_value = "")]
     topic: String,
-    /// Wait until this many subscribers have attached at the broker before sending.
+    /// Wait until this many subscriptions have reached the publisher before sending (a
+    /// subscriber counts once per topic prefix).
     #[arg(long, value_name = "N", default_value_t = 0)]
-    wait_subscribers: u32,
+    wait_subscribers: usize,
     /// How long to wait for them.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = common::parse_duration)]
     wait_timeout: Duration,
-    /// Time given to attached subscribers to finish connecting before the first message.
-    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = common::parse_duration)]
-    settle: Duration,
     /// Print a JSON report on stdout.
     #[arg(long)]
     json: bool,
@@ -60,22 +59,8 @@ pub fn run(args: PubArgs, verbose: u8) -> anyhow::Result<()> {
             "waiting for {} subscriber(s) on {} ({endpoint})",
             args.wait_subscribers, args.channel
         );
-        let deadline = Instant::now() + args.wait_timeout;
-        loop {
-            let attached = hub.discover(&args.channel)?.consumers;
-            if attached >= args.wait_subscribers {
-                break;
-            }
-            if Instant::now() >= deadline {
-                anyhow::bail!(
-                    "only {attached} of {} subscribers attached within {:?}",
-                    args.wait_subscribers,
-                    args.wait_timeout
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(args.settle);
+        // Returns once the subscriptions reached the socket: nothing sent after is lost.
+        publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout)?;
     }
     let mut sent = 0u64;
     if args.message == "-" {
