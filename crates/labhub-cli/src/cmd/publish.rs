@@ -1,7 +1,7 @@
 //! `labhub pub CHANNEL`: publish messages on a pub/sub channel this command creates.
 
 use std::io::BufRead as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use labhub::protocol::ChannelName;
@@ -15,8 +15,8 @@ use crate::exit::UsageError;
 /// every line of standard input with `-`, then withdraws the channel.
 ///
 /// PUB/SUB delivers only to subscribers already subscribed: use --wait-subscribers N to wait
-/// until N subscriptions have reached the publisher (one per `labhub sub` without --topic, one
-/// per --topic otherwise).
+/// until N subscribers have attached at the broker and N subscriptions have reached the
+/// publisher (one per `labhub sub` without --topic, one per --topic otherwise).
 /// Messages are sent without CURVE. Reports what was sent on stderr ({"channel", "endpoint",
 /// "sent"} on stdout with --json).
 #[derive(Debug, clap::Args)]
@@ -30,8 +30,9 @@ pub struct PubArgs {
     /// The topic of the messages.
     #[arg(long, default_value = "")]
     topic: String,
-    /// Wait until this many subscriptions have reached the publisher before sending (a
-    /// subscriber counts once per topic prefix).
+    /// Wait until this many subscribers have attached at the broker and this many
+    /// subscriptions have reached the publisher before sending (a subscriber's subscriptions
+    /// count once per topic prefix).
     #[arg(long, value_name = "N", default_value_t = 0)]
     wait_subscribers: usize,
     /// How long to wait for them.
@@ -59,8 +60,27 @@ pub fn run(args: PubArgs, verbose: u8) -> anyhow::Result<()> {
             "waiting for {} subscriber(s) on {} ({endpoint})",
             args.wait_subscribers, args.channel
         );
-        // Returns once the subscriptions reached the socket: nothing sent after is lost.
-        publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout)?;
+        let deadline = Instant::now() + args.wait_timeout;
+        // Attached at the broker first: a subscriber attaches after subscribing, and would
+        // find the channel gone if this command sent and withdrew it in between.
+        loop {
+            let attached = hub.discover(&args.channel)?.consumers;
+            if usize::try_from(attached).is_ok_and(|n| n >= args.wait_subscribers) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "only {attached} of {} subscribers attached within {:?}",
+                    args.wait_subscribers,
+                    args.wait_timeout
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Then their subscriptions at the socket (an event, not a settling sleep): nothing
+        // sent after this is lost to them.
+        let left = deadline.saturating_duration_since(Instant::now());
+        publisher.wait_for_subscribers(args.wait_subscribers, left)?;
     }
     let mut sent = 0u64;
     if args.message == "-" {
