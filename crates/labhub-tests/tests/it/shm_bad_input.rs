@@ -77,7 +77,7 @@ fn a_segment_with_another_layout_version_is_refused() {
     assert_eq!(
         layout_error(attach_quick(&ch.name)),
         LayoutError::VersionMismatch {
-            expected: 1,
+            expected: labhub::shm::layout::LAYOUT_VERSION,
             found: 99
         }
     );

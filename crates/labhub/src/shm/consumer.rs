@@ -14,7 +14,8 @@ use crate::sys;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WaitMode {
-    /// Sleep on the channel's data event (no CPU while waiting).
+    /// Sleep on the channel's data event (no CPU while waiting), after polling the commit
+    /// position for about a microsecond.
     #[default]
     Blocking,
     /// Poll the commit position for up to `spin_for`, then sleep on the data event: the lowest
@@ -91,6 +92,8 @@ impl std::fmt::Debug for Consumer {
 
 /// Longest sleep between heartbeats while waiting without a timeout.
 const HEARTBEAT_NAP: Duration = Duration::from_millis(500);
+/// Polls of the commit position in blocking mode before sleeping on the data event.
+const BLOCKING_POLLS: u32 = 32;
 
 impl Consumer {
     /// Attaches to channel `name`: validates the segment, checks the secret and the expected
@@ -212,9 +215,11 @@ impl Consumer {
     /// Frames are returned in order. Under a lossy policy a slow consumer skips frames that were
     /// overwritten before it got to them (counted in [`Consumer::missed`]).
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Frame<'_>, ReadError> {
-        let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future));
-        let mut spin_until = match self.mode {
-            WaitMode::Spin { spin_for } => Some(Instant::now() + spin_for),
+        // When the wait began; read only once a short poll found nothing, so a consumer keeping
+        // up with a streaming producer does not read the clock per frame.
+        let mut started: Option<Instant> = None;
+        let mut spin_for = match self.mode {
+            WaitMode::Spin { spin_for } => Some(spin_for),
             WaitMode::Blocking => None,
         };
         loop {
@@ -230,27 +235,45 @@ impl Consumer {
                     None => continue,
                 }
             }
-            // Nothing new: spin, then sleep on the data event.
-            if let Some(until) = spin_until {
-                // Poll the commit position, looking at the clock every 64 polls. No yielding:
-                // spin mode is for a host with a core to spare for this consumer.
-                let h = self.view.header();
+            let h = self.view.header();
+            // Nothing new. A producer streaming on another core commits the next frame within
+            // a few hundred ns, far less than a futex sleep and wake cost both sides, so poll a
+            // little first (about a microsecond, so a loaded host loses little CPU).
+            let start = match started {
+                Some(start) => start,
+                None => {
+                    if (0..BLOCKING_POLLS).any(|_| {
+                        std::hint::spin_loop();
+                        h.commit_pos.load(Ordering::Acquire) > self.cursor
+                    }) {
+                        continue;
+                    }
+                    *started.insert(Instant::now())
+                }
+            };
+            // Spin mode: poll the commit position, looking at the clock every 64 polls. No
+            // yielding: spin mode is for a host with a core to spare for this consumer.
+            if let Some(spin) = spin_for {
+                let until = start + spin;
                 let mut polls = 0u32;
                 while h.commit_pos.load(Ordering::Acquire) <= self.cursor {
                     polls = polls.wrapping_add(1);
                     if polls.is_multiple_of(64) && Instant::now() >= until {
-                        spin_until = None;
+                        spin_for = None;
                         break;
                     }
                     std::hint::spin_loop();
                 }
                 continue;
             }
-            let h = self.view.header();
             let seen = h.data_event.sequence();
-            if h.commit_pos.load(Ordering::Acquire) > self.cursor {
+            // Announce the sleep, then re-check (Dekker with the producer's commit store and
+            // flag load): the producer notifies only when it finds the flag set.
+            h.data_waiting.store(1, Ordering::SeqCst);
+            if h.commit_pos.load(Ordering::SeqCst) > self.cursor {
                 continue;
             }
+            let deadline = timeout.map(|t| start.checked_add(t).unwrap_or_else(far_future));
             let nap = match deadline {
                 Some(d) => {
                     let now = Instant::now();
@@ -545,7 +568,12 @@ impl Drop for Frame<'_> {
         // Dekker with the producer: it sets `producer_waiting` then re-checks positions; we
         // stored our position (SeqCst) and now check the flag.
         let h = c.view.header();
-        if c.lossless() && h.producer_waiting.load(Ordering::SeqCst) != 0 {
+        // The first releaser to see the flag clears it and wakes the producer: one wake per
+        // sleep. The producer sets the flag again before each sleep.
+        if c.lossless()
+            && h.producer_waiting.load(Ordering::SeqCst) != 0
+            && h.producer_waiting.swap(0, Ordering::SeqCst) != 0
+        {
             h.space_event.notify_all();
         }
     }

@@ -23,7 +23,7 @@ compile_error!("the shm layout is little-endian");
 /// `b"LABHUBDB"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"LABHUBDB");
 /// Layout version; any change to this file's structs bumps it.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Alignment of regions and granularity of the segment size (bytes).
 pub const PAGE: u64 = 4096;
 /// Entries in the consumer table.
@@ -148,10 +148,8 @@ pub struct Header {
     /// Ring: frames below this id may be written without scanning the consumer table again
     /// (the producer stores it, SeqCst, before the scan that justifies it).
     pub space_bound: AtomicU64,
-    /// Ring: 1 while the producer sleeps on `space_event`, so releases notify only then.
-    pub producer_waiting: AtomicU32,
     /// Reserved, zero.
-    pub reserved3: [u8; 44],
+    pub reserved3: [u8; 48],
     /// Number of committed frames = last committed frame id + 1 (0: none yet).
     pub commit_pos: AtomicU64,
     /// Frames committed.
@@ -164,14 +162,21 @@ pub struct Header {
     pub flex_version: AtomicU64,
     /// Reserved, zero.
     pub reserved4: [u8; 24],
-    /// Notified after every commit.
+    /// Notified after a commit when `data_waiting` is set (and when a producer leaves).
     pub data_event: ProcessEvent,
+    /// 1 while a consumer may sleep on `data_event`; the producer swaps it to 0 and notifies,
+    /// so a sleep costs one wake rather than one per commit until the sleeper runs.
+    pub data_waiting: AtomicU32,
     /// Reserved, zero.
-    pub reserved5: [u8; 56],
+    pub reserved5: [u8; 52],
     /// Notified when a consumer releases a frame or detaches (lossless rings).
     pub space_event: ProcessEvent,
+    /// Ring: 1 while the producer sleeps on `space_event`, so releases notify only then. On
+    /// the `space_event` line, not the `write_pos` one: consumers read it after every frame
+    /// and the producer writes it only when it sleeps, so the line stays shared, not bounced.
+    pub producer_waiting: AtomicU32,
     /// Reserved, zero.
-    pub reserved6: [u8; 56],
+    pub reserved6: [u8; 52],
     /// Serialises producer attach and takeover.
     pub producer_mutex: ProcessMutex,
 }
@@ -206,8 +211,7 @@ const _: () = assert!(offset_of!(Header, producer_attaches) == 216);
 const _: () = assert!(offset_of!(Header, reserved2) == 224);
 const _: () = assert!(offset_of!(Header, write_pos) == 256);
 const _: () = assert!(offset_of!(Header, space_bound) == 264);
-const _: () = assert!(offset_of!(Header, producer_waiting) == 272);
-const _: () = assert!(offset_of!(Header, reserved3) == 276);
+const _: () = assert!(offset_of!(Header, reserved3) == 272);
 const _: () = assert!(offset_of!(Header, commit_pos) == 320);
 const _: () = assert!(offset_of!(Header, published) == 328);
 const _: () = assert!(offset_of!(Header, dropped) == 336);
@@ -215,9 +219,11 @@ const _: () = assert!(offset_of!(Header, overwritten) == 344);
 const _: () = assert!(offset_of!(Header, flex_version) == 352);
 const _: () = assert!(offset_of!(Header, reserved4) == 360);
 const _: () = assert!(offset_of!(Header, data_event) == 384);
-const _: () = assert!(offset_of!(Header, reserved5) == 392);
+const _: () = assert!(offset_of!(Header, data_waiting) == 392);
+const _: () = assert!(offset_of!(Header, reserved5) == 396);
 const _: () = assert!(offset_of!(Header, space_event) == 448);
-const _: () = assert!(offset_of!(Header, reserved6) == 456);
+const _: () = assert!(offset_of!(Header, producer_waiting) == 456);
+const _: () = assert!(offset_of!(Header, reserved6) == 460);
 const _: () = assert!(offset_of!(Header, producer_mutex) == 512);
 const _: () = assert!(size_of::<ProcessEvent>() == 8);
 const _: () = assert!(size_of::<ProcessMutex>() == 64);

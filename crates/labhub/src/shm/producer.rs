@@ -605,11 +605,17 @@ impl SlotWriter<'_> {
         // tells waiting readers the frame exists.
         m.seq.store(layout::committed_seq(w), Ordering::Release);
         let h = view.header();
-        h.commit_pos.store(w + 1, Ordering::Release);
+        // SeqCst: Dekker with a consumer about to sleep (it sets `data_waiting`, then re-reads
+        // the commit position); one of the two sees the other's store.
+        h.commit_pos.store(w + 1, Ordering::SeqCst);
         h.published.fetch_add(1, Ordering::Relaxed);
         h.producer_heartbeat_ns
             .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
-        h.data_event.notify_all();
+        if h.data_waiting.load(Ordering::SeqCst) != 0
+            && h.data_waiting.swap(0, Ordering::SeqCst) != 0
+        {
+            h.data_event.notify_all();
+        }
         self.done = true;
         self.producer.next_frame = w + 1;
         Ok(w)
