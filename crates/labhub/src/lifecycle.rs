@@ -1045,6 +1045,22 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// The registered dynamic module `name`, or the error `load`/`unload` report.
+    fn dynamic_node<'g>(g: &'g Graph, name: &str) -> Result<&'g Node, LifecycleError> {
+        let node = g
+            .nodes
+            .get(name)
+            .ok_or_else(|| LifecycleError::UnknownModule {
+                module: name.to_owned(),
+            })?;
+        if node.kind != Kind::Dynamic {
+            return Err(LifecycleError::NotDynamic {
+                module: name.to_owned(),
+            });
+        }
+        Ok(node)
+    }
+
     fn check_running(g: &Graph) -> Result<(), LifecycleError> {
         match g.phase {
             Phase::Running => Ok(()),
@@ -1084,17 +1100,7 @@ impl Lifecycle {
         let plan = {
             let g = self.lock();
             Self::check_running(&g)?;
-            let node = g
-                .nodes
-                .get(name)
-                .ok_or_else(|| LifecycleError::UnknownModule {
-                    module: name.to_owned(),
-                })?;
-            if node.kind != Kind::Dynamic {
-                return Err(LifecycleError::NotDynamic {
-                    module: name.to_owned(),
-                });
-            }
+            Self::dynamic_node(&g, name)?;
             load_plan(&g, name)?
         };
         let mut started: Vec<&str> = Vec::new();
@@ -1135,17 +1141,7 @@ impl Lifecycle {
         let plan = {
             let mut g = self.lock();
             Self::check_running(&g)?;
-            let node = g
-                .nodes
-                .get(name)
-                .ok_or_else(|| LifecycleError::UnknownModule {
-                    module: name.to_owned(),
-                })?;
-            if node.kind != Kind::Dynamic {
-                return Err(LifecycleError::NotDynamic {
-                    module: name.to_owned(),
-                });
-            }
+            let node = Self::dynamic_node(&g, name)?;
             if node.state != ModuleState::Started {
                 return Ok(());
             }
