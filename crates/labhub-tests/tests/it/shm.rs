@@ -281,6 +281,47 @@ fn a_consumer_waits_for_a_frame_published_later_in_blocking_and_spin_modes() {
     }
 }
 
+/// Every frame of a ping-pong between two processes must wake its sleeping reader promptly. A
+/// lost wake-up (the commit / sleep handshake, see `commit_fence_code`) would leave the reader
+/// asleep until its 500 ms heartbeat nap ends, far beyond the bound asserted here.
+#[test]
+fn a_sleeping_consumer_in_another_process_is_woken_by_every_frame() {
+    const FRAMES: u64 = 2000;
+    /// Below the 500 ms nap a sleeper takes without a wake-up; far above a scheduling delay.
+    const LOST_WAKE_UP: Duration = Duration::from_millis(450);
+    let ping = TestChannel::new("ping");
+    let pong = TestChannel::new("pong");
+    let ring = ring(
+        4,
+        Backpressure::Block {
+            timeout: Duration::from_secs(2),
+        },
+    );
+    let mut p = Producer::create(&ping.name, ChannelConfig::new(ring, 64)).unwrap();
+    let mut echo = ChildProc::spawn("shm-echo", &[&ping.name, &pong.name, &FRAMES.to_string()]);
+    echo.expect("ready");
+    let mut c = Consumer::attach(&pong.name, AttachOptions::default()).unwrap();
+    for i in 0..FRAMES {
+        if i % 2 == 1 {
+            // Not for synchronisation: leaves the echo time to fall asleep in its futex wait,
+            // the path under test (without it most frames are caught while polling).
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let start = std::time::Instant::now();
+        p.publish_bytes(&i.to_le_bytes(), &FrameMeta::default())
+            .unwrap();
+        let f = c.next(Some(LOST_WAKE_UP)).unwrap_or_else(|e| {
+            panic!(
+                "frame {i}: {e} after {:?}: a wake-up was lost",
+                start.elapsed()
+            )
+        });
+        assert_eq!(f.data(), i.to_le_bytes(), "echo of frame {i}");
+        f.finish().unwrap();
+    }
+    echo.wait_success();
+}
+
 #[test]
 fn oversized_frames_and_too_many_dimensions_are_typed_errors() {
     let ch = TestChannel::new("big");

@@ -92,6 +92,10 @@ impl std::fmt::Debug for Consumer {
 
 /// Longest sleep between heartbeats while waiting without a timeout.
 const HEARTBEAT_NAP: Duration = Duration::from_millis(500);
+/// Longest sleep on the data event when the producer commits without a full barrier and this
+/// process cannot run the heavy side of the asymmetric fence: a wake-up may then be lost, and
+/// this bounds the delay it costs.
+const UNFENCED_NAP: Duration = Duration::from_millis(1);
 /// Polls of the commit position in blocking mode before sleeping on the data event.
 const BLOCKING_POLLS: u32 = 32;
 
@@ -224,7 +228,9 @@ impl Consumer {
         };
         loop {
             self.check_entry()?;
-            // Reload the shared commit position only when the known one is used up.
+            // Reload the shared commit position only when the known one is used up. (Not the
+            // next slot's seq word instead: while the producer writes that slot, reading it
+            // costs the producer one more transfer of the line.)
             if self.cursor >= self.known_commit {
                 self.known_commit = self.view.header().commit_pos.load(Ordering::Acquire);
             }
@@ -268,8 +274,16 @@ impl Consumer {
             }
             let seen = h.data_event.sequence();
             // Announce the sleep, then re-check (Dekker with the producer's commit store and
-            // flag load): the producer notifies only when it finds the flag set.
+            // flag load): the producer notifies only when it finds the flag set. A producer
+            // that commits without a full barrier relies on our heavy fence between the two;
+            // where the kernel refuses it, sleep in short naps instead of trusting a wake-up.
             h.data_waiting.store(1, Ordering::SeqCst);
+            let mut longest = HEARTBEAT_NAP;
+            if h.commit_fence.load(Ordering::SeqCst) != layout::commit_fence_code::FULL
+                && !sys::heavy_fence()
+            {
+                longest = UNFENCED_NAP;
+            }
             if h.commit_pos.load(Ordering::SeqCst) > self.cursor {
                 continue;
             }
@@ -280,9 +294,9 @@ impl Consumer {
                     if now >= d {
                         return Err(ReadError::Timeout);
                     }
-                    (d - now).min(HEARTBEAT_NAP)
+                    (d - now).min(longest)
                 }
-                None => HEARTBEAT_NAP,
+                None => longest,
             };
             h.data_event.wait_changed(seen, Some(nap));
         }
@@ -340,20 +354,27 @@ impl Consumer {
         if seq != layout::committed_seq(f) {
             return None;
         }
-        let ndim = m.ndim.load(Ordering::Relaxed);
+        let ndim = m.ndim.load(Ordering::Relaxed).min(layout::MAX_DIMS as u64);
         let mut dims = [0u64; layout::MAX_DIMS];
-        for (d, a) in dims.iter_mut().zip(&m.dims) {
+        // The second cache line of the descriptor only when it holds something (see publish).
+        let used = (ndim as usize).max(layout::DIMS_IN_FIRST_LINE);
+        for (d, a) in dims.iter_mut().zip(&m.dims).take(used) {
             *d = a.load(Ordering::Relaxed);
         }
+        let checksum = if self.view.geometry().params.checksum == layout::checksum_code::NONE {
+            0
+        } else {
+            m.checksum.load(Ordering::Relaxed)
+        };
         let snap = Snapshot {
             frame: f,
             seq,
             len: m.data_size.load(Ordering::Relaxed),
-            checksum: m.checksum.load(Ordering::Relaxed),
+            checksum,
             meta: FrameMeta {
                 timestamp_ns: m.timestamp_ns.load(Ordering::Relaxed),
                 type_hash: m.type_hash.load(Ordering::Relaxed),
-                ndim: ndim.min(layout::MAX_DIMS as u64) as u8,
+                ndim: ndim as u8,
                 dims,
             },
         };
@@ -484,26 +505,31 @@ impl std::fmt::Debug for Frame<'_> {
 
 impl Frame<'_> {
     /// The frame id (0, 1, … in publish order).
+    #[inline]
     pub fn frame_id(&self) -> u64 {
         self.snap.frame
     }
 
     /// The metadata (timestamp, type hash, dimensions).
+    #[inline]
     pub fn meta(&self) -> &FrameMeta {
         &self.snap.meta
     }
 
     /// Payload length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.snap.len as usize
     }
 
     /// Whether the payload is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.snap.len == 0
     }
 
     /// The payload, in place in shared memory (no copy). See the type's note on lossy policies.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         self.consumer
             .view
@@ -513,6 +539,7 @@ impl Frame<'_> {
     /// Checks that the frame was not overwritten since it was returned, and its checksum if the
     /// channel has checksums. `Ok` means every byte read from [`Frame::data`] before this call
     /// belonged to this frame.
+    #[inline]
     pub fn validate(&self) -> Result<(), ReadError> {
         let view = &self.consumer.view;
         let m = view.slot_meta(self.snap.frame);
@@ -541,6 +568,7 @@ impl Frame<'_> {
 
     /// Validates (see [`Frame::validate`]) and releases the frame. An overwritten frame is
     /// counted as missed.
+    #[inline]
     pub fn finish(self) -> Result<(), ReadError> {
         self.validate()
     }

@@ -23,7 +23,7 @@ compile_error!("the shm layout is little-endian");
 /// `b"LABHUBDB"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"LABHUBDB");
 /// Layout version; any change to this file's structs bumps it.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Alignment of regions and granularity of the segment size (bytes).
 pub const PAGE: u64 = 4096;
 /// Entries in the consumer table.
@@ -34,6 +34,9 @@ pub const MAX_SLOTS: u32 = 1 << 16;
 pub const MAX_TOTAL: u64 = 1 << 40;
 /// Largest number of dimensions in frame metadata.
 pub const MAX_DIMS: usize = 4;
+/// Dimensions held in the first cache line of a [`SlotMeta`]; the rest, and the checksum, are
+/// in its second line, which is written and read only when the frame uses them.
+pub const DIMS_IN_FIRST_LINE: usize = 2;
 
 /// Policy codes stored in [`Header::policy`].
 pub mod policy_code {
@@ -71,6 +74,17 @@ pub mod state_format_code {
     pub const JSON: u32 = 1;
     /// MessagePack (rmp-serde, cargo feature `msgpack`).
     pub const MSGPACK: u32 = 2;
+}
+
+/// Codes stored in [`Header::commit_fence`].
+pub mod commit_fence_code {
+    /// The producer stores `commit_pos` SeqCst (a full barrier per frame); a consumer about to
+    /// sleep needs only its own SeqCst store of `data_waiting`.
+    pub const FULL: u32 = 0;
+    /// The producer stores `commit_pos` Release with a compiler-only barrier; a consumer about
+    /// to sleep must first run the heavy side of the asymmetric fence (Linux
+    /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`), or else sleep only briefly.
+    pub const ASYMMETRIC: u32 = 1;
 }
 
 /// Consumer-entry state, the high 32 bits of [`ConsumerEntry::state`]; the low 32 bits hold the pid.
@@ -141,8 +155,15 @@ pub struct Header {
     pub producer_heartbeat_ns: AtomicU64,
     /// How many times a producer has attached (1 after creation).
     pub producer_attaches: AtomicU64,
+    /// Frames lost to backpressure (Full, timed out, or the oldest dropped).
+    pub dropped: AtomicU64,
+    /// Version of the flexible-zone state (0: none yet).
+    pub flex_version: AtomicU64,
+    /// A [`commit_fence_code`]: how the attached producer orders its commit store before its
+    /// `data_waiting` load, and so what a consumer must do before it sleeps.
+    pub commit_fence: AtomicU32,
     /// Reserved, zero.
-    pub reserved2: [u8; 32],
+    pub reserved2: [u8; 12],
     /// Next frame id the producer will claim (its own cache line: written per frame).
     pub write_pos: AtomicU64,
     /// Ring: frames below this id may be written without scanning the consumer table again
@@ -150,18 +171,11 @@ pub struct Header {
     pub space_bound: AtomicU64,
     /// Reserved, zero.
     pub reserved3: [u8; 48],
-    /// Number of committed frames = last committed frame id + 1 (0: none yet).
+    /// Number of committed frames = last committed frame id + 1 (0: none yet). Alone on its
+    /// cache line: consumers that keep up poll it, the producer writes it once per frame.
     pub commit_pos: AtomicU64,
-    /// Frames committed.
-    pub published: AtomicU64,
-    /// Frames lost to backpressure (Full, timed out, or the oldest dropped).
-    pub dropped: AtomicU64,
-    /// Frames consumers lost because a lossy policy overwrote them.
-    pub overwritten: AtomicU64,
-    /// Version of the flexible-zone state (0: none yet).
-    pub flex_version: AtomicU64,
     /// Reserved, zero.
-    pub reserved4: [u8; 24],
+    pub reserved4: [u8; 56],
     /// Notified after a commit when `data_waiting` is set (and when a producer leaves).
     pub data_event: ProcessEvent,
     /// 1 while a consumer may sleep on `data_event`; the producer swaps it to 0 and notifies,
@@ -176,7 +190,12 @@ pub struct Header {
     /// and the producer writes it only when it sleeps, so the line stays shared, not bounced.
     pub producer_waiting: AtomicU32,
     /// Reserved, zero.
-    pub reserved6: [u8; 52],
+    pub reserved6: u32,
+    /// Frames consumers lost because a lossy policy overwrote them (written by consumers, so
+    /// not on a line the producer writes per frame).
+    pub overwritten: AtomicU64,
+    /// Reserved, zero.
+    pub reserved7: [u8; 40],
     /// Serialises producer attach and takeover.
     pub producer_mutex: ProcessMutex,
 }
@@ -208,22 +227,23 @@ const _: () = assert!(offset_of!(Header, producer_pid) == 192);
 const _: () = assert!(offset_of!(Header, producer_start_time) == 200);
 const _: () = assert!(offset_of!(Header, producer_heartbeat_ns) == 208);
 const _: () = assert!(offset_of!(Header, producer_attaches) == 216);
-const _: () = assert!(offset_of!(Header, reserved2) == 224);
+const _: () = assert!(offset_of!(Header, dropped) == 224);
+const _: () = assert!(offset_of!(Header, flex_version) == 232);
+const _: () = assert!(offset_of!(Header, commit_fence) == 240);
+const _: () = assert!(offset_of!(Header, reserved2) == 244);
 const _: () = assert!(offset_of!(Header, write_pos) == 256);
 const _: () = assert!(offset_of!(Header, space_bound) == 264);
 const _: () = assert!(offset_of!(Header, reserved3) == 272);
 const _: () = assert!(offset_of!(Header, commit_pos) == 320);
-const _: () = assert!(offset_of!(Header, published) == 328);
-const _: () = assert!(offset_of!(Header, dropped) == 336);
-const _: () = assert!(offset_of!(Header, overwritten) == 344);
-const _: () = assert!(offset_of!(Header, flex_version) == 352);
-const _: () = assert!(offset_of!(Header, reserved4) == 360);
+const _: () = assert!(offset_of!(Header, reserved4) == 328);
 const _: () = assert!(offset_of!(Header, data_event) == 384);
 const _: () = assert!(offset_of!(Header, data_waiting) == 392);
 const _: () = assert!(offset_of!(Header, reserved5) == 396);
 const _: () = assert!(offset_of!(Header, space_event) == 448);
 const _: () = assert!(offset_of!(Header, producer_waiting) == 456);
 const _: () = assert!(offset_of!(Header, reserved6) == 460);
+const _: () = assert!(offset_of!(Header, overwritten) == 464);
+const _: () = assert!(offset_of!(Header, reserved7) == 472);
 const _: () = assert!(offset_of!(Header, producer_mutex) == 512);
 const _: () = assert!(size_of::<ProcessEvent>() == 8);
 const _: () = assert!(size_of::<ProcessMutex>() == 64);
@@ -294,6 +314,7 @@ const _: () = assert!(offset_of!(SlotMeta, type_hash) == 32);
 const _: () = assert!(offset_of!(SlotMeta, ndim) == 40);
 const _: () = assert!(offset_of!(SlotMeta, dims) == 48);
 const _: () = assert!(offset_of!(SlotMeta, checksum) == 80);
+const _: () = assert!(offset_of!(SlotMeta, dims) + DIMS_IN_FIRST_LINE * 8 == 64);
 const _: () = assert!(offset_of!(SlotMeta, reserved) == 88);
 
 /// Header of one flexible-zone buffer (64 bytes); `flex_size` bytes of state follow it.
@@ -505,12 +526,20 @@ impl Geometry {
     }
 
     /// Slot index of frame `f`.
+    #[inline]
     pub fn slot_of(&self, frame: u64) -> usize {
-        // slot_count ≥ 1 by validation; the result is < slot_count ≤ MAX_SLOTS.
-        (frame % u64::from(self.params.slot_count.max(1))) as usize
+        // slot_count ≥ 1 by validation; the result is < slot_count ≤ MAX_SLOTS. A power of two
+        // (the common case) takes a mask: a 64-bit division costs tens of cycles per frame.
+        let n = u64::from(self.params.slot_count.max(1));
+        if n.is_power_of_two() {
+            (frame & (n - 1)) as usize
+        } else {
+            (frame % n) as usize
+        }
     }
 
     /// Number of slots.
+    #[inline]
     pub fn slots(&self) -> u64 {
         u64::from(self.params.slot_count)
     }
@@ -559,22 +588,26 @@ impl View {
     }
 
     /// The segment.
+    #[inline]
     pub fn segment(&self) -> &Segment {
         &self.seg
     }
 
     /// The validated geometry.
+    #[inline]
     pub fn geometry(&self) -> &Geometry {
         &self.geo
     }
 
     /// The header.
+    #[inline]
     pub fn header(&self) -> &Header {
         // SAFETY: as in `raw_header`; the mapping is ≥ total_size ≥ size_of::<Header>().
         unsafe { &*self.seg.as_ptr().cast::<Header>() }
     }
 
     /// Consumer entry `i`, or `None` if `i` is out of range.
+    #[inline]
     pub fn consumer(&self, i: usize) -> Option<&ConsumerEntry> {
         if i >= self.geo.consumer_capacity as usize {
             return None;
@@ -587,6 +620,7 @@ impl View {
     }
 
     /// Descriptor of the slot that frame `f` uses.
+    #[inline]
     pub fn slot_meta(&self, frame: u64) -> &SlotMeta {
         let slot = self.geo.slot_of(frame);
         let off = self.geo.slot_meta_offset as usize + slot * size_of::<SlotMeta>();
@@ -596,6 +630,7 @@ impl View {
     }
 
     /// Start of the payload of the slot that frame `f` uses; `slot_size` bytes are valid there.
+    #[inline]
     fn slot_ptr(&self, frame: u64) -> *mut u8 {
         let slot = self.geo.slot_of(frame) as u64;
         // slot * stride + data_offset + slot_size ≤ total_size by Geometry::compute.
@@ -608,6 +643,7 @@ impl View {
     ///
     /// Under a lossy policy the producer may overwrite these bytes while the slice lives; the
     /// caller re-checks the slot's seq word before trusting them (the seqlock protocol).
+    #[inline]
     pub fn slot_bytes(&self, frame: u64, len: u64) -> &[u8] {
         let len = len.min(self.geo.params.slot_size) as usize;
         // SAFETY: len ≤ slot_size bytes from slot_ptr lie inside the mapping, which lives as long
@@ -624,6 +660,7 @@ impl View {
     /// header) and has marked the slot as being written (odd seq), and holds no other slice of
     /// this slot from this view while the returned one lives.
     #[allow(clippy::mut_from_ref)] // exclusivity is the caller's documented contract
+    #[inline]
     pub unsafe fn slot_bytes_mut(&self, frame: u64) -> &mut [u8] {
         let len = self.geo.params.slot_size as usize;
         // SAFETY: in bounds as in `slot_bytes`; exclusivity within this view is the caller's

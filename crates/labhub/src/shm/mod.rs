@@ -325,7 +325,8 @@ fn stats(view: &layout::View) -> ChannelStats {
     }
     let pid = h.producer_pid.load(Ordering::Acquire);
     ChannelStats {
-        published: h.published.load(Ordering::Relaxed),
+        // Every frame id below the commit position was committed exactly once.
+        published: h.commit_pos.load(Ordering::Acquire),
         dropped: h.dropped.load(Ordering::Relaxed),
         overwritten: h.overwritten.load(Ordering::Relaxed),
         next_frame_id: h.commit_pos.load(Ordering::Acquire),

@@ -29,6 +29,8 @@ pub struct Producer {
     /// Frames below this id need no consumer-table scan (ring policies).
     space_bound: u64,
     me: ProcessId,
+    /// This process is registered for the asymmetric fence: commits need no full barrier.
+    light_commit: bool,
 }
 
 impl std::fmt::Debug for Producer {
@@ -112,6 +114,9 @@ impl Producer {
                 h.producer_heartbeat_ns
                     .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
                 h.producer_attaches.store(1, Ordering::Relaxed);
+                let light_commit = sys::register_light_fence();
+                h.commit_fence
+                    .store(commit_fence_for(light_commit), Ordering::Relaxed);
                 layout::publish_magic(h);
                 tracing::debug!(channel = name, size = geo.total_size, "created channel");
                 Ok(Self {
@@ -120,6 +125,7 @@ impl Producer {
                     next_frame: 0,
                     space_bound: 0,
                     me,
+                    light_commit,
                 })
             }
             None => Self::reattach(name, config, me),
@@ -179,7 +185,8 @@ impl Producer {
                 "another secret",
             ));
         }
-        let next_frame = Self::take_over(name, &view, me)?;
+        let light_commit = sys::register_light_fence();
+        let next_frame = Self::take_over(name, &view, me, light_commit)?;
         tracing::debug!(channel = name, next_frame, "re-attached producer");
         Ok(Self {
             view,
@@ -187,11 +194,17 @@ impl Producer {
             next_frame,
             space_bound: 0,
             me,
+            light_commit,
         })
     }
 
     /// Under the producer mutex: refuses a live producer, else installs `me` and repairs.
-    fn take_over(name: &str, view: &View, me: ProcessId) -> Result<u64, ChannelError> {
+    fn take_over(
+        name: &str,
+        view: &View,
+        me: ProcessId,
+        light_commit: bool,
+    ) -> Result<u64, ChannelError> {
         let h = view.header();
         let _guard = match h.producer_mutex.lock() {
             Ok(g) => g,
@@ -226,6 +239,10 @@ impl Producer {
         h.producer_heartbeat_ns
             .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
         h.producer_attaches.fetch_add(1, Ordering::Relaxed);
+        // SeqCst: ordered before this producer's first commit, which a consumer deciding how
+        // to sleep may see.
+        h.commit_fence
+            .store(commit_fence_for(light_commit), Ordering::SeqCst);
         Ok(recover(view))
     }
 
@@ -255,6 +272,7 @@ impl Producer {
     ///
     /// On a full lossless ring this applies the channel's [`Backpressure`] rule: it waits (and
     /// evicts consumers found dead while waiting), fails with `Full`, or drops the oldest frame.
+    #[inline]
     pub fn begin_publish(&mut self) -> Result<SlotWriter<'_>, PublishError> {
         let w = self.next_frame;
         let h = self.view.header();
@@ -300,6 +318,7 @@ impl Producer {
         flex::write_state(&self.view, state)
     }
 
+    #[inline]
     fn wait_for_space(&mut self, w: u64) -> Result<(), PublishError> {
         let p = self.view.geometry().params;
         if p.policy != policy_code::RING || w < self.space_bound {
@@ -486,6 +505,14 @@ impl Drop for Producer {
     }
 }
 
+fn commit_fence_for(light_commit: bool) -> u32 {
+    if light_commit {
+        layout::commit_fence_code::ASYMMETRIC
+    } else {
+        layout::commit_fence_code::FULL
+    }
+}
+
 fn current_process(name: &str) -> Result<ProcessId, ChannelError> {
     ProcessId::current().map_err(|source| ChannelError::Io {
         channel: name.to_owned(),
@@ -504,7 +531,6 @@ fn recover(view: &View) -> u64 {
     if view.slot_meta(commit).seq.load(Ordering::Acquire) == layout::committed_seq(commit) {
         commit += 1;
         h.commit_pos.store(commit, Ordering::Release);
-        h.published.fetch_add(1, Ordering::Relaxed);
     }
     for s in 0..view.geometry().slots() {
         let meta = view.slot_meta(s);
@@ -530,11 +556,13 @@ pub struct SlotWriter<'a> {
 
 impl SlotWriter<'_> {
     /// The frame id this slot will publish.
+    #[inline]
     pub fn frame_id(&self) -> u64 {
         self.frame
     }
 
     /// The whole slot (slot size bytes), to write the frame into in place.
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         // SAFETY: the producer is the channel's only writer (its identity is in the header and a
         // second producer is refused), the slot's seq is odd (set in begin_publish), and this
@@ -543,6 +571,7 @@ impl SlotWriter<'_> {
     }
 
     /// Sets the frame's length in bytes (default: the whole slot).
+    #[inline]
     pub fn set_len(&mut self, len: usize) -> Result<(), PublishError> {
         let cap = self.producer.view.geometry().params.slot_size;
         if len as u64 > cap {
@@ -556,16 +585,19 @@ impl SlotWriter<'_> {
     }
 
     /// Sets all metadata at once.
+    #[inline]
     pub fn set_meta(&mut self, meta: &FrameMeta) {
         self.meta = *meta;
     }
 
     /// Sets the timestamp (ns); 0 stamps `CLOCK_REALTIME` at publish.
+    #[inline]
     pub fn set_timestamp_ns(&mut self, ns: u64) {
         self.meta.timestamp_ns = ns;
     }
 
     /// Sets the type hash.
+    #[inline]
     pub fn set_type_hash(&mut self, hash: u64) {
         self.meta.type_hash = hash;
     }
@@ -576,6 +608,7 @@ impl SlotWriter<'_> {
     }
 
     /// Commits the frame: readers see all of it or none of it. Returns its frame id.
+    #[inline]
     pub fn publish(mut self) -> Result<u64, PublishError> {
         let w = self.frame;
         let view = &self.producer.view;
@@ -591,24 +624,32 @@ impl SlotWriter<'_> {
         m.timestamp_ns.store(ts, Ordering::Relaxed);
         m.data_size.store(len as u64, Ordering::Relaxed);
         m.type_hash.store(self.meta.type_hash, Ordering::Relaxed);
-        m.ndim.store(u64::from(self.meta.ndim), Ordering::Relaxed);
-        for (d, v) in m.dims.iter().zip(self.meta.dims) {
+        let ndim = usize::from(self.meta.ndim).min(layout::MAX_DIMS);
+        m.ndim.store(ndim as u64, Ordering::Relaxed);
+        // The descriptor's second cache line (dims 2 and 3, the checksum) is written, and read,
+        // only when used: most frames then move one line of metadata between cores, not two.
+        let used = ndim.max(layout::DIMS_IN_FIRST_LINE);
+        for (d, v) in m.dims.iter().zip(self.meta.dims).take(used) {
             d.store(v, Ordering::Relaxed);
         }
-        let sum = if params.checksum == layout::checksum_code::XXH3_64 {
-            super::checksum_of(view.slot_bytes(w, len as u64))
-        } else {
-            0
-        };
-        m.checksum.store(sum, Ordering::Relaxed);
+        if params.checksum == layout::checksum_code::XXH3_64 {
+            let sum = super::checksum_of(view.slot_bytes(w, len as u64));
+            m.checksum.store(sum, Ordering::Relaxed);
+        }
         // Commit: the even seq publishes payload and metadata (Release), then the commit position
         // tells waiting readers the frame exists.
         m.seq.store(layout::committed_seq(w), Ordering::Release);
         let h = view.header();
-        // SeqCst: Dekker with a consumer about to sleep (it sets `data_waiting`, then re-reads
-        // the commit position); one of the two sees the other's store.
-        h.commit_pos.store(w + 1, Ordering::SeqCst);
-        h.published.fetch_add(1, Ordering::Relaxed);
+        // Dekker with a consumer about to sleep (it sets `data_waiting`, then re-reads the
+        // commit position): one of the two must see the other's store. A full barrier here
+        // would wait for the whole frame's stores to drain, per frame; with the asymmetric
+        // fence the consumer pays instead, once per sleep (see `commit_fence_code`).
+        if self.producer.light_commit {
+            h.commit_pos.store(w + 1, Ordering::Release);
+            sys::light_fence();
+        } else {
+            h.commit_pos.store(w + 1, Ordering::SeqCst);
+        }
         h.producer_heartbeat_ns
             .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
         if h.data_waiting.load(Ordering::SeqCst) != 0

@@ -146,6 +146,7 @@ impl Segment {
     }
 
     /// Base address of the mapping (page-aligned).
+    #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
         self.map.as_ptr()
     }

@@ -34,6 +34,12 @@
 //!   take a whole-file `flock`, which the kernel releases when the holder dies; `unlock()`
 //!   releases it and keeps the descriptor open.
 //!
+//! Asymmetric fences (used by `shm` for the commit / sleep Dekker pair):
+//! - `register_light_fence() -> bool`: this process may use `light_fence` (compiler-only) in a
+//!   Dekker pair whose other side calls `heavy_fence`;
+//! - `heavy_fence() -> bool`: a full barrier on every CPU running a registered process (Linux
+//!   `membarrier(GLOBAL_EXPEDITED)`); false when unavailable.
+//!
 //! Logging (used by `log`), in the submodule `log_sys`:
 //! - `syslog_open(ident) -> io::Result<()>` (`InvalidInput` for a NUL in `ident`) and
 //!   `syslog_write(SyslogSeverity, message)`.

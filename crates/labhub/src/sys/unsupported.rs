@@ -219,3 +219,19 @@ pub mod log_sys {
     /// Not supported: does nothing.
     pub fn syslog_write(_severity: SyslogSeverity, _message: &str) {}
 }
+
+/// No asymmetric fences here: a producer must use full barriers.
+pub fn register_light_fence() -> bool {
+    false
+}
+
+/// Never called usefully where registration fails; a compiler barrier like Linux's.
+#[inline(always)]
+pub fn light_fence() {
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Unsupported: the caller falls back (see the Linux version).
+pub fn heavy_fence() -> bool {
+    false
+}

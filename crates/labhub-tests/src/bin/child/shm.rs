@@ -173,6 +173,29 @@ pub fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
             ));
             Ok(())
         }
+        // shm-echo IN OUT FRAMES: creates channel OUT (a 4-slot blocking ring), attaches to IN
+        // (blocking wait mode), prints "ready", then republishes each of FRAMES frames of IN on
+        // OUT with the same first 8 bytes; every wait is bounded by 2 s.
+        "shm-echo" => {
+            let ring = Policy::Ring {
+                slots: 4,
+                when_full: Backpressure::Block {
+                    timeout: Duration::from_secs(2),
+                },
+            };
+            let mut out = Producer::create(arg(1)?, ChannelConfig::new(ring, 64))?;
+            let mut c = Consumer::attach(arg(0)?, AttachOptions::default())?;
+            let frames: u64 = arg(2)?.parse()?;
+            say("ready");
+            for _ in 0..frames {
+                let f = c.next(Some(Duration::from_secs(2)))?;
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&f.data()[..8]);
+                f.finish()?;
+                out.publish_bytes(&id, &FrameMeta::default())?;
+            }
+            Ok(())
+        }
         other => bail!("unknown shm role {other:?}"),
     }
 }

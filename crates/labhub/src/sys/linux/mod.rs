@@ -2,6 +2,8 @@
 
 pub mod log_sys;
 
+mod fence;
+pub use fence::{heavy_fence, light_fence, register_light_fence};
 mod flock;
 pub use flock::LockFile;
 mod futex;

@@ -144,6 +144,7 @@ impl ShmMapping {
     }
 
     /// Base address (page-aligned).
+    #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
