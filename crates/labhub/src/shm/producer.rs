@@ -114,7 +114,7 @@ impl Producer {
                 h.producer_heartbeat_ns
                     .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
                 h.producer_attaches.store(1, Ordering::Relaxed);
-                let light_commit = sys::register_light_fence();
+                let light_commit = use_light_commit(geo.params.slot_size);
                 h.commit_fence
                     .store(commit_fence_for(light_commit), Ordering::Relaxed);
                 layout::publish_magic(h);
@@ -185,7 +185,7 @@ impl Producer {
                 "another secret",
             ));
         }
-        let light_commit = sys::register_light_fence();
+        let light_commit = use_light_commit(have.slot_size);
         let next_frame = Self::take_over(name, &view, me, light_commit)?;
         tracing::debug!(channel = name, next_frame, "re-attached producer");
         Ok(Self {
@@ -503,6 +503,18 @@ impl Drop for Producer {
         }
         h.data_event.notify_all();
     }
+}
+
+/// Slots at least this large commit with a full barrier (see [`use_light_commit`]).
+const FULL_FENCE_FROM: u64 = 64 << 10;
+
+/// Whether to commit with the light side of the asymmetric fence. For small frames a full
+/// barrier per commit is a large share of the frame's cost (it waits for the frame's stores to
+/// drain); for large frames it is negligible next to the copy, while every consumer sleep —
+/// about one per frame once frames take longer than a consumer's short poll — would interrupt
+/// this process with the heavy fence's inter-processor interrupt.
+fn use_light_commit(slot_size: u64) -> bool {
+    slot_size < FULL_FENCE_FROM && sys::register_light_fence()
 }
 
 fn commit_fence_for(light_commit: bool) -> u32 {
