@@ -22,14 +22,14 @@ use labhub::shm::{
 };
 
 /// Ring slots for a frame size: 8, or enough for 1 MiB of small frames.
-fn slots(size: usize) -> u32 {
+pub fn slots(size: usize) -> u32 {
     ((1usize << 20) / size).max(8) as u32
 }
 const RUNS: usize = 5;
 /// Bytes moved per run.
-const BYTES_PER_RUN: usize = 1 << 30;
+pub const BYTES_PER_RUN: usize = 1 << 30;
 
-fn consumer_main() {
+pub fn consumer_main() {
     let name = std::env::var("LABHUB_BENCH_CHANNEL").unwrap();
     let frames: u64 = std::env::var("LABHUB_BENCH_FRAMES")
         .unwrap()
@@ -65,7 +65,7 @@ fn consumer_main() {
     out.flush().unwrap();
 }
 
-fn memcpy_rate(size: usize) -> f64 {
+pub fn memcpy_rate(size: usize) -> f64 {
     let src = vec![0x5au8; size];
     let mut dst: Vec<Vec<u8>> = (0..slots(size)).map(|_| vec![0u8; size]).collect();
     let frames = (BYTES_PER_RUN / size).max(1);
@@ -79,7 +79,7 @@ fn memcpy_rate(size: usize) -> f64 {
     (frames * size) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn channel_rate(size: usize, mode: &str) -> f64 {
+pub fn channel_rate(size: usize, mode: &str) -> f64 {
     let name = format!("bench-tp-{}-{size}-{mode}", std::process::id());
     let _ = shm::remove_channel(&name);
     let frames = (BYTES_PER_RUN / size).max(1) as u64;
@@ -119,7 +119,7 @@ fn channel_rate(size: usize, mode: &str) -> f64 {
     (frames as usize * size) as f64 / elapsed.as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
