@@ -4,13 +4,13 @@
 //! `cargo bench -p labhub --bench shm_throughput`
 //!
 //! The producer copies each frame into its slot (`begin_publish`, `copy_from_slice`, `publish`)
-//! on a lossless ring (Block) of 8 slots, or 1 MiB worth of small frames (256 × 4 KiB), so it can never outrun the consumer. The consumer is
-//! this executable re-spawned (`LABHUB_BENCH_ROLE=consumer`); it reads each frame in place and
-//! validates it, either touching only its first and last byte (`touch`; also with the consumer in
-//! `WaitMode::Spin` for 50 µs before sleeping: `touch, spin`) or reading every 8-byte word
-//! (`read`). The baseline copies the same frame into as many rotating destination buffers as the ring has
-//! slots (the same
-//! memory footprint as the ring) on one thread. Each figure is the median of 5 runs.
+//! on a lossless ring (Block) of 8 slots, or 1 MiB worth of small frames (256 × 4 KiB), so it
+//! can never outrun the consumer. The consumer is this executable re-spawned
+//! (`LABHUB_BENCH_ROLE=consumer`); it reads each frame in place and validates it, either touching
+//! only its first and last byte (`touch`; also with the consumer in `WaitMode::Spin` for 50 µs
+//! before sleeping: `touch, spin`) or reading every 8-byte word (`read`). The baseline copies the
+//! same frame into as many rotating destination buffers as the ring has slots (the same memory
+//! footprint as the ring) on one thread. Each figure is the median of 5 runs.
 #![allow(missing_docs)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -119,6 +119,37 @@ pub fn channel_rate(size: usize, mode: &str) -> f64 {
     (frames as usize * size) as f64 / elapsed.as_secs_f64()
 }
 
+/// Context for the small-frame figures: the round trip of one cache line between two threads
+/// (each waits for the other's store, then stores), in ns. Every frame handed to a consumer on
+/// another core moves a few lines that way; on a host where this costs more than copying a
+/// frame, small frames cannot reach memcpy speed through any shared-memory channel.
+pub fn line_round_trip_ns() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+    const ROUNDS: u64 = 200_000;
+    let (a, b) = (Line(AtomicU64::new(0)), Line(AtomicU64::new(0)));
+    let start = std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 1..=ROUNDS {
+                while a.0.load(Ordering::Acquire) != i {
+                    std::hint::spin_loop();
+                }
+                b.0.store(i, Ordering::Release);
+            }
+        });
+        let start = Instant::now();
+        for i in 1..=ROUNDS {
+            a.0.store(i, Ordering::Release);
+            while b.0.load(Ordering::Acquire) != i {
+                std::hint::spin_loop();
+            }
+        }
+        start
+    });
+    start.elapsed().as_nanos() as f64 / ROUNDS as f64
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -134,6 +165,10 @@ fn main() {
         println!("shm_throughput: run with `cargo bench` to measure");
         return;
     }
+    println!(
+        "cache-line round trip between two threads: {:.0} ns",
+        line_round_trip_ns()
+    );
     println!(
         "| frame | memcpy GB/s | touch GB/s | ratio | touch, spin GB/s | ratio | read GB/s | ratio |"
     );
