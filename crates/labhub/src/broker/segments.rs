@@ -120,6 +120,14 @@ pub fn reap_stale() -> Vec<(String, Removal)> {
     names
         .into_iter()
         .filter_map(|name| {
+            if let Some((public, _)) = name.split_once(sys::HIDDEN_MARK) {
+                // A channel's private creation segment: removed if its creator died.
+                let channel = public.strip_prefix(&prefix)?;
+                if crate::shm::segment::remove_orphans(channel) > 0 {
+                    return Some((name, Removal::Removed));
+                }
+                return None;
+            }
             let shm_name = crate::protocol::ShmName::new(name.clone()).ok()?;
             let outcome = remove_if_unheld(&shm_name);
             Some((name, outcome))

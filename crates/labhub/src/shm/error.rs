@@ -15,7 +15,10 @@ pub enum LayoutError {
         /// What the segment carries.
         found: u64,
     },
-    /// The segment was never published: its creator died or is still initialising it.
+    /// The segment's magic was never published. labhub creates segments under a private name
+    /// and names them only once initialised, so this is a segment made another way (another
+    /// implementation, or a labhub before layout 3) whose creator died or is still working;
+    /// `remove_channel` removes it.
     #[error("segment not initialised (magic still zero after waiting)")]
     NotInitialized,
     /// A layout version this build does not know.

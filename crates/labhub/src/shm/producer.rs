@@ -118,6 +118,11 @@ impl Producer {
                 h.commit_fence
                     .store(commit_fence_for(light_commit), Ordering::Relaxed);
                 layout::publish_magic(h);
+                if !view.segment().publish()? {
+                    // Another producer created the channel meanwhile: ours was never seen.
+                    drop(view);
+                    return Self::reattach(name, config, me);
+                }
                 tracing::debug!(channel = name, size = geo.total_size, "created channel");
                 Ok(Self {
                     view,

@@ -52,6 +52,63 @@ pub fn shm_create_exclusive(name: &str, size: u64) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Where Linux keeps POSIX shared-memory objects (glibc's `shm_open` directory).
+const SHM_DIR: &str = "/dev/shm";
+
+/// Separates a segment name from the suffix of its private creation name. Channel names cannot
+/// contain it, so a private name never collides with a channel's.
+pub const HIDDEN_MARK: char = '@';
+
+/// Creates a segment of `size` bytes under a private name derived from `name` and the creating
+/// process (`<name>@<pid>-<start_time>-<n>`), for [`shm_publish_hidden`] to give it `name`
+/// once it is initialised. Returns the descriptor and the private name.
+pub fn shm_create_hidden(
+    name: &str,
+    size: u64,
+    pid: u32,
+    start_time: u64,
+) -> io::Result<(OwnedFd, String)> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let hidden = format!("{name}{HIDDEN_MARK}{pid}-{start_time}-{n}");
+        match shm_create_exclusive(&hidden, size) {
+            Ok(fd) => return Ok((fd, hidden)),
+            // A name left by an earlier process with our pid and start time cannot exist
+            // (that process is us), but one left by a forked sibling can: take the next.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < u32::MAX => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Gives the segment created under private name `hidden` the name `name`, atomically (a hard
+/// link: it fails with `AlreadyExists` if `name` exists, and no process ever sees `name` before
+/// the segment was initialised). The private name is removed either way.
+pub fn shm_publish_hidden(hidden: &str, name: &str) -> io::Result<()> {
+    let path = |n: &str| format!("{SHM_DIR}/{}", n.trim_start_matches('/'));
+    let linked = std::fs::hard_link(path(hidden), path(name));
+    let _ = shm_unlink(hidden);
+    linked
+}
+
+/// Private creation names of segment `name` (see [`shm_create_hidden`]), each with the pid and
+/// start time of the process that made it.
+pub fn shm_hidden_of(name: &str) -> io::Result<Vec<(String, u32, u64)>> {
+    let prefix = format!("{name}{HIDDEN_MARK}");
+    let mut found = Vec::new();
+    for full in super::shm_list(&prefix)? {
+        let mut parts = full[prefix.len()..].splitn(3, '-');
+        let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if let (Ok(pid), Ok(start)) = (pid.parse(), start.parse()) {
+            found.push((full, pid, start));
+        }
+    }
+    Ok(found)
+}
+
 /// Opens an existing named segment for reading and writing.
 pub fn shm_open_existing(name: &str) -> io::Result<OwnedFd> {
     let c = cstring(name)?;
