@@ -152,8 +152,14 @@ fn main() {
     }
     println!("| frame | mode | labhub round trip |");
     println!("|---|---|---|");
+    // `LABHUB_BENCH_ONLY="1 MiB spin"` (frame and mode) restricts the run to one case.
+    let only = std::env::var("LABHUB_BENCH_ONLY").ok();
     for (label, size) in SIZES {
         for spin in [false, true] {
+            let case = format!("{label} {}", if spin { "spin" } else { "blocking" });
+            if only.as_deref().is_some_and(|o| o != case) {
+                continue;
+            }
             let t = labhub_round_trip(size, spin);
             println!(
                 "| {label} | {} | {:.2} µs |",
