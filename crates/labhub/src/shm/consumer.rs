@@ -396,7 +396,8 @@ impl Consumer {
         e.held.store(snap.frame + 1, Ordering::Relaxed);
         // Only this consumer writes its entry's counters: a plain increment, not a locked one.
         let received = e.received.load(Ordering::Relaxed);
-        e.received.store(received.wrapping_add(1), Ordering::Relaxed);
+        e.received
+            .store(received.wrapping_add(1), Ordering::Relaxed);
         Frame {
             consumer: self,
             snap,

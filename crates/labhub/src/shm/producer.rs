@@ -31,6 +31,10 @@ pub struct Producer {
     me: ProcessId,
     /// This process is registered for the asymmetric fence: commits need no full barrier.
     light_commit: bool,
+    /// How many frames ahead `begin_publish` prefetches slots for writing (0: never).
+    prefetch_ahead: u64,
+    /// Length of the last frame published: the guess for the frames ahead.
+    last_len: u64,
 }
 
 impl std::fmt::Debug for Producer {
@@ -126,6 +130,8 @@ impl Producer {
                 tracing::debug!(channel = name, size = geo.total_size, "created channel");
                 Ok(Self {
                     view,
+                    prefetch_ahead: prefetch_ahead(&config),
+                    last_len: config.slot_size,
                     config,
                     next_frame: 0,
                     space_bound: 0,
@@ -195,6 +201,8 @@ impl Producer {
         tracing::debug!(channel = name, next_frame, "re-attached producer");
         Ok(Self {
             view,
+            prefetch_ahead: prefetch_ahead(&config),
+            last_len: config.slot_size,
             config,
             next_frame,
             space_bound: 0,
@@ -287,6 +295,10 @@ impl Producer {
             h.write_pos.store(w, Ordering::Release);
             h.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(e);
+        }
+        if self.prefetch_ahead != 0 {
+            self.view
+                .prefetch_for_write(w + self.prefetch_ahead, self.last_len);
         }
         let meta = self.view.slot_meta(w);
         meta.seq.store(layout::writing_seq(w), Ordering::Relaxed);
@@ -510,6 +522,18 @@ impl Drop for Producer {
     }
 }
 
+/// Frames ahead of the one being written whose slots the producer prefetches for writing.
+const PREFETCH_AHEAD: u64 = 2;
+
+/// Prefetching runs [`PREFETCH_AHEAD`] frames ahead in rings of at least 8 slots. In smaller
+/// rings (and Latest, DoubleBuffer) that slot may be the one readers are reading now.
+fn prefetch_ahead(config: &ChannelConfig) -> u64 {
+    match config.policy {
+        Policy::Ring { slots, .. } if u64::from(slots) >= 4 * PREFETCH_AHEAD => PREFETCH_AHEAD,
+        _ => 0,
+    }
+}
+
 /// Slots at least this large commit with a full barrier (see [`use_light_commit`]).
 const FULL_FENCE_FROM: u64 = 64 << 10;
 
@@ -676,6 +700,7 @@ impl SlotWriter<'_> {
         }
         self.done = true;
         self.producer.next_frame = w + 1;
+        self.producer.last_len = len as u64;
         Ok(w)
     }
 }
