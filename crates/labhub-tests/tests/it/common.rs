@@ -1,7 +1,9 @@
 //! What every module of this test binary shares: the shared helpers of the `labhub_tests`
 //! library, and spawning the `labhub-test-child` binary (whose path only integration tests know).
 
-pub use labhub_tests::{ChildProc, ScratchDir, WATCHDOG, unique, wait_until, within_watchdog};
+pub use labhub_tests::{
+    AbortWatchdog, ChildProc, ScratchDir, WATCHDOG, unique, wait_until, within_watchdog,
+};
 
 /// The `labhub-test-child` binary.
 pub const CHILD_EXE: &str = env!("CARGO_BIN_EXE_labhub-test-child");
