@@ -1,2 +1,340 @@
 //! Helpers shared by labhub's integration tests: spawning the child binary, unique names,
-//! and a watchdog so a deadlocked test fails instead of hanging CI.
+//! scratch directories and a watchdog so a deadlocked test fails instead of hanging CI.
+//!
+//! The path of the child binary is only known to integration tests
+//! (`env!("CARGO_BIN_EXE_labhub-test-child")`), so [`ChildProc::spawn`] takes it as an argument.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest any single wait in a test may take before the test fails (a watchdog, not a
+/// performance assertion); whole-test limits are multiples of it.
+pub const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// A name unique to this process and call (`<tag>-<pid>-<counter>`), so parallel tests never
+/// share a channel, socket or directory.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs `body` on its own thread and fails the test if it has not finished within `limit`, so
+/// a deadlock fails instead of hanging the run. A panic in `body` is passed on.
+pub fn within_watchdog<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done_tx, done_rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let out = body();
+        let _ = done_tx.send(());
+        out
+    });
+    match done_rx.recv_timeout(limit) {
+        Ok(()) | Err(RecvTimeoutError::Disconnected) => match worker.join() {
+            Ok(out) => out,
+            Err(panic) => std::panic::resume_unwind(panic),
+        },
+        Err(RecvTimeoutError::Timeout) => {
+            panic!("watchdog: {what} still running after {limit:?} (deadlock?)")
+        }
+    }
+}
+
+/// Aborts the whole test binary if still alive after its limit: for tests whose body must run
+/// on the test's own thread. Dropping it (at the end of the test) disarms it.
+#[must_use = "the watchdog is disarmed when dropped"]
+pub struct AbortWatchdog(#[allow(dead_code)] mpsc::Sender<()>);
+
+impl AbortWatchdog {
+    /// Arms a watchdog that aborts the process if `what` still runs after `limit`.
+    pub fn arm(what: &'static str, limit: Duration) -> Self {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = cancelled.recv_timeout(limit) {
+                eprintln!("watchdog: {what} still running after {limit:?}; aborting");
+                std::process::abort();
+            }
+        });
+        Self(cancel)
+    }
+}
+
+/// Waits until `cond` holds, failing the test after [`WATCHDOG`]. For states only observable
+/// by looking (a file appearing, a bit set by another process); it polls every millisecond.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WATCHDOG;
+    while !cond() {
+        assert!(Instant::now() < deadline, "watchdog: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A fresh directory unique to one test, removed with its contents when dropped.
+///
+/// When dropped while its thread panics (a failing test) the directory is kept for inspection
+/// and its path printed.
+#[derive(Debug)]
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    /// A new empty directory `labhub-it-<tag>-<pid>-<n>` under the system temporary directory.
+    pub fn new(tag: &str) -> Self {
+        Self::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A new empty directory `labhub-it-<tag>-<pid>-<n>` under `base` (created if missing); the
+    /// path is canonical.
+    pub fn new_in(base: &Path, tag: &str) -> Self {
+        let path = base.join(unique(&format!("labhub-it-{tag}")));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("create scratch dir {}: {e}", path.display()));
+        let path = std::fs::canonicalize(&path).expect("canonical scratch dir");
+        Self { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// An `ipc://` endpoint for a socket file `name` inside the directory.
+    pub fn ipc(&self, name: &str) -> String {
+        format!("ipc://{}", self.join(name).display())
+    }
+}
+
+impl AsRef<Path> for ScratchDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept scratch dir {} of a failed test", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A child process talking line by line: stdout lines arrive on a channel read with a
+/// [`WATCHDOG`] timeout, stdin takes lines, stderr is collected (and echoed into the test's
+/// output). SIGKILLed and reaped when dropped.
+pub struct ChildProc {
+    child: Child,
+    label: String,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ChildProc {
+    /// Spawns `exe role args…` (`exe` is the `labhub-test-child` binary).
+    pub fn spawn(exe: &str, role: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new(exe);
+        cmd.arg(role).args(args);
+        Self::from_command(role, cmd)
+    }
+
+    /// Spawns `cmd` with piped stdin, stdout and stderr; `label` names it in failures.
+    pub fn from_command(label: &str, mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {label}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            label: label.to_owned(),
+            lines,
+            stderr,
+        }
+    }
+
+    /// Renames the process in failure messages (e.g. "consumer 2").
+    pub fn labelled(mut self, label: &str) -> Self {
+        label.clone_into(&mut self.label);
+        self
+    }
+
+    /// The name failure messages use.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The next stdout line; fails the test after [`WATCHDOG`] or if the process ends first.
+    pub fn next_line(&mut self) -> String {
+        self.recv(WATCHDOG, "another line")
+    }
+
+    /// The next stdout line, which must start with `prefix`; returns it.
+    pub fn expect(&mut self, prefix: &str) -> String {
+        let line = self.next_line();
+        assert!(
+            line.starts_with(prefix),
+            "{} said {line:?}, expected {prefix:?}…",
+            self.label
+        );
+        line
+    }
+
+    /// The next stdout line, which must be exactly `expected`.
+    pub fn expect_exact(&mut self, expected: &str) {
+        let line = self.next_line();
+        assert_eq!(line, expected, "{} (pid {})", self.label, self.pid());
+    }
+
+    /// Skips stdout lines until one satisfies `want`; returns it. Fails after [`WATCHDOG`].
+    pub fn wait_for(&mut self, what: &str, mut want: impl FnMut(&str) -> bool) -> String {
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.recv(left, what);
+            if want(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Skips stdout lines until one starts with `prefix`; returns it. Fails after [`WATCHDOG`].
+    pub fn skip_to(&mut self, prefix: &str) -> String {
+        self.wait_for(prefix, |l| l.starts_with(prefix))
+    }
+
+    fn recv(&mut self, timeout: Duration, what: &str) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "watchdog: {} did not say {what} within {WATCHDOG:?}; stderr:\n{}",
+                self.label,
+                self.stderr()
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.wait();
+                panic!(
+                    "{} exited ({status}) before saying {what}; stderr:\n{}",
+                    self.label,
+                    self.stderr()
+                )
+            }
+        }
+    }
+
+    /// Writes `line` and a newline to the process's stdin.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("write to child stdin");
+        stdin.flush().expect("flush child stdin");
+    }
+
+    /// Closes the process's stdin (end of file for it).
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
+    /// SIGKILL and reap (a zombie still counts as existing for `kill(pid, 0)`).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process id has no memory effects.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit, failing the test after [`WATCHDOG`]; returns its status.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "watchdog: {} did not exit within {WATCHDOG:?}",
+                self.label
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits (bounded) for the process to exit and fails the test unless it succeeded.
+    pub fn wait_success(&mut self) {
+        let status = self.wait();
+        assert!(
+            status.success(),
+            "{} (pid {}) failed: {status}; stderr:\n{}",
+            self.label,
+            self.pid(),
+            self.stderr()
+        );
+    }
+
+    /// Closes stdin, then waits (bounded) for a successful exit.
+    pub fn finish(mut self) {
+        self.close_stdin();
+        self.wait_success();
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

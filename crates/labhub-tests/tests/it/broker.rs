@@ -10,11 +10,7 @@ mod security;
 #[path = "broker_watchdog.rs"]
 mod watchdog;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use labhub::broker::keys::{self, KeyPair, PublicKey};
@@ -22,9 +18,8 @@ use labhub::broker::probe::{NotificationListener, Probe};
 use labhub::protocol::{ErrorCode, Notification};
 use serde_json::json;
 
-/// Longest any single wait may take before the test fails (a watchdog, not a performance
-/// assertion).
-pub const WATCHDOG: Duration = Duration::from_secs(30);
+pub use crate::common::{ChildProc, ScratchDir, WATCHDOG, spawn_child, unique, wait_until};
+
 /// Heartbeat interval of test brokers.
 pub const INTERVAL_MS: u64 = 100;
 /// Misses allowed by test brokers.
@@ -32,21 +27,20 @@ pub const MISSES: u32 = 3;
 
 /// A labhub home unique to this test, removed on drop.
 pub struct TestHome {
+    _dir: ScratchDir,
     pub path: PathBuf,
     pub tag: String,
 }
 
 impl TestHome {
     pub fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let tag = format!(
-            "b{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = std::env::temp_dir().join(format!("labhub-it-{tag}"));
-        let _ = std::fs::remove_dir_all(&path);
-        Self { path, tag }
+        let tag = unique(&format!("b-{tag}"));
+        let dir = ScratchDir::new(&tag);
+        Self {
+            path: dir.path().to_owned(),
+            _dir: dir,
+            tag,
+        }
     }
 
     /// A channel name unique to this test.
@@ -65,113 +59,6 @@ impl TestHome {
             // A line being written at this very moment may be incomplete: skip it.
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
-    }
-}
-
-impl Drop for TestHome {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A child process whose stdout lines arrive on a channel; SIGKILLed on drop.
-pub struct ChildProc {
-    pub child: Child,
-    lines: Receiver<String>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl ChildProc {
-    pub fn spawn(role: &str, args: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_labhub-test-child"));
-        cmd.arg(role).args(args);
-        Self::from_command(cmd)
-    }
-
-    /// Spawns `cmd` with piped stdout and stderr.
-    pub fn from_command(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn a child process");
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let err = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Self {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    /// Waits for the next line starting with `prefix` (skipping others), failing after the
-    /// watchdog.
-    pub fn expect_line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + WATCHDOG;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("watchdog: no line {prefix:?}; stderr:\n{}", self.stderr())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("child ended before {prefix:?}; stderr:\n{}", self.stderr())
-                }
-            }
-        }
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the process to exit (watchdog-bounded) and returns its status.
-    pub fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WATCHDOG;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "watchdog: child did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn terminate(&mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: sending a signal to our own child process id has no memory effects.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -200,8 +87,8 @@ impl TestBroker {
             &misses,
         ];
         args.extend_from_slice(extra);
-        let proc = ChildProc::spawn("broker-run", &args);
-        let line = proc.expect_line("ready ");
+        let mut proc = spawn_child("broker-run", &args);
+        let line = proc.skip_to("ready ");
         let parts: Vec<&str> = line.split(' ').collect();
         assert_eq!(parts.len(), 4, "{line}");
         Self {
@@ -222,7 +109,7 @@ impl TestBroker {
 
     /// Spawns a `broker-client` child.
     pub fn client(&self, home: &TestHome, id: &str, mode: &str, channel: &str) -> ChildProc {
-        ChildProc::spawn(
+        spawn_child(
             "broker-client",
             &[
                 home.path.to_str().unwrap(),
@@ -252,15 +139,6 @@ pub fn expect_notification(
         {
             return n;
         }
-    }
-}
-
-/// Waits until `cond` holds, failing after the watchdog.
-pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + WATCHDOG;
-    while !cond() {
-        assert!(Instant::now() < deadline, "watchdog: {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

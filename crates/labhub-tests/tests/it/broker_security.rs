@@ -79,7 +79,7 @@ fn an_allow_list_writable_by_others_stops_the_broker_with_an_error_naming_it() {
     std::fs::write(&list, "").unwrap();
     std::fs::set_permissions(&list, std::fs::Permissions::from_mode(0o666)).unwrap();
     let allow = format!("allow-list={}", list.display());
-    let mut proc = ChildProc::spawn(
+    let mut proc = spawn_child(
         "broker-run",
         &[
             home.path.to_str().unwrap(),
@@ -110,7 +110,7 @@ fn a_broker_secret_key_readable_by_others_is_refused() {
     broker.proc.kill();
     let secret = home.path.join("keys").join("broker.secret");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut proc = ChildProc::spawn(
+    let mut proc = spawn_child(
         "broker-run",
         &[
             home.path.to_str().unwrap(),

@@ -11,7 +11,7 @@ fn a_killed_producer_s_channel_goes_down_and_its_segment_is_removed() {
     sync_listener(&mut probe, &listener, &home);
     let name = home.channel("cam");
     let mut producer = broker.client(&home, "prod-1", "produce-shm", &name);
-    producer.expect_line("registered");
+    producer.skip_to("registered");
     assert!(segment_exists(&name));
     let reply = probe.request("discover", json!({"name": name})).unwrap();
     assert!(reply.is_ok(), "{reply:?}");
@@ -49,10 +49,10 @@ fn a_killed_consumer_is_dropped_and_its_producer_told() {
     let listener = broker.listen(&home);
     sync_listener(&mut probe, &listener, &home);
     let name = home.channel("feed");
-    let producer = broker.client(&home, "prod-2", "produce-pubsub", &name);
-    producer.expect_line("registered");
+    let mut producer = broker.client(&home, "prod-2", "produce-pubsub", &name);
+    producer.skip_to("registered");
     let mut consumer = broker.client(&home, "cons-2", "consume", &name);
-    consumer.expect_line("attached");
+    consumer.skip_to("attached");
     assert_eq!(
         probe
             .request("discover", json!({"name": name}))
@@ -98,9 +98,9 @@ fn a_segment_stays_while_a_consumer_holds_it_and_goes_when_the_consumer_dies() {
     sync_listener(&mut probe, &listener, &home);
     let name = home.channel("held");
     let mut producer = broker.client(&home, "prod-3", "produce-shm", &name);
-    producer.expect_line("registered");
+    producer.skip_to("registered");
     let mut consumer = broker.client(&home, "cons-3", "consume", &name);
-    consumer.expect_line("attached");
+    consumer.skip_to("attached");
 
     producer.kill();
     expect_notification(
@@ -129,10 +129,10 @@ fn after_a_broker_sigkill_and_restart_clients_re_register_by_themselves() {
     let home = TestHome::new("restart");
     let mut broker = TestBroker::start(&home);
     let name = home.channel("cam");
-    let producer = broker.client(&home, "prod-4", "produce-shm", &name);
-    producer.expect_line("registered");
-    let consumer = broker.client(&home, "cons-4", "consume", &name);
-    consumer.expect_line("attached");
+    let mut producer = broker.client(&home, "prod-4", "produce-shm", &name);
+    producer.skip_to("registered");
+    let mut consumer = broker.client(&home, "cons-4", "consume", &name);
+    consumer.skip_to("attached");
     let endpoint = broker.endpoint.clone();
     let notify = broker.notify_endpoint.clone();
     let key = broker.key;
@@ -141,8 +141,8 @@ fn after_a_broker_sigkill_and_restart_clients_re_register_by_themselves() {
     // Same endpoints, same home (so the same key): a restarted broker.
     let broker = TestBroker::start_on(&home, &endpoint, &notify, &[]);
     assert_eq!(broker.key, key);
-    producer.expect_line("re-registered");
-    consumer.expect_line("re-attached");
+    producer.skip_to("re-registered");
+    consumer.skip_to("re-attached");
     // The data plane never stopped: the segment survived the broker's death and its restart
     // (the restarted broker's reaper saw a live producer).
     assert!(segment_exists(&name));
@@ -163,7 +163,7 @@ fn sigterm_stops_the_broker_cleanly_and_the_audit_log_says_so() {
     let home = TestHome::new("term");
     let mut broker = TestBroker::start(&home);
     broker.proc.terminate();
-    broker.proc.expect_line("stopped");
+    broker.proc.skip_to("stopped");
     let status = broker.proc.wait();
     assert!(status.success(), "{status:?}");
     let audit = home.audit();

@@ -2,7 +2,6 @@
 //! in this process that answers with whatever the test scripts).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
@@ -11,38 +10,7 @@ use labhub::client::{ClientConfig, ClientError, Hub};
 use labhub::protocol::ErrorCode;
 use labhub_zmq::{Context, CurveSecretKey, Flags, PollEvents, Socket, SocketType};
 
-/// Upper bound on any wait; a deadlock fails the test instead of hanging CI.
-pub const WATCHDOG: Duration = Duration::from_secs(30);
-
-/// A unique name per test and process, so parallel tests never share a channel or socket.
-pub fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "cl-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Runs `f` on a thread and fails the test if it does not finish within [`WATCHDOG`].
-pub fn within_watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within {WATCHDOG:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked (see above)"),
-    }
-}
-
-/// A free ipc endpoint in the test's temporary directory.
-pub fn ipc_endpoint(tag: &str) -> String {
-    let dir = std::env::temp_dir().join(unique(tag));
-    std::fs::create_dir_all(&dir).unwrap();
-    format!("ipc://{}/s", dir.display())
-}
+use crate::common::{ScratchDir, WATCHDOG, unique, within_watchdog};
 
 type Responder = Box<dyn FnOnce(u64) -> Vec<Vec<u8>> + Send>;
 type BodyMaker = Box<dyn Fn(u64) -> String + Send>;
@@ -50,6 +18,7 @@ type BodyMaker = Box<dyn Fn(u64) -> String + Send>;
 /// A fake broker: a CURVE ROUTER on its own thread answering each request with the next
 /// scripted responder (given the request id read from the body), in order.
 struct FakeBroker {
+    _sockets: ScratchDir,
     endpoint: String,
     server_key: PublicKey,
     script: Option<Sender<Responder>>,
@@ -59,7 +28,8 @@ struct FakeBroker {
 
 impl FakeBroker {
     fn start() -> Self {
-        let endpoint = ipc_endpoint("fake");
+        let sockets = ScratchDir::new("fake-broker");
+        let endpoint = sockets.ipc("fake");
         let server = KeyPair::generate();
         let server_key = server.public;
         let (script_tx, script_rx) = mpsc::channel::<Responder>();
@@ -77,6 +47,7 @@ impl FakeBroker {
         });
         ready_rx.recv_timeout(WATCHDOG).unwrap();
         Self {
+            _sockets: sockets,
             endpoint,
             server_key,
             script: Some(script_tx),
@@ -156,10 +127,11 @@ fn ok_discover(id: u64, name: &str) -> String {
 
 #[test]
 fn a_call_without_a_broker_times_out_and_the_client_stays_usable_and_shuts_down() {
-    within_watchdog("client without broker", || {
+    within_watchdog("client without broker", WATCHDOG, || {
+        let sockets = ScratchDir::new("nobroker");
         let keys = KeyPair::generate();
-        let config = ClientConfig::new(ipc_endpoint("nobroker"), KeyPair::generate().public, keys)
-            .notify_endpoint(ipc_endpoint("nobroker-pub"))
+        let config = ClientConfig::new(sockets.ipc("nobroker"), KeyPair::generate().public, keys)
+            .notify_endpoint(sockets.ipc("nobroker-pub"))
             .request_timeout(Duration::from_millis(200));
         let hub = Hub::connect(config).unwrap();
         for _ in 0..2 {
@@ -177,7 +149,7 @@ fn a_call_without_a_broker_times_out_and_the_client_stays_usable_and_shuts_down(
         // Dropping after shutdown, and dropping a second client without shutdown, returns.
         drop(hub);
         let config = ClientConfig::new(
-            ipc_endpoint("nobroker2"),
+            sockets.ipc("nobroker2"),
             KeyPair::generate().public,
             KeyPair::generate(),
         )
@@ -207,7 +179,7 @@ fn expect_bad_reply(hub: &Hub, fake: &FakeBroker, frames: Vec<Vec<u8>>, needle: 
 
 #[test]
 fn malformed_replies_from_a_fake_broker_are_typed_errors_and_the_client_stays_usable() {
-    within_watchdog("malformed replies", || {
+    within_watchdog("malformed replies", WATCHDOG, || {
         let fake = FakeBroker::start();
         let hub = fake.client(Duration::from_secs(10));
         // Not JSON, not an object, a field missing, a field of the wrong type.
@@ -310,7 +282,7 @@ fn malformed_replies_from_a_fake_broker_are_typed_errors_and_the_client_stays_us
 
 #[test]
 fn a_reply_arriving_after_its_timeout_is_dropped_and_the_next_call_gets_its_own() {
-    within_watchdog("late reply", || {
+    within_watchdog("late reply", WATCHDOG, || {
         let fake = FakeBroker::start();
         let hub = fake.client(Duration::from_millis(300));
         // No responder yet: the first discover times out.
@@ -339,7 +311,7 @@ fn shm_discover(id: u64, name: &str, shm_name: &str, size: u64) -> String {
 
 #[test]
 fn a_consumer_refuses_a_segment_whose_size_or_name_differs_from_what_the_broker_announces() {
-    within_watchdog("layout mismatch", || {
+    within_watchdog("layout mismatch", WATCHDOG, || {
         let name = unique("mismatch");
         let producer = labhub::shm::Producer::create(
             &name,
@@ -404,20 +376,18 @@ fn a_consumer_refuses_a_segment_whose_size_or_name_differs_from_what_the_broker_
 #[test]
 fn the_client_module_starts_a_hub_as_a_lifecycle_service_and_stops_it_at_finalize() {
     use labhub::lifecycle::Lifecycle;
+    let sockets = ScratchDir::new("lc");
     let def = labhub::client::module(ClientConfig::new(
-        ipc_endpoint("lc"),
+        sockets.ipc("lc"),
         KeyPair::generate().public,
         KeyPair::generate(),
     ));
     assert_eq!(def.dependencies(), [labhub::log::MODULE_NAME]);
-    within_watchdog("lifecycle", || {
+    let endpoint = sockets.ipc("lc");
+    within_watchdog("lifecycle", WATCHDOG, move || {
         let lifecycle = Lifecycle::new();
-        let config = ClientConfig::new(
-            ipc_endpoint("lc"),
-            KeyPair::generate().public,
-            KeyPair::generate(),
-        )
-        .request_timeout(Duration::from_millis(100));
+        let config = ClientConfig::new(endpoint, KeyPair::generate().public, KeyPair::generate())
+            .request_timeout(Duration::from_millis(100));
         lifecycle
             .register(labhub::client::module_without_log(config))
             .unwrap();

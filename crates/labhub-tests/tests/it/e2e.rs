@@ -1,10 +1,6 @@
 //! End to end with real processes: a broker, a producer and two consumers as child processes,
 //! SIGKILLed and restarted while frames flow.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
@@ -13,116 +9,57 @@ use labhub::client::{ClientConfig, ConsumeError, Hub, ShmConsumer};
 use labhub::protocol::{ChannelKind, ChannelState, ErrorCode};
 use labhub::shm::{AttachOptions, Backpressure, ChannelConfig, FrameMeta, Policy};
 
-use super::client::{WATCHDOG, ipc_endpoint, unique};
+use crate::common::{ChildProc, ScratchDir, WATCHDOG, spawn_child, unique};
 
-/// A child process whose stdout lines arrive on a channel; SIGKILLed when dropped.
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-    label: String,
+/// Spawns a `labhub-test-child` named `label` in failure messages.
+fn spawn(label: &str, role: &str, args: &[&str]) -> ChildProc {
+    spawn_child(role, args).labelled(label)
 }
 
-impl Proc {
-    fn spawn(label: &str, role: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_labhub-test-child"))
-            .arg(role)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn labhub-test-child");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            label: label.into(),
-        }
-    }
-
-    /// Skips lines until one satisfies `want`; returns it. Fails after [`WATCHDOG`].
-    fn wait_for(&mut self, what: &str, mut want: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + WATCHDOG;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if want(&line) => return line,
-                Ok(line) => {
-                    assert!(!line.starts_with("error"), "{}: {line}", self.label);
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("{} did not say {what} within {WATCHDOG:?}", self.label)
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().unwrap();
-                    panic!("{} exited ({status}) before saying {what}", self.label)
-                }
-            }
-        }
-    }
-
-    /// The id of the next `frame <id>` line.
-    fn next_frame(&mut self) -> u64 {
-        let line = self.wait_for("a frame", |l| l.starts_with("frame "));
-        line["frame ".len()..].parse().unwrap()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Skips lines until one satisfies `want`; returns it. A line starting with `error` fails the
+/// test. Fails after [`WATCHDOG`].
+fn wait_for(proc: &mut ChildProc, what: &str, mut want: impl FnMut(&str) -> bool) -> String {
+    let label = proc.label().to_owned();
+    proc.wait_for(what, |line| {
+        assert!(!line.starts_with("error"), "{label}: {line}");
+        want(line)
+    })
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Home(PathBuf);
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The id of the next `frame <id>` line.
+fn next_frame(proc: &mut ChildProc) -> u64 {
+    let line = wait_for(proc, "a frame", |l| l.starts_with("frame "));
+    line["frame ".len()..].parse().unwrap()
 }
 
 #[test]
 fn consumers_hear_their_producer_die_resume_after_its_restart_and_outlive_a_broker_restart() {
-    let home = Home(std::env::temp_dir().join(unique("e2e-home")));
-    let home_s = home.0.to_str().unwrap().to_owned();
-    let endpoint = ipc_endpoint("e2e-broker");
-    let notify = ipc_endpoint("e2e-notify");
+    let home = ScratchDir::new("e2e-home");
+    let home_s = home.path().to_str().unwrap().to_owned();
+    let endpoint = home.ipc("broker.sock");
+    let notify = home.ipc("notify.sock");
     let name = unique("e2e");
     let args = [home_s.as_str(), endpoint.as_str(), notify.as_str()];
     let with_name = [args[0], args[1], args[2], name.as_str()];
 
-    let mut broker = Proc::spawn("broker", "client-broker", &args);
-    broker.wait_for("ready", |l| l == "ready");
-    let mut producer = Proc::spawn("producer", "client-producer", &with_name);
-    producer.wait_for("ready", |l| l.starts_with("ready"));
+    let mut broker = spawn("broker", "client-broker", &args);
+    wait_for(&mut broker, "ready", |l| l == "ready");
+    let mut producer = spawn("producer", "client-producer", &with_name);
+    wait_for(&mut producer, "ready", |l| l.starts_with("ready"));
     let mut consumers = [
-        Proc::spawn("consumer 1", "client-consumer", &with_name),
-        Proc::spawn("consumer 2", "client-consumer", &with_name),
+        spawn("consumer 1", "client-consumer", &with_name),
+        spawn("consumer 2", "client-consumer", &with_name),
     ];
     for c in &mut consumers {
-        c.wait_for("attached", |l| l == "attached");
-        c.next_frame();
+        wait_for(c, "attached", |l| l == "attached");
+        next_frame(c);
     }
 
     // SIGKILL the producer: the broker's watchdog declares the channel down and tells them.
     producer.kill();
     let mut last_seen = [0u64; 2];
     for (c, last) in consumers.iter_mut().zip(&mut last_seen) {
-        c.wait_for("notice channel_down", |l| {
+        wait_for(c, "notice channel_down", |l| {
             if let Some(id) = l.strip_prefix("frame ") {
                 *last = (*last).max(id.parse().unwrap());
             }
@@ -131,38 +68,38 @@ fn consumers_hear_their_producer_die_resume_after_its_restart_and_outlive_a_brok
     }
 
     // Restart it: it re-attaches to the segment, frame ids continue, consumers resume.
-    let mut producer = Proc::spawn("producer 2", "client-producer", &with_name);
-    let ready = producer.wait_for("ready", |l| l.starts_with("ready"));
+    let mut producer = spawn("producer 2", "client-producer", &with_name);
+    let ready = wait_for(&mut producer, "ready", |l| l.starts_with("ready"));
     let resumed_at: u64 = ready["ready ".len()..].parse().unwrap();
     assert!(
         resumed_at > last_seen[0].max(last_seen[1]),
         "frame ids continue"
     );
     for c in &mut consumers {
-        let id = c.next_frame();
+        let id = next_frame(c);
         assert!(
             id >= resumed_at,
             "frame {id} came before the restart at {resumed_at}"
         );
-        assert!(c.next_frame() > id);
+        assert!(next_frame(c) > id);
     }
 
     // SIGKILL the broker: frames keep flowing through shared memory.
     broker.kill();
     for c in &mut consumers {
-        let first = c.next_frame();
+        let first = next_frame(c);
         let mut id = first;
         for _ in 0..5 {
-            let next = c.next_frame();
+            let next = next_frame(c);
             assert!(next > id);
             id = next;
         }
     }
 
     // Restart it: the producer registers again, the consumers attach again, LIST shows it.
-    let mut broker = Proc::spawn("broker 2", "client-broker", &args);
-    broker.wait_for("ready", |l| l == "ready");
-    let mut config = ClientConfig::from_home(&home.0)
+    let mut broker = spawn("broker 2", "client-broker", &args);
+    wait_for(&mut broker, "ready", |l| l == "ready");
+    let mut config = ClientConfig::from_home(home.path())
         .unwrap()
         .request_timeout(Duration::from_secs(2));
     config.endpoint = endpoint.clone();
@@ -185,7 +122,7 @@ fn consumers_hear_their_producer_die_resume_after_its_restart_and_outlive_a_brok
         std::thread::sleep(Duration::from_millis(50));
     }
     for c in &mut consumers {
-        c.next_frame();
+        next_frame(c);
     }
     hub.shutdown();
     drop(consumers);
@@ -196,23 +133,23 @@ fn consumers_hear_their_producer_die_resume_after_its_restart_and_outlive_a_brok
 
 /// A broker child process in a fresh home, and a way to connect clients to it.
 struct TestBroker {
-    _proc: Proc,
-    home: Home,
+    _proc: ChildProc,
+    home: ScratchDir,
     endpoint: String,
     notify: String,
 }
 
 impl TestBroker {
     fn start() -> Self {
-        let home = Home(std::env::temp_dir().join(unique("broker-home")));
-        let endpoint = ipc_endpoint("broker");
-        let notify = ipc_endpoint("notify");
-        let mut proc = Proc::spawn(
+        let home = ScratchDir::new("broker-home");
+        let endpoint = home.ipc("broker.sock");
+        let notify = home.ipc("notify.sock");
+        let mut proc = spawn(
             "broker",
             "client-broker",
-            &[home.0.to_str().unwrap(), &endpoint, &notify],
+            &[home.path().to_str().unwrap(), &endpoint, &notify],
         );
-        proc.wait_for("ready", |l| l == "ready");
+        wait_for(&mut proc, "ready", |l| l == "ready");
         Self {
             _proc: proc,
             home,
@@ -222,7 +159,7 @@ impl TestBroker {
     }
 
     fn client(&self) -> Hub {
-        let mut config = ClientConfig::from_home(&self.home.0)
+        let mut config = ClientConfig::from_home(self.home.path())
             .unwrap()
             .notify_endpoint(&self.notify)
             .request_timeout(Duration::from_secs(5));
@@ -334,13 +271,13 @@ fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_s
 fn a_producer_restarting_before_the_broker_noticed_its_death_waits_and_takes_the_channel_over() {
     let broker = TestBroker::start();
     let name = unique("takeover");
-    let home = broker.home.0.to_str().unwrap().to_owned();
-    let mut first = Proc::spawn(
+    let home = broker.home.path().to_str().unwrap().to_owned();
+    let mut first = spawn(
         "producer",
         "client-producer",
         &[&home, &broker.endpoint, &broker.notify, &name],
     );
-    first.wait_for("ready", |l| l.starts_with("ready"));
+    wait_for(&mut first, "ready", |l| l.starts_with("ready"));
     first.kill();
     // At once, before the broker's watchdog fires: the broker still holds the channel.
     let hub = broker.client();

@@ -2,125 +2,45 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, mpsc};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use labhub::filelock::{FileLock, FileLockError, LockHolder};
 
-/// Long enough for a loaded 2-core CI machine; only a deadlock should ever reach it.
-const WATCHDOG: Duration = Duration::from_secs(120);
+use crate::common::{ChildProc, ScratchDir, WATCHDOG, spawn_child, within_watchdog};
 
-/// Runs `body` on its own thread and fails the test if it has not finished within
-/// [`WATCHDOG`], so a deadlock fails instead of hanging the run.
-fn with_watchdog<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done_tx, done_rx) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let out = body();
-        let _ = done_tx.send(());
-        out
-    });
-    match done_rx.recv_timeout(WATCHDOG) {
-        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Ok(out) => out,
-            Err(panic) => std::panic::resume_unwind(panic),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("watchdog: the test was still running after {WATCHDOG:?} (deadlock?)")
-        }
-    }
+/// A scratch directory for one test under the target's temporary folder.
+fn scratch_dir(test: &str) -> ScratchDir {
+    ScratchDir::new_in(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!("filelock-{test}"),
+    )
 }
 
-/// A fresh directory for one test: the pid and a counter keep parallel tests apart.
-fn scratch_dir(test: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "labhub-it-filelock-{}-{n}-{test}",
-        std::process::id()
-    ));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    fs::canonicalize(dir).unwrap()
-}
-
-/// A `labhub-test-child` process talking line by line; killed if still running when dropped.
-struct ChildProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl ChildProcess {
-    fn spawn(role: &str, args: &[&Path]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_labhub-test-child"))
-            .arg(role)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn labhub-test-child");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn read_line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        line.trim_end().to_owned()
-    }
-
-    fn expect_line(&mut self, expected: &str) {
-        assert_eq!(self.read_line(), expected, "child {}", self.child.id());
-    }
-
-    fn send_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn wait_success(&mut self) {
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "child {} exited with {status}",
-            self.child.id()
-        );
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Spawns `labhub-test-child role paths…`.
+fn spawn(role: &str, paths: &[&Path]) -> ChildProc {
+    let args: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    spawn_child(role, &args)
 }
 
 #[test]
 fn processes_appending_under_the_lock_never_overlap() {
     const PROCESSES: usize = 8;
     const ROUNDS: usize = 100;
-    with_watchdog(|| {
+    within_watchdog("the test", 4 * WATCHDOG, || {
         let dir = scratch_dir("append");
         let target = dir.join("shared.dat");
         let log = dir.join("log.txt");
         let rounds = PathBuf::from(ROUNDS.to_string());
         let mut children: Vec<_> = (0..PROCESSES)
-            .map(|_| ChildProcess::spawn("filelock-append", &[&target, &log, &rounds]))
+            .map(|_| spawn("filelock-append", &[&target, &log, &rounds]))
             .collect();
         // Start them together, so they contend from the first round.
         for child in &mut children {
-            child.expect_line("ready");
+            child.expect_exact("ready");
         }
         for child in &mut children {
             child.send_line("go");
@@ -177,8 +97,9 @@ fn processes_appending_under_the_lock_never_overlap() {
 fn try_lock_has_exactly_one_winner_per_round_among_32_threads() {
     const THREADS: usize = 32;
     const ROUNDS: usize = 1000;
-    with_watchdog(|| {
-        let target = scratch_dir("rounds").join("contended");
+    within_watchdog("the test", 4 * WATCHDOG, || {
+        let scratch = scratch_dir("rounds");
+        let target = scratch.join("contended");
         let barrier = Arc::new(Barrier::new(THREADS));
         let wins: Arc<Vec<AtomicUsize>> =
             Arc::new((0..ROUNDS).map(|_| AtomicUsize::new(0)).collect());
@@ -210,11 +131,11 @@ fn try_lock_has_exactly_one_winner_per_round_among_32_threads() {
 
 #[test]
 fn a_timed_lock_held_by_another_process_fails_no_earlier_than_its_timeout() {
-    with_watchdog(|| {
+    within_watchdog("the test", 4 * WATCHDOG, || {
         let dir = scratch_dir("timed-process");
         let target = dir.join("x");
-        let mut holder = ChildProcess::spawn("filelock-hold", &[&target]);
-        holder.expect_line("locked");
+        let mut holder = spawn("filelock-hold", &[&target]);
+        holder.expect_exact("locked");
 
         let timeout = Duration::from_millis(200);
         let start = Instant::now();
@@ -232,7 +153,7 @@ fn a_timed_lock_held_by_another_process_fails_no_earlier_than_its_timeout() {
 
         // Once the holder lets go, a timed lock succeeds.
         holder.send_line("release");
-        holder.expect_line("released");
+        holder.expect_exact("released");
         let guard = FileLock::lock_timeout(&target, Duration::from_secs(60)).unwrap();
         assert_eq!(guard.lock_path(), dir.join("x.lock"));
         holder.wait_success();
@@ -241,8 +162,9 @@ fn a_timed_lock_held_by_another_process_fails_no_earlier_than_its_timeout() {
 
 #[test]
 fn a_timed_lock_held_by_another_thread_fails_no_earlier_than_its_timeout() {
-    with_watchdog(|| {
-        let target = scratch_dir("timed-thread").join("x");
+    within_watchdog("the test", 4 * WATCHDOG, || {
+        let scratch = scratch_dir("timed-thread");
+        let target = scratch.join("x");
         let guard = FileLock::lock(&target).unwrap();
         let timeout = Duration::from_millis(150);
         let waiter = thread::spawn({
@@ -270,8 +192,9 @@ fn a_timed_lock_held_by_another_thread_fails_no_earlier_than_its_timeout() {
 
 #[test]
 fn a_timed_waiter_in_the_same_process_gets_the_lock_when_it_is_released() {
-    with_watchdog(|| {
-        let target = scratch_dir("timed-release").join("x");
+    within_watchdog("the test", 4 * WATCHDOG, || {
+        let scratch = scratch_dir("timed-release");
+        let target = scratch.join("x");
         let guard = FileLock::lock(&target).unwrap();
         let waiter = thread::spawn({
             let target = target.clone();
@@ -284,8 +207,9 @@ fn a_timed_waiter_in_the_same_process_gets_the_lock_when_it_is_released() {
 
 #[test]
 fn a_blocked_thread_gets_the_lock_when_the_holding_thread_releases_it() {
-    with_watchdog(|| {
-        let target = scratch_dir("blocking-thread").join("x");
+    within_watchdog("the test", 4 * WATCHDOG, || {
+        let scratch = scratch_dir("blocking-thread");
+        let target = scratch.join("x");
         let guard = FileLock::lock(&target).unwrap();
         let waiter = thread::spawn({
             let target = target.clone();
@@ -298,11 +222,11 @@ fn a_blocked_thread_gets_the_lock_when_the_holding_thread_releases_it() {
 
 #[test]
 fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
-    with_watchdog(|| {
+    within_watchdog("the test", 4 * WATCHDOG, || {
         let dir = scratch_dir("sigkill");
         let target = dir.join("token");
-        let mut holder = ChildProcess::spawn("filelock-hold", &[&target]);
-        holder.expect_line("locked");
+        let mut holder = spawn("filelock-hold", &[&target]);
+        holder.expect_exact("locked");
         assert_eq!(FileLock::probe(&target).unwrap(), LockHolder::OtherProcess);
         assert!(FileLock::is_held_elsewhere(&target).unwrap());
         assert!(FileLock::try_lock(&target).unwrap().is_none());
@@ -312,8 +236,7 @@ fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
             let target = target.clone();
             move || FileLock::lock(&target).map(|guard| guard.lock_path().to_path_buf())
         });
-        holder.child.kill().unwrap(); // SIGKILL: the holder runs no cleanup at all
-        holder.child.wait().unwrap();
+        holder.kill(); // SIGKILL: the holder runs no cleanup at all
         let lock_path = waiter.join().unwrap().unwrap();
         assert_eq!(lock_path, dir.join("token.lock"));
 
@@ -328,23 +251,24 @@ fn a_holder_killed_with_sigkill_frees_the_lock_at_once() {
 
 #[test]
 fn a_parents_lock_blocks_its_child() {
-    with_watchdog(|| {
-        let target = scratch_dir("parent").join("x");
+    within_watchdog("the test", 4 * WATCHDOG, || {
+        let scratch = scratch_dir("parent");
+        let target = scratch.join("x");
         let guard = FileLock::lock(&target).unwrap();
-        let mut child = ChildProcess::spawn("filelock-try", &[&target]);
-        child.expect_line("none");
+        let mut child = spawn("filelock-try", &[&target]);
+        child.expect_exact("none");
         child.wait_success();
 
         drop(guard);
-        let mut child = ChildProcess::spawn("filelock-try", &[&target]);
-        child.expect_line("some");
+        let mut child = spawn("filelock-try", &[&target]);
+        child.expect_exact("some");
         child.wait_success();
     });
 }
 
 #[test]
 fn a_directory_lock_lives_beside_the_directory_and_every_spelling_shares_it() {
-    with_watchdog(|| {
+    within_watchdog("the test", 4 * WATCHDOG, || {
         let dir = scratch_dir("directory");
         let sub = dir.join("sub");
         fs::create_dir(&sub).unwrap();
@@ -364,8 +288,8 @@ fn a_directory_lock_lives_beside_the_directory_and_every_spelling_shares_it() {
                 "{spelling:?} is the same lock"
             );
         }
-        let mut child = ChildProcess::spawn("filelock-try", &[&sub.join(".")]);
-        child.expect_line("none");
+        let mut child = spawn("filelock-try", &[&sub.join(".")]);
+        child.expect_exact("none");
         child.wait_success();
 
         // The directory's name, not `.`, names the lock of `dir/sub/.`.
@@ -387,7 +311,8 @@ fn missing_parent_directories_are_created_and_the_target_is_not() {
 
 #[test]
 fn lock_files_are_not_deleted_after_unlock() {
-    let target = scratch_dir("kept").join("x");
+    let scratch = scratch_dir("kept");
+    let target = scratch.join("x");
     let guard = FileLock::lock(&target).unwrap();
     let lock_path = guard.lock_path().to_path_buf();
     drop(guard);

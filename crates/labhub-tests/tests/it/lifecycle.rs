@@ -15,28 +15,10 @@ use labhub::lifecycle::{
     FinalizeOutcome, Lifecycle, LifecycleError, ModuleDef, ModuleState, ShutdownResult,
 };
 
-/// Generous: only a deadlock gets near it.
-const WATCHDOG: Duration = Duration::from_secs(60);
+use crate::common::{CHILD_EXE, WATCHDOG, within_watchdog};
+
 /// A shutdown timeout that is never reached by the actions of these tests.
 const AMPLE: Duration = Duration::from_secs(30);
-
-/// Runs `body` on its own thread and fails the test if it does not finish within [`WATCHDOG`].
-fn within<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            // The body panicked: re-raise its panic here.
-            std::panic::resume_unwind(worker.join().expect_err("the body panicked"))
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("watchdog: test still running after {WATCHDOG:?}")
-        }
-    }
-}
 
 /// The order in which actions ran.
 #[derive(Clone, Default)]
@@ -72,7 +54,7 @@ fn lines(v: &[&str]) -> Vec<String> {
 
 #[test]
 fn a_chain_starts_in_dependency_order_and_stops_in_exact_reverse() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = Lifecycle::new();
         // Registered top first: the order comes from the dependencies, not from registration.
@@ -99,7 +81,7 @@ fn a_chain_starts_in_dependency_order_and_stops_in_exact_reverse() {
 
 #[test]
 fn a_diamond_starts_its_base_first_and_its_top_last_and_stops_in_exact_reverse() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = Lifecycle::new();
         lc.register(log.module("top").depends_on("left").depends_on("right"))
@@ -126,7 +108,7 @@ fn a_diamond_starts_its_base_first_and_its_top_last_and_stops_in_exact_reverse()
 
 #[test]
 fn module_names_are_case_sensitive() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = Lifecycle::new();
         lc.register(log.module("Log")).unwrap();
@@ -147,7 +129,7 @@ fn module_names_are_case_sensitive() {
 
 #[test]
 fn initialize_is_idempotent_and_concurrent_callers_start_each_module_once() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let lc = Arc::new(Lifecycle::new());
         let starts = Arc::new(AtomicUsize::new(0));
         for i in 0..5 {
@@ -275,7 +257,7 @@ fn registering_a_static_module_after_initialisation_is_refused() {
 
 #[test]
 fn a_failing_startup_stops_the_started_modules_in_reverse_and_returns_the_error() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = Lifecycle::new();
         lc.register(log.module("a")).unwrap();
@@ -319,7 +301,7 @@ fn a_failing_startup_stops_the_started_modules_in_reverse_and_returns_the_error(
 
 #[test]
 fn a_panicking_startup_is_caught_and_rolls_back_in_reverse() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = Lifecycle::new();
         lc.register(log.module("a")).unwrap();
@@ -351,7 +333,7 @@ fn a_panicking_startup_is_caught_and_rolls_back_in_reverse() {
 
 #[test]
 fn a_hung_shutdown_is_reported_as_timed_out_and_finalize_does_not_wait_for_it() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = Lifecycle::new();
         let (release_tx, release_rx) = mpsc::channel::<()>();
@@ -407,7 +389,7 @@ fn a_hung_shutdown_is_reported_as_timed_out_and_finalize_does_not_wait_for_it() 
 
 #[test]
 fn a_panicking_shutdown_is_reported_and_the_others_still_stop() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = Lifecycle::new();
         lc.register(log.module("base")).unwrap();
@@ -432,7 +414,7 @@ fn a_panicking_shutdown_is_reported_and_the_others_still_stop() {
 
 #[test]
 fn concurrent_finalize_from_eight_threads_runs_each_shutdown_exactly_once() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let lc = Arc::new(Lifecycle::new());
         let counters: Arc<Vec<AtomicUsize>> =
             Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
@@ -499,7 +481,7 @@ fn finalize_before_initialize_does_nothing_and_initialisation_still_works() {
 
 #[test]
 fn dropping_a_running_lifecycle_stops_its_modules_in_reverse() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = Lifecycle::new();
         lc.register(log.module("a")).unwrap();
@@ -544,7 +526,7 @@ fn nothing_starts_again_after_finalisation() {
 
 #[test]
 fn a_load_from_inside_a_startup_action_is_refused_not_deadlocked() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let lc = Arc::new(Lifecycle::new());
         let (tx, rx) = mpsc::channel();
         let inner = Arc::clone(&lc);
@@ -568,7 +550,7 @@ fn a_load_from_inside_a_startup_action_is_refused_not_deadlocked() {
 
 #[test]
 fn load_unload_and_finalize_from_inside_a_dynamic_module_are_refused() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let lc = Arc::new(Lifecycle::new());
         lc.initialize().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -608,7 +590,7 @@ fn load_unload_and_finalize_from_inside_a_dynamic_module_are_refused() {
 
 #[test]
 fn a_load_a_startup_action_hands_to_another_thread_fails_after_the_wait_limit() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let lc = Arc::new(Lifecycle::with_wait_limit(Duration::from_millis(200)));
         lc.initialize().unwrap();
         lc.register_dynamic(ModuleDef::new("other")).unwrap();
@@ -640,7 +622,7 @@ fn a_load_a_startup_action_hands_to_another_thread_fails_after_the_wait_limit() 
 
 #[test]
 fn concurrent_loads_of_one_module_start_it_once() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let lc = Arc::new(Lifecycle::new());
         lc.initialize().unwrap();
         let starts = Arc::new(AtomicUsize::new(0));
@@ -719,7 +701,7 @@ fn dynamic_registration_needs_an_initialised_lifecycle_and_known_dependencies() 
 
 #[test]
 fn loading_a_chain_loads_its_dependencies_first_and_unloading_cascades_in_reverse() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = running(&log);
         lc.register_dynamic(log.module("driver").depends_on("core"))
@@ -748,7 +730,7 @@ fn loading_a_chain_loads_its_dependencies_first_and_unloading_cascades_in_revers
 
 #[test]
 fn a_diamond_of_dynamic_modules_is_refcounted() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = running(&log);
         lc.register_dynamic(log.module("base")).unwrap();
@@ -789,7 +771,7 @@ fn a_diamond_of_dynamic_modules_is_refcounted() {
 
 #[test]
 fn an_explicitly_loaded_dependency_survives_the_unload_of_its_dependent() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = running(&log);
         lc.register_dynamic(log.module("codec")).unwrap();
@@ -810,7 +792,7 @@ fn an_explicitly_loaded_dependency_survives_the_unload_of_its_dependent() {
 
 #[test]
 fn a_persistent_dynamic_module_is_not_unloaded_and_stops_at_finalisation() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = running(&log);
         lc.register_dynamic(log.module("cache").persistent(true))
@@ -843,7 +825,7 @@ fn a_persistent_dynamic_module_is_not_unloaded_and_stops_at_finalisation() {
 
 #[test]
 fn finalize_stops_loaded_dynamic_modules_before_the_static_ones_they_use() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = Lifecycle::new();
         lc.register(log.module("log")).unwrap();
@@ -873,7 +855,7 @@ fn finalize_stops_loaded_dynamic_modules_before_the_static_ones_they_use() {
 
 #[test]
 fn an_unloaded_module_can_be_registered_and_loaded_again() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = running(&log);
         lc.register_dynamic(log.module("plugin")).unwrap();
@@ -894,7 +876,7 @@ fn an_unloaded_module_can_be_registered_and_loaded_again() {
 
 #[test]
 fn a_failed_load_stops_what_it_started_and_keeps_what_was_loaded_before() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = running(&log);
         lc.register_dynamic(log.module("old")).unwrap();
@@ -938,7 +920,7 @@ impl Drop for ReadsOnDrop {
 
 #[test]
 fn values_captured_by_discarded_modules_are_dropped_outside_the_lifecycle_lock() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let lc = Arc::new(Lifecycle::new());
         let (tx, rx) = mpsc::channel();
         let probe = |lc: &Arc<Lifecycle>| ReadsOnDrop {
@@ -995,7 +977,7 @@ impl tracing::Subscriber for ReadsOnEvent {
 
 #[test]
 fn a_subscriber_that_reads_the_lifecycle_on_every_event_does_not_deadlock_it() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let lc = Arc::new(Lifecycle::with_wait_limit(Duration::from_millis(100)));
         let events = Arc::new(AtomicUsize::new(0));
         let subscriber = ReadsOnEvent {
@@ -1044,7 +1026,7 @@ fn a_subscriber_that_reads_the_lifecycle_on_every_event_does_not_deadlock_it() {
 
 #[test]
 fn a_cycle_among_dynamic_modules_is_refused_at_load() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let log = Log::default();
         let lc = running(&log);
         // b is registered, a points at it, b is then replaced by one that points back at a.
@@ -1071,7 +1053,7 @@ struct Counter {
 
 #[test]
 fn a_service_is_reached_through_the_lifecycle_while_its_module_runs() {
-    within(|| {
+    within_watchdog("the test", 2 * WATCHDOG, || {
         let lc = Arc::new(Lifecycle::new());
         let (stopped_tx, stopped_rx) = mpsc::channel();
         lc.register(ModuleDef::service(
@@ -1148,8 +1130,8 @@ fn a_service_whose_start_fails_is_not_reachable() {
 /// Runs the child role and returns (exit code, stdout lines, stderr).
 fn child(role: &str) -> (Option<i32>, Vec<String>, String) {
     let role = role.to_owned();
-    within(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_labhub-test-child"))
+    within_watchdog(&role.clone(), 2 * WATCHDOG, move || {
+        let out = Command::new(CHILD_EXE)
             .arg(&role)
             .output()
             .expect("spawn labhub-test-child");

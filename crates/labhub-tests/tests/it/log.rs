@@ -2,51 +2,17 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
 use labhub::log::{LogConfig, LogError, Logger, Sink};
 use tracing::level_filters::LevelFilter;
 
-const CHILD: &str = env!("CARGO_BIN_EXE_labhub-test-child");
+use crate::common::{ChildProc, ScratchDir, WATCHDOG, spawn_child, within_watchdog};
+
 /// The target of the `log-append` child's lines.
 const CHILD_TARGET: &str = "labhub_test_child::log";
-
-/// A fresh directory, unique per process and test, removed by the test when it passes.
-fn unique_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("labhub-it-log-{}-{n}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Runs `f` on its own thread and fails the test if it has not finished after `secs`, so a
-/// deadlock fails instead of hanging CI.
-fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done_tx, done_rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let out = f();
-        let _ = done_tx.send(());
-        out
-    });
-    match done_rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(()) => handle.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(out) => out,
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("watchdog: test still running after {secs} s (deadlock?)")
-        }
-    }
-}
 
 /// One parsed log line; parsing checks every part of the documented format.
 #[derive(Debug)]
@@ -115,8 +81,8 @@ fn numbered(rest: &str, name: &str) -> Option<u64> {
 
 #[test]
 fn sixteen_threads_writing_500_lines_each_give_8000_intact_lines() {
-    watchdog(120, || {
-        let dir = unique_dir("threads");
+    within_watchdog("the test", 4 * WATCHDOG, || {
+        let dir = ScratchDir::new("log-threads");
         let path = dir.join("threads.log");
         let logger =
             Logger::start(LogConfig::new(Sink::File(path.clone())).queue_capacity(9000)).unwrap();
@@ -159,50 +125,38 @@ fn sixteen_threads_writing_500_lines_each_give_8000_intact_lines() {
             assert!(seen.insert(key), "duplicate {key:?}");
         }
         assert_eq!(seen.len(), 8000);
-        fs::remove_dir_all(dir).unwrap();
     });
 }
 
 /// Spawns `n` `log-append` children with `args(k)`, waits until all are ready, lets them
 /// write at once, and waits for each to finish cleanly. Returns their pids.
 fn run_appenders(n: u32, args: impl Fn(u32) -> Vec<String>) -> Vec<u32> {
-    let mut children: Vec<(Child, BufReader<std::process::ChildStdout>)> = (0..n)
+    let mut children: Vec<ChildProc> = (0..n)
         .map(|k| {
-            let mut child = Command::new(CHILD)
-                .arg("log-append")
-                .args(args(k))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn child");
-            let stdout = BufReader::new(child.stdout.take().unwrap());
-            (child, stdout)
+            let args = args(k);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            spawn_child("log-append", &args)
         })
         .collect();
-    for (_, out) in &mut children {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line, "ready\n");
+    for child in &mut children {
+        child.expect_exact("ready");
     }
-    for (child, _) in &mut children {
-        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    for child in &mut children {
+        child.send_line("go");
     }
     let mut pids = Vec::new();
-    for (mut child, mut out) in children {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line, "done\n");
-        let status = child.wait().unwrap();
-        assert!(status.success(), "child exited with {status}");
-        pids.push(child.id());
+    for mut child in children {
+        child.expect_exact("done");
+        child.wait_success();
+        pids.push(child.pid());
     }
     pids
 }
 
 #[test]
 fn eight_processes_appending_to_one_file_give_1600_intact_lines() {
-    watchdog(120, || {
-        let dir = unique_dir("procs");
+    within_watchdog("the test", 4 * WATCHDOG, || {
+        let dir = ScratchDir::new("log-procs");
         let path = dir.join("procs.log");
         let p = path.to_str().unwrap().to_owned();
         let pids = run_appenders(8, |k| {
@@ -228,7 +182,6 @@ fn eight_processes_appending_to_one_file_give_1600_intact_lines() {
         }
         assert_eq!(seen.len(), 1600);
         assert_eq!(lines.len(), 1600 + 8, "one lifecycle line per child");
-        fs::remove_dir_all(dir).unwrap();
     });
 }
 
@@ -278,8 +231,8 @@ fn write_numbered(sink: Sink, count: u64) -> Arc<Logger> {
 
 #[test]
 fn rotation_keeps_n_backups_and_a_gap_free_tail() {
-    watchdog(60, || {
-        let dir = unique_dir("rotate");
+    within_watchdog("the test", 2 * WATCHDOG, || {
+        let dir = ScratchDir::new("log-rotate");
         let path = dir.join("nested/rot.log");
         let (max_bytes, backups, count) = (1024, 3, 600);
         write_numbered(
@@ -303,14 +256,13 @@ fn rotation_keeps_n_backups_and_a_gap_free_tail() {
         // oldest lines, and the backups are full enough that nothing was rotated needlessly.
         assert!(numbers[0] > 0);
         assert!(numbers.len() >= 3 * 8, "only {} lines kept", numbers.len());
-        fs::remove_dir_all(dir).unwrap();
     });
 }
 
 #[test]
 fn rotation_with_zero_backups_restarts_the_file() {
-    watchdog(60, || {
-        let dir = unique_dir("rotate0");
+    within_watchdog("the test", 2 * WATCHDOG, || {
+        let dir = ScratchDir::new("log-rotate0");
         let path = dir.join("rot0.log");
         let (max_bytes, count) = (1024, 300);
         write_numbered(
@@ -329,7 +281,6 @@ fn rotation_with_zero_backups_restarts_the_file() {
         }
         let first = parse(&read_lines(&path)[0]);
         assert!(first.rest.starts_with("log file restarted"), "{first:?}");
-        fs::remove_dir_all(dir).unwrap();
     });
 }
 
@@ -341,8 +292,8 @@ fn rotate_from_processes(
     count: u32,
     max_bytes: u64,
     backups: u32,
-) -> (PathBuf, Vec<PathBuf>, Vec<Vec<u64>>) {
-    let dir = unique_dir(name);
+) -> (ScratchDir, Vec<PathBuf>, Vec<Vec<u64>>) {
+    let dir = ScratchDir::new(&format!("log-{name}"));
     let path = dir.join("shared.log");
     let p = path.to_str().unwrap().to_owned();
     run_appenders(n, |k| {
@@ -380,7 +331,7 @@ fn rotate_from_processes(
 
 #[test]
 fn a_line_longer_than_max_bytes_gets_a_file_of_its_own() {
-    let dir = unique_dir("longline");
+    let dir = ScratchDir::new("log-longline");
     let path = dir.join("long.log");
     let logger = Logger::start(LogConfig::new(Sink::RotatingFile {
         path: path.clone(),
@@ -401,15 +352,14 @@ fn a_line_longer_than_max_bytes_gets_a_file_of_its_own() {
     assert!(backup(1)[0].contains(&long));
     let current = read_lines(&path);
     assert!(current.last().unwrap().ends_with(": short after"));
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn processes_sharing_a_rotating_file_lose_no_line() {
-    watchdog(120, || {
+    within_watchdog("the test", 4 * WATCHDOG, || {
         // Enough backups to keep every line, so the check is exact: 4 × 300 lines of about
         // 95 bytes over files of 4 KiB is about 30 files.
-        let (dir, files, found) = rotate_from_processes("procrot", 4, 300, 4096, 80);
+        let (_dir, files, found) = rotate_from_processes("procrot", 4, 300, 4096, 80);
         assert!(
             files.len() > 10,
             "expected many rotations, got {}",
@@ -419,17 +369,16 @@ fn processes_sharing_a_rotating_file_lose_no_line() {
         for (k, lines) in found.iter().enumerate() {
             assert_eq!(*lines, (0..300).collect::<Vec<_>>(), "process {k}");
         }
-        fs::remove_dir_all(dir).unwrap();
     });
 }
 
 #[test]
 fn processes_sharing_a_rotating_file_keep_a_gap_free_tail() {
-    watchdog(120, || {
+    within_watchdog("the test", 4 * WATCHDOG, || {
         // Few backups: most lines are rotated away. What is left of each process must be the
         // end of what it wrote, in order, with no hole (a line written to a stale, renamed
         // file would be deleted early and leave one).
-        let (dir, files, found) = rotate_from_processes("procrot-tail", 4, 1000, 4096, 4);
+        let (_dir, files, found) = rotate_from_processes("procrot-tail", 4, 1000, 4096, 4);
         assert_eq!(files.len(), 5);
         let mut kept = 0;
         for (k, lines) in found.iter().enumerate() {
@@ -439,37 +388,28 @@ fn processes_sharing_a_rotating_file_keep_a_gap_free_tail() {
             kept += lines.len();
         }
         assert!(kept >= 4 * 30, "only {kept} lines kept");
-        fs::remove_dir_all(dir).unwrap();
     });
 }
 
 #[test]
 fn writers_killed_mid_rotation_do_not_block_or_lose_a_survivors_lines() {
-    watchdog(120, || {
-        let dir = unique_dir("killed");
+    within_watchdog("the test", 4 * WATCHDOG, || {
+        let dir = ScratchDir::new("log-killed");
         let path = dir.join("shared.log");
         let p = path.to_str().unwrap().to_owned();
         // Three processes rotate a small file as fast as they can; each is SIGKILLed while
         // writing, possibly holding the rotation lock or between two renames.
-        let mut spammers: Vec<(Child, BufReader<std::process::ChildStdout>)> = (0..3)
+        let mut spammers: Vec<ChildProc> = (0..3)
             .map(|k| {
-                let mut child = Command::new(CHILD)
-                    .args(["log-spam", "rotating", &p, &k.to_string(), "4096", "2"])
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .expect("spawn child");
-                let out = BufReader::new(child.stdout.take().unwrap());
-                (child, out)
+                let k = k.to_string();
+                spawn_child("log-spam", &["rotating", &p, &k, "4096", "2"])
             })
             .collect();
-        for (_, out) in &mut spammers {
-            let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            assert_eq!(line, "writing\n");
+        for child in &mut spammers {
+            child.expect_exact("writing");
         }
-        for (child, _) in &mut spammers {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+        for child in &mut spammers {
+            child.kill(); // SIGKILL
         }
 
         // The kernel released the dead processes' locks: a new writer finishes, and keeps
@@ -503,14 +443,13 @@ fn writers_killed_mid_rotation_do_not_block_or_lose_a_survivors_lines() {
                 .unwrap_or_else(|| panic!("line {i} out of order"));
             from += at + needle.len();
         }
-        fs::remove_dir_all(dir).unwrap();
     });
 }
 
 #[test]
 fn a_full_queue_drops_lines_and_reports_the_count_later() {
-    watchdog(60, || {
-        let dir = unique_dir("drop");
+    within_watchdog("the test", 2 * WATCHDOG, || {
+        let dir = ScratchDir::new("log-drop");
         let path = dir.join("drop.log");
         let logger =
             Logger::start(LogConfig::new(Sink::File(path.clone())).queue_capacity(16)).unwrap();
@@ -544,13 +483,12 @@ fn a_full_queue_drops_lines_and_reports_the_count_later() {
         // The report comes after the lines that were accepted.
         assert!(lines.last().unwrap().contains("dropped 10 lines"));
         logger.shutdown();
-        fs::remove_dir_all(dir).unwrap();
     });
 }
 
 #[test]
 fn a_log_directory_under_a_regular_file_is_a_typed_error() {
-    let dir = unique_dir("badpath");
+    let dir = ScratchDir::new("log-badpath");
     let regular = dir.join("regular");
     fs::write(&regular, b"not a directory").unwrap();
     let bad = regular.join("sub/app.log");
@@ -586,13 +524,12 @@ fn a_log_directory_under_a_regular_file_is_a_typed_error() {
     logger.flush().unwrap();
     assert!(read_lines(&good)[0].ends_with("still here"));
     logger.shutdown();
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn the_log_module_with_a_bad_sink_fails_lifecycle_startup_with_the_typed_error() {
     use labhub::lifecycle::{Lifecycle, LifecycleError};
-    let dir = unique_dir("badmodule");
+    let dir = ScratchDir::new("log-badmodule");
     let regular = dir.join("regular");
     fs::write(&regular, b"x").unwrap();
     // A private lifecycle: the failing startup never reaches the process-wide subscriber.
@@ -608,16 +545,15 @@ fn the_log_module_with_a_bad_sink_fails_lifecycle_startup_with_the_typed_error()
         other => panic!("expected StartupFailed, got {other:?}"),
     }
     assert!(lifecycle.service::<Logger>().is_none());
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn unusable_sink_settings_are_typed_errors() {
-    let dir = unique_dir("badcfg");
+    let dir = ScratchDir::new("log-badcfg");
     // A directory where the file should be.
-    let err = Logger::start(LogConfig::new(Sink::File(dir.clone()))).unwrap_err();
+    let err = Logger::start(LogConfig::new(Sink::File(dir.path().to_owned()))).unwrap_err();
     assert!(
-        matches!(&err, LogError::Open { path, .. } if *path == dir),
+        matches!(&err, LogError::Open { path, .. } if *path == dir.path()),
         "{err:?}"
     );
     let zero_size = Sink::RotatingFile {
@@ -640,7 +576,6 @@ fn unusable_sink_settings_are_typed_errors() {
         Logger::start(LogConfig::new(nul)),
         Err(LogError::InvalidSyslogIdent { .. })
     ));
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -663,8 +598,8 @@ fn a_failing_sink_reports_its_error_at_the_next_flush() {
 
 #[test]
 fn shutdown_drains_every_accepted_line() {
-    watchdog(60, || {
-        let dir = unique_dir("drain");
+    within_watchdog("the test", 2 * WATCHDOG, || {
+        let dir = ScratchDir::new("log-drain");
         let path = dir.join("drain.log");
         let logger =
             Logger::start(LogConfig::new(Sink::File(path.clone())).queue_capacity(2000)).unwrap();
@@ -691,13 +626,12 @@ fn shutdown_drains_every_accepted_line() {
             .map(|l| numbered(&parse(l).rest, "i").unwrap())
             .collect();
         assert_eq!(got, (0..1000).collect::<Vec<_>>());
-        fs::remove_dir_all(dir).unwrap();
     });
 }
 
 #[test]
 fn logging_after_shutdown_is_a_silent_no_op() {
-    let dir = unique_dir("after");
+    let dir = ScratchDir::new("log-after");
     let path = dir.join("after.log");
     let logger = Logger::start(LogConfig::new(Sink::File(path.clone()))).unwrap();
     let dispatch = logger.dispatch();
@@ -714,13 +648,12 @@ fn logging_after_shutdown_is_a_silent_no_op() {
     let lines = read_lines(&path);
     assert_eq!(lines.len(), 1);
     assert!(lines[0].ends_with(": before"));
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn flush_returns_after_every_earlier_line_is_written() {
-    watchdog(60, || {
-        let dir = unique_dir("flush");
+    within_watchdog("the test", 2 * WATCHDOG, || {
+        let dir = ScratchDir::new("log-flush");
         let path = dir.join("flush.log");
         let logger = Logger::start(LogConfig::new(Sink::File(path.clone()))).unwrap();
         let dispatch = logger.dispatch();
@@ -735,13 +668,12 @@ fn flush_returns_after_every_earlier_line_is_written() {
             assert_eq!(read_lines(&path).len() as u64, (round + 1) * 100);
         }
         logger.shutdown();
-        fs::remove_dir_all(dir).unwrap();
     });
 }
 
 #[test]
 fn level_changes_take_effect_at_run_time() {
-    let dir = unique_dir("level");
+    let dir = ScratchDir::new("log-level");
     let path = dir.join("level.log");
     let logger = Logger::start(LogConfig::new(Sink::File(path.clone()))).unwrap();
     assert_eq!(logger.level(), LevelFilter::INFO);
@@ -784,12 +716,11 @@ fn level_changes_take_effect_at_run_time() {
     ];
     assert_eq!(got, want);
     logger.shutdown();
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn set_sink_moves_later_lines_to_the_new_sink() {
-    let dir = unique_dir("switch");
+    let dir = ScratchDir::new("log-switch");
     let (first, second) = (dir.join("first.log"), dir.join("deeper/second.log"));
     let logger = Logger::start(LogConfig::new(Sink::File(first.clone()))).unwrap();
     let dispatch = logger.dispatch();
@@ -801,12 +732,11 @@ fn set_sink_moves_later_lines_to_the_new_sink() {
     assert!(read_lines(&first)[0].ends_with(": one"));
     assert_eq!(read_lines(&second).len(), 1);
     assert!(read_lines(&second)[0].ends_with(": two"));
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn spans_fields_and_multiline_messages_stay_on_one_line() {
-    let dir = unique_dir("shape");
+    let dir = ScratchDir::new("log-shape");
     let path = dir.join("shape.log");
     let logger = Logger::start(LogConfig::new(Sink::File(path.clone()))).unwrap();
     tracing::dispatcher::with_default(&logger.dispatch(), || {
@@ -831,12 +761,11 @@ fn spans_fields_and_multiline_messages_stay_on_one_line() {
         p.rest,
         r#"open{channel="cam0"}:slot{n=3}: first\nsecond text="quoted \"x\"\nsecond" ok=true ratio=0.5"#
     );
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn events_without_message_and_fields_before_the_message_keep_the_format() {
-    let dir = unique_dir("order");
+    let dir = ScratchDir::new("log-order");
     let path = dir.join("order.log");
     let logger = Logger::start(LogConfig::new(Sink::File(path.clone()))).unwrap();
     tracing::dispatcher::with_default(&logger.dispatch(), || {
@@ -851,7 +780,6 @@ fn events_without_message_and_fields_before_the_message_keep_the_format() {
     logger.shutdown();
     let rests: Vec<String> = read_lines(&path).iter().map(|l| parse(l).rest).collect();
     assert_eq!(rests, [r#"a=1 b="x""#, r#"late message a=2 b="y""#]);
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod broker;
 mod client;
+mod common;
 mod e2e;
 mod filelock;
 mod lifecycle;

@@ -1,11 +1,6 @@
 //! `labhub::msg` channels over real sockets: tcp on 127.0.0.1, ipc in a temp directory, and
 //! a request/reply server in another process.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use labhub::msg::{
@@ -15,51 +10,10 @@ use labhub::msg::{
 use labhub_zmq::{Flags, SocketType};
 use serde::{Deserialize, Serialize};
 
-/// Long enough that it only expires when something is broken.
-const LONG: Duration = Duration::from_secs(20);
+use crate::common::{AbortWatchdog, ChildProc, ScratchDir, WATCHDOG, spawn_child};
+
 /// How long a test waits to see that nothing arrives.
 const SHORT: Duration = Duration::from_millis(200);
-
-/// Aborts the test binary if a test outlives `limit`, so a deadlock fails instead of hanging.
-struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
-
-fn watchdog(name: &'static str) -> Watchdog {
-    let limit = Duration::from_secs(60);
-    let (cancel, cancelled) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(limit) {
-            eprintln!("watchdog: {name} still running after {limit:?}; aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog(cancel)
-}
-
-/// A temporary directory unique to the test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "labhub-msg-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
-    }
-
-    fn ipc(&self, name: &str) -> String {
-        format!("ipc://{}/{name}", self.0.display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Waits out the slow-joiner window: publishes probes on `topic` until the subscriber gets
 /// one, then a marker, and consumes everything up to the marker, so the next message the
@@ -75,7 +29,7 @@ fn join(publish: impl Fn(&[u8], &[u8]), subscriber: &Subscriber, topic: &[u8]) {
     publish(topic, b"joined");
     loop {
         let message = subscriber
-            .recv(LONG)
+            .recv(WATCHDOG)
             .expect("marker")
             .expect("marker in time");
         if message.payload() == b"joined" {
@@ -95,7 +49,7 @@ fn join_publisher(publisher: &Publisher, subscriber: &Subscriber, topic: &[u8]) 
 
 fn received(subscriber: &Subscriber) -> (Vec<u8>, Vec<u8>) {
     let message = subscriber
-        .recv(LONG)
+        .recv(WATCHDOG)
         .expect("receive")
         .expect("a message in time");
     (message.topic().to_vec(), message.payload().to_vec())
@@ -120,7 +74,7 @@ fn reading(sequence: u64) -> Reading {
 
 #[test]
 fn a_subscriber_receives_exactly_the_topics_matching_its_prefixes() {
-    let _watchdog = watchdog("topics");
+    let _watchdog = AbortWatchdog::arm("topics", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let publisher = Publisher::builder(&context).create().unwrap();
     let subscriber = Subscriber::builder(&context, publisher.endpoint())
@@ -154,7 +108,7 @@ fn a_subscriber_receives_exactly_the_topics_matching_its_prefixes() {
 
 #[test]
 fn an_empty_topic_is_still_sent_as_the_first_frame() {
-    let _watchdog = watchdog("empty topic");
+    let _watchdog = AbortWatchdog::arm("empty topic", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let publisher = Publisher::builder(&context).create().unwrap();
     // A raw SUB socket shows the frames as they are on the wire.
@@ -193,8 +147,8 @@ fn a_subscriber_without_a_topic_is_refused_rather_than_silently_deaf() {
 
 #[test]
 fn publish_subscribe_works_over_ipc() {
-    let _watchdog = watchdog("ipc");
-    let dir = TempDir::new();
+    let _watchdog = AbortWatchdog::arm("ipc", 2 * WATCHDOG);
+    let dir = ScratchDir::new("msg");
     let context = Context::new().unwrap();
     let endpoint = dir.ipc("pub.sock");
     let publisher = Publisher::builder(&context)
@@ -213,7 +167,7 @@ fn publish_subscribe_works_over_ipc() {
 
 #[test]
 fn json_messages_round_trip() {
-    let _watchdog = watchdog("json pubsub");
+    let _watchdog = AbortWatchdog::arm("json pubsub", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let publisher = Publisher::builder(&context).create().unwrap();
     let subscriber = Subscriber::builder(&context, publisher.endpoint())
@@ -227,7 +181,7 @@ fn json_messages_round_trip() {
             .unwrap();
     }
     for sequence in 0..3 {
-        let message = subscriber.recv_json::<Reading>(LONG).unwrap().unwrap();
+        let message = subscriber.recv_json::<Reading>(WATCHDOG).unwrap().unwrap();
         assert_eq!(message.topic, b"readings/cam0");
         assert_eq!(message.value, reading(sequence));
     }
@@ -236,7 +190,7 @@ fn json_messages_round_trip() {
 
 #[test]
 fn malformed_messages_are_typed_errors_and_the_subscriber_keeps_working() {
-    let _watchdog = watchdog("malformed pubsub");
+    let _watchdog = AbortWatchdog::arm("malformed pubsub", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     // A raw PUB socket can send what a Publisher never would.
     let raw = context.socket(SocketType::Pub).unwrap();
@@ -266,7 +220,7 @@ fn malformed_messages_are_typed_errors_and_the_subscriber_keeps_working() {
     .unwrap();
 
     for found in [1, 3] {
-        match subscriber.recv(LONG) {
+        match subscriber.recv(WATCHDOG) {
             Err(MsgError::Malformed {
                 endpoint: at,
                 what: "message",
@@ -279,20 +233,20 @@ fn malformed_messages_are_typed_errors_and_the_subscriber_keeps_working() {
         }
     }
     for _ in 0..2 {
-        match subscriber.recv_json::<Reading>(LONG) {
+        match subscriber.recv_json::<Reading>(WATCHDOG) {
             Err(error @ MsgError::Decode { .. }) => {
                 assert!(error.to_string().contains(r#"topic "cam""#), "{error}");
             }
             other => panic!("expected a decode error, got {other:?}"),
         }
     }
-    let message = subscriber.recv_json::<Reading>(LONG).unwrap().unwrap();
+    let message = subscriber.recv_json::<Reading>(WATCHDOG).unwrap().unwrap();
     assert_eq!(message.value, reading(7));
 }
 
 #[test]
 fn a_slow_subscriber_never_blocks_the_publisher() {
-    let _watchdog = watchdog("slow subscriber");
+    let _watchdog = AbortWatchdog::arm("slow subscriber", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let publisher = Publisher::builder(&context).send_hwm(10).create().unwrap();
     let subscriber = Subscriber::builder(&context, publisher.endpoint())
@@ -324,14 +278,14 @@ fn a_slow_subscriber_never_blocks_the_publisher() {
 
 #[test]
 fn waiting_for_a_subscriber_makes_the_next_message_reach_it_without_probing() {
-    let _watchdog = watchdog("wait for subscriber");
+    let _watchdog = AbortWatchdog::arm("wait for subscriber", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let publisher = Publisher::builder(&context).create().unwrap();
     let subscriber = Subscriber::builder(&context, publisher.endpoint())
         .topic("cam")
         .open()
         .unwrap();
-    assert_eq!(publisher.wait_for_subscribers(1, LONG).unwrap(), 1);
+    assert_eq!(publisher.wait_for_subscribers(1, WATCHDOG).unwrap(), 1);
     // The very first message sent: no slow-joiner loss once the subscription is in.
     publisher.send("cam0", "first").unwrap();
     assert_eq!(received(&subscriber), (b"cam0".to_vec(), b"first".to_vec()));
@@ -339,7 +293,7 @@ fn waiting_for_a_subscriber_makes_the_next_message_reach_it_without_probing() {
 
 #[test]
 fn every_subscriber_counts_even_when_they_subscribe_to_the_same_topic() {
-    let _watchdog = watchdog("same topic");
+    let _watchdog = AbortWatchdog::arm("same topic", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let publisher = Publisher::builder(&context).create().unwrap();
     let subscribers: Vec<Subscriber> = (0..3)
@@ -350,7 +304,7 @@ fn every_subscriber_counts_even_when_they_subscribe_to_the_same_topic() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(publisher.wait_for_subscribers(3, LONG).unwrap(), 3);
+    assert_eq!(publisher.wait_for_subscribers(3, WATCHDOG).unwrap(), 3);
     publisher.send("t", "to all").unwrap();
     for subscriber in &subscribers {
         assert_eq!(received(subscriber), (b"t".to_vec(), b"to all".to_vec()));
@@ -359,7 +313,7 @@ fn every_subscriber_counts_even_when_they_subscribe_to_the_same_topic() {
 
 #[test]
 fn waiting_for_subscribers_that_never_come_times_out_and_the_publisher_stays_usable() {
-    let _watchdog = watchdog("subscriber timeout");
+    let _watchdog = AbortWatchdog::arm("subscriber timeout", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let publisher = Publisher::builder(&context).create().unwrap();
     let error = publisher.wait_for_subscribers(1, SHORT).unwrap_err();
@@ -379,7 +333,7 @@ fn waiting_for_subscribers_that_never_come_times_out_and_the_publisher_stays_usa
         .all_topics()
         .open()
         .unwrap();
-    assert_eq!(publisher.wait_for_subscribers(1, LONG).unwrap(), 1);
+    assert_eq!(publisher.wait_for_subscribers(1, WATCHDOG).unwrap(), 1);
     publisher.send("late", "still works").unwrap();
     assert_eq!(
         received(&subscriber),
@@ -389,7 +343,7 @@ fn waiting_for_subscribers_that_never_come_times_out_and_the_publisher_stays_usa
 
 #[test]
 fn send_never_blocks_and_counts_the_subscriptions_that_arrive_meanwhile() {
-    let _watchdog = watchdog("pending subscriptions");
+    let _watchdog = AbortWatchdog::arm("pending subscriptions", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let publisher = Publisher::builder(&context).create().unwrap();
     // 3 subscribers with 200 prefixes each: 600 subscription messages, none of them read
@@ -438,7 +392,7 @@ fn serve(
     std::thread::spawn(move || {
         let mut outcomes = Vec::new();
         while outcomes.len() < requests {
-            match server.serve_one(LONG, &mut handler).expect("serve") {
+            match server.serve_one(WATCHDOG, &mut handler).expect("serve") {
                 Served::Idle => {}
                 served => outcomes.push(served),
             }
@@ -449,19 +403,19 @@ fn serve(
 
 #[test]
 fn a_request_gets_the_reply_computed_from_it() {
-    let _watchdog = watchdog("round trip");
+    let _watchdog = AbortWatchdog::arm("round trip", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server = ReqServer::builder(&context).create().unwrap();
     let mut client = ReqClient::builder(&context, server.endpoint())
         .open()
         .unwrap();
     let serving = serve(server, 3, |request| request.iter().rev().copied().collect());
-    assert_eq!(client.request(b"abc", LONG).unwrap(), b"cba");
-    assert_eq!(client.request(b"", LONG).unwrap(), b"");
+    assert_eq!(client.request(b"abc", WATCHDOG).unwrap(), b"cba");
+    assert_eq!(client.request(b"", WATCHDOG).unwrap(), b"");
     let big: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
     let mut reversed = big.clone();
     reversed.reverse();
-    assert_eq!(client.request(&big, LONG).unwrap(), reversed);
+    assert_eq!(client.request(&big, WATCHDOG).unwrap(), reversed);
     let (_, outcomes) = serving.join().unwrap();
     let ids: Vec<u64> = outcomes
         .iter()
@@ -475,8 +429,8 @@ fn a_request_gets_the_reply_computed_from_it() {
 
 #[test]
 fn request_reply_works_over_ipc() {
-    let _watchdog = watchdog("ipc reqrep");
-    let dir = TempDir::new();
+    let _watchdog = AbortWatchdog::arm("ipc reqrep", 2 * WATCHDOG);
+    let dir = ScratchDir::new("msg");
     let context = Context::new().unwrap();
     let server = ReqServer::builder(&context)
         .bind(dir.ipc("server.sock"))
@@ -486,7 +440,7 @@ fn request_reply_works_over_ipc() {
         .open()
         .unwrap();
     let serving = serve(server, 1, |request| [request, b"!"].concat());
-    assert_eq!(client.request(b"hi", LONG).unwrap(), b"hi!");
+    assert_eq!(client.request(b"hi", WATCHDOG).unwrap(), b"hi!");
     serving.join().unwrap();
 }
 
@@ -497,7 +451,7 @@ struct Sum {
 
 #[test]
 fn json_requests_and_replies_round_trip_and_bad_json_is_an_error_reply() {
-    let _watchdog = watchdog("json reqrep");
+    let _watchdog = AbortWatchdog::arm("json reqrep", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server = ReqServer::builder(&context).create().unwrap();
     let mut client = ReqClient::builder(&context, server.endpoint())
@@ -508,7 +462,7 @@ fn json_requests_and_replies_round_trip_and_bad_json_is_an_error_reply() {
         for _ in 0..3 {
             outcomes.push(
                 server
-                    .serve_one_json(LONG, |sum: Sum| {
+                    .serve_one_json(WATCHDOG, |sum: Sum| {
                         sum.terms
                             .iter()
                             .try_fold(0i64, |a, &b| a.checked_add(b))
@@ -524,7 +478,7 @@ fn json_requests_and_replies_round_trip_and_bad_json_is_an_error_reply() {
             &Sum {
                 terms: vec![1, 2, 39],
             },
-            LONG,
+            WATCHDOG,
         )
         .unwrap();
     assert_eq!(total, 42);
@@ -533,14 +487,14 @@ fn json_requests_and_replies_round_trip_and_bad_json_is_an_error_reply() {
             &Sum {
                 terms: vec![i64::MAX, 1],
             },
-            LONG,
+            WATCHDOG,
         )
         .unwrap_err();
     assert!(
         matches!(&error, MsgError::Remote { request_id: 2, message, .. } if message == "overflow"),
         "{error}"
     );
-    let error = client.request(b"[1, 2", LONG).unwrap_err();
+    let error = client.request(b"[1, 2", WATCHDOG).unwrap_err();
     assert!(
         matches!(&error, MsgError::Remote { message, .. } if message.starts_with("invalid json request")),
         "{error}"
@@ -558,26 +512,26 @@ fn json_requests_and_replies_round_trip_and_bad_json_is_an_error_reply() {
 
 #[test]
 fn a_reply_that_is_not_the_expected_json_is_a_decode_error() {
-    let _watchdog = watchdog("json reply");
+    let _watchdog = AbortWatchdog::arm("json reply", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server = ReqServer::builder(&context).create().unwrap();
     let mut client = ReqClient::builder(&context, server.endpoint())
         .open()
         .unwrap();
     let serving = serve(server, 2, |_| b"\"text\"".to_vec());
-    let error = client.request_json::<_, u32>(&1, LONG).unwrap_err();
+    let error = client.request_json::<_, u32>(&1, WATCHDOG).unwrap_err();
     assert!(
         matches!(&error, MsgError::Decode { what, .. } if what == "reply to request 1"),
         "{error}"
     );
-    let text: String = client.request_json(&2, LONG).unwrap();
+    let text: String = client.request_json(&2, WATCHDOG).unwrap();
     assert_eq!(text, "text");
     serving.join().unwrap();
 }
 
 #[test]
 fn a_failing_or_panicking_handler_becomes_an_error_reply_and_the_server_goes_on() {
-    let _watchdog = watchdog("handler failure");
+    let _watchdog = AbortWatchdog::arm("handler failure", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server = ReqServer::builder(&context).create().unwrap();
     let mut client = ReqClient::builder(&context, server.endpoint())
@@ -585,23 +539,25 @@ fn a_failing_or_panicking_handler_becomes_an_error_reply_and_the_server_goes_on(
         .unwrap();
     let serving = std::thread::spawn(move || {
         let failed = server
-            .try_serve_one(LONG, |_| Err::<Vec<u8>, _>("no such channel"))
+            .try_serve_one(WATCHDOG, |_| Err::<Vec<u8>, _>("no such channel"))
             .unwrap();
-        let panicked = server.serve_one(LONG, |_| panic!("handler bug")).unwrap();
-        let fine = server.serve_one(LONG, |r| r.to_vec()).unwrap();
+        let panicked = server
+            .serve_one(WATCHDOG, |_| panic!("handler bug"))
+            .unwrap();
+        let fine = server.serve_one(WATCHDOG, |r| r.to_vec()).unwrap();
         (failed, panicked, fine)
     });
-    let error = client.request(b"1", LONG).unwrap_err();
+    let error = client.request(b"1", WATCHDOG).unwrap_err();
     assert!(
         matches!(&error, MsgError::Remote { request_id: 1, message, .. } if message == "no such channel"),
         "{error}"
     );
-    let error = client.request(b"2", LONG).unwrap_err();
+    let error = client.request(b"2", WATCHDOG).unwrap_err();
     assert!(
         matches!(&error, MsgError::Remote { message, .. } if message == "handler panicked: handler bug"),
         "{error}"
     );
-    assert_eq!(client.request(b"3", LONG).unwrap(), b"3");
+    assert_eq!(client.request(b"3", WATCHDOG).unwrap(), b"3");
     let (failed, panicked, fine) = serving.join().unwrap();
     assert!(matches!(failed, Served::ErrorReplied { request_id: 1, .. }));
     assert!(matches!(
@@ -613,7 +569,7 @@ fn a_failing_or_panicking_handler_becomes_an_error_reply_and_the_server_goes_on(
 
 #[test]
 fn a_timed_out_request_leaves_the_client_usable_and_its_late_reply_is_discarded() {
-    let _watchdog = watchdog("timeout");
+    let _watchdog = AbortWatchdog::arm("timeout", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server = ReqServer::builder(&context).create().unwrap();
     let mut client = ReqClient::builder(&context, server.endpoint())
@@ -627,24 +583,24 @@ fn a_timed_out_request_leaves_the_client_usable_and_its_late_reply_is_discarded(
         "{error}"
     );
     // It answers late: the reply reaches the client before the next request is even sent.
-    let first = server.recv_request(LONG).unwrap().unwrap();
+    let first = server.recv_request(WATCHDOG).unwrap().unwrap();
     assert_eq!((first.id(), first.payload()), (1, &b"first"[..]));
     first.reply(b"late reply to first").unwrap();
 
     let asking = std::thread::spawn(move || {
-        let reply = client.request(b"second", LONG);
+        let reply = client.request(b"second", WATCHDOG);
         (client, reply)
     });
-    let second = server.recv_request(LONG).unwrap().unwrap();
+    let second = server.recv_request(WATCHDOG).unwrap().unwrap();
     assert_eq!((second.id(), second.payload()), (2, &b"second"[..]));
     second.reply(b"reply to second").unwrap();
     let (mut client, reply) = asking.join().unwrap();
     assert_eq!(reply.unwrap(), b"reply to second");
 
     // And the one after that works too.
-    let asking = std::thread::spawn(move || client.request(b"third", LONG));
+    let asking = std::thread::spawn(move || client.request(b"third", WATCHDOG));
     server
-        .recv_request(LONG)
+        .recv_request(WATCHDOG)
         .unwrap()
         .unwrap()
         .reply(b"reply to third")
@@ -654,7 +610,7 @@ fn a_timed_out_request_leaves_the_client_usable_and_its_late_reply_is_discarded(
 
 #[test]
 fn replies_can_be_sent_in_another_order_than_the_requests_came() {
-    let _watchdog = watchdog("out of order");
+    let _watchdog = AbortWatchdog::arm("out of order", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server = ReqServer::builder(&context).create().unwrap();
     let clients: Vec<_> = ["a", "b"]
@@ -663,11 +619,11 @@ fn replies_can_be_sent_in_another_order_than_the_requests_came() {
             let mut client = ReqClient::builder(&context, server.endpoint())
                 .open()
                 .unwrap();
-            std::thread::spawn(move || client.request(name, LONG).unwrap())
+            std::thread::spawn(move || client.request(name, WATCHDOG).unwrap())
         })
         .collect();
-    let first = server.recv_request(LONG).unwrap().unwrap();
-    let second = server.recv_request(LONG).unwrap().unwrap();
+    let first = server.recv_request(WATCHDOG).unwrap().unwrap();
+    let second = server.recv_request(WATCHDOG).unwrap().unwrap();
     let (first_text, second_text) = (first.payload().to_vec(), second.payload().to_vec());
     second
         .reply([&second_text[..], b" answered first"].concat())
@@ -690,14 +646,14 @@ fn replies_can_be_sent_in_another_order_than_the_requests_came() {
 
 #[test]
 fn dropping_an_unanswered_request_sends_an_error_reply() {
-    let _watchdog = watchdog("dropped request");
+    let _watchdog = AbortWatchdog::arm("dropped request", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server = ReqServer::builder(&context).create().unwrap();
     let mut client = ReqClient::builder(&context, server.endpoint())
         .open()
         .unwrap();
-    let asking = std::thread::spawn(move || client.request(b"x", LONG));
-    drop(server.recv_request(LONG).unwrap().unwrap());
+    let asking = std::thread::spawn(move || client.request(b"x", WATCHDOG));
+    drop(server.recv_request(WATCHDOG).unwrap().unwrap());
     let error = asking.join().unwrap().unwrap_err();
     assert!(
         matches!(&error, MsgError::Remote { message, .. } if message.contains("dropped")),
@@ -707,7 +663,7 @@ fn dropping_an_unanswered_request_sends_an_error_reply() {
 
 #[test]
 fn many_clients_on_threads_share_one_server() {
-    let _watchdog = watchdog("concurrent clients");
+    let _watchdog = AbortWatchdog::arm("concurrent clients", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server = ReqServer::builder(&context).create().unwrap();
     let (clients, per_client) = (4, 50);
@@ -721,7 +677,7 @@ fn many_clients_on_threads_share_one_server() {
             std::thread::spawn(move || {
                 for i in 0..per_client {
                     let request = format!("client {c} request {i}");
-                    let reply = client.request(&request, LONG).unwrap();
+                    let reply = client.request(&request, WATCHDOG).unwrap();
                     assert_eq!(reply, format!("re:{request}").into_bytes());
                 }
             })
@@ -737,7 +693,7 @@ fn many_clients_on_threads_share_one_server() {
 
 #[test]
 fn malformed_requests_are_rejected_and_the_server_keeps_serving() {
-    let _watchdog = watchdog("malformed requests");
+    let _watchdog = AbortWatchdog::arm("malformed requests", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server = ReqServer::builder(&context).create().unwrap();
     // A raw DEALER speaks the wire format by hand, as another language's binding would.
@@ -747,7 +703,7 @@ fn malformed_requests_are_rejected_and_the_server_keeps_serving() {
 
     raw.send_multipart([&b""[..], b"short", b"payload"], Flags::NONE)
         .unwrap();
-    match server.serve_one(LONG, |r| r.to_vec()).unwrap() {
+    match server.serve_one(WATCHDOG, |r| r.to_vec()).unwrap() {
         Served::Rejected(MsgError::Malformed { problem, .. }) => {
             assert_eq!(problem, FrameError::RequestId { found: 5 })
         }
@@ -755,7 +711,7 @@ fn malformed_requests_are_rejected_and_the_server_keeps_serving() {
     }
     raw.send_multipart([&b"x"[..], &id, b"payload"], Flags::NONE)
         .unwrap();
-    match server.serve_one(LONG, |r| r.to_vec()).unwrap() {
+    match server.serve_one(WATCHDOG, |r| r.to_vec()).unwrap() {
         Served::Rejected(MsgError::Malformed { problem, .. }) => {
             assert_eq!(problem, FrameError::Delimiter { found: 1 })
         }
@@ -765,7 +721,7 @@ fn malformed_requests_are_rejected_and_the_server_keeps_serving() {
     raw.send_multipart([&b""[..], &id, b"a", b"b"], Flags::NONE)
         .unwrap();
     assert!(matches!(
-        server.recv_request(LONG),
+        server.recv_request(WATCHDOG),
         Err(MsgError::Malformed {
             what: "request",
             problem: FrameError::FrameCount {
@@ -787,7 +743,9 @@ fn malformed_requests_are_rejected_and_the_server_keeps_serving() {
     raw.send_multipart([&b""[..], &id, b"ping"], Flags::NONE)
         .unwrap();
     assert!(matches!(
-        server.serve_one(LONG, |r| [r, b"/pong"].concat()).unwrap(),
+        server
+            .serve_one(WATCHDOG, |r| [r, b"/pong"].concat())
+            .unwrap(),
         Served::Replied { request_id: 77 }
     ));
     let reply = raw.recv_multipart_bytes(Flags::NONE).unwrap();
@@ -799,7 +757,7 @@ fn malformed_requests_are_rejected_and_the_server_keeps_serving() {
 
 #[test]
 fn malformed_replies_are_typed_errors_and_the_client_keeps_working() {
-    let _watchdog = watchdog("malformed replies");
+    let _watchdog = AbortWatchdog::arm("malformed replies", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     // A raw ROUTER answers by hand.
     let raw = context.socket(SocketType::Router).unwrap();
@@ -823,7 +781,7 @@ fn malformed_replies_are_typed_errors_and_the_client_keeps_working() {
         }
     });
     assert!(matches!(
-        client.request(b"1", LONG),
+        client.request(b"1", WATCHDOG),
         Err(MsgError::Malformed {
             what: "reply",
             problem: FrameError::FrameCount {
@@ -834,13 +792,13 @@ fn malformed_replies_are_typed_errors_and_the_client_keeps_working() {
         })
     ));
     assert!(matches!(
-        client.request(b"2", LONG),
+        client.request(b"2", WATCHDOG),
         Err(MsgError::Malformed {
             problem: FrameError::Status { .. },
             ..
         })
     ));
-    assert_eq!(client.request(b"3", LONG).unwrap(), b"good");
+    assert_eq!(client.request(b"3", WATCHDOG).unwrap(), b"good");
     answering.join().unwrap();
 }
 
@@ -848,7 +806,7 @@ fn malformed_replies_are_typed_errors_and_the_client_keeps_working() {
 
 #[test]
 fn curve_request_reply_works_and_a_wrong_server_key_gets_no_reply() {
-    let _watchdog = watchdog("curve reqrep");
+    let _watchdog = AbortWatchdog::arm("curve reqrep", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server_keys = CurveKeyPair::generate().unwrap();
     let server = ReqServer::builder(&context)
@@ -864,7 +822,7 @@ fn curve_request_reply_works_and_a_wrong_server_key_gets_no_reply() {
         .curve(&server_keys.public, &client_keys)
         .open()
         .unwrap();
-    assert_eq!(client.request(b"x", LONG).unwrap(), b"secret:x");
+    assert_eq!(client.request(b"x", WATCHDOG).unwrap(), b"secret:x");
 
     let impostor = CurveKeyPair::generate().unwrap();
     let mut wrong_key = ReqClient::builder(&context, &endpoint)
@@ -886,7 +844,7 @@ fn curve_request_reply_works_and_a_wrong_server_key_gets_no_reply() {
 
 #[test]
 fn curve_publish_subscribe_works_and_a_wrong_server_key_receives_nothing() {
-    let _watchdog = watchdog("curve pubsub");
+    let _watchdog = AbortWatchdog::arm("curve pubsub", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let server_keys = CurveKeyPair::generate().unwrap();
     let publisher = Publisher::builder(&context)
@@ -916,7 +874,7 @@ fn curve_publish_subscribe_works_and_a_wrong_server_key_receives_nothing() {
 
 #[test]
 fn binding_to_a_wildcard_reports_a_dialable_endpoint() {
-    let _watchdog = watchdog("wildcard");
+    let _watchdog = AbortWatchdog::arm("wildcard", 2 * WATCHDOG);
     let context = Context::new().unwrap();
     let publisher = Publisher::builder(&context)
         .bind("tcp://0.0.0.0:0")
@@ -942,7 +900,7 @@ fn binding_to_a_wildcard_reports_a_dialable_endpoint() {
     assert!(endpoint.starts_with("tcp://localhost:"), "{endpoint}");
     let serving = serve(server, 1, |r| r.to_vec());
     let mut client = ReqClient::builder(&context, &endpoint).open().unwrap();
-    assert_eq!(client.request(b"dial", LONG).unwrap(), b"dial");
+    assert_eq!(client.request(b"dial", WATCHDOG).unwrap(), b"dial");
     serving.join().unwrap();
 }
 
@@ -985,60 +943,23 @@ fn channels_can_move_to_another_thread() {
 
 // ---- across processes -----------------------------------------------------------------------
 
-/// A `msg-req-server` child, SIGKILLed and reaped on drop.
-struct ServerChild {
-    process: std::process::Child,
-    _stdout: BufReader<ChildStdout>,
-    endpoint: String,
-}
-
-impl ServerChild {
-    fn spawn(bind: &str) -> Self {
-        let mut process = Command::new(env!("CARGO_BIN_EXE_labhub-test-child"))
-            .args(["msg-req-server", bind])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn labhub-test-child");
-        let mut stdout = BufReader::new(process.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read endpoint line");
-        let endpoint = line
-            .trim_end()
-            .strip_prefix("endpoint ")
-            .unwrap_or_else(|| panic!("expected an endpoint line, got {line:?}"))
-            .to_owned();
-        Self {
-            process,
-            _stdout: stdout,
-            endpoint,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.id()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-impl Drop for ServerChild {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A `msg-req-server` child bound to `bind`, and the endpoint it reports.
+fn spawn_server(bind: &str) -> (ChildProc, String) {
+    let mut server = spawn_child("msg-req-server", &[bind]);
+    let line = server.expect("endpoint ");
+    let endpoint = line["endpoint ".len()..].to_owned();
+    (server, endpoint)
 }
 
 #[test]
 fn request_reply_works_across_processes_and_outlives_a_killed_server() {
-    let _watchdog = watchdog("across processes");
+    let _watchdog = AbortWatchdog::arm("across processes", 2 * WATCHDOG);
     let context = Context::new().unwrap();
-    let mut first = ServerChild::spawn("tcp://127.0.0.1:0");
-    let mut client = ReqClient::builder(&context, &first.endpoint)
+    let (mut first, first_endpoint) = spawn_server("tcp://127.0.0.1:0");
+    let mut client = ReqClient::builder(&context, &first_endpoint)
         .open()
         .unwrap();
-    let reply = client.request(b"hello", LONG).unwrap();
+    let reply = client.request(b"hello", WATCHDOG).unwrap();
     assert_eq!(reply, format!("{}:hello", first.pid()).into_bytes());
 
     first.kill();
@@ -1049,10 +970,10 @@ fn request_reply_works_across_processes_and_outlives_a_killed_server() {
 
     // A new server on the same endpoint: the client reconnects by itself, and the reply to
     // the request queued while nobody was there is discarded.
-    let second = ServerChild::spawn(&first.endpoint);
-    assert_eq!(second.endpoint, first.endpoint);
-    let reply = client.request(b"again", LONG).unwrap();
+    let (second, second_endpoint) = spawn_server(&first_endpoint);
+    assert_eq!(second_endpoint, first_endpoint);
+    let reply = client.request(b"again", WATCHDOG).unwrap();
     assert_eq!(reply, format!("{}:again", second.pid()).into_bytes());
-    let reply = client.request(b"exit", LONG).unwrap();
+    let reply = client.request(b"exit", WATCHDOG).unwrap();
     assert_eq!(reply, format!("{}:exit", second.pid()).into_bytes());
 }

@@ -10,10 +10,6 @@ mod model;
 #[path = "shm_policies.rs"]
 mod policies;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use labhub::shm::{
@@ -21,9 +17,8 @@ use labhub::shm::{
     Producer, PublishError, ReadError, StateError, WaitMode,
 };
 
-/// Longest any single wait in these tests may take before the test fails (a watchdog, not a
-/// performance assertion).
-pub const WATCHDOG: Duration = Duration::from_secs(30);
+use crate::common::unique;
+pub use crate::common::{WATCHDOG, spawn_child};
 
 /// A channel name unique to this test process and call, removed when dropped.
 pub struct TestChannel {
@@ -32,13 +27,9 @@ pub struct TestChannel {
 
 impl TestChannel {
     pub fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "it{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        Self { name }
+        Self {
+            name: unique(&format!("it-{tag}")),
+        }
     }
 
     /// The segment's file under /dev/shm.
@@ -50,78 +41,6 @@ impl TestChannel {
 impl Drop for TestChannel {
     fn drop(&mut self) {
         let _ = shm::remove_channel(&self.name);
-    }
-}
-
-/// A spawned `labhub-test-child`, killed and reaped when dropped.
-pub struct ChildProc {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl ChildProc {
-    pub fn spawn(role: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_labhub-test-child"))
-            .arg(role)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn labhub-test-child");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// Waits for the next stdout line, which must start with `prefix`; returns it.
-    pub fn expect(&mut self, prefix: &str) -> String {
-        match self.lines.recv_timeout(WATCHDOG) {
-            Ok(line) if line.starts_with(prefix) => line,
-            Ok(line) => panic!("child said {line:?}, expected {prefix:?}…"),
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("child said nothing for {WATCHDOG:?} (expected {prefix:?})")
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.wait().unwrap();
-                panic!("child exited ({status}) before saying {prefix:?}")
-            }
-        }
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits (bounded) for a successful exit.
-    pub fn wait_success(&mut self) {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "child failed: {status}");
-                return;
-            }
-            assert!(
-                start.elapsed() < WATCHDOG,
-                "child did not exit within {WATCHDOG:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -207,7 +126,7 @@ fn a_frame_published_in_one_process_reaches_a_consumer_in_another_with_its_metad
         ChannelConfig::new(ring(4, Backpressure::Fail), 4096),
     )
     .unwrap();
-    let mut child = ChildProc::spawn("shm-consumer-meta", &[&ch.name]);
+    let mut child = spawn_child("shm-consumer-meta", &[&ch.name]);
     child.expect("attached");
     let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     let meta = FrameMeta::new(0xfeed, &[30, 100]).unwrap();
@@ -298,7 +217,7 @@ fn a_sleeping_consumer_in_another_process_is_woken_by_every_frame() {
         },
     );
     let mut p = Producer::create(&ping.name, ChannelConfig::new(ring, 64)).unwrap();
-    let mut echo = ChildProc::spawn("shm-echo", &[&ping.name, &pong.name, &FRAMES.to_string()]);
+    let mut echo = spawn_child("shm-echo", &[&ping.name, &pong.name, &FRAMES.to_string()]);
     echo.expect("ready");
     let mut c = Consumer::attach(&pong.name, AttachOptions::default()).unwrap();
     for i in 0..FRAMES {
@@ -392,12 +311,12 @@ fn dropping_the_producer_keeps_the_channel_and_a_new_producer_continues_the_fram
 #[test]
 fn a_second_producer_is_refused_while_the_first_lives_in_another_process() {
     let ch = TestChannel::new("busy");
-    let mut child = ChildProc::spawn("shm-producer", &[&ch.name, "double", "64", "3"]);
+    let mut child = spawn_child("shm-producer", &[&ch.name, "double", "64", "3"]);
     child.expect("created");
     child.expect("published 3");
     let err = Producer::create(&ch.name, ChannelConfig::new(Policy::DoubleBuffer, 64)).unwrap_err();
     match err {
-        ChannelError::ChannelBusy { pid, .. } => assert_eq!(pid, child.child.id()),
+        ChannelError::ChannelBusy { pid, .. } => assert_eq!(pid, child.pid()),
         other => panic!("expected ChannelBusy, got {other}"),
     }
     // Also within one process.

@@ -6,11 +6,11 @@ use labhub::shm::{
     AttachOptions, Backpressure, ChannelConfig, Consumer, FrameMeta, Policy, Producer, ReadError,
 };
 
-use super::{ChildProc, TestChannel, WATCHDOG, next, pattern, ring};
+use super::{TestChannel, WATCHDOG, next, pattern, ring, spawn_child};
 
 fn producer_killed_mid_write(policy: &str, cfg: ChannelConfig) {
     let ch = TestChannel::new("midwrite");
-    let mut child = ChildProc::spawn("shm-producer-midwrite", &[&ch.name, policy, "4096", "3"]);
+    let mut child = spawn_child("shm-producer-midwrite", &[&ch.name, policy, "4096", "3"]);
     let line = child.expect("mid-write");
     assert_eq!(line, "mid-write 3");
     let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
@@ -52,7 +52,7 @@ fn a_producer_killed_mid_write_leaves_the_last_complete_frame_and_a_restart_cont
 #[test]
 fn a_consumer_reading_when_the_producer_is_killed_mid_write_gets_no_partial_frame() {
     let ch = TestChannel::new("midwrite-latest");
-    let mut child = ChildProc::spawn("shm-producer-midwrite", &[&ch.name, "latest", "4096", "1"]);
+    let mut child = spawn_child("shm-producer-midwrite", &[&ch.name, "latest", "4096", "1"]);
     child.expect("mid-write 1");
     let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
     child.kill();
@@ -70,7 +70,7 @@ fn a_consumer_killed_while_holding_a_frame_does_not_block_the_producer_forever()
     let ch = TestChannel::new("deadreader");
     let cfg = ChannelConfig::new(ring(2, Backpressure::Block { timeout: WATCHDOG }), 64);
     let mut p = Producer::create(&ch.name, cfg).unwrap();
-    let mut child = ChildProc::spawn("shm-consumer-hold", &[&ch.name]);
+    let mut child = spawn_child("shm-consumer-hold", &[&ch.name]);
     child.expect("attached");
     p.publish_bytes(b"0", &FrameMeta::default()).unwrap();
     assert_eq!(child.expect("holding"), "holding 0");
@@ -102,7 +102,7 @@ fn a_consumer_killed_while_holding_a_frame_is_reclaimed_when_a_fail_ring_fills()
         ChannelConfig::new(ring(1, Backpressure::Fail), 64),
     )
     .unwrap();
-    let mut child = ChildProc::spawn("shm-consumer-hold", &[&ch.name]);
+    let mut child = spawn_child("shm-consumer-hold", &[&ch.name]);
     child.expect("attached");
     p.publish_bytes(b"0", &FrameMeta::default()).unwrap();
     child.expect("holding 0");
@@ -118,7 +118,7 @@ fn a_dead_consumers_table_entry_is_reused_by_a_new_consumer() {
     let mut live: Vec<Consumer> = (0..15)
         .map(|_| Consumer::attach(&ch.name, AttachOptions::default()).unwrap())
         .collect();
-    let mut child = ChildProc::spawn("shm-consumer-attached", &[&ch.name]);
+    let mut child = spawn_child("shm-consumer-attached", &[&ch.name]);
     child.expect("attached");
     assert!(
         Consumer::attach(&ch.name, AttachOptions::default()).is_err(),
@@ -132,7 +132,7 @@ fn a_dead_consumers_table_entry_is_reused_by_a_new_consumer() {
 #[test]
 fn a_producer_killed_while_publishing_is_replaced_by_a_new_one() {
     let ch = TestChannel::new("deadproducer");
-    let mut child = ChildProc::spawn("shm-producer", &[&ch.name, "ring-fail-8", "64", "5"]);
+    let mut child = spawn_child("shm-producer", &[&ch.name, "ring-fail-8", "64", "5"]);
     child.expect("created");
     child.expect("published 5");
     child.kill();

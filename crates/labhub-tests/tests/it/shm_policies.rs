@@ -8,7 +8,7 @@ use labhub::shm::{
     PublishError, ReadError,
 };
 
-use super::{ChildProc, TestChannel, WATCHDOG, next, pattern, ring};
+use super::{TestChannel, WATCHDOG, next, pattern, ring, spawn_child};
 
 #[test]
 fn latest_reports_a_frame_overwritten_while_it_was_held() {
@@ -177,7 +177,7 @@ fn a_lossless_ring_delivers_every_frame_to_a_consumer_in_another_process() {
     let cfg = ChannelConfig::new(ring(4, Backpressure::Block { timeout: WATCHDOG }), 256);
     let mut p = Producer::create(&ch.name, cfg).unwrap();
     let frames = 10_000u64;
-    let mut child = ChildProc::spawn("shm-consumer-verify", &[&ch.name, &frames.to_string()]);
+    let mut child = spawn_child("shm-consumer-verify", &[&ch.name, &frames.to_string()]);
     child.expect("attached");
     for _ in 0..frames {
         let mut w = p.begin_publish().unwrap();
@@ -200,7 +200,7 @@ fn a_lossy_reader_in_another_process_never_accepts_a_torn_frame() {
         let ch = TestChannel::new("torn");
         let mut p = Producer::create(&ch.name, ChannelConfig::new(policy, 16 * 1024)).unwrap();
         let frames = 5_000u64;
-        let mut child = ChildProc::spawn("shm-consumer-verify", &[&ch.name, &frames.to_string()]);
+        let mut child = spawn_child("shm-consumer-verify", &[&ch.name, &frames.to_string()]);
         child.expect("attached");
         for _ in 0..frames {
             let mut w = p.begin_publish().unwrap();

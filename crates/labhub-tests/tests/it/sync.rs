@@ -1,10 +1,7 @@
 //! `ProcessMutex` and `ProcessEvent` between real processes, including SIGKILLed owners.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use labhub::sync::LockError;
@@ -15,23 +12,11 @@ mod roles;
 
 use roles::{Shared, at};
 
+use crate::common::{AbortWatchdog, ChildProc, spawn_child, unique, wait_until};
+
 const OWNER_DIED: u32 = 0x4000_0000;
 const WAITERS: u32 = 0x8000_0000;
 const TID_MASK: u32 = 0x3fff_ffff;
-
-/// Aborts the test binary if a test outlives `limit`, so a deadlock fails instead of hanging.
-struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
-
-fn watchdog(name: &'static str, limit: Duration) -> Watchdog {
-    let (cancel, cancelled) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(limit) {
-            eprintln!("watchdog: {name} still running after {limit:?}; aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog(cancel)
-}
 
 /// A shared file in /dev/shm, unique per test, removed on drop.
 struct SharedFile {
@@ -41,12 +26,7 @@ struct SharedFile {
 
 impl SharedFile {
     fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = PathBuf::from(format!(
-            "/dev/shm/labhub-sync-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = Path::new("/dev/shm").join(unique("labhub-sync-test"));
         let shared = Shared::create(&path).expect("shared file");
         Self { path, shared }
     }
@@ -58,87 +38,22 @@ impl Drop for SharedFile {
     }
 }
 
-/// A child process, killed and reaped on drop.
-struct Child {
-    process: std::process::Child,
-    stdout: BufReader<ChildStdout>,
-    stdin: Option<ChildStdin>,
-}
-
-impl Child {
-    fn spawn(role: &str, file: &SharedFile, args: &[&str]) -> Self {
-        let mut process = Command::new(env!("CARGO_BIN_EXE_labhub-test-child"))
-            .arg(role)
-            .arg(&file.path)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn child");
-        let stdout = BufReader::new(process.stdout.take().unwrap());
-        let stdin = process.stdin.take();
-        Self {
-            process,
-            stdout,
-            stdin,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.id()
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("child stdout");
-        assert!(!line.is_empty(), "child exited early");
-        line.trim_end().to_owned()
-    }
-
-    fn expect(&mut self, expected: &str) {
-        assert_eq!(self.line(), expected);
-    }
-
-    /// SIGKILL and reap (a zombie still counts as existing for `kill(pid, 0)`).
-    fn kill(&mut self) {
-        self.process.kill().expect("kill child");
-        self.process.wait().expect("reap child");
-    }
-
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let status = self.process.wait().expect("wait child");
-        assert!(status.success(), "child failed: {status}");
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.flush();
-        }
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-/// Waits (bounded by the test's watchdog) until `cond` holds; for states only observable
-/// by looking, like a waiter having set the WAITERS bit before it sleeps.
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    while !cond() {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// Spawns `labhub-test-child role FILE args…`.
+fn spawn(role: &str, file: &SharedFile, args: &[&str]) -> ChildProc {
+    let mut all = vec![file.path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    spawn_child(role, &all)
 }
 
 #[test]
 fn four_processes_incrementing_under_the_mutex_reach_the_exact_total() {
-    let _watchdog = watchdog("four_processes_incrementing", Duration::from_secs(120));
+    let _watchdog = AbortWatchdog::arm("four_processes_incrementing", Duration::from_secs(120));
     let file = SharedFile::new();
-    let children: Vec<Child> = (0..4)
-        .map(|_| Child::spawn("sync-increment", &file, &["10000"]))
+    let children: Vec<ChildProc> = (0..4)
+        .map(|_| spawn("sync-increment", &file, &["10000"]))
         .collect();
     for mut child in children {
-        child.expect("done");
+        child.expect_exact("done");
         child.finish();
     }
     assert_eq!(
@@ -150,10 +65,10 @@ fn four_processes_incrementing_under_the_mutex_reach_the_exact_total() {
 
 #[test]
 fn a_holder_killed_by_sigkill_is_reported_to_the_next_locker() {
-    let _watchdog = watchdog("a_holder_killed", Duration::from_secs(60));
+    let _watchdog = AbortWatchdog::arm("a_holder_killed", Duration::from_secs(60));
     let file = SharedFile::new();
-    let mut holder = Child::spawn("sync-hold", &file, &[]);
-    holder.expect("locked");
+    let mut holder = spawn("sync-hold", &file, &[]);
+    holder.expect_exact("locked");
     assert_eq!(
         file.shared.word(at::MUTEX),
         holder.pid(),
@@ -173,25 +88,27 @@ fn a_holder_killed_by_sigkill_is_reported_to_the_next_locker() {
 
 #[test]
 fn a_waiter_blocked_on_a_killed_holder_wakes_and_is_told() {
-    let _watchdog = watchdog("a_waiter_blocked", Duration::from_secs(60));
+    let _watchdog = AbortWatchdog::arm("a_waiter_blocked", Duration::from_secs(60));
     let file = SharedFile::new();
-    let mut holder = Child::spawn("sync-hold", &file, &[]);
-    holder.expect("locked");
-    let mut waiter = Child::spawn("sync-wait-lock", &file, &[]);
-    waiter.expect("waiting");
-    wait_for(|| file.shared.word(at::MUTEX) & WAITERS != 0);
+    let mut holder = spawn("sync-hold", &file, &[]);
+    holder.expect_exact("locked");
+    let mut waiter = spawn("sync-wait-lock", &file, &[]);
+    waiter.expect_exact("waiting");
+    wait_until("a waiter sets WAITERS", || {
+        file.shared.word(at::MUTEX) & WAITERS != 0
+    });
     holder.kill();
-    waiter.expect("owner-died");
+    waiter.expect_exact("owner-died");
     waiter.finish();
     assert_eq!(file.shared.word(at::MUTEX), 0);
 }
 
 #[test]
 fn without_the_robust_list_a_dead_holder_is_found_by_liveness_polling() {
-    let _watchdog = watchdog("liveness_polling", Duration::from_secs(60));
+    let _watchdog = AbortWatchdog::arm("liveness_polling", Duration::from_secs(60));
     let file = SharedFile::new();
-    let mut holder = Child::spawn("sync-hold", &file, &["--no-robust-list"]);
-    holder.expect("locked");
+    let mut holder = spawn("sync-hold", &file, &["--no-robust-list"]);
+    holder.expect_exact("locked");
     let holder_tid = holder.pid();
     holder.kill();
     // Nobody told the kernel: the word still names the dead holder.
@@ -210,32 +127,36 @@ fn without_the_robust_list_a_dead_holder_is_found_by_liveness_polling() {
 
 #[test]
 fn a_waiter_blocked_on_a_holder_without_robust_list_wakes_and_is_told() {
-    let _watchdog = watchdog("waiter_liveness_polling", Duration::from_secs(60));
+    let _watchdog = AbortWatchdog::arm("waiter_liveness_polling", Duration::from_secs(60));
     let file = SharedFile::new();
-    let mut holder = Child::spawn("sync-hold", &file, &["--no-robust-list"]);
-    holder.expect("locked");
-    let mut waiter = Child::spawn("sync-wait-lock", &file, &[]);
-    waiter.expect("waiting");
-    wait_for(|| file.shared.word(at::MUTEX) & WAITERS != 0);
+    let mut holder = spawn("sync-hold", &file, &["--no-robust-list"]);
+    holder.expect_exact("locked");
+    let mut waiter = spawn("sync-wait-lock", &file, &[]);
+    waiter.expect_exact("waiting");
+    wait_until("a waiter sets WAITERS", || {
+        file.shared.word(at::MUTEX) & WAITERS != 0
+    });
     holder.kill();
-    waiter.expect("owner-died");
+    waiter.expect_exact("owner-died");
     waiter.finish();
 }
 
 /// Two waiters block on a holder that is then killed: exactly one is told of the death.
 fn two_waiters_on_a_killed_holder(holder_args: &[&str]) {
     let file = SharedFile::new();
-    let mut holder = Child::spawn("sync-hold", &file, holder_args);
-    holder.expect("locked");
-    let mut waiters: Vec<Child> = (0..2)
-        .map(|_| Child::spawn("sync-wait-lock", &file, &[]))
+    let mut holder = spawn("sync-hold", &file, holder_args);
+    holder.expect_exact("locked");
+    let mut waiters: Vec<ChildProc> = (0..2)
+        .map(|_| spawn("sync-wait-lock", &file, &[]))
         .collect();
     for waiter in &mut waiters {
-        waiter.expect("waiting");
+        waiter.expect_exact("waiting");
     }
-    wait_for(|| file.shared.word(at::MUTEX) & WAITERS != 0);
+    wait_until("a waiter sets WAITERS", || {
+        file.shared.word(at::MUTEX) & WAITERS != 0
+    });
     holder.kill();
-    let mut outcomes: Vec<String> = waiters.iter_mut().map(Child::line).collect();
+    let mut outcomes: Vec<String> = waiters.iter_mut().map(ChildProc::next_line).collect();
     outcomes.sort();
     assert_eq!(outcomes, ["locked", "owner-died"]);
     for waiter in waiters {
@@ -246,22 +167,22 @@ fn two_waiters_on_a_killed_holder(holder_args: &[&str]) {
 
 #[test]
 fn of_two_waiters_on_a_killed_holder_exactly_one_is_told() {
-    let _watchdog = watchdog("two_waiters_robust_list", Duration::from_secs(60));
+    let _watchdog = AbortWatchdog::arm("two_waiters_robust_list", Duration::from_secs(60));
     two_waiters_on_a_killed_holder(&[]);
 }
 
 #[test]
 fn of_two_waiters_polling_a_dead_holder_exactly_one_is_told() {
-    let _watchdog = watchdog("two_waiters_liveness", Duration::from_secs(60));
+    let _watchdog = AbortWatchdog::arm("two_waiters_liveness", Duration::from_secs(60));
     two_waiters_on_a_killed_holder(&["--no-robust-list"]);
 }
 
 #[test]
 fn our_mutexes_and_a_glibc_robust_mutex_share_one_robust_list_through_a_kill() {
-    let _watchdog = watchdog("glibc_coexistence", Duration::from_secs(60));
+    let _watchdog = AbortWatchdog::arm("glibc_coexistence", Duration::from_secs(60));
     let file = SharedFile::new();
-    let mut holder = Child::spawn("sync-hold-with-glibc", &file, &[]);
-    holder.expect("locked");
+    let mut holder = spawn("sync-hold-with-glibc", &file, &[]);
+    holder.expect_exact("locked");
     let pid = holder.pid();
     assert_eq!(
         file.shared.word(at::MUTEX),
@@ -283,18 +204,18 @@ fn our_mutexes_and_a_glibc_robust_mutex_share_one_robust_list_through_a_kill() {
 
 #[test]
 fn a_waiter_that_cannot_read_proc_never_takes_the_lock_from_a_live_holder() {
-    let _watchdog = watchdog("a_waiter_that_cannot_read_proc", Duration::from_secs(60));
+    let _watchdog = AbortWatchdog::arm("a_waiter_that_cannot_read_proc", Duration::from_secs(60));
     let file = SharedFile::new();
-    let mut holder = Child::spawn("sync-hold", &file, &[]);
-    holder.expect("locked");
+    let mut holder = spawn("sync-hold", &file, &[]);
+    holder.expect_exact("locked");
     let id = labhub::sys::ProcessId::of(holder.pid()).expect("holder identity");
     // Long enough for several liveness probes (one per 100 ms slice).
-    let mut waiter = Child::spawn(
+    let mut waiter = spawn(
         "sync-lock-without-fds",
         &file,
         &["350", &id.pid.to_string(), &id.start_time.to_string()],
     );
-    assert_eq!(waiter.line(), "holder-alive=true lock=timeout");
+    assert_eq!(waiter.next_line(), "holder-alive=true lock=timeout");
     waiter.finish();
     assert_eq!(
         file.shared.word(at::MUTEX) & TID_MASK,
@@ -305,23 +226,23 @@ fn a_waiter_that_cannot_read_proc_never_takes_the_lock_from_a_live_holder() {
 
 #[test]
 fn a_waiter_interrupted_by_frequent_signals_still_finds_a_dead_holder() {
-    let _watchdog = watchdog("waiter_under_signals", Duration::from_secs(30));
+    let _watchdog = AbortWatchdog::arm("waiter_under_signals", Duration::from_secs(30));
     let file = SharedFile::new();
-    let mut holder = Child::spawn("sync-hold", &file, &["--no-robust-list"]);
-    holder.expect("locked");
+    let mut holder = spawn("sync-hold", &file, &["--no-robust-list"]);
+    holder.expect_exact("locked");
     holder.kill();
-    let mut waiter = Child::spawn("sync-wait-lock-under-signals", &file, &[]);
-    waiter.expect("waiting");
-    waiter.expect("owner-died");
+    let mut waiter = spawn("sync-wait-lock-under-signals", &file, &[]);
+    waiter.expect_exact("waiting");
+    waiter.expect_exact("owner-died");
     waiter.finish();
 }
 
 #[test]
 fn a_guard_dropped_by_a_forked_copy_leaves_the_parents_lock_held() {
-    let _watchdog = watchdog("a_guard_dropped_by_a_forked_copy", Duration::from_secs(60));
+    let _watchdog = AbortWatchdog::arm("a_guard_dropped_by_a_forked_copy", Duration::from_secs(60));
     let file = SharedFile::new();
-    let mut child = Child::spawn("sync-fork-while-holding", &file, &[]);
-    child.expect("held-after-the-fork-dropped-its-copy=true");
+    let mut child = spawn("sync-fork-while-holding", &file, &[]);
+    child.expect_exact("held-after-the-fork-dropped-its-copy=true");
     child.finish();
     assert_eq!(file.shared.word(at::MUTEX), 0, "released by its owner");
 }
@@ -329,10 +250,11 @@ fn a_guard_dropped_by_a_forked_copy_leaves_the_parents_lock_held() {
 #[test]
 fn a_hundred_thousand_notifications_between_processes_are_all_counted() {
     const ROUNDS: u64 = 100_000;
-    let _watchdog = watchdog("a_hundred_thousand_notifications", Duration::from_secs(240));
+    let _watchdog =
+        AbortWatchdog::arm("a_hundred_thousand_notifications", Duration::from_secs(240));
     let file = SharedFile::new();
-    let mut child = Child::spawn("sync-pong", &file, &[&ROUNDS.to_string()]);
-    child.expect("ready");
+    let mut child = spawn("sync-pong", &file, &[&ROUNDS.to_string()]);
+    child.expect_exact("ready");
     let (ping, pong, turn) = (
         file.shared.event(at::PING),
         file.shared.event(at::PONG),
@@ -344,16 +266,16 @@ fn a_hundred_thousand_notifications_between_processes_are_all_counted() {
         // No timeout: a lost wake-up hangs, and the watchdog fails the test.
         pong.wait_until(None, || turn.load(Ordering::Acquire) == 2 * i);
     }
-    child.expect(&format!("counted {ROUNDS}"));
+    child.expect_exact(&format!("counted {ROUNDS}"));
     child.finish();
 }
 
 #[test]
 fn a_waiter_in_another_process_returns_no_earlier_than_its_timeout() {
-    let _watchdog = watchdog("a_waiter_with_a_timeout", Duration::from_secs(60));
+    let _watchdog = AbortWatchdog::arm("a_waiter_with_a_timeout", Duration::from_secs(60));
     let file = SharedFile::new();
-    let mut child = Child::spawn("sync-wait-timeout", &file, &["200"]);
-    let line = child.line();
+    let mut child = spawn("sync-wait-timeout", &file, &["200"]);
+    let line = child.next_line();
     let after_us: u128 = line
         .strip_prefix("returned notified=false after_us=")
         .unwrap_or_else(|| panic!("unexpected report {line:?}"))
