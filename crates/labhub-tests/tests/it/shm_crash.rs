@@ -112,6 +112,34 @@ fn a_consumer_killed_while_holding_a_frame_is_reclaimed_when_a_fail_ring_fills()
 }
 
 #[test]
+fn the_reader_count_of_a_slot_counts_live_holders_and_forgets_a_killed_one() {
+    let ch = TestChannel::new("readers");
+    let cfg = ChannelConfig::new(ring(4, Backpressure::Block { timeout: WATCHDOG }), 64);
+    let mut p = Producer::create(&ch.name, cfg).unwrap();
+    let mut child = spawn_child("shm-consumer-hold", &[&ch.name]);
+    child.expect("attached");
+    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    p.publish_bytes(b"0", &FrameMeta::default()).unwrap();
+    p.publish_bytes(b"1", &FrameMeta::default()).unwrap();
+    assert_eq!(child.expect("holding"), "holding 0");
+    let f0 = c.next(Some(WATCHDOG)).unwrap();
+    assert_eq!(p.slot_readers(), [2, 0, 0, 0], "both hold frame 0");
+    drop(f0);
+    let f1 = c.next(Some(WATCHDOG)).unwrap();
+    assert_eq!(f1.frame_id(), 1);
+    assert_eq!(p.slot_readers(), [1, 1, 0, 0]);
+    child.kill();
+    // No reclaim has run yet (nothing needed the entry): the count follows the dead process.
+    assert_eq!(
+        p.slot_readers(),
+        [0, 1, 0, 0],
+        "a killed holder stops counting"
+    );
+    drop(f1);
+    assert_eq!(c.slot_readers(), [0, 0, 0, 0]);
+}
+
+#[test]
 fn a_dead_consumers_table_entry_is_reused_by_a_new_consumer() {
     let ch = TestChannel::new("deadentry");
     let _p = Producer::create(&ch.name, ChannelConfig::new(Policy::Latest, 64)).unwrap();

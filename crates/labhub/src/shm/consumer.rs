@@ -157,6 +157,13 @@ impl Consumer {
         super::stats(&self.view)
     }
 
+    /// The reader count of each slot (index = slot number): how many live consumers hold a
+    /// frame of that slot now. Derived from the consumer table, so a reader killed while
+    /// holding a frame stops counting at once (see `docs/SHM_LAYOUT.md`).
+    pub fn slot_readers(&self) -> Vec<u32> {
+        super::slot_readers(&self.view)
+    }
+
     /// Whether a live producer is attached now.
     pub fn producer_alive(&self) -> bool {
         let h = self.view.header();

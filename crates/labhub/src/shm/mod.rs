@@ -335,6 +335,29 @@ fn stats(view: &layout::View) -> ChannelStats {
     }
 }
 
+/// How many live consumers hold a frame of each slot now (index = slot number).
+///
+/// Not a count stored per slot: a stored count that a SIGKILLed reader incremented and never
+/// decremented would be wrong forever (and the original design's writer waited on it). It is
+/// derived from the consumer table: each live, active entry's `held` frame counts for its slot;
+/// an entry whose process died counts for nothing, whether or not it was reclaimed yet.
+fn slot_readers(view: &layout::View) -> Vec<u32> {
+    let geo = view.geometry();
+    let mut readers = vec![0u32; geo.slots() as usize];
+    for i in 0..layout::CONSUMER_CAPACITY as usize {
+        let Some(e) = view.consumer(i) else { break };
+        let state = e.state.load(Ordering::Acquire);
+        let held = e.held.load(Ordering::Acquire);
+        if state >> 32 != consumer_state::ACTIVE || held == 0 || entry_owner_dead(e, state) {
+            continue;
+        }
+        if let Some(n) = readers.get_mut(geo.slot_of(held - 1)) {
+            *n += 1;
+        }
+    }
+    readers
+}
+
 /// Whether the process owning a consumer-table entry is gone (pid dead or reused).
 fn entry_owner_dead(e: &layout::ConsumerEntry, state: u64) -> bool {
     let pid = (state & 0xffff_ffff) as u32;

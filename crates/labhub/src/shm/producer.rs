@@ -279,6 +279,13 @@ impl Producer {
         super::stats(&self.view)
     }
 
+    /// The reader count of each slot (index = slot number): how many live consumers hold a
+    /// frame of that slot now. Derived from the consumer table, so a reader killed while
+    /// holding a frame stops counting at once (see `docs/SHM_LAYOUT.md`).
+    pub fn slot_readers(&self) -> Vec<u32> {
+        super::slot_readers(&self.view)
+    }
+
     /// Claims the next slot and returns a guard to fill it. The frame becomes visible to readers
     /// only when [`SlotWriter::publish`] commits it; dropping the guard abandons it (no frame id
     /// is used).
