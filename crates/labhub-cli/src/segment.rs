@@ -22,6 +22,8 @@ pub struct ConsumerSlot {
     pub received: u64,
     /// Frames it lost to overwrites.
     pub missed: u64,
+    /// The frame id it holds now (reads in place), if any.
+    pub held: Option<u64>,
 }
 
 /// What the segment header says.
@@ -96,6 +98,7 @@ pub fn read(name: &str) -> Option<SegmentReport> {
             position: e.position.load(Ordering::Relaxed),
             received: e.received.load(Ordering::Relaxed),
             missed: e.missed.load(Ordering::Relaxed),
+            held: e.held.load(Ordering::Relaxed).checked_sub(1),
         });
     }
     Some(SegmentReport {

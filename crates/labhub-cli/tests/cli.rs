@@ -378,6 +378,12 @@ fn ls_shows_a_registered_channel_as_a_table_and_as_json() {
 fn info_shows_a_channel_and_its_segment_header() {
     let broker = Broker::start();
     let channel = Channel::new(&broker);
+    // A reader holding the newest frame in place shows in the consumer table.
+    let mut reader =
+        labhub::shm::Consumer::attach(&channel.name, labhub::shm::AttachOptions::default())
+            .unwrap();
+    let held = reader.latest().unwrap().expect("a frame");
+    assert_eq!(held.frame_id(), 2);
 
     let r = run(broker.labhub(&["info", &channel.name, "--sample", "0"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -388,6 +394,16 @@ fn info_shows_a_channel_and_its_segment_header() {
     );
     assert!(r.stdout.contains("policy     double"), "{}", r.stdout);
     assert!(r.stdout.contains("published 3"), "{}", r.stdout);
+    assert!(r.stdout.contains("holding frame 2"), "{}", r.stdout);
+    let consumers = run(broker.labhub(&["info", &channel.name, "--json"]));
+    let v = json(&consumers.stdout);
+    assert_eq!(
+        v["segment"]["consumers"][0]["held"], 2,
+        "{}",
+        consumers.stdout
+    );
+    drop(held);
+    drop(reader);
 
     let r = run(broker.labhub(&["info", &channel.name, "--json"]));
     assert_eq!(r.code, 0, "{}", r.stderr);

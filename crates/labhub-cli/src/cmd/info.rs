@@ -15,7 +15,8 @@ use crate::segment;
 /// JSON (--json): {"channel": CHANNEL, "frame_rate": number|null, "segment": SEGMENT|null},
 /// CHANNEL as in `ls --json`, SEGMENT {"shm_name", "total_size", "policy", "slots",
 /// "slot_size", "flex_size", "published", "dropped", "overwritten", "producer_pid",
-/// "consumers": [{"index", "pid", "state", "position", "received", "missed"}]}.
+/// "consumers": [{"index", "pid", "state", "position", "received", "missed", "held"}]}
+/// ("held": the frame id the consumer holds now, or null).
 /// A channel the broker does not know exits with code 4.
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
@@ -114,8 +115,11 @@ pub fn run(args: InfoArgs, verbose: u8) -> anyhow::Result<()> {
             }
         ))?;
         for k in &s.consumers {
+            let held = k
+                .held
+                .map_or_else(|| "nothing".to_owned(), |f| format!("frame {f}"));
             out(format!(
-                "  consumer {}: pid {} {}, position {}, received {}, missed {}",
+                "  consumer {}: pid {} {}, position {}, received {}, missed {}, holding {held}",
                 k.index, k.pid, k.state, k.position, k.received, k.missed
             ))?;
         }
