@@ -9,6 +9,8 @@ mod crash;
 mod model;
 #[path = "shm_policies.rs"]
 mod policies;
+#[path = "shm_pool.rs"]
+mod pool;
 
 use std::time::Duration;
 

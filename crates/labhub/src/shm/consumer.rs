@@ -368,13 +368,20 @@ impl Consumer {
         for (d, a) in dims.iter_mut().zip(&m.dims).take(used) {
             *d = a.load(Ordering::Relaxed);
         }
-        let checksum = if self.view.geometry().params.checksum == layout::checksum_code::NONE {
+        let geo = self.view.geometry();
+        let checksum = if geo.params.checksum == layout::checksum_code::NONE {
             0
         } else {
             m.checksum.load(Ordering::Relaxed)
         };
+        let chunk = if geo.pooled() {
+            m.chunk.load(Ordering::Relaxed)
+        } else {
+            0
+        };
         let snap = Snapshot {
             frame: f,
+            payload: geo.payload_of(f, chunk),
             seq,
             len: m.data_size.load(Ordering::Relaxed),
             checksum,
@@ -486,6 +493,8 @@ fn claim_entry(view: &View, me: ProcessId) -> Result<(usize, u64, u64), ChannelE
 #[derive(Debug, Clone, Copy)]
 struct Snapshot {
     frame: u64,
+    /// The payload buffer holding the frame.
+    payload: usize,
     seq: u64,
     len: u64,
     checksum: u64,
@@ -543,7 +552,7 @@ impl Frame<'_> {
     pub fn data(&self) -> &[u8] {
         self.consumer
             .view
-            .slot_bytes(self.snap.frame, self.snap.len)
+            .payload_bytes(self.snap.payload, self.snap.len)
     }
 
     /// Checks that the frame was not overwritten since it was returned, and its checksum if the

@@ -97,6 +97,9 @@ pub mod consumer_state {
     pub const ACTIVE: u64 = 2;
 }
 
+/// Slots at least this large use pooled payloads in lossless rings (see [`Geometry::pooled`]).
+pub const POOL_MIN_SLOT_SIZE: u64 = 64 << 10;
+
 /// Most payload bytes [`View::prefetch_for_write`] fetches per frame: beyond this the copy
 /// itself dominates and the hardware prefetcher streams the lines.
 pub const PREFETCH_MAX_BYTES: usize = 4096;
@@ -333,8 +336,10 @@ pub struct SlotMeta {
     pub dims: [AtomicU64; MAX_DIMS],
     /// XXH3-64 of the payload when the channel has checksums, else 0.
     pub checksum: AtomicU64,
+    /// Pooled payloads only: the payload buffer holding this frame.
+    pub chunk: AtomicU64,
     /// Reserved, zero.
-    pub reserved: [u64; 5],
+    pub reserved: [u64; 4],
 }
 
 const _: () = assert!(size_of::<SlotMeta>() == 128);
@@ -347,7 +352,8 @@ const _: () = assert!(offset_of!(SlotMeta, ndim) == 40);
 const _: () = assert!(offset_of!(SlotMeta, dims) == 48);
 const _: () = assert!(offset_of!(SlotMeta, checksum) == 80);
 const _: () = assert!(offset_of!(SlotMeta, dims) + DIMS_IN_FIRST_LINE * 8 == 64);
-const _: () = assert!(offset_of!(SlotMeta, reserved) == 88);
+const _: () = assert!(offset_of!(SlotMeta, chunk) == 88);
+const _: () = assert!(offset_of!(SlotMeta, reserved) == 96);
 
 /// Header of one flexible-zone buffer (64 bytes); `flex_size` bytes of state follow it.
 #[repr(C, align(64))]
@@ -575,6 +581,31 @@ impl Geometry {
     pub fn slots(&self) -> u64 {
         u64::from(self.params.slot_count)
     }
+
+    /// Whether payloads are pooled: in a lossless ring (Block or Fail) with slots of at least
+    /// [`POOL_MIN_SLOT_SIZE`], each descriptor's `chunk` names the payload buffer its frame
+    /// uses, and the producer reuses the most recently released buffer (still in cache)
+    /// instead of rotating through all of them. Otherwise frame f's payload is buffer f mod N.
+    #[inline]
+    pub fn pooled(&self) -> bool {
+        self.params.policy == policy_code::RING
+            && matches!(
+                self.params.backpressure,
+                backpressure_code::BLOCK | backpressure_code::FAIL
+            )
+            && self.params.slot_size >= POOL_MIN_SLOT_SIZE
+    }
+
+    /// The payload buffer of frame `f` whose descriptor names `chunk` (see [`Geometry::pooled`]);
+    /// always < the slot count, whatever `chunk` holds.
+    #[inline]
+    pub fn payload_of(&self, frame: u64, chunk: u64) -> usize {
+        if self.pooled() {
+            self.slot_of(chunk)
+        } else {
+            self.slot_of(frame)
+        }
+    }
 }
 
 /// A mapped segment together with its validated geometry: the safe window into a channel.
@@ -661,10 +692,11 @@ impl View {
         unsafe { &*self.seg.as_ptr().add(off).cast::<SlotMeta>() }
     }
 
-    /// Start of the payload of the slot that frame `f` uses; `slot_size` bytes are valid there.
+    /// Start of payload buffer `index` (reduced modulo the slot count); `slot_size` bytes are
+    /// valid there. [`Geometry::payload_of`] says which buffer a frame uses.
     #[inline]
-    fn slot_ptr(&self, frame: u64) -> *mut u8 {
-        let slot = self.geo.slot_of(frame) as u64;
+    fn payload_ptr(&self, index: usize) -> *mut u8 {
+        let slot = self.geo.slot_of(index as u64) as u64;
         // slot * stride + data_offset + slot_size ≤ total_size by Geometry::compute.
         let off = (self.geo.data_offset + slot * self.geo.slot_stride) as usize;
         // SAFETY: off < total_size ≤ mapping length (checked in compute / from_header).
@@ -689,7 +721,7 @@ impl View {
             }
             let len = len.min(self.geo.params.slot_size) as usize;
             let meta = std::ptr::from_ref(self.slot_meta(f)).cast::<u8>();
-            let data = self.slot_ptr(f).cast_const();
+            let data = self.payload_ptr(self.geo.slot_of(f)).cast_const();
             prefetchw(meta);
             let mut off = 0;
             while off < len.min(PREFETCH_MAX_BYTES) {
@@ -704,33 +736,36 @@ impl View {
         }
     }
 
-    /// The first `len` bytes of frame `f`'s slot, read in place. `len` is clamped to slot_size.
+    /// The first `len` bytes of payload buffer `index`, read in place. `len` is clamped to
+    /// slot_size.
     ///
-    /// Under a lossy policy the producer may overwrite these bytes while the slice lives; the
-    /// caller re-checks the slot's seq word before trusting them (the seqlock protocol).
+    /// The producer may overwrite these bytes while the slice lives (a lossy policy, or a
+    /// buffer reused after its frame was released); the caller re-checks the frame's seq word
+    /// before trusting them (the seqlock protocol).
     #[inline]
-    pub fn slot_bytes(&self, frame: u64, len: u64) -> &[u8] {
+    pub fn payload_bytes(&self, index: usize, len: u64) -> &[u8] {
         let len = len.min(self.geo.params.slot_size) as usize;
-        // SAFETY: len ≤ slot_size bytes from slot_ptr lie inside the mapping, which lives as long
+        // SAFETY: len ≤ slot_size bytes from payload_ptr lie inside the mapping, which lives as long
         // as &self. Bytes are always initialised (shared memory starts zeroed). Concurrent writes
         // can only come from another mapping (the producer's, possibly in another process); the
         // reader treats the content as unverified until the seq re-check passes.
-        unsafe { std::slice::from_raw_parts(self.slot_ptr(frame), len) }
+        unsafe { std::slice::from_raw_parts(self.payload_ptr(index), len) }
     }
 
-    /// The whole payload of frame `f`'s slot, for the producer to fill.
+    /// The whole of payload buffer `index`, for the producer to fill.
     ///
     /// # Safety
     /// The caller is the channel's only producer (enforced by the producer identity in the
-    /// header) and has marked the slot as being written (odd seq), and holds no other slice of
-    /// this slot from this view while the returned one lives.
+    /// header), has marked every frame whose descriptor names this buffer as overwritten or
+    /// being written (seq), and holds no other slice of this buffer from this view while the
+    /// returned one lives.
     #[allow(clippy::mut_from_ref)] // exclusivity is the caller's documented contract
     #[inline]
-    pub unsafe fn slot_bytes_mut(&self, frame: u64) -> &mut [u8] {
+    pub unsafe fn payload_bytes_mut(&self, index: usize) -> &mut [u8] {
         let len = self.geo.params.slot_size as usize;
         // SAFETY: in bounds as in `slot_bytes`; exclusivity within this view is the caller's
         // contract; readers in other mappings follow the seqlock protocol.
-        unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(frame), len) }
+        unsafe { std::slice::from_raw_parts_mut(self.payload_ptr(index), len) }
     }
 
     /// Flexible-zone buffer `b` (0 or 1): its header and a pointer to its `flex_size` bytes.

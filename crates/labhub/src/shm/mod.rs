@@ -19,7 +19,15 @@
 //! producer never waits for readers, so it may overwrite a frame while a reader looks at it.
 //! [`Frame::data`] then shows bytes that may be torn: they are **only guaranteed whole if
 //! [`Frame::finish`] (or [`Frame::copy_to_vec`]) returns `Ok`** afterwards. Under a lossless ring
-//! (`Block` or `Fail`) a held frame is never overwritten.
+//! (`Block` or `Fail`) a frame is never overwritten while a consumer holds it, except one that
+//! [`Consumer::latest`] returned although the consumer had already passed it: the same rule
+//! applies to that one.
+//!
+//! # Large frames
+//! In a lossless ring with slots of 64 KiB or more, payload buffers are pooled: the producer
+//! writes each frame into the buffer released most recently (still in its cache) rather than
+//! the next one in ring order, so a consumer that keeps up leaves a small working set whatever
+//! the slot count. Frame ids, order and backpressure are those of the ring.
 //!
 //! # Example
 //! ```

@@ -35,6 +35,8 @@ pub struct Producer {
     prefetch_ahead: u64,
     /// Length of the last frame published: the guess for the frames ahead.
     last_len: u64,
+    /// Pooled payloads (see `Geometry::pooled`): which frame each buffer holds.
+    pool: Option<PayloadPool>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -129,6 +131,7 @@ impl Producer {
                 }
                 tracing::debug!(channel = name, size = geo.total_size, "created channel");
                 Ok(Self {
+                    pool: PayloadPool::new(&view),
                     view,
                     prefetch_ahead: prefetch_ahead(&config),
                     last_len: config.slot_size,
@@ -200,6 +203,7 @@ impl Producer {
         let next_frame = Self::take_over(name, &view, me, light_commit)?;
         tracing::debug!(channel = name, next_frame, "re-attached producer");
         Ok(Self {
+            pool: PayloadPool::rebuild(&view),
             view,
             prefetch_ahead: prefetch_ahead(&config),
             last_len: config.slot_size,
@@ -309,11 +313,24 @@ impl Producer {
         }
         let meta = self.view.slot_meta(w);
         meta.seq.store(layout::writing_seq(w), Ordering::Relaxed);
-        // Orders the odd seq before every write of the payload (seqlock writer side).
+        let payload = match &mut self.pool {
+            // Frames below the bound's base were released by every consumer (the scan that
+            // set the bound just ran: pooled channels scan for every frame).
+            Some(pool) => {
+                let released_below = self
+                    .space_bound
+                    .saturating_sub(self.view.geometry().slots());
+                pool.take(&self.view, w, released_below)
+            }
+            None => self.view.geometry().slot_of(w),
+        };
+        // Orders the odd seq (and the emptied descriptor of a reused buffer's previous frame)
+        // before every write of the payload (seqlock writer side).
         fence(Ordering::Release);
         Ok(SlotWriter {
             producer: self,
             frame: w,
+            payload,
             len: None,
             meta: FrameMeta::default(),
             done: false,
@@ -345,7 +362,8 @@ impl Producer {
     #[inline]
     fn wait_for_space(&mut self, w: u64) -> Result<(), PublishError> {
         let p = self.view.geometry().params;
-        if p.policy != policy_code::RING || w < self.space_bound {
+        // A pooled channel scans for every frame: the scan tells which buffers were released.
+        if p.policy != policy_code::RING || (w < self.space_bound && self.pool.is_none()) {
             return Ok(());
         }
         let n = u64::from(p.slot_count);
@@ -536,7 +554,14 @@ const PREFETCH_AHEAD: u64 = 2;
 /// rings (and Latest, DoubleBuffer) that slot may be the one readers are reading now.
 fn prefetch_ahead(config: &ChannelConfig) -> u64 {
     match config.policy {
-        Policy::Ring { slots, .. } if u64::from(slots) >= 4 * PREFETCH_AHEAD => PREFETCH_AHEAD,
+        // Small frames only: for large ones the copy dominates, and pooled payloads do not
+        // follow the ring order.
+        Policy::Ring { slots, .. }
+            if u64::from(slots) >= 4 * PREFETCH_AHEAD
+                && config.slot_size < layout::POOL_MIN_SLOT_SIZE =>
+        {
+            PREFETCH_AHEAD
+        }
         _ => 0,
     }
 }
@@ -597,6 +622,8 @@ fn recover(view: &View) -> u64 {
 pub struct SlotWriter<'a> {
     producer: &'a mut Producer,
     frame: u64,
+    /// The payload buffer this frame is written into.
+    payload: usize,
     len: Option<usize>,
     meta: FrameMeta,
     done: bool,
@@ -615,7 +642,7 @@ impl SlotWriter<'_> {
         // SAFETY: the producer is the channel's only writer (its identity is in the header and a
         // second producer is refused), the slot's seq is odd (set in begin_publish), and this
         // guard borrows the producer mutably, so no other slice of this slot exists here.
-        unsafe { self.producer.view.slot_bytes_mut(self.frame) }
+        unsafe { self.producer.view.payload_bytes_mut(self.payload) }
     }
 
     /// Sets the frame's length in bytes (default: the whole slot).
@@ -681,8 +708,11 @@ impl SlotWriter<'_> {
             d.store(v, Ordering::Relaxed);
         }
         if params.checksum == layout::checksum_code::XXH3_64 {
-            let sum = super::checksum_of(view.slot_bytes(w, len as u64));
+            let sum = super::checksum_of(view.payload_bytes(self.payload, len as u64));
             m.checksum.store(sum, Ordering::Relaxed);
+        }
+        if self.producer.pool.is_some() {
+            m.chunk.store(self.payload as u64, Ordering::Relaxed);
         }
         // Commit: the even seq publishes payload and metadata (Release), then the commit position
         // tells waiting readers the frame exists.
@@ -722,5 +752,105 @@ impl Drop for SlotWriter<'_> {
         let view = &self.producer.view;
         view.slot_meta(self.frame).seq.store(0, Ordering::Release);
         view.header().write_pos.store(self.frame, Ordering::SeqCst);
+        if let Some(pool) = &mut self.producer.pool {
+            // Its previous frame was emptied when it was taken: the buffer holds nothing now.
+            pool.holder[self.payload] = None;
+        }
+    }
+}
+
+/// The payload buffers of a pooled channel (see `Geometry::pooled`), from the producer's side.
+///
+/// A buffer may be rewritten once every live consumer's position is past the frame it holds.
+/// Of those, the producer takes the one written most recently: it is still in this core's cache,
+/// while a ring's next slot has usually been evicted (8 × 1 MiB does not fit a 2 MiB L2).
+#[derive(Debug)]
+struct PayloadPool {
+    /// The frame each buffer holds (committed or being written), `None` if none.
+    holder: Vec<Option<u64>>,
+}
+
+impl PayloadPool {
+    fn new(view: &View) -> Option<Self> {
+        let geo = view.geometry();
+        geo.pooled().then(|| Self {
+            holder: vec![None; geo.slots() as usize],
+        })
+    }
+
+    /// After a takeover: the buffers named by committed descriptors hold those frames. (A
+    /// buffer named twice keeps the newer frame; the older descriptor is emptied, its bytes are
+    /// gone.)
+    fn rebuild(view: &View) -> Option<Self> {
+        let mut pool = Self::new(view)?;
+        let geo = view.geometry();
+        for s in 0..geo.slots() {
+            let m = view.slot_meta(s);
+            let seq = m.seq.load(Ordering::Acquire);
+            if seq == 0 || seq % 2 == 1 {
+                continue;
+            }
+            let frame = seq / 2 - 1;
+            let buffer = geo.payload_of(frame, m.chunk.load(Ordering::Relaxed));
+            match pool.holder[buffer] {
+                Some(other) if other > frame => {
+                    let _ = m
+                        .seq
+                        .compare_exchange(seq, 0, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                Some(other) => {
+                    let older = view.slot_meta(other);
+                    let _ = older.seq.compare_exchange(
+                        layout::committed_seq(other),
+                        0,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    );
+                    pool.holder[buffer] = Some(frame);
+                }
+                None => pool.holder[buffer] = Some(frame),
+            }
+        }
+        Some(pool)
+    }
+
+    /// Takes a buffer for frame `w`, given that every frame below `released_below` was
+    /// released by all live consumers. Empties the descriptor of the frame the buffer held, so
+    /// a reader still looking at that frame (one it had already passed, through `latest`)
+    /// sees it overwritten rather than torn bytes.
+    fn take(&mut self, view: &View, w: u64, released_below: u64) -> usize {
+        // Fewer than N frames are in flight (the ring is not full), so some buffer is free or
+        // released; the most recently written of them is still in cache. The newest frame's
+        // buffer is kept while another is free, as a ring keeps it: if this producer dies
+        // mid-write, the last complete frame is still there.
+        let newest = w.checked_sub(1);
+        let pick = |keep_newest: bool| {
+            self.holder
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.is_none_or(|f| f < released_below))
+                .filter(|(_, h)| !(keep_newest && newest.is_some() && **h == newest))
+                .max_by_key(|(_, h)| h.map_or(0, |f| f + 1))
+                .map(|(i, _)| i)
+        };
+        // Only with one buffer (or corrupted positions) is nothing else free; rewriting the
+        // oldest buffer still never hands a reader torn bytes (its frame is marked overwritten).
+        let buffer = pick(true).or_else(|| pick(false)).unwrap_or_else(|| {
+            self.holder
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, h)| h.unwrap_or(0))
+                .map_or(0, |(i, _)| i)
+        });
+        if let Some(old) = self.holder[buffer] {
+            let _ = view.slot_meta(old).seq.compare_exchange(
+                layout::committed_seq(old),
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+        self.holder[buffer] = Some(w);
+        buffer
     }
 }
