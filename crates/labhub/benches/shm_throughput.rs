@@ -174,7 +174,12 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|");
     let only = std::env::var("LABHUB_BENCH_ONLY").ok();
-    for (label, size) in [("4 KiB", 4 << 10), ("1 MiB", 1 << 20), ("4 MiB", 4 << 20)] {
+    for (label, size) in [
+        ("4 KiB", 4 << 10),
+        ("64 KiB", 64 << 10),
+        ("1 MiB", 1 << 20),
+        ("4 MiB", 4 << 20),
+    ] {
         if only.as_deref().is_some_and(|o| o != label) {
             continue;
         }

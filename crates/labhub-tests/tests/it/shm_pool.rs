@@ -1,4 +1,4 @@
-//! Pooled payloads (lossless rings with slots of 64 KiB or more): frames land in the most
+//! Pooled payloads (lossless rings with slots of 256 KiB or more): frames land in the most
 //! recently released buffer, never in one a consumer still needs, across processes and a
 //! producer's SIGKILL.
 
@@ -9,7 +9,7 @@ use labhub::shm::{
 use super::{TestChannel, WATCHDOG, pattern, ring, spawn_child};
 
 /// Smallest slot that is pooled.
-const BIG: usize = 64 * 1024;
+const BIG: usize = labhub::shm::layout::POOL_MIN_SLOT_SIZE as usize;
 
 fn pooled(slots: u32) -> ChannelConfig {
     ChannelConfig::new(
@@ -119,7 +119,7 @@ fn latest_of_a_frame_whose_buffer_was_reused_reports_it_overwritten() {
 fn large_frames_reach_a_consumer_in_another_process_whole_and_in_order() {
     let ch = TestChannel::new("pool-xproc");
     let mut p = Producer::create(&ch.name, pooled(8)).unwrap();
-    let frames = 2_000u64;
+    let frames = 500u64;
     let mut child = spawn_child("shm-consumer-verify", &[&ch.name, &frames.to_string()]);
     child.expect("attached");
     for _ in 0..frames {

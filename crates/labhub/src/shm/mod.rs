@@ -24,7 +24,7 @@
 //! applies to that one.
 //!
 //! # Large frames
-//! In a lossless ring with slots of 64 KiB or more, payload buffers are pooled: the producer
+//! In a lossless ring with slots of 256 KiB or more, payload buffers are pooled: the producer
 //! writes each frame into the buffer released most recently (still in its cache) rather than
 //! the next one in ring order, so a consumer that keeps up leaves a small working set whatever
 //! the slot count. Frame ids, order and backpressure are those of the ring.
