@@ -640,8 +640,9 @@ impl SlotWriter<'_> {
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         // SAFETY: the producer is the channel's only writer (its identity is in the header and a
-        // second producer is refused), the slot's seq is odd (set in begin_publish), and this
-        // guard borrows the producer mutably, so no other slice of this slot exists here.
+        // second producer is refused); this frame's seq is odd and the buffer's previous frame
+        // was marked overwritten (both in begin_publish); this guard borrows the producer
+        // mutably, so no other slice of this buffer exists here.
         unsafe { self.producer.view.payload_bytes_mut(self.payload) }
     }
 
