@@ -108,7 +108,7 @@ pub fn read(name: &str) -> Option<SegmentReport> {
         slots: h.slot_count,
         slot_size: h.slot_size,
         flex_size: h.flex_size,
-        // Frame ids below the commit position were each committed once (layout v3).
+        // Frame ids below the commit position were each committed once (since layout v3).
         published: h.commit_pos.load(Ordering::Acquire),
         dropped: h.dropped.load(Ordering::Relaxed),
         overwritten: h.overwritten.load(Ordering::Relaxed),

@@ -36,7 +36,10 @@ pub struct AttachOptions {
     pub expected_size: Option<u64>,
     /// How `next` waits.
     pub mode: WaitMode,
-    /// How long to wait for a channel being created to become ready.
+    /// How long to wait for a segment whose magic is not yet published to become ready. A
+    /// labhub producer names its segment only once it is initialised, so a channel being
+    /// created is reported `NotFound` at once; this wait only matters for segments made by
+    /// other implementations.
     pub ready_timeout: Duration,
 }
 
@@ -157,8 +160,8 @@ impl Consumer {
         super::stats(&self.view)
     }
 
-    /// The reader count of each slot (index = slot number): how many live consumers hold a
-    /// frame of that slot now. Derived from the consumer table, so a reader killed while
+    /// The reader count of each slot (index = descriptor slot, frame id mod N): how many live
+    /// consumers hold a frame of that slot now. Derived from the consumer table, so a reader killed while
     /// holding a frame stops counting at once (see `docs/SHM_LAYOUT.md`).
     pub fn slot_readers(&self) -> Vec<u32> {
         super::slot_readers(&self.view)

@@ -17,7 +17,7 @@ pub enum LayoutError {
     },
     /// The segment's magic was never published. labhub creates segments under a private name
     /// and names them only once initialised, so this is a segment made another way (another
-    /// implementation, or a labhub before layout 3) whose creator died or is still working;
+    /// implementation, or an older labhub) whose creator died or is still working;
     /// `remove_channel` removes it.
     #[error("segment not initialised (magic still zero after waiting)")]
     NotInitialized,

@@ -23,7 +23,7 @@ compile_error!("the shm layout is little-endian");
 /// `b"LABHUBDB"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"LABHUBDB");
 /// Layout version; any change to this file's structs bumps it.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Alignment of regions and granularity of the segment size (bytes).
 pub const PAGE: u64 = 4096;
 /// Entries in the consumer table.
@@ -74,6 +74,15 @@ pub mod state_format_code {
     pub const JSON: u32 = 1;
     /// MessagePack (rmp-serde, cargo feature `msgpack`).
     pub const MSGPACK: u32 = 2;
+}
+
+/// Codes stored in [`Header::payload_mode`].
+pub mod payload_mode_code {
+    /// Frame f's payload is buffer f mod N.
+    pub const RING_ORDER: u32 = 0;
+    /// Frame f's payload is the buffer its descriptor's `chunk` names (lossless rings only;
+    /// see [`super::Geometry::pooled`]).
+    pub const POOLED: u32 = 1;
 }
 
 /// Codes stored in [`Header::commit_fence`].
@@ -177,8 +186,8 @@ pub struct Header {
     pub state_format: u32,
     /// 1 if the channel has a secret, else 0.
     pub has_secret: u32,
-    /// Reserved, zero.
-    pub reserved0: u32,
+    /// A [`payload_mode_code`]: where frame f's payload is.
+    pub payload_mode: u32,
     /// Random salt of the secret hash.
     pub secret_salt: [u8; 16],
     /// BLAKE3(salt ‖ secret), all zero without a secret.
@@ -257,7 +266,7 @@ const _: () = assert!(offset_of!(Header, data_offset) == 88);
 const _: () = assert!(offset_of!(Header, checksum) == 96);
 const _: () = assert!(offset_of!(Header, state_format) == 100);
 const _: () = assert!(offset_of!(Header, has_secret) == 104);
-const _: () = assert!(offset_of!(Header, reserved0) == 108);
+const _: () = assert!(offset_of!(Header, payload_mode) == 108);
 const _: () = assert!(offset_of!(Header, secret_salt) == 112);
 const _: () = assert!(offset_of!(Header, secret_hash) == 128);
 const _: () = assert!(offset_of!(Header, reserved1) == 160);
@@ -400,6 +409,27 @@ pub struct Params {
     pub checksum: u32,
     /// A [`state_format_code`].
     pub state_format: u32,
+    /// A [`payload_mode_code`]. Chosen by the creator (see [`Params::payload_mode_for`]) and
+    /// stored in the header: attachers follow the segment, whatever rule their build has.
+    pub payload_mode: u32,
+}
+
+impl Params {
+    /// The payload mode a creator picks for these parameters: pooled for lossless rings with
+    /// slots of at least [`POOL_MIN_SLOT_SIZE`].
+    pub fn payload_mode_for(policy: u32, backpressure: u32, slot_size: u64) -> u32 {
+        if policy == policy_code::RING
+            && matches!(
+                backpressure,
+                backpressure_code::BLOCK | backpressure_code::FAIL
+            )
+            && slot_size >= POOL_MIN_SLOT_SIZE
+        {
+            payload_mode_code::POOLED
+        } else {
+            payload_mode_code::RING_ORDER
+        }
+    }
 }
 
 /// A validated layout: parameters plus every offset, all inside `total_size`.
@@ -466,6 +496,21 @@ impl Geometry {
         ) {
             return Err(invalid("state_format", p.state_format.into()));
         }
+        let pool_ok = match p.payload_mode {
+            payload_mode_code::RING_ORDER => true,
+            // A lossy policy overwrites in place: its readers rely on fixed buffers.
+            payload_mode_code::POOLED => {
+                p.policy == policy_code::RING
+                    && matches!(
+                        p.backpressure,
+                        backpressure_code::BLOCK | backpressure_code::FAIL
+                    )
+            }
+            _ => false,
+        };
+        if !pool_ok {
+            return Err(invalid("payload_mode", p.payload_mode.into()));
+        }
         if p.slot_size == 0 || p.slot_size > MAX_TOTAL {
             return Err(invalid("slot_size", p.slot_size));
         }
@@ -531,6 +576,7 @@ impl Geometry {
             flex_size: h.flex_size,
             checksum: h.checksum,
             state_format: h.state_format,
+            payload_mode: h.payload_mode,
         };
         let g = Self::compute(params)?;
         let checks: [(&'static str, u64, u64); 6] = [
@@ -585,18 +631,14 @@ impl Geometry {
         u64::from(self.params.slot_count)
     }
 
-    /// Whether payloads are pooled: in a lossless ring (Block or Fail) with slots of at least
-    /// [`POOL_MIN_SLOT_SIZE`], each descriptor's `chunk` names the payload buffer its frame
-    /// uses, and the producer reuses the most recently released buffer (still in cache)
-    /// instead of rotating through all of them. Otherwise frame f's payload is buffer f mod N.
+    /// Whether payloads are pooled (the header's `payload_mode`; creators pick it for lossless
+    /// rings with slots of at least [`POOL_MIN_SLOT_SIZE`]): each descriptor's `chunk` names the
+    /// payload buffer its frame uses, and the producer reuses the most recently released
+    /// buffer (still in cache) instead of rotating through all of them. Otherwise frame f's
+    /// payload is buffer f mod N.
     #[inline]
     pub fn pooled(&self) -> bool {
-        self.params.policy == policy_code::RING
-            && matches!(
-                self.params.backpressure,
-                backpressure_code::BLOCK | backpressure_code::FAIL
-            )
-            && self.params.slot_size >= POOL_MIN_SLOT_SIZE
+        self.params.payload_mode == payload_mode_code::POOLED
     }
 
     /// The payload buffer of frame `f` whose descriptor names `chunk` (see [`Geometry::pooled`]);
@@ -852,6 +894,7 @@ pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>) {
         (*p).data_offset = g.data_offset;
         (*p).checksum = g.params.checksum;
         (*p).state_format = g.params.state_format;
+        (*p).payload_mode = g.params.payload_mode;
         if let Some((salt, hash)) = secret {
             (*p).has_secret = 1;
             (*p).secret_salt = salt;
@@ -873,6 +916,7 @@ mod tests {
             flex_size,
             checksum: checksum_code::NONE,
             state_format: state_format_code::JSON,
+            payload_mode: payload_mode_code::RING_ORDER,
         }
     }
 
@@ -916,6 +960,16 @@ mod tests {
             },
             Params {
                 state_format: 0,
+                ..ring(2, 64, 0)
+            },
+            Params {
+                payload_mode: 2,
+                ..ring(2, 64, 0)
+            },
+            Params {
+                policy: policy_code::DOUBLE_BUFFER,
+                backpressure: backpressure_code::NONE,
+                payload_mode: payload_mode_code::POOLED,
                 ..ring(2, 64, 0)
             },
         ] {

@@ -245,6 +245,7 @@ impl ChannelConfig {
                 #[cfg(feature = "msgpack")]
                 StateFormat::MessagePack => state_format_code::MSGPACK,
             },
+            payload_mode: layout::Params::payload_mode_for(policy, backpressure, self.slot_size),
         }
     }
 }

@@ -130,10 +130,11 @@ impl Producer {
                     return Self::reattach(name, config, me);
                 }
                 tracing::debug!(channel = name, size = geo.total_size, "created channel");
+                let pool = PayloadPool::new(&view);
                 Ok(Self {
-                    pool: PayloadPool::new(&view),
+                    prefetch_ahead: prefetch_ahead(&config, pool.is_some()),
+                    pool,
                     view,
-                    prefetch_ahead: prefetch_ahead(&config),
                     last_len: config.slot_size,
                     config,
                     next_frame: 0,
@@ -202,10 +203,11 @@ impl Producer {
         let light_commit = use_light_commit(have.slot_size);
         let next_frame = Self::take_over(name, &view, me, light_commit)?;
         tracing::debug!(channel = name, next_frame, "re-attached producer");
+        let pool = PayloadPool::rebuild(&view);
         Ok(Self {
-            pool: PayloadPool::rebuild(&view),
+            prefetch_ahead: prefetch_ahead(&config, pool.is_some()),
+            pool,
             view,
-            prefetch_ahead: prefetch_ahead(&config),
             last_len: config.slot_size,
             config,
             next_frame,
@@ -256,8 +258,10 @@ impl Producer {
         h.producer_heartbeat_ns
             .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
         h.producer_attaches.fetch_add(1, Ordering::Relaxed);
-        // SeqCst: ordered before this producer's first commit, which a consumer deciding how
-        // to sleep may see.
+        // Must stay SeqCst (as must the `data_waiting` load in publish): a consumer going to
+        // sleep that read the previous producer's mode (full barrier) skips the heavy fence;
+        // its `commit_fence` load then precedes this store in the SeqCst order, so this
+        // producer's later `data_waiting` load sees its flag and wakes it.
         h.commit_fence
             .store(commit_fence_for(light_commit), Ordering::SeqCst);
         Ok(recover(view))
@@ -283,8 +287,8 @@ impl Producer {
         super::stats(&self.view)
     }
 
-    /// The reader count of each slot (index = slot number): how many live consumers hold a
-    /// frame of that slot now. Derived from the consumer table, so a reader killed while
+    /// The reader count of each slot (index = descriptor slot, frame id mod N): how many live
+    /// consumers hold a frame of that slot now. Derived from the consumer table, so a reader killed while
     /// holding a frame stops counting at once (see `docs/SHM_LAYOUT.md`).
     pub fn slot_readers(&self) -> Vec<u32> {
         super::slot_readers(&self.view)
@@ -309,7 +313,7 @@ impl Producer {
         }
         if self.prefetch_ahead != 0 {
             self.view
-                .prefetch_for_write(w + self.prefetch_ahead, self.last_len);
+                .prefetch_for_write(w.wrapping_add(self.prefetch_ahead), self.last_len);
         }
         let meta = self.view.slot_meta(w);
         meta.seq.store(layout::writing_seq(w), Ordering::Relaxed);
@@ -413,7 +417,7 @@ impl Producer {
                 backpressure_code::DROP_OLDEST => {
                     h.dropped.fetch_add(1, Ordering::Relaxed);
                     // Everything up to this frame is decided; rescan at the next one.
-                    self.space_bound = w + 1;
+                    self.space_bound = w.wrapping_add(1);
                     return Ok(());
                 }
                 _ => {}
@@ -552,14 +556,11 @@ const PREFETCH_AHEAD: u64 = 2;
 
 /// Prefetching runs [`PREFETCH_AHEAD`] frames ahead in rings of at least 8 slots. In smaller
 /// rings (and Latest, DoubleBuffer) that slot may be the one readers are reading now.
-fn prefetch_ahead(config: &ChannelConfig) -> u64 {
+/// Not for pooled payloads either: they do not follow the ring order (and their frames are
+/// large, the copy dominates).
+fn prefetch_ahead(config: &ChannelConfig, pooled: bool) -> u64 {
     match config.policy {
-        // Small frames only: for large ones the copy dominates, and pooled payloads do not
-        // follow the ring order.
-        Policy::Ring { slots, .. }
-            if u64::from(slots) >= 4 * PREFETCH_AHEAD
-                && config.slot_size < layout::POOL_MIN_SLOT_SIZE =>
-        {
+        Policy::Ring { slots, .. } if u64::from(slots) >= 4 * PREFETCH_AHEAD && !pooled => {
             PREFETCH_AHEAD
         }
         _ => 0,
@@ -601,7 +602,11 @@ fn recover(view: &View) -> u64 {
     let h = view.header();
     let mut commit = h.commit_pos.load(Ordering::Acquire);
     // A frame whose seq was committed before the crash but whose commit position was not.
-    if view.slot_meta(commit).seq.load(Ordering::Acquire) == layout::committed_seq(commit) {
+    // (A header another process wrote may hold any commit position: no arithmetic here may
+    // overflow.)
+    if view.slot_meta(commit).seq.load(Ordering::Acquire) == layout::committed_seq(commit)
+        && commit != u64::MAX
+    {
         commit += 1;
         h.commit_pos.store(commit, Ordering::Release);
     }
@@ -724,20 +729,21 @@ impl SlotWriter<'_> {
         // would wait for the whole frame's stores to drain, per frame; with the asymmetric
         // fence the consumer pays instead, once per sleep (see `commit_fence_code`).
         if self.producer.light_commit {
-            h.commit_pos.store(w + 1, Ordering::Release);
+            h.commit_pos.store(w.wrapping_add(1), Ordering::Release);
             sys::light_fence();
         } else {
-            h.commit_pos.store(w + 1, Ordering::SeqCst);
+            h.commit_pos.store(w.wrapping_add(1), Ordering::SeqCst);
         }
         h.producer_heartbeat_ns
             .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
+        // SeqCst, not weaker: see the `commit_fence` store in `take_over`.
         if h.data_waiting.load(Ordering::SeqCst) != 0
             && h.data_waiting.swap(0, Ordering::SeqCst) != 0
         {
             h.data_event.notify_all();
         }
         self.done = true;
-        self.producer.next_frame = w + 1;
+        self.producer.next_frame = w.wrapping_add(1);
         self.producer.last_len = len as u64;
         Ok(w)
     }

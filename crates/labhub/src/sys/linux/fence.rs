@@ -13,7 +13,7 @@ const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
 const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_long = 1 << 1;
 const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_long = 1 << 2;
 
-/// 0 unknown, 1 supported, 2 unsupported (then no process can register either).
+/// 0 unknown, 1 worked, 2 refused for good (then no process can register either).
 static HEAVY: AtomicU8 = AtomicU8::new(0);
 
 fn membarrier(cmd: libc::c_long) -> libc::c_long {
@@ -51,15 +51,24 @@ pub fn light_fence() {
 /// The heavy side: a full barrier here and on every CPU now running a registered process
 /// (processes not running are ordered by their context switch). Returns false if the kernel
 /// refuses it; the caller must then not rely on other processes' light fences.
+///
+/// Its cost falls on every CPU running a registered process at the time (an inter-processor
+/// interrupt each), not only on the producer of interest: keep it off per-frame paths.
 pub fn heavy_fence() -> bool {
-    match HEAVY.load(Ordering::Relaxed) {
-        2 => return false,
-        1 => return membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0,
-        _ => {}
+    if HEAVY.load(Ordering::Relaxed) == 2 {
+        return false;
     }
-    let ok = membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0;
-    HEAVY.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
-    ok
+    if membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0 {
+        HEAVY.store(1, Ordering::Relaxed);
+        return true;
+    }
+    // Remember only a refusal that will not change (no such system call or command, or a
+    // seccomp filter); a transient failure (ENOMEM) is retried next time.
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    if matches!(errno, Some(libc::ENOSYS | libc::EINVAL | libc::EPERM)) {
+        HEAVY.store(2, Ordering::Relaxed);
+    }
+    false
 }
 
 #[cfg(test)]
