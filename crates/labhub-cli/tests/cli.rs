@@ -590,7 +590,11 @@ fn pub_waiting_for_a_subscriber_that_never_comes_fails_after_the_wait_timeout() 
         "300ms",
     ]));
     assert_eq!(r.code, FAILURE, "{}", r.stderr);
-    assert!(r.stderr.contains("only 0 of 1 subscribers"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("only 0 of 1 subscriptions"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

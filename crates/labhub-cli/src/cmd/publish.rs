@@ -1,7 +1,7 @@
 //! `labhub pub CHANNEL`: publish messages on a pub/sub channel this command creates.
 
 use std::io::BufRead as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use labhub::protocol::ChannelName;
@@ -15,8 +15,8 @@ use crate::exit::UsageError;
 /// every line of standard input with `-`, then withdraws the channel.
 ///
 /// PUB/SUB delivers only to subscribers already subscribed: use --wait-subscribers N to wait
-/// until N subscribers have attached at the broker and N subscriptions have reached the
-/// publisher (one per `labhub sub` without --topic, one per --topic otherwise).
+/// until N subscriptions have reached the publisher (one per `labhub sub` without --topic, one
+/// per --topic otherwise; a subscriber attaches at the broker before it subscribes).
 /// Messages are sent without CURVE. Reports what was sent on stderr ({"channel", "endpoint",
 /// "sent"} on stdout with --json).
 #[derive(Debug, clap::Args)]
@@ -60,27 +60,10 @@ pub fn run(args: PubArgs, verbose: u8) -> anyhow::Result<()> {
             "waiting for {} subscriber(s) on {} ({endpoint})",
             args.wait_subscribers, args.channel
         );
-        let deadline = Instant::now() + args.wait_timeout;
-        // Attached at the broker first: a subscriber attaches after subscribing, and would
-        // find the channel gone if this command sent and withdrew it in between.
-        loop {
-            let attached = hub.discover(&args.channel)?.consumers;
-            if usize::try_from(attached).is_ok_and(|n| n >= args.wait_subscribers) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                anyhow::bail!(
-                    "only {attached} of {} subscribers attached within {:?}",
-                    args.wait_subscribers,
-                    args.wait_timeout
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Then their subscriptions at the socket (an event, not a settling sleep): nothing
-        // sent after this is lost to them.
-        let left = deadline.saturating_duration_since(Instant::now());
-        publisher.wait_for_subscribers(args.wait_subscribers, left)?;
+        // A subscriber attaches at the broker before it subscribes (the Hub client's
+        // `find_subscriber`), so once its subscription reaches the socket (an event, not a
+        // settling sleep) it is attached too, and nothing sent after this is lost to it.
+        publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout)?;
     }
     let mut sent = 0u64;
     if args.message == "-" {

@@ -7,9 +7,9 @@ use labhub::protocol::ChannelName;
 use crate::common::{self, ConnectArgs, out, out_json};
 use crate::exit::UsageError;
 
-/// Print the messages of a pub/sub channel: finds its endpoint through the broker, connects,
-/// attaches (the Hub client's `find_subscriber`) at the broker as a consumer (so `labhub pub --wait-subscribers` sees it), and
-/// prints one line per message: `TOPIC<TAB>PAYLOAD` (payload as UTF-8, lossy), or with --json
+/// Print the messages of a pub/sub channel: finds its endpoint through the broker, attaches
+/// there as a consumer, subscribes (the Hub client's `find_subscriber`), and prints one line
+/// per message: `TOPIC<TAB>PAYLOAD` (payload as UTF-8, lossy), or with --json
 /// {"topic": string, "payload": string, "utf8": bool} per line. Ends after --count messages or
 /// --seconds, else with Ctrl-C.
 #[derive(Debug, clap::Args)]

@@ -127,6 +127,10 @@ impl Hub {
 
     /// Discovers pub/sub channel `name` and subscribes to the topics starting with one of
     /// `topics` (every topic when empty).
+    ///
+    /// It attaches at the broker before it subscribes, so a publisher that saw the subscription
+    /// arrive ([`Publisher::wait_for_subscribers`]) knows the subscriber is attached too, and may
+    /// publish and withdraw the channel at once.
     pub fn find_subscriber(
         &self,
         name: &str,
@@ -141,8 +145,15 @@ impl Hub {
         } else {
             topics.iter().fold(builder, |b, t| b.topic(t))
         };
-        let subscriber = builder.open().map_err(msg_err(name))?;
         self.attach(name)?;
+        let subscriber = match builder.open() {
+            Ok(s) => s,
+            Err(e) => {
+                // Best effort: the broker also drops the attachment with this client.
+                let _ = self.detach(name);
+                return Err(msg_err(name)(e));
+            }
+        };
         Ok(self.wrap(subscriber, channel, Role::Consumer))
     }
 
