@@ -211,3 +211,72 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_unknown_payload_mode_is_refused() {
+    let ch = TestChannel::new("payload-mode");
+    let mut b = valid_segment_bytes();
+    put_u32(&mut b, 108, 2);
+    write_segment(&ch, &b, 0o600);
+    assert!(matches!(
+        layout_error(attach_quick(&ch.name)),
+        LayoutError::InvalidField {
+            field: "payload_mode",
+            value: 2
+        }
+    ));
+}
+
+/// Opens the live segment of `ch` for writing, as a foreign (hostile or buggy) process would.
+fn scribble(ch: &TestChannel) -> memmap2::MmapMut {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ch.path())
+        .unwrap();
+    // SAFETY: a shared mapping of a file this test owns; other mappings see only atomic-sized
+    // plain writes, which the library treats as untrusted.
+    unsafe { memmap2::MmapMut::map_mut(&f).unwrap() }
+}
+
+#[test]
+fn garbage_in_a_pooled_descriptors_buffer_index_stays_inside_the_segment() {
+    let ch = TestChannel::new("chunk");
+    let size = labhub::shm::layout::POOL_MIN_SLOT_SIZE;
+    let cfg = ChannelConfig::new(super::ring(4, labhub::shm::Backpressure::Fail), size);
+    let mut p = Producer::create(&ch.name, cfg).unwrap();
+    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    p.publish_bytes(b"frame", &labhub::shm::FrameMeta::default())
+        .unwrap();
+    // Descriptor 0 starts at 1600; its `chunk` word is at +88.
+    let mut m = scribble(&ch);
+    put_u64(&mut m, 1600 + 88, u64::MAX);
+    let f = c.next(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(f.frame_id(), 0);
+    assert_eq!(f.len(), 5);
+    // Some buffer of the segment, read without fault; which one is the writer's business.
+    let _ = f.data().iter().fold(0u8, |a, &b| a ^ b);
+    drop(f);
+}
+
+#[test]
+fn an_unknown_commit_fence_code_still_wakes_the_consumer() {
+    let ch = TestChannel::new("fence");
+    let cfg = ChannelConfig::new(Policy::Latest, 64);
+    let mut p = Producer::create(&ch.name, cfg).unwrap();
+    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    let mut m = scribble(&ch);
+    put_u32(&mut m, 240, 7);
+    let t = std::thread::spawn(move || {
+        // Late enough that the consumer is asleep (not for synchronisation: the frame arrives
+        // either way).
+        std::thread::sleep(Duration::from_millis(20));
+        p.publish_bytes(b"late", &labhub::shm::FrameMeta::default())
+            .unwrap();
+        p
+    });
+    let f = c.next(Some(super::WATCHDOG)).unwrap();
+    assert_eq!(f.data(), b"late");
+    drop(f);
+    drop(t.join().unwrap());
+}
