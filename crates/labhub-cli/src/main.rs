@@ -14,7 +14,6 @@ mod cmd;
 mod common;
 mod exit;
 mod meter;
-mod segment;
 
 /// labhub: shared-memory data channels and a CurveZMQ broker for laboratory software.
 #[derive(Debug, Parser)]

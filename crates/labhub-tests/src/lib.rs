@@ -298,6 +298,34 @@ impl ChildProc {
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
 
+    /// Sends SIGSTOP: the process stops (all its threads) until [`ChildProc::resume`].
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Sends SIGCONT to a stopped process.
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process id has no memory effects.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Waits until the process is stopped (state `T` in `/proc/<pid>/stat`), failing the test
+    /// after [`WATCHDOG`].
+    pub fn wait_stopped(&self) {
+        let path = format!("/proc/{}/stat", self.child.id());
+        wait_until("the child to stop", || {
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                .unwrap_or(false)
+        });
+    }
+
     /// Waits for the process to exit, failing the test after [`WATCHDOG`]; returns its status.
     pub fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WATCHDOG;

@@ -10,7 +10,7 @@ use labhub::broker::service::BrokerService;
 use labhub::broker::{self, BrokerConfig};
 use labhub::client::{ClientConfig, ConsumeError, Hub};
 use labhub::lifecycle::Lifecycle;
-use labhub::shm::{AttachOptions, Backpressure, ChannelConfig, FrameMeta, Policy};
+use labhub::shm::{Backpressure, Policy};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -210,7 +210,10 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
         },
     };
     let mut producer = camera_hub
-        .create_shm_producer(channel, ChannelConfig::new(policy, args.frame_size))
+        .channel(channel)
+        .policy(policy)
+        .bytes(args.frame_size)
+        .create()
         .context("creating the camera's channel")?;
     // The camera stops first, then the consumers, so a camera waiting for ring space is never
     // left without readers.
@@ -222,7 +225,9 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
     for id in 1..=args.consumers {
         let hub = Hub::connect(config.clone())?;
         let mut consumer = hub
-            .find_shm_consumer(channel, AttachOptions::default())
+            .channel(channel)
+            .bytes(args.frame_size)
+            .open()
             .with_context(|| format!("attaching consumer {id}"))?;
         hubs.push(hub);
         let share = Arc::new(ConsumerShare {
@@ -236,10 +241,11 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
             .name(format!("demo-consumer-{id}"))
             .spawn(move || -> anyhow::Result<()> {
                 while !stop.load(Ordering::Relaxed) {
-                    match consumer.read(Some(Duration::from_millis(100)), |f| {
+                    // A lossless ring: every frame is held in place until it is dropped.
+                    match consumer.next(Some(Duration::from_millis(100))).map(|f| {
                         let id = f.frame_id().to_le_bytes();
-                        let ok = f.data().get(..8) == Some(&id[..]);
-                        (f.len(), f.meta().timestamp_ns, ok)
+                        let ok = f.held().is_some_and(|d| d.get(..8) == Some(&id[..]));
+                        (f.len(), f.timestamp_ns(), ok)
                     }) {
                         Ok((len, ts, ok)) => {
                             lock(&share.interval).record(len, ts);
@@ -267,7 +273,7 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
             .name("demo-camera".into())
             .spawn(move || -> anyhow::Result<()> {
                 // A recognisable pattern; the first 8 bytes carry the frame id.
-                let mut frame: Vec<u8> = (0..frame_size).map(|i| (i % 251) as u8).collect();
+                let frame: Vec<u8> = (0..frame_size).map(|i| (i % 251) as u8).collect();
                 let start = Instant::now();
                 let mut n: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -279,10 +285,11 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
                             continue;
                         }
                     }
-                    frame[..8].copy_from_slice(&producer.next_frame_id().to_le_bytes());
-                    producer
-                        .publish_bytes(&frame, &FrameMeta::default())
-                        .context("publishing a frame")?;
+                    let mut slot = producer.loan().context("publishing a frame")?;
+                    let id = slot.frame_id().to_le_bytes();
+                    slot.copy_from_slice(&frame);
+                    slot[..8].copy_from_slice(&id);
+                    slot.commit();
                     n += 1;
                     published.store(n, Ordering::Relaxed);
                 }

@@ -144,7 +144,7 @@ pub fn expect_notification(
 
 /// Whether channel `name`'s segment exists for this user.
 pub fn segment_exists(name: &str) -> bool {
-    let os = labhub::shm::os_name(name).unwrap();
+    let os = labhub::name::ChannelName::new(name).unwrap().segment_name();
     Path::new("/dev/shm").join(&os[1..]).exists()
 }
 

@@ -65,6 +65,13 @@ pub struct Schema {
     /// A hash of the layout, hexadecimal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// Shared-memory channels: the element type of the frames (`u8`, `u16`, `f32`,
+    /// `complex64`, `bool`, …; see `shm::ElementType`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element: Option<String>,
+    /// Shared-memory channels: the largest frame shape, 1 to 4 dimensions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<u64>>,
 }
 
 /// What a producer announces when it registers a channel.
@@ -84,7 +91,7 @@ pub struct ChannelSpec {
     /// The segment size in bytes (shm: required), or the largest message (others: optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// The buffering policy (`latest`, `double`, `ring:8`, …).
+    /// The buffering policy (`latest`, `double`, `ring:8:block`, …; see `shm::Policy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
     /// Frame type information.

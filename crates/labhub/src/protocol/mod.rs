@@ -396,22 +396,32 @@ fn validate_spec(spec: &ChannelSpec) -> Result<(), DecodeError> {
             }
         }
     }
-    if let Some(policy) = &spec.policy {
-        let ok = !policy.is_empty()
-            && policy.len() <= 32
-            && policy
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'));
-        if !ok {
-            return Err(field_error(
-                "channel.policy",
-                "must be 1 to 32 bytes of ASCII letters, digits, '_', '-', ':'",
-            ));
-        }
+    if let Some(policy) = &spec.policy
+        && let Err(e) = policy.parse::<crate::shm::Policy>()
+    {
+        return Err(field_error("channel.policy", e.to_string()));
     }
     if let Some(schema) = &spec.schema {
         if let Some(name) = &schema.name {
             check_label("channel.schema.name", name)?;
+        }
+        if let Some(element) = &schema.element
+            && let Err(e) = element.parse::<crate::shm::ElementType>()
+        {
+            return Err(field_error("channel.schema.element", e.to_string()));
+        }
+        if let Some(shape) = &schema.shape
+            && (shape.is_empty()
+                || shape.len() > crate::shm::MAX_DIMS
+                || shape.iter().any(|&d| d == 0 || d > MAX_SEGMENT_SIZE))
+        {
+            return Err(field_error(
+                "channel.schema.shape",
+                format!(
+                    "must be 1 to {} dimensions, each from 1 to {MAX_SEGMENT_SIZE}",
+                    crate::shm::MAX_DIMS
+                ),
+            ));
         }
         if let Some(hash) = &schema.hash
             && (hash.is_empty()

@@ -17,7 +17,8 @@ fn code_of(d: Decoded) -> (Option<u64>, ErrorCode) {
 
 const SHM_REGISTER: &str = r#"{"request_id": 1, "client": "host:42", "channel": {
     "name": "cam0", "kind": "shm", "shm_name": "/labhub.1000.cam0", "size": 4096,
-    "policy": "ring:8", "schema": {"name": "u8[64x64]", "version": 2, "hash": "ab01"},
+    "policy": "ring:8:block", "schema": {"name": "cam.Frame", "version": 2, "hash": "ab01",
+    "element": "u8", "shape": [64, 64]},
     "metadata": {"exposure_us": 300, "tags": ["a", "b"]}}, "pid": 42, "host": "lab-pc"}"#;
 
 #[test]
@@ -32,6 +33,9 @@ fn a_full_shm_registration_decodes_into_typed_values() {
     assert_eq!(r.channel.size, Some(4096));
     assert_eq!(r.channel.shm_name.unwrap().uid(), 1000);
     assert_eq!(r.channel.metadata["exposure_us"], 300);
+    let schema = r.channel.schema.unwrap();
+    assert_eq!(schema.element.as_deref(), Some("u8"));
+    assert_eq!(schema.shape, Some(vec![64, 64]));
 }
 
 #[test]
@@ -136,6 +140,12 @@ fn registrations_must_fit_their_kind() {
         r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "policy": "has space"}"#,
         r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "schema": {"hash": "xyz"}}"#,
         r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "schema": {"nme": "x"}}"#,
+        r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "policy": "ring:8"}"#,
+        r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "policy": "ring:0:fail"}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 1, "schema": {"element": "float"}}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 1, "schema": {"shape": []}}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 1, "schema": {"shape": [1, 2, 3, 4, 5]}}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 1, "schema": {"shape": [0]}}"#,
         r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "metadata": {"a": [[[[[[[[[1]]]]]]]]]}}"#,
     ];
     for spec in bad {

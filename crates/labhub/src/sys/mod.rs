@@ -47,7 +47,7 @@
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
-#[allow(unused_imports)] // filled by the sync and shm work
+#[allow(unused_imports)] // not every platform item is used on every build (test hooks)
 pub use linux::*;
 
 #[cfg(not(target_os = "linux"))]

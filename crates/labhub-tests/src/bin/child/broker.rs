@@ -87,7 +87,8 @@ fn broker_client(args: &[String]) -> anyhow::Result<()> {
                 "register",
                 serde_json::json!({"client": client, "pid": std::process::id(), "channel": {
                     "name": channel, "kind": "shm",
-                    "shm_name": labhub::shm::os_name(channel)?, "size": 4096, "policy": "latest"}}),
+                    "shm_name": labhub::name::ChannelName::new(channel.as_str())?.segment_name(),
+                    "size": 4096, "policy": "latest"}}),
             )?,
             "produce-pubsub" => probe.request(
                 "register",
@@ -107,16 +108,16 @@ fn broker_client(args: &[String]) -> anyhow::Result<()> {
     };
     if mode == "produce-shm" {
         _producer = Some(
-            labhub::shm::Producer::create(
-                channel,
-                labhub::shm::ChannelConfig::new(labhub::shm::Policy::Latest, 64),
-            )
-            .context("creating the shm channel")?,
+            labhub::shm::Channel::new(channel.as_str())
+                .policy(labhub::shm::Policy::Latest)
+                .bytes(64)
+                .create()
+                .context("creating the shm channel")?,
         );
     }
     join(&mut probe)?;
     if mode == "consume"
-        && let Ok(c) = labhub::shm::Consumer::attach(channel, labhub::shm::AttachOptions::default())
+        && let Ok(c) = labhub::shm::Channel::new(channel.as_str()).open()
     {
         _consumer = Some(c);
     }
