@@ -6,7 +6,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use super::{USAGE, labhub, run};
+use super::{Broker, Channel, USAGE, labhub, run};
 
 /// What an argument accepts.
 #[derive(Debug, Clone, Copy)]
@@ -421,4 +421,31 @@ fn help_states_what_the_size_units_mean() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("KiB = 1024"), "{}", r.stdout);
     assert!(r.stdout.contains("powers of 1000"), "{}", r.stdout);
+}
+
+/// The values reported to crash a command that had reached a live broker and channel: the
+/// arguments are refused before the command connects, so the broker never matters.
+#[test]
+fn the_reported_values_are_usage_errors_against_a_live_broker() {
+    let broker = Broker::start();
+    let channel = Channel::new(&broker);
+    let long_ipc = format!("ipc:///tmp/{}", "e".repeat(300));
+    for args in [
+        vec!["watch", &channel.name, "--seconds", "1e19"],
+        vec!["watch", &channel.name, "--seconds", "2e19"],
+        vec!["watch", &channel.name, "--interval", "1e19"],
+        vec!["info", &channel.name, "--sample", "1e19"],
+        vec!["ls", "--timeout", "2e19"],
+        vec!["sub", &channel.name, "--seconds", "1e19"],
+    ] {
+        let r = run(broker.labhub(&args));
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
+        assert_eq!(r.code, USAGE, "{args:?}: {}", r.stderr);
+    }
+    // The endpoint replaces the broker's: refused before any socket is made.
+    let mut c = labhub(broker.home());
+    c.args(["ls", "--broker", &long_ipc]);
+    let r = run(c);
+    assert_eq!(r.code, USAGE, "{}", r.stderr);
+    assert!(r.stderr.contains("--broker"), "{}", r.stderr);
 }
