@@ -106,9 +106,16 @@ impl Demo {
         status.code()
     }
 
-    /// The remaining stdout lines (after the end).
+    /// The remaining stdout lines, up to the end of the output (call after the end).
     fn rest(&mut self) -> Vec<Value> {
-        self.lines.try_iter().map(|l| json(&l)).collect()
+        let mut rest = Vec::new();
+        loop {
+            match self.lines.recv_timeout(WATCHDOG) {
+                Ok(line) => rest.push(json(&line)),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return rest,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("stdout stayed open"),
+            }
+        }
     }
 }
 
@@ -158,6 +165,18 @@ fn sigterm_and_sigint_stop_the_demo_cleanly_and_remove_its_home_and_segment() {
     }
 }
 
+/// Runs a 0.1 s demo with temporary directory `tmp` and `extra` arguments to a successful end;
+/// returns its JSON lines.
+pub(super) fn short_demo(tmp: &Path, extra: &[&str]) -> Vec<Value> {
+    let mut demo = labhub(tmp);
+    demo.env("TMPDIR", tmp)
+        .args(["demo", "--seconds", "0.1", "--consumers", "1", "--json"])
+        .args(extra);
+    let r = run(demo);
+    assert_eq!(r.code, 0, "{extra:?}: {}", r.stderr);
+    r.stdout.lines().map(json).collect()
+}
+
 /// SIGKILLs a demo and checks it left its home and segment (what the reapers must remove).
 fn killed_demo(tmp: &Path) -> (PathBuf, PathBuf) {
     let mut demo = Demo::start(tmp);
@@ -172,11 +191,7 @@ fn killed_demo(tmp: &Path) -> (PathBuf, PathBuf) {
 fn the_next_demo_reaps_what_a_killed_demo_left() {
     let tmp = tempfile::tempdir().unwrap();
     let (home, segment) = killed_demo(tmp.path());
-    let mut next = labhub(tmp.path());
-    next.env("TMPDIR", tmp.path())
-        .args(["demo", "--seconds", "0.1", "--consumers", "1", "--json"]);
-    let r = run(next);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    short_demo(tmp.path(), &[]);
     assert!(!home.exists(), "{} left", home.display());
     assert!(!segment.exists(), "{} left", segment.display());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
@@ -197,16 +212,7 @@ fn labhub_hub_reaps_what_a_killed_demo_left_before_it_is_ready() {
 fn a_live_demo_is_never_reaped() {
     let tmp = tempfile::tempdir().unwrap();
     let mut live = Demo::start(tmp.path());
-    let mut other = labhub(tmp.path());
-    other.env("TMPDIR", tmp.path()).args([
-        "demo",
-        "--seconds",
-        "0.1",
-        "--consumers",
-        "1",
-        "--json",
-    ]);
-    assert_eq!(run(other).code, 0);
+    short_demo(tmp.path(), &[]);
     let broker = Broker::start_with_tmpdir(tmp.path());
     assert!(live.home.exists() && live.segment.exists());
     // Still running and serving its consumer.
@@ -254,11 +260,7 @@ fn only_provably_dead_demo_homes_of_this_user_are_reaped() {
         }
         d
     });
-    let mut next = labhub(tmp.path());
-    next.env("TMPDIR", tmp.path())
-        .args(["demo", "--seconds", "0.1", "--consumers", "1", "--json"]);
-    let r = run(next);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    short_demo(tmp.path(), &[]);
     assert!(!dead.exists());
     for kept in [&unmarked, &unlocked, &target] {
         assert!(kept.join("keep").exists(), "{} was removed", kept.display());

@@ -394,20 +394,8 @@ fn frame_sizes_take_binary_units_and_spelt_out_decimal_ones() {
         ("64kB", 64_000),
         ("1MiB", 1 << 20),
     ] {
-        let mut c = labhub(scratch.path());
-        c.env("TMPDIR", scratch.path()).args([
-            "demo",
-            "--seconds",
-            "0.1",
-            "--consumers",
-            "1",
-            "--json",
-            "--frame-size",
-            text,
-        ]);
-        let r = run(c);
-        assert_eq!(r.code, 0, "{text}: {}", r.stderr);
-        let summary = super::json(r.stdout.lines().last().unwrap());
+        let lines = super::demo::short_demo(scratch.path(), &["--frame-size", text]);
+        let summary = lines.last().unwrap();
         assert_eq!(summary["frame_size"], bytes, "{text}");
     }
 }
