@@ -67,6 +67,17 @@ fn a_stopped_consumer_of_a_lossless_ring_is_evicted_by_the_default_timeout_and_t
     stopped.skip_to("error evicted");
 }
 
+/// Waits until consumer entry `index`'s heartbeat (refreshed at every turn of its read loop,
+/// at least every 100 ms for a `shm-consumer-read` child) has changed twice: the reader has
+/// looked at the header at least once since this call.
+fn wait_for_a_reader_turn(m: &memmap2::MmapMut, index: usize) {
+    let beat = || get_u64(m, at::CONSUMERS + 64 * index + 16);
+    for _ in 0..2 {
+        let before = beat();
+        crate::common::wait_until("the reader's next turn", || beat() != before);
+    }
+}
+
 #[test]
 fn a_hostile_commit_position_neither_wedges_a_reader_nor_makes_it_jump() {
     for policy in [Policy::Latest, ring(4, Backpressure::Fail)] {
@@ -83,6 +94,8 @@ fn a_hostile_commit_position_neither_wedges_a_reader_nor_makes_it_jump() {
         let mut m = scribble(&ch);
         for hostile in [u64::MAX, u64::MAX - 1, 1 << 40, 7] {
             put_u64(&mut m, at::COMMIT_POS, hostile);
+            // The reader sees the hostile value (and must neither jump to it nor spin on it).
+            wait_for_a_reader_turn(&m, 0);
             // The producer's next commit replaces it; the reader resynchronises to it.
             let id = send(&mut p, b"next").unwrap();
             assert_eq!(next_frame(&mut child), (id, 0), "{policy} after {hostile}");
