@@ -1264,4 +1264,180 @@ mod tests {
             assert_ne!(committed_seq(f), 0, "0 means empty");
         }
     }
+
+    /// Size of the field `f` selects (for the table check below).
+    fn size_of_field<T, F>(_: fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+
+    macro_rules! fields {
+        ($t:ty: $($f:ident),* $(,)?) => {
+            vec![$((stringify!($f), offset_of!($t, $f), size_of_field(|x: &$t| &x.$f))),*]
+        };
+    }
+
+    /// The rows of the markdown table under heading `heading` of `doc`: cells, trimmed, with
+    /// backticks removed and `\|` unescaped.
+    fn table<'a>(doc: &'a str, heading: &str) -> Vec<Vec<String>> {
+        let start = doc
+            .find(&format!("\n## {heading}"))
+            .unwrap_or_else(|| panic!("no section {heading:?} in SHM_LAYOUT.md"));
+        let section = &doc[start + 1..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+        section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2) // the header row and the separator
+            .map(|l| {
+                let l = l.replace("\\|", "\u{0}");
+                l.trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().replace('`', "").replace('\u{0}', "|"))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Checks one struct's table: every documented offset and size is the code's, every field
+    /// of the code is documented, names agree (`reserved` rows match the code's `reserved*`).
+    fn check_struct(
+        doc: &str,
+        heading: &str,
+        size: usize,
+        fields: Vec<(&'static str, usize, usize)>,
+    ) {
+        let rows = table(doc, heading);
+        assert_eq!(rows.len(), fields.len(), "{heading}: rows and fields");
+        let mut covered = 0;
+        for row in &rows {
+            let offset: usize = row[0]
+                .parse()
+                .unwrap_or_else(|_| panic!("{heading}: {row:?}"));
+            let bytes: usize = row[1]
+                .parse()
+                .unwrap_or_else(|_| panic!("{heading}: {row:?}"));
+            let name = row[2].split_whitespace().next().unwrap_or("");
+            let (code, _, code_size) = fields
+                .iter()
+                .find(|(_, o, _)| *o == offset)
+                .unwrap_or_else(|| panic!("{heading}: no field at offset {offset} ({row:?})"));
+            assert_eq!(bytes, *code_size, "{heading}: size of {code} at {offset}");
+            if name == "reserved" || name == "data" {
+                assert!(
+                    code.starts_with("reserved") || *code == "data",
+                    "{heading}: {code} at {offset} is documented as {name}"
+                );
+            } else {
+                assert_eq!(name, *code, "{heading}: the field at {offset}");
+            }
+            covered += bytes;
+        }
+        assert_eq!(covered, size, "{heading}: the table covers the struct");
+    }
+
+    #[test]
+    fn the_layout_document_matches_the_code() {
+        let doc = include_str!("../../../../docs/SHM_LAYOUT.md");
+        assert!(
+            doc.starts_with(&format!(
+                "# Shared-memory channel layout (version {LAYOUT_VERSION})"
+            )),
+            "the title names the layout version"
+        );
+        check_struct(
+            doc,
+            "Header",
+            size_of::<Header>(),
+            fields!(Header: magic, layout_version, header_size, total_size, policy,
+                backpressure, slot_count, consumer_capacity, slot_size, slot_stride, flex_size,
+                consumer_table_offset, slot_meta_offset, flex_offset, data_offset, checksum,
+                state_format, has_secret, payload_mode, secret_salt, secret_hash, element_type,
+                ndim, schema_version, schema_name_len, reserved1, producer_pid,
+                producer_start_time, producer_heartbeat_ns, producer_attaches, dropped,
+                flex_version, commit_fence, reserved2, consumers_evicted, write_pos,
+                space_bound, reserved3, commit_pos, reserved4, data_event, data_waiting,
+                reserved5, space_event, producer_waiting, reserved6, overwritten, reserved7,
+                producer_mutex, max_shape, schema_name, reserved8),
+        );
+        check_struct(
+            doc,
+            "Consumer table entry",
+            size_of::<ConsumerEntry>(),
+            fields!(ConsumerEntry: state, start_time, heartbeat_ns, position, held, received,
+                missed, owner_tag),
+        );
+        check_struct(
+            doc,
+            "Slot descriptor",
+            size_of::<SlotMeta>(),
+            fields!(SlotMeta: seq, frame_id, timestamp_ns, data_size, ndim, dims, checksum,
+                chunk, reserved),
+        );
+        // The flexible-zone table documents the header and the data that follows it.
+        let mut flex = fields!(FlexHeader: seq, len, reserved);
+        flex.push(("data", size_of::<FlexHeader>(), 0));
+        let rows = table(doc, "Flexible-zone buffer");
+        assert_eq!(rows.last().map(|r| r[1].as_str()), Some("F"));
+        let doc_without_data = doc.replace("| 64 | F | data |", "| 64 | 0 | data |");
+        check_struct(
+            &doc_without_data,
+            "Flexible-zone buffer",
+            size_of::<FlexHeader>(),
+            flex,
+        );
+
+        // Constants stated in the header table.
+        let header = table(doc, "Header");
+        let meaning = |field: &str| {
+            header
+                .iter()
+                .find(|r| r[2].split_whitespace().next() == Some(field))
+                .map(|r| r[3].clone())
+                .unwrap_or_else(|| panic!("no row for {field}"))
+        };
+        assert!(
+            meaning("magic").contains(&format!("{MAGIC:#x}")),
+            "the magic value"
+        );
+        assert!(meaning("magic").contains("LABHUBDB"));
+        assert_eq!(MAGIC.to_le_bytes(), *b"LABHUBDB");
+        assert!(meaning("layout_version").starts_with(&LAYOUT_VERSION.to_string()));
+        assert_eq!(meaning("header_size"), size_of::<Header>().to_string());
+        assert_eq!(meaning("consumer_capacity"), CONSUMER_CAPACITY.to_string());
+        let g = Geometry::compute(ring(4, 1000, 100)).unwrap();
+        assert_eq!(
+            meaning("consumer_table_offset"),
+            g.consumer_table_offset.to_string()
+        );
+        assert_eq!(meaning("slot_meta_offset"), g.slot_meta_offset.to_string());
+        assert_eq!(
+            meaning("flex_offset"),
+            format!("{} + 128 N", g.slot_meta_offset)
+        );
+
+        // The regions table.
+        let regions = table(doc, "Regions");
+        assert_eq!(
+            regions[0][..2],
+            ["0".to_owned(), size_of::<Header>().to_string()]
+        );
+        assert_eq!(regions[1][0], g.consumer_table_offset.to_string());
+        assert!(regions[1][1].ends_with(&format!(
+            "= {}",
+            CONSUMER_CAPACITY as usize * size_of::<ConsumerEntry>()
+        )));
+        assert_eq!(regions[2][0], g.slot_meta_offset.to_string());
+        assert!(regions[2][1].starts_with(&format!("N × {}", size_of::<SlotMeta>())));
+
+        // The element types: code, name, size, numpy dtype.
+        let elements = table(doc, "Element types");
+        assert_eq!(elements.len(), crate::shm::element::ALL.len());
+        for (row, t) in elements.iter().zip(crate::shm::element::ALL) {
+            assert_eq!(row[0], t.code().to_string(), "{t}");
+            assert_eq!(row[1], t.name(), "{t}");
+            assert_eq!(row[2], t.size().to_string(), "{t}");
+            assert_eq!(row[3], t.numpy_dtype(), "{t}");
+        }
+    }
 }
