@@ -278,16 +278,8 @@ mod tests {
         let uid = crate::sys::getuid();
         assert_eq!(n.segment_name(), format!("/labhub.{uid}.cam0"));
         assert_eq!(split_segment_name(&n.segment_name()), Ok((uid, n)));
-        for bad in [
-            "labhub.1000.cam0",
-            "/labhub.x.cam0",
-            "/labhub.1000.",
-            "/other.1000.cam0",
-            "/labhub.1000./etc",
-            "/labhub.99999999999.c",
-        ] {
-            assert!(split_segment_name(bad).is_err(), "{bad:?}");
-        }
+        // Malformed names: `protocol::names` tests them through `ShmName`.
+        assert!(split_segment_name("/labhub.1000./etc").is_err());
     }
 
     #[test]

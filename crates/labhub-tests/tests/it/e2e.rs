@@ -365,6 +365,37 @@ fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker
     client_hub.shutdown();
 }
 
+/// A `client-consumer` child attached to `name`, which `producer` serves; frame 0 published and
+/// read by it.
+fn a_reading_child(broker: &TestBroker, name: &str, producer: &mut ShmProducer<u8>) -> ChildProc {
+    let home = broker.home.path().to_str().unwrap().to_owned();
+    let mut child = spawn(
+        "consumer",
+        "client-consumer",
+        &[&home, &broker.endpoint, &broker.notify, name],
+    );
+    wait_for(&mut child, "attached", |l| l == "attached");
+    producer.publish(b"0", &[1]).unwrap();
+    wait_for(&mut child, "frame 0", |l| l == "frame 0");
+    child
+}
+
+/// Publishes frames until the `client-consumer` child reads one (one that is not frame 0): a
+/// consumer that attached again reads the frames committed after it did.
+fn publish_until_the_child_reads_one(producer: &mut ShmProducer<u8>, child: &mut ChildProc) {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        producer.publish(b"1", &[1]).unwrap();
+        let line = wait_for(child, "a frame or a timeout", |l| {
+            l.starts_with("frame") || l.starts_with("timeout")
+        });
+        if line.starts_with("frame") && line != "frame 0" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the consumer never resumed");
+    }
+}
+
 /// The consumer-table index of process `pid` in channel `name`.
 fn entry_of(name: &str, pid: u32) -> usize {
     let report = labhub::shm::inspect(name).unwrap();
@@ -380,7 +411,6 @@ fn entry_of(name: &str, pid: u32) -> usize {
 fn an_evicted_hub_consumer_whose_segment_is_gone_still_returns_by_its_deadline_and_resumes() {
     let broker = TestBroker::start();
     let name = unique("evicted-gone");
-    let home = broker.home.path().to_str().unwrap().to_owned();
     let hub = broker.client();
     let mut producer = hub
         .channel(&name)
@@ -388,14 +418,7 @@ fn an_evicted_hub_consumer_whose_segment_is_gone_still_returns_by_its_deadline_a
         .bytes(64)
         .create()
         .unwrap();
-    let mut child = spawn(
-        "consumer",
-        "client-consumer",
-        &[&home, &broker.endpoint, &broker.notify, &name],
-    );
-    wait_for(&mut child, "attached", |l| l == "attached");
-    producer.publish(b"0", &[1]).unwrap();
-    wait_for(&mut child, "frame 0", |l| l == "frame 0");
+    let mut child = a_reading_child(&broker, &name, &mut producer);
     // The segment is removed (its name; the consumer keeps its mapping) and the consumer's
     // entry freed behind its back, as a reaper that judged it dead would.
     let index = entry_of(&name, child.pid());
@@ -427,17 +450,7 @@ fn an_evicted_hub_consumer_whose_segment_is_gone_still_returns_by_its_deadline_a
         .bytes(64)
         .create()
         .unwrap();
-    let deadline = Instant::now() + WATCHDOG;
-    let mut seen = false;
-    while !seen {
-        producer.publish(b"1", &[1]).unwrap();
-        seen = child
-            .wait_for("a frame or a timeout", |l| {
-                l.starts_with("frame") || l.starts_with("timeout")
-            })
-            .starts_with("frame");
-        assert!(Instant::now() < deadline, "the consumer never resumed");
-    }
+    publish_until_the_child_reads_one(&mut producer, &mut child);
     drop(producer);
     hub.shutdown();
     let _ = labhub::shm::remove_channel(&name);
@@ -447,7 +460,6 @@ fn an_evicted_hub_consumer_whose_segment_is_gone_still_returns_by_its_deadline_a
 fn a_hub_producer_evicts_a_stopped_consumer_the_broker_dropped() {
     let broker = TestBroker::start();
     let name = unique("dropped");
-    let home = broker.home.path().to_str().unwrap().to_owned();
     let hub = broker.client();
     // A lossless ring with no consumer timeout: only the broker's notice can free it.
     let mut producer = hub
@@ -460,14 +472,7 @@ fn a_hub_producer_evicts_a_stopped_consumer_the_broker_dropped() {
         .consumer_timeout(None)
         .create()
         .unwrap();
-    let mut child = spawn(
-        "consumer",
-        "client-consumer",
-        &[&home, &broker.endpoint, &broker.notify, &name],
-    );
-    wait_for(&mut child, "attached", |l| l == "attached");
-    producer.publish(b"0", &[1]).unwrap();
-    wait_for(&mut child, "frame 0", |l| l == "frame 0");
+    let mut child = a_reading_child(&broker, &name, &mut producer);
     child.stop();
     child.wait_stopped();
     // The stopped process sends no heartbeat: the broker drops it (300 ms here) and tells the
@@ -483,17 +488,7 @@ fn a_hub_producer_evicts_a_stopped_consumer_the_broker_dropped() {
     // Resumed, the consumer finds itself evicted, attaches again and reads new frames (those
     // committed after it attached again, so the producer keeps publishing).
     child.resume();
-    let deadline = Instant::now() + WATCHDOG;
-    loop {
-        producer.publish(b"7", &[1]).unwrap();
-        let line = wait_for(&mut child, "a frame or a timeout", |l| {
-            l.starts_with("frame") || l.starts_with("timeout")
-        });
-        if line.starts_with("frame") && line != "frame 0" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the consumer never resumed");
-    }
+    publish_until_the_child_reads_one(&mut producer, &mut child);
     drop(producer);
     hub.shutdown();
     let _ = labhub::shm::remove_channel(&name);
