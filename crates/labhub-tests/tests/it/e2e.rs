@@ -74,7 +74,7 @@ fn consumers_hear_their_producer_die_resume_after_its_restart_and_outlive_a_brok
     let resumed_at: u64 = ready["ready ".len()..].parse().unwrap();
     assert!(
         resumed_at > last_seen[0].max(last_seen[1]),
-        "frame ids continue"
+        "frame ids continue: resumed at {resumed_at}, the consumers had seen {last_seen:?}"
     );
     for c in &mut consumers {
         let id = next_frame(c);

@@ -225,3 +225,20 @@ fn a_lossy_reader_in_another_process_never_accepts_a_torn_frame() {
         assert!(done.ends_with(&format!("last={}", frames - 1)), "{done}");
     }
 }
+
+#[test]
+fn latest_after_an_abandoned_loan_counts_the_frame_it_destroyed_and_reads_on() {
+    let ch = TestChannel::new("latest-abandon");
+    let mut p = producer(&ch.name, Policy::Latest, 64);
+    let mut c = consumer(&ch.name);
+    send(&mut p, b"zero").unwrap();
+    // The one slot is emptied by the abandoned loan: frame 0 is gone, not corrupt.
+    drop(p.loan().unwrap());
+    assert!(matches!(
+        c.next(Some(Duration::from_millis(20))),
+        Err(ReadError::Timeout)
+    ));
+    assert_eq!(c.missed(), 1);
+    send(&mut p, b"one").unwrap();
+    assert_eq!(next(&mut c), (1, b"one".to_vec()));
+}

@@ -832,12 +832,22 @@ pub(super) fn frame_of_seq(seq: u64) -> Option<u64> {
 /// names that frame or a later one (the producer stores the seq before the commit position,
 /// and only ever moves a descriptor forward). A position another process wrote that no
 /// descriptor supports (`u64::MAX`, say) is not a commit.
+///
+/// One legitimate state has an empty descriptor there: a single-slot channel whose producer
+/// abandoned (or, pooled, emptied) the frame after `commit - 1` in the same slot. Then the
+/// commit position must not pass the write position, which the producer never lets it do.
 pub(super) fn commit_plausible(view: &View, commit: u64) -> bool {
     let Some(last) = commit.checked_sub(1) else {
         return true;
     };
     let seq = view.slot_meta(last).seq.load(Ordering::Acquire);
-    frame_of_seq(seq).is_some_and(|f| f >= last)
+    match frame_of_seq(seq) {
+        Some(f) => f >= last,
+        None => {
+            view.geometry().slots() == 1
+                && commit <= view.header().write_pos.load(Ordering::Acquire)
+        }
+    }
 }
 
 /// Repairs what a dead producer left: a slot caught mid-write is emptied (its bytes are partial),
