@@ -16,9 +16,13 @@
 //! | audit log | `--audit-log` | `LABHUB_AUDIT_LOG` | `audit_log` | `<home>/audit.jsonl` |
 //! | limits | — | — | `max_channels`, `max_clients`, `max_consumers_per_channel` | 10000, 10000, 64 |
 //! | reap stale segments at start | — | — | `reap_stale_segments` | true |
+//! | audit log rotation | — | — | `audit_max_bytes`, `audit_backups` | 16 MiB, 4 |
+//! | pending connections per socket | — | — | `max_pending_connections` | 256 |
+//! | handshake time limit | — | — | `handshake_timeout_ms` | 5000 |
+//! | receive budget per connection | — | — | `connection_burst_bytes`, `connection_rate_bytes_per_sec` | 8 MiB, 2 MiB/s |
 //!
 //! The password is never read from the config file. The config file and the allow list must
-//! not be writable by group or others.
+//! be trusted files (see [`crate::broker::trust`]).
 #![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -28,6 +32,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::keys::{self, KeyError};
+use super::perimeter::PerimeterLimits;
 use super::registry::RegistryConfig;
 
 /// The default ROUTER endpoint.
@@ -104,6 +109,18 @@ pub struct ConfigLayer {
     pub max_consumers_per_channel: Option<usize>,
     /// Unlink stale segments of dead producers at start.
     pub reap_stale_segments: Option<bool>,
+    /// Size at which the audit log is rotated.
+    pub audit_max_bytes: Option<u64>,
+    /// Rotated audit files kept.
+    pub audit_backups: Option<u32>,
+    /// Most connections in their handshake at once, per socket.
+    pub max_pending_connections: Option<usize>,
+    /// How long a handshake may take, in milliseconds.
+    pub handshake_timeout_ms: Option<u64>,
+    /// Bytes an admitted connection may send in a burst.
+    pub connection_burst_bytes: Option<u64>,
+    /// Bytes per second an admitted connection may send, sustained.
+    pub connection_rate_bytes_per_sec: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -124,6 +141,16 @@ impl ConfigLayer {
                 .max_consumers_per_channel
                 .or(lower.max_consumers_per_channel),
             reap_stale_segments: self.reap_stale_segments.or(lower.reap_stale_segments),
+            audit_max_bytes: self.audit_max_bytes.or(lower.audit_max_bytes),
+            audit_backups: self.audit_backups.or(lower.audit_backups),
+            max_pending_connections: self
+                .max_pending_connections
+                .or(lower.max_pending_connections),
+            handshake_timeout_ms: self.handshake_timeout_ms.or(lower.handshake_timeout_ms),
+            connection_burst_bytes: self.connection_burst_bytes.or(lower.connection_burst_bytes),
+            connection_rate_bytes_per_sec: self
+                .connection_rate_bytes_per_sec
+                .or(lower.connection_rate_bytes_per_sec),
         }
     }
 
@@ -164,6 +191,12 @@ impl ConfigLayer {
             max_clients: None,
             max_consumers_per_channel: None,
             reap_stale_segments: None,
+            audit_max_bytes: None,
+            audit_backups: None,
+            max_pending_connections: None,
+            handshake_timeout_ms: None,
+            connection_burst_bytes: None,
+            connection_rate_bytes_per_sec: None,
         })
     }
 
@@ -208,6 +241,12 @@ pub struct BrokerConfig {
     pub audit_log: PathBuf,
     /// Unlink stale segments of dead producers at start.
     pub reap_stale_segments: bool,
+    /// Size at which the audit log is rotated.
+    pub audit_max_bytes: u64,
+    /// Rotated audit files kept.
+    pub audit_backups: u32,
+    /// What one network connection may cost.
+    pub perimeter: PerimeterLimits,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -278,6 +317,9 @@ impl BrokerConfig {
             interactive: false,
             audit_log: home.join("audit.jsonl"),
             reap_stale_segments: true,
+            audit_max_bytes: super::audit::DEFAULT_MAX_BYTES,
+            audit_backups: super::audit::DEFAULT_BACKUPS,
+            perimeter: PerimeterLimits::default(),
             home,
         }
     }
@@ -363,6 +405,24 @@ impl BrokerConfig {
         if let Some(v) = merged.reap_stale_segments {
             config.reap_stale_segments = v;
         }
+        if let Some(v) = merged.audit_max_bytes {
+            config.audit_max_bytes = v;
+        }
+        if let Some(v) = merged.audit_backups {
+            config.audit_backups = v;
+        }
+        if let Some(v) = merged.max_pending_connections {
+            config.perimeter.max_pending = v;
+        }
+        if let Some(v) = merged.handshake_timeout_ms {
+            config.perimeter.handshake_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = merged.connection_burst_bytes {
+            config.perimeter.receive_burst = v;
+        }
+        if let Some(v) = merged.connection_rate_bytes_per_sec {
+            config.perimeter.receive_rate = v;
+        }
         config.password = var("LABHUB_BROKER_SECRET")
             .filter(|p| !p.is_empty())
             .map(Zeroizing::new);
@@ -400,6 +460,57 @@ fn validate_layer(layer: &ConfigLayer, origin: &str) -> Result<(), ConfigError> 
             v.to_string(),
             "must be from 1 to 1000",
         ));
+    }
+    let ranges: [(&str, Option<u64>, u64, u64, &str); 6] = [
+        (
+            "audit_max_bytes",
+            layer.audit_max_bytes,
+            4096,
+            1 << 40,
+            "must be from 4096 bytes to 1 TiB",
+        ),
+        (
+            "audit_backups",
+            layer.audit_backups.map(u64::from),
+            0,
+            100,
+            "must be from 0 to 100",
+        ),
+        (
+            "max_pending_connections",
+            layer.max_pending_connections.map(|v| v as u64),
+            1,
+            100_000,
+            "must be from 1 to 100000",
+        ),
+        (
+            "handshake_timeout_ms",
+            layer.handshake_timeout_ms,
+            100,
+            600_000,
+            "must be from 100 ms to 10 minutes",
+        ),
+        (
+            "connection_burst_bytes",
+            layer.connection_burst_bytes,
+            crate::protocol::MAX_MESSAGE_BYTES as u64 * 4,
+            1 << 34,
+            "must be from 4 messages (256 KiB) to 16 GiB",
+        ),
+        (
+            "connection_rate_bytes_per_sec",
+            layer.connection_rate_bytes_per_sec,
+            1024,
+            1 << 34,
+            "must be from 1 KiB/s to 16 GiB/s",
+        ),
+    ];
+    for (key, v, min, max, problem) in ranges {
+        if let Some(v) = v
+            && !(min..=max).contains(&v)
+        {
+            return Err(invalid(key, v.to_string(), problem));
+        }
     }
     for (key, v) in [
         ("max_channels", layer.max_channels),
@@ -521,10 +632,7 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = env(&[("LABHUB_HOME", h.to_str().unwrap())]);
         let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
-        assert!(matches!(
-            err,
-            ConfigError::File(KeyError::InsecurePermissions { .. })
-        ));
+        assert!(matches!(err, ConfigError::File(KeyError::Untrusted { .. })));
         std::fs::remove_dir_all(&h).unwrap();
     }
 }

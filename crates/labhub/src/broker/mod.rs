@@ -10,6 +10,8 @@
 //! - [`service`]: the lifecycle module and [`run_foreground`] (what `labhub hub` runs);
 //! - [`keys`], [`config`], [`audit`], [`segments`]: key files, configuration, the JSON-lines
 //!   audit trail, segment cleanup;
+//! - [`trust`]: ownership and mode checks of every file the broker believes;
+//! - [`perimeter`]: what a network connection may cost before and after it authenticates;
 //! - [`probe`]: a minimal synchronous client for tests and benchmarks.
 //!
 //! The wire format is [`crate::protocol`] (`docs/PROTOCOL.md`).
@@ -18,11 +20,13 @@
 pub mod audit;
 pub mod config;
 pub mod keys;
+pub mod perimeter;
 pub mod probe;
 pub mod registry;
 pub mod segments;
 pub mod server;
 pub mod service;
+pub mod trust;
 
 pub use config::{BrokerConfig, ConfigError, ConfigLayer};
 pub use server::{Broker, BrokerError, BrokerStats, run};
