@@ -3,6 +3,8 @@
 //! that heartbeat; tests talk to the broker with the probe client and SIGKILL processes
 //! mid-operation.
 
+#[path = "broker_perimeter.rs"]
+mod perimeter;
 #[path = "broker_python.rs"]
 mod python;
 #[path = "broker_security.rs"]

@@ -19,7 +19,7 @@
 //! | audit log rotation | — | — | `audit_max_bytes`, `audit_backups` | 16 MiB, 4 |
 //! | pending connections per socket | — | — | `max_pending_connections` | 256 |
 //! | handshake time limit | — | — | `handshake_timeout_ms` | 5000 |
-//! | receive budget per connection | — | — | `connection_burst_bytes`, `connection_rate_bytes_per_sec` | 8 MiB, 2 MiB/s |
+//! | receive budget per connection | — | — | `connection_burst_bytes`, `connection_rate_bytes_per_sec` | 8 MiB, 4 MiB/s |
 //!
 //! The password is never read from the config file. The config file and the allow list must
 //! be trusted files (see [`crate::broker::trust`]).

@@ -48,7 +48,7 @@ impl Default for PerimeterLimits {
             max_pending: 256,
             handshake_timeout: Duration::from_secs(5),
             receive_burst: 8 * 1024 * 1024,
-            receive_rate: 2 * 1024 * 1024,
+            receive_rate: 4 * 1024 * 1024,
         }
     }
 }
