@@ -293,3 +293,36 @@ fn subscribers_that_never_read_do_not_pin_the_broker_s_memory() {
     eprintln!("broker peak RSS with 20 silent subscribers: {peak:.1} MiB");
     assert!(peak < 64.0, "broker peak RSS {peak:.1} MiB");
 }
+
+#[test]
+fn the_largest_frame_under_curve_is_65503_bytes() {
+    let home = TestHome::new("frame");
+    let broker = TestBroker::start(&home);
+    let probe = broker.probe(&home);
+    // 65,503 bytes of body: the encrypted frame is 65,536 bytes, libzmq's limit. The body is
+    // not JSON, so the reply is an error, but there is one.
+    let body = vec![b'x'; 65_503];
+    probe
+        .send_raw(&[labhub::protocol::TAG, b"1", b"list", &body])
+        .unwrap();
+    let reply = probe.recv_reply().unwrap();
+    assert_eq!(reply.error_code, ErrorCode::MalformedBody);
+    // One byte more and libzmq drops the connection: no reply at all.
+    let mut refused = Probe::connect(
+        &broker.endpoint,
+        &broker.key,
+        &home.local_key(),
+        Duration::from_millis(1500),
+    )
+    .unwrap();
+    let body = vec![b'x'; 65_504];
+    refused
+        .send_raw(&[labhub::protocol::TAG, b"1", b"list", &body])
+        .unwrap();
+    assert!(matches!(
+        refused.recv_reply(),
+        Err(labhub::broker::probe::ProbeError::Timeout(_))
+    ));
+    let mut probe = broker.probe(&home);
+    assert!(probe.request("list", json!({})).unwrap().is_ok());
+}

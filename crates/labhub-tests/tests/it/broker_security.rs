@@ -125,3 +125,104 @@ fn a_broker_secret_key_readable_by_others_is_refused() {
         proc.stderr().contains(secret.to_str().unwrap())
     });
 }
+
+/// Runs `broker-run` for `home` expecting it to refuse to start; returns its stderr.
+fn refused_start(home: &TestHome, extra: &[&str]) -> String {
+    let mut args = vec![
+        home.path.to_str().unwrap(),
+        "tcp://127.0.0.1:*",
+        "tcp://127.0.0.1:*",
+        "100",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    let mut proc = spawn_child("broker-run", &args);
+    let status = proc.wait();
+    assert!(!status.success(), "the broker started");
+    // The stderr reader may lag the exit by a moment.
+    wait_until("the refusal reaches stderr", || {
+        proc.stderr().contains("must")
+    });
+    proc.stderr()
+}
+
+fn chown(path: &std::path::Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), None).expect("chown (the tests run as root)");
+}
+
+#[test]
+fn an_allow_list_owned_by_another_user_is_refused_naming_path_owner_and_mode() {
+    let home = TestHome::new("foreignallow");
+    std::fs::create_dir_all(&home.path).unwrap();
+    let list = home.path.join("friends");
+    std::fs::write(&list, format!("{}\n", KeyPair::generate().public)).unwrap();
+    std::fs::set_permissions(&list, std::fs::Permissions::from_mode(0o644)).unwrap();
+    chown(&list, 65534);
+    let allow = format!("allow-list={}", list.display());
+    let stderr = refused_start(&home, &[&allow]);
+    assert!(stderr.contains(list.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("uid 65534"), "{stderr}");
+    assert!(stderr.contains("mode 0644"), "{stderr}");
+}
+
+#[test]
+fn a_group_writable_home_is_refused_before_anything_in_it_is_believed() {
+    let home = TestHome::new("openhome");
+    // What an attacker with write access to the home would plant.
+    std::fs::write(home.path.join("broker.toml"), "allow_any_client = true\n").unwrap();
+    std::fs::set_permissions(
+        home.path.join("broker.toml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::set_permissions(&home.path, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let stderr = refused_start(&home, &["read-config"]);
+    assert!(stderr.contains(home.path.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("mode 0775"), "{stderr}");
+}
+
+#[test]
+fn a_broker_toml_owned_by_another_user_is_refused() {
+    let home = TestHome::new("foreigntoml");
+    let toml = home.path.join("broker.toml");
+    std::fs::write(&toml, "allow_any_client = true\n").unwrap();
+    std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o644)).unwrap();
+    chown(&toml, 65534);
+    let stderr = refused_start(&home, &["read-config"]);
+    assert!(stderr.contains(toml.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("uid 65534"), "{stderr}");
+}
+
+#[test]
+fn an_audit_log_open_to_others_is_made_private_and_one_of_another_user_is_refused() {
+    let home = TestHome::new("audit0666");
+    let audit = home.path.join("audit.jsonl");
+    std::fs::write(&audit, "").unwrap();
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let broker = TestBroker::start(&home);
+    let mode = std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    wait_until("the fix is reported", || {
+        broker
+            .proc
+            .stderr()
+            .contains("the audit log was open to group or others")
+    });
+    drop(broker);
+
+    chown(&audit, 65534);
+    let mut proc = spawn_child(
+        "broker-run",
+        &[
+            home.path.to_str().unwrap(),
+            "tcp://127.0.0.1:*",
+            "tcp://127.0.0.1:*",
+            "100",
+            "3",
+        ],
+    );
+    assert!(!proc.wait().success());
+    wait_until("the refusal names the audit log", || {
+        proc.stderr().contains(audit.to_str().unwrap()) && proc.stderr().contains("uid 65534")
+    });
+}
