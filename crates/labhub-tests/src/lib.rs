@@ -367,14 +367,30 @@ pub mod attack {
         endpoint.strip_prefix("tcp://").unwrap_or(endpoint)
     }
 
-    /// Opens up to `count` plain TCP connections that never send a byte (connections the
-    /// kernel refuses or that time out are skipped). They stay open while the vector lives.
+    /// Opens up to `count` plain TCP connections that never send a byte, from 32 threads at
+    /// once so that all are open within a fraction of the broker's handshake time limit
+    /// (connections the kernel refuses or that time out are skipped). They stay open while
+    /// the vector lives.
     pub fn idle_connections(endpoint: &str, count: usize) -> Vec<TcpStream> {
-        let address = tcp_address(endpoint)
+        const THREADS: usize = 32;
+        let address: std::net::SocketAddr = tcp_address(endpoint)
             .parse()
             .expect("a tcp://ip:port endpoint");
-        (0..count)
-            .filter_map(|_| TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok())
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let n = count / THREADS + usize::from(t < count % THREADS);
+                std::thread::spawn(move || {
+                    (0..n)
+                        .filter_map(|_| {
+                            TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("connecting thread"))
             .collect()
     }
 
