@@ -15,6 +15,11 @@ use labhub::shm::{ChannelConfig, FrameMeta, Policy};
 use serde_json::Value;
 use wait_timeout::ChildExt as _;
 
+#[path = "cli/demo.rs"]
+mod demo;
+#[path = "cli/flags.rs"]
+mod flags;
+
 /// Longest any `labhub` run may take before the test fails instead of hanging.
 const WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -93,8 +98,21 @@ struct Broker {
 
 impl Broker {
     fn start() -> Self {
+        Self::start_in(None)
+    }
+
+    /// A broker whose temporary directory (TMPDIR) is `tmp`.
+    fn start_with_tmpdir(tmp: &Path) -> Self {
+        Self::start_in(Some(tmp))
+    }
+
+    fn start_in(tmp: Option<&Path>) -> Self {
         let home = tempfile::tempdir().unwrap();
-        let mut child = labhub(home.path())
+        let mut hub = labhub(home.path());
+        if let Some(tmp) = tmp {
+            hub.env("TMPDIR", tmp);
+        }
+        let mut child = hub
             .args([
                 "hub",
                 "--endpoint",
@@ -281,8 +299,17 @@ fn demo_in_json_reports_a_positive_throughput_and_exits_0() {
         assert_eq!(c["bad_frames"], 0, "{c}");
         assert!(c["latency_us_mean"].as_f64().is_some(), "{c}");
     }
+    // First where it runs, then the samples.
+    let start = &lines[0];
+    assert_eq!(start["type"], "start", "{start}");
     assert!(
-        lines[..lines.len() - 1]
+        start["channel"]
+            .as_str()
+            .unwrap()
+            .starts_with("labhub-demo-")
+    );
+    assert!(
+        lines[1..lines.len() - 1]
             .iter()
             .all(|l| l["type"] == "sample")
     );

@@ -3,10 +3,9 @@
 use std::io::Read as _;
 
 use anyhow::Context as _;
-use labhub::protocol::ChannelName;
 
+use crate::args;
 use crate::common::{self, ConnectArgs, out, out_json};
-use crate::exit::UsageError;
 
 /// Send one request to a request/reply channel and print the reply: finds the server's
 /// endpoint through the broker, sends REQUEST (or standard input with `-`), waits up to
@@ -16,7 +15,7 @@ use crate::exit::UsageError;
 #[derive(Debug, clap::Args)]
 pub struct CallArgs {
     /// The channel name.
-    #[arg(value_name = "CHANNEL")]
+    #[arg(value_name = "CHANNEL", value_parser = args::channel_name)]
     channel: String,
     /// The request, or `-` for all of standard input.
     #[arg(value_name = "REQUEST|-")]
@@ -30,8 +29,6 @@ pub struct CallArgs {
 
 /// Calls.
 pub fn run(args: CallArgs, verbose: u8) -> anyhow::Result<()> {
-    ChannelName::new(args.channel.as_str())
-        .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
     let request = if args.request == "-" {
         let mut buf = Vec::new();
         std::io::stdin()

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use labhub::protocol::{ChannelKind, ChannelName};
+use labhub::protocol::ChannelKind;
 
-use crate::common::{self, ConnectArgs, out, out_json, parse_duration};
-use crate::exit::{NotFound, UsageError};
+use crate::args;
+use crate::common::{self, ConnectArgs, out, out_json};
+use crate::exit::NotFound;
 use crate::segment;
 
 /// Show one channel: what the broker knows (producer, consumers, counters) and, for a
@@ -21,10 +22,11 @@ use crate::segment;
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
     /// The channel name.
-    #[arg(value_name = "CHANNEL")]
+    #[arg(value_name = "CHANNEL", value_parser = args::channel_name)]
     channel: String,
-    /// How long to watch the segment's counter to measure the frame rate (0: do not).
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    /// How long to watch the segment's counter to measure the frame rate, 0 (do not) to 1h.
+    #[arg(long, value_name = "DURATION", default_value = "500ms",
+          value_parser = args::duration(Duration::ZERO..=args::HOUR))]
     sample: Duration,
     /// Print JSON.
     #[arg(long)]
@@ -35,8 +37,6 @@ pub struct InfoArgs {
 
 /// Shows the channel.
 pub fn run(args: InfoArgs, verbose: u8) -> anyhow::Result<()> {
-    ChannelName::new(args.channel.as_str())
-        .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
     // `list` rather than `discover`: it also shows a channel whose producer is gone.

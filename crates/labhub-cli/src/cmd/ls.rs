@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use labhub::protocol::{ChannelInfo, ChannelKind, ChannelState};
 use serde::Serialize;
 
-use crate::common::{self, ConnectArgs, out, out_json, parse_duration};
+use crate::args;
+use crate::common::{self, ConnectArgs, out, out_json};
 use crate::segment;
 
 /// List the channels the broker knows: kind, state, producer, consumers, frame rate.
@@ -19,13 +20,14 @@ use crate::segment;
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
     /// Only channels whose name starts with PREFIX.
-    #[arg(value_name = "PREFIX")]
+    #[arg(value_name = "PREFIX", value_parser = args::channel_prefix)]
     prefix: Option<String>,
     /// Only channels of this kind.
     #[arg(long, value_enum)]
     kind: Option<Kind>,
-    /// How long to watch shared-memory counters to measure frame rates (0: do not).
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    /// How long to watch shared-memory counters to measure frame rates, 0 (do not) to 1h.
+    #[arg(long, value_name = "DURATION", default_value = "500ms",
+          value_parser = args::duration(Duration::ZERO..=args::HOUR))]
     sample: Duration,
     /// Print JSON instead of a table.
     #[arg(long)]

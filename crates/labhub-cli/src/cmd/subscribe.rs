@@ -2,10 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use labhub::protocol::ChannelName;
-
+use crate::args;
 use crate::common::{self, ConnectArgs, out, out_json};
-use crate::exit::UsageError;
 
 /// Print the messages of a pub/sub channel: finds its endpoint through the broker, attaches
 /// there as a consumer, subscribes (the Hub client's `find_subscriber`), and prints one line
@@ -15,16 +13,16 @@ use crate::exit::UsageError;
 #[derive(Debug, clap::Args)]
 pub struct SubArgs {
     /// The channel name.
-    #[arg(value_name = "CHANNEL")]
+    #[arg(value_name = "CHANNEL", value_parser = args::channel_name)]
     channel: String,
     /// Only messages whose topic starts with this prefix (repeatable; default: all).
     #[arg(long)]
     topic: Vec<String>,
-    /// Stop after this many messages.
-    #[arg(long, value_name = "N")]
+    /// Stop after this many messages (at least 1).
+    #[arg(long, value_name = "N", value_parser = args::integer(1..=u64::MAX))]
     count: Option<u64>,
-    /// Stop after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
+    /// Stop after this many seconds, 0.001 to 31536000 (365 days).
+    #[arg(long, value_name = "SECONDS", value_parser = args::seconds(0.001..=args::YEAR_SECONDS))]
     seconds: Option<f64>,
     /// Print JSON Lines.
     #[arg(long)]
@@ -35,13 +33,6 @@ pub struct SubArgs {
 
 /// Subscribes and prints.
 pub fn run(args: SubArgs, verbose: u8) -> anyhow::Result<()> {
-    ChannelName::new(args.channel.as_str())
-        .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
-    if let Some(s) = args.seconds
-        && !(s.is_finite() && s > 0.0)
-    {
-        return Err(UsageError(format!("--seconds {s} must be more than 0")).into());
-    }
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
     // Discovers the endpoint, connects, and attaches at the broker (detached on drop).

@@ -3,12 +3,12 @@
 use std::time::{Duration, Instant};
 
 use labhub::client::{ConsumeError, Hub};
-use labhub::protocol::{ChannelKind, ChannelName};
+use labhub::protocol::ChannelKind;
 use labhub::shm::AttachOptions;
 use serde::Serialize;
 
-use crate::common::{self, ConnectArgs, out_json, parse_duration};
-use crate::exit::UsageError;
+use crate::args;
+use crate::common::{self, ConnectArgs, out_json};
 use crate::meter::{LiveLine, Meter, Rates, micros};
 
 /// Watch a channel live. A shared-memory channel is attached as a consumer (registered with
@@ -21,16 +21,17 @@ use crate::meter::{LiveLine, Meter, Rates, micros};
 #[derive(Debug, clap::Args)]
 pub struct WatchArgs {
     /// The channel name.
-    #[arg(value_name = "CHANNEL")]
+    #[arg(value_name = "CHANNEL", value_parser = args::channel_name)]
     channel: String,
-    /// Stop after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
+    /// Stop after this many seconds, 0.001 to 31536000 (365 days).
+    #[arg(long, value_name = "SECONDS", value_parser = args::seconds(0.001..=args::YEAR_SECONDS))]
     seconds: Option<f64>,
-    /// Stop after this many samples.
-    #[arg(long, value_name = "N")]
+    /// Stop after this many samples (at least 1).
+    #[arg(long, value_name = "N", value_parser = args::integer(1..=u64::MAX))]
     count: Option<u64>,
-    /// Time between samples.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    /// Time between samples, 10ms to 1day.
+    #[arg(long, value_name = "DURATION", default_value = "1s",
+          value_parser = args::duration(args::TEN_MS..=args::DAY))]
     interval: Duration,
     /// Print JSON Lines.
     #[arg(long)]
@@ -55,28 +56,8 @@ struct Sample<'a> {
     dropped: u64,
 }
 
-impl WatchArgs {
-    fn validate(&self) -> Result<(), UsageError> {
-        ChannelName::new(self.channel.as_str())
-            .map_err(|e| UsageError(format!("channel name {:?}: {e}", self.channel)))?;
-        if let Some(s) = self.seconds
-            && !(s.is_finite() && s > 0.0)
-        {
-            return Err(UsageError(format!("--seconds {s} must be more than 0")));
-        }
-        if self.count == Some(0) {
-            return Err(UsageError("--count must be at least 1".into()));
-        }
-        if self.interval < Duration::from_millis(10) {
-            return Err(UsageError("--interval must be at least 10ms".into()));
-        }
-        Ok(())
-    }
-}
-
 /// Watches the channel.
 pub fn run(args: WatchArgs, verbose: u8) -> anyhow::Result<()> {
-    args.validate()?;
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
     let info = hub.discover(&args.channel)?;

@@ -515,12 +515,15 @@ pub fn read_secret(path: &Path, password: Option<&str>) -> Result<KeyPair, KeyEr
     Ok(pair)
 }
 
-/// Reads a public key file (one Z85 key; comment lines and blank lines allowed).
+/// Largest public key file read, in bytes: one 40-character key with room for comments. A
+/// larger or endless file (`/dev/zero`, a FIFO that never ends) is refused after reading one
+/// byte more than this.
+pub const MAX_PUBLIC_KEY_FILE_LEN: u64 = 4096;
+
+/// Reads a public key file (one Z85 key; comment lines and blank lines allowed), at most
+/// [`MAX_PUBLIC_KEY_FILE_LEN`] bytes of it.
 pub fn read_public(path: &Path) -> Result<PublicKey, KeyError> {
-    let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = read_bounded_text(path, MAX_PUBLIC_KEY_FILE_LEN)?;
     let mut keys = parse_key_lines(path, &text)?;
     match (keys.pop(), keys.is_empty()) {
         (Some(k), true) => Ok(k),
@@ -529,6 +532,31 @@ pub fn read_public(path: &Path) -> Result<PublicKey, KeyError> {
             problem: "a public key file holds exactly one key".into(),
         }),
     }
+}
+
+/// Reads `path` as UTF-8 text of at most `limit` bytes, without reading more than one byte past
+/// the limit, so a huge or endless file costs nothing.
+fn read_bounded_text(path: &Path, limit: u64) -> Result<String, KeyError> {
+    use std::io::Read as _;
+    let read_err = |source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(KeyError::Malformed {
+            path: path.to_owned(),
+            problem: format!("longer than {limit} bytes, too long for a key file"),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| KeyError::Malformed {
+        path: path.to_owned(),
+        problem: "not UTF-8 text".into(),
+    })
 }
 
 /// Parses lines of Z85 keys. The first word of a line is the key and the rest of the line is a
