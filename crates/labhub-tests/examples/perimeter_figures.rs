@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use labhub::broker::keys::{self, PublicKey};
 use labhub::broker::probe::Probe;
+use labhub::keys::{self, PublicKey};
 use labhub_tests::{ChildProc, ScratchDir, attack};
 use serde_json::json;
 

@@ -345,7 +345,7 @@ pub mod attack {
     use std::net::TcpStream;
     use std::time::Duration;
 
-    use labhub::broker::keys::{KeyPair, PublicKey};
+    use labhub::keys::{KeyPair, PublicKey};
     use labhub_zmq::{Context, CurvePublicKey, CurveSecretKey, Flags, Message, Socket, SocketType};
 
     /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).

@@ -15,7 +15,9 @@
 //! | [`filelock`] | an exclusive cross-process, cross-thread lock on a path |
 //! | [`shm`] | shared-memory data channels: producer, consumers, policies, flexible zone |
 //! | [`protocol`] | the broker's wire messages: frames, types, typed decoding and validation |
-//! | [`broker`] | the broker: registry and watchdog, keys, config, audit trail, CurveZMQ server |
+//! | [`keys`] | CURVE key files, the allow list, and which files may be trusted |
+//! | [`home`] | the labhub home and the broker's default endpoints |
+//! | [`broker`] | the broker: registry and watchdog, config, audit trail, perimeter, CurveZMQ server |
 //! | [`msg`] | ZeroMQ publish/subscribe and request/reply channels, optionally CurveZMQ-encrypted |
 //! | [`client`] | the Hub client: a lifecycle module (heartbeat, re-registration) and the channel factories |
 //!
@@ -25,6 +27,8 @@
 pub mod broker;
 pub mod client;
 pub mod filelock;
+pub mod home;
+pub mod keys;
 pub mod lifecycle;
 pub mod log;
 pub mod msg;

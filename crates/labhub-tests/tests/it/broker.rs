@@ -15,8 +15,8 @@ mod watchdog;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use labhub::broker::keys::{self, KeyPair, PublicKey};
 use labhub::broker::probe::{NotificationListener, Probe};
+use labhub::keys::{self, KeyPair, PublicKey};
 use labhub::protocol::{ErrorCode, Notification};
 use serde_json::json;
 

@@ -8,7 +8,7 @@ use super::*;
 use std::path::Path;
 use std::process::Command;
 
-use labhub::broker::keys;
+use labhub::keys;
 use labhub::protocol::BrokerStatus;
 use labhub_tests::attack;
 
@@ -308,7 +308,7 @@ fn the_largest_frame_under_curve_is_65503_bytes() {
     let reply = probe.recv_reply().unwrap();
     assert_eq!(reply.error_code, ErrorCode::MalformedBody);
     // One byte more and libzmq drops the connection: no reply at all.
-    let mut refused = Probe::connect(
+    let refused = Probe::connect(
         &broker.endpoint,
         &broker.key,
         &home.local_key(),

@@ -22,7 +22,7 @@
 //! | receive budget per connection | — | — | `connection_burst_bytes`, `connection_rate_bytes_per_sec` | 8 MiB, 4 MiB/s |
 //!
 //! The password is never read from the config file. The config file and the allow list must
-//! be trusted files (see [`crate::broker::trust`]).
+//! be trusted files (see [`crate::keys::trust`]).
 #![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -31,14 +31,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::keys::{self, KeyError};
 use super::perimeter::PerimeterLimits;
 use super::registry::RegistryConfig;
+use crate::keys::{self, KeyError};
 
-/// The default ROUTER endpoint.
-pub const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:5570";
-/// The default notification PUB endpoint.
-pub const DEFAULT_NOTIFY_ENDPOINT: &str = "tcp://127.0.0.1:5571";
+pub use crate::home::{DEFAULT_ENDPOINT, DEFAULT_NOTIFY_ENDPOINT};
 
 /// Why the configuration could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +77,11 @@ pub enum ConfigError {
         problem: String,
     },
 }
+
+/// Asks a person for a password, showing the question; what the broker calls when it needs
+/// the password of its secret key and has no other source.
+pub type PasswordPrompt =
+    std::sync::Arc<dyn Fn(&str) -> std::io::Result<Zeroizing<String>> + Send + Sync>;
 
 /// One source's settings, each optional; later merged by precedence.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -235,8 +237,9 @@ pub struct BrokerConfig {
     pub password: Option<Zeroizing<String>>,
     /// A file holding that password.
     pub secret_file: Option<PathBuf>,
-    /// May the broker prompt on a terminal for the password.
-    pub interactive: bool,
+    /// How to ask for the broker key's password when no other source has it (the CLI asks on
+    /// the terminal); `None` in programs that must never block on input.
+    pub prompt: Option<PasswordPrompt>,
     /// The audit log.
     pub audit_log: PathBuf,
     /// Unlink stale segments of dead producers at start.
@@ -260,20 +263,10 @@ impl std::fmt::Debug for BrokerConfig {
             .field("allow_any_client", &self.allow_any_client)
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("secret_file", &self.secret_file)
-            .field("interactive", &self.interactive)
+            .field("prompt", &self.prompt.as_ref().map(|_| "<set>"))
             .field("audit_log", &self.audit_log)
             .finish_non_exhaustive()
     }
-}
-
-/// The labhub home: `LABHUB_HOME` or `<data dir>/labhub`.
-pub fn default_home(var: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, ConfigError> {
-    if let Some(h) = var("LABHUB_HOME").filter(|h| !h.is_empty()) {
-        return Ok(PathBuf::from(h));
-    }
-    dirs::data_dir()
-        .map(|d| d.join("labhub"))
-        .ok_or(ConfigError::NoHome)
 }
 
 fn check_bind_endpoint(origin: &str, key: &str, value: &str) -> Result<(), ConfigError> {
@@ -314,7 +307,7 @@ impl BrokerConfig {
             allow_any_client: false,
             password: None,
             secret_file: None,
-            interactive: false,
+            prompt: None,
             audit_log: home.join("audit.jsonl"),
             reap_stale_segments: true,
             audit_max_bytes: super::audit::DEFAULT_MAX_BYTES,
@@ -339,7 +332,7 @@ impl BrokerConfig {
     ) -> Result<Self, ConfigError> {
         let home = match home_flag {
             Some(h) => h,
-            None => default_home(var)?,
+            None => crate::home::default_home(var).map_err(|_| ConfigError::NoHome)?,
         };
         let env = ConfigLayer::from_env(var)?;
         let (file, file_origin) =

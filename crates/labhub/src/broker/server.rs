@@ -9,7 +9,6 @@
 #![deny(unsafe_code)]
 
 use std::collections::HashSet;
-use std::io::IsTerminal;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use std::sync::Arc;
@@ -25,10 +24,10 @@ use zeroize::Zeroizing;
 
 use super::audit::{AuditError, AuditEvent, AuditLog, Refusal, RefusalTally};
 use super::config::{BrokerConfig, ConfigError};
-use super::keys::{self, KeyError, KeyPair, PublicKey};
 use super::perimeter::{Perimeter, PerimeterStats};
 use super::registry::{Effect, Origin, Registry};
 use super::segments::{self, Removal};
+use crate::keys::{self, KeyError, KeyPair, PublicKey};
 use crate::protocol::{self, ChannelName, ErrorCode, Reply, ShmName};
 
 /// The most frames kept of one message; the rest are read and discarded.
@@ -88,8 +87,8 @@ pub enum BrokerError {
     /// The connection watch (an epoll set) could not be created.
     #[error("cannot watch the broker's connections")]
     Perimeter(#[source] std::io::Error),
-    /// Reading the password from the terminal failed.
-    #[error("cannot read the password from the terminal")]
+    /// Asking for the password failed.
+    #[error("cannot read the password")]
     Prompt(#[source] std::io::Error),
 }
 
@@ -189,7 +188,8 @@ fn read_password_file(path: &std::path::Path) -> Result<Zeroizing<String>, KeyEr
 /// Loads the broker's key pair from `<home>/keys/broker.{pub,secret}`, creating it on first run.
 ///
 /// The password comes from `LABHUB_BROKER_SECRET`, else the `--secret-file`, else the generated
-/// password file of an earlier unattended first run, else a terminal prompt. On a first run with
+/// password file of an earlier unattended first run, else the configuration's password prompt
+/// (the CLI's terminal prompt). On a first run with
 /// none of these and no terminal, a random password is generated and stored in
 /// `<home>/keys/broker.password` (mode 0600) so that `labhub hub` works with no configuration;
 /// a warning says so, since that file protects the key only as well as its mode does.
@@ -202,6 +202,14 @@ pub fn load_or_create_broker_keys(
     let base = dir.join("broker");
     let secret = keys::with_suffix(&base, "secret");
     let generated = dir.join("broker.password");
+    let ask = |question: &str| -> Result<Zeroizing<String>, BrokerError> {
+        match &config.prompt {
+            Some(prompt) => prompt(question).map_err(BrokerError::Prompt),
+            None => Err(BrokerError::Prompt(std::io::Error::other(
+                "no password prompt",
+            ))),
+        }
+    };
     let given = |interactive_prompt: &dyn Fn()
         -> Result<Option<Zeroizing<String>>, BrokerError>|
      -> Result<Option<(Zeroizing<String>, PasswordOrigin)>, BrokerError> {
@@ -217,7 +225,7 @@ pub fn load_or_create_broker_keys(
                 PasswordOrigin::GeneratedFile,
             )));
         }
-        if config.interactive && std::io::stdin().is_terminal() {
+        if config.prompt.is_some() {
             return Ok(interactive_prompt()?.map(|p| (p, PasswordOrigin::Prompt)));
         }
         Ok(None)
@@ -228,12 +236,11 @@ pub fn load_or_create_broker_keys(
             return Ok((keys::load_pair(&base, None)?, PasswordOrigin::None));
         }
         let prompt = || {
-            rpassword::prompt_password(format!(
+            ask(&format!(
                 "password for the broker key {}: ",
                 secret.display()
             ))
-            .map(|p| Some(Zeroizing::new(p)))
-            .map_err(BrokerError::Prompt)
+            .map(Some)
         };
         let (password, origin) = given(&prompt)?.ok_or_else(|| KeyError::NoPassword {
             path: secret.clone(),
@@ -243,19 +250,14 @@ pub fn load_or_create_broker_keys(
     }
     // First run: create the pair.
     let prompt = || -> Result<Option<Zeroizing<String>>, BrokerError> {
-        let first = Zeroizing::new(
-            rpassword::prompt_password(format!(
-                "new password for the broker key {} (empty: generate one): ",
-                secret.display()
-            ))
-            .map_err(BrokerError::Prompt)?,
-        );
+        let first = ask(&format!(
+            "new password for the broker key {} (empty: generate one): ",
+            secret.display()
+        ))?;
         if first.is_empty() {
             return Ok(None);
         }
-        let again = Zeroizing::new(
-            rpassword::prompt_password("repeat the password: ").map_err(BrokerError::Prompt)?,
-        );
+        let again = ask("repeat the password: ")?;
         if *first != *again {
             return Err(BrokerError::Key(KeyError::Malformed {
                 path: secret.clone(),
@@ -335,7 +337,7 @@ fn secure_audit_log(path: &std::path::Path) -> Result<(), BrokerError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };
-    let me = super::trust::current_uid();
+    let me = crate::keys::trust::current_uid();
     if meta.uid() != me {
         return Err(BrokerError::AuditOwner {
             path: path.to_owned(),

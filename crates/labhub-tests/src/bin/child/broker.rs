@@ -20,9 +20,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use labhub::broker::keys::{self, PublicKey};
 use labhub::broker::probe::Probe;
 use labhub::broker::{BrokerConfig, ConfigLayer, run_foreground};
+use labhub::keys::{self, PublicKey};
 use labhub::log::{LogConfig, Sink};
 use labhub::protocol::ErrorCode;
 

@@ -13,6 +13,8 @@
 //! file that does not parse is refused with a [`KeyError`] naming the file and the problem.
 #![deny(unsafe_code)]
 
+pub mod trust;
+
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -58,7 +60,7 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// A file or directory the broker would trust is owned by another user, or open to
-    /// writes (for secrets: reads) by group or others; see [`super::trust`].
+    /// writes (for secrets: reads) by group or others; see [`trust`].
     #[error("{path} is owned by uid {owner} with mode {mode:04o}: {problem}")]
     Untrusted {
         /// The file or directory.
@@ -280,13 +282,13 @@ fn derive(
 /// Refuses a secret file that another user owns, that group or others can access at all, or
 /// that lies under a directory others could change.
 pub fn check_secret_permissions(path: &Path) -> Result<(), KeyError> {
-    super::trust::check(path, super::trust::Trust::Secret)
+    trust::check(path, trust::Trust::Secret)
 }
 
 /// Refuses a trusted file (config, allow list) that another user owns or that group or
 /// others could change, directly or through a directory on its path.
 pub fn check_trusted_permissions(path: &Path) -> Result<(), KeyError> {
-    super::trust::check(path, super::trust::Trust::File)
+    trust::check(path, trust::Trust::File)
 }
 
 /// Reads a secret file after checking its permissions.
@@ -349,7 +351,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), KeyError> {
                 source,
             })?;
     }
-    super::trust::check(dir, super::trust::Trust::Directory)
+    trust::check(dir, trust::Trust::Directory)
 }
 
 /// Serialises `pair` as an encrypted secret file.

@@ -14,7 +14,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::keys::KeyError;
+use super::KeyError;
 
 /// What a checked path is, for the rules that differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
