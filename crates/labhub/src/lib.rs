@@ -21,17 +21,27 @@
 //! | [`msg`] | ZeroMQ publish/subscribe and request/reply channels, optionally CurveZMQ-encrypted |
 //! | [`client`] | the Hub client: a lifecycle module (heartbeat, re-registration) and the channel factories |
 //!
+//! Cargo features: `zmq` (keys, home, protocol, msg, client: libzmq, libsodium and the crypto
+//! crates) and `broker` (the broker; implies `zmq`), both on by default. With
+//! `default-features = false` the crate is sys, lifecycle, log, sync, filelock and shm alone.
+//!
 //! See `docs/ARCHITECTURE.md` for the design.
 #![deny(missing_docs)]
 
+#[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "zmq")]
 pub mod client;
 pub mod filelock;
+#[cfg(feature = "zmq")]
 pub mod home;
+#[cfg(feature = "zmq")]
 pub mod keys;
 pub mod lifecycle;
 pub mod log;
+#[cfg(feature = "zmq")]
 pub mod msg;
+#[cfg(feature = "zmq")]
 pub mod protocol;
 pub mod shm;
 pub mod sync;

@@ -234,6 +234,7 @@ pub(crate) struct RotatingFile {
 }
 
 impl RotatingFile {
+    #[cfg(feature = "broker")]
     /// Opens a rotating file of whole lines that are not log lines (the broker's audit trail):
     /// created with `mode`, rotated like a log sink but with no marker line, so every line in
     /// it is one of the caller's.
@@ -261,6 +262,7 @@ impl RotatingFile {
         })
     }
 
+    #[cfg(feature = "broker")]
     /// Appends whole lines (each ends with a newline), rotating as needed.
     pub(crate) fn write_plain<L: AsRef<[u8]>>(
         &mut self,
@@ -285,6 +287,7 @@ impl RotatingFile {
         result.and(unlocked)
     }
 
+    #[cfg(feature = "broker")]
     /// Makes everything written so far durable.
     pub(crate) fn sync(&self) -> io::Result<()> {
         sync(&self.file)
