@@ -142,6 +142,10 @@ impl Perimeter {
     }
 
     fn accepted(&mut self, fd: u64, remote: &str) {
+        // Only TCP peers can be told apart and shut down (see the module documentation).
+        if !remote.starts_with("tcp://") {
+            return;
+        }
         // A descriptor number is reused only after its connection closed.
         if let Some(old) = self.connections.remove(&fd) {
             self.forget(fd, &old);
