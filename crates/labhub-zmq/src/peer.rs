@@ -35,14 +35,22 @@ pub fn shut_down(fd: u64, remote: &str) -> bool {
     sys::shutdown(raw)
 }
 
-/// Bytes the kernel has received on the TCP connection `fd` (`tcpi_bytes_received`), if its
-/// peer is still `remote`.
-pub fn bytes_received(fd: u64, remote: &str) -> Option<u64> {
+/// The kernel's byte counts of a TCP connection (`TCP_INFO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpCounts {
+    /// Bytes received from the peer (`tcpi_bytes_received`).
+    pub received: u64,
+    /// Bytes sent to the peer and acknowledged by it (`tcpi_bytes_acked`).
+    pub acked: u64,
+}
+
+/// The byte counts of the TCP connection `fd`, if its peer is still `remote`.
+pub fn tcp_counts(fd: u64, remote: &str) -> Option<TcpCounts> {
     let (raw, want) = (raw_fd(fd)?, parse_tcp(remote)?);
     if peer_address(raw) != Some(want) {
         return None;
     }
-    sys::bytes_received(raw)
+    sys::tcp_counts(raw)
 }
 
 /// Wakes a poll loop when data arrives on any of a set of accepted TCP connections: an
@@ -204,7 +212,7 @@ mod sys {
         }
     }
 
-    pub(super) fn bytes_received(fd: i32) -> Option<u64> {
+    pub(super) fn tcp_counts(fd: i32) -> Option<super::TcpCounts> {
         let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
         let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
         // SAFETY: `info` is writable for `len` bytes; the kernel writes at most `len` bytes
@@ -222,7 +230,11 @@ mod sys {
             return None;
         }
         // SAFETY: zero-initialised plain data, partly overwritten by the kernel.
-        Some(unsafe { info.assume_init() }.tcpi_bytes_received)
+        let info = unsafe { info.assume_init() };
+        Some(super::TcpCounts {
+            received: info.tcpi_bytes_received,
+            acked: info.tcpi_bytes_acked,
+        })
     }
 }
 
@@ -238,7 +250,7 @@ mod sys {
         false
     }
 
-    pub(super) fn bytes_received(_fd: i32) -> Option<u64> {
+    pub(super) fn tcp_counts(_fd: i32) -> Option<super::TcpCounts> {
         None
     }
 
@@ -274,7 +286,13 @@ mod tests {
         assert!(is_connected_to(fd, &remote));
         assert!(!is_connected_to(fd, "tcp://127.0.0.1:1"));
         assert!(!is_connected_to(fd, "ipc:///tmp/x"));
-        assert_eq!(bytes_received(fd, &remote), Some(0));
+        assert_eq!(
+            tcp_counts(fd, &remote),
+            Some(TcpCounts {
+                received: 0,
+                acked: 0
+            })
+        );
         assert!(!shut_down(fd, "tcp://127.0.0.1:1"));
         assert!(shut_down(fd, &remote));
         let mut buf = [0u8; 1];
@@ -303,6 +321,7 @@ mod tests {
         crate::poll(&mut items, Some(std::time::Duration::from_secs(10))).unwrap();
         watch.ready(&mut ready);
         assert_eq!(ready, vec![fd]);
-        assert_eq!(bytes_received(fd, &format!("tcp://{peer}")), Some(5));
+        let counts = tcp_counts(fd, &format!("tcp://{peer}")).unwrap();
+        assert_eq!(counts.received, 5);
     }
 }

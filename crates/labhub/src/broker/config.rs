@@ -19,7 +19,7 @@
 //! | audit log rotation | — | — | `audit_max_bytes`, `audit_backups` | 16 MiB, 4 |
 //! | pending connections per socket | — | — | `max_pending_connections` | 256 |
 //! | handshake time limit | — | — | `handshake_timeout_ms` | 5000 |
-//! | receive budget per connection | — | — | `connection_burst_bytes`, `connection_rate_bytes_per_sec` | 8 MiB, 4 MiB/s |
+//! | unanswered bytes per connection | — | — | `max_unanswered_bytes` | 8 MiB |
 //!
 //! The password is never read from the config file. The config file and the allow list must
 //! be trusted files (see [`crate::keys::trust`]).
@@ -119,10 +119,8 @@ pub struct ConfigLayer {
     pub max_pending_connections: Option<usize>,
     /// How long a handshake may take, in milliseconds.
     pub handshake_timeout_ms: Option<u64>,
-    /// Bytes an admitted connection may send in a burst.
-    pub connection_burst_bytes: Option<u64>,
-    /// Bytes per second an admitted connection may send, sustained.
-    pub connection_rate_bytes_per_sec: Option<u64>,
+    /// Bytes an admitted connection may send without taking anything from the broker.
+    pub max_unanswered_bytes: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -149,10 +147,7 @@ impl ConfigLayer {
                 .max_pending_connections
                 .or(lower.max_pending_connections),
             handshake_timeout_ms: self.handshake_timeout_ms.or(lower.handshake_timeout_ms),
-            connection_burst_bytes: self.connection_burst_bytes.or(lower.connection_burst_bytes),
-            connection_rate_bytes_per_sec: self
-                .connection_rate_bytes_per_sec
-                .or(lower.connection_rate_bytes_per_sec),
+            max_unanswered_bytes: self.max_unanswered_bytes.or(lower.max_unanswered_bytes),
         }
     }
 
@@ -197,8 +192,7 @@ impl ConfigLayer {
             audit_backups: None,
             max_pending_connections: None,
             handshake_timeout_ms: None,
-            connection_burst_bytes: None,
-            connection_rate_bytes_per_sec: None,
+            max_unanswered_bytes: None,
         })
     }
 
@@ -410,11 +404,8 @@ impl BrokerConfig {
         if let Some(v) = merged.handshake_timeout_ms {
             config.perimeter.handshake_timeout = Duration::from_millis(v);
         }
-        if let Some(v) = merged.connection_burst_bytes {
-            config.perimeter.receive_burst = v;
-        }
-        if let Some(v) = merged.connection_rate_bytes_per_sec {
-            config.perimeter.receive_rate = v;
+        if let Some(v) = merged.max_unanswered_bytes {
+            config.perimeter.max_unanswered = v;
         }
         config.password = var("LABHUB_BROKER_SECRET")
             .filter(|p| !p.is_empty())
@@ -454,7 +445,7 @@ fn validate_layer(layer: &ConfigLayer, origin: &str) -> Result<(), ConfigError> 
             "must be from 1 to 1000",
         ));
     }
-    let ranges: [(&str, Option<u64>, u64, u64, &str); 6] = [
+    let ranges: [(&str, Option<u64>, u64, u64, &str); 5] = [
         (
             "audit_max_bytes",
             layer.audit_max_bytes,
@@ -484,18 +475,11 @@ fn validate_layer(layer: &ConfigLayer, origin: &str) -> Result<(), ConfigError> 
             "must be from 100 ms to 10 minutes",
         ),
         (
-            "connection_burst_bytes",
-            layer.connection_burst_bytes,
-            crate::protocol::MAX_MESSAGE_BYTES as u64 * 4,
+            "max_unanswered_bytes",
+            layer.max_unanswered_bytes,
+            crate::protocol::MAX_MESSAGE_BYTES as u64 * super::server::REQUEST_QUEUE as u64,
             1 << 34,
-            "must be from 4 messages (256 KiB) to 16 GiB",
-        ),
-        (
-            "connection_rate_bytes_per_sec",
-            layer.connection_rate_bytes_per_sec,
-            1024,
-            1 << 34,
-            "must be from 1 KiB/s to 16 GiB/s",
+            "must be from 4 MiB (the request queue of 64 largest requests) to 16 GiB",
         ),
     ];
     for (key, v, min, max, problem) in ranges {

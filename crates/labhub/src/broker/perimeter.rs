@@ -12,19 +12,21 @@
 //!   their handshake at once; when another arrives, the oldest pending one is shut down. An
 //!   admitted client that lost its place reconnects by itself (ZeroMQ reconnects), while a
 //!   flood of idle connections never holds more than this many descriptors;
-//! - **receive budget**: an authenticated connection may send at most
-//!   [`PerimeterLimits::receive_burst`] bytes beyond a sustained
-//!   [`PerimeterLimits::receive_rate`] (a token bucket on the kernel's count of bytes received,
-//!   `TCP_INFO`). A connection over budget is shut down, and libzmq frees whatever it held for
-//!   it, a partly received message included. Arrivals wake the broker (an edge-triggered
-//!   epoll set in its poll loop), so a connection is cut soon after it passes the budget.
+//! - **unanswered bytes**: the broker answers every request, so a connection that keeps
+//!   sending while the broker sends it nothing is holding an unfinished message (or never
+//!   reads its replies). From the kernel's byte counts (`TCP_INFO`), an authenticated
+//!   connection may receive at most [`PerimeterLimits::max_unanswered`] bytes after the last
+//!   time its peer acknowledged data from the broker; past that it is shut down, and libzmq
+//!   frees whatever it held for it, a partly received message included. Arrivals wake the
+//!   broker (an edge-triggered epoll set in its poll loop), so a connection is cut soon after
+//!   it passes the limit, whatever its rate.
 //!
 //! Both apply to TCP connections, whose peers have addresses; an `ipc://` peer has none to
 //! tell connections apart, and its socket file's permissions decide who can connect.
 #![deny(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use labhub_zmq::peer::{self, ActivityWatch};
 use labhub_zmq::{MonitorEvent, PollItem, SocketEvent};
@@ -36,10 +38,9 @@ pub struct PerimeterLimits {
     pub max_pending: usize,
     /// How long a handshake may take before libzmq closes the connection (`ZMQ_HANDSHAKE_IVL`).
     pub handshake_timeout: Duration,
-    /// Bytes an authenticated connection may send in a burst above the sustained rate.
-    pub receive_burst: u64,
-    /// Bytes per second an authenticated connection may send, sustained.
-    pub receive_rate: u64,
+    /// Bytes an authenticated connection may send after the last data from the broker it
+    /// acknowledged. At least the request queue's worth of largest requests (64 × 64 KiB).
+    pub max_unanswered: u64,
 }
 
 impl Default for PerimeterLimits {
@@ -47,8 +48,7 @@ impl Default for PerimeterLimits {
         Self {
             max_pending: 256,
             handshake_timeout: Duration::from_secs(5),
-            receive_burst: 8 * 1024 * 1024,
-            receive_rate: 4 * 1024 * 1024,
+            max_unanswered: 8 * 1024 * 1024,
         }
     }
 }
@@ -64,7 +64,7 @@ pub struct PerimeterStats {
     pub accepted: u64,
     /// Pending connections shut down to make room for newer ones.
     pub evicted: u64,
-    /// Authenticated connections shut down for sending more than their budget.
+    /// Authenticated connections shut down for sending too much unanswered.
     pub cut: u64,
 }
 
@@ -81,10 +81,10 @@ struct Connection {
     remote: String,
     seq: u64,
     state: State,
-    /// Budget left, in bytes (negative: over budget).
-    credit: i64,
-    bytes_seen: u64,
-    refilled: Instant,
+    /// Bytes received when the peer last acknowledged something new from the broker.
+    answered_at: u64,
+    /// Bytes of the broker's the peer had acknowledged then.
+    acked: u64,
 }
 
 /// The perimeter of one bound socket. See the module documentation.
@@ -130,10 +130,10 @@ impl Perimeter {
     }
 
     /// Takes one monitor event of the socket into account.
-    pub(crate) fn on_event(&mut self, event: &MonitorEvent, now: Instant) {
+    pub(crate) fn on_event(&mut self, event: &MonitorEvent) {
         match event.event {
             SocketEvent::Accepted => self.accepted(event.value, &event.remote),
-            SocketEvent::HandshakeSucceeded => self.authenticated(&event.remote, now),
+            SocketEvent::HandshakeSucceeded => self.authenticated(&event.remote),
             SocketEvent::Disconnected | SocketEvent::Closed => {
                 self.gone(event.value, &event.remote);
             }
@@ -158,9 +158,8 @@ impl Perimeter {
                 remote: remote.to_owned(),
                 seq,
                 state: State::Pending,
-                credit: 0,
-                bytes_seen: 0,
-                refilled: Instant::now(),
+                answered_at: 0,
+                acked: 0,
             },
         );
         self.by_remote.insert(remote.to_owned(), fd);
@@ -195,7 +194,7 @@ impl Perimeter {
         }
     }
 
-    fn authenticated(&mut self, remote: &str, now: Instant) {
+    fn authenticated(&mut self, remote: &str) {
         let Some(&fd) = self.by_remote.get(remote) else {
             return;
         };
@@ -208,9 +207,10 @@ impl Perimeter {
         c.state = State::Authenticated;
         self.stats.pending -= 1;
         self.stats.authenticated += 1;
-        c.credit = i64::try_from(self.limits.receive_burst).unwrap_or(i64::MAX);
-        c.bytes_seen = peer::bytes_received(fd, remote).unwrap_or(0);
-        c.refilled = now;
+        if let Some(counts) = peer::tcp_counts(fd, remote) {
+            c.answered_at = counts.received;
+            c.acked = counts.acked;
+        }
         self.watch.watch(fd, remote);
     }
 
@@ -235,20 +235,19 @@ impl Perimeter {
         self.watch.unwatch(fd);
     }
 
-    /// Charges what the connections that received data since the last call have sent.
-    pub(crate) fn on_activity(&mut self, now: Instant) {
+    /// Checks the connections that received data since the last call.
+    pub(crate) fn on_activity(&mut self) {
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
         self.watch.ready(&mut ready);
         for &fd in &ready {
-            self.charge(fd, now);
+            self.charge(fd);
         }
         self.ready = ready;
     }
 
-    /// Charges every authenticated connection (catches what an activity wake-up missed and
-    /// refills budgets).
-    pub(crate) fn sweep(&mut self, now: Instant) {
+    /// Checks every authenticated connection (catches what an activity wake-up missed).
+    pub(crate) fn sweep(&mut self) {
         let fds: Vec<u64> = self
             .connections
             .iter()
@@ -256,37 +255,35 @@ impl Perimeter {
             .map(|(fd, _)| *fd)
             .collect();
         for fd in fds {
-            self.charge(fd, now);
+            self.charge(fd);
         }
     }
 
-    fn charge(&mut self, fd: u64, now: Instant) {
+    fn charge(&mut self, fd: u64) {
         let Some(c) = self.connections.get_mut(&fd) else {
             return;
         };
         if c.state != State::Authenticated {
             return;
         }
-        let Some(bytes) = peer::bytes_received(fd, &c.remote) else {
+        let Some(counts) = peer::tcp_counts(fd, &c.remote) else {
             return;
         };
-        let burst = i64::try_from(self.limits.receive_burst).unwrap_or(i64::MAX);
-        let elapsed = now.saturating_duration_since(c.refilled);
-        let refill = (elapsed.as_secs_f64() * self.limits.receive_rate as f64) as i64;
-        if refill > 0 {
-            c.credit = c.credit.saturating_add(refill).min(burst);
-            c.refilled = now;
+        if counts.acked > c.acked {
+            // The peer took something new from the broker (a reply, a notification): what it
+            // sent up to now is being answered.
+            c.acked = counts.acked;
+            c.answered_at = counts.received;
+            return;
         }
-        let sent = i64::try_from(bytes.saturating_sub(c.bytes_seen)).unwrap_or(i64::MAX);
-        c.bytes_seen = bytes;
-        c.credit = c.credit.saturating_sub(sent);
-        if c.credit < 0 {
+        let unanswered = counts.received.saturating_sub(c.answered_at);
+        if unanswered > self.limits.max_unanswered {
             tracing::warn!(
                 socket = self.label,
                 remote = %c.remote,
-                burst = self.limits.receive_burst,
-                rate = self.limits.receive_rate,
-                "connection sent more than its budget: shut down"
+                unanswered,
+                limit = self.limits.max_unanswered,
+                "connection sent too much without taking anything from the broker: shut down"
             );
             if peer::shut_down(fd, &c.remote) {
                 c.state = State::Closing;

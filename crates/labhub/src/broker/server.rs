@@ -45,7 +45,7 @@ pub const NOTIFICATION_QUEUE: i32 = 1000;
 const REFUSAL_QUEUE: usize = 4096;
 /// How often refused handshakes are written to the audit log, one line per source.
 pub const REFUSAL_INTERVAL: Duration = Duration::from_secs(2);
-/// How often every admitted connection's receive budget is checked and refilled.
+/// How often every admitted connection's unanswered bytes are checked (besides on arrival).
 const SWEEP: Duration = Duration::from_millis(50);
 /// Messages handled per wake-up before the watchdog and the effects get a turn.
 const BATCH: usize = 512;
@@ -590,13 +590,12 @@ impl Broker {
                     Err(e) => return Err(zmq_err("polling", None)(e)),
                 }
             };
-            let now = Instant::now();
             if monitors {
-                self.read_monitor_events(now);
+                self.read_monitor_events();
             }
             if activity {
-                self.request_perimeter.on_activity(now);
-                self.notify_perimeter.on_activity(now);
+                self.request_perimeter.on_activity();
+                self.notify_perimeter.on_activity();
             }
             if readable {
                 for _ in 0..BATCH {
@@ -613,8 +612,8 @@ impl Broker {
             }
             let now = Instant::now();
             if now >= next_sweep {
-                self.request_perimeter.sweep(now);
-                self.notify_perimeter.sweep(now);
+                self.request_perimeter.sweep();
+                self.notify_perimeter.sweep();
                 next_sweep = now + SWEEP;
             }
             if now >= next_tick {
@@ -632,7 +631,7 @@ impl Broker {
         self.finish()
     }
 
-    fn read_monitor_events(&mut self, now: Instant) {
+    fn read_monitor_events(&mut self) {
         for (socket, perimeter) in [
             (&self.router, &mut self.request_perimeter),
             (&self.publisher, &mut self.notify_perimeter),
@@ -640,7 +639,7 @@ impl Broker {
             // Bounded per wake-up, so a connection flood cannot starve the requests.
             for _ in 0..4 * BATCH {
                 match socket.recv_monitor_event(Flags::DONTWAIT) {
-                    Ok(event) => perimeter.on_event(&event, now),
+                    Ok(event) => perimeter.on_event(&event),
                     Err(e) if e.is_again() => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading a monitor event failed");
