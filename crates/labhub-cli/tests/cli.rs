@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use labhub::broker::keys::{self, KeyPair, PublicKey};
 use labhub::client::{ClientConfig, Hub, ShmProducer};
+use labhub::keys::{self, KeyPair, PublicKey};
 use labhub::shm::Policy;
 use serde_json::Value;
 use wait_timeout::ChildExt as _;

@@ -16,9 +16,16 @@
 //! | [`name`] | the one validated channel name, and its segment name |
 //! | [`shm`] | shared-memory channels of typed n-dimensional frames: one builder, loans, held frames, inspection |
 //! | [`protocol`] | the broker's wire messages: frames, types, typed decoding and validation |
-//! | [`broker`] | the broker: registry and watchdog, keys, config, audit trail, CurveZMQ server |
+//! | [`keys`] | CURVE key files, the allow list, and which files may be trusted |
+//! | [`home`] | the labhub home and the broker's default endpoints |
+//! | [`broker`] | the broker: registry and watchdog, config, audit trail, perimeter, CurveZMQ server |
 //! | [`msg`] | ZeroMQ publish/subscribe and request/reply channels, optionally CurveZMQ-encrypted |
 //! | [`client`] | the Hub client: a lifecycle module (heartbeat, re-registration) and channels through the broker |
+//!
+//! Cargo features: `zmq` (keys, home, protocol, msg, client: libzmq, libsodium and the crypto
+//! crates) and `broker` (the broker; implies `zmq`), both on by default. With
+//! `default-features = false` the crate is sys, lifecycle, log, sync, filelock, name and shm
+//! alone.
 //!
 //! See `docs/ARCHITECTURE.md` for the design.
 //!
@@ -26,7 +33,7 @@
 //!
 //! A producer and a consumer of a shared-memory channel of 2 × 3 `f32` frames, in one process
 //! here (in real use, two programs), with no broker. Through a broker the same builder starts
-//! with `hub.channel(name)` ([`client::Hub::channel`]).
+//! with `hub.channel(name)` (`labhub::client::Hub::channel`, feature `zmq`).
 //!
 //! ```
 //! use labhub::shm::{self, Channel, Policy};
@@ -46,13 +53,21 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "zmq")]
 pub mod client;
 pub mod filelock;
+#[cfg(feature = "zmq")]
+pub mod home;
+#[cfg(feature = "zmq")]
+pub mod keys;
 pub mod lifecycle;
 pub mod log;
+#[cfg(feature = "zmq")]
 pub mod msg;
 pub mod name;
+#[cfg(feature = "zmq")]
 pub mod protocol;
 pub mod shm;
 pub mod sync;

@@ -178,6 +178,7 @@ macro_rules! string_newtype {
         }
     };
 }
+#[cfg(feature = "zmq")]
 pub(crate) use string_newtype;
 
 fn check_channel_name(s: &str) -> Result<(), NameError> {
@@ -227,12 +228,14 @@ pub(crate) fn segment_name_of(uid: u32, channel: &str) -> String {
 }
 
 /// The namespace prefix of user `uid`'s segments: `/labhub.<uid>.`.
+#[cfg(feature = "broker")]
 pub(crate) fn segment_prefix_of(uid: u32) -> String {
     format!("{SEGMENT_PREFIX}{uid}.")
 }
 
 /// Splits a segment name of labhub's namespace into its uid and channel parts, or explains
 /// why it is not one.
+#[cfg(any(test, feature = "zmq"))]
 pub(crate) fn split_segment_name(s: &str) -> Result<(u32, ChannelName), &'static str> {
     const SHAPE: &str = "must have the form /labhub.<uid>.<channel>";
     let rest = s.strip_prefix(SEGMENT_PREFIX).ok_or(SHAPE)?;

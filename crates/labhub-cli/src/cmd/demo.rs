@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use labhub::broker::keys;
 use labhub::broker::service::BrokerService;
 use labhub::broker::{self, BrokerConfig};
 use labhub::client::{ClientConfig, ConsumeError, Hub};
+use labhub::keys;
 use labhub::lifecycle::Lifecycle;
 use labhub::shm::{Backpressure, Policy};
 use serde::Serialize;

@@ -3,6 +3,8 @@
 //! that heartbeat; tests talk to the broker with the probe client and SIGKILL processes
 //! mid-operation.
 
+#[path = "broker_perimeter.rs"]
+mod perimeter;
 #[path = "broker_python.rs"]
 mod python;
 #[path = "broker_security.rs"]
@@ -13,8 +15,8 @@ mod watchdog;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use labhub::broker::keys::{self, KeyPair, PublicKey};
 use labhub::broker::probe::{NotificationListener, Probe};
+use labhub::keys::{self, KeyPair, PublicKey};
 use labhub::protocol::{ErrorCode, Notification};
 use serde_json::json;
 

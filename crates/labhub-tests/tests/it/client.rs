@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
-use labhub::broker::keys::{KeyPair, PublicKey};
 use labhub::client::{ClientConfig, ClientError, Hub};
+use labhub::keys::{KeyPair, PublicKey};
 use labhub::protocol::ErrorCode;
 use labhub_zmq::{Context, CurveSecretKey, Flags, PollEvents, Socket, SocketType};
 

@@ -58,7 +58,7 @@ pub use heartbeat::ChannelCounters;
 pub use msg::Registered;
 pub use shm::{ConsumeError, OwnedFrame, ShmConsumer, ShmProducer, ViaHub};
 
-use crate::broker::keys::{self, KeyError, KeyPair, PublicKey};
+use crate::keys::{self, KeyError, KeyPair, PublicKey};
 use crate::protocol::{ChannelKind, ChannelName, ClientId, ErrorCode, NameError, Notification};
 
 /// The name of the client module in the lifecycle.
@@ -140,36 +140,28 @@ impl ClientConfig {
         let keys_dir = home.join("keys");
         let server_key = keys::read_public(&keys_dir.join("broker.pub"))?;
         let client = keys::local_client_key(&keys_dir)?;
-        let file_path = home.join("broker.toml");
-        let file = if file_path.exists() {
-            crate::broker::config::ConfigLayer::from_file(&file_path).map_err(|e| {
-                ClientError::Config {
-                    path: file_path.clone(),
-                    problem: e.to_string(),
-                }
-            })?
-        } else {
-            crate::broker::config::ConfigLayer::default()
-        };
-        let endpoint = var("LABHUB_BROKER_ENDPOINT")
-            .or(file.endpoint)
-            .unwrap_or_else(|| crate::broker::config::DEFAULT_ENDPOINT.into());
-        let notify = var("LABHUB_BROKER_NOTIFY_ENDPOINT")
-            .or(file.notify_endpoint)
-            .unwrap_or_else(|| crate::broker::config::DEFAULT_NOTIFY_ENDPOINT.into());
+        let found = crate::home::broker_endpoints(home, &var).map_err(|e| match e {
+            crate::home::HomeError::Config { path, problem } => {
+                ClientError::Config { path, problem }
+            }
+            other => ClientError::Config {
+                path: home.to_owned(),
+                problem: other.to_string(),
+            },
+        })?;
+        let (endpoint, notify) = (found.endpoint, found.notify_endpoint);
         Ok(Self::new(dialable(&endpoint)?, server_key, client).notify_endpoint(dialable(&notify)?))
     }
 
     /// [`ClientConfig::from_home`] for the labhub home: `LABHUB_HOME`, else the platform's data
     /// directory.
     pub fn from_env() -> Result<Self, ClientError> {
-        let home =
-            crate::broker::config::default_home(&|k| std::env::var(k).ok()).map_err(|e| {
-                ClientError::Config {
-                    path: PathBuf::from("LABHUB_HOME"),
-                    problem: e.to_string(),
-                }
-            })?;
+        let home = crate::home::default_home(&|k| std::env::var(k).ok()).map_err(|e| {
+            ClientError::Config {
+                path: PathBuf::from("LABHUB_HOME"),
+                problem: e.to_string(),
+            }
+        })?;
         Self::from_home(&home)
     }
 

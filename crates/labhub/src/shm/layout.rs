@@ -1278,7 +1278,7 @@ mod tests {
 
     /// The rows of the markdown table under heading `heading` of `doc`: cells, trimmed, with
     /// backticks removed and `\|` unescaped.
-    fn table<'a>(doc: &'a str, heading: &str) -> Vec<Vec<String>> {
+    fn table(doc: &str, heading: &str) -> Vec<Vec<String>> {
         let start = doc
             .find(&format!("\n## {heading}"))
             .unwrap_or_else(|| panic!("no section {heading:?} in SHM_LAYOUT.md"));

@@ -64,6 +64,7 @@ mod policy;
 mod producer;
 mod segment;
 
+#[cfg(feature = "zmq")]
 pub(crate) use builder::sealed;
 pub use builder::{Backend, Channel, DEFAULT_CONSUMER_TIMEOUT, Local, Settings};
 pub use consumer::{Consumer, Frame, Shared, WaitMode};
@@ -74,6 +75,7 @@ pub use error::{ChannelError, LayoutError, Overwritten, PublishError, ReadError,
 pub use inspect::{ConsumerReport, ProducerReport, SegmentReport, inspect};
 pub use policy::{Backpressure, MAX_POLICY_LEN, Policy, PolicyParseError};
 pub use producer::{Producer, SlotMut};
+#[cfg(feature = "broker")]
 pub(crate) use segment::remove_orphans;
 
 /// Largest number of dimensions of a frame.

@@ -353,6 +353,7 @@ impl<T: Payload> Producer<T> {
     }
 
     /// Installs where the producer learns of consumers the broker dropped.
+    #[cfg(feature = "zmq")]
     pub(crate) fn set_dropped_feed(&mut self, feed: DroppedFeed) {
         self.dropped_feed = Some(feed);
     }

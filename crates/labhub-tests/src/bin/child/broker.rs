@@ -1,6 +1,7 @@
 //! Broker roles.
 //!
-//! - `broker-run HOME ENDPOINT NOTIFY_ENDPOINT INTERVAL_MS MISSES [allow-list=FILE]`: the broker
+//! - `broker-run HOME ENDPOINT NOTIFY_ENDPOINT INTERVAL_MS MISSES [allow-list=FILE]
+//!   [read-config]`: the broker
 //!   exactly as `labhub hub` runs it ([`labhub::broker::run_foreground`]); prints
 //!   `ready <endpoint> <notify endpoint> <public key>` once serving, exits 0 on SIGTERM.
 //! - `broker-client HOME ENDPOINT SERVER_KEY CLIENT_ID MODE CHANNEL INTERVAL_MS`: a minimal
@@ -19,9 +20,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use labhub::broker::keys::{self, PublicKey};
 use labhub::broker::probe::Probe;
-use labhub::broker::{BrokerConfig, run_foreground};
+use labhub::broker::{BrokerConfig, ConfigLayer, run_foreground};
+use labhub::keys::{self, PublicKey};
 use labhub::log::{LogConfig, Sink};
 use labhub::protocol::ErrorCode;
 
@@ -53,6 +54,18 @@ fn broker_run(args: &[String]) -> anyhow::Result<()> {
         if let Some(path) = opt.strip_prefix("allow-list=") {
             config.allow_list = Some(PathBuf::from(path));
             config.allow_list_required = true;
+        } else if opt == "read-config" {
+            // As `labhub hub` does: <home>/broker.toml and the environment under the flags.
+            let flags = ConfigLayer {
+                endpoint: Some(endpoint.clone()),
+                notify_endpoint: Some(notify.clone()),
+                heartbeat_interval_ms: Some(interval.parse()?),
+                max_missed_heartbeats: Some(misses.parse()?),
+                ..ConfigLayer::default()
+            };
+            config = BrokerConfig::resolve(flags, Some(PathBuf::from(home)), None, &|k| {
+                std::env::var(k).ok()
+            })?;
         } else {
             bail!("unknown option {opt:?}");
         }
