@@ -69,6 +69,8 @@ pub mod msg;
 pub mod name;
 #[cfg(feature = "zmq")]
 pub mod protocol;
+#[cfg(feature = "record")]
+pub mod record;
 pub mod shm;
 pub mod sync;
 pub(crate) mod sys;

@@ -126,20 +126,22 @@ pub mod at {
     /// The consumer table.
     pub const CONSUMERS: usize = 704;
     /// The slot descriptors.
-    pub const DESCRIPTORS: usize = 1728;
+    pub const DESCRIPTORS: usize = 2752;
     /// Header: the commit position.
     pub const COMMIT_POS: usize = 320;
     /// Header: the flexible-zone version.
     pub const FLEX_VERSION: usize = 232;
     /// Header: the commit fence code.
     pub const COMMIT_FENCE: usize = 240;
+    /// Bytes of one consumer-table entry.
+    pub const ENTRY: usize = 128;
     /// Consumer entry `i`'s start time.
     pub const fn entry_start_time(i: usize) -> usize {
-        CONSUMERS + 64 * i + 8
+        CONSUMERS + ENTRY * i + 8
     }
     /// Consumer entry `i`'s state word.
     pub const fn entry_state(i: usize) -> usize {
-        CONSUMERS + 64 * i
+        CONSUMERS + ENTRY * i
     }
 }
 
