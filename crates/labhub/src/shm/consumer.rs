@@ -335,6 +335,22 @@ impl<T: Payload> Consumer<T> {
         self.delivery
     }
 
+    /// Frames committed that this consumer has not looked at yet (the commit position less
+    /// its cursor): one atomic load.
+    pub fn lag(&self) -> u64 {
+        self.view
+            .header()
+            .commit_pos
+            .load(Ordering::Acquire)
+            .saturating_sub(self.cursor)
+    }
+
+    /// The version of the flexible-zone state now (0: none yet): one atomic load, so a
+    /// reader can poll it and call [`Consumer::read_state`] only when it changed.
+    pub fn state_version(&self) -> u64 {
+        self.view.header().flex_version.load(Ordering::Acquire)
+    }
+
     /// Frames this consumer's delivery mode skipped on purpose (latest, queue, every,
     /// max-rate).
     pub fn dropped(&self) -> u64 {
