@@ -19,6 +19,8 @@ use wait_timeout::ChildExt as _;
 mod demo;
 #[path = "cli/flags.rs"]
 mod flags;
+#[path = "cli/record.rs"]
+mod record;
 
 /// Longest any `labhub` run may take before the test fails instead of hanging.
 const WATCHDOG: Duration = Duration::from_secs(60);

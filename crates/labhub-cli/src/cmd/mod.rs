@@ -7,5 +7,7 @@ pub mod info;
 pub mod keygen;
 pub mod ls;
 pub mod publish;
+pub mod record;
+pub mod replay;
 pub mod subscribe;
 pub mod watch;

@@ -54,9 +54,7 @@ use std::path::PathBuf;
 pub use reader::{
     Rate, RateParseError, RecordedChannel, ReplayOptions, ReplaySummary, Replayer, Sink,
 };
-pub use writer::{
-    ChannelProgress, RecordOptions, RecordSummary, Recorder, Source, StopHandle,
-};
+pub use writer::{ChannelProgress, RecordOptions, RecordSummary, Recorder, Source, StopHandle};
 
 use crate::shm::ElementType;
 

@@ -12,9 +12,7 @@ use zarrs::array::{Array, ArrayMetadata};
 use zarrs::filesystem::FilesystemStore;
 
 use super::writer::StopHandle;
-use super::{
-    MAX_FRAMES_PER_SHARD, MAX_METADATA_BYTES, RecordingError, io, shard, zarr,
-};
+use super::{MAX_FRAMES_PER_SHARD, MAX_METADATA_BYTES, RecordingError, io, shard, zarr};
 use crate::shm::{self, Backend, Dynamic, ElementType, Policy, Producer, PublishError};
 
 /// How fast a recording is replayed: `1x` (the original timing), `2x`, `0.5x` (any factor
@@ -31,7 +29,9 @@ pub enum Rate {
 
 /// A string that is not a rate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid rate {0:?}: expected max or a factor such as 1x, 2x, 0.5x (above 0, at most 1000)")]
+#[error(
+    "invalid rate {0:?}: expected max or a factor such as 1x, 2x, 0.5x (above 0, at most 1000)"
+)]
 pub struct RateParseError(pub String);
 
 impl std::str::FromStr for Rate {
@@ -242,7 +242,10 @@ fn open_array(
         return Err(invalid(
             &path,
             "data_type",
-            format!("{} (expected {dtype})", doc.get("data_type").unwrap_or(&Value::Null)),
+            format!(
+                "{} (expected {dtype})",
+                doc.get("data_type").unwrap_or(&Value::Null)
+            ),
         ));
     }
     let shape = u64_list(doc.get("shape"))
@@ -308,7 +311,11 @@ impl Replayer {
         let root = attributes(&path, &root_doc, "group")?;
         let here = path.join("zarr.json");
         if root.get("labhub_recording").and_then(Value::as_u64) != Some(super::FORMAT_VERSION) {
-            return Err(invalid(&here, "labhub_recording", "not a labhub recording of format 1"));
+            return Err(invalid(
+                &here,
+                "labhub_recording",
+                "not a labhub recording of format 1",
+            ));
         }
         let names: Vec<String> = root
             .get("channels")
@@ -482,14 +489,17 @@ impl ChannelReader {
                 limit: 1 << 30,
             });
         }
-        let checksum = attrs.get("checksum").and_then(Value::as_bool).unwrap_or(false);
-        let schema = attrs
-            .get("schema_name")
-            .and_then(Value::as_str)
-            .map(|n| {
-                let v = attrs.get("schema_version").and_then(Value::as_u64).unwrap_or(0);
-                (n.to_owned(), u32::try_from(v).unwrap_or(0))
-            });
+        let checksum = attrs
+            .get("checksum")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let schema = attrs.get("schema_name").and_then(Value::as_str).map(|n| {
+            let v = attrs
+                .get("schema_version")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            (n.to_owned(), u32::try_from(v).unwrap_or(0))
+        });
         let group = format!("/{name}");
         let ndim = max_shape.len();
         let dtype = super::zarr_dtype(element);
@@ -506,7 +516,11 @@ impl ChannelReader {
         let shard_shape = chunk_shape(&fdoc)
             .ok_or_else(|| invalid(&fpath, "chunk_grid", "not a regular grid"))?;
         if shard_shape.len() != ndim + 1 || shard_shape[1..] != max_shape[..] {
-            return Err(invalid(&fpath, "chunk_grid", format!("{shard_shape:?} is not whole frames")));
+            return Err(invalid(
+                &fpath,
+                "chunk_grid",
+                format!("{shard_shape:?} is not whole frames"),
+            ));
         }
         let per_shard = shard_shape[0];
         if !(1..=MAX_FRAMES_PER_SHARD).contains(&per_shard) {
@@ -518,7 +532,8 @@ impl ChannelReader {
         }
         check_sharding(&fpath, &fdoc, &max_shape)?;
         let (frame_id, idoc) = open_array(store, root, &node, &group, "frame_id", "uint64", 1)?;
-        let (timestamp, tdoc) = open_array(store, root, &node, &group, "timestamp_ns", "uint64", 1)?;
+        let (timestamp, tdoc) =
+            open_array(store, root, &node, &group, "timestamp_ns", "uint64", 1)?;
         let (shape, sdoc) = open_array(store, root, &node, &group, "shape", "uint64", 2)?;
         for (doc, name, want) in [
             (&idoc, "frame_id", vec![per_shard]),
@@ -527,14 +542,22 @@ impl ChannelReader {
         ] {
             let p = node.join(name).join("zarr.json");
             if chunk_shape(doc) != Some(want.clone()) {
-                return Err(invalid(&p, "chunk_grid", format!("expected chunks of {want:?}")));
+                return Err(invalid(
+                    &p,
+                    "chunk_grid",
+                    format!("expected chunks of {want:?}"),
+                ));
             }
             if !plain_bytes(doc.get("codecs")) {
                 return Err(invalid(&p, "codecs", "expected the bytes codec alone"));
             }
         }
         if u64_list(sdoc.get("shape")).and_then(|s| s.get(1).copied()) != Some(ndim as u64) {
-            return Err(invalid(&node.join("shape"), "shape", "not one row of the frame's dimensions per frame"));
+            return Err(invalid(
+                &node.join("shape"),
+                "shape",
+                "not one row of the frame's dimensions per frame",
+            ));
         }
         // A recorder killed between two metadata writes may leave arrays one flush apart.
         let frames_n = [&fdoc, &idoc, &tdoc, &sdoc]
@@ -570,9 +593,8 @@ impl ChannelReader {
         let from = s * self.per_shard;
         let to = (from + self.per_shard).min(self.info.frames);
         let ndim = self.info.max_shape.len() as u64;
-        let sub = |ranges: &[std::ops::Range<u64>]| {
-            zarrs::array::ArraySubset::new_with_ranges(ranges)
-        };
+        let sub =
+            |ranges: &[std::ops::Range<u64>]| zarrs::array::ArraySubset::new_with_ranges(ranges);
         let ids: Vec<u64> = self
             .frame_id
             .retrieve_array_subset(&sub(&[from..to]))
@@ -624,18 +646,20 @@ impl ChannelReader {
                         return Err(invalid(
                             &self.node.join("shape"),
                             "shape",
-                            format!("frame {frame_index} has shape {shape:?}, beyond {:?}", self.info.max_shape),
+                            format!(
+                                "frame {frame_index} has shape {shape:?}, beyond {:?}",
+                                self.info.max_shape
+                            ),
                         ));
                     }
                     while let Some((_, state)) = states.next_if(|(at, _)| *at <= frame_index) {
-                        producer.write_state(state).map_err(|e| invalid(
-                            &self.node.join("zarr.json"),
-                            "state_changes",
-                            e.to_string(),
-                        ))?;
+                        producer.write_state(state).map_err(|e| {
+                            invalid(&self.node.join("zarr.json"), "state_changes", e.to_string())
+                        })?;
                     }
                     if let Rate::Speed(x) = options.rate {
-                        let at = epoch + Duration::from_secs_f64(ts.saturating_sub(t0) as f64 / 1e9 / x);
+                        let at =
+                            epoch + Duration::from_secs_f64(ts.saturating_sub(t0) as f64 / 1e9 / x);
                         wait_until(at, &stopped);
                     }
                     last_ts = last_ts.max(ts);
@@ -686,16 +710,26 @@ impl ChannelReader {
             match offset {
                 // An empty chunk is a frame of zeros (the fill value).
                 None => slot.fill(0),
-                Some(at) if full => file.read_exact_at(&mut slot, at).map_err(io(path, "read"))?,
+                Some(at) if full => file
+                    .read_exact_at(&mut slot, at)
+                    .map_err(io(path, "read"))?,
                 Some(at) => {
                     pad.resize(self.frame_bytes as usize, 0);
                     file.read_exact_at(pad, at).map_err(io(path, "read"))?;
                     let esize = self.info.element.size() as usize;
-                    super::for_each_row(shape, &self.info.max_shape, esize, |compact, padded, n| {
-                        if let (Some(d), Some(s)) = (slot.get_mut(compact..compact + n), pad.get(padded..padded + n)) {
-                            d.copy_from_slice(s);
-                        }
-                    });
+                    super::for_each_row(
+                        shape,
+                        &self.info.max_shape,
+                        esize,
+                        |compact, padded, n| {
+                            if let (Some(d), Some(s)) = (
+                                slot.get_mut(compact..compact + n),
+                                pad.get(padded..padded + n),
+                            ) {
+                                d.copy_from_slice(s);
+                            }
+                        },
+                    );
                 }
             }
             slot.commit();
@@ -718,14 +752,18 @@ fn check_sharding(path: &Path, doc: &Value, max_shape: &[u64]) -> Result<(), Rec
     if sharding.get("name").and_then(Value::as_str) != Some("sharding_indexed") {
         return Err(bad("expected sharding_indexed"));
     }
-    let conf = sharding.get("configuration").ok_or_else(|| bad("sharding without configuration"))?;
+    let conf = sharding
+        .get("configuration")
+        .ok_or_else(|| bad("sharding without configuration"))?;
     let mut one = vec![1u64];
     one.extend(max_shape);
     if u64_list(conf.get("chunk_shape")) != Some(one) {
         return Err(bad("a shard's chunks must be one frame each"));
     }
     if !plain_bytes(conf.get("codecs")) {
-        return Err(bad("frames must be stored by the bytes codec alone (no compression)"));
+        return Err(bad(
+            "frames must be stored by the bytes codec alone (no compression)",
+        ));
     }
     if conf.get("index_location").and_then(Value::as_str) != Some("start") {
         return Err(bad("the shard index must be at the start"));
@@ -760,8 +798,17 @@ fn state_changes(
             .get("frame_index")
             .and_then(Value::as_u64)
             .filter(|&at| at <= frames)
-            .ok_or_else(|| invalid(path, "state_changes", format!("entry {i} has no frame_index within the frames")))?;
-        if out.last().is_some_and(|(prev, _): &(u64, Value)| *prev > at) {
+            .ok_or_else(|| {
+                invalid(
+                    path,
+                    "state_changes",
+                    format!("entry {i} has no frame_index within the frames"),
+                )
+            })?;
+        if out
+            .last()
+            .is_some_and(|(prev, _): &(u64, Value)| *prev > at)
+        {
             return Err(invalid(path, "state_changes", "not in frame order"));
         }
         out.push((at, c.get("state").cloned().unwrap_or(Value::Null)));

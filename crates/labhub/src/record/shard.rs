@@ -123,9 +123,7 @@ impl ShardWriter {
 
     /// Appends one chunk (one frame, padded to the largest shape).
     pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
-        self.out
-            .write_all(bytes)
-            .map_err(io(&self.path, "write"))?;
+        self.out.write_all(bytes).map_err(io(&self.path, "write"))?;
         self.chunks.push((self.end, bytes.len() as u64));
         self.end += bytes.len() as u64;
         Ok(())

@@ -517,10 +517,15 @@ impl ChannelWriter {
         .build(store.clone(), &format!("{group}/frames"))
         .map_err(zarr(&node, "array"))?;
         let per_frame = |name: &str, shape: Vec<u64>, chunk: Vec<u64>| {
-            ArrayBuilder::new(shape, chunk.as_slice(), "uint64", zero_fill(ElementType::U64))
-                .array_to_bytes_codec(Arc::new(BytesCodec::little()))
-                .build(store.clone(), &format!("{group}/{name}"))
-                .map_err(zarr(node.join(name), "array"))
+            ArrayBuilder::new(
+                shape,
+                chunk.as_slice(),
+                "uint64",
+                zero_fill(ElementType::U64),
+            )
+            .array_to_bytes_codec(Arc::new(BytesCodec::little()))
+            .build(store.clone(), &format!("{group}/{name}"))
+            .map_err(zarr(node.join(name), "array"))
         };
         let frame_id = per_frame("frame_id", vec![0], vec![per_shard])?;
         let timestamp = per_frame("timestamp_ns", vec![0], vec![per_shard])?;
@@ -587,9 +592,7 @@ impl ChannelWriter {
     fn record_frames(&mut self, stop: &AtomicBool) -> Result<(), RecordingError> {
         let mut last_flush = Instant::now();
         let poll = self.flush_interval.min(Duration::from_millis(100));
-        while !stop.load(Ordering::Relaxed)
-            && self.max_frames.is_none_or(|m| self.recorded < m)
-        {
+        while !stop.load(Ordering::Relaxed) && self.max_frames.is_none_or(|m| self.recorded < m) {
             self.watch_state();
             let c = self.source.consumer();
             let recorded = match c.next(Some(poll)) {
@@ -600,7 +603,13 @@ impl ChannelWriter {
                     let full = shape == self.max_shape && self.element != ElementType::Bool;
                     // Held frames (a lossless ring) are written from the slot itself.
                     if let (Some(b), true) = (frame.held(), full) {
-                        append(&mut self.shard, &self.frames, self.per_shard, self.recorded, b)?;
+                        append(
+                            &mut self.shard,
+                            &self.frames,
+                            self.per_shard,
+                            self.recorded,
+                            b,
+                        )?;
                         Some((id, ts, shape))
                     } else {
                         self.copy.resize(frame.len(), 0);
@@ -610,7 +619,13 @@ impl ChannelWriter {
                             Ok(()) => {
                                 self.pad.clear();
                                 self.pad.resize(self.frame_bytes as usize, 0);
-                                pad_into(&mut self.pad, &self.copy, &shape, &self.max_shape, self.element);
+                                pad_into(
+                                    &mut self.pad,
+                                    &self.copy,
+                                    &shape,
+                                    &self.max_shape,
+                                    self.element,
+                                );
                                 append(
                                     &mut self.shard,
                                     &self.frames,
@@ -642,6 +657,8 @@ impl ChannelWriter {
                 }
             };
             if let Some((id, ts, shape)) = recorded {
+                // A state the producer wrote before this frame was read counts before it.
+                self.watch_state();
                 let lag = self.source.consumer().lag();
                 self.note_frame(id, ts, &shape, lag)?;
             }
@@ -740,8 +757,10 @@ impl ChannelWriter {
         let losses = missed + dropped + self.gaps + self.unreadable;
         self.progress.losses.store(losses, Ordering::Relaxed);
         self.attrs.insert("frames".into(), json!(self.recorded));
-        self.attrs.insert("first_frame_id".into(), json!(self.first_id));
-        self.attrs.insert("last_frame_id".into(), json!(self.last_id));
+        self.attrs
+            .insert("first_frame_id".into(), json!(self.first_id));
+        self.attrs
+            .insert("last_frame_id".into(), json!(self.last_id));
         self.attrs.insert(
             "losses".into(),
             json!({
@@ -805,9 +824,7 @@ fn append(
             per_shard,
         )?);
     }
-    shard
-        .as_mut()
-        .map_or(Ok(()), |s| s.append(bytes))
+    shard.as_mut().map_or(Ok(()), |s| s.append(bytes))
 }
 
 fn frames_store_path(frames: &Array<AtomicStore>, key: &zarrs::storage::StoreKey) -> PathBuf {
@@ -817,14 +834,19 @@ fn frames_store_path(frames: &Array<AtomicStore>, key: &zarrs::storage::StoreKey
 /// Copies a frame of `shape` (C order) into `dst`, a zeroed frame of `max` (C order), each
 /// row at its place; bool elements become 0 or 1.
 fn pad_into(dst: &mut [u8], src: &[u8], shape: &[u64], max: &[u64], element: ElementType) {
-    super::for_each_row(shape, max, element.size() as usize, |compact, padded, len| {
-        if let (Some(s), Some(d)) = (
-            src.get(compact..compact + len),
-            dst.get_mut(padded..padded + len),
-        ) {
-            d.copy_from_slice(s);
-        }
-    });
+    super::for_each_row(
+        shape,
+        max,
+        element.size() as usize,
+        |compact, padded, len| {
+            if let (Some(s), Some(d)) = (
+                src.get(compact..compact + len),
+                dst.get_mut(padded..padded + len),
+            ) {
+                d.copy_from_slice(s);
+            }
+        },
+    );
     if element == ElementType::Bool {
         for b in dst.iter_mut() {
             *b = u8::from(*b != 0);

@@ -469,8 +469,10 @@ impl<T: Payload> Consumer<T> {
         if target > self.cursor {
             let e = self.entry();
             let dropped = e.dropped.load(Ordering::Relaxed);
-            e.dropped
-                .store(dropped.saturating_add(target - self.cursor), Ordering::Relaxed);
+            e.dropped.store(
+                dropped.saturating_add(target - self.cursor),
+                Ordering::Relaxed,
+            );
             self.set_position(target);
         }
     }
@@ -550,7 +552,8 @@ impl<T: Payload> Consumer<T> {
     /// frame is skipped); [`ReadError::Corrupt`] for a descriptor no producer writes (skipped).
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Frame<'_, T>, ReadError> {
         if self.next_due.is_some() {
-            let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future));
+            let deadline =
+                timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future));
             self.wait_due(deadline)?;
         }
         let snap = self.wait_snapshot(timeout)?;

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{DeliveryMode, Policy};
 use super::element::ElementType;
 use super::error::ChannelError;
 use super::layout::{self, consumer_state};
 use super::producer::policy_of;
 use super::sync_impl::ProcessId;
+use super::{DeliveryMode, Policy};
 use crate::name::ChannelName;
 use crate::sys;
 
