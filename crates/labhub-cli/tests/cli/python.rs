@@ -25,7 +25,7 @@ pub fn zarr_python() -> Option<PathBuf> {
         return Some(python);
     }
     // Serialises the install between test threads and processes.
-    let _lock = labhub::filelock::FileLock::lock(&venv.with_extension("lock")).ok();
+    let _lock = labhub::filelock::FileLock::lock(venv.with_extension("lock")).ok();
     if ready(&python) {
         return Some(python);
     }

@@ -100,6 +100,9 @@ pub struct ReplaySummary {
     pub frames: Vec<u64>,
 }
 
+/// The frame ids, timestamps and shapes (flattened rows) of one shard's frames.
+type PerFrame = (Vec<u64>, Vec<u64>, Vec<u64>);
+
 struct ChannelReader {
     info: RecordedChannel,
     node: PathBuf,
@@ -589,23 +592,26 @@ impl ChannelReader {
     }
 
     /// Frame ids, timestamps and shapes of shard `s`.
-    fn per_frame(&self, s: u64) -> Result<(Vec<u64>, Vec<u64>, Vec<u64>), RecordingError> {
+    fn per_frame(&self, s: u64) -> Result<PerFrame, RecordingError> {
         let from = s * self.per_shard;
         let to = (from + self.per_shard).min(self.info.frames);
         let ndim = self.info.max_shape.len() as u64;
-        let sub =
-            |ranges: &[std::ops::Range<u64>]| zarrs::array::ArraySubset::new_with_ranges(ranges);
+        let frames = zarrs::array::ArraySubset::new_with_start_shape(vec![from], vec![to - from])
+            .map_err(zarr(&self.node, "subset"))?;
+        let rows =
+            zarrs::array::ArraySubset::new_with_start_shape(vec![from, 0], vec![to - from, ndim])
+                .map_err(zarr(&self.node, "subset"))?;
         let ids: Vec<u64> = self
             .frame_id
-            .retrieve_array_subset(&sub(&[from..to]))
+            .retrieve_array_subset(&frames)
             .map_err(zarr(self.node.join("frame_id"), "read"))?;
         let stamps: Vec<u64> = self
             .timestamp
-            .retrieve_array_subset(&sub(&[from..to]))
+            .retrieve_array_subset(&frames)
             .map_err(zarr(self.node.join("timestamp_ns"), "read"))?;
         let shapes: Vec<u64> = self
             .shape
-            .retrieve_array_subset(&sub(&[from..to, 0..ndim]))
+            .retrieve_array_subset(&rows)
             .map_err(zarr(self.node.join("shape"), "read"))?;
         Ok((ids, stamps, shapes))
     }
