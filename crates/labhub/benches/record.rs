@@ -20,7 +20,7 @@ use labhub::shm::{self, Channel, Policy};
 
 const SHAPE: [u64; 2] = [512, 1024];
 const FRAME: usize = 512 * 1024 * 2;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// Distinct frames (64 MiB) cycled through, so the source is not one cached buffer.
 fn frames() -> Vec<Vec<u16>> {
@@ -38,7 +38,8 @@ fn plain_write(dir: &Path, frames: &[Vec<u16>], n: usize) -> Duration {
     let start = Instant::now();
     let mut f = std::fs::File::create(&path).unwrap();
     for i in 0..n {
-        f.write_all(bytemuck::cast_slice(&frames[i % frames.len()])).unwrap();
+        f.write_all(bytemuck::cast_slice(&frames[i % frames.len()]))
+            .unwrap();
     }
     drop(f);
     let d = start.elapsed();
@@ -154,7 +155,10 @@ fn main() {
             median(plain),
             median(rec),
             median(ratio.clone()),
-            ratio.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>()
+            ratio
+                .iter()
+                .map(|r| (r * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -175,7 +179,10 @@ fn main() {
         median(plain),
         median(rep),
         median(ratio.clone()),
-        ratio.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>()
+        ratio
+            .iter()
+            .map(|r| (r * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -643,6 +643,16 @@ impl ChannelReader {
                 let file = File::open(&path).map_err(io(&path, "open"))?;
                 let len = file.metadata().map_err(io(&path, "stat"))?.len();
                 let index = shard::read_index(&file, &path, len, self.per_shard, self.frame_bytes)?;
+                // Frames are copied out of a mapping (one copy, no system call per frame);
+                // without one (an empty file cannot be mapped), read with pread.
+                let map = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| crate::sys::FileMapping::map_readonly(&file, len).ok());
+                let shard = ShardFile {
+                    file: &file,
+                    map: map.as_ref(),
+                    path: &path,
+                };
                 for (j, (&ts, shape)) in stamps.iter().zip(shapes.chunks_exact(ndim)).enumerate() {
                     if stopped() {
                         return Ok(published);
@@ -670,7 +680,7 @@ impl ChannelReader {
                     }
                     last_ts = last_ts.max(ts);
                     let offset = index.get(j).copied().flatten();
-                    self.publish(producer, &file, &path, offset, shape, ts, options, &mut pad)?;
+                    self.publish(producer, &shard, offset, shape, ts, options, &mut pad)?;
                     published += 1;
                 }
             }
@@ -688,8 +698,7 @@ impl ChannelReader {
     fn publish(
         &self,
         producer: &mut Producer<Dynamic>,
-        file: &File,
-        path: &Path,
+        shard: &ShardFile<'_>,
         offset: Option<u64>,
         shape: &[u64],
         ts: u64,
@@ -716,12 +725,10 @@ impl ChannelReader {
             match offset {
                 // An empty chunk is a frame of zeros (the fill value).
                 None => slot.fill(0),
-                Some(at) if full => file
-                    .read_exact_at(&mut slot, at)
-                    .map_err(io(path, "read"))?,
+                Some(at) if full => shard.read(at, &mut slot)?,
                 Some(at) => {
                     pad.resize(self.frame_bytes as usize, 0);
-                    file.read_exact_at(pad, at).map_err(io(path, "read"))?;
+                    shard.read(at, pad)?;
                     let esize = self.info.element.size() as usize;
                     super::for_each_row(
                         shape,
@@ -741,6 +748,27 @@ impl ChannelReader {
             slot.commit();
             return Ok(());
         }
+    }
+}
+
+/// An open shard file, mapped when it could be.
+struct ShardFile<'a> {
+    file: &'a File,
+    map: Option<&'a crate::sys::FileMapping>,
+    path: &'a Path,
+}
+
+impl ShardFile<'_> {
+    /// Reads `dst.len()` bytes at `offset` (checked against the file by the index reader).
+    fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), RecordingError> {
+        if let (Some(map), Ok(at)) = (self.map, usize::try_from(offset))
+            && shm::copy_from_file(map, at, dst)
+        {
+            return Ok(());
+        }
+        self.file
+            .read_exact_at(dst, offset)
+            .map_err(io(self.path, "read"))
     }
 }
 

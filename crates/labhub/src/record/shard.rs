@@ -1,6 +1,9 @@
 //! Shards of the frames array, in the Zarr sharding codec's format with the index first:
 //! `frames` pairs of little-endian u64 `(offset, nbytes)` (`u64::MAX` twice for an empty
-//! chunk), the CRC32C of those bytes (little-endian u32), then the chunks.
+//! chunk), the CRC32C of those bytes (little-endian u32), then the chunks. The recorder starts
+//! the first chunk at [`DATA_START`] and every chunk at a multiple of [`CHUNK_ALIGN`] (the
+//! format allows any offsets), so a reader can copy a frame out of a mapping with aligned
+//! loads.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -8,6 +11,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{RecordingError, io};
+
+/// Offset of the first chunk the recorder writes (one page: the index fits before it).
+pub(crate) const DATA_START: u64 = 4096;
+/// Alignment of every chunk the recorder writes.
+pub(crate) const CHUNK_ALIGN: u64 = 64;
 
 /// Bytes of the index of a shard of `frames` chunks.
 pub(crate) fn index_len(frames: u64) -> u64 {
@@ -98,9 +106,9 @@ impl ShardWriter {
         let file = File::create(&path).map_err(io(&path, "create"))?;
         let index = encode_index(&[], frames);
         file.write_all_at(&index, 0).map_err(io(&path, "write"))?;
-        let end = index.len() as u64;
+        let end = DATA_START;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        // Appends follow the index.
+        // Chunks start one page in (the bytes between the index and it are a hole).
         std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(end)).map_err(io(&path, "seek"))?;
         Ok(Self {
             path,
@@ -123,6 +131,13 @@ impl ShardWriter {
 
     /// Appends one chunk (one frame, padded to the largest shape).
     pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        let pad = self.end.next_multiple_of(CHUNK_ALIGN) - self.end;
+        if pad > 0 {
+            self.out
+                .write_all(&[0u8; CHUNK_ALIGN as usize][..pad as usize])
+                .map_err(io(&self.path, "write"))?;
+            self.end += pad;
+        }
         self.out.write_all(bytes).map_err(io(&self.path, "write"))?;
         self.chunks.push((self.end, bytes.len() as u64));
         self.end += bytes.len() as u64;
@@ -157,7 +172,7 @@ mod tests {
         let f = File::open(&path).unwrap();
         let len = f.metadata().unwrap().len();
         let index = read_index(&f, &path, len, 3, 4).unwrap();
-        assert_eq!(index, [Some(52), Some(56), None]);
+        assert_eq!(index, [Some(4096), Some(4160), None]);
         // A flipped byte is caught by the checksum.
         let rw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         rw.write_all_at(&[9], 3).unwrap();

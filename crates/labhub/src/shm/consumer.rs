@@ -159,10 +159,14 @@ fn check_open(
 /// it frees its table entry.
 ///
 /// # Reading frames
-/// [`Consumer::next`] returns the next [`Frame`]. Under a lossless ring (Block or Fail) the
-/// frame is **held**: the producer never rewrites its slot while this consumer's position
-/// covers it, so [`Frame::held`] gives the elements in place as `&[T]`, released when the
-/// frame is dropped.
+/// [`Consumer::next`] returns the next [`Frame`]. Under a lossless ring (Block or Fail), read
+/// in the lossless [`DeliveryMode`] (the default), the frame is **held**: the producer never
+/// rewrites its slot while this consumer's position covers it, so [`Frame::held`] gives the
+/// elements in place as `&[T]`, released when the frame is dropped.
+///
+/// A consumer in any other delivery mode (`latest`, `queue:N`, `every:K`, `max-rate:HZ`)
+/// holds nothing back, so the producer may rewrite any slot it reads: it reads like a reader
+/// of a lossy policy, below, on every channel.
 ///
 /// Under a lossy policy (Latest, DoubleBuffer, DropOldest) the producer never waits for
 /// readers and may rewrite a slot while it is read. A `&[T]` to such a slot would be undefined

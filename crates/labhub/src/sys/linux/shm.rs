@@ -283,6 +283,77 @@ impl Drop for ShmMapping {
     }
 }
 
+/// A read-only shared mapping of a whole file (its pages populated up front); unmapped on
+/// drop. Another process may change the file's bytes while it is mapped: its contents are read
+/// only with atomic loads (`shm::layout::copy_from_file`), never through a slice.
+#[cfg(feature = "record")]
+#[derive(Debug)]
+pub struct FileMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is memory owned by this value, never written through it; reads of its
+// contents are atomic (see the type's documentation).
+#[cfg(feature = "record")]
+unsafe impl Send for FileMapping {}
+// SAFETY: as above; `&FileMapping` only hands out the base pointer and length.
+#[cfg(feature = "record")]
+unsafe impl Sync for FileMapping {}
+
+#[cfg(feature = "record")]
+impl FileMapping {
+    /// Maps the first `len` (≥ 1) bytes of `file`, `PROT_READ`, `MAP_SHARED | MAP_POPULATE`.
+    pub fn map_readonly(file: &std::fs::File, len: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot map an empty file",
+            ));
+        }
+        // SAFETY: a fresh read-only mapping chosen by the kernel (addr null) over an open
+        // descriptor; the result is checked against MAP_FAILED before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, len })
+    }
+
+    /// Base address (page-aligned).
+    #[inline]
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+#[cfg(feature = "record")]
+impl Drop for FileMapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe exactly the mapping created in `map_readonly`, unmapped
+        // only here.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
 /// The real user id of this process.
 pub fn getuid() -> u32 {
     // SAFETY: getuid cannot fail and has no preconditions.
