@@ -643,14 +643,8 @@ impl ChannelReader {
                 let file = File::open(&path).map_err(io(&path, "open"))?;
                 let len = file.metadata().map_err(io(&path, "stat"))?.len();
                 let index = shard::read_index(&file, &path, len, self.per_shard, self.frame_bytes)?;
-                // Frames are copied out of a mapping (one copy, no system call per frame);
-                // without one (an empty file cannot be mapped), read with pread.
-                let map = usize::try_from(len)
-                    .ok()
-                    .and_then(|len| crate::sys::FileMapping::map_readonly(&file, len).ok());
                 let shard = ShardFile {
                     file: &file,
-                    map: map.as_ref(),
                     path: &path,
                 };
                 for (j, (&ts, shape)) in stamps.iter().zip(shapes.chunks_exact(ndim)).enumerate() {
@@ -751,21 +745,19 @@ impl ChannelReader {
     }
 }
 
-/// An open shard file, mapped when it could be.
+/// An open shard file.
 struct ShardFile<'a> {
     file: &'a File,
-    map: Option<&'a crate::sys::FileMapping>,
     path: &'a Path,
 }
 
 impl ShardFile<'_> {
-    /// Reads `dst.len()` bytes at `offset` (checked against the file by the index reader).
+    /// Reads `dst.len()` bytes at `offset` (checked against the file by the index reader)
+    /// with one `pread`, straight into `dst` (the loaned slot, for a frame of the largest
+    /// shape). Not a mapping of the file: its bytes may change under a reader (another user
+    /// may own it), so a slice of it would be undefined behaviour, and atomic loads out of a
+    /// mapping measured no faster than the kernel's copy.
     fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), RecordingError> {
-        if let (Some(map), Ok(at)) = (self.map, usize::try_from(offset))
-            && shm::copy_from_file(map, at, dst)
-        {
-            return Ok(());
-        }
         self.file
             .read_exact_at(dst, offset)
             .map_err(io(self.path, "read"))

@@ -2,8 +2,7 @@
 //! `frames` pairs of little-endian u64 `(offset, nbytes)` (`u64::MAX` twice for an empty
 //! chunk), the CRC32C of those bytes (little-endian u32), then the chunks. The recorder starts
 //! the first chunk at [`DATA_START`] and every chunk at a multiple of [`CHUNK_ALIGN`] (the
-//! format allows any offsets), so a reader can copy a frame out of a mapping with aligned
-//! loads.
+//! format allows any offsets), so every frame starts aligned in the file as in a slot.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

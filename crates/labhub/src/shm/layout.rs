@@ -1064,26 +1064,6 @@ impl View {
     }
 }
 
-/// Copies `dst.len()` bytes at `offset` of a read-only file mapping into `dst` with atomic loads
-/// (the file's bytes may change meanwhile: the copy is defined, its content the caller's to
-/// check). Returns false, copying nothing, if the range is not inside the mapping or `offset`
-/// is not a multiple of 8.
-#[cfg(feature = "record")]
-pub(crate) fn copy_from_file(map: &crate::sys::FileMapping, offset: usize, dst: &mut [u8]) -> bool {
-    let inside = offset
-        .checked_add(dst.len())
-        .is_some_and(|end| end <= map.len());
-    if !inside || !offset.is_multiple_of(8) {
-        return false;
-    }
-    // SAFETY: offset + len ≤ the mapping's length (checked), so the pointer stays inside it.
-    let src = unsafe { map.as_ptr().add(offset) };
-    // The mapping is page-aligned and offset a multiple of 8: src is 8-aligned, as atomic_copy
-    // needs; its bytes are initialised (file contents) and read only by atomic loads.
-    atomic_copy(src, dst);
-    true
-}
-
 /// Copies `dst.len()` bytes from `src` (8-aligned, inside the mapping) into `dst` with atomic
 /// loads: 256-byte blocks through `atomic_memcpy::atomic_load` (which loads them word by word),
 /// then the last words and bytes. Used for every read of bytes a producer may be rewriting:

@@ -79,8 +79,6 @@ pub use element::{
 };
 pub use error::{ChannelError, LayoutError, Overwritten, PublishError, ReadError, StateError};
 pub use inspect::{ConsumerReport, ProducerReport, SegmentReport, inspect};
-#[cfg(feature = "record")]
-pub(crate) use layout::copy_from_file;
 pub use policy::{Backpressure, MAX_POLICY_LEN, Policy, PolicyParseError};
 pub use producer::{Producer, SlotMut};
 #[cfg(feature = "broker")]

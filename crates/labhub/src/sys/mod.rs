@@ -40,8 +40,6 @@
 //!   it to its public name; `shm_open_existing`, `shm_stat`, `shm_lstat` (what a name holds, not
 //!   following a symbolic link), `shm_unlink`, `shm_list`, `shm_space_available`;
 //! - `ShmMapping::map`: a shared read-write mapping of a whole segment.
-//! - `FileMapping::map_readonly`: a read-only mapping of a recording's shard file (feature
-//!   `record`), read only through atomic loads.
 //!
 //! Asymmetric fences (used by `shm` for the commit / sleep Dekker pair):
 //! - `register_light_fence() -> bool`: this process may use `light_fence` (compiler-only) in a
