@@ -356,13 +356,20 @@ impl Recorder {
             .iter()
             .map(|w| (w.channel.clone(), w.progress.clone()))
             .collect();
+        // Each thread says when it is done, so `run` returns as soon as the last one is.
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
         let threads: Vec<_> = std::mem::take(&mut self.channels)
             .into_iter()
             .map(|mut w| {
                 let stop = self.stop.clone();
+                let done_tx = done_tx.clone();
                 std::thread::Builder::new()
                     .name(format!("record-{}", w.channel))
-                    .spawn(move || w.record(&stop))
+                    .spawn(move || {
+                        let result = w.record(&stop);
+                        let _ = done_tx.send(());
+                        result
+                    })
             })
             .collect::<Result<_, _>>()
             .map_err(io(&self.path, "spawn a thread for"))?;
@@ -378,12 +385,23 @@ impl Recorder {
                 })
                 .collect()
         };
-        while !threads.iter().all(std::thread::JoinHandle::is_finished) {
+        drop(done_tx);
+        let mut running = threads.len();
+        while running > 0 {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.stop.store(true, Ordering::SeqCst);
             }
             progress(&snapshot());
-            std::thread::sleep(Duration::from_millis(250));
+            let mut wait = Duration::from_millis(250);
+            if let Some(d) = deadline {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
+            }
+            match done.recv_timeout(wait) {
+                Ok(()) => running -= 1,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // A thread that panicked dropped its sender without a word.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
         }
         let mut first_error = None;
         for t in threads {
