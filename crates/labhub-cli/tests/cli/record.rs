@@ -387,6 +387,19 @@ fn hostile_or_truncated_recordings_are_typed_errors_at_replay() {
             "limit",
         ),
         (
+            "a ring of huge slots",
+            Box::new(|p: &Path| {
+                let group = ch(p).join("zarr.json");
+                edit_json(&group, "/attributes/policy", "ring:65536:block".into());
+                edit_json(
+                    &group,
+                    "/attributes/max_shape",
+                    serde_json::json!([1024, 1024]),
+                );
+            }),
+            "slots",
+        ),
+        (
             "another dtype",
             Box::new(|p: &Path| {
                 edit_json(

@@ -249,3 +249,39 @@ proptest! {
         run(slots, Backpressure::Fail, &NONE_HOLDING, &ops);
     }
 }
+
+/// `max-rate:HZ` depends on time, so it is checked here rather than in the model: frames come
+/// at least 1/HZ apart, each the newest committed, and the frames in between count as dropped.
+#[test]
+fn a_max_rate_consumer_takes_the_newest_frame_at_most_hz_times_a_second() {
+    let ch = TestChannel::new("max-rate");
+    let mut p = producer(&ch.name, ring(4, Backpressure::Fail), 8);
+    let mut viewer = Channel::new(&ch.name)
+        .element::<u8>()
+        .delivery(DeliveryMode::MaxRate(20))
+        .open()
+        .unwrap();
+    let mut handed = Vec::new();
+    for round in 0..3u64 {
+        // Several frames arrive before the viewer may take the next one.
+        for _ in 0..5 {
+            let data = pattern(p.next_frame_id(), 8);
+            send(&mut p, &data).unwrap();
+        }
+        let f = viewer.next(Some(super::WATCHDOG)).unwrap();
+        assert_eq!(f.frame_id(), 5 * round + 4, "the newest frame");
+        assert!(!f.is_held(), "never in place");
+        assert_eq!(f.to_vec().unwrap(), pattern(5 * round + 4, 8));
+        handed.push(std::time::Instant::now());
+    }
+    for w in handed.windows(2) {
+        // A minimum interval, never a maximum.
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(49),
+            "{:?}",
+            w[1] - w[0]
+        );
+    }
+    assert_eq!(viewer.dropped(), 12, "4 frames skipped per hand-out");
+    assert_eq!(viewer.missed(), 0);
+}

@@ -167,6 +167,12 @@ pub enum RecordingError {
     },
 }
 
+/// Whether channel name `name` may name a group of a recording: Zarr v3 reserves names that
+/// start with `__`, and `zarr.json` is the root's metadata document.
+pub(crate) fn node_name_allowed(name: &str) -> bool {
+    !name.starts_with("__") && name != "zarr.json"
+}
+
 /// The zarr data type name of an element type.
 pub(crate) fn zarr_dtype(t: ElementType) -> &'static str {
     match t {

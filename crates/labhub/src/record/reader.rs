@@ -15,6 +15,9 @@ use super::writer::StopHandle;
 use super::{MAX_FRAMES_PER_SHARD, MAX_METADATA_BYTES, RecordingError, io, shard, zarr};
 use crate::shm::{self, Backend, Dynamic, ElementType, Policy, Producer, PublishError};
 
+/// The largest channel a replay creates holds this many of the largest frames it accepts.
+const RING_FRAMES_LIMIT: u64 = 16;
+
 /// How fast a recording is replayed: `1x` (the original timing), `2x`, `0.5x` (any factor
 /// above 0 up to 1000), or `max` (as fast as the channel takes frames).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -454,6 +457,13 @@ impl ChannelReader {
         let here = root.join("zarr.json");
         crate::name::ChannelName::new(name)
             .map_err(|e| invalid(&here, "channels", format!("{name:?}: {e}")))?;
+        if !super::node_name_allowed(name) {
+            return Err(invalid(
+                &here,
+                "channels",
+                format!("{name:?} is not a node name"),
+            ));
+        }
         let node = root.join(name);
         let group_doc = read_json(&node)?;
         let attrs = attributes(&node, &group_doc, "group")?;
@@ -483,6 +493,17 @@ impl ChannelReader {
             .and_then(Value::as_str)
             .and_then(|p| p.parse::<Policy>().ok())
             .ok_or_else(|| invalid(&gpath, "policy", "not a policy"))?;
+        // The channel replay creates holds `slots` frames: bounded like the frame itself.
+        let ring = u64::from(policy.slots()).saturating_mul(frame_bytes);
+        let ring_limit = max_frame_bytes.saturating_mul(RING_FRAMES_LIMIT);
+        if ring > ring_limit {
+            return Err(RecordingError::TooLarge {
+                path: gpath,
+                what: "the channel's slots",
+                size: ring,
+                limit: ring_limit,
+            });
+        }
         let flex_size = attrs.get("flex_size").and_then(Value::as_u64).unwrap_or(0);
         if flex_size > 1 << 30 {
             return Err(RecordingError::TooLarge {

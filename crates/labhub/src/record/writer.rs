@@ -309,6 +309,14 @@ impl Recorder {
                 ),
             });
         }
+        if !super::node_name_allowed(&channel) {
+            return Err(RecordingError::Option {
+                option: "channel",
+                problem: format!(
+                    "{channel:?} cannot name a group of a recording (zarr.json, or starting with __)"
+                ),
+            });
+        }
         if self.channels.iter().any(|w| w.channel == channel) {
             return Err(RecordingError::Option {
                 option: "channel",
