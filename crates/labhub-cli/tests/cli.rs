@@ -499,30 +499,12 @@ fn ls_with_no_broker_fails_with_the_unreachable_code() {
     assert!(r.stderr.contains("no reply"), "{}", r.stderr);
 }
 
-/// Registers `server`'s endpoint as a request/reply channel through `hub`.
-fn register_reqrep(hub: &Hub, name: &str, endpoint: &str) {
-    use labhub::protocol::{ChannelKind, ChannelName, ChannelSpec, Endpoint, Metadata};
-    hub.register(ChannelSpec {
-        name: ChannelName::new(name).unwrap(),
-        kind: ChannelKind::Reqrep,
-        endpoint: Some(Endpoint::new(endpoint).unwrap()),
-        shm_name: None,
-        size: None,
-        policy: None,
-        schema: None,
-        metadata: Metadata::new(),
-    })
-    .unwrap();
-}
-
 #[test]
 fn call_sends_a_request_and_prints_the_reply() {
     let broker = Broker::start();
     let hub = broker.hub();
     let name = unique("cli-call");
-    let context = labhub::msg::Context::new().unwrap();
-    let server = labhub::msg::ReqServer::builder(&context).create().unwrap();
-    register_reqrep(&hub, &name, server.endpoint());
+    let server = hub.req_server(&name).create().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let serving = {
         let stop = Arc::clone(&stop);
@@ -558,10 +540,8 @@ fn call_to_a_silent_server_exits_with_the_timeout_code() {
     let broker = Broker::start();
     let hub = broker.hub();
     let name = unique("cli-silent");
-    let context = labhub::msg::Context::new().unwrap();
     // Bound and registered, never serving.
-    let server = labhub::msg::ReqServer::builder(&context).create().unwrap();
-    register_reqrep(&hub, &name, server.endpoint());
+    let server = hub.req_server(&name).create().unwrap();
     let r = run(broker.labhub(&["call", &name, "anyone?", "--timeout", "300ms"]));
     assert_eq!(r.code, UNREACHABLE, "{}", r.stderr);
     assert!(r.stderr.contains("no reply"), "{}", r.stderr);

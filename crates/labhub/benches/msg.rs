@@ -20,7 +20,8 @@ use labhub_zmq::{Flags, PollEvents, SocketType, poll};
 
 const PAYLOAD: [u8; 64] = [0x5a; 64];
 const BATCH: u64 = 1000;
-const HWM: i32 = 10_000;
+const HWM: u32 = 10_000;
+const RAW_HWM: i32 = 10_000;
 const WAIT: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(50);
 
@@ -107,10 +108,10 @@ fn pub_sub(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH));
 
     let raw_pub = context.socket(SocketType::Pub).expect("pub");
-    raw_pub.set_sndhwm(HWM).expect("hwm");
+    raw_pub.set_sndhwm(RAW_HWM).expect("hwm");
     raw_pub.bind("tcp://127.0.0.1:0").expect("bind");
     let raw_sub = context.socket(SocketType::Sub).expect("sub");
-    raw_sub.set_rcvhwm(HWM).expect("hwm");
+    raw_sub.set_rcvhwm(RAW_HWM).expect("hwm");
     raw_sub.set_rcvtimeo(Some(WAIT)).expect("rcvtimeo");
     raw_sub.subscribe(b"t").expect("subscribe");
     raw_sub
@@ -141,12 +142,12 @@ fn pub_sub(c: &mut Criterion) {
     });
 
     let publisher = Publisher::builder(&context)
-        .send_hwm(HWM)
+        .hwm(HWM)
         .create()
         .expect("publisher");
     let subscriber = Subscriber::builder(&context, publisher.endpoint())
         .topic("t")
-        .recv_hwm(HWM)
+        .hwm(HWM)
         .open()
         .expect("subscriber");
     loop {

@@ -26,7 +26,9 @@ use super::config::{BrokerConfig, ConfigError};
 use super::keys::{self, KeyError, KeyPair, PublicKey};
 use super::registry::{Effect, Origin, Registry};
 use super::segments::{self, Removal};
-use crate::protocol::{self, ChannelName, ErrorCode, Reply, ShmName};
+use crate::protocol::{
+    self, ChannelKind, ChannelName, CurveKey, ErrorCode, MAX_ADMITTED_KEYS, Reply, Request, ShmName,
+};
 
 /// The most frames kept of one message; the rest are read and discarded.
 const MAX_FRAMES: usize = 8;
@@ -99,6 +101,8 @@ pub struct Broker {
     endpoint: String,
     notify_endpoint: String,
     zap_events: mpsc::Receiver<AuditEvent>,
+    /// The client keys ZAP admits, told to message-channel servers; `None`: any key.
+    admitted: Option<Vec<CurveKey>>,
     seq: u64,
     pending_cleanup: Vec<(ChannelName, ShmName)>,
     effects: Vec<Effect>,
@@ -269,12 +273,40 @@ fn allowed_keys(config: &BrokerConfig) -> Result<HashSet<PublicKey>, BrokerError
     Ok(allowed)
 }
 
+/// The admitted keys as `register` replies list them (sorted), or `None` when any key is
+/// admitted; refuses more keys than one reply can carry.
+fn admitted_list(
+    config: &BrokerConfig,
+    allowed: &HashSet<PublicKey>,
+) -> Result<Option<Vec<CurveKey>>, BrokerError> {
+    if config.allow_any_client {
+        return Ok(None);
+    }
+    if allowed.len() > MAX_ADMITTED_KEYS {
+        return Err(BrokerError::Key(KeyError::Malformed {
+            path: config.allow_list.clone().unwrap_or_default(),
+            problem: format!(
+                "{} admitted keys, at most {MAX_ADMITTED_KEYS} fit the replies that tell \
+                 message-channel servers whom to admit",
+                allowed.len()
+            ),
+        }));
+    }
+    let mut keys: Vec<CurveKey> = allowed
+        .iter()
+        .map(|k| CurveKey::from_bytes(*k.as_bytes()))
+        .collect();
+    keys.sort_unstable();
+    Ok(Some(keys))
+}
+
 impl Broker {
     /// Prepares everything and binds both sockets; fails before serving anything.
     pub fn start(config: BrokerConfig) -> Result<Self, BrokerError> {
         let (keys, origin) = load_or_create_broker_keys(&config)?;
         tracing::debug!(?origin, "broker key loaded");
         let allowed = allowed_keys(&config)?;
+        let admitted = admitted_list(&config, &allowed)?;
         let mut audit = AuditLog::open(&config.audit_log)?;
 
         if config.reap_stale_segments {
@@ -362,6 +394,7 @@ impl Broker {
             endpoint,
             notify_endpoint,
             zap_events,
+            admitted,
             seq: 0,
             pending_cleanup: Vec::new(),
             effects: Vec::new(),
@@ -501,14 +534,15 @@ impl Broker {
             match &decoded.outcome {
                 Ok(request) => {
                     let now = Instant::now();
-                    self.registry.handle(
+                    let reply = self.registry.handle(
                         now,
                         Origin {
                             key: key.as_deref(),
                         },
                         request,
                         &mut self.effects,
-                    )
+                    );
+                    self.with_admission(request, reply)
                 }
                 Err(rejected) => {
                     self.note_refused(&rejected.error.to_string());
@@ -529,6 +563,21 @@ impl Broker {
             self.stats.unsent += 1;
             tracing::debug!(error = %e, "reply not sent");
         }
+    }
+
+    /// A message channel's server admits the keys the broker admits: its registration's reply
+    /// says which.
+    fn with_admission(&self, request: &Request, mut reply: Reply) -> Reply {
+        if let Request::Register(r) = request
+            && r.channel.kind != ChannelKind::Shm
+            && reply.is_ok()
+        {
+            match &self.admitted {
+                Some(keys) => reply.admitted_keys = Some(keys.clone()),
+                None => reply.any_key_admitted = true,
+            }
+        }
+        reply
     }
 
     /// Counts a refused message; logs at most one summary per second so a stream of garbage

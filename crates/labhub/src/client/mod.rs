@@ -19,9 +19,13 @@
 //! - The client is a lifecycle module ([`module`], review item 1.1): it starts after the log
 //!   module and stops before it; [`hub`] returns the running client of the global lifecycle.
 //!
-//! Message channels: [`Hub::create_publisher`] / [`Hub::find_subscriber`] and
-//! [`Hub::create_req_server`] / [`Hub::find_req_client`] bind on a free loopback port, register
-//! the dialable endpoint (never `0.0.0.0`), and discover and connect (see [`crate::msg`]).
+//! Message channels, CurveZMQ end to end: `hub.publisher(name).create()` and
+//! `hub.req_server(name).create()` bind on a free loopback port with a fresh CURVE key pair,
+//! register the dialable endpoint (never `0.0.0.0`) and the public key, and admit only the
+//! client keys the broker admits (the registration's reply lists them);
+//! `hub.subscriber(name).topic(..).open()` and `hub.req_client(name).open()` discover endpoint
+//! and key over the authenticated broker connection and connect with this client's key pair.
+//! The builders are [`crate::msg`]'s, with every option of a channel of its own.
 //!
 //! Channels: [`Hub::create_shm_producer`] creates a shared-memory channel and registers it;
 //! [`Hub::find_shm_consumer`] discovers one and attaches, checking the size the broker announces
@@ -41,6 +45,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod admission;
 mod connection;
 mod heartbeat;
 mod msg;
@@ -52,7 +57,7 @@ use std::time::Duration;
 
 pub use connection::Hub;
 pub use heartbeat::ChannelCounters;
-pub use msg::Registered;
+pub use msg::{Registered, ViaHub};
 pub use shm::{ConsumeError, OwnedFrame, ShmConsumer, ShmProducer};
 
 use crate::broker::keys::{self, KeyError, KeyPair, PublicKey};
@@ -289,6 +294,15 @@ pub enum ClientError {
         broker: String,
         /// The segment's value.
         segment: String,
+    },
+    /// A message channel was registered without a CURVE server key, so it cannot be reached
+    /// over CurveZMQ (labhub's message channels are CurveZMQ only).
+    #[error("{} channel {channel} was registered without a CURVE server key", kind.as_str())]
+    NoServerKey {
+        /// The channel.
+        channel: String,
+        /// Its kind.
+        kind: ChannelKind,
     },
     /// Creating or connecting a ZeroMQ message channel failed.
     #[error("message channel {channel}")]

@@ -100,6 +100,7 @@ impl Hub {
             name: channel.clone(),
             kind: ChannelKind::Shm,
             endpoint: None,
+            server_key: None,
             shm_name: Some(shm_name),
             size: Some(size),
             policy: Some(policy_label(policy)),

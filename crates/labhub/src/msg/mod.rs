@@ -98,22 +98,50 @@ use std::time::{Duration, Instant};
 
 use labhub_zmq::{Flags, Message as Frame, PollEvents, Socket, ZmqError, poll};
 
+mod builder;
 mod endpoint;
 mod error;
+mod link;
 mod pubsub;
 mod reqrep;
 
-pub use endpoint::DEFAULT_BIND;
-pub use error::{FrameError, MsgError};
-pub use labhub_zmq::{Context, CurveKeyPair, CurvePublicKey, CurveSecretKey};
-pub use pubsub::{
-    JsonMessage, Message, Publisher, PublisherBuilder, Subscriber, SubscriberBuilder,
+pub use builder::{
+    BindBuilder, ConnectBuilder, OnContext, PublisherBuilder, ReqClientBuilder, ReqServerBuilder,
+    SubscriberBuilder, ToEndpoint,
 };
-pub use reqrep::{ReqClient, ReqClientBuilder, ReqServer, ReqServerBuilder, Request, Served};
+pub use endpoint::DEFAULT_BIND;
+pub(crate) use endpoint::{BindOptions, ClientCurve, ConnectOptions};
+pub use error::{CloseReason, FrameError, MsgError};
+pub use labhub_zmq::{Context, CurveKeyPair, CurvePublicKey, CurveSecretKey};
+pub use pubsub::{JsonMessage, Message, Publisher, Subscriber};
+pub use reqrep::{ReqClient, ReqServer, Request, Served};
 
 /// Messages queued per peer (each way) before a publisher drops further ones for that peer
 /// or a sender waits: libzmq's default, stated so it does not change under us.
-pub const DEFAULT_HWM: i32 = 1000;
+pub const DEFAULT_HWM: u32 = 1000;
+
+/// The largest message a channel accepts unless told otherwise (32 MiB), all frames together:
+/// a peer cannot make a receiver hold more than this per message.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 32 << 20;
+
+/// Refuses a received message larger than `limit` bytes, all frames together.
+fn check_size(
+    frames: Vec<Frame>,
+    limit: usize,
+    endpoint: &str,
+    what: &'static str,
+) -> Result<Vec<Frame>, MsgError> {
+    let size: usize = frames.iter().map(|f| f.len()).sum();
+    if size > limit {
+        return Err(MsgError::TooLarge {
+            endpoint: endpoint.to_owned(),
+            what,
+            size,
+            limit,
+        });
+    }
+    Ok(frames)
+}
 
 /// Receives one multipart message, waiting up to `timeout`; `None` if none came.
 fn recv_frames(socket: &Socket, timeout: Duration) -> Result<Option<Vec<Frame>>, ZmqError> {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::curve_key::CurveKey;
 use super::names::{ChannelName, ClientId, Endpoint, ShmName};
 
 /// Free key/value metadata of a channel (a JSON object, at most [`MAX_METADATA_BYTES`] when
@@ -78,6 +79,10 @@ pub struct ChannelSpec {
     /// The dialable endpoint (pubsub and reqrep only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
+    /// The CURVE public key of the channel's server socket (pubsub and reqrep: required);
+    /// subscribers and clients connect with it as their server key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<CurveKey>,
     /// The segment name (shm only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_name: Option<ShmName>,
@@ -367,6 +372,14 @@ pub struct Reply {
     /// client is declared gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_missed_heartbeats: Option<u32>,
+    /// `register` of a pubsub or reqrep channel: the client keys the broker admits, which the
+    /// channel's server admits too (empty when `any_key_admitted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_keys: Option<Vec<CurveKey>>,
+    /// `register` of a pubsub or reqrep channel: the broker admits every client key, so the
+    /// channel's server does too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_key_admitted: bool,
 }
 
 impl Reply {
@@ -381,6 +394,8 @@ impl Reply {
             channels: None,
             heartbeat_interval_ms: None,
             max_missed_heartbeats: None,
+            admitted_keys: None,
+            any_key_admitted: false,
         }
     }
 
