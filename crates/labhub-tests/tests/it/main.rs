@@ -8,5 +8,6 @@ mod filelock;
 mod lifecycle;
 mod log;
 mod msg;
+mod msg_hub;
 mod shm;
 mod sync;

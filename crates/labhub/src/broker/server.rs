@@ -694,6 +694,9 @@ mod tests {
             )
             .unwrap();
         assert!(reply.is_ok(), "{reply:?}");
+        // A message channel's server is told whom to admit: the keys ZAP admits.
+        let local_key = protocol::CurveKey::from_bytes(*local.public.as_bytes());
+        assert_eq!(reply.admitted_keys, Some(vec![local_key]));
         let reply = probe
             .request("discover", serde_json::json!({"name": "x"}))
             .unwrap();

@@ -75,13 +75,24 @@ impl Admission {
         let Some(key) = request.curve_public_key() else {
             return ZapDecision::deny("CURVE is required");
         };
+        match self.admits(key.as_bytes()) {
+            Ok(()) => ZapDecision::allow(key.to_z85()),
+            Err(why) => {
+                tracing::debug!(address = %request.address, key = %key.to_z85(), why, "peer refused");
+                ZapDecision::deny(why)
+            }
+        }
+    }
+
+    /// Whether `key` is admitted, waiting for the first list if none is known yet; the
+    /// refusal's reason otherwise.
+    fn admits(&self, key: &[u8; 32]) -> Result<(), &'static str> {
         let deadline = Instant::now() + self.wait;
         let mut state = self.lock();
         while matches!(*state, State::Unknown) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                tracing::debug!(address = %request.address, "refused: no admission list yet");
-                return ZapDecision::deny("the broker has not said which keys to admit");
+                return Err("the broker has not said which keys to admit");
             }
             state = self
                 .learned
@@ -89,16 +100,52 @@ impl Admission {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let admitted = match &*state {
-            State::Any => true,
-            State::Keys(keys) => keys.contains(key.as_bytes()),
-            State::Unknown => false,
-        };
-        if admitted {
-            ZapDecision::allow(key.to_z85())
-        } else {
-            tracing::debug!(address = %request.address, key = %key.to_z85(), "refused a key the broker does not admit");
-            ZapDecision::deny("client key not admitted by the broker")
+        match &*state {
+            State::Any => Ok(()),
+            State::Keys(keys) if keys.contains(key) => Ok(()),
+            State::Keys(_) | State::Unknown => Err("client key not admitted by the broker"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::protocol::CurveKey;
+
+    fn reply(keys: &[[u8; 32]], any: bool) -> Reply {
+        let mut reply = Reply::ok(1);
+        reply.admitted_keys = Some(keys.iter().map(|k| CurveKey::from_bytes(*k)).collect());
+        reply.any_key_admitted = any;
+        reply
+    }
+
+    #[test]
+    fn only_the_listed_keys_are_admitted_and_a_new_list_replaces_the_old() {
+        let admission = Admission::new(Duration::ZERO);
+        admission.learn(&reply(&[[1; 32]], false));
+        assert_eq!(admission.admits(&[1; 32]), Ok(()));
+        assert!(admission.admits(&[2; 32]).is_err());
+        admission.learn(&reply(&[[2; 32]], false));
+        assert!(admission.admits(&[1; 32]).is_err());
+        assert_eq!(admission.admits(&[2; 32]), Ok(()));
+        admission.learn(&reply(&[], true));
+        assert_eq!(admission.admits(&[3; 32]), Ok(()));
+    }
+
+    #[test]
+    fn before_the_first_list_a_handshake_waits_for_it_and_is_refused_without_one() {
+        let admission = Arc::new(Admission::new(Duration::from_millis(50)));
+        assert!(admission.admits(&[1; 32]).is_err(), "no list came");
+
+        let admission = Arc::new(Admission::new(Duration::from_secs(60)));
+        let deciding = {
+            let admission = Arc::clone(&admission);
+            std::thread::spawn(move || admission.admits(&[1; 32]))
+        };
+        admission.learn(&reply(&[[1; 32]], false));
+        assert_eq!(deciding.join().unwrap(), Ok(()));
     }
 }
