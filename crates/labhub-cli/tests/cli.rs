@@ -864,6 +864,7 @@ fn sub_refuses_a_huge_message_with_an_error_without_reading_it_into_memory() {
         .read_to_string(&mut stderr)
         .unwrap();
     let peak = usage.ru_maxrss as u64 * 1024;
+    eprintln!("labhub sub peak RSS after a 1 GiB message: {peak} bytes");
     assert!(peak < 256 << 20, "sub's peak RSS is {peak} bytes");
     assert!(libc::WIFEXITED(status), "sub ended by a signal: {stderr}");
     assert_eq!(libc::WEXITSTATUS(status), FAILURE, "{stderr}");

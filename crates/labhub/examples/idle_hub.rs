@@ -33,7 +33,9 @@ fn context_switches() -> std::io::Result<(u64, u64)> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: f64 = match std::env::args().nth(1) {
-        Some(s) => s.parse().map_err(|_| format!("SECONDS {s:?} is not a number"))?,
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("SECONDS {s:?} is not a number"))?,
         None => 10.0,
     };
     let idle = Duration::try_from_secs_f64(seconds).map_err(|e| format!("SECONDS: {e}"))?;

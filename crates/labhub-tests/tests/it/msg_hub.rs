@@ -435,6 +435,7 @@ fn a_huge_publication_is_refused_before_the_subscriber_reads_it_into_memory() {
         l.starts_with("error ") || l.starts_with("message ")
     });
     let peak = peak_rss(subscriber.pid());
+    eprintln!("subscriber peak RSS after a {HUGE}-byte publication: {peak} bytes");
     assert!(
         line.starts_with("error ") && line.contains(&format!("limit of {MAX} bytes")),
         "{line} (peak RSS {peak} bytes)"
@@ -459,6 +460,7 @@ fn a_huge_request_or_reply_is_refused_before_it_is_read_into_memory() {
     rogue.send_line(&format!("send-huge {HUGE}"));
     let line = rogue.next_line();
     let peak = peak_rss(server.pid());
+    eprintln!("server peak RSS after a {HUGE}-byte request: {peak} bytes");
     assert!(
         line.starts_with("error "),
         "{line} (server peak RSS {peak} bytes)"
@@ -476,6 +478,7 @@ fn a_huge_request_or_reply_is_refused_before_it_is_read_into_memory() {
     caller.send_line(&format!("huge {HUGE}"));
     let line = caller.next_line();
     let peak = peak_rss(caller.pid());
+    eprintln!("client peak RSS after a {HUGE}-byte reply: {peak} bytes");
     assert!(
         line.starts_with("error ") && line.contains(&format!("limit of {MAX} bytes")),
         "{line} (client peak RSS {peak} bytes)"

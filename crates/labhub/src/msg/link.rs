@@ -74,7 +74,14 @@ impl Link {
     /// caller hears of next happens after this call. Returns why the connection is closed
     /// for good (a failed handshake ZeroMQ does not retry), if it is.
     pub(crate) fn settle(&self) -> Result<Option<CloseReason>, MsgError> {
-        self.read_events()?;
+        if let Some(monitor) = self.socket.monitor_socket() {
+            let mut items = [monitor.poll_item(PollEvents::IN)];
+            poll(&mut items, Some(Duration::ZERO))
+                .map_err(|e| MsgError::zmq("poll", &self.endpoint, e))?;
+            if items[0].is_readable() {
+                self.read_events()?;
+            }
+        }
         let mut state = self.state.borrow_mut();
         state.unreported = false;
         state.handshake_reported = false;
@@ -113,11 +120,8 @@ impl Link {
                 Err(e) if e.is_again() => {}
                 Err(e) => return Err(MsgError::zmq("receive", &self.endpoint, e)),
             }
-            // Messages are in the queue before the event of a close that followed them, so
-            // look for messages once more before reporting the close.
-            if self.read_events()? {
-                continue;
-            }
+            // Reached only with no message waiting, so a close is reported after the messages
+            // that came before it.
             if let Some(reason) = self.take_unreported() {
                 return Err(MsgError::ConnectionClosed {
                     endpoint: self.endpoint.clone(),
@@ -128,11 +132,30 @@ impl Link {
             if left.is_some_and(|left| left.is_zero()) {
                 return Ok(None);
             }
-            let mut items = vec![self.socket.poll_item(PollEvents::IN)];
-            if let Some(monitor) = self.socket.monitor_socket() {
-                items.push(monitor.poll_item(PollEvents::IN));
+            // Events are read only when the monitor has some: the common wait costs one poll.
+            if self.wait(left)? {
+                self.read_events()?;
             }
-            poll(&mut items, left).map_err(|e| MsgError::zmq("poll", &self.endpoint, e))?;
+        }
+    }
+
+    /// Waits up to `timeout` for a message or a monitor event; true if the monitor has one.
+    fn wait(&self, timeout: Option<Duration>) -> Result<bool, MsgError> {
+        let poll_err = |e| MsgError::zmq("poll", &self.endpoint, e);
+        match self.socket.monitor_socket() {
+            Some(monitor) => {
+                let mut items = [
+                    self.socket.poll_item(PollEvents::IN),
+                    monitor.poll_item(PollEvents::IN),
+                ];
+                poll(&mut items, timeout).map_err(poll_err)?;
+                Ok(items[1].is_readable())
+            }
+            None => {
+                let mut items = [self.socket.poll_item(PollEvents::IN)];
+                poll(&mut items, timeout).map_err(poll_err)?;
+                Ok(false)
+            }
         }
     }
 
@@ -149,13 +172,12 @@ impl Link {
         Some(reason)
     }
 
-    /// Reads every waiting monitor event; true if one of them closed the connection.
-    fn read_events(&self) -> Result<bool, MsgError> {
-        let mut changed = false;
+    /// Reads every waiting monitor event.
+    fn read_events(&self) -> Result<(), MsgError> {
         loop {
             let event = match self.socket.recv_monitor_event(Flags::DONTWAIT) {
                 Ok(event) => event,
-                Err(e) if e.is_again() => return Ok(changed),
+                Err(e) if e.is_again() => return Ok(()),
                 Err(e) => return Err(MsgError::zmq("read monitor event", &self.endpoint, e)),
             };
             let mut state = self.state.borrow_mut();
@@ -199,7 +221,6 @@ impl Link {
                     if !repeated {
                         tracing::debug!(endpoint = %self.endpoint, reason = %closed.reason, "connection closed");
                         state.unreported = true;
-                        changed = true;
                     }
                     state.closed = Some(closed);
                 }
