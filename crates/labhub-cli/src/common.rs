@@ -9,89 +9,33 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use labhub::broker::config::{ConfigLayer, DEFAULT_ENDPOINT, default_home};
-use labhub::broker::keys::{self, PublicKey};
 use labhub::client::ClientConfig;
+use labhub::home::default_home;
+use labhub::keys::{self, PublicKey};
 use labhub::lifecycle::{LifecycleGuard, ModuleDef};
 use labhub::log::{LogConfig, Sink};
 use tracing::level_filters::LevelFilter;
 
+use crate::args;
 use crate::exit::UsageError;
 
 /// How to reach the broker (shared by every command that talks to it).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// The broker's request endpoint [env: LABHUB_BROKER_ENDPOINT] [default: from <home>/broker.toml, else tcp://127.0.0.1:5570].
-    #[arg(long, value_name = "ENDPOINT")]
+    /// The broker's request endpoint, tcp://HOST:PORT or ipc:///PATH [env: LABHUB_BROKER_ENDPOINT] [default: from <home>/broker.toml, else tcp://127.0.0.1:5570].
+    #[arg(long, value_name = "ENDPOINT", value_parser = args::connect_endpoint)]
     pub broker: Option<String>,
-    /// The broker's public key: 40 Z85 characters, or a file holding them [default: <home>/keys/broker.pub].
+    /// The broker's public key: 40 Z85 characters, or a file holding them (at most 4 KiB) [default: <home>/keys/broker.pub].
     // Z85 keys may start with `-`.
-    #[arg(long, value_name = "KEY|FILE", allow_hyphen_values = true)]
-    pub server_key: Option<String>,
+    #[arg(long, value_name = "KEY|FILE", allow_hyphen_values = true, value_parser = args::public_key)]
+    pub server_key: Option<PublicKey>,
     /// The labhub home (the broker's public key, this user's client key) [env: LABHUB_HOME] [default: <data dir>/labhub].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = args::path)]
     pub home: Option<PathBuf>,
-    /// How long to wait for each broker reply (e.g. 500ms, 2s).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    /// How long to wait for each broker reply, 1ms to 1day (e.g. 500ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = "5s",
+          value_parser = args::duration(args::MILLISECOND..=args::DAY))]
     pub timeout: Duration,
-}
-
-/// Parses `500ms`, `2s`, `1m`… (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    if let Ok(secs) = text.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
-    }
-    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 2s, 1m)"))
-}
-
-/// A tcp bind address made dialable on this machine (`*` and `0.0.0.0` are not dialable).
-fn dialable(endpoint: &str) -> String {
-    for wildcard in ["tcp://*:", "tcp://0.0.0.0:"] {
-        if let Some(port) = endpoint.strip_prefix(wildcard) {
-            return format!("tcp://127.0.0.1:{port}");
-        }
-    }
-    endpoint.to_owned()
-}
-
-fn check_endpoint(endpoint: &str) -> Result<(), UsageError> {
-    let bad = |why: &str| UsageError(format!("--broker {endpoint:?}: {why}"));
-    if let Some(addr) = endpoint.strip_prefix("tcp://") {
-        let (host, port) = addr
-            .rsplit_once(':')
-            .ok_or_else(|| bad("a tcp endpoint needs host:port"))?;
-        if host.is_empty() {
-            return Err(bad("the host is empty"));
-        }
-        match port.parse::<u16>() {
-            Ok(p) if p > 0 => Ok(()),
-            _ => Err(bad("the port must be a number from 1 to 65535")),
-        }
-    } else if let Some(path) = endpoint.strip_prefix("ipc://") {
-        if path.is_empty() {
-            return Err(bad("the ipc path is empty"));
-        }
-        Ok(())
-    } else {
-        Err(bad("expected tcp://HOST:PORT or ipc://PATH"))
-    }
-}
-
-/// `KEY|FILE`: 40 Z85 characters, else the first word of the file named.
-fn server_key(text: &str) -> anyhow::Result<PublicKey> {
-    if text.len() == 40
-        && let Ok(key) = PublicKey::from_z85(text)
-    {
-        return Ok(key);
-    }
-    let path = Path::new(text);
-    if !path.exists() {
-        return Err(UsageError(format!(
-            "--server-key {text:?} is neither a 40-character Z85 key nor an existing file"
-        ))
-        .into());
-    }
-    Ok(keys::read_public(path)?)
 }
 
 /// The labhub home: the flag, else `LABHUB_HOME`, else the platform's data directory.
@@ -106,15 +50,9 @@ impl ConnectArgs {
     /// Validates the flags and reads the keys: everything that can be wrong with the input
     /// fails here, before any request.
     pub fn resolve(&self) -> anyhow::Result<ClientConfig> {
-        if let Some(e) = &self.broker {
-            check_endpoint(e)?;
-        }
-        if self.timeout.is_zero() {
-            return Err(UsageError("--timeout must be longer than 0".into()).into());
-        }
         let home = home(self.home.as_deref())?;
-        let server_key = match &self.server_key {
-            Some(text) => server_key(text)?,
+        let server_key = match self.server_key {
+            Some(key) => key,
             None => {
                 let path = home.join("keys").join("broker.pub");
                 keys::read_public(&path).with_context(|| {
@@ -132,21 +70,18 @@ impl ConnectArgs {
             .filter(|v| !v.is_empty());
         let endpoint = match (&self.broker, env) {
             (Some(e), _) => e.clone(),
-            (None, Some(e)) => e,
+            (None, Some(e)) => args::connect_endpoint(&e)
+                .map_err(|why| UsageError(format!("LABHUB_BROKER_ENDPOINT {e:?}: {why}")))?,
             (None, None) => {
                 let file = home.join("broker.toml");
-                let layer = if file.exists() {
-                    ConfigLayer::from_file(&file)?
-                } else {
-                    ConfigLayer::default()
-                };
-                layer.endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into())
+                // The environment was handled above.
+                let e = labhub::home::broker_endpoints(&home, &|_| None)?.endpoint;
+                args::connect_endpoint(&e).map_err(|why| {
+                    anyhow::anyhow!("the endpoint {e:?} of {}: {why}", file.display())
+                })?
             }
         };
-        Ok(
-            ClientConfig::new(dialable(&endpoint), server_key, client_keys)
-                .request_timeout(self.timeout),
-        )
+        Ok(ClientConfig::new(endpoint, server_key, client_keys).request_timeout(self.timeout))
     }
 }
 

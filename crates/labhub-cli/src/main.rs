@@ -10,11 +10,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod args;
 mod cmd;
 mod common;
+mod demo_home;
 mod exit;
 mod meter;
-mod segment;
+mod stop;
 
 /// labhub: shared-memory data channels and a CurveZMQ broker for laboratory software.
 #[derive(Debug, Parser)]
@@ -99,6 +101,52 @@ fn main() -> ExitCode {
             }
             eprintln!("{text}");
             ExitCode::from(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Each value parser's type must be its field's, or clap panics when it fills the field:
+    /// every flag of every command is given once here.
+    #[test]
+    fn every_flag_of_every_command_parses_into_its_field() {
+        let key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+        let connect =
+            format!("--broker tcp://127.0.0.1:5570 --server-key {key} --home /tmp/h --timeout 2s");
+        for line in [
+            "hub --home /tmp/h --config /tmp/c.toml --endpoint tcp://*:5570 \
+             --notify-endpoint ipc:///tmp/n --heartbeat-interval-ms 500 \
+             --max-missed-heartbeats 3 --allow-list /tmp/a --allow-any-client \
+             --secret-file /tmp/s --audit-log /tmp/l --log-level debug --json"
+                .to_owned(),
+            "keygen --client --out /tmp/k --home /tmp/h --secret-file /tmp/s --plain".to_owned(),
+            format!("-vvv ls cam --kind shm --sample 0 --json {connect}"),
+            format!("info cam0 --sample 1s --json {connect}"),
+            format!("watch cam0 --seconds 2.5 --count 3 --interval 100ms --json {connect}"),
+            format!(
+                "pub cam0 hello --topic t --wait-subscribers 2 --wait-timeout 1m --json {connect}"
+            ),
+            format!("sub cam0 --topic a --topic b --count 2 --seconds 1 --json {connect}"),
+            format!("call cam0 ping --json {connect}"),
+            "demo --seconds 1 --frame-size 64KiB --rate 0 --consumers 3 --slots 16 \
+             --interval 100ms --json"
+                .to_owned(),
+            "demo".to_owned(),
+        ] {
+            let argv = std::iter::once("labhub").chain(line.split_whitespace());
+            if let Err(e) = Cli::try_parse_from(argv) {
+                panic!("{line}: {e}");
+            }
         }
     }
 }

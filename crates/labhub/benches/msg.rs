@@ -20,9 +20,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
-use labhub::broker::keys;
 use labhub::broker::{Broker, BrokerConfig};
 use labhub::client::{ClientConfig, Hub};
+use labhub::keys;
 use labhub::msg::{Context, Publisher, ReqClient, ReqServer, Subscriber};
 use labhub_zmq::{CurveKeyPair, Flags, PollEvents, Socket, SocketType, poll};
 

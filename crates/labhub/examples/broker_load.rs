@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use labhub::broker::keys::{self, KeyPair, PublicKey};
 use labhub::broker::{BrokerConfig, run_foreground};
+use labhub::keys::{self, KeyPair, PublicKey};
 use labhub::log::{LogConfig, Sink};
 use labhub_zmq::{
     Context, CurvePublicKey, CurveSecretKey, Flags, PollEvents, Socket, SocketType, poll,

@@ -3,11 +3,9 @@
 use std::io::Read as _;
 
 use anyhow::Context as _;
-use labhub::protocol::ChannelName;
 
-use crate::cmd::subscribe::parse_message_size;
+use crate::args;
 use crate::common::{self, ConnectArgs, out, out_json};
-use crate::exit::UsageError;
 
 /// Send one request to a request/reply channel and print the reply: finds the server's
 /// endpoint and CURVE key through the broker, sends REQUEST (or standard input with `-`) over
@@ -19,7 +17,7 @@ use crate::exit::UsageError;
 #[derive(Debug, clap::Args)]
 pub struct CallArgs {
     /// The channel name.
-    #[arg(value_name = "CHANNEL")]
+    #[arg(value_name = "CHANNEL", value_parser = args::channel_name)]
     channel: String,
     /// The request, or `-` for all of standard input.
     #[arg(value_name = "REQUEST|-")]
@@ -27,18 +25,16 @@ pub struct CallArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// The largest reply accepted (e.g. 64Ki, 32Mi); a larger one is an error instead of
+    /// The largest reply accepted (1 byte to 1TiB, e.g. 64KiB, 32MiB); a larger one is an error instead of
     /// being read into memory.
-    #[arg(long, value_name = "BYTES", default_value = "32Mi", value_parser = parse_message_size)]
-    max_message_size: usize,
+    #[arg(long, value_name = "BYTES", default_value = "32MiB", value_parser = args::size(1..=args::MAX_MESSAGE_SIZE))]
+    max_message_size: u64,
     #[command(flatten)]
     connect: ConnectArgs,
 }
 
 /// Calls.
 pub fn run(args: CallArgs, verbose: u8) -> anyhow::Result<()> {
-    ChannelName::new(args.channel.as_str())
-        .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
     let request = if args.request == "-" {
         let mut buf = Vec::new();
         std::io::stdin()
@@ -54,7 +50,7 @@ pub fn run(args: CallArgs, verbose: u8) -> anyhow::Result<()> {
     // `hub.req_client(CHANNEL).open()`).
     let mut client = hub
         .req_client(&args.channel)
-        .max_message_size(args.max_message_size)
+        .max_message_size(usize::try_from(args.max_message_size).unwrap_or(usize::MAX))
         .open()?;
     let reply = client.request(&request, args.connect.timeout)?;
     let utf8 = std::str::from_utf8(&reply).is_ok();

@@ -1,22 +1,25 @@
 //! `labhub demo`: an embedded broker, a synthetic camera and two consumers, measured live.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use labhub::broker::keys;
 use labhub::broker::service::BrokerService;
 use labhub::broker::{self, BrokerConfig};
 use labhub::client::{ClientConfig, ConsumeError, Hub};
+use labhub::keys;
 use labhub::lifecycle::Lifecycle;
-use labhub::shm::{AttachOptions, Backpressure, ChannelConfig, FrameMeta, Policy};
+use labhub::shm::{Backpressure, Policy};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use crate::args;
 use crate::common::{self, out_json};
-use crate::exit::UsageError;
+use crate::demo_home::{self, DemoHome};
 use crate::meter::{LiveLine, Meter, Rates, micros};
+use crate::stop::StopSignal;
 
 /// Run a self-contained demonstration: a broker in this process (on free ports, with a
 /// temporary LABHUB_HOME, so it never meets a running hub), a synthetic camera publishing
@@ -27,57 +30,53 @@ use crate::meter::{LiveLine, Meter, Rates, micros};
 /// {"type": "summary", ...} (see the README for the fields).
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// How long to run, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    /// How long to run, in seconds, 0.001 to 86400 (a day).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0,
+          value_parser = args::seconds(0.001..=args::DAY_SECONDS))]
     seconds: f64,
-    /// Bytes per frame (suffixes k, M, Ki, Mi: 1Mi = 1048576).
-    #[arg(long, value_name = "BYTES", default_value = "1Mi", value_parser = parse_size)]
+    /// Bytes per frame, 8 bytes to 256MiB. Units are binary: k, K, Ki, KiB = 1024 bytes;
+    /// M, Mi, MiB = 1048576; G, Gi, GiB = 1073741824; only kB, MB, GB are powers of 1000.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB",
+          value_parser = args::size(MIN_FRAME..=MAX_FRAME))]
     frame_size: u64,
-    /// Frames per second the camera publishes (0: as fast as the consumers keep up).
-    #[arg(long, value_name = "FPS", default_value_t = 100.0)]
+    /// Frames per second the camera publishes: 0 (as fast as the consumers keep up), or 0.01 to
+    /// 1000000.
+    #[arg(long, value_name = "FPS", default_value_t = 100.0,
+          value_parser = args::zero_or_number(0.01..=1e6))]
     rate: f64,
-    /// Number of consumers.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    /// Number of consumers, 1 to 8.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = args::integer(1u32..=8))]
     consumers: u32,
-    /// Slots of the channel's lossless ring.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    /// Slots of the channel's lossless ring, 2 to 1024.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = args::integer(2u32..=1024))]
     slots: u32,
-    /// How often to print a sample, e.g. 500ms.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = common::parse_duration)]
+    /// How often to print a sample, 10ms to 1day (e.g. 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "1s",
+          value_parser = args::duration(args::TEN_MS..=args::DAY))]
     interval: Duration,
     /// Print JSON Lines.
     #[arg(long)]
     json: bool,
 }
 
-/// Parses `1048576`, `64k`, `1M`, `1Mi`, `4Ki`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, suffix) = t.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (examples: 4096, 64k, 1Mi)"))?;
-    let unit: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "ki" | "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mi" | "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gi" | "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size suffix {other:?} (use k, M, G, Ki, Mi, Gi)"
-            ));
-        }
-    };
-    n.checked_mul(unit)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
-
-/// Upper bound on --frame-size: the ring must fit in memory comfortably.
+/// Smallest --frame-size: the frame id takes the first 8 bytes.
+const MIN_FRAME: u64 = 8;
+/// Largest --frame-size: the ring must fit in memory comfortably.
 const MAX_FRAME: u64 = 256 << 20;
+
+/// The first line of `demo --json`: where the demo runs, so another program can look at it.
+#[derive(Debug, Serialize)]
+struct Start<'a> {
+    r#type: &'static str,
+    channel: &'a str,
+    shm_name: String,
+    home: &'a Path,
+    endpoint: &'a str,
+    notify_endpoint: &'a str,
+    frame_size: u64,
+    slots: u32,
+    consumers: u32,
+}
 
 /// One consumer's share of a sample or the summary.
 #[derive(Debug, Serialize)]
@@ -119,69 +118,43 @@ struct ConsumerShare {
     bad: AtomicU64,
 }
 
-impl DemoArgs {
-    fn validate(&self) -> Result<(), UsageError> {
-        if !(self.seconds.is_finite() && self.seconds > 0.0 && self.seconds <= 86_400.0) {
-            return Err(UsageError(format!(
-                "--seconds {} must be more than 0 and at most a day",
-                self.seconds
-            )));
-        }
-        if !(8..=MAX_FRAME).contains(&self.frame_size) {
-            return Err(UsageError(format!(
-                "--frame-size {} must be from 8 bytes to {MAX_FRAME}",
-                self.frame_size
-            )));
-        }
-        if !(self.rate.is_finite() && self.rate >= 0.0) {
-            return Err(UsageError(format!(
-                "--rate {} must be 0 or more",
-                self.rate
-            )));
-        }
-        if !(1..=8).contains(&self.consumers) {
-            return Err(UsageError(format!(
-                "--consumers {} must be from 1 to 8",
-                self.consumers
-            )));
-        }
-        if !(2..=1024).contains(&self.slots) {
-            return Err(UsageError(format!(
-                "--slots {} must be from 2 to 1024",
-                self.slots
-            )));
-        }
-        if self.interval < Duration::from_millis(10) {
-            return Err(UsageError("--interval must be at least 10ms".into()));
-        }
-        Ok(())
-    }
-}
-
 fn lock(m: &Mutex<Meter>) -> std::sync::MutexGuard<'_, Meter> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs the demo.
 pub fn run(args: DemoArgs, verbose: u8) -> anyhow::Result<()> {
-    args.validate()?;
-    let home = tempfile::Builder::new()
-        .prefix("labhub-demo-")
-        .tempdir()
-        .context("creating the demo's temporary LABHUB_HOME")?;
+    // Caught before anything exists outside this process, so SIGINT and SIGTERM always end the
+    // demo through the cleanup below.
+    let signals = StopSignal::install().context("catching SIGINT and SIGTERM")?;
+    let home = DemoHome::create()?;
     let mut config = BrokerConfig::for_home(home.path());
     config.endpoint = "tcp://127.0.0.1:*".into();
     config.notify_endpoint = "tcp://127.0.0.1:*".into();
     config.password = Some(Zeroizing::new(keys::random_password().to_string()));
     config.reap_stale_segments = false;
     let guard = common::start(verbose, vec![broker::module(config)])?;
+    demo_home::reap_dead_demos();
     let broker = Lifecycle::global()
         .service::<BrokerService>()
         .context("the embedded broker is not running")?;
     let info = broker.info().clone();
-    if !args.json {
+    let channel = home.channel();
+    if args.json {
+        out_json(&Start {
+            r#type: "start",
+            channel,
+            shm_name: labhub::name::ChannelName::new(channel)?.segment_name(),
+            home: home.path(),
+            endpoint: &info.endpoint,
+            notify_endpoint: &info.notify_endpoint,
+            frame_size: args.frame_size,
+            slots: args.slots,
+            consumers: args.consumers,
+        })?;
+    } else {
         eprintln!(
-            "demo broker on {} (home {}); channel of {} byte frames, {} consumers",
+            "demo broker on {} (home {}); channel {channel} of {} byte frames, {} consumers",
             info.endpoint,
             home.path().display(),
             args.frame_size,
@@ -191,17 +164,22 @@ pub fn run(args: DemoArgs, verbose: u8) -> anyhow::Result<()> {
     let client_keys = keys::local_client_key(&home.path().join("keys"))?;
     let client_config = ClientConfig::new(&info.endpoint, info.public_key, client_keys)
         .notify_endpoint(&info.notify_endpoint);
-    let channel = format!("labhub-demo-{}", std::process::id());
-    let result = run_with_broker(&args, &client_config, &channel);
+    let result = run_with_broker(&args, &client_config, channel, &signals);
     // The producer never unlinks its segment and the broker stops with us: remove it here.
-    if let Err(e) = labhub::shm::remove_channel(&channel) {
+    if let Err(e) = labhub::shm::remove_channel(channel) {
         tracing::debug!(%e, "removing the demo channel");
     }
+    // The broker stops before its home is removed (`home` drops last).
     drop(guard);
     result
 }
 
-fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> anyhow::Result<()> {
+fn run_with_broker(
+    args: &DemoArgs,
+    config: &ClientConfig,
+    channel: &str,
+    signals: &StopSignal,
+) -> anyhow::Result<()> {
     let camera_hub = Hub::connect(config.clone())?;
     let policy = Policy::Ring {
         slots: args.slots,
@@ -210,7 +188,10 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
         },
     };
     let mut producer = camera_hub
-        .create_shm_producer(channel, ChannelConfig::new(policy, args.frame_size))
+        .channel(channel)
+        .policy(policy)
+        .bytes(args.frame_size)
+        .create()
         .context("creating the camera's channel")?;
     // The camera stops first, then the consumers, so a camera waiting for ring space is never
     // left without readers.
@@ -222,7 +203,9 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
     for id in 1..=args.consumers {
         let hub = Hub::connect(config.clone())?;
         let mut consumer = hub
-            .find_shm_consumer(channel, AttachOptions::default())
+            .channel(channel)
+            .bytes(args.frame_size)
+            .open()
             .with_context(|| format!("attaching consumer {id}"))?;
         hubs.push(hub);
         let share = Arc::new(ConsumerShare {
@@ -236,10 +219,11 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
             .name(format!("demo-consumer-{id}"))
             .spawn(move || -> anyhow::Result<()> {
                 while !stop.load(Ordering::Relaxed) {
-                    match consumer.read(Some(Duration::from_millis(100)), |f| {
+                    // A lossless ring: every frame is held in place until it is dropped.
+                    match consumer.next(Some(Duration::from_millis(100))).map(|f| {
                         let id = f.frame_id().to_le_bytes();
-                        let ok = f.data().get(..8) == Some(&id[..]);
-                        (f.len(), f.meta().timestamp_ns, ok)
+                        let ok = f.held().is_some_and(|d| d.get(..8) == Some(&id[..]));
+                        (f.len(), f.timestamp_ns(), ok)
                     }) {
                         Ok((len, ts, ok)) => {
                             lock(&share.interval).record(len, ts);
@@ -267,7 +251,7 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
             .name("demo-camera".into())
             .spawn(move || -> anyhow::Result<()> {
                 // A recognisable pattern; the first 8 bytes carry the frame id.
-                let mut frame: Vec<u8> = (0..frame_size).map(|i| (i % 251) as u8).collect();
+                let frame: Vec<u8> = (0..frame_size).map(|i| (i % 251) as u8).collect();
                 let start = Instant::now();
                 let mut n: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -279,10 +263,11 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
                             continue;
                         }
                     }
-                    frame[..8].copy_from_slice(&producer.next_frame_id().to_le_bytes());
-                    producer
-                        .publish_bytes(&frame, &FrameMeta::default())
-                        .context("publishing a frame")?;
+                    let mut slot = producer.loan().context("publishing a frame")?;
+                    let id = slot.frame_id().to_le_bytes();
+                    slot.copy_from_slice(&frame);
+                    slot[..8].copy_from_slice(&id);
+                    slot.commit();
                     n += 1;
                     published.store(n, Ordering::Relaxed);
                 }
@@ -297,10 +282,14 @@ fn run_with_broker(args: &DemoArgs, config: &ClientConfig, channel: &str) -> any
     let mut last_published = 0;
     let mut failed = None;
     while Instant::now() < end {
-        std::thread::sleep(
-            args.interval
-                .min(end.saturating_duration_since(Instant::now())),
-        );
+        let wait = args
+            .interval
+            .min(end.saturating_duration_since(Instant::now()));
+        if let Some(signal) = signals.wait(wait) {
+            live.finish()?;
+            eprintln!("demo: {signal} received, stopping");
+            break;
+        }
         if camera.is_finished() || consumer_threads.iter().any(|t| t.is_finished()) {
             failed = Some(());
             break;

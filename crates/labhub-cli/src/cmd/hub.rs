@@ -3,51 +3,54 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use labhub::broker::{self, BrokerConfig, ConfigLayer};
 use labhub::log::{LogConfig, Sink};
+use tracing::level_filters::LevelFilter;
+
+use crate::args;
 
 /// Run the broker in the foreground until SIGINT or SIGTERM.
 ///
 /// With no options it binds tcp://127.0.0.1:5570 (requests) and tcp://127.0.0.1:5571
 /// (notifications), keeps its state under the labhub home, creates its keys on first run and
-/// prints its public key. Settings: flag > environment > config file > default.
+/// prints its public key. Settings: flag > environment > config file > default. At start it
+/// also removes the temporary homes and segments that killed `labhub demo` runs left.
 #[derive(Debug, clap::Args)]
 pub struct HubArgs {
     /// The labhub home (keys, audit log, allow list) [env: LABHUB_HOME] [default: <data dir>/labhub].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = args::path)]
     home: Option<PathBuf>,
     /// A TOML config file [env: LABHUB_BROKER_CONFIG] [default: <home>/broker.toml if present].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = args::path)]
     config: Option<PathBuf>,
-    /// The ROUTER endpoint to bind [env: LABHUB_BROKER_ENDPOINT].
-    #[arg(long, value_name = "ENDPOINT")]
+    /// The ROUTER endpoint to bind, tcp://HOST:PORT (PORT may be *) or ipc://PATH [env: LABHUB_BROKER_ENDPOINT].
+    #[arg(long, value_name = "ENDPOINT", value_parser = args::bind_endpoint)]
     endpoint: Option<String>,
-    /// The notification PUB endpoint to bind [env: LABHUB_BROKER_NOTIFY_ENDPOINT].
-    #[arg(long, value_name = "ENDPOINT")]
+    /// The notification PUB endpoint to bind, as --endpoint [env: LABHUB_BROKER_NOTIFY_ENDPOINT].
+    #[arg(long, value_name = "ENDPOINT", value_parser = args::bind_endpoint)]
     notify_endpoint: Option<String>,
-    /// How often clients must send heartbeats, in ms [env: LABHUB_HEARTBEAT_INTERVAL_MS].
-    #[arg(long, value_name = "MS")]
+    /// How often clients must send heartbeats, in ms, 10 to 3600000 (an hour) [env: LABHUB_HEARTBEAT_INTERVAL_MS].
+    #[arg(long, value_name = "MS", value_parser = args::integer(10u64..=3_600_000))]
     heartbeat_interval_ms: Option<u64>,
-    /// Heartbeat intervals a client may miss before it is declared gone [env: LABHUB_MAX_MISSED_HEARTBEATS].
-    #[arg(long, value_name = "N")]
+    /// Heartbeat intervals a client may miss before it is declared gone, 1 to 1000 [env: LABHUB_MAX_MISSED_HEARTBEATS].
+    #[arg(long, value_name = "N", value_parser = args::integer(1u32..=1000))]
     max_missed_heartbeats: Option<u32>,
     /// The allow list of client public keys [env: LABHUB_ALLOW_LIST] [default: <home>/allowed_clients if present].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = args::path)]
     allow_list: Option<PathBuf>,
     /// Admit any CURVE client that knows the broker's public key [env: LABHUB_ALLOW_ANY_CLIENT].
     #[arg(long)]
     allow_any_client: bool,
     /// A file (mode 0600) holding the password of the broker's secret key [env: LABHUB_BROKER_SECRET_FILE].
     /// The password may also come from LABHUB_BROKER_SECRET, or a prompt on a terminal.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = args::path)]
     secret_file: Option<PathBuf>,
     /// The JSON-lines audit log [env: LABHUB_AUDIT_LOG] [default: <home>/audit.jsonl].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = args::path)]
     audit_log: Option<PathBuf>,
-    /// Log level on stderr: error, warn, info, debug, trace.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: String,
+    /// Log level on stderr: off, error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = args::log_level)]
+    log_level: LevelFilter,
     /// Print the ready line as JSON ({"endpoint", "notify_endpoint", "public_key"}).
     #[arg(long)]
     json: bool,
@@ -68,16 +71,18 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
     };
     let env = |k: &str| std::env::var(k).ok();
     let mut config = BrokerConfig::resolve(flags, args.home, args.config, &env)?;
-    config.interactive = true;
-    let level = args
-        .log_level
-        .parse()
-        .with_context(|| format!("--log-level {:?} is not a level", args.log_level))?;
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        config.prompt = Some(std::sync::Arc::new(|question: &str| {
+            rpassword::prompt_password(question).map(zeroize::Zeroizing::new)
+        }));
+    }
     let mut log = LogConfig::new(Sink::Console);
-    log.level = level;
+    log.level = args.log_level;
     let json = args.json;
     let home = config.home.clone();
     broker::run_foreground(config, log, |info| {
+        // Before the ready line, so whoever waits for it finds the leftovers gone.
+        crate::demo_home::reap_dead_demos();
         // The broker keeps serving even if nobody reads its start banner (`labhub hub | head`),
         // so a closed stdout is ignored here rather than a panic or an exit.
         if json {

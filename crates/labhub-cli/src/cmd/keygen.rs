@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use labhub::broker::config::default_home;
-use labhub::broker::keys::{self, KeyPair};
+use labhub::home::default_home;
+use labhub::keys::{self, KeyPair};
 use zeroize::Zeroizing;
 
 /// Make a key pair: `<OUT>.pub` (Z85, 0644) and `<OUT>.secret` (0600, encrypted with a password
@@ -20,13 +20,13 @@ pub struct KeygenArgs {
     #[arg(long)]
     client: bool,
     /// Path of the files without suffix [default: <home>/keys/broker, or ./labhub-client with --client].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = crate::args::path)]
     out: Option<PathBuf>,
     /// The labhub home [env: LABHUB_HOME].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
     home: Option<PathBuf>,
     /// A file (mode 0600) holding the password.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path)]
     secret_file: Option<PathBuf>,
     /// Write the secret key unencrypted (protected by its 0600 mode only; client keys only).
     #[arg(long, requires = "client")]

@@ -5,27 +5,29 @@ use std::time::{Duration, Instant};
 use labhub::protocol::{ChannelInfo, ChannelKind, ChannelState};
 use serde::Serialize;
 
-use crate::common::{self, ConnectArgs, out, out_json, parse_duration};
-use crate::segment;
+use crate::args;
+use crate::common::{self, ConnectArgs, out, out_json};
 
-/// List the channels the broker knows: kind, state, producer, consumers, frame rate.
+/// List the channels the broker knows: kind, state, producer, consumers, frame type, frame rate.
 ///
 /// The frame rate of a shared-memory channel on this machine is measured from its segment's
-/// counter over --sample; other channels show "-".
+/// counter over --sample; other channels show "-". FRAMES is a shared-memory channel's element
+/// type and largest shape (`u16[480x640]`), as its producer registered them.
 ///
 /// JSON (--json): one object {"channels": [CHANNEL, ...]}, each CHANNEL the broker's channel
-/// object (docs/PROTOCOL.md §3: name, kind, state, producer, consumers, counters, ...) plus
-/// "frame_rate" (frames/s, or null when not measured).
+/// object (docs/PROTOCOL.md §3: name, kind, state, producer, consumers, counters, schema
+/// {"element", "shape", ...}, ...) plus "frame_rate" (frames/s, or null when not measured).
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
     /// Only channels whose name starts with PREFIX.
-    #[arg(value_name = "PREFIX")]
+    #[arg(value_name = "PREFIX", value_parser = args::channel_prefix)]
     prefix: Option<String>,
     /// Only channels of this kind.
     #[arg(long, value_enum)]
     kind: Option<Kind>,
-    /// How long to watch shared-memory counters to measure frame rates (0: do not).
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    /// How long to watch shared-memory counters to measure frame rates, 0 (do not) to 1h.
+    #[arg(long, value_name = "DURATION", default_value = "500ms",
+          value_parser = args::duration(Duration::ZERO..=args::HOUR))]
     sample: Duration,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -69,7 +71,7 @@ pub struct Row {
 pub fn frame_rates(channels: &[ChannelInfo], sample: Duration) -> Vec<Option<f64>> {
     let published = |c: &ChannelInfo| {
         (c.spec.kind == ChannelKind::Shm)
-            .then(|| segment::read(c.spec.name.as_str()))
+            .then(|| labhub::shm::inspect(c.spec.name.as_str()).ok())
             .flatten()
             .map(|s| s.published)
     };
@@ -95,6 +97,21 @@ pub(crate) fn state_name(state: ChannelState) -> &'static str {
         ChannelState::Up => "up",
         ChannelState::Down => "down",
         _ => "unknown",
+    }
+}
+
+/// A shared-memory channel's frame type as its producer registered it: `u16[480x640]`, or "-".
+pub(crate) fn frames_text(c: &ChannelInfo) -> String {
+    let Some(schema) = &c.spec.schema else {
+        return "-".into();
+    };
+    match (&schema.element, &schema.shape) {
+        (Some(e), Some(shape)) => {
+            let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+            format!("{e}[{}]", dims.join("x"))
+        }
+        (Some(e), None) => e.clone(),
+        _ => "-".into(),
     }
 }
 
@@ -129,6 +146,7 @@ pub fn run(args: LsArgs, verbose: u8) -> anyhow::Result<()> {
         "STATE".into(),
         "PRODUCER".into(),
         "CONSUMERS".into(),
+        "FRAMES".into(),
         "FRAMES/S".into(),
     ]];
     for (c, rate) in channels.iter().zip(rates) {
@@ -141,10 +159,11 @@ pub fn run(args: LsArgs, verbose: u8) -> anyhow::Result<()> {
                 None => c.producer.to_string(),
             },
             c.consumers.to_string(),
+            frames_text(c),
             rate_text(rate),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| {
             table
                 .iter()

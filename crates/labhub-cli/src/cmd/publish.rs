@@ -4,10 +4,9 @@ use std::io::BufRead as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use labhub::protocol::ChannelName;
 
+use crate::args;
 use crate::common::{self, ConnectArgs, out_json};
-use crate::exit::UsageError;
 
 /// Publish messages on a pub/sub channel: binds a CurveZMQ XPUB socket with a fresh key pair
 /// on a free loopback port (the Hub client's `hub.publisher(CHANNEL).create()`), registers
@@ -22,7 +21,7 @@ use crate::exit::UsageError;
 #[derive(Debug, clap::Args)]
 pub struct PubArgs {
     /// The channel name.
-    #[arg(value_name = "CHANNEL")]
+    #[arg(value_name = "CHANNEL", value_parser = args::channel_name)]
     channel: String,
     /// The message, or `-` for one message per line of standard input.
     #[arg(value_name = "MESSAGE|-")]
@@ -33,10 +32,12 @@ pub struct PubArgs {
     /// Wait until this many subscribers have attached at the broker and this many
     /// subscriptions have reached the publisher before sending (a subscriber's subscriptions
     /// count once per topic prefix).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = args::integer(0..=args::MAX_SUBSCRIBERS_WAITED))]
     wait_subscribers: usize,
-    /// How long to wait for them.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = common::parse_duration)]
+    /// How long to wait for them, 1ms to 1day.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
+          value_parser = args::duration(args::MILLISECOND..=args::DAY))]
     wait_timeout: Duration,
     /// Print a JSON report on stdout.
     #[arg(long)]
@@ -47,8 +48,6 @@ pub struct PubArgs {
 
 /// Publishes.
 pub fn run(args: PubArgs, verbose: u8) -> anyhow::Result<()> {
-    ChannelName::new(args.channel.as_str())
-        .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
     // Registered as the pub/sub channel; dropping it withdraws the channel.

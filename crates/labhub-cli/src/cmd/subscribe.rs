@@ -2,19 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use labhub::protocol::ChannelName;
-
-use crate::cmd::demo::parse_size;
+use crate::args;
 use crate::common::{self, ConnectArgs, out, out_json};
-use crate::exit::UsageError;
-
-/// Parses a message size limit: at least one byte.
-pub fn parse_message_size(text: &str) -> Result<usize, String> {
-    match parse_size(text)? {
-        0 => Err(format!("{text:?}: the limit must be at least 1 byte")),
-        n => usize::try_from(n).map_err(|_| format!("{text:?} is too large")),
-    }
-}
 
 /// Print the messages of a pub/sub channel: finds its endpoint and CURVE key through the
 /// broker, attaches there as a consumer, subscribes over CurveZMQ (the Hub client's
@@ -29,43 +18,36 @@ pub fn parse_message_size(text: &str) -> Result<usize, String> {
 #[derive(Debug, clap::Args)]
 pub struct SubArgs {
     /// The channel name.
-    #[arg(value_name = "CHANNEL")]
+    #[arg(value_name = "CHANNEL", value_parser = args::channel_name)]
     channel: String,
     /// Only messages whose topic starts with this prefix (repeatable; default: all).
     #[arg(long)]
     topic: Vec<String>,
-    /// Stop after this many messages.
-    #[arg(long, value_name = "N")]
+    /// Stop after this many messages (at least 1).
+    #[arg(long, value_name = "N", value_parser = args::integer(1..=u64::MAX))]
     count: Option<u64>,
-    /// Stop after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
+    /// Stop after this many seconds, 0.001 to 31536000 (365 days).
+    #[arg(long, value_name = "SECONDS", value_parser = args::seconds(0.001..=args::YEAR_SECONDS))]
     seconds: Option<f64>,
     /// Print JSON Lines.
     #[arg(long)]
     json: bool,
-    /// The largest message accepted (e.g. 64Ki, 32Mi); a larger one ends the command with an
+    /// The largest message accepted (1 byte to 1TiB, e.g. 64KiB, 32MiB); a larger one ends the command with an
     /// error instead of being read into memory.
-    #[arg(long, value_name = "BYTES", default_value = "32Mi", value_parser = parse_message_size)]
-    max_message_size: usize,
+    #[arg(long, value_name = "BYTES", default_value = "32MiB", value_parser = args::size(1..=args::MAX_MESSAGE_SIZE))]
+    max_message_size: u64,
     #[command(flatten)]
     connect: ConnectArgs,
 }
 
 /// Subscribes and prints.
 pub fn run(args: SubArgs, verbose: u8) -> anyhow::Result<()> {
-    ChannelName::new(args.channel.as_str())
-        .map_err(|e| UsageError(format!("channel name {:?}: {e}", args.channel)))?;
-    if let Some(s) = args.seconds
-        && !(s.is_finite() && s > 0.0)
-    {
-        return Err(UsageError(format!("--seconds {s} must be more than 0")).into());
-    }
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
     // Discovers the endpoint and key, attaches at the broker (detached on drop), connects.
     let mut builder = hub
         .subscriber(&args.channel)
-        .max_message_size(args.max_message_size);
+        .max_message_size(usize::try_from(args.max_message_size).unwrap_or(usize::MAX));
     builder = if args.topic.is_empty() {
         builder.all_topics()
     } else {

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use labhub::broker::keys::{KeyPair, PublicKey};
+use labhub::keys::{KeyPair, PublicKey};
 use labhub::msg::CurveSecretKey;
 use labhub_zmq::{
     Context, CurveKeyPair, CurvePublicKey, Flags, MonitorEvent, PollEvents, Socket, SocketEvent,

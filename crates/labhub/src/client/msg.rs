@@ -25,12 +25,12 @@ use crate::protocol::{ChannelKind, ChannelName, ChannelSpec, CurveKey, Endpoint,
 /// (or found through) the Hub's broker. See [`Hub::publisher`], [`Hub::subscriber`],
 /// [`Hub::req_server`], [`Hub::req_client`].
 #[derive(Debug, Clone)]
-pub struct ViaHub {
+pub struct OnHub {
     hub: Hub,
     name: String,
 }
 
-impl ViaHub {
+impl OnHub {
     fn channel(&self) -> Result<ChannelName, ClientError> {
         Ok(ChannelName::new(self.name.as_str())?)
     }
@@ -93,8 +93,8 @@ fn msg_err(channel: &ChannelName) -> impl FnOnce(MsgError) -> ClientError + '_ {
 }
 
 impl Hub {
-    fn via(&self, name: &str) -> ViaHub {
-        ViaHub {
+    fn via(&self, name: &str) -> OnHub {
+        OnHub {
             hub: self.clone(),
             name: name.to_owned(),
         }
@@ -111,14 +111,14 @@ impl Hub {
     /// status.send("temps", "21.5")?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn publisher(&self, name: &str) -> BindBuilder<Publisher, ViaHub> {
+    pub fn publisher(&self, name: &str) -> BindBuilder<Publisher, OnHub> {
         BindBuilder::new(self.via(name))
     }
 
     /// A request server to be registered as req/rep channel `name`; `create` binds it,
     /// registers its endpoint and CURVE key, and admits the clients whose keys the broker
     /// admits.
-    pub fn req_server(&self, name: &str) -> BindBuilder<ReqServer, ViaHub> {
+    pub fn req_server(&self, name: &str) -> BindBuilder<ReqServer, OnHub> {
         BindBuilder::new(self.via(name))
     }
 
@@ -140,13 +140,13 @@ impl Hub {
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn subscriber(&self, name: &str) -> ConnectBuilder<Subscriber, ViaHub> {
+    pub fn subscriber(&self, name: &str) -> ConnectBuilder<Subscriber, OnHub> {
         ConnectBuilder::new(self.via(name))
     }
 
     /// A request client of req/rep channel `name`; `open` discovers the channel, attaches at
     /// the broker and connects over CurveZMQ with the server key the broker announced.
-    pub fn req_client(&self, name: &str) -> ConnectBuilder<ReqClient, ViaHub> {
+    pub fn req_client(&self, name: &str) -> ConnectBuilder<ReqClient, OnHub> {
         ConnectBuilder::new(self.via(name))
     }
 
@@ -190,7 +190,7 @@ impl Hub {
 
 /// Binds a server with a fresh key pair, admitting the broker's keys, and registers it.
 fn create_registered<T>(
-    builder: BindBuilder<T, ViaHub>,
+    builder: BindBuilder<T, OnHub>,
     kind: ChannelKind,
     bind: fn(&Context, &BindOptions) -> Result<T, MsgError>,
     endpoint: fn(&T) -> &str,
@@ -227,7 +227,7 @@ fn create_registered<T>(
 
 /// Discovers a server, attaches at the broker and connects to it over CurveZMQ.
 fn open_attached<T>(
-    builder: ConnectBuilder<T, ViaHub>,
+    builder: ConnectBuilder<T, OnHub>,
     kind: ChannelKind,
     connect: fn(&Context, String, &ConnectOptions) -> Result<T, MsgError>,
 ) -> Result<Registered<T>, ClientError> {
@@ -255,7 +255,7 @@ fn open_attached<T>(
     })
 }
 
-impl BindBuilder<Publisher, ViaHub> {
+impl BindBuilder<Publisher, OnHub> {
     /// Creates the publisher and registers it (see [`Hub::publisher`]).
     ///
     /// # Errors
@@ -273,7 +273,7 @@ impl BindBuilder<Publisher, ViaHub> {
     }
 }
 
-impl BindBuilder<ReqServer, ViaHub> {
+impl BindBuilder<ReqServer, OnHub> {
     /// Creates the request server and registers it (see [`Hub::req_server`]).
     ///
     /// # Errors
@@ -290,7 +290,7 @@ impl BindBuilder<ReqServer, ViaHub> {
     }
 }
 
-impl ConnectBuilder<Subscriber, ViaHub> {
+impl ConnectBuilder<Subscriber, OnHub> {
     /// Discovers the channel, attaches and subscribes (see [`Hub::subscriber`]).
     ///
     /// # Errors
@@ -304,7 +304,7 @@ impl ConnectBuilder<Subscriber, ViaHub> {
     }
 }
 
-impl ConnectBuilder<ReqClient, ViaHub> {
+impl ConnectBuilder<ReqClient, OnHub> {
     /// Discovers the channel, attaches and connects (see [`Hub::req_client`]).
     ///
     /// # Errors

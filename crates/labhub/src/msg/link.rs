@@ -16,9 +16,9 @@ use labhub_zmq::{Flags, Message as Frame, PollEvents, Socket, SocketEvent, poll}
 use super::{CloseReason, MsgError, check_size};
 
 /// `ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC`: a CURVE box did not open (wrong keys).
-const PROTOCOL_ERROR_CRYPTOGRAPHIC: u32 = 0x1100_0001;
+const PROTOCOL_ERROR_CRYPTOGRAPHIC: u64 = 0x1100_0001;
 /// `ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH`: the peer does not use CURVE.
-const PROTOCOL_ERROR_MECHANISM_MISMATCH: u32 = 0x1100_0002;
+const PROTOCOL_ERROR_MECHANISM_MISMATCH: u64 = 0x1100_0002;
 
 /// A connected socket and the state of its connection.
 pub(crate) struct Link {
@@ -231,7 +231,7 @@ impl Link {
 }
 
 /// A `ZMQ_PROTOCOL_ERROR_*` code in words.
-fn protocol_error(code: u32) -> String {
+fn protocol_error(code: u64) -> String {
     match code {
         PROTOCOL_ERROR_CRYPTOGRAPHIC => "CURVE cryptographic error: wrong keys".to_owned(),
         PROTOCOL_ERROR_MECHANISM_MISMATCH => "the peer does not speak CURVE".to_owned(),

@@ -124,7 +124,7 @@ pub use builder::{
     SubscriberBuilder, ToEndpoint,
 };
 pub use endpoint::DEFAULT_BIND;
-pub(crate) use endpoint::{BindOptions, ClientCurve, ConnectOptions};
+pub(crate) use endpoint::{BindOptions, ClientCurve, ConnectOptions, dialable};
 pub use error::{CloseReason, FrameError, MsgError};
 pub use labhub_zmq::{Context, CurveKeyPair, CurvePublicKey, CurveSecretKey};
 pub use pubsub::{JsonMessage, Message, Publisher, Subscriber};

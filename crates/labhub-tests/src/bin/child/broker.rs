@@ -1,6 +1,7 @@
 //! Broker roles.
 //!
-//! - `broker-run HOME ENDPOINT NOTIFY_ENDPOINT INTERVAL_MS MISSES [allow-list=FILE]`: the broker
+//! - `broker-run HOME ENDPOINT NOTIFY_ENDPOINT INTERVAL_MS MISSES [allow-list=FILE]
+//!   [read-config]`: the broker
 //!   exactly as `labhub hub` runs it ([`labhub::broker::run_foreground`]); prints
 //!   `ready <endpoint> <notify endpoint> <public key>` once serving, exits 0 on SIGTERM.
 //! - `broker-client HOME ENDPOINT SERVER_KEY CLIENT_ID MODE CHANNEL INTERVAL_MS`: a minimal
@@ -19,9 +20,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use labhub::broker::keys::{self, PublicKey};
 use labhub::broker::probe::Probe;
-use labhub::broker::{BrokerConfig, run_foreground};
+use labhub::broker::{BrokerConfig, ConfigLayer, run_foreground};
+use labhub::keys::{self, PublicKey};
 use labhub::log::{LogConfig, Sink};
 use labhub::protocol::ErrorCode;
 
@@ -53,6 +54,18 @@ fn broker_run(args: &[String]) -> anyhow::Result<()> {
         if let Some(path) = opt.strip_prefix("allow-list=") {
             config.allow_list = Some(PathBuf::from(path));
             config.allow_list_required = true;
+        } else if opt == "read-config" {
+            // As `labhub hub` does: <home>/broker.toml and the environment under the flags.
+            let flags = ConfigLayer {
+                endpoint: Some(endpoint.clone()),
+                notify_endpoint: Some(notify.clone()),
+                heartbeat_interval_ms: Some(interval.parse()?),
+                max_missed_heartbeats: Some(misses.parse()?),
+                ..ConfigLayer::default()
+            };
+            config = BrokerConfig::resolve(flags, Some(PathBuf::from(home)), None, &|k| {
+                std::env::var(k).ok()
+            })?;
         } else {
             bail!("unknown option {opt:?}");
         }
@@ -87,7 +100,8 @@ fn broker_client(args: &[String]) -> anyhow::Result<()> {
                 "register",
                 serde_json::json!({"client": client, "pid": std::process::id(), "channel": {
                     "name": channel, "kind": "shm",
-                    "shm_name": labhub::shm::os_name(channel)?, "size": 4096, "policy": "latest"}}),
+                    "shm_name": labhub::name::ChannelName::new(channel.as_str())?.segment_name(),
+                    "size": 4096, "policy": "latest"}}),
             )?,
             "produce-pubsub" => probe.request(
                 "register",
@@ -107,16 +121,16 @@ fn broker_client(args: &[String]) -> anyhow::Result<()> {
     };
     if mode == "produce-shm" {
         _producer = Some(
-            labhub::shm::Producer::create(
-                channel,
-                labhub::shm::ChannelConfig::new(labhub::shm::Policy::Latest, 64),
-            )
-            .context("creating the shm channel")?,
+            labhub::shm::Channel::new(channel.as_str())
+                .policy(labhub::shm::Policy::Latest)
+                .bytes(64)
+                .create()
+                .context("creating the shm channel")?,
         );
     }
     join(&mut probe)?;
     if mode == "consume"
-        && let Ok(c) = labhub::shm::Consumer::attach(channel, labhub::shm::AttachOptions::default())
+        && let Ok(c) = labhub::shm::Channel::new(channel.as_str()).open()
     {
         _consumer = Some(c);
     }
