@@ -14,6 +14,7 @@
 //! | [`sync`] | process-shared, robust mutex and event that live inside shared memory |
 //! | [`filelock`] | an exclusive cross-process, cross-thread lock on a path |
 //! | [`shm`] | shared-memory data channels: producer, consumers, policies, flexible zone |
+//! | [`latency`] | frame latency as a fixed log-bucket histogram, mergeable across processes |
 //! | [`protocol`] | the broker's wire messages: frames, types, typed decoding and validation |
 //! | [`broker`] | the broker: registry and watchdog, keys, config, audit trail, CurveZMQ server |
 //! | [`msg`] | ZeroMQ publish/subscribe and request/reply channels, optionally CurveZMQ-encrypted |
@@ -25,6 +26,7 @@
 pub mod broker;
 pub mod client;
 pub mod filelock;
+pub mod latency;
 pub mod lifecycle;
 pub mod log;
 pub mod msg;

@@ -16,7 +16,7 @@ use super::heartbeat::{self, ChannelCounters, Role, Tracked};
 use super::{ClientConfig, ClientError, Notice};
 use crate::protocol::{
     self, ChannelInfo, ChannelKind, ChannelName, ChannelRequest, ChannelSpec, ClientId, Discover,
-    ErrorCode, Heartbeat, List, Notification, Register, Reply, Request, Status,
+    ErrorCode, List, Notification, Register, Reply, Request, Status,
 };
 
 /// How often the worker looks at its command queue while no socket is readable. Commands
@@ -840,11 +840,11 @@ impl Worker {
         {
             return;
         }
-        let request = Request::Heartbeat(Heartbeat {
-            request_id: self.id(),
-            client: self.client_id.clone(),
-            channels: heartbeat::collect(&mut self.tracked),
-        });
+        let request = Request::Heartbeat(heartbeat::build(
+            self.id(),
+            self.client_id.clone(),
+            &mut self.tracked,
+        ));
         let deadline = now + self.request_timeout.min(self.heartbeat_interval * 4);
         self.send(request, deadline, Waiter::Heartbeat);
     }

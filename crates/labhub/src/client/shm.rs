@@ -245,6 +245,11 @@ impl ShmProducer {
     /// Publishes a copy of `data` (see [`Producer::publish_bytes`]); returns its frame id.
     pub fn publish_bytes(&mut self, data: &[u8], meta: &FrameMeta) -> Result<u64, PublishError> {
         let result = self.producer.publish_bytes(data, meta);
+        if result.is_ok() {
+            self.counters
+                .bytes_published
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         self.count(result.is_err());
         result
     }
@@ -409,7 +414,7 @@ impl ShmConsumer {
     ) -> Result<R, ConsumeError> {
         let start = Instant::now();
         let deadline = timeout.map(|t| start + t);
-        let (value, outcome) = loop {
+        let (value, (len, timestamp_ns), outcome) = loop {
             self.drain_notices();
             if self.evicted || self.resume_hint {
                 self.resume()?;
@@ -422,7 +427,8 @@ impl ShmConsumer {
             let error = match self.consumer.next(Some(slice)) {
                 Ok(frame) => {
                     let value = f(&frame);
-                    break (value, frame.finish());
+                    let seen = (frame.len(), frame.meta().timestamp_ns);
+                    break (value, seen, frame.finish());
                 }
                 Err(e) => e,
             };
@@ -454,7 +460,7 @@ impl ShmConsumer {
             .store(self.consumer.missed(), Ordering::Relaxed);
         match outcome {
             Ok(()) => {
-                self.counters.consumed.fetch_add(1, Ordering::Relaxed);
+                self.counters.record_consumed(len, timestamp_ns);
                 Ok(value)
             }
             Err(source) => Err(ConsumeError::Read {

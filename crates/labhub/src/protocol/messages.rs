@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::names::{ChannelName, ClientId, Endpoint, ShmName};
+pub use crate::latency::LatencySummary;
 
 /// Free key/value metadata of a channel (a JSON object, at most [`MAX_METADATA_BYTES`] when
 /// serialised and nested at most [`MAX_METADATA_DEPTH`] deep).
@@ -23,6 +24,11 @@ pub const MAX_COUNTERS: usize = 32;
 pub const MAX_COUNTER_NAME_LEN: usize = 64;
 /// Most channels one heartbeat may report counters for.
 pub const MAX_HEARTBEAT_CHANNELS: usize = 256;
+/// Most latency bucket entries (`[index, count]` pairs) one heartbeat may carry, all channels
+/// together.
+pub const MAX_LATENCY_ENTRIES: usize = 2048;
+/// Longest `client_version`.
+pub const MAX_CLIENT_VERSION_LEN: usize = 64;
 /// Longest free-text label (policy, schema name, schema hash, host).
 pub const MAX_LABEL_LEN: usize = 128;
 /// Largest shared-memory segment a channel may announce (1 TiB).
@@ -146,9 +152,18 @@ pub struct Heartbeat {
     pub request_id: u64,
     /// The client.
     pub client: ClientId,
-    /// Counters per channel it produces.
+    /// Counters per channel it produces or consumes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub channels: BTreeMap<ChannelName, Counters>,
+    /// The client library and its version (`labhub-rs/0.1.0`), for people reading metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<String>,
+    /// The client's process id, matched against the consumer tables of shm segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Per channel it consumes: the latencies of the frames read since its previous heartbeat.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latency: BTreeMap<ChannelName, LatencySummary>,
 }
 
 /// `list`: every channel, optionally filtered.

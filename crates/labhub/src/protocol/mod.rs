@@ -31,6 +31,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod heartbeat_metrics;
 mod messages;
 mod names;
 
@@ -313,7 +314,7 @@ pub fn validate(request: &Request) -> Result<(), DecodeError> {
                     }
                 }
             }
-            Ok(())
+            heartbeat_metrics::validate(h)
         }
         Request::List(l) => {
             if let Some(prefix) = &l.prefix {
