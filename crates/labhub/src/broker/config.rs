@@ -208,6 +208,8 @@ pub struct BrokerConfig {
     pub audit_log: PathBuf,
     /// Unlink stale segments of dead producers at start.
     pub reap_stale_segments: bool,
+    /// Serve metrics and the monitor (`--metrics`); none by default.
+    pub metrics: Option<super::metrics::MetricsConfig>,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -278,6 +280,7 @@ impl BrokerConfig {
             interactive: false,
             audit_log: home.join("audit.jsonl"),
             reap_stale_segments: true,
+            metrics: None,
             home,
         }
     }

@@ -10,6 +10,8 @@
 //! - [`service`]: the lifecycle module and [`run_foreground`] (what `labhub hub` runs);
 //! - [`keys`], [`config`], [`audit`], [`segments`]: key files, configuration, the JSON-lines
 //!   audit trail, segment cleanup;
+//! - [`metrics`]: per-channel and per-consumer figures for Prometheus, `labhub top` and the
+//!   live web monitor, served off the broker thread;
 //! - [`probe`]: a minimal synchronous client for tests and benchmarks.
 //!
 //! The wire format is [`crate::protocol`] (`docs/PROTOCOL.md`).
@@ -18,6 +20,7 @@
 pub mod audit;
 pub mod config;
 pub mod keys;
+pub mod metrics;
 pub mod probe;
 pub mod registry;
 pub mod segments;

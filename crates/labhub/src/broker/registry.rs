@@ -172,6 +172,20 @@ impl Registry {
         self.channels.get(&name).map(Channel::info)
     }
 
+    /// Every channel as `list` describes it, with the client ids of its consumers, by name.
+    pub fn channels_with_consumers(
+        &self,
+    ) -> impl Iterator<Item = (ChannelInfo, Vec<ClientId>)> + '_ {
+        self.channels
+            .values()
+            .map(|ch| (ch.info(), ch.consumers.iter().cloned().collect()))
+    }
+
+    /// The ids of the live clients, in no particular order.
+    pub fn client_ids(&self) -> impl Iterator<Item = &ClientId> + '_ {
+        self.clients.keys()
+    }
+
     /// Whether a client id is live.
     pub fn knows_client(&self, client: &str) -> bool {
         ClientId::new(client).is_ok_and(|c| self.clients.contains_key(&c))

@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 use super::audit::{AuditError, AuditEvent, AuditLog};
 use super::config::{BrokerConfig, ConfigError};
 use super::keys::{self, KeyError, KeyPair, PublicKey};
+use super::metrics::{Metrics, MetricsError, MetricsInfo};
 use super::registry::{Effect, Origin, Registry};
 use super::segments::{self, Removal};
 use crate::protocol::{self, ChannelName, ErrorCode, Reply, ShmName};
@@ -62,6 +63,9 @@ pub enum BrokerError {
     /// Reading the password from the terminal failed.
     #[error("cannot read the password from the terminal")]
     Prompt(#[source] std::io::Error),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 fn zmq_err(what: &'static str, endpoint: Option<&str>) -> impl FnOnce(ZmqError) -> BrokerError {
@@ -105,6 +109,7 @@ pub struct Broker {
     stats: BrokerStats,
     last_refusal_log: Option<Instant>,
     refused_since_log: u64,
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -345,6 +350,11 @@ impl Broker {
             "binding the notification socket",
             &config.notify_endpoint,
         )?;
+        let metrics = config
+            .metrics
+            .as_ref()
+            .map(|m| Metrics::start(m, &config.home))
+            .transpose()?;
         audit.record(&AuditEvent::BrokerStarted {
             endpoint: endpoint.clone(),
             notify_endpoint: notify_endpoint.clone(),
@@ -368,6 +378,7 @@ impl Broker {
             stats: BrokerStats::default(),
             last_refusal_log: None,
             refused_since_log: 0,
+            metrics,
         })
     }
 
@@ -389,6 +400,11 @@ impl Broker {
     /// The registry (read-only).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The metrics endpoint, when the broker serves one.
+    pub fn metrics(&self) -> Option<&MetricsInfo> {
+        self.metrics.as_ref().map(Metrics::info)
     }
 
     /// Counters so far.
@@ -429,6 +445,12 @@ impl Broker {
             if now >= next_tick {
                 self.registry.tick(now, &mut self.effects);
                 next_tick = now + tick;
+            }
+            if self.metrics.is_some() {
+                let stats = self.stats();
+                if let Some(m) = &mut self.metrics {
+                    m.tick(now, &self.registry, stats);
+                }
             }
             if now >= next_cleanup {
                 self.retry_cleanup();
@@ -501,14 +523,18 @@ impl Broker {
             match &decoded.outcome {
                 Ok(request) => {
                     let now = Instant::now();
-                    self.registry.handle(
+                    let reply = self.registry.handle(
                         now,
                         Origin {
                             key: key.as_deref(),
                         },
                         request,
                         &mut self.effects,
-                    )
+                    );
+                    if let Some(m) = &mut self.metrics {
+                        m.observe(now, request, &reply);
+                    }
+                    reply
                 }
                 Err(rejected) => {
                     self.note_refused(&rejected.error.to_string());

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::config::BrokerConfig;
 use super::keys::PublicKey;
+use super::metrics::MetricsInfo;
 use super::server::{Broker, BrokerError, BrokerStats};
 use crate::lifecycle::{Lifecycle, LifecycleError, LifecycleGuard, ModuleDef};
 use crate::log::LogConfig;
@@ -33,6 +34,8 @@ pub struct BrokerInfo {
     pub notify_endpoint: String,
     /// The broker's public key.
     pub public_key: PublicKey,
+    /// The metrics endpoint, if the broker serves one.
+    pub metrics: Option<MetricsInfo>,
 }
 
 type Outcome = Result<BrokerStats, BrokerError>;
@@ -91,6 +94,7 @@ pub fn module(config: BrokerConfig) -> ModuleDef {
                 endpoint: broker.endpoint().to_owned(),
                 notify_endpoint: broker.notify_endpoint().to_owned(),
                 public_key: broker.public_key(),
+                metrics: broker.metrics().cloned(),
             };
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);
