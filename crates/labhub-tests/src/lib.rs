@@ -338,3 +338,127 @@ impl Drop for ChildProc {
         self.kill();
     }
 }
+
+/// `python3`, if it is installed.
+pub fn python3() -> Option<&'static str> {
+    let found = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    found.then_some("python3")
+}
+
+/// The `PYTHONPATH` under which `import <module>` works in `python`: none if the module is
+/// installed already, else `dir`, which `pip install --target` fills with `requirement` once
+/// (later runs reuse it). Fails the test if pip cannot install it.
+pub fn python_package(
+    python: &str,
+    module: &str,
+    requirement: &str,
+    dir: &Path,
+) -> Option<PathBuf> {
+    let importable = |path: Option<&Path>| {
+        let mut cmd = Command::new(python);
+        cmd.args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(path) = path {
+            cmd.env("PYTHONPATH", path);
+        }
+        cmd.status().is_ok_and(|s| s.success())
+    };
+    if importable(None) {
+        return None;
+    }
+    if !importable(Some(dir)) {
+        let out = Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(dir)
+            .arg(requirement)
+            .output()
+            .expect("run pip");
+        assert!(
+            out.status.success() && importable(Some(dir)),
+            "{module} is not installed and `pip install {requirement}` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Some(dir.to_owned())
+}
+
+/// An HTTP response read to its end (the server closes the connection after it).
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` from `addr` with `headers` (a `Host` header naming `addr` unless one is given),
+/// read until the server closes; fails the test after [`WATCHDOG`].
+pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    use std::io::Read as _;
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        request += &format!("Host: {addr}\r\n");
+    }
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += "\r\n";
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read the answer to GET {path}: {e}"));
+    parse_http_response(&raw)
+}
+
+/// Parses a whole HTTP/1.1 response (head and body).
+pub fn parse_http_response(raw: &[u8]) -> HttpResponse {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}

@@ -5,65 +5,21 @@
 
 use super::*;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/client.py")
 }
 
-fn python() -> Option<&'static str> {
-    let found = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    found.then_some("python3")
-}
-
-/// The `PYTHONPATH` under which `import zmq` works: none if pyzmq is installed already, else a
-/// private directory that pip fills once (reused by later runs).
+/// The `PYTHONPATH` under which `import zmq` works (see [`labhub_tests::python_package`]).
 fn pyzmq_path(python: &str) -> Option<PathBuf> {
-    let importable = |path: Option<&Path>| {
-        let mut cmd = Command::new(python);
-        cmd.args(["-c", "import zmq"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(path) = path {
-            cmd.env("PYTHONPATH", path);
-        }
-        cmd.status().is_ok_and(|s| s.success())
-    };
-    if importable(None) {
-        return None;
-    }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyzmq-27");
-    if !importable(Some(&dir)) {
-        let out = Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg("--target")
-            .arg(&dir)
-            .arg("pyzmq==27.*")
-            .output()
-            .expect("run pip");
-        assert!(
-            out.status.success() && importable(Some(&dir)),
-            "pyzmq is not installed and `pip install pyzmq==27.*` failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Some(dir)
+    labhub_tests::python_package(python, "zmq", "pyzmq==27.*", &dir)
 }
 
 #[test]
 fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
-    let Some(python) = python() else {
+    let Some(python) = labhub_tests::python3() else {
         eprintln!("SKIPPED: python3 is not installed, so the pyzmq protocol test cannot run");
         return;
     };
