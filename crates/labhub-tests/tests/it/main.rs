@@ -8,6 +8,7 @@ mod filelock;
 mod lifecycle;
 mod log;
 mod metrics;
+mod monitor;
 mod msg;
 mod shm;
 mod sync;

@@ -188,6 +188,7 @@ function drawPlot(canvas, points) {
   const h = canvas.height;
   ctx.clearRect(0, 0, w, h);
   const values = points.map((p) => (p.fps === undefined || p.fps === null ? 0 : p.fps));
+  canvas.dataset.points = String(values.length);
   if (values.length < 2) return;
   const max = Math.max(...values, 1e-9);
   const step = w / (HISTORY_POINTS - 1);
