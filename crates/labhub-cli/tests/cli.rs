@@ -19,6 +19,8 @@ use wait_timeout::ChildExt as _;
 mod demo;
 #[path = "cli/flags.rs"]
 mod flags;
+#[path = "cli/top.rs"]
+mod top;
 
 /// Longest any `labhub` run may take before the test fails instead of hanging.
 const WATCHDOG: Duration = Duration::from_secs(60);
@@ -94,11 +96,18 @@ struct Broker {
     endpoint: String,
     notify_endpoint: String,
     public_key: PublicKey,
+    /// The metrics address, when started with metrics.
+    metrics: Option<String>,
 }
 
 impl Broker {
     fn start() -> Self {
         Self::start_in(None)
+    }
+
+    /// A broker that also serves metrics, on a free loopback port.
+    fn start_with_metrics() -> Self {
+        Self::start_with(None, &["--metrics", "127.0.0.1:0"])
     }
 
     /// A broker whose temporary directory (TMPDIR) is `tmp`.
@@ -107,6 +116,10 @@ impl Broker {
     }
 
     fn start_in(tmp: Option<&Path>) -> Self {
+        Self::start_with(tmp, &[])
+    }
+
+    fn start_with(tmp: Option<&Path>, extra: &[&str]) -> Self {
         let home = tempfile::tempdir().unwrap();
         let mut hub = labhub(home.path());
         if let Some(tmp) = tmp {
@@ -123,6 +136,7 @@ impl Broker {
                 "warn",
                 "--json",
             ])
+            .args(extra)
             .env("LABHUB_BROKER_SECRET", "cli-test-password")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -149,6 +163,7 @@ impl Broker {
             endpoint: ready["endpoint"].as_str().unwrap().to_owned(),
             notify_endpoint: ready["notify_endpoint"].as_str().unwrap().to_owned(),
             public_key: PublicKey::from_z85(ready["public_key"].as_str().unwrap()).unwrap(),
+            metrics: ready["metrics"].as_str().map(str::to_owned),
             home,
         }
     }

@@ -287,7 +287,11 @@ fn interactive(args: &TopArgs, source: Source, first: Sample) -> anyhow::Result<
 }
 
 fn draw(address: &SocketAddr, sample: &Sample, problem: Option<&str>) -> anyhow::Result<()> {
-    let (width, height) = terminal::size().unwrap_or((80, 24));
+    // A terminal that reports no size (a pseudo-terminal nobody sized) gets the classic one.
+    let (width, height) = match terminal::size() {
+        Ok((w, h)) if w > 0 && h > 0 => (w, h),
+        _ => (80, 24),
+    };
     let (width, height) = (usize::from(width), usize::from(height));
     let mut out = std::io::stdout().lock();
     queue!(out, terminal::Clear(terminal::ClearType::All))?;
