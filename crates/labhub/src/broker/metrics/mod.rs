@@ -45,7 +45,7 @@ use crate::protocol::{Reply, Request};
 
 use feed::{Feed, Snapshot};
 use http::Wait;
-use sampler::{LatencyTotals, Sampler};
+use sampler::{History, LatencyTotals, Sampler};
 
 /// The default address of `labhub hub --metrics` and `labhub top`.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:5572";
@@ -172,7 +172,8 @@ struct Shared {
     snapshot_ready: Condvar,
     published: Mutex<Published>,
     published_ready: Condvar,
-    history: Mutex<Arc<String>>,
+    history: Arc<Mutex<History>>,
+    history_json: Mutex<Option<(u64, Arc<String>)>>,
     exposition: Mutex<Option<(u64, Arc<String>)>>,
     stop: AtomicBool,
 }
@@ -194,7 +195,8 @@ impl Shared {
                 latency: Arc::new(Vec::new()),
             }),
             published_ready: Condvar::new(),
-            history: Mutex::new(Arc::new("{}".into())),
+            history: Arc::new(Mutex::new(History::new())),
+            history_json: Mutex::new(None),
             exposition: Mutex::new(None),
             stop: AtomicBool::new(false),
         }
@@ -228,12 +230,11 @@ impl Shared {
         }
     }
 
-    fn publish(&self, sample: Sample, latency: LatencyTotals, history: String) {
-        let json = Arc::new(serde_json::to_string(&sample).unwrap_or_default());
-        *lock(&self.history) = Arc::new(history);
+    fn publish(&self, sample: Arc<Sample>, latency: LatencyTotals) {
+        let json = Arc::new(serde_json::to_string(&*sample).unwrap_or_default());
         let mut p = lock(&self.published);
         p.generation += 1;
-        p.sample = Arc::new(sample);
+        p.sample = sample;
         p.json = json;
         p.latency = Arc::new(latency);
         drop(p);
@@ -244,8 +245,19 @@ impl Shared {
         Arc::clone(&lock(&self.published).json)
     }
 
+    /// The rate history as JSON, encoded at most once per sample however many streams open.
     fn history_json(&self) -> Arc<String> {
-        Arc::clone(&lock(&self.history))
+        let generation = lock(&self.published).generation;
+        let mut cache = lock(&self.history_json);
+        if let Some((g, text)) = &*cache
+            && *g == generation
+        {
+            return Arc::clone(text);
+        }
+        let text =
+            Arc::new(serde_json::to_string(&*lock(&self.history)).unwrap_or_else(|_| "{}".into()));
+        *cache = Some((generation, Arc::clone(&text)));
+        text
     }
 
     /// The Prometheus text of the latest sample, encoded once per sample whoever asks.
@@ -403,11 +415,10 @@ impl Metrics {
 }
 
 fn run_sampler(shared: &Shared) {
-    let mut sampler = Sampler::default();
+    let mut sampler = Sampler::with_history(Arc::clone(&shared.history));
     while let Some(snapshot) = shared.next_snapshot() {
         let (sample, latency) = sampler.sample(&snapshot);
-        let history = serde_json::to_string(&sampler.history()).unwrap_or_else(|_| "{}".into());
-        shared.publish(sample, latency, history);
+        shared.publish(sample, latency);
     }
 }
 
@@ -463,8 +474,8 @@ mod tests {
             Self {
                 registry: Registry::new(RegistryConfig::default()),
                 feed: Feed::new(Arc::clone(&shared), Duration::from_secs(1)),
+                sampler: Sampler::with_history(Arc::clone(&shared.history)),
                 shared,
-                sampler: Sampler::default(),
                 now: Instant::now(),
                 id: 0,
             }
@@ -486,11 +497,13 @@ mod tests {
             reply
         }
 
-        fn sample(&mut self) -> (Sample, LatencyTotals) {
+        fn sample(&mut self) -> (Arc<Sample>, LatencyTotals) {
             self.feed
                 .publish_if_due(self.now, &self.registry, BrokerStats::default());
             let snap = self.shared.next_snapshot().expect("a snapshot");
-            self.sampler.sample(&snap)
+            let (sample, totals) = self.sampler.sample(&snap);
+            self.shared.publish(Arc::clone(&sample), totals.clone());
+            (sample, totals)
         }
     }
 
@@ -560,7 +573,7 @@ mod tests {
         assert_eq!(sample.clients[1].consumes, ["frames"]);
 
         // The Prometheus text carries the same figures.
-        let text = exposition::render(Arc::new(sample), Arc::new(totals));
+        let text = exposition::render(sample, Arc::new(totals));
         for line in [
             "labhub_channel_frames_total{channel=\"frames\"} 300",
             "labhub_channel_up{channel=\"frames\",kind=\"pubsub\"} 1",
@@ -598,9 +611,12 @@ mod tests {
         assert_eq!(sample.channels.len(), 1);
         assert_eq!(sample.channels[0].state, ChannelStatus::Gone);
         assert!(totals.is_empty());
-        let text = exposition::render(Arc::new(sample), Arc::new(totals));
+        let text = exposition::render(sample, Arc::new(totals));
         assert!(!text.contains("channel=\"frames\""), "{text}");
-        assert!(!rig.sampler.history().is_empty());
+        assert!(
+            rig.shared.history_json().contains("\"frames\""),
+            "a gone channel keeps its history"
+        );
         rig.now += Duration::from_secs(61);
         let (sample, _) = rig.sample();
         assert!(
@@ -630,6 +646,31 @@ mod tests {
         assert_eq!(rig.sample().0.channels[0].frames_per_s, Some(100.0));
         rig.now += Duration::from_secs(3);
         assert_eq!(rig.sample().0.channels[0].frames_per_s, None);
+    }
+
+    #[test]
+    fn segment_headers_are_read_in_turn_within_a_bound_per_sample() {
+        let mut rig = Rig::new();
+        let n = sampler::SEGMENT_READS_PER_SAMPLE * 2 + 50;
+        for i in 0..n {
+            let name = format!("bound-{}-{i}", std::process::id());
+            let reply = rig.send(
+                "register",
+                serde_json::json!({"client": "cam", "channel": {"name": name, "kind": "shm",
+                    "shm_name": crate::shm::os_name(&name).unwrap(), "size": 4096}}),
+            );
+            assert!(reply.is_ok(), "{reply:?}");
+        }
+        for round in 1..=3 {
+            rig.now += Duration::from_secs(1);
+            rig.sample();
+            let read = rig.sampler.segments_read();
+            assert_eq!(
+                read,
+                (round * sampler::SEGMENT_READS_PER_SAMPLE).min(n),
+                "round {round}"
+            );
+        }
     }
 
     #[test]

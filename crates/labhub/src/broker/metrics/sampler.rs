@@ -3,7 +3,8 @@
 //! channel, and publishes the result for the HTTP side.
 #![deny(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::latency::Histogram;
@@ -27,13 +28,32 @@ const STALE_INTERVALS: f64 = 2.5;
 /// The cumulative latency histogram of each up or down channel, for the exposition.
 pub(super) type LatencyTotals = Vec<(String, Box<Histogram>)>;
 
+/// The rate history of each channel, oldest point first; shared with the HTTP side, which
+/// serialises it only when an event stream opens.
+pub(super) type History = HashMap<String, VecDeque<HistoryPoint>>;
+
 /// What the sampler remembers between samples.
 #[derive(Debug, Default)]
 pub(super) struct Sampler {
     gone: BTreeMap<String, (Instant, ChannelSample)>,
-    last: BTreeMap<String, ChannelSample>,
-    history: HashMap<String, VecDeque<HistoryPoint>>,
-    segment_rate_base: HashMap<String, (Instant, u64)>,
+    last: Option<Arc<Sample>>,
+    history: Arc<Mutex<History>>,
+    segments: HashMap<String, SegmentEntry>,
+}
+
+/// Most segment headers read per sample. With more shared-memory channels than this, they are
+/// read in turn (the oldest reading first), so the metrics thread's work stays bounded however
+/// many channels there are, and each channel's segment figures are at most
+/// `channels / SEGMENT_READS_PER_SAMPLE` samples old.
+pub(super) const SEGMENT_READS_PER_SAMPLE: usize = 200;
+
+/// The last reading of a channel's segment.
+#[derive(Debug)]
+struct SegmentEntry {
+    figures: Option<SegmentFigures>,
+    read_at: Instant,
+    /// Frames per second between this reading and the one before.
+    rate: Option<f64>,
 }
 
 fn us(ns: Option<f64>) -> Option<f64> {
@@ -45,12 +65,21 @@ fn counter(c: &Counters, name: &str) -> Option<u64> {
 }
 
 impl Sampler {
+    /// A sampler that keeps its history in `history`.
+    pub fn with_history(history: Arc<Mutex<History>>) -> Self {
+        Self {
+            history,
+            ..Self::default()
+        }
+    }
+
     /// The sample of `snap`, the channels' latency totals, and the history point of each
     /// channel sampled.
-    pub fn sample(&mut self, snap: &Snapshot) -> (Sample, LatencyTotals) {
+    pub fn sample(&mut self, snap: &Snapshot) -> (Arc<Sample>, LatencyTotals) {
         let stale = snap.heartbeat_interval.mul_f64(STALE_INTERVALS);
         let mut channels = Vec::with_capacity(snap.channels.len());
         let mut totals = Vec::new();
+        self.read_segments(snap);
         for ch in &snap.channels {
             channels.push(self.channel(snap, ch, stale));
             if let Some(t) = &ch.latency_total {
@@ -60,7 +89,7 @@ impl Sampler {
         self.track_gone(snap.taken, &mut channels);
         self.record_history(snap.time_unix_ms, &channels);
         let clients = clients(snap, &channels);
-        let sample = Sample {
+        let sample = Arc::new(Sample {
             time_unix_ms: snap.time_unix_ms,
             broker: BrokerSample {
                 channels: snap.channels.len() as u64,
@@ -74,46 +103,79 @@ impl Sampler {
             },
             channels,
             clients,
-        };
+        });
+        self.last = Some(Arc::clone(&sample));
         (sample, totals)
     }
 
-    /// The rate history of every channel sampled, oldest point first.
-    pub fn history(&self) -> BTreeMap<&str, Vec<HistoryPoint>> {
-        self.history
-            .iter()
-            .map(|(name, points)| (name.as_str(), points.iter().copied().collect()))
-            .collect()
+    /// How many channels have a segment reading.
+    #[cfg(test)]
+    pub fn segments_read(&self) -> usize {
+        self.segments.len()
     }
 
-    fn channel(&mut self, snap: &Snapshot, ch: &ChannelSnap, stale: Duration) -> ChannelSample {
+    /// Reads the segments whose readings are oldest, at most [`SEGMENT_READS_PER_SAMPLE`].
+    fn read_segments(&mut self, snap: &Snapshot) {
+        let shm: HashMap<&str, _> = snap
+            .channels
+            .iter()
+            .filter(|c| c.info.spec.kind == ChannelKind::Shm)
+            .filter_map(|c| {
+                Some((
+                    c.info.spec.name.as_str(),
+                    (&c.info.spec.name, c.info.spec.shm_name.as_ref()?),
+                ))
+            })
+            .collect();
+        self.segments
+            .retain(|name, _| shm.contains_key(name.as_str()));
+        let mut due: Vec<(Option<Instant>, &str)> = shm
+            .keys()
+            .map(|name| (self.segments.get(*name).map(|e| e.read_at), *name))
+            .collect();
+        // Never read first, then the oldest readings.
+        due.sort_unstable();
+        for (_, name) in due.into_iter().take(SEGMENT_READS_PER_SAMPLE) {
+            let (channel, shm_name) = shm[name];
+            let figures = segment::read(channel, shm_name);
+            let now = Instant::now();
+            let rate = self.segments.get(name).and_then(|old| {
+                let (then, before) = (old.read_at, old.figures.as_ref()?.published);
+                let published = figures.as_ref()?.published;
+                let seconds = now.saturating_duration_since(then).as_secs_f64();
+                (seconds > 0.0)
+                    .then(|| published.checked_sub(before).map(|d| d as f64 / seconds))
+                    .flatten()
+            });
+            self.segments.insert(
+                name.to_owned(),
+                SegmentEntry {
+                    figures,
+                    read_at: now,
+                    rate,
+                },
+            );
+        }
+    }
+
+    fn channel(&self, snap: &Snapshot, ch: &ChannelSnap, stale: Duration) -> ChannelSample {
         let info = &ch.info;
         let name = info.spec.name.as_str();
         let producer = snap.clients.get(&info.producer);
         let producer_end = producer.and_then(|p| p.ends.get(&info.spec.name));
         let fresh = |end: &EndSnap| end.age <= stale;
         let up = info.state == ChannelState::Up;
-        let segment = match (&info.spec.kind, &info.spec.shm_name) {
-            (ChannelKind::Shm, Some(shm_name)) => segment::read(&info.spec.name, shm_name),
-            _ => None,
-        };
+        let reading = self.segments.get(name);
+        let segment = reading.and_then(|r| r.figures.as_ref());
 
         let mut consumers: Vec<ConsumerSample> = ch
             .consumers
             .iter()
-            .map(|id| {
-                consumer(
-                    id.as_str(),
-                    snap.clients.get(id),
-                    ch,
-                    segment.as_ref(),
-                    stale,
-                )
-            })
+            .map(|id| consumer(id.as_str(), snap.clients.get(id), ch, segment, stale))
             .collect();
         // Segment readers that are not attached clients (a plain shm consumer, `labhub watch`
         // in another user's session …) still show, by pid.
-        if let Some(seg) = &segment {
+        if let Some(seg) = segment {
             let known: Vec<u32> = consumers.iter().filter_map(|c| c.pid).collect();
             let mut strangers: BTreeMap<u32, u64> = BTreeMap::new();
             for &(pid, position) in &seg.consumers {
@@ -145,10 +207,8 @@ impl Sampler {
 
         let frames_total = producer_end
             .and_then(|e| counter(&e.counters, "frames_published"))
-            .or(segment.as_ref().map(|s| s.published));
-        let segment_rate = segment
-            .as_ref()
-            .and_then(|s| self.segment_rate(name, snap.taken, s.published));
+            .or(segment.map(|s| s.published));
+        let segment_rate = reading.and_then(|r| r.rate);
         let frames_per_s = if !up {
             None
         } else {
@@ -188,14 +248,14 @@ impl Sampler {
                 .and_then(|p| p.heartbeat_age)
                 .map(|a| a.as_secs_f64()),
             policy: info.spec.policy.clone(),
-            segment_bytes: segment.as_ref().map(|s| s.size),
+            segment_bytes: segment.map(|s| s.size),
             frames_total,
             bytes_total: producer_end.and_then(|e| counter(&e.counters, "bytes_published")),
             frames_per_s,
             mb_per_s,
             publish_failures: producer_end.and_then(|e| counter(&e.counters, "publish_failures")),
-            dropped: segment.as_ref().map(|s| s.dropped),
-            overwritten: segment.as_ref().map(|s| s.overwritten),
+            dropped: segment.map(|s| s.dropped),
+            overwritten: segment.map(|s| s.overwritten),
             latency_mean_us: us(window.mean_ns()),
             latency_p99_us: us(window.quantile_ns(0.99)),
             max_lag_frames: consumers.iter().filter_map(|c| c.lag_frames).max(),
@@ -203,38 +263,30 @@ impl Sampler {
         }
     }
 
-    /// Frames per second from the segment's commit position between two samples.
-    fn segment_rate(&mut self, name: &str, now: Instant, published: u64) -> Option<f64> {
-        let previous = self
-            .segment_rate_base
-            .insert(name.to_owned(), (now, published));
-        let (then, before) = previous?;
-        let seconds = now.saturating_duration_since(then).as_secs_f64();
-        (seconds > 0.0)
-            .then(|| published.checked_sub(before).map(|d| d as f64 / seconds))
-            .flatten()
-    }
-
     /// Channels of the last sample that the registry dropped stay a minute, as gone.
     fn track_gone(&mut self, now: Instant, channels: &mut Vec<ChannelSample>) {
-        let current: BTreeMap<String, ChannelSample> = channels
-            .iter()
-            .map(|c| (c.name.clone(), c.clone()))
-            .collect();
-        for (name, mut last) in std::mem::replace(&mut self.last, current) {
-            if !self.last.contains_key(&name) {
-                last.state = ChannelStatus::Gone;
-                last.frames_per_s = None;
-                last.mb_per_s = None;
-                last.latency_mean_us = None;
-                last.latency_p99_us = None;
-                last.consumers.clear();
-                last.max_lag_frames = None;
-                self.gone.insert(name, (now, last));
+        let current: HashSet<String> = channels.iter().map(|c| c.name.clone()).collect();
+        if let Some(last) = &self.last {
+            let removed = last
+                .channels
+                .iter()
+                .filter(|c| c.state != ChannelStatus::Gone && !current.contains(&c.name));
+            for c in removed {
+                let gone = ChannelSample {
+                    state: ChannelStatus::Gone,
+                    frames_per_s: None,
+                    mb_per_s: None,
+                    latency_mean_us: None,
+                    latency_p99_us: None,
+                    consumers: Vec::new(),
+                    max_lag_frames: None,
+                    ..c.clone()
+                };
+                self.gone.insert(c.name.clone(), (now, gone));
             }
         }
         self.gone.retain(|name, (since, _)| {
-            !self.last.contains_key(name) && now.saturating_duration_since(*since) < GONE_RETENTION
+            !current.contains(name) && now.saturating_duration_since(*since) < GONE_RETENTION
         });
         while self.gone.len() > MAX_GONE {
             let oldest = self
@@ -248,16 +300,17 @@ impl Sampler {
         }
         channels.extend(self.gone.values().map(|(_, c)| c.clone()));
         channels.sort_by(|a, b| a.name.cmp(&b.name));
-        let live: std::collections::HashSet<&str> =
-            channels.iter().map(|c| c.name.as_str()).collect();
-        self.history.retain(|name, _| live.contains(name.as_str()));
-        self.segment_rate_base
-            .retain(|name, _| self.last.contains_key(name));
+        let shown: HashSet<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+        super::lock(&self.history).retain(|name, _| shown.contains(name.as_str()));
     }
 
     fn record_history(&mut self, t: u64, channels: &[ChannelSample]) {
+        let mut history = super::lock(&self.history);
         for c in channels {
-            let points = self.history.entry(c.name.clone()).or_default();
+            let points = match history.get_mut(&c.name) {
+                Some(p) => p,
+                None => history.entry(c.name.clone()).or_default(),
+            };
             if points.len() >= HISTORY_POINTS {
                 points.pop_front();
             }
