@@ -35,8 +35,13 @@ fn main() {
 
     // With a libsodium location zeromq-src defines ZMQ_HAVE_CURVE and ZMQ_USE_LIBSODIUM; without
     // one libzmq has no CURVE at all (that is why the published `zmq` crate lacks it).
+    // The DRAFT API gives zmq_socket_monitor_versioned C linkage (without it zmq.h does not
+    // declare it and zmq.cpp defines it as a C++ function): its version 2 events name both
+    // endpoints of a connection, which the broker's perimeter needs. Nothing else labhub uses
+    // changes with it.
     zeromq_src::Build::new()
         .with_libsodium(Some(zeromq_src::LibLocation::new(lib_dir, include_dir)))
+        .enable_draft(true)
         .build();
 }
 

@@ -25,7 +25,7 @@ use std::path::{Component, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use labhub::broker::keys::{self, PublicKey};
+use labhub::keys::{self, PublicKey};
 use labhub::protocol::{ChannelName, Endpoint, MAX_ENDPOINT_LEN, MAX_IPC_PATH_LEN, NameError};
 
 /// One millisecond.

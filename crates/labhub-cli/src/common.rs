@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use labhub::broker::config::{ConfigLayer, DEFAULT_ENDPOINT, default_home};
-use labhub::broker::keys::{self, PublicKey};
 use labhub::client::ClientConfig;
+use labhub::home::default_home;
+use labhub::keys::{self, PublicKey};
 use labhub::lifecycle::{LifecycleGuard, ModuleDef};
 use labhub::log::{LogConfig, Sink};
 use tracing::level_filters::LevelFilter;
@@ -74,12 +74,8 @@ impl ConnectArgs {
                 .map_err(|why| UsageError(format!("LABHUB_BROKER_ENDPOINT {e:?}: {why}")))?,
             (None, None) => {
                 let file = home.join("broker.toml");
-                let layer = if file.exists() {
-                    ConfigLayer::from_file(&file)?
-                } else {
-                    ConfigLayer::default()
-                };
-                let e = layer.endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+                // The environment was handled above.
+                let e = labhub::home::broker_endpoints(&home, &|_| None)?.endpoint;
                 args::connect_endpoint(&e).map_err(|why| {
                     anyhow::anyhow!("the endpoint {e:?} of {}: {why}", file.display())
                 })?

@@ -111,12 +111,9 @@ pub fn reap_dead_demos() {
         if !is_dead_demo(&home, uid) {
             continue;
         }
-        let segment = match labhub::shm::os_name(&channel)
-            .ok()
-            .and_then(|name| ShmName::new(name).ok())
-        {
-            Some(name) => segments::remove_if_unheld(&name),
-            None => Removal::Absent,
+        let segment = match labhub::name::ChannelName::new(channel.as_str()) {
+            Ok(name) => segments::remove_if_unheld(&ShmName::of(&name)),
+            Err(_) => Removal::Absent,
         };
         match fs::remove_dir_all(&home) {
             Ok(()) => {}

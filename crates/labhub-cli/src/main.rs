@@ -16,7 +16,6 @@ mod common;
 mod demo_home;
 mod exit;
 mod meter;
-mod segment;
 mod stop;
 
 /// labhub: shared-memory data channels and a CurveZMQ broker for laboratory software.

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use labhub::broker::keys::{self, KeyPair, PublicKey};
 use labhub::client::{ClientConfig, Hub, ShmProducer};
-use labhub::shm::{ChannelConfig, FrameMeta, Policy};
+use labhub::keys::{self, KeyPair, PublicKey};
+use labhub::shm::Policy;
 use serde_json::Value;
 use wait_timeout::ChildExt as _;
 
@@ -199,7 +199,7 @@ impl Drop for Broker {
 /// A registered shared-memory channel with a few frames, removed on drop.
 struct Channel {
     name: String,
-    producer: Option<ShmProducer>,
+    producer: Option<ShmProducer<u16>>,
     hub: Hub,
 }
 
@@ -207,13 +207,15 @@ impl Channel {
     fn new(broker: &Broker) -> Self {
         let hub = broker.hub();
         let name = unique("cli-test");
+        // Frames of 32 x 64 u16 elements: 4096 bytes.
         let mut producer = hub
-            .create_shm_producer(&name, ChannelConfig::new(Policy::DoubleBuffer, 4096))
+            .channel(&name)
+            .policy(Policy::DoubleBuffer)
+            .frames::<u16>(&[32, 64])
+            .create()
             .unwrap();
         for _ in 0..3 {
-            producer
-                .publish_bytes(&[7u8; 1000], &FrameMeta::default())
-                .unwrap();
+            producer.publish(&[7u16; 2048], &[32, 64]).unwrap();
         }
         Self {
             name,
@@ -398,6 +400,7 @@ fn ls_shows_a_registered_channel_as_a_table_and_as_json() {
         .find(|l| l.starts_with(&channel.name))
         .unwrap_or_else(|| panic!("{} not listed: {}", channel.name, r.stdout));
     assert!(row.contains("shm") && row.contains("up"), "{row}");
+    assert!(row.contains("u16[32x64]"), "the frame type is shown: {row}");
 
     let r = run(broker.labhub(&["ls", "--json"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -410,6 +413,9 @@ fn ls_shows_a_registered_channel_as_a_table_and_as_json() {
         .expect("the channel in ls --json");
     assert_eq!(found["kind"], "shm");
     assert_eq!(found["state"], "up");
+    assert_eq!(found["policy"], "double");
+    assert_eq!(found["schema"]["element"], "u16");
+    assert_eq!(found["schema"]["shape"], serde_json::json!([32, 64]));
     assert_eq!(found["consumers"], 0);
     assert_eq!(found["producer"], channel.hub.client_id().as_str());
     // The segment is on this machine, so its frame rate was measured (idle: 0).
@@ -421,9 +427,7 @@ fn info_shows_a_channel_and_its_segment_header() {
     let broker = Broker::start();
     let channel = Channel::new(&broker);
     // A reader holding the newest frame in place shows in the consumer table.
-    let mut reader =
-        labhub::shm::Consumer::attach(&channel.name, labhub::shm::AttachOptions::default())
-            .unwrap();
+    let mut reader = labhub::shm::Channel::new(&channel.name).open().unwrap();
     let held = reader.latest().unwrap().expect("a frame");
     assert_eq!(held.frame_id(), 2);
 
@@ -437,6 +441,12 @@ fn info_shows_a_channel_and_its_segment_header() {
     assert!(r.stdout.contains("policy     double"), "{}", r.stdout);
     assert!(r.stdout.contains("published 3"), "{}", r.stdout);
     assert!(r.stdout.contains("holding frame 2"), "{}", r.stdout);
+    assert!(r.stdout.contains("frames     u16[32x64]"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("frames of u16 [32 x 64] (numpy <u2)"),
+        "{}",
+        r.stdout
+    );
     let consumers = run(broker.labhub(&["info", &channel.name, "--json"]));
     let v = json(&consumers.stdout);
     assert_eq!(
@@ -454,7 +464,14 @@ fn info_shows_a_channel_and_its_segment_header() {
     assert_eq!(v["segment"]["slots"], 2);
     assert_eq!(v["segment"]["slot_size"], 4096);
     assert_eq!(v["segment"]["published"], 3);
-    assert_eq!(v["segment"]["producer_pid"], u64::from(std::process::id()));
+    assert_eq!(
+        v["segment"]["producer"]["pid"],
+        u64::from(std::process::id())
+    );
+    assert_eq!(v["segment"]["producer"]["alive"], true);
+    assert_eq!(v["segment"]["element"], "u16");
+    assert_eq!(v["segment"]["numpy_dtype"], "<u2");
+    assert_eq!(v["segment"]["max_shape"], serde_json::json!([32, 64]));
     assert_eq!(v["segment"]["consumers"].as_array().unwrap().len(), 0);
 }
 
@@ -477,9 +494,7 @@ fn watch_counts_the_frames_of_a_live_channel() {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                producer
-                    .publish_bytes(&[1u8; 4096], &FrameMeta::default())
-                    .unwrap();
+                producer.publish(&[1u16; 2048], &[32, 64]).unwrap();
                 std::thread::sleep(Duration::from_millis(2));
             }
             producer
@@ -500,6 +515,8 @@ fn watch_counts_the_frames_of_a_live_channel() {
     let lines: Vec<Value> = r.stdout.lines().map(json).collect();
     assert_eq!(lines.len(), 4, "{}", r.stdout);
     assert!(lines[..3].iter().all(|l| l["type"] == "sample"));
+    assert_eq!(lines[0]["element"], "u16");
+    assert_eq!(lines[0]["max_shape"], serde_json::json!([32, 64]));
     let summary = &lines[3];
     assert_eq!(summary["type"], "summary");
     assert!(summary["frames"].as_u64().unwrap() > 0, "{summary}");

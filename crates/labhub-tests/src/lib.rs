@@ -298,6 +298,34 @@ impl ChildProc {
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
 
+    /// Sends SIGSTOP: the process stops (all its threads) until [`ChildProc::resume`].
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Sends SIGCONT to a stopped process.
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process id has no memory effects.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Waits until the process is stopped (state `T` in `/proc/<pid>/stat`), failing the test
+    /// after [`WATCHDOG`].
+    pub fn wait_stopped(&self) {
+        let path = format!("/proc/{}/stat", self.child.id());
+        wait_until("the child to stop", || {
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                .unwrap_or(false)
+        });
+    }
+
     /// Waits for the process to exit, failing the test after [`WATCHDOG`]; returns its status.
     pub fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WATCHDOG;
@@ -336,6 +364,191 @@ impl ChildProc {
 impl Drop for ChildProc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// What the broker perimeter tests and the `perimeter_figures` example do to a broker: the
+/// attacks of docs/SECURITY.md, and reading a process's memory use.
+pub mod attack {
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use labhub::keys::{KeyPair, PublicKey};
+    use labhub_zmq::{Context, CurvePublicKey, CurveSecretKey, Flags, Message, Socket, SocketType};
+
+    /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+    pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Resets the peak resident size (`VmHWM`) of `pid` to its current size, so a later
+    /// reading is the peak of what happened in between.
+    pub fn reset_peak_rss(pid: u32) -> std::io::Result<()> {
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+    }
+
+    /// `host:port` of a `tcp://host:port` endpoint.
+    pub fn tcp_address(endpoint: &str) -> &str {
+        endpoint.strip_prefix("tcp://").unwrap_or(endpoint)
+    }
+
+    /// Opens up to `count` plain TCP connections that never send a byte, from 32 threads at
+    /// once so that all are open within a fraction of the broker's handshake time limit
+    /// (connections the kernel refuses or that time out are skipped). They stay open while
+    /// the vector lives.
+    pub fn idle_connections(endpoint: &str, count: usize) -> Vec<TcpStream> {
+        const THREADS: usize = 32;
+        let address: std::net::SocketAddr = tcp_address(endpoint)
+            .parse()
+            .expect("a tcp://ip:port endpoint");
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let n = count / THREADS + usize::from(t < count % THREADS);
+                std::thread::spawn(move || {
+                    (0..n)
+                        .filter_map(|_| {
+                            TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("connecting thread"))
+            .collect()
+    }
+
+    fn curve_socket(
+        context: &Context,
+        kind: SocketType,
+        server: &PublicKey,
+        client: &KeyPair,
+    ) -> Socket {
+        let s = context.socket(kind).expect("socket");
+        s.set_curve_client_keys(
+            &CurvePublicKey::from_bytes(server.as_bytes()).expect("server key"),
+            &CurvePublicKey::from_bytes(client.public.as_bytes()).expect("client key"),
+            &CurveSecretKey::from_bytes(client.secret_bytes()).expect("client key"),
+        )
+        .expect("curve keys");
+        s
+    }
+
+    /// CURVE clients whose keys the broker does not admit, made anew in rounds of `batch`
+    /// (fresh keys each) on a thread of their own, each making one refused handshake, until
+    /// dropped.
+    pub struct RefusedClients {
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl RefusedClients {
+        /// Starts the rounds against `endpoint`.
+        pub fn start(endpoint: &str, server: &PublicKey, batch: usize) -> Self {
+            use std::sync::atomic::Ordering;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = std::sync::Arc::clone(&stop);
+            let endpoint = endpoint.to_owned();
+            let server = *server;
+            let thread = std::thread::spawn(move || {
+                let context = Context::new().expect("context");
+                while !flag.load(Ordering::Relaxed) {
+                    let sockets: Vec<Socket> = (0..batch)
+                        .map(|_| {
+                            let s = curve_socket(
+                                &context,
+                                SocketType::Dealer,
+                                &server,
+                                &KeyPair::generate(),
+                            );
+                            s.set_linger(Some(Duration::ZERO)).expect("linger");
+                            s.connect(&endpoint).expect("connect");
+                            s
+                        })
+                        .collect();
+                    std::thread::sleep(Duration::from_millis(50));
+                    drop(sockets);
+                }
+            });
+            Self {
+                stop,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for RefusedClients {
+        fn drop(&mut self) {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// The bytes every frame of [`send_huge_multipart`] points to.
+    static FRAME: [u8; 60_000] = [b'x'; 60_000];
+
+    /// Sends, as the admitted `client`, one multipart message of `frames` frames of 60,000
+    /// bytes (1.5 GB for 25,000 frames) to the broker's request socket. The frames share one
+    /// static buffer, so the sender itself stays small. Returns the socket (dropping it ends
+    /// the connection) once libzmq has queued the whole message.
+    pub fn send_huge_multipart(
+        endpoint: &str,
+        server: &PublicKey,
+        client: &KeyPair,
+        frames: usize,
+    ) -> (Socket, Context) {
+        let context = Context::new().expect("context");
+        let s = curve_socket(&context, SocketType::Dealer, server, client);
+        s.set_sndhwm(0).expect("sndhwm");
+        s.connect(endpoint).expect("connect");
+        for i in 0..frames {
+            let more = if i + 1 < frames {
+                Flags::SNDMORE
+            } else {
+                Flags::NONE
+            };
+            s.send_msg(Message::from_static(&FRAME).expect("frame"), more)
+                .expect("send");
+        }
+        (s, context)
+    }
+
+    /// Admitted subscribers of the notification socket that never read: each keeps at most
+    /// one message in its own queue, so what piles up piles up in the broker.
+    pub struct SilentSubscribers {
+        _sockets: Vec<Socket>,
+        _context: Context,
+    }
+
+    impl SilentSubscribers {
+        /// `count` subscribers to everything on `notify_endpoint`.
+        pub fn start(
+            notify_endpoint: &str,
+            server: &PublicKey,
+            client: &KeyPair,
+            count: usize,
+        ) -> Self {
+            let context = Context::new().expect("context");
+            let sockets = (0..count)
+                .map(|_| {
+                    let s = curve_socket(&context, SocketType::Sub, server, client);
+                    s.set_rcvhwm(1).expect("rcvhwm");
+                    s.subscribe(b"").expect("subscribe");
+                    s.connect(notify_endpoint).expect("connect");
+                    s
+                })
+                .collect();
+            Self {
+                _sockets: sockets,
+                _context: context,
+            }
+        }
     }
 }
 

@@ -448,6 +448,16 @@ unsafe extern "C" {
     pub fn zmq_send(socket: *mut c_void, buf: *const c_void, len: usize, flags: c_int) -> c_int;
     /// Starts publishing the socket's events on a PAIR endpoint (`inproc://...`); null stops.
     pub fn zmq_socket_monitor(socket: *mut c_void, addr: *const c_char, events: c_int) -> c_int;
+    /// As `zmq_socket_monitor`, choosing the event format: version 2 sends the event as a
+    /// u64, a value count, the values (u64 each), then the local and the remote endpoint.
+    /// Part of libzmq 4.3's DRAFT API, which the build enables.
+    pub fn zmq_socket_monitor_versioned(
+        socket: *mut c_void,
+        addr: *const c_char,
+        events: u64,
+        event_version: c_int,
+        socket_type: c_int,
+    ) -> c_int;
 
     /// Waits for events on several sockets; `timeout` ms (-1 forever). Returns the number of
     /// items with events, or -1.

@@ -9,7 +9,8 @@
 //! - [`poll`] over several sockets with a timeout.
 //! - CURVE keys ([`CurveKeyPair`]), Z85 ([`z85_encode`], [`z85_decode`]).
 //! - ZAP ([`Context::start_zap_handler`]): a closure admits or refuses each connecting peer.
-//! - Socket monitor ([`Socket::enable_monitor`]): connection and handshake events.
+//! - Socket monitor ([`Socket::enable_monitor`]): connection and handshake events, and
+//!   [`peer`]: acting on one accepted TCP connection that an event names.
 //!
 //! Every failure is a [`ZmqError`]; libzmq errors keep their errno and name the call.
 //!
@@ -47,6 +48,7 @@ mod curve;
 mod error;
 mod message;
 mod monitor;
+pub mod peer;
 mod poll;
 mod socket;
 mod zap;

@@ -75,6 +75,34 @@ impl Message {
         Ok(Self { raw })
     }
 
+    /// A frame that refers to `data` without copying it and never frees it: one buffer can
+    /// back any number of frames (tests send very large multipart messages this way).
+    ///
+    /// # Errors
+    ///
+    /// A libzmq error from `zmq_msg_init_data`.
+    pub fn from_static(data: &'static [u8]) -> Result<Self, ZmqError> {
+        if data.is_empty() {
+            return Ok(Self::new());
+        }
+        let mut raw = sys::zmq_msg_t::zeroed();
+        // SAFETY: `data` lives for the whole program and libzmq only reads it; with no free
+        // function libzmq never frees it.
+        let rc = unsafe {
+            sys::zmq_msg_init_data(
+                &mut raw,
+                data.as_ptr().cast_mut().cast::<c_void>(),
+                data.len(),
+                None,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != 0 {
+            return Err(ZmqError::last("zmq_msg_init_data", ""));
+        }
+        Ok(Self { raw })
+    }
+
     /// The frame's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: `raw` is initialised; zmq_msg_size only reads it.

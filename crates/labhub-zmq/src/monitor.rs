@@ -8,6 +8,7 @@ use labhub_zmq_sys as sys;
 
 use crate::context::Context;
 use crate::error::ZmqError;
+use crate::message::Message;
 use crate::socket::{Flags, Socket, SocketType};
 
 /// What happened on a monitored socket.
@@ -78,18 +79,30 @@ impl SocketEvent {
 pub struct MonitorEvent {
     /// What happened.
     pub event: SocketEvent,
-    /// The event's value (errno, status code, protocol error, interval; see [`SocketEvent`]).
-    pub value: u32,
-    /// The endpoint concerned, e.g. `tcp://127.0.0.1:41234`.
-    pub endpoint: String,
+    /// The event's value (file descriptor, errno, status code, protocol error, interval; see
+    /// [`SocketEvent`]). For [`SocketEvent::Accepted`], [`SocketEvent::Connected`],
+    /// [`SocketEvent::Disconnected`] and [`SocketEvent::Closed`] it is the connection's file
+    /// descriptor.
+    pub value: u64,
+    /// This side's endpoint, e.g. the bound `tcp://127.0.0.1:5570` of an accepted connection.
+    pub local: String,
+    /// The peer's endpoint, e.g. `tcp://127.0.0.1:41234` of an accepted connection; empty
+    /// for events that concern no connection (listening, bind failures).
+    pub remote: String,
 }
 
 impl Socket {
     /// Starts reporting this socket's connection and handshake events, read with
     /// [`Socket::recv_monitor_event`] (or polled through [`Socket::monitor_socket`]).
     ///
+    /// Events carry both endpoints of the connection (libzmq's version 2 event format), so
+    /// the events of one connection can be told apart from another's by the peer's address.
     /// Unread events queue without limit, so read them or drop the socket; monitoring stops
     /// when the socket is dropped. Enabling it twice restarts it.
+    ///
+    /// # Errors
+    ///
+    /// A libzmq error creating or binding the monitor's PAIR socket.
     pub fn enable_monitor(&mut self) -> Result<(), ZmqError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let endpoint = format!(
@@ -108,10 +121,16 @@ impl Socket {
         // SAFETY: the socket is open and owned by this thread; the endpoint is NUL-terminated.
         // libzmq binds a PAIR there, replacing (and stopping) any previous monitor.
         let rc = unsafe {
-            sys::zmq_socket_monitor(self.as_ptr(), c_endpoint.as_ptr(), sys::ZMQ_EVENT_ALL)
+            sys::zmq_socket_monitor_versioned(
+                self.as_ptr(),
+                c_endpoint.as_ptr(),
+                u64::from(sys::ZMQ_EVENT_ALL as u32),
+                2,
+                sys::ZMQ_PAIR,
+            )
         };
         if rc != 0 {
-            return Err(ZmqError::last("zmq_socket_monitor", endpoint));
+            return Err(ZmqError::last("zmq_socket_monitor_versioned", endpoint));
         }
         // inproc connect to a bound endpoint completes synchronously, before any new event.
         receiver.connect(&endpoint)?;
@@ -126,6 +145,11 @@ impl Socket {
 
     /// Receives the next monitor event (blocking per `flags`; the monitor socket has no
     /// receive timeout, so use [`Flags::DONTWAIT`] with [`crate::poll`] to bound the wait).
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` (see [`ZmqError::is_again`]) with [`Flags::DONTWAIT`] when no event is queued;
+    /// an invalid-argument error if monitoring is not enabled or an event is malformed.
     pub fn recv_monitor_event(&self, flags: Flags) -> Result<MonitorEvent, ZmqError> {
         let monitor = self.monitor.as_deref().ok_or_else(|| {
             ZmqError::invalid("recv_monitor_event", "socket", "monitor not enabled")
@@ -133,16 +157,31 @@ impl Socket {
         let frames = monitor.recv_multipart(flags)?;
         let malformed =
             |reason: &str| ZmqError::invalid("recv_monitor_event", "event", reason.to_owned());
-        let head = frames.first().ok_or_else(|| malformed("no frames"))?;
-        if head.len() != 6 || frames.len() != 2 {
-            return Err(malformed("not a version 1 event (6-byte head, 2 frames)"));
+        let u64_of = |frame: &[u8]| -> Result<u64, ZmqError> {
+            let bytes: [u8; 8] = frame
+                .try_into()
+                .map_err(|_| malformed("a version 2 number frame is 8 bytes"))?;
+            Ok(u64::from_ne_bytes(bytes))
+        };
+        // event, value count, values…, local endpoint, remote endpoint
+        let [event, count, rest @ ..] = frames.as_slice() else {
+            return Err(malformed("fewer than 2 frames"));
+        };
+        let event = u64_of(event)?;
+        let count = usize::try_from(u64_of(count)?).unwrap_or(usize::MAX);
+        if rest.len() != count.saturating_add(2) {
+            return Err(malformed("the frame count does not match the value count"));
         }
-        let event = u16::from_ne_bytes([head[0], head[1]]);
-        let value = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
+        let value = match rest.first() {
+            Some(v) if count > 0 => u64_of(v)?,
+            _ => 0,
+        };
+        let text = |frame: &Message| String::from_utf8_lossy(frame).into_owned();
         Ok(MonitorEvent {
-            event: SocketEvent::from_raw(event),
+            event: SocketEvent::from_raw(u16::try_from(event).unwrap_or(u16::MAX)),
             value,
-            endpoint: String::from_utf8_lossy(&frames[1]).into_owned(),
+            local: text(&rest[count]),
+            remote: text(&rest[count + 1]),
         })
     }
 }

@@ -32,12 +32,28 @@ impl PollEvents {
     }
 }
 
-/// One socket in a [`poll`] set. Built by [`Socket::poll_item`]; borrows the socket, so the
-/// set lives on the socket's owning thread.
+/// One socket (or descriptor) in a [`poll`] set. Built by [`Socket::poll_item`]; borrows the
+/// socket, so the set lives on the socket's owning thread.
 #[repr(transparent)]
 pub struct PollItem<'a> {
     raw: sys::zmq_pollitem_t,
     _socket: PhantomData<&'a Socket>,
+}
+
+impl PollItem<'_> {
+    /// An item waiting for `events` on a plain descriptor that the caller keeps open while
+    /// the item lives (the borrow that builds it ties the two together).
+    pub(crate) fn for_fd(fd: std::ffi::c_int, events: PollEvents) -> Self {
+        PollItem {
+            raw: sys::zmq_pollitem_t {
+                socket: std::ptr::null_mut(),
+                fd,
+                events: events.0,
+                revents: 0,
+            },
+            _socket: PhantomData,
+        }
+    }
 }
 
 impl PollItem<'_> {
@@ -107,7 +123,7 @@ pub fn poll(items: &mut [PollItem<'_>], timeout: Option<Duration>) -> Result<usi
         }
         // SAFETY: PollItem is repr(transparent) over zmq_pollitem_t, so the slice is a valid
         // array of `count` items; each holds an open socket borrowed for the call and owned by
-        // this thread (Socket is !Sync).
+        // this thread (Socket is !Sync), or a descriptor its builder keeps open.
         let rc = unsafe {
             sys::zmq_poll(
                 items.as_mut_ptr().cast::<sys::zmq_pollitem_t>(),

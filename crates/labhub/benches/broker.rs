@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use labhub::broker::keys::{self, KeyPair};
 use labhub::broker::probe::Probe;
 use labhub::broker::{Broker, BrokerConfig};
+use labhub::keys::{self, KeyPair};
 use labhub_zmq::{
     Context, CurvePublicKey, CurveSecretKey, Flags, PollEvents, Socket, SocketType, poll,
 };

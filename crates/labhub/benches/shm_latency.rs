@@ -14,9 +14,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use labhub::shm::{
-    self, AttachOptions, Backpressure, ChannelConfig, Consumer, Policy, Producer, WaitMode,
-};
+use labhub::shm::{self, Backpressure, Channel, Consumer, Policy, Producer, WaitMode};
 
 pub const SIZES: [(&str, usize); 2] = [("8 B", 8), ("1 MiB", 1 << 20)];
 
@@ -24,16 +22,17 @@ pub fn rounds_for(size: usize) -> u64 {
     if size <= 4096 { 20_000 } else { 2_000 }
 }
 
-fn config(size: usize) -> ChannelConfig {
-    ChannelConfig::new(
-        Policy::Ring {
+fn create(name: &str, size: usize) -> Producer<u8> {
+    Channel::new(name)
+        .policy(Policy::Ring {
             slots: 4,
             when_full: Backpressure::Block {
                 timeout: Duration::from_secs(60),
             },
-        },
-        size as u64,
-    )
+        })
+        .bytes(size as u64)
+        .create()
+        .unwrap()
 }
 
 fn wait_mode(spin: bool) -> WaitMode {
@@ -47,12 +46,15 @@ fn wait_mode(spin: bool) -> WaitMode {
     }
 }
 
-fn attach(name: &str, spin: bool) -> Consumer {
-    let mut opts = AttachOptions::default().mode(wait_mode(spin));
-    opts.ready_timeout = Duration::from_secs(10);
+fn attach(name: &str, spin: bool) -> Consumer<u8> {
     let start = Instant::now();
     loop {
-        match Consumer::attach(name, opts.clone()) {
+        let opened = Channel::new(name)
+            .element::<u8>()
+            .wait_mode(wait_mode(spin))
+            .ready_timeout(Duration::from_secs(10))
+            .open();
+        match opened {
             Ok(c) => return c,
             Err(shm::ChannelError::NotFound { .. })
                 if start.elapsed() < Duration::from_secs(10) =>
@@ -64,19 +66,17 @@ fn attach(name: &str, spin: bool) -> Consumer {
     }
 }
 
-fn send(p: &mut Producer, payload: &[u8], round: u64) {
-    let mut w = p.begin_publish().unwrap();
-    let d = w.data_mut();
-    d.copy_from_slice(payload);
-    d[..8].copy_from_slice(&round.to_le_bytes());
-    w.publish().unwrap();
+fn send(p: &mut Producer<u8>, payload: &[u8], round: u64) {
+    let mut w = p.loan().unwrap();
+    w.copy_from_slice(payload);
+    w[..8].copy_from_slice(&round.to_le_bytes());
+    w.commit();
 }
 
-fn recv(c: &mut Consumer) -> u64 {
+fn recv(c: &mut Consumer<u8>) -> u64 {
     let f = c.next(Some(Duration::from_secs(60))).unwrap();
-    let round = u64::from_le_bytes(f.data()[..8].try_into().unwrap());
-    f.finish().unwrap();
-    round
+    let d = f.held().expect("a lossless ring holds its frames");
+    u64::from_le_bytes(d[..8].try_into().unwrap())
 }
 
 /// The answering side (a child process).
@@ -89,7 +89,7 @@ pub fn labhub_pong_main() {
         .unwrap()
         .parse()
         .unwrap();
-    let mut p = Producer::create(&pong, config(size)).unwrap();
+    let mut p = create(&pong, size);
     let mut c = attach(&ping, spin);
     let mut out = std::io::stdout();
     writeln!(out, "ready").unwrap();
@@ -110,7 +110,7 @@ pub fn labhub_round_trip(size: usize, spin: bool) -> Duration {
     );
     let rounds = rounds_for(size);
     let warmup = rounds / 10;
-    let mut p = Producer::create(&ping, config(size)).unwrap();
+    let mut p = create(&ping, size);
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env("LABHUB_BENCH_ROLE", "labhub-pong")
         .env("LABHUB_BENCH_PING", &ping)

@@ -3,23 +3,26 @@
 //!
 //! `cargo bench -p labhub --bench shm_throughput`
 //!
-//! The producer copies each frame into its slot (`begin_publish`, `copy_from_slice`, `publish`)
-//! on a lossless ring (Block) of 8 slots, or 1 MiB worth of small frames (256 × 4 KiB), so it
-//! can never outrun the consumer. The consumer is this executable re-spawned
-//! (`LABHUB_BENCH_ROLE=consumer`); it reads each frame in place and validates it, either touching
-//! only its first and last byte (`touch`; also with the consumer in `WaitMode::Spin` for 50 µs
-//! before sleeping: `touch, spin`) or reading every 8-byte word (`read`). The baseline copies the
-//! same frame into as many rotating destination buffers as the ring has slots (the same memory
-//! footprint as the ring) on one thread. Each figure is the median of 5 runs.
+//! The producer copies each frame into a loaned slot (`loan`, `copy_from_slice`, `commit`) on a
+//! lossless ring (Block) of 8 slots, or 1 MiB worth of small frames (256 × 4 KiB), so it can
+//! never outrun the consumer. The consumer is this executable re-spawned
+//! (`LABHUB_BENCH_ROLE=consumer`); it reads each frame held in place (`next`, `held`, drop),
+//! either touching only its first and last byte (`touch`; also with the consumer in
+//! `WaitMode::Spin` for 50 µs before sleeping: `touch, spin`) or reading every 8-byte word
+//! (`read`). The baseline copies the same frame into as many rotating destination buffers as the
+//! ring has slots (the same memory footprint as the ring) on one thread. Each figure is the
+//! median of 5 runs.
+//!
+//! A second table prices the lossy read path: a frame of a Latest channel copied out with
+//! `Frame::copy_to` (per-byte atomic loads through `atomic-memcpy`, then the seq re-check)
+//! against a plain `copy_from_slice` of the same bytes, one process, in the same run.
 #![allow(missing_docs)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use labhub::shm::{
-    self, AttachOptions, Backpressure, ChannelConfig, Consumer, Policy, Producer, WaitMode,
-};
+use labhub::shm::{self, Backpressure, Channel, Policy, WaitMode};
 
 /// Ring slots for a frame size: 8, or enough for 1 MiB of small frames.
 pub fn slots(size: usize) -> u32 {
@@ -44,14 +47,18 @@ pub fn consumer_main() {
     } else {
         WaitMode::Blocking
     };
-    let mut c = Consumer::attach(&name, AttachOptions::default().mode(wait)).unwrap();
+    let mut c = Channel::new(&name)
+        .element::<u8>()
+        .wait_mode(wait)
+        .open()
+        .unwrap();
     let mut out = std::io::stdout();
     writeln!(out, "ready").unwrap();
     out.flush().unwrap();
     let mut acc = 0u64;
     for _ in 0..frames {
         let f = c.next(Some(Duration::from_secs(60))).unwrap();
-        let d = f.data();
+        let d = f.held().expect("a lossless ring holds its frames");
         if read_all {
             for w in d.chunks_exact(8) {
                 acc ^= u64::from_le_bytes(w.try_into().unwrap());
@@ -59,7 +66,7 @@ pub fn consumer_main() {
         } else {
             acc ^= u64::from(d[0]) ^ u64::from(d[d.len() - 1]);
         }
-        f.finish().unwrap();
+        drop(f);
     }
     writeln!(out, "done {acc}").unwrap();
     out.flush().unwrap();
@@ -83,16 +90,16 @@ pub fn channel_rate(size: usize, mode: &str) -> f64 {
     let name = format!("bench-tp-{}-{size}-{mode}", std::process::id());
     let _ = shm::remove_channel(&name);
     let frames = (BYTES_PER_RUN / size).max(1) as u64;
-    let cfg = ChannelConfig::new(
-        Policy::Ring {
+    let mut p = Channel::new(&name)
+        .policy(Policy::Ring {
             slots: slots(size),
             when_full: Backpressure::Block {
                 timeout: Duration::from_secs(60),
             },
-        },
-        size as u64,
-    );
-    let mut p = Producer::create(&name, cfg).unwrap();
+        })
+        .bytes(size as u64)
+        .create()
+        .unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env("LABHUB_BENCH_ROLE", "consumer")
         .env("LABHUB_BENCH_CHANNEL", &name)
@@ -106,9 +113,9 @@ pub fn channel_rate(size: usize, mode: &str) -> f64 {
     let src = vec![0x5au8; size];
     let start = Instant::now();
     for _ in 0..frames {
-        let mut w = p.begin_publish().unwrap();
-        w.data_mut().copy_from_slice(std::hint::black_box(&src));
-        w.publish().unwrap();
+        let mut w = p.loan().unwrap();
+        w.copy_from_slice(std::hint::black_box(&src));
+        w.commit();
     }
     let done = lines.next().unwrap().unwrap();
     let elapsed = start.elapsed();
@@ -148,6 +155,39 @@ pub fn line_round_trip_ns() -> f64 {
         start
     });
     start.elapsed().as_nanos() as f64 / ROUNDS as f64
+}
+
+/// Bytes per second of copying one frame of a Latest channel out with `Frame::copy_to` (atomic
+/// loads, then the seq check), and of a plain copy of a buffer of the same size, alternated.
+pub fn lossy_copy_rates(size: usize) -> (f64, f64) {
+    let name = format!("bench-copy-{}-{size}", std::process::id());
+    let _ = shm::remove_channel(&name);
+    let mut p = Channel::new(&name)
+        .policy(Policy::Latest)
+        .bytes(size as u64)
+        .create()
+        .unwrap();
+    let mut c = Channel::new(&name).element::<u8>().open().unwrap();
+    p.publish(&vec![0x5au8; size], &[size as u64]).unwrap();
+    let frame = c.next(Some(Duration::from_secs(5))).unwrap();
+    let src = vec![0x5au8; size];
+    let mut dst = vec![0u8; size];
+    let rounds = ((256usize << 20) / size).max(1);
+    let start = Instant::now();
+    for _ in 0..rounds {
+        frame.copy_to(std::hint::black_box(&mut dst)).unwrap();
+    }
+    let atomic = (rounds * size) as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..rounds {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+    }
+    let plain = (rounds * size) as f64 / start.elapsed().as_secs_f64();
+    drop(frame);
+    drop((c, p));
+    shm::remove_channel(&name).unwrap();
+    (atomic, plain)
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -201,6 +241,27 @@ fn main() {
             sp / b,
             r / 1e9,
             r / b
+        );
+    }
+    println!();
+    println!("| frame | memcpy GB/s | lossy copy_to (atomic) GB/s | ratio |");
+    println!("|---|---|---|---|");
+    for (label, size) in [("4 KiB", 4 << 10), ("64 KiB", 64 << 10), ("1 MiB", 1 << 20)] {
+        if only.as_deref().is_some_and(|o| o != label) {
+            continue;
+        }
+        let (mut atomic, mut plain) = (vec![], vec![]);
+        for _ in 0..RUNS {
+            let (a, p) = lossy_copy_rates(size);
+            atomic.push(a);
+            plain.push(p);
+        }
+        let (a, p) = (median(atomic), median(plain));
+        println!(
+            "| {label} | {:.2} | {:.2} | {:.2}× |",
+            p / 1e9,
+            a / 1e9,
+            a / p
         );
     }
 }

@@ -3,8 +3,8 @@
 //! - `uncontended_lock_unlock`: `ProcessMutex` in a shared mapping (robust list in use) and
 //!   as a `new()` value, against `std::sync::Mutex`.
 //! - `cross_process_wake`: a ping-pong between this process and a child (this binary again,
-//!   in child mode) through `ProcessEvent`, against a bare futex ping-pong through
-//!   `sys::futex_wait`/`futex_wake`. One iteration is a round trip: two wake-ups.
+//!   in child mode) through `ProcessEvent`, against a bare futex ping-pong (raw `FUTEX_WAIT` /
+//!   `FUTEX_WAKE` system calls, below). One iteration is a round trip: two wake-ups.
 //!
 //! `cargo bench -p labhub --bench sync`; results and figures in docs/PERFORMANCE.md.
 
@@ -16,8 +16,41 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use labhub::sync::{ProcessEvent, ProcessMutex};
-use labhub::sys;
 use memmap2::MmapMut;
+
+/// The baseline's system calls: a shared (not private) futex wait and wake, nothing else.
+mod sys {
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+
+    pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_nsec: t.subsec_nanos() as libc::c_long,
+        });
+        let ts_ptr = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: FUTEX_WAIT on a valid, aligned u32 that lives in a mapping for the call's
+        // duration; the timeout is null or a valid timespec.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT,
+                expected,
+                ts_ptr,
+            ) == 0
+        }
+    }
+
+    pub fn futex_wake(word: &AtomicU32, count: u32) {
+        // SAFETY: FUTEX_WAKE on a valid, aligned u32; no memory is written.
+        unsafe {
+            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, count);
+        }
+    }
+}
 
 /// Set in the child: `futex:<path>` or `event<spins>:<path>`.
 const CHILD_ENV: &str = "LABHUB_SYNC_BENCH_CHILD";

@@ -23,12 +23,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use labhub::broker::keys::{self, KeyPair, PublicKey};
 use labhub::broker::metrics::MetricsConfig;
 use labhub::broker::{BrokerConfig, run_foreground};
+use labhub::keys::{self, KeyPair, PublicKey};
 use labhub::latency::Histogram;
 use labhub::log::{LogConfig, Sink};
-use labhub::shm::{ChannelConfig, Policy, Producer};
+use labhub::name::ChannelName;
+use labhub::shm::{Channel, Policy};
 use labhub_zmq::{
     Context, CurvePublicKey, CurveSecretKey, Flags, PollEvents, Socket, SocketType, poll,
 };
@@ -58,16 +59,18 @@ fn main() -> Result<(), Error> {
     for t in 0..THREADS {
         for i in 0..CLIENTS / THREADS {
             for c in 0..CHANNELS_PER_CLIENT {
-                segments.push(Producer::create(
-                    &channel(t, i, c),
-                    ChannelConfig::new(Policy::Latest, 64),
-                )?);
+                segments.push(
+                    Channel::new(channel(t, i, c))
+                        .policy(Policy::Latest)
+                        .bytes(64)
+                        .create()?,
+                );
             }
         }
     }
     let segment_size = std::fs::metadata(format!(
         "/dev/shm{}",
-        labhub::shm::os_name(&channel(0, 0, 0))?
+        ChannelName::new(channel(0, 0, 0))?.segment_name()
     ))
     .map_or(0, |m| m.len());
     println!(
@@ -379,7 +382,7 @@ fn client_thread(
                 s,
                 "register",
                 serde_json::json!({"client": client_id(i), "pid": std::process::id(), "channel": {
-                    "name": name, "kind": "shm", "shm_name": labhub::shm::os_name(&name)?,
+                    "name": name, "kind": "shm", "shm_name": ChannelName::new(name.as_str())?.segment_name(),
                     "size": 16384, "policy": "latest"}}),
             )?;
             if reply["status"] != "ok" {

@@ -11,27 +11,38 @@
 
 use std::time::Duration;
 
+use clap::Parser;
 use labhub::client::{ClientConfig, ConsumeError, Hub};
-use labhub::shm::AttachOptions;
+
+/// Print the frames of a shared-memory channel found through the hub.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The channel name.
+    #[arg(default_value = "cam0")]
+    channel: String,
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let name = std::env::args().nth(1).unwrap_or_else(|| "cam0".into());
-
+    let args = Args::parse();
     // A Hub can also be used without the lifecycle; dropping it unregisters and closes.
     let hub = Hub::connect(ClientConfig::from_env()?)?;
-    let mut consumer = hub.find_shm_consumer(&name, AttachOptions::default())?;
-    println!("reading {name} ({:?})", consumer.info().spec.policy);
+    // Byte frames (`u8`, one dimension), of whatever size the producer chose.
+    let mut consumer = hub.channel(&args.channel).element::<u8>().open()?;
+    println!(
+        "reading {} ({:?})",
+        args.channel,
+        consumer.info().and_then(|i| i.spec.policy.clone())
+    );
 
     loop {
-        // The frame is read in place; the closure copies what it needs, and the result is
-        // returned only if the frame proved whole (not overwritten meanwhile).
-        match consumer.read(Some(Duration::from_secs(1)), |frame| {
-            (
-                frame.frame_id(),
-                String::from_utf8_lossy(frame.data()).into_owned(),
-            )
-        }) {
-            Ok((id, text)) => println!("{id}: {text}"),
+        // A checked copy: whole under every policy (a frame a lossy producer rewrote while it
+        // was copied is an error, never torn bytes).
+        match consumer.next_copy(Some(Duration::from_secs(1))) {
+            Ok(frame) => println!(
+                "{}: {}",
+                frame.frame_id,
+                String::from_utf8_lossy(&frame.data)
+            ),
             Err(ConsumeError::Timeout { .. }) => println!("(no frame for a second)"),
             Err(e) => println!("error: {e}"),
         }

@@ -4,7 +4,7 @@
 //! Locking `data/run.h5` locks the file `data/run.h5.lock`; locking a directory `data/raw`
 //! locks `data/raw.dir.lock` beside it. The lock has two layers:
 //!
-//! 1. **Between processes**, an exclusive `flock(2)` on the lock file (through [`crate::sys`]).
+//! 1. **Between processes**, an exclusive `flock(2)` on the lock file (through the crate's platform layer).
 //!    The kernel releases it when the holder exits or is killed, so a crashed holder never
 //!    leaves a stale lock behind, and no timeout or pid check is involved.
 //! 2. **Between threads of this process**, a registry keyed by the canonical lock path. Only

@@ -36,3 +36,25 @@ mod mutex;
 
 pub use event::ProcessEvent;
 pub use mutex::{LockError, ProcessMutex, ProcessMutexGuard};
+
+/// A process identity that survives pid reuse: the pid and the process's start time (clock
+/// ticks after boot, `/proc/<pid>/stat` field 22). What the mutex's liveness fallback and the
+/// shared-memory consumer table judge processes by.
+pub use crate::sys::ProcessId;
+
+/// The kernel thread id of the calling thread: what [`ProcessMutex::owner`] reports.
+pub fn current_thread_id() -> u32 {
+    crate::sys::gettid()
+}
+
+/// Hooks the integration tests use to force fallback paths; not API (cargo feature
+/// `test-support`).
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub mod testing {
+    /// Unregisters the calling thread's kernel robust list, so its locks rely on the liveness
+    /// fallback alone.
+    pub fn disable_robust_list_for_current_thread() {
+        crate::sys::disable_robust_list_for_current_thread();
+    }
+}

@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use labhub::broker::keys;
 use labhub::broker::service::BrokerService;
 use labhub::broker::{self, BrokerConfig};
 use labhub::client::{ClientConfig, ConsumeError, Hub};
+use labhub::keys;
 use labhub::lifecycle::Lifecycle;
-use labhub::shm::{AttachOptions, Backpressure, ChannelConfig, FrameMeta, Policy};
+use labhub::shm::{Backpressure, Policy};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -144,7 +144,7 @@ pub fn run(args: DemoArgs, verbose: u8) -> anyhow::Result<()> {
         out_json(&Start {
             r#type: "start",
             channel,
-            shm_name: labhub::shm::os_name(channel)?,
+            shm_name: labhub::name::ChannelName::new(channel)?.segment_name(),
             home: home.path(),
             endpoint: &info.endpoint,
             notify_endpoint: &info.notify_endpoint,
@@ -188,7 +188,10 @@ fn run_with_broker(
         },
     };
     let mut producer = camera_hub
-        .create_shm_producer(channel, ChannelConfig::new(policy, args.frame_size))
+        .channel(channel)
+        .policy(policy)
+        .bytes(args.frame_size)
+        .create()
         .context("creating the camera's channel")?;
     // The camera stops first, then the consumers, so a camera waiting for ring space is never
     // left without readers.
@@ -200,7 +203,9 @@ fn run_with_broker(
     for id in 1..=args.consumers {
         let hub = Hub::connect(config.clone())?;
         let mut consumer = hub
-            .find_shm_consumer(channel, AttachOptions::default())
+            .channel(channel)
+            .bytes(args.frame_size)
+            .open()
             .with_context(|| format!("attaching consumer {id}"))?;
         hubs.push(hub);
         let share = Arc::new(ConsumerShare {
@@ -214,10 +219,11 @@ fn run_with_broker(
             .name(format!("demo-consumer-{id}"))
             .spawn(move || -> anyhow::Result<()> {
                 while !stop.load(Ordering::Relaxed) {
-                    match consumer.read(Some(Duration::from_millis(100)), |f| {
+                    // A lossless ring: every frame is held in place until it is dropped.
+                    match consumer.next(Some(Duration::from_millis(100))).map(|f| {
                         let id = f.frame_id().to_le_bytes();
-                        let ok = f.data().get(..8) == Some(&id[..]);
-                        (f.len(), f.meta().timestamp_ns, ok)
+                        let ok = f.held().is_some_and(|d| d.get(..8) == Some(&id[..]));
+                        (f.len(), f.timestamp_ns(), ok)
                     }) {
                         Ok((len, ts, ok)) => {
                             lock(&share.interval).record(len, ts);
@@ -245,7 +251,7 @@ fn run_with_broker(
             .name("demo-camera".into())
             .spawn(move || -> anyhow::Result<()> {
                 // A recognisable pattern; the first 8 bytes carry the frame id.
-                let mut frame: Vec<u8> = (0..frame_size).map(|i| (i % 251) as u8).collect();
+                let frame: Vec<u8> = (0..frame_size).map(|i| (i % 251) as u8).collect();
                 let start = Instant::now();
                 let mut n: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -257,10 +263,11 @@ fn run_with_broker(
                             continue;
                         }
                     }
-                    frame[..8].copy_from_slice(&producer.next_frame_id().to_le_bytes());
-                    producer
-                        .publish_bytes(&frame, &FrameMeta::default())
-                        .context("publishing a frame")?;
+                    let mut slot = producer.loan().context("publishing a frame")?;
+                    let id = slot.frame_id().to_le_bytes();
+                    slot.copy_from_slice(&frame);
+                    slot[..8].copy_from_slice(&id);
+                    slot.commit();
                     n += 1;
                     published.store(n, Ordering::Relaxed);
                 }

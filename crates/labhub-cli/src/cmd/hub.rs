@@ -85,7 +85,11 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
     };
     let env = |k: &str| std::env::var(k).ok();
     let mut config = BrokerConfig::resolve(flags, args.home, args.config, &env)?;
-    config.interactive = true;
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        config.prompt = Some(std::sync::Arc::new(|question: &str| {
+            rpassword::prompt_password(question).map(zeroize::Zeroizing::new)
+        }));
+    }
     config.metrics = args.metrics.map(|address| {
         let m = MetricsConfig::new(address);
         match args.metrics_token_file {

@@ -7,17 +7,19 @@ use labhub::protocol::ChannelKind;
 use crate::args;
 use crate::common::{self, ConnectArgs, out, out_json};
 use crate::exit::NotFound;
-use crate::segment;
 
 /// Show one channel: what the broker knows (producer, consumers, counters) and, for a
-/// shared-memory channel on this machine, its segment header (slots, policy, counters,
-/// consumer table).
+/// shared-memory channel on this machine, its segment header (element type, shape, slots,
+/// policy, counters, producer and consumer table with liveness).
 ///
 /// JSON (--json): {"channel": CHANNEL, "frame_rate": number|null, "segment": SEGMENT|null},
-/// CHANNEL as in `ls --json`, SEGMENT {"shm_name", "total_size", "policy", "slots",
-/// "slot_size", "flex_size", "published", "dropped", "overwritten", "producer_pid",
-/// "consumers": [{"index", "pid", "state", "position", "received", "missed", "held"}]}
-/// ("held": the frame id the consumer holds now, or null).
+/// CHANNEL as in `ls --json`, SEGMENT `labhub::shm::SegmentReport`: {"channel", "shm_name",
+/// "layout_version", "total_size", "policy", "slots", "slot_size", "element", "numpy_dtype",
+/// "max_shape", "schema_name", "schema_version", "flex_size", "checksum", "has_secret",
+/// "pooled", "published", "dropped", "overwritten", "evicted", "state_version",
+/// "producer": {"pid", "alive", "attaches", "heartbeat_age_ms"}|null,
+/// "consumers": [{"index", "pid", "state", "alive", "position", "received", "missed", "held",
+/// "heartbeat_age_ms"}]} ("held": the frame id the consumer holds now, or null).
 /// A channel the broker does not know exits with code 4.
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
@@ -49,7 +51,13 @@ pub fn run(args: InfoArgs, verbose: u8) -> anyhow::Result<()> {
         })?;
     let rate = super::ls::frame_rates(std::slice::from_ref(&channel), args.sample)[0];
     let seg = (channel.spec.kind == ChannelKind::Shm)
-        .then(|| segment::read(&args.channel))
+        .then(|| match labhub::shm::inspect(&args.channel) {
+            Ok(report) => Some(report),
+            Err(e) => {
+                tracing::debug!(error = %e, "the segment header cannot be read here");
+                None
+            }
+        })
         .flatten();
     if args.json {
         return out_json(&serde_json::json!({
@@ -83,6 +91,9 @@ pub fn run(args: InfoArgs, verbose: u8) -> anyhow::Result<()> {
     if let Some(p) = &c.spec.policy {
         out(format!("policy     {p}"))?;
     }
+    if c.spec.kind == ChannelKind::Shm {
+        out(format!("frames     {}", super::ls::frames_text(c)))?;
+    }
     out(format!("frames/s   {}", super::ls::rate_text(rate)))?;
     if !c.counters.is_empty() {
         let counters: Vec<String> = c.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -99,28 +110,49 @@ pub fn run(args: InfoArgs, verbose: u8) -> anyhow::Result<()> {
     }
     if let Some(s) = seg {
         out("segment (read from its header)")?;
+        let shape: Vec<String> = s.max_shape.iter().map(u64::to_string).collect();
+        let schema = match &s.schema_name {
+            Some(name) => format!(", schema {name} v{}", s.schema_version),
+            None => String::new(),
+        };
         out(format!(
-            "  slots {} x {} bytes, policy {}, flexible zone {} bytes, {} bytes in all",
-            s.slots, s.slot_size, s.policy, s.flex_size, s.total_size
+            "  frames of {} [{}] (numpy {}), at most {} bytes{schema}",
+            s.element,
+            shape.join(" x "),
+            s.numpy_dtype,
+            s.slot_size
         ))?;
         out(format!(
-            "  published {}, dropped {}, overwritten {}, producer pid {}",
-            s.published,
-            s.dropped,
-            s.overwritten,
-            if s.producer_pid == 0 {
-                "none".into()
-            } else {
-                s.producer_pid.to_string()
-            }
+            "  {} slots, policy {}, flexible zone {} bytes, {} bytes in all{}{}",
+            s.slots,
+            s.policy,
+            s.flex_size,
+            s.total_size,
+            if s.checksum { ", checksums" } else { "" },
+            if s.has_secret { ", secret" } else { "" },
+        ))?;
+        let producer = match &s.producer {
+            Some(p) if p.alive => format!("pid {} (alive)", p.pid),
+            Some(p) => format!("pid {} (dead)", p.pid),
+            None => "none".into(),
+        };
+        out(format!(
+            "  published {}, dropped {}, overwritten {}, consumers evicted {}, producer {producer}",
+            s.published, s.dropped, s.overwritten, s.evicted
         ))?;
         for k in &s.consumers {
             let held = k
                 .held
                 .map_or_else(|| "nothing".to_owned(), |f| format!("frame {f}"));
             out(format!(
-                "  consumer {}: pid {} {}, position {}, received {}, missed {}, holding {held}",
-                k.index, k.pid, k.state, k.position, k.received, k.missed
+                "  consumer {}: pid {} {}{}, position {}, received {}, missed {}, holding {held}",
+                k.index,
+                k.pid,
+                k.state,
+                if k.alive { "" } else { " (dead)" },
+                k.position,
+                k.received,
+                k.missed
             ))?;
         }
     }

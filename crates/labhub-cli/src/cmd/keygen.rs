@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use labhub::broker::config::default_home;
-use labhub::broker::keys::{self, KeyPair};
+use labhub::home::default_home;
+use labhub::keys::{self, KeyPair};
 use zeroize::Zeroizing;
 
 /// Make a key pair: `<OUT>.pub` (Z85, 0644) and `<OUT>.secret` (0600, encrypted with a password

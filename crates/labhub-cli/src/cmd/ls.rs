@@ -7,16 +7,16 @@ use serde::Serialize;
 
 use crate::args;
 use crate::common::{self, ConnectArgs, out, out_json};
-use crate::segment;
 
-/// List the channels the broker knows: kind, state, producer, consumers, frame rate.
+/// List the channels the broker knows: kind, state, producer, consumers, frame type, frame rate.
 ///
 /// The frame rate of a shared-memory channel on this machine is measured from its segment's
-/// counter over --sample; other channels show "-".
+/// counter over --sample; other channels show "-". FRAMES is a shared-memory channel's element
+/// type and largest shape (`u16[480x640]`), as its producer registered them.
 ///
 /// JSON (--json): one object {"channels": [CHANNEL, ...]}, each CHANNEL the broker's channel
-/// object (docs/PROTOCOL.md §3: name, kind, state, producer, consumers, counters, ...) plus
-/// "frame_rate" (frames/s, or null when not measured).
+/// object (docs/PROTOCOL.md §3: name, kind, state, producer, consumers, counters, schema
+/// {"element", "shape", ...}, ...) plus "frame_rate" (frames/s, or null when not measured).
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
     /// Only channels whose name starts with PREFIX.
@@ -71,7 +71,7 @@ pub struct Row {
 pub fn frame_rates(channels: &[ChannelInfo], sample: Duration) -> Vec<Option<f64>> {
     let published = |c: &ChannelInfo| {
         (c.spec.kind == ChannelKind::Shm)
-            .then(|| segment::read(c.spec.name.as_str()))
+            .then(|| labhub::shm::inspect(c.spec.name.as_str()).ok())
             .flatten()
             .map(|s| s.published)
     };
@@ -97,6 +97,21 @@ pub(crate) fn state_name(state: ChannelState) -> &'static str {
         ChannelState::Up => "up",
         ChannelState::Down => "down",
         _ => "unknown",
+    }
+}
+
+/// A shared-memory channel's frame type as its producer registered it: `u16[480x640]`, or "-".
+pub(crate) fn frames_text(c: &ChannelInfo) -> String {
+    let Some(schema) = &c.spec.schema else {
+        return "-".into();
+    };
+    match (&schema.element, &schema.shape) {
+        (Some(e), Some(shape)) => {
+            let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+            format!("{e}[{}]", dims.join("x"))
+        }
+        (Some(e), None) => e.clone(),
+        _ => "-".into(),
     }
 }
 
@@ -131,6 +146,7 @@ pub fn run(args: LsArgs, verbose: u8) -> anyhow::Result<()> {
         "STATE".into(),
         "PRODUCER".into(),
         "CONSUMERS".into(),
+        "FRAMES".into(),
         "FRAMES/S".into(),
     ]];
     for (c, rate) in channels.iter().zip(rates) {
@@ -143,10 +159,11 @@ pub fn run(args: LsArgs, verbose: u8) -> anyhow::Result<()> {
                 None => c.producer.to_string(),
             },
             c.consumers.to_string(),
+            frames_text(c),
             rate_text(rate),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| {
             table
                 .iter()

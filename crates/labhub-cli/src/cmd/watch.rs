@@ -3,8 +3,7 @@
 use std::time::{Duration, Instant};
 
 use labhub::client::{ConsumeError, Hub};
-use labhub::protocol::ChannelKind;
-use labhub::shm::AttachOptions;
+use labhub::protocol::{ChannelInfo, ChannelKind};
 use serde::Serialize;
 
 use crate::args;
@@ -13,11 +12,13 @@ use crate::meter::{LiveLine, Meter, Rates, micros};
 
 /// Watch a channel live. A shared-memory channel is attached as a consumer (registered with
 /// the broker) and every frame is counted: frames/s, MB/s, latency (the frame's timestamp to
-/// the moment it is read) and frames lost. Other channels show the producer's counters from
-/// its heartbeats. Refreshes in place on a terminal; ends with Ctrl-C, --seconds or --count.
+/// the moment it is read) and frames lost; its element type and largest shape are shown
+/// (`u16[480x640]`). Other channels show the producer's counters from its heartbeats.
+/// Refreshes in place on a terminal; ends with Ctrl-C, --seconds or --count.
 ///
 /// JSON (--json): JSON Lines, one {"type": "sample", ...} per interval and a final
-/// {"type": "summary", ...} (fields in the README).
+/// {"type": "summary", ...} (fields in the README; "element" and "max_shape" are the frame
+/// type, null when unknown).
 #[derive(Debug, clap::Args)]
 pub struct WatchArgs {
     /// The channel name.
@@ -45,6 +46,10 @@ pub struct WatchArgs {
 struct Sample<'a> {
     r#type: &'static str,
     channel: &'a str,
+    /// The element type of a shared-memory channel's frames (`u16`, …).
+    element: Option<&'a str>,
+    /// Their largest shape.
+    max_shape: Option<&'a [u64]>,
     elapsed_s: f64,
     /// Frames the producer committed per second (from the segment or the heartbeat counters).
     published_per_s: Option<f64>,
@@ -64,10 +69,39 @@ pub fn run(args: WatchArgs, verbose: u8) -> anyhow::Result<()> {
     let end = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let frames = FrameType::of(&info);
     if info.spec.kind == ChannelKind::Shm {
         watch_shm(&args, &hub, end)
     } else {
-        watch_counters(&args, &hub, end)
+        watch_counters(&args, &hub, end, &frames)
+    }
+}
+
+/// What a channel's frames are, as far as known.
+#[derive(Debug, Default)]
+struct FrameType {
+    element: Option<String>,
+    max_shape: Option<Vec<u64>>,
+}
+
+impl FrameType {
+    fn of(info: &ChannelInfo) -> Self {
+        let schema = info.spec.schema.as_ref();
+        Self {
+            element: schema.and_then(|s| s.element.clone()),
+            max_shape: schema.and_then(|s| s.shape.clone()),
+        }
+    }
+
+    fn text(&self) -> String {
+        match (&self.element, &self.max_shape) {
+            (Some(e), Some(shape)) => {
+                let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+                format!("{e}[{}] ", dims.join("x"))
+            }
+            (Some(e), None) => format!("{e} "),
+            _ => String::new(),
+        }
     }
 }
 
@@ -95,7 +129,12 @@ fn finished(args: &WatchArgs, clock: &Clock, end: Option<Instant>) -> bool {
     args.count.is_some_and(|n| clock.samples >= n) || end.is_some_and(|e| Instant::now() >= e)
 }
 
-fn emit(args: &WatchArgs, live: &mut LiveLine, sample: &Sample<'_>) -> anyhow::Result<()> {
+fn emit(
+    args: &WatchArgs,
+    live: &mut LiveLine,
+    frames: &FrameType,
+    sample: &Sample<'_>,
+) -> anyhow::Result<()> {
     if args.json {
         return out_json(sample);
     }
@@ -103,8 +142,9 @@ fn emit(args: &WatchArgs, live: &mut LiveLine, sample: &Sample<'_>) -> anyhow::R
         .published_per_s
         .map_or_else(|| "-".into(), |p| format!("{p:.1}"));
     live.show(&format!(
-        "{} {:6.1} s  {:.1} frames/s  {:.2} MB/s  latency mean {} max {}  missed {}  dropped {}  (producer {} frames/s)",
+        "{} {}{:6.1} s  {:.1} frames/s  {:.2} MB/s  latency mean {} max {}  missed {}  dropped {}  (producer {} frames/s)",
         sample.channel,
+        frames.text(),
         sample.elapsed_s,
         sample.rates.frames_per_s,
         sample.rates.mb_per_s,
@@ -118,7 +158,11 @@ fn emit(args: &WatchArgs, live: &mut LiveLine, sample: &Sample<'_>) -> anyhow::R
 }
 
 fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Result<()> {
-    let mut consumer = hub.find_shm_consumer(&args.channel, AttachOptions::default())?;
+    let mut consumer = hub.channel(&args.channel).open()?;
+    let frames = FrameType {
+        element: Some(consumer.consumer().element_type().to_string()),
+        max_shape: Some(consumer.consumer().max_shape().to_vec()),
+    };
     let mut live = LiveLine::new();
     let mut clock = Clock::new(args.interval);
     let mut meter = Meter::default();
@@ -132,7 +176,12 @@ fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Resul
             wake = wake.min(e);
         }
         let wait = wake.saturating_duration_since(Instant::now());
-        match consumer.read(Some(wait), |f| (f.len(), f.meta().timestamp_ns)) {
+        // Length and timestamp come from the frame's descriptor, read consistently; the
+        // watcher never looks at the payload.
+        match consumer
+            .next(Some(wait))
+            .map(|f| (f.len(), f.timestamp_ns()))
+        {
             Ok((len, ts)) => {
                 meter.record(len, ts);
                 total.record(len, ts);
@@ -152,6 +201,8 @@ fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Resul
             let sample = Sample {
                 r#type: "sample",
                 channel: &args.channel,
+                element: frames.element.as_deref(),
+                max_shape: frames.max_shape.as_deref(),
                 elapsed_s: (now - clock.start).as_secs_f64(),
                 published_per_s: Some(s.published.saturating_sub(stats.published) as f64 / seconds),
                 rates: std::mem::take(&mut meter).rates(seconds),
@@ -160,7 +211,7 @@ fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Resul
             };
             all_missed += sample.missed;
             all_dropped += sample.dropped;
-            emit(args, &mut live, &sample)?;
+            emit(args, &mut live, &frames, &sample)?;
             stats = s;
             missed = m;
             clock.last = now;
@@ -171,12 +222,13 @@ fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Resul
         }
     }
     live.finish()?;
-    summary(args, &clock, total, all_missed, all_dropped)
+    summary(args, &clock, &frames, total, all_missed, all_dropped)
 }
 
 fn summary(
     args: &WatchArgs,
     clock: &Clock,
+    frames: &FrameType,
     total: Meter,
     missed: u64,
     dropped: u64,
@@ -187,6 +239,8 @@ fn summary(
         return out_json(&Sample {
             r#type: "summary",
             channel: &args.channel,
+            element: frames.element.as_deref(),
+            max_shape: frames.max_shape.as_deref(),
             elapsed_s: seconds,
             published_per_s: None,
             rates,
@@ -195,8 +249,9 @@ fn summary(
         });
     }
     common::out(format!(
-        "{}: {} frames in {:.1} s, {:.1} frames/s, {:.2} MB/s, latency mean {} max {}, missed {}, dropped {}",
+        "{}: {}{} frames in {:.1} s, {:.1} frames/s, {:.2} MB/s, latency mean {} max {}, missed {}, dropped {}",
         args.channel,
+        frames.text(),
         rates.frames,
         seconds,
         rates.frames_per_s,
@@ -210,8 +265,13 @@ fn summary(
 }
 
 /// Non-shm channels: the producer's heartbeat counters, polled through the broker.
-fn watch_counters(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Result<()> {
-    let frames = |c: &labhub::protocol::Counters| {
+fn watch_counters(
+    args: &WatchArgs,
+    hub: &Hub,
+    end: Option<Instant>,
+    frames: &FrameType,
+) -> anyhow::Result<()> {
+    let published = |c: &labhub::protocol::Counters| {
         c.get("frames_published")
             .or_else(|| c.get("messages_published"))
             .or_else(|| c.get("frames"))
@@ -219,7 +279,7 @@ fn watch_counters(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::
     };
     let mut live = LiveLine::new();
     let mut clock = Clock::new(args.interval);
-    let mut before = frames(&hub.discover(&args.channel)?.counters);
+    let mut before = published(&hub.discover(&args.channel)?.counters);
     while !finished(args, &clock, end) {
         let mut wake = clock.next;
         if let Some(e) = end {
@@ -228,10 +288,12 @@ fn watch_counters(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::
         std::thread::sleep(wake.saturating_duration_since(Instant::now()));
         let now = Instant::now();
         let seconds = (now - clock.last).as_secs_f64();
-        let after = frames(&hub.discover(&args.channel)?.counters);
+        let after = published(&hub.discover(&args.channel)?.counters);
         let sample = Sample {
             r#type: "sample",
             channel: &args.channel,
+            element: frames.element.as_deref(),
+            max_shape: frames.max_shape.as_deref(),
             elapsed_s: (now - clock.start).as_secs_f64(),
             published_per_s: before
                 .zip(after)
@@ -240,12 +302,12 @@ fn watch_counters(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::
             missed: 0,
             dropped: 0,
         };
-        emit(args, &mut live, &sample)?;
+        emit(args, &mut live, frames, &sample)?;
         before = after;
         clock.last = now;
         clock.samples += 1;
         clock.next += args.interval;
     }
     live.finish()?;
-    summary(args, &clock, Meter::default(), 0, 0)
+    summary(args, &clock, frames, Meter::default(), 0, 0)
 }

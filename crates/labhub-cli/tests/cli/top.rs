@@ -8,17 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use labhub::shm::FrameMeta;
 use serde_json::Value;
 use wait_timeout::ChildExt as _;
 
 use super::{Broker, Channel, UNREACHABLE, WATCHDOG, json, labhub, run};
 
-/// A channel whose producer publishes a 4 KiB frame every 2 ms until dropped.
+/// A channel whose producer publishes a 4 KiB frame (32 × 64 u16) every 2 ms until dropped.
 struct Camera {
     channel: Channel,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<labhub::client::ShmProducer>>,
+    thread: Option<std::thread::JoinHandle<labhub::client::ShmProducer<u16>>>,
 }
 
 impl Camera {
@@ -30,9 +29,7 @@ impl Camera {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    producer
-                        .publish_bytes(&[1u8; 4096], &FrameMeta::default())
-                        .unwrap();
+                    producer.publish(&[1u16; 2048], &[32, 64]).unwrap();
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 producer

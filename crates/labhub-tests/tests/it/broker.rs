@@ -3,6 +3,8 @@
 //! that heartbeat; tests talk to the broker with the probe client and SIGKILL processes
 //! mid-operation.
 
+#[path = "broker_perimeter.rs"]
+mod perimeter;
 #[path = "broker_python.rs"]
 mod python;
 #[path = "broker_security.rs"]
@@ -13,8 +15,8 @@ mod watchdog;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use labhub::broker::keys::{self, KeyPair, PublicKey};
 use labhub::broker::probe::{NotificationListener, Probe};
+use labhub::keys::{self, KeyPair, PublicKey};
 use labhub::protocol::{ErrorCode, Notification};
 use serde_json::json;
 
@@ -144,7 +146,7 @@ pub fn expect_notification(
 
 /// Whether channel `name`'s segment exists for this user.
 pub fn segment_exists(name: &str) -> bool {
-    let os = labhub::shm::os_name(name).unwrap();
+    let os = labhub::name::ChannelName::new(name).unwrap().segment_name();
     Path::new("/dev/shm").join(&os[1..]).exists()
 }
 

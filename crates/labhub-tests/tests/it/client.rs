@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
-use labhub::broker::keys::{KeyPair, PublicKey};
 use labhub::client::{ClientConfig, ClientError, Hub};
+use labhub::keys::{KeyPair, PublicKey};
 use labhub::protocol::ErrorCode;
 use labhub_zmq::{Context, CurveSecretKey, Flags, PollEvents, Socket, SocketType};
 
@@ -304,28 +304,38 @@ fn a_reply_arriving_after_its_timeout_is_dropped_and_the_next_call_gets_its_own(
 }
 
 fn shm_discover(id: u64, name: &str, shm_name: &str, size: u64) -> String {
+    shm_discover_with(
+        id,
+        name,
+        shm_name,
+        size,
+        r#"{"element":"u8","shape":[256]}"#,
+    )
+}
+
+fn shm_discover_with(id: u64, name: &str, shm_name: &str, size: u64, schema: &str) -> String {
     format!(
-        r#"{{"request_id":{id},"status":"ok","error_code":"none","message":"","channel":{{"name":"{name}","kind":"shm","shm_name":"{shm_name}","size":{size},"producer":"p","state":"up","consumers":0}}}}"#
+        r#"{{"request_id":{id},"status":"ok","error_code":"none","message":"","channel":{{"name":"{name}","kind":"shm","shm_name":"{shm_name}","size":{size},"schema":{schema},"producer":"p","state":"up","consumers":0}}}}"#
     )
 }
 
 #[test]
-fn a_consumer_refuses_a_segment_whose_size_or_name_differs_from_what_the_broker_announces() {
+fn a_consumer_refuses_a_segment_whose_size_name_or_frame_type_differs_from_what_the_broker_announces()
+ {
     within_watchdog("layout mismatch", WATCHDOG, || {
         let name = unique("mismatch");
-        let producer = labhub::shm::Producer::create(
-            &name,
-            labhub::shm::ChannelConfig::new(labhub::shm::Policy::DoubleBuffer, 256),
-        )
-        .unwrap();
-        let real_size = labhub::shm::segment::Segment::open(&name)
+        let producer = labhub::shm::Channel::new(&name)
+            .policy(labhub::shm::Policy::DoubleBuffer)
+            .bytes(256)
+            .create()
+            .unwrap();
+        let real_size = labhub::shm::inspect(&name).unwrap().total_size;
+        let shm_name = labhub::name::ChannelName::new(name.as_str())
             .unwrap()
-            .unwrap()
-            .len() as u64;
-        let shm_name = labhub::shm::os_name(&name).unwrap();
+            .segment_name();
         let fake = FakeBroker::start();
         let hub = fake.client(Duration::from_secs(10));
-        let find = || hub.find_shm_consumer(&name, labhub::shm::AttachOptions::default());
+        let find = || hub.channel(&name).open();
 
         let (n, s) = (name.clone(), shm_name.clone());
         fake.answer(move |id| reply(&shm_discover(id, &n, &s, real_size + 4096)));
@@ -353,6 +363,18 @@ fn a_consumer_refuses_a_segment_whose_size_or_name_differs_from_what_the_broker_
             other => panic!("expected a segment name mismatch, got {other:?}"),
         }
 
+        for (schema, field) in [
+            (r#"{"element":"u16","shape":[128]}"#, "element"),
+            (r#"{"element":"u8","shape":[16,16]}"#, "shape"),
+        ] {
+            let (n, s) = (name.clone(), shm_name.clone());
+            fake.answer(move |id| reply(&shm_discover_with(id, &n, &s, real_size, schema)));
+            match find() {
+                Err(ClientError::LayoutMismatch { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected a {field} mismatch, got {other:?}"),
+            }
+        }
+
         let n = name.clone();
         fake.answer(move |id| reply(&ok_discover(id, &n)));
         assert!(matches!(find(), Err(ClientError::WrongKind { .. })));
@@ -363,7 +385,7 @@ fn a_consumer_refuses_a_segment_whose_size_or_name_differs_from_what_the_broker_
         let (n, s) = (name.clone(), shm_name.clone());
         fake.answer(move |id| reply(&shm_discover(id, &n, &s, real_size)));
         let consumer = find().unwrap();
-        assert_eq!(consumer.info().spec.size, Some(real_size));
+        assert_eq!(consumer.info().unwrap().spec.size, Some(real_size));
         let kinds: Vec<String> = fake.seen.try_iter().map(|(k, _)| k).collect();
         assert_eq!(kinds.last().map(String::as_str), Some("attach"));
         drop(consumer);

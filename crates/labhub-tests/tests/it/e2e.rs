@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 
+use labhub::client::ShmProducer;
 use labhub::client::{ClientConfig, ConsumeError, Hub, ShmConsumer};
 use labhub::protocol::{ChannelKind, ChannelState, ErrorCode};
-use labhub::shm::{AttachOptions, Backpressure, ChannelConfig, FrameMeta, Policy};
+use labhub::shm::{Backpressure, Policy};
 
 use crate::common::{ChildProc, ScratchDir, WATCHDOG, spawn_child, unique};
 
@@ -73,7 +74,7 @@ fn consumers_hear_their_producer_die_resume_after_its_restart_and_outlive_a_brok
     let resumed_at: u64 = ready["ready ".len()..].parse().unwrap();
     assert!(
         resumed_at > last_seen[0].max(last_seen[1]),
-        "frame ids continue"
+        "frame ids continue: resumed at {resumed_at}, the consumers had seen {last_seen:?}"
     );
     for c in &mut consumers {
         let id = next_frame(c);
@@ -168,17 +169,18 @@ impl TestBroker {
     }
 }
 
-fn shm_ring() -> ChannelConfig {
-    ChannelConfig::new(
-        Policy::Ring {
+fn shm_ring(hub: &Hub, name: &str) -> ShmProducer<u8> {
+    hub.channel(name)
+        .policy(Policy::Ring {
             slots: 8,
             when_full: Backpressure::DropOldest,
-        },
-        64,
-    )
+        })
+        .bytes(64)
+        .create()
+        .unwrap()
 }
 
-fn wait_notice(consumer: &mut ShmConsumer, kind: &str) {
+fn wait_notice(consumer: &mut ShmConsumer<u8>, kind: &str) {
     let deadline = Instant::now() + WATCHDOG;
     loop {
         if let Some(n) = consumer.try_notice()
@@ -191,7 +193,7 @@ fn wait_notice(consumer: &mut ShmConsumer, kind: &str) {
             "no {kind} notice within {WATCHDOG:?}"
         );
         // Waiting for a frame is the consumer's way to wait for anything; none is coming.
-        let _ = consumer.read(Some(Duration::from_millis(20)), |_| ());
+        let _ = consumer.next(Some(Duration::from_millis(20)));
     }
 }
 
@@ -201,13 +203,9 @@ fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_s
     let name = unique("recreate");
     let producer_hub = broker.client();
     let consumer_hub = broker.client();
-    let mut producer = producer_hub.create_shm_producer(&name, shm_ring()).unwrap();
-    let mut consumer = consumer_hub
-        .find_shm_consumer(&name, AttachOptions::default())
-        .unwrap();
-    producer
-        .publish_bytes(b"old", &FrameMeta::default())
-        .unwrap();
+    let mut producer = shm_ring(&producer_hub, &name);
+    let mut consumer = consumer_hub.channel(&name).element::<u8>().open().unwrap();
+    producer.publish(b"old", &[3]).unwrap();
     let frame = consumer.next_copy(Some(WATCHDOG)).unwrap();
     assert_eq!((frame.frame_id, frame.data.as_slice()), (0, &b"old"[..]));
 
@@ -216,15 +214,13 @@ fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_s
     drop(producer);
     wait_notice(&mut consumer, "channel_down");
     labhub::shm::remove_channel(&name).unwrap();
-    let mut producer = producer_hub.create_shm_producer(&name, shm_ring()).unwrap();
+    let mut producer = shm_ring(&producer_hub, &name);
     assert_eq!(producer.next_frame_id(), 0);
     // A re-attached consumer reads the frames committed after it re-attached, so the producer
     // keeps publishing until one arrives.
     let deadline = Instant::now() + WATCHDOG;
     let frame = loop {
-        producer
-            .publish_bytes(b"new", &FrameMeta::default())
-            .unwrap();
+        producer.publish(b"new", &[3]).unwrap();
         match consumer.next_copy(Some(Duration::from_millis(20))) {
             Ok(frame) => break frame,
             Err(ConsumeError::Timeout { .. }) => {}
@@ -281,17 +277,15 @@ fn a_producer_restarting_before_the_broker_noticed_its_death_waits_and_takes_the
     first.kill();
     // At once, before the broker's watchdog fires: the broker still holds the channel.
     let hub = broker.client();
-    let producer = hub.create_shm_producer(
-        &name,
-        ChannelConfig::new(
-            Policy::Ring {
-                slots: 64,
-                when_full: Backpressure::DropOldest,
-            },
-            64,
-        ),
-    );
-    let producer = producer.unwrap();
+    let producer = hub
+        .channel(&name)
+        .policy(Policy::Ring {
+            slots: 64,
+            when_full: Backpressure::DropOldest,
+        })
+        .bytes(64)
+        .create()
+        .unwrap();
     let info = hub.discover(&name).unwrap();
     assert_eq!(&info.producer, hub.client_id());
     drop(producer);
@@ -369,4 +363,133 @@ fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker
     drop((publisher, server, subscriber, client));
     server_hub.shutdown();
     client_hub.shutdown();
+}
+
+/// A `client-consumer` child attached to `name`, which `producer` serves; frame 0 published and
+/// read by it.
+fn a_reading_child(broker: &TestBroker, name: &str, producer: &mut ShmProducer<u8>) -> ChildProc {
+    let home = broker.home.path().to_str().unwrap().to_owned();
+    let mut child = spawn(
+        "consumer",
+        "client-consumer",
+        &[&home, &broker.endpoint, &broker.notify, name],
+    );
+    wait_for(&mut child, "attached", |l| l == "attached");
+    producer.publish(b"0", &[1]).unwrap();
+    wait_for(&mut child, "frame 0", |l| l == "frame 0");
+    child
+}
+
+/// Publishes frames until the `client-consumer` child reads one (one that is not frame 0): a
+/// consumer that attached again reads the frames committed after it did.
+fn publish_until_the_child_reads_one(producer: &mut ShmProducer<u8>, child: &mut ChildProc) {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        producer.publish(b"1", &[1]).unwrap();
+        let line = wait_for(child, "a frame or a timeout", |l| {
+            l.starts_with("frame") || l.starts_with("timeout")
+        });
+        if line.starts_with("frame") && line != "frame 0" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the consumer never resumed");
+    }
+}
+
+/// The consumer-table index of process `pid` in channel `name`.
+fn entry_of(name: &str, pid: u32) -> usize {
+    let report = labhub::shm::inspect(name).unwrap();
+    report
+        .consumers
+        .iter()
+        .find(|c| c.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} is not a consumer of {name}: {report:?}"))
+        .index
+}
+
+#[test]
+fn an_evicted_hub_consumer_whose_segment_is_gone_still_returns_by_its_deadline_and_resumes() {
+    let broker = TestBroker::start();
+    let name = unique("evicted-gone");
+    let hub = broker.client();
+    let mut producer = hub
+        .channel(&name)
+        .policy(Policy::Latest)
+        .bytes(64)
+        .create()
+        .unwrap();
+    let mut child = a_reading_child(&broker, &name, &mut producer);
+    // The segment is removed (its name; the consumer keeps its mapping) and the consumer's
+    // entry freed behind its back, as a reaper that judged it dead would.
+    let index = entry_of(&name, child.pid());
+    let path = format!(
+        "/dev/shm{}",
+        labhub::name::ChannelName::new(name.as_str())
+            .unwrap()
+            .segment_name()
+    );
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // SAFETY: a shared mapping of a segment this test created; the write is one aligned word.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
+    drop(producer);
+    labhub::shm::remove_channel(&name).unwrap();
+    map[704 + 64 * index..704 + 64 * index + 8].fill(0);
+    // Each read still ends by its 200 ms deadline (the child prints `timeout`) while no segment
+    // can be attached, and says how many consumers its old segment has (none: it was evicted).
+    wait_for(&mut child, "a timeout after the eviction", |l| {
+        l == "timeout consumers=0"
+    });
+    // A new segment: the consumer attaches to it by itself and reads on.
+    let mut producer = hub
+        .channel(&name)
+        .policy(Policy::Latest)
+        .bytes(64)
+        .create()
+        .unwrap();
+    publish_until_the_child_reads_one(&mut producer, &mut child);
+    drop(producer);
+    hub.shutdown();
+    let _ = labhub::shm::remove_channel(&name);
+}
+
+#[test]
+fn a_hub_producer_evicts_a_stopped_consumer_the_broker_dropped() {
+    let broker = TestBroker::start();
+    let name = unique("dropped");
+    let hub = broker.client();
+    // A lossless ring with no consumer timeout: only the broker's notice can free it.
+    let mut producer = hub
+        .channel(&name)
+        .policy(Policy::Ring {
+            slots: 2,
+            when_full: Backpressure::Block { timeout: WATCHDOG },
+        })
+        .bytes(64)
+        .consumer_timeout(None)
+        .create()
+        .unwrap();
+    let mut child = a_reading_child(&broker, &name, &mut producer);
+    child.stop();
+    child.wait_stopped();
+    // The stopped process sends no heartbeat: the broker drops it (300 ms here) and tells the
+    // producer, which evicts it from the table while the full ring blocks it.
+    for i in 1..=6u8 {
+        producer.publish(&[i], &[1]).unwrap();
+    }
+    assert_eq!(producer.stats().evicted, 1);
+    assert!(
+        std::iter::from_fn(|| producer.try_notice()).any(|n| n.kind() == "consumer_dropped"),
+        "the producer saw the broker's notice"
+    );
+    // Resumed, the consumer finds itself evicted, attaches again and reads new frames (those
+    // committed after it attached again, so the producer keeps publishing).
+    child.resume();
+    publish_until_the_child_reads_one(&mut producer, &mut child);
+    drop(producer);
+    hub.shutdown();
+    let _ = labhub::shm::remove_channel(&name);
 }

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use labhub::broker::keys::{self, PublicKey};
 use labhub::broker::probe::Probe;
+use labhub::keys::{self, PublicKey};
 use labhub_tests::{HttpResponse, http_get, parse_http_response};
 
 use crate::common::{ChildProc, ScratchDir, WATCHDOG, spawn_child, unique};

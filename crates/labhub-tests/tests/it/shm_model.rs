@@ -3,13 +3,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use labhub::shm::{
-    AttachOptions, Backpressure, ChannelConfig, Consumer, FrameMeta, Producer, PublishError,
-    ReadError,
-};
+use labhub::shm::{Backpressure, PublishError, ReadError};
 use proptest::prelude::*;
 
-use super::{TestChannel, pattern, ring};
+use super::{TestChannel, consumer, pattern, producer, ring, send};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -95,11 +92,8 @@ impl Model {
 
 fn run(slots: u32, when_full: Backpressure, ops: &[Op]) {
     let ch = TestChannel::new("model");
-    let mut p = Producer::create(&ch.name, ChannelConfig::new(ring(slots, when_full), 64)).unwrap();
-    let mut consumers = [
-        Consumer::attach(&ch.name, AttachOptions::default()).unwrap(),
-        Consumer::attach(&ch.name, AttachOptions::default()).unwrap(),
-    ];
+    let mut p = producer(&ch.name, ring(slots, when_full), 64);
+    let mut consumers = [consumer(&ch.name), consumer(&ch.name)];
     let mut m = Model {
         slots: slots as usize,
         drop_oldest: when_full == Backpressure::DropOldest,
@@ -113,7 +107,7 @@ fn run(slots: u32, when_full: Backpressure, ops: &[Op]) {
         match *op {
             Op::Publish(len) => {
                 let data = pattern(m.next_id, len);
-                let got = p.publish_bytes(&data, &FrameMeta::default());
+                let got = send(&mut p, &data);
                 match m.publish(data) {
                     Ok(id) => assert_eq!(got, Ok(id)),
                     Err(()) => assert!(matches!(got, Err(PublishError::Full { .. })), "{got:?}"),
@@ -122,16 +116,16 @@ fn run(slots: u32, when_full: Backpressure, ops: &[Op]) {
             Op::Read(who) => {
                 let c = &mut consumers[who];
                 let got = match c.next(Some(Duration::ZERO)) {
-                    Ok(f) => Some((f.frame_id(), f.copy_to_vec().unwrap())),
+                    Ok(f) => Some((f.frame_id(), f.to_vec().unwrap())),
                     Err(ReadError::Timeout) => None,
                     Err(e) => panic!("{e}"),
                 };
                 assert_eq!(got, m.read(who));
             }
             Op::Abandon => {
-                let claimed = match p.begin_publish() {
+                let claimed = match p.loan() {
                     Ok(mut w) => {
-                        w.data_mut()[0] = 0xAB;
+                        w[0] = 0xAB;
                         true
                     }
                     Err(_) => false,

@@ -3,24 +3,47 @@
 
 use std::time::Duration;
 
-use labhub::shm::{
-    AttachOptions, Backpressure, ChannelConfig, Consumer, FrameMeta, Policy, Producer,
-    PublishError, ReadError,
-};
+use labhub::shm::{Backpressure, Policy, PublishError, ReadError};
 
-use super::{TestChannel, WATCHDOG, next, pattern, ring, spawn_child};
+use super::{TestChannel, WATCHDOG, consumer, next, pattern, producer, ring, send, spawn_child};
 
 #[test]
-fn latest_reports_a_frame_overwritten_while_it_was_held() {
+fn latest_reports_a_frame_overwritten_while_it_was_read() {
     let ch = TestChannel::new("latest");
-    let mut p = Producer::create(&ch.name, ChannelConfig::new(Policy::Latest, 64)).unwrap();
-    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
-    p.publish_bytes(b"first", &FrameMeta::default()).unwrap();
+    let mut p = producer(&ch.name, Policy::Latest, 64);
+    let mut c = consumer(&ch.name);
+    send(&mut p, b"first").unwrap();
     let f = c.next(Some(WATCHDOG)).unwrap();
-    assert_eq!(f.data(), b"first");
-    p.publish_bytes(b"secnd", &FrameMeta::default()).unwrap();
+    assert!(
+        f.held().is_none(),
+        "a lossy frame is never handed out as a slice"
+    );
+    assert_eq!(f.read(|s| s.get(0)), Ok(Some(b'f')));
+    send(&mut p, b"secnd").unwrap();
+    // Whatever is read now is reported, in the type, as not this frame.
+    assert_eq!(
+        f.read(|s| s.get(0)).unwrap_err(),
+        labhub::shm::Overwritten { frame_id: 0 }
+    );
+    assert!(matches!(
+        f.to_vec(),
+        Err(ReadError::Overwritten { frame_id: 0 })
+    ));
     assert_eq!(f.finish(), Err(ReadError::Overwritten { frame_id: 0 }));
     assert_eq!(next(&mut c), (1, b"secnd".to_vec()));
+    // The first read got the frame whole, so it is not counted as lost.
+    assert_eq!((c.missed(), p.stats().overwritten), (0, 0));
+}
+
+#[test]
+fn a_frame_dropped_unread_after_it_was_overwritten_counts_as_missed() {
+    let ch = TestChannel::new("latest-missed");
+    let mut p = producer(&ch.name, Policy::Latest, 64);
+    let mut c = consumer(&ch.name);
+    send(&mut p, b"first").unwrap();
+    let f = c.next(Some(WATCHDOG)).unwrap();
+    send(&mut p, b"secnd").unwrap();
+    drop(f);
     assert_eq!(c.missed(), 1);
     assert_eq!(p.stats().overwritten, 1);
 }
@@ -28,38 +51,29 @@ fn latest_reports_a_frame_overwritten_while_it_was_held() {
 #[test]
 fn latest_gives_the_newest_frame_and_a_slow_reader_skips_the_rest() {
     let ch = TestChannel::new("latest2");
-    let mut p = Producer::create(&ch.name, ChannelConfig::new(Policy::Latest, 64)).unwrap();
-    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    let mut p = producer(&ch.name, Policy::Latest, 64);
+    let mut c = consumer(&ch.name);
     assert!(c.latest().unwrap().is_none());
     for i in 0..5u64 {
-        p.publish_bytes(&pattern(i, 16), &FrameMeta::default())
-            .unwrap();
+        send(&mut p, &pattern(i, 16)).unwrap();
     }
     let f = c.latest().unwrap().unwrap();
-    assert_eq!(
-        (f.frame_id(), f.copy_to_vec().unwrap()),
-        (4, pattern(4, 16))
-    );
+    assert_eq!((f.frame_id(), f.to_vec().unwrap()), (4, pattern(4, 16)));
     drop(f);
-    p.publish_bytes(&pattern(5, 16), &FrameMeta::default())
-        .unwrap();
+    send(&mut p, &pattern(5, 16)).unwrap();
     assert_eq!(next(&mut c).0, 5);
 }
 
 #[test]
-fn double_buffer_keeps_a_held_frame_whole_for_one_more_frame() {
+fn double_buffer_keeps_a_frame_whole_for_one_more_frame() {
     let ch = TestChannel::new("double");
-    let mut p = Producer::create(&ch.name, ChannelConfig::new(Policy::DoubleBuffer, 64)).unwrap();
-    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
-    p.publish_bytes(b"zero", &FrameMeta::default()).unwrap();
+    let mut p = producer(&ch.name, Policy::DoubleBuffer, 64);
+    let mut c = consumer(&ch.name);
+    send(&mut p, b"zero").unwrap();
     let f = c.next(Some(WATCHDOG)).unwrap();
-    p.publish_bytes(b"one", &FrameMeta::default()).unwrap();
-    assert_eq!(
-        f.copy_to_vec().unwrap(),
-        b"zero",
-        "the other buffer was written"
-    );
-    p.publish_bytes(b"two", &FrameMeta::default()).unwrap();
+    send(&mut p, b"one").unwrap();
+    assert_eq!(f.to_vec().unwrap(), b"zero", "the other buffer was written");
+    send(&mut p, b"two").unwrap();
     assert_eq!(f.finish(), Err(ReadError::Overwritten { frame_id: 0 }));
     // Frame 1 is still there; frame 2 follows.
     assert_eq!(next(&mut c), (1, b"one".to_vec()));
@@ -69,27 +83,21 @@ fn double_buffer_keeps_a_held_frame_whole_for_one_more_frame() {
 #[test]
 fn a_fail_ring_is_full_when_the_slowest_consumer_is_n_frames_behind() {
     let ch = TestChannel::new("fail");
-    let mut p = Producer::create(
-        &ch.name,
-        ChannelConfig::new(ring(3, Backpressure::Fail), 64),
-    )
-    .unwrap();
-    let mut fast = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
-    let mut slow = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    let mut p = producer(&ch.name, ring(3, Backpressure::Fail), 64);
+    let mut fast = consumer(&ch.name);
+    let mut slow = consumer(&ch.name);
     for i in 0..3u64 {
-        p.publish_bytes(&pattern(i, 8), &FrameMeta::default())
-            .unwrap();
+        send(&mut p, &pattern(i, 8)).unwrap();
         assert_eq!(next(&mut fast).0, i);
     }
     assert!(matches!(
-        p.publish_bytes(b"x", &FrameMeta::default()),
+        send(&mut p, b"x"),
         Err(PublishError::Full { slots: 3, .. })
     ));
     assert_eq!(p.stats().dropped, 1);
     assert_eq!(p.next_frame_id(), 3, "a refused frame uses no id");
     assert_eq!(next(&mut slow).0, 0);
-    p.publish_bytes(&pattern(3, 8), &FrameMeta::default())
-        .unwrap();
+    send(&mut p, &pattern(3, 8)).unwrap();
     // Nobody missed anything.
     for i in 1..4 {
         assert_eq!(next(&mut slow), (i, pattern(i, 8)));
@@ -101,26 +109,25 @@ fn a_fail_ring_is_full_when_the_slowest_consumer_is_n_frames_behind() {
 #[test]
 fn a_frame_held_by_a_reader_is_never_overwritten_in_a_lossless_ring() {
     let ch = TestChannel::new("hold");
-    let mut p = Producer::create(
-        &ch.name,
-        ChannelConfig::new(ring(1, Backpressure::Fail), 64),
-    )
-    .unwrap();
-    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
-    p.publish_bytes(b"held", &FrameMeta::default()).unwrap();
+    let mut p = producer(&ch.name, ring(1, Backpressure::Fail), 64);
+    let mut c = consumer(&ch.name);
+    send(&mut p, b"held").unwrap();
     let f = c.next(Some(WATCHDOG)).unwrap();
+    assert_eq!(f.held(), Some(&b"held"[..]));
     assert!(matches!(
-        p.publish_bytes(b"new", &FrameMeta::default()),
+        send(&mut p, b"new"),
         Err(PublishError::Full { .. })
     ));
+    assert_eq!(f.held(), Some(&b"held"[..]));
     f.finish().unwrap();
-    p.publish_bytes(b"new", &FrameMeta::default()).unwrap();
+    send(&mut p, b"new").unwrap();
 }
 
 #[test]
 fn a_blocking_ring_times_out_when_nobody_reads_and_proceeds_when_a_reader_frees_a_slot() {
     let ch = TestChannel::new("block");
-    let cfg = ChannelConfig::new(
+    let mut p = producer(
+        &ch.name,
         ring(
             2,
             Backpressure::Block {
@@ -129,20 +136,22 @@ fn a_blocking_ring_times_out_when_nobody_reads_and_proceeds_when_a_reader_frees_
         ),
         64,
     );
-    let mut p = Producer::create(&ch.name, cfg).unwrap();
-    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
-    p.publish_bytes(b"0", &FrameMeta::default()).unwrap();
-    p.publish_bytes(b"1", &FrameMeta::default()).unwrap();
+    let mut c = consumer(&ch.name);
+    send(&mut p, b"0").unwrap();
+    send(&mut p, b"1").unwrap();
     assert!(matches!(
-        p.publish_bytes(b"2", &FrameMeta::default()),
+        send(&mut p, b"2"),
         Err(PublishError::Timeout { .. })
     ));
     drop(p);
     // A producer with a long timeout blocks until the consumer reads.
-    let cfg = ChannelConfig::new(ring(2, Backpressure::Block { timeout: WATCHDOG }), 64);
-    let mut p = Producer::create(&ch.name, cfg).unwrap();
+    let mut p = producer(
+        &ch.name,
+        ring(2, Backpressure::Block { timeout: WATCHDOG }),
+        64,
+    );
     let t = std::thread::spawn(move || {
-        p.publish_bytes(b"2", &FrameMeta::default()).unwrap();
+        send(&mut p, b"2").unwrap();
         p
     });
     assert_eq!(next(&mut c), (0, b"0".to_vec()));
@@ -154,15 +163,10 @@ fn a_blocking_ring_times_out_when_nobody_reads_and_proceeds_when_a_reader_frees_
 #[test]
 fn drop_oldest_never_blocks_counts_drops_and_the_slow_reader_skips_ahead() {
     let ch = TestChannel::new("dropold");
-    let mut p = Producer::create(
-        &ch.name,
-        ChannelConfig::new(ring(4, Backpressure::DropOldest), 64),
-    )
-    .unwrap();
-    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    let mut p = producer(&ch.name, ring(4, Backpressure::DropOldest), 64);
+    let mut c = consumer(&ch.name);
     for i in 0..10u64 {
-        p.publish_bytes(&pattern(i, 8), &FrameMeta::default())
-            .unwrap();
+        send(&mut p, &pattern(i, 8)).unwrap();
     }
     assert_eq!(p.stats().dropped, 6);
     for i in 6..10 {
@@ -174,16 +178,19 @@ fn drop_oldest_never_blocks_counts_drops_and_the_slow_reader_skips_ahead() {
 #[test]
 fn a_lossless_ring_delivers_every_frame_to_a_consumer_in_another_process() {
     let ch = TestChannel::new("lossless");
-    let cfg = ChannelConfig::new(ring(4, Backpressure::Block { timeout: WATCHDOG }), 256);
-    let mut p = Producer::create(&ch.name, cfg).unwrap();
+    let mut p = producer(
+        &ch.name,
+        ring(4, Backpressure::Block { timeout: WATCHDOG }),
+        256,
+    );
     let frames = 10_000u64;
     let mut child = spawn_child("shm-consumer-verify", &[&ch.name, &frames.to_string()]);
     child.expect("attached");
     for _ in 0..frames {
-        let mut w = p.begin_publish().unwrap();
+        let mut w = p.loan().unwrap();
         let id = w.frame_id();
-        w.data_mut().copy_from_slice(&pattern(id, 256));
-        w.publish().unwrap();
+        w.copy_from_slice(&pattern(id, 256));
+        w.commit();
     }
     let last = frames - 1;
     assert_eq!(
@@ -196,21 +203,42 @@ fn a_lossless_ring_delivers_every_frame_to_a_consumer_in_another_process() {
 
 #[test]
 fn a_lossy_reader_in_another_process_never_accepts_a_torn_frame() {
-    for policy in [Policy::Latest, Policy::DoubleBuffer] {
+    for policy in [
+        Policy::Latest,
+        Policy::DoubleBuffer,
+        ring(2, Backpressure::DropOldest),
+    ] {
         let ch = TestChannel::new("torn");
-        let mut p = Producer::create(&ch.name, ChannelConfig::new(policy, 16 * 1024)).unwrap();
+        let mut p = producer(&ch.name, policy, 16 * 1024);
         let frames = 5_000u64;
         let mut child = spawn_child("shm-consumer-verify", &[&ch.name, &frames.to_string()]);
         child.expect("attached");
         for _ in 0..frames {
-            let mut w = p.begin_publish().unwrap();
+            let mut w = p.loan().unwrap();
             let id = w.frame_id();
-            w.data_mut().copy_from_slice(&pattern(id, 16 * 1024));
-            w.publish().unwrap();
+            w.copy_from_slice(&pattern(id, 16 * 1024));
+            w.commit();
         }
-        // The child checks each validated frame's bytes and fails otherwise.
+        // The child checks each whole frame's bytes and fails otherwise.
         let done = child.expect("done");
         child.wait_success();
         assert!(done.ends_with(&format!("last={}", frames - 1)), "{done}");
     }
+}
+
+#[test]
+fn latest_after_an_abandoned_loan_counts_the_frame_it_destroyed_and_reads_on() {
+    let ch = TestChannel::new("latest-abandon");
+    let mut p = producer(&ch.name, Policy::Latest, 64);
+    let mut c = consumer(&ch.name);
+    send(&mut p, b"zero").unwrap();
+    // The one slot is emptied by the abandoned loan: frame 0 is gone, not corrupt.
+    drop(p.loan().unwrap());
+    assert!(matches!(
+        c.next(Some(Duration::from_millis(20))),
+        Err(ReadError::Timeout)
+    ));
+    assert_eq!(c.missed(), 1);
+    send(&mut p, b"one").unwrap();
+    assert_eq!(next(&mut c), (1, b"one".to_vec()));
 }

@@ -2,41 +2,41 @@
 //! recently released buffer, never in one a consumer still needs, across processes and a
 //! producer's SIGKILL.
 
-use labhub::shm::{
-    AttachOptions, Backpressure, ChannelConfig, Consumer, FrameMeta, Producer, ReadError,
-};
+use labhub::shm::{Backpressure, Producer};
 
-use super::{TestChannel, WATCHDOG, pattern, ring, spawn_child};
+use super::{TestChannel, WATCHDOG, consumer, pattern, producer, ring, send, spawn_child};
 
 /// Smallest slot that is pooled.
-const BIG: usize = labhub::shm::layout::POOL_MIN_SLOT_SIZE as usize;
+const BIG: usize = labhub::shm::POOL_MIN_SLOT_SIZE as usize;
 
-fn pooled(slots: u32) -> ChannelConfig {
-    ChannelConfig::new(
+fn pooled(name: &str, slots: u32) -> Producer<u8> {
+    producer(
+        name,
         ring(slots, Backpressure::Block { timeout: WATCHDOG }),
         BIG as u64,
     )
 }
 
-fn publish_pattern(p: &mut Producer) -> u64 {
-    let mut w = p.begin_publish().unwrap();
+fn publish_pattern(p: &mut Producer<u8>) -> u64 {
+    let mut w = p.loan().unwrap();
     let id = w.frame_id();
-    w.data_mut().copy_from_slice(&pattern(id, BIG));
-    w.publish().unwrap()
+    w.copy_from_slice(&pattern(id, BIG));
+    w.commit()
 }
 
 #[test]
 fn a_consumer_that_keeps_up_gets_frames_in_two_buffers() {
     let ch = TestChannel::new("pool-hot");
-    let mut p = Producer::create(&ch.name, pooled(8)).unwrap();
-    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    let mut p = pooled(&ch.name, 8);
+    let mut c = consumer(&ch.name);
     let mut buffers = Vec::new();
     for i in 0..20 {
         assert_eq!(publish_pattern(&mut p), i);
         let f = c.next(Some(WATCHDOG)).unwrap();
         assert_eq!(f.frame_id(), i);
-        assert_eq!(f.data(), pattern(i, BIG));
-        buffers.push(f.data().as_ptr() as usize);
+        let d = f.held().unwrap();
+        assert_eq!(d, pattern(i, BIG));
+        buffers.push(d.as_ptr() as usize);
         f.finish().unwrap();
     }
     // Two, not eight: the newest frame's buffer is kept (see the crash test below), the other
@@ -52,28 +52,28 @@ fn a_producer_killed_mid_write_leaves_the_last_complete_frame_whole() {
     let big = BIG.to_string();
     let mut child = spawn_child(
         "shm-producer-midwrite",
-        &[&ch.name, "ring-block-8", &big, "3"],
+        &[&ch.name, "ring:8:block:30s", &big, "3"],
     );
     assert_eq!(child.expect("mid-write"), "mid-write 3");
-    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    let mut c = consumer(&ch.name);
     child.kill();
     let f = c.latest().unwrap().expect("the last complete frame");
     assert_eq!(f.frame_id(), 2);
-    assert_eq!(f.data(), pattern(2, BIG));
+    assert_eq!(f.to_vec().unwrap(), pattern(2, BIG));
     f.finish().unwrap();
     // The restarted producer carries on after it.
-    let mut p = Producer::create(&ch.name, pooled(8)).unwrap();
+    let mut p = pooled(&ch.name, 8);
     assert_eq!(publish_pattern(&mut p), 3);
     let f = c.next(Some(WATCHDOG)).unwrap();
-    assert_eq!((f.frame_id(), f.data()), (3, &pattern(3, BIG)[..]));
+    assert_eq!((f.frame_id(), f.held()), (3, Some(&pattern(3, BIG)[..])));
 }
 
 #[test]
 fn a_held_frame_keeps_its_buffer_while_the_others_are_reused() {
     let ch = TestChannel::new("pool-held");
-    let mut p = Producer::create(&ch.name, pooled(8)).unwrap();
-    let mut slow = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
-    let mut fast = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    let mut p = pooled(&ch.name, 8);
+    let mut slow = consumer(&ch.name);
+    let mut fast = consumer(&ch.name);
     publish_pattern(&mut p);
     let held = slow.next(Some(WATCHDOG)).unwrap();
     assert_eq!(held.frame_id(), 0);
@@ -85,7 +85,7 @@ fn a_held_frame_keeps_its_buffer_while_the_others_are_reused() {
         }
     }
     assert_eq!(
-        held.data(),
+        held.held().unwrap(),
         pattern(0, BIG),
         "frame 0's buffer was never reused"
     );
@@ -95,30 +95,34 @@ fn a_held_frame_keeps_its_buffer_while_the_others_are_reused() {
 }
 
 #[test]
-fn latest_of_a_frame_whose_buffer_was_reused_reports_it_overwritten() {
+fn latest_holds_a_frame_the_consumer_had_passed_while_its_buffer_is_still_there() {
     let ch = TestChannel::new("pool-latest");
-    let mut p = Producer::create(&ch.name, pooled(8)).unwrap();
-    let mut c = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    let mut p = pooled(&ch.name, 8);
+    let mut c = consumer(&ch.name);
     publish_pattern(&mut p);
     c.next(Some(WATCHDOG)).unwrap().finish().unwrap();
-    // Frame 0 again, although this consumer has passed it: nothing protects its buffer.
+    // Frame 0 again, although this consumer has passed it: the consumer lowers its position
+    // to hold it, and the producer, which must scan for every pooled frame, keeps off it.
     let again = c.latest().unwrap().expect("frame 0");
     assert_eq!(again.frame_id(), 0);
-    // Frame 1 goes elsewhere (the newest frame's buffer is kept); frame 2 reuses frame 0's.
+    assert!(again.is_held());
     for _ in 0..2 {
-        p.publish_bytes(&[0xEE; BIG], &FrameMeta::default())
-            .unwrap();
+        send(&mut p, &[0xEE; BIG]).unwrap();
     }
-    assert!(matches!(
-        again.finish(),
-        Err(ReadError::Overwritten { frame_id: 0 })
-    ));
+    assert_eq!(
+        again.held().unwrap(),
+        pattern(0, BIG),
+        "frame 0's buffer was kept"
+    );
+    again.finish().unwrap();
+    // Released: the next frames may take its buffer, and the consumer goes on after frame 0.
+    assert_eq!(c.cursor(), 1);
 }
 
 #[test]
 fn large_frames_reach_a_consumer_in_another_process_whole_and_in_order() {
     let ch = TestChannel::new("pool-xproc");
-    let mut p = Producer::create(&ch.name, pooled(8)).unwrap();
+    let mut p = pooled(&ch.name, 8);
     let frames = 500u64;
     let mut child = spawn_child("shm-consumer-verify", &[&ch.name, &frames.to_string()]);
     child.expect("attached");
@@ -137,9 +141,9 @@ fn large_frames_reach_a_consumer_in_another_process_whole_and_in_order() {
 #[test]
 fn a_restarted_producer_keeps_the_buffers_of_frames_still_held() {
     let ch = TestChannel::new("pool-takeover");
-    let mut p = Producer::create(&ch.name, pooled(4)).unwrap();
-    let mut holder = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
-    let mut reader = Consumer::attach(&ch.name, AttachOptions::default()).unwrap();
+    let mut p = pooled(&ch.name, 4);
+    let mut holder = consumer(&ch.name);
+    let mut reader = consumer(&ch.name);
     for _ in 0..3 {
         publish_pattern(&mut p);
     }
@@ -149,12 +153,12 @@ fn a_restarted_producer_keeps_the_buffers_of_frames_still_held() {
     }
     drop(p);
     // Re-attached: it must learn from the descriptors which buffer holds frame 0.
-    let mut p = Producer::create(&ch.name, pooled(4)).unwrap();
+    let mut p = pooled(&ch.name, 4);
     assert_eq!(publish_pattern(&mut p), 3);
     assert_eq!(reader.next(Some(WATCHDOG)).unwrap().frame_id(), 3);
     assert_eq!(held.frame_id(), 0);
     assert_eq!(
-        held.data(),
+        held.held().unwrap(),
         pattern(0, BIG),
         "frame 0's buffer was not reused"
     );

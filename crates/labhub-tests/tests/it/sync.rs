@@ -208,7 +208,7 @@ fn a_waiter_that_cannot_read_proc_never_takes_the_lock_from_a_live_holder() {
     let file = SharedFile::new();
     let mut holder = spawn("sync-hold", &file, &[]);
     holder.expect_exact("locked");
-    let id = labhub::sys::ProcessId::of(holder.pid()).expect("holder identity");
+    let id = labhub::sync::ProcessId::of(holder.pid()).expect("holder identity");
     // Long enough for several liveness probes (one per 100 ms slice).
     let mut waiter = spawn(
         "sync-lock-without-fds",

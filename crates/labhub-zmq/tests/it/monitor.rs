@@ -5,7 +5,7 @@ use labhub_zmq::{Context, CurveKeyPair, Flags, SocketEvent, SocketType, ZapDecis
 use crate::common::{wait_for_event, within_watchdog};
 
 /// `ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC` from zmq.h.
-const ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: u32 = 0x1100_0001;
+const ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: u64 = 0x1100_0001;
 
 #[test]
 fn a_monitor_reports_listening_and_a_successful_curve_handshake() {
@@ -18,7 +18,7 @@ fn a_monitor_reports_listening_and_a_successful_curve_handshake() {
         server.bind("tcp://127.0.0.1:0").unwrap();
         let endpoint = server.last_endpoint().unwrap();
         let listening = wait_for_event(&server, |e| e.event == SocketEvent::Listening);
-        assert_eq!(listening.endpoint, endpoint);
+        assert_eq!(listening.local, endpoint);
 
         let mine = CurveKeyPair::generate().unwrap();
         let client = context.socket(SocketType::Dealer).unwrap();

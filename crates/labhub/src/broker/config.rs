@@ -16,9 +16,13 @@
 //! | audit log | `--audit-log` | `LABHUB_AUDIT_LOG` | `audit_log` | `<home>/audit.jsonl` |
 //! | limits | — | — | `max_channels`, `max_clients`, `max_consumers_per_channel` | 10000, 10000, 64 |
 //! | reap stale segments at start | — | — | `reap_stale_segments` | true |
+//! | audit log rotation | — | — | `audit_max_bytes`, `audit_backups` | 16 MiB, 4 |
+//! | pending connections per socket | — | — | `max_pending_connections` | 256 |
+//! | handshake time limit | — | — | `handshake_timeout_ms` | 5000 |
+//! | unanswered bytes per connection | — | — | `max_unanswered_bytes` | 8 MiB |
 //!
 //! The password is never read from the config file. The config file and the allow list must
-//! not be writable by group or others.
+//! be trusted files (see [`crate::keys::trust`]).
 #![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -27,13 +31,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::keys::{self, KeyError};
+use super::perimeter::PerimeterLimits;
 use super::registry::RegistryConfig;
+use crate::keys::{self, KeyError};
 
-/// The default ROUTER endpoint.
-pub const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:5570";
-/// The default notification PUB endpoint.
-pub const DEFAULT_NOTIFY_ENDPOINT: &str = "tcp://127.0.0.1:5571";
+pub use crate::home::{DEFAULT_ENDPOINT, DEFAULT_NOTIFY_ENDPOINT};
 
 /// Why the configuration could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,11 @@ pub enum ConfigError {
     },
 }
 
+/// Asks a person for a password, showing the question; what the broker calls when it needs
+/// the password of its secret key and has no other source.
+pub type PasswordPrompt =
+    std::sync::Arc<dyn Fn(&str) -> std::io::Result<Zeroizing<String>> + Send + Sync>;
+
 /// One source's settings, each optional; later merged by precedence.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +111,16 @@ pub struct ConfigLayer {
     pub max_consumers_per_channel: Option<usize>,
     /// Unlink stale segments of dead producers at start.
     pub reap_stale_segments: Option<bool>,
+    /// Size at which the audit log is rotated.
+    pub audit_max_bytes: Option<u64>,
+    /// Rotated audit files kept.
+    pub audit_backups: Option<u32>,
+    /// Most connections in their handshake at once, per socket.
+    pub max_pending_connections: Option<usize>,
+    /// How long a handshake may take, in milliseconds.
+    pub handshake_timeout_ms: Option<u64>,
+    /// Bytes an admitted connection may send without taking anything from the broker.
+    pub max_unanswered_bytes: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -124,6 +141,13 @@ impl ConfigLayer {
                 .max_consumers_per_channel
                 .or(lower.max_consumers_per_channel),
             reap_stale_segments: self.reap_stale_segments.or(lower.reap_stale_segments),
+            audit_max_bytes: self.audit_max_bytes.or(lower.audit_max_bytes),
+            audit_backups: self.audit_backups.or(lower.audit_backups),
+            max_pending_connections: self
+                .max_pending_connections
+                .or(lower.max_pending_connections),
+            handshake_timeout_ms: self.handshake_timeout_ms.or(lower.handshake_timeout_ms),
+            max_unanswered_bytes: self.max_unanswered_bytes.or(lower.max_unanswered_bytes),
         }
     }
 
@@ -164,6 +188,11 @@ impl ConfigLayer {
             max_clients: None,
             max_consumers_per_channel: None,
             reap_stale_segments: None,
+            audit_max_bytes: None,
+            audit_backups: None,
+            max_pending_connections: None,
+            handshake_timeout_ms: None,
+            max_unanswered_bytes: None,
         })
     }
 
@@ -202,12 +231,19 @@ pub struct BrokerConfig {
     pub password: Option<Zeroizing<String>>,
     /// A file holding that password.
     pub secret_file: Option<PathBuf>,
-    /// May the broker prompt on a terminal for the password.
-    pub interactive: bool,
+    /// How to ask for the broker key's password when no other source has it (the CLI asks on
+    /// the terminal); `None` in programs that must never block on input.
+    pub prompt: Option<PasswordPrompt>,
     /// The audit log.
     pub audit_log: PathBuf,
     /// Unlink stale segments of dead producers at start.
     pub reap_stale_segments: bool,
+    /// Size at which the audit log is rotated.
+    pub audit_max_bytes: u64,
+    /// Rotated audit files kept.
+    pub audit_backups: u32,
+    /// What one network connection may cost.
+    pub perimeter: PerimeterLimits,
     /// Serve metrics and the monitor (`--metrics`); none by default.
     pub metrics: Option<super::metrics::MetricsConfig>,
 }
@@ -223,20 +259,10 @@ impl std::fmt::Debug for BrokerConfig {
             .field("allow_any_client", &self.allow_any_client)
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("secret_file", &self.secret_file)
-            .field("interactive", &self.interactive)
+            .field("prompt", &self.prompt.as_ref().map(|_| "<set>"))
             .field("audit_log", &self.audit_log)
             .finish_non_exhaustive()
     }
-}
-
-/// The labhub home: `LABHUB_HOME` or `<data dir>/labhub`.
-pub fn default_home(var: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, ConfigError> {
-    if let Some(h) = var("LABHUB_HOME").filter(|h| !h.is_empty()) {
-        return Ok(PathBuf::from(h));
-    }
-    dirs::data_dir()
-        .map(|d| d.join("labhub"))
-        .ok_or(ConfigError::NoHome)
 }
 
 fn check_bind_endpoint(origin: &str, key: &str, value: &str) -> Result<(), ConfigError> {
@@ -277,9 +303,12 @@ impl BrokerConfig {
             allow_any_client: false,
             password: None,
             secret_file: None,
-            interactive: false,
+            prompt: None,
             audit_log: home.join("audit.jsonl"),
             reap_stale_segments: true,
+            audit_max_bytes: super::audit::DEFAULT_MAX_BYTES,
+            audit_backups: super::audit::DEFAULT_BACKUPS,
+            perimeter: PerimeterLimits::default(),
             metrics: None,
             home,
         }
@@ -300,7 +329,7 @@ impl BrokerConfig {
     ) -> Result<Self, ConfigError> {
         let home = match home_flag {
             Some(h) => h,
-            None => default_home(var)?,
+            None => crate::home::default_home(var).map_err(|_| ConfigError::NoHome)?,
         };
         let env = ConfigLayer::from_env(var)?;
         let (file, file_origin) =
@@ -366,6 +395,21 @@ impl BrokerConfig {
         if let Some(v) = merged.reap_stale_segments {
             config.reap_stale_segments = v;
         }
+        if let Some(v) = merged.audit_max_bytes {
+            config.audit_max_bytes = v;
+        }
+        if let Some(v) = merged.audit_backups {
+            config.audit_backups = v;
+        }
+        if let Some(v) = merged.max_pending_connections {
+            config.perimeter.max_pending = v;
+        }
+        if let Some(v) = merged.handshake_timeout_ms {
+            config.perimeter.handshake_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = merged.max_unanswered_bytes {
+            config.perimeter.max_unanswered = v;
+        }
         config.password = var("LABHUB_BROKER_SECRET")
             .filter(|p| !p.is_empty())
             .map(Zeroizing::new);
@@ -403,6 +447,50 @@ fn validate_layer(layer: &ConfigLayer, origin: &str) -> Result<(), ConfigError> 
             v.to_string(),
             "must be from 1 to 1000",
         ));
+    }
+    let ranges: [(&str, Option<u64>, u64, u64, &str); 5] = [
+        (
+            "audit_max_bytes",
+            layer.audit_max_bytes,
+            4096,
+            1 << 40,
+            "must be from 4096 bytes to 1 TiB",
+        ),
+        (
+            "audit_backups",
+            layer.audit_backups.map(u64::from),
+            0,
+            100,
+            "must be from 0 to 100",
+        ),
+        (
+            "max_pending_connections",
+            layer.max_pending_connections.map(|v| v as u64),
+            1,
+            100_000,
+            "must be from 1 to 100000",
+        ),
+        (
+            "handshake_timeout_ms",
+            layer.handshake_timeout_ms,
+            100,
+            600_000,
+            "must be from 100 ms to 10 minutes",
+        ),
+        (
+            "max_unanswered_bytes",
+            layer.max_unanswered_bytes,
+            crate::protocol::MAX_MESSAGE_BYTES as u64 * super::server::REQUEST_QUEUE as u64,
+            1 << 34,
+            "must be from 4 MiB (the request queue of 64 largest requests) to 16 GiB",
+        ),
+    ];
+    for (key, v, min, max, problem) in ranges {
+        if let Some(v) = v
+            && !(min..=max).contains(&v)
+        {
+            return Err(invalid(key, v.to_string(), problem));
+        }
     }
     for (key, v) in [
         ("max_channels", layer.max_channels),
@@ -524,10 +612,7 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = env(&[("LABHUB_HOME", h.to_str().unwrap())]);
         let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
-        assert!(matches!(
-            err,
-            ConfigError::File(KeyError::InsecurePermissions { .. })
-        ));
+        assert!(matches!(err, ConfigError::File(KeyError::Untrusted { .. })));
         std::fs::remove_dir_all(&h).unwrap();
     }
 }

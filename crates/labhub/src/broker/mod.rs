@@ -8,8 +8,9 @@
 //!   clock;
 //! - [`server`]: the CURVE ROUTER + PUB loop with ZAP admission that feeds it;
 //! - [`service`]: the lifecycle module and [`run_foreground`] (what `labhub hub` runs);
-//! - [`keys`], [`config`], [`audit`], [`segments`]: key files, configuration, the JSON-lines
-//!   audit trail, segment cleanup;
+//! - [`config`], [`audit`], [`segments`]: configuration, the JSON-lines audit trail, segment
+//!   cleanup (key files and the trusted-file checks are [`crate::keys`]);
+//! - [`perimeter`]: what a network connection may cost before and after it authenticates;
 //! - [`metrics`]: per-channel and per-consumer figures for Prometheus, `labhub top` and the
 //!   live web monitor, served off the broker thread;
 //! - [`probe`]: a minimal synchronous client for tests and benchmarks.
@@ -19,14 +20,14 @@
 
 pub mod audit;
 pub mod config;
-pub mod keys;
 pub mod metrics;
+pub mod perimeter;
 pub mod probe;
 pub mod registry;
 pub mod segments;
 pub mod server;
 pub mod service;
 
-pub use config::{BrokerConfig, ConfigError, ConfigLayer};
+pub use config::{BrokerConfig, ConfigError, ConfigLayer, PasswordPrompt};
 pub use server::{Broker, BrokerError, BrokerStats, run};
 pub use service::{BrokerInfo, ForegroundError, MODULE_NAME, module, run_foreground};

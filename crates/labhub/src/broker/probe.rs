@@ -11,7 +11,7 @@ use labhub_zmq::{
     Context, CurvePublicKey, CurveSecretKey, Flags, PollEvents, Socket, SocketType, ZmqError, poll,
 };
 
-use super::keys::{KeyPair, PublicKey};
+use crate::keys::{KeyPair, PublicKey};
 use crate::protocol::{self, DecodeError, Notification, Reply};
 
 /// Why a probe request failed.

@@ -235,6 +235,8 @@ impl Registry {
             Request::Detach(r) => self.detach(now, r, effects),
             Request::Heartbeat(h) => self.heartbeat(now, h),
             Request::List(l) => self.list(l),
+            // The server answers it from its own state.
+            Request::Status(r) => Reply::ok(r.request_id),
         }
     }
 

@@ -1,16 +1,15 @@
 //! Segment cleanup: the broker unlinks a channel's shared-memory segment once nobody holds it
-//! (review item 1.3: producers never unlink), and at start reaps the stale segments of its own
-//! namespace (`/labhub.<uid>.*`) whose producer and consumers are all dead.
+//! (producers never unlink, so consumers keep their frames across a producer's crash), and at
+//! start reaps the stale segments of its own namespace (`/labhub.<uid>.*`) whose producer and
+//! consumers are all dead.
 //!
-//! The broker never maps a segment for data; it only reads the header's producer identity and
-//! consumer table to decide whether a segment is still held. A segment whose producer process
-//! is alive is never unlinked, even if the producer went silent on the control plane: removal
-//! is retried until that process is gone.
+//! The broker never maps a segment for data and never decodes its header itself: it asks
+//! [`shm::inspect`] whether a live process still uses it, by the liveness rule shm evicts by.
+//! A segment whose producer process is alive is never unlinked, even if the producer went
+//! silent on the control plane: removal is retried until that process is gone.
 #![deny(unsafe_code)]
 
-use std::sync::atomic::Ordering;
-
-use crate::shm::{self, layout};
+use crate::shm::{self, ChannelError, LayoutError};
 use crate::sys;
 
 /// What a removal attempt found.
@@ -42,49 +41,31 @@ impl Removal {
     }
 }
 
-/// Who still holds a segment, judged from its header.
-fn holder(channel: &str) -> Result<Option<&'static str>, shm::ChannelError> {
-    let Some(seg) = shm::segment::Segment::open(channel)? else {
-        // Size 0: a creator between create and truncate. Leave it to that creator.
-        return Ok(Some("being created"));
-    };
-    let Ok(header) = layout::View::raw_header(&seg) else {
-        return Ok(None);
-    };
-    let pid = header.producer_pid.load(Ordering::Acquire);
-    let start_time = header.producer_start_time.load(Ordering::Acquire);
-    if let Ok(pid) = u32::try_from(pid)
-        && pid != 0
-        && (sys::ProcessId { pid, start_time }).is_alive()
-    {
-        return Ok(Some("its producer process is alive"));
-    }
-    if header.magic.load(Ordering::Acquire) != layout::MAGIC {
-        return Ok(None);
-    }
-    let Ok(view) = layout::View::attach(seg) else {
-        return Ok(None);
-    };
-    for i in 0..layout::CONSUMER_CAPACITY as usize {
-        let Some(entry) = view.consumer(i) else {
-            break;
-        };
-        let state = entry.state.load(Ordering::Acquire);
-        let pid = (state & 0xffff_ffff) as u32;
-        if pid == 0 {
-            continue;
+/// Who still holds a segment, judged from its header by [`shm::inspect`].
+fn holder(channel: &str) -> Result<Option<&'static str>, ChannelError> {
+    match shm::inspect(channel) {
+        Ok(report) if report.producer.as_ref().is_some_and(|p| p.alive) => {
+            Ok(Some("its producer process is alive"))
         }
-        let start_time = entry.start_time.load(Ordering::Acquire);
-        let alive = if start_time == 0 {
-            sys::thread_alive(pid)
-        } else {
-            sys::ProcessId { pid, start_time }.is_alive()
-        };
-        if alive {
-            return Ok(Some("a consumer process still holds it"));
-        }
+        Ok(report) if report.in_use() => Ok(Some("a consumer process still holds it")),
+        Ok(_) => Ok(None),
+        // Being sized or initialised by its creator (another implementation: labhub names a
+        // segment only once it is ready): leave it to that creator.
+        Err(ChannelError::Layout {
+            source: LayoutError::NotInitialized,
+            ..
+        }) => Ok(Some("being created")),
+        // Another labhub version's channel: its processes may be alive, and this build cannot
+        // tell.
+        Err(ChannelError::Layout {
+            source: LayoutError::VersionMismatch { .. },
+            ..
+        }) => Ok(Some("a segment of another layout version")),
+        // Not a labhub channel header at all (bad magic, inconsistent, truncated): nothing a
+        // labhub process could hold.
+        Err(ChannelError::Layout { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(None)
 }
 
 /// Unlinks the segment of `channel` in this user's namespace unless a live process holds it.
@@ -109,7 +90,7 @@ pub fn remove_if_unheld(shm_name: &crate::protocol::ShmName) -> Removal {
 /// Unlinks every segment of this user's namespace that no live process holds. Returns each
 /// segment looked at with the outcome.
 pub fn reap_stale() -> Vec<(String, Removal)> {
-    let prefix = format!("/labhub.{}.", sys::getuid());
+    let prefix = crate::name::segment_prefix_of(sys::getuid());
     let names = match sys::shm_list(&prefix) {
         Ok(n) => n,
         Err(e) => {
@@ -122,8 +103,8 @@ pub fn reap_stale() -> Vec<(String, Removal)> {
         .filter_map(|name| {
             if let Some((public, _)) = name.split_once(sys::HIDDEN_MARK) {
                 // A channel's private creation segment: removed if its creator died.
-                let channel = public.strip_prefix(&prefix)?;
-                if crate::shm::segment::remove_orphans(channel) > 0 {
+                let channel = crate::name::ChannelName::new(public.strip_prefix(&prefix)?).ok()?;
+                if shm::remove_orphans(&channel) > 0 {
                     return Some((name, Removal::Removed));
                 }
                 return None;
@@ -138,17 +119,21 @@ pub fn reap_stale() -> Vec<(String, Removal)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ShmName;
-    use crate::shm::{ChannelConfig, Policy, Producer};
+    use crate::protocol::{ChannelName, ShmName};
+    use crate::shm::{Channel, Policy};
 
     fn shm_name(channel: &str) -> ShmName {
-        ShmName::new(format!("/labhub.{}.{channel}", sys::getuid())).unwrap()
+        ShmName::of(&ChannelName::new(channel).unwrap())
     }
 
     #[test]
     fn a_segment_with_a_live_producer_is_kept_and_removed_once_it_is_gone() {
         let channel = format!("broker-seg-{}", std::process::id());
-        let producer = Producer::create(&channel, ChannelConfig::new(Policy::Latest, 64)).unwrap();
+        let producer = Channel::new(&channel)
+            .policy(Policy::Latest)
+            .bytes(64)
+            .create()
+            .unwrap();
         assert!(matches!(
             remove_if_unheld(&shm_name(&channel)),
             Removal::Held(_)
@@ -161,7 +146,7 @@ mod tests {
     #[test]
     fn another_users_namespace_is_left_alone() {
         let other = sys::getuid().wrapping_add(1);
-        let name = ShmName::new(format!("/labhub.{other}.x")).unwrap();
+        let name = ShmName::new(crate::name::segment_name_of(other, "x")).unwrap();
         assert_eq!(remove_if_unheld(&name), Removal::ForeignNamespace);
     }
 }

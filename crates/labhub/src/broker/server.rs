@@ -9,9 +9,10 @@
 #![deny(unsafe_code)]
 
 use std::collections::HashSet;
-use std::io::IsTerminal;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -21,16 +22,32 @@ use labhub_zmq::{
 };
 use zeroize::Zeroizing;
 
-use super::audit::{AuditError, AuditEvent, AuditLog};
+use super::audit::{AuditError, AuditEvent, AuditLog, Refusal, RefusalTally};
 use super::config::{BrokerConfig, ConfigError};
-use super::keys::{self, KeyError, KeyPair, PublicKey};
 use super::metrics::{Metrics, MetricsError, MetricsInfo};
+use super::perimeter::{Perimeter, PerimeterStats};
 use super::registry::{Effect, Origin, Registry};
 use super::segments::{self, Removal};
+use crate::keys::{self, KeyError, KeyPair, PublicKey};
 use crate::protocol::{self, ChannelName, ErrorCode, Reply, ShmName};
 
 /// The most frames kept of one message; the rest are read and discarded.
 const MAX_FRAMES: usize = 8;
+/// Complete requests libzmq queues per connection before it stops reading from it.
+pub const REQUEST_QUEUE: i32 = 64;
+/// Replies libzmq queues per connection whose peer does not read them; more are dropped.
+pub const REPLY_QUEUE: i32 = 64;
+/// Notifications libzmq queues per subscriber that does not read them; more are dropped for
+/// that subscriber (its `seq` shows the gap). Every notification's body is shared by all
+/// subscribers' queues; each queued message costs a subscriber four 64-byte frame slots.
+pub const NOTIFICATION_QUEUE: i32 = 1000;
+/// Refused handshakes queued between the ZAP thread and the broker thread; more are counted
+/// but not kept.
+const REFUSAL_QUEUE: usize = 4096;
+/// How often refused handshakes are written to the audit log, one line per source.
+pub const REFUSAL_INTERVAL: Duration = Duration::from_secs(2);
+/// How often every admitted connection's unanswered bytes are checked (besides on arrival).
+const SWEEP: Duration = Duration::from_millis(50);
 /// Messages handled per wake-up before the watchdog and the effects get a turn.
 const BATCH: usize = 512;
 /// How often a deferred segment removal is retried.
@@ -46,9 +63,17 @@ pub enum BrokerError {
     /// A key, password or allow-list file was refused.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The audit log failed.
+    /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The audit log is not a file the broker may write (another user's).
+    #[error("audit log {path} is owned by uid {owner}, not by the broker's user")]
+    AuditOwner {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its owner.
+        owner: u32,
+    },
     /// A ZeroMQ call failed.
     #[error("{what} failed{}", endpoint.as_ref().map(|e| format!(" for {e}")).unwrap_or_default())]
     Zmq {
@@ -60,8 +85,11 @@ pub enum BrokerError {
         #[source]
         source: ZmqError,
     },
-    /// Reading the password from the terminal failed.
-    #[error("cannot read the password from the terminal")]
+    /// The connection watch (an epoll set) could not be created.
+    #[error("cannot watch the broker's connections")]
+    Perimeter(#[source] std::io::Error),
+    /// Asking for the password failed.
+    #[error("cannot read the password")]
     Prompt(#[source] std::io::Error),
     /// The metrics endpoint could not start.
     #[error(transparent)]
@@ -79,6 +107,7 @@ fn zmq_err(what: &'static str, endpoint: Option<&str>) -> impl FnOnce(ZmqError) 
 
 /// Counters of a running broker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BrokerStats {
     /// Requests answered (including error replies).
     pub replies: u64,
@@ -88,6 +117,12 @@ pub struct BrokerStats {
     pub unsent: u64,
     /// Notifications published.
     pub notifications: u64,
+    /// Handshakes refused by ZAP.
+    pub refused_handshakes: u64,
+    /// Connections of the request socket.
+    pub requests: PerimeterStats,
+    /// Connections of the notification socket.
+    pub subscribers: PerimeterStats,
 }
 
 /// A started broker: sockets bound, keys loaded. See the module documentation.
@@ -102,7 +137,12 @@ pub struct Broker {
     keys: KeyPair,
     endpoint: String,
     notify_endpoint: String,
-    zap_events: mpsc::Receiver<AuditEvent>,
+    zap_events: mpsc::Receiver<Refusal>,
+    refusals_dropped: Arc<AtomicU64>,
+    refusals: RefusalTally,
+    request_perimeter: Perimeter,
+    notify_perimeter: Perimeter,
+    open_files_limit: u64,
     seq: u64,
     pending_cleanup: Vec<(ChannelName, ShmName)>,
     effects: Vec<Effect>,
@@ -153,7 +193,8 @@ fn read_password_file(path: &std::path::Path) -> Result<Zeroizing<String>, KeyEr
 /// Loads the broker's key pair from `<home>/keys/broker.{pub,secret}`, creating it on first run.
 ///
 /// The password comes from `LABHUB_BROKER_SECRET`, else the `--secret-file`, else the generated
-/// password file of an earlier unattended first run, else a terminal prompt. On a first run with
+/// password file of an earlier unattended first run, else the configuration's password prompt
+/// (the CLI's terminal prompt). On a first run with
 /// none of these and no terminal, a random password is generated and stored in
 /// `<home>/keys/broker.password` (mode 0600) so that `labhub hub` works with no configuration;
 /// a warning says so, since that file protects the key only as well as its mode does.
@@ -166,6 +207,14 @@ pub fn load_or_create_broker_keys(
     let base = dir.join("broker");
     let secret = keys::with_suffix(&base, "secret");
     let generated = dir.join("broker.password");
+    let ask = |question: &str| -> Result<Zeroizing<String>, BrokerError> {
+        match &config.prompt {
+            Some(prompt) => prompt(question).map_err(BrokerError::Prompt),
+            None => Err(BrokerError::Prompt(std::io::Error::other(
+                "no password prompt",
+            ))),
+        }
+    };
     let given = |interactive_prompt: &dyn Fn()
         -> Result<Option<Zeroizing<String>>, BrokerError>|
      -> Result<Option<(Zeroizing<String>, PasswordOrigin)>, BrokerError> {
@@ -181,7 +230,7 @@ pub fn load_or_create_broker_keys(
                 PasswordOrigin::GeneratedFile,
             )));
         }
-        if config.interactive && std::io::stdin().is_terminal() {
+        if config.prompt.is_some() {
             return Ok(interactive_prompt()?.map(|p| (p, PasswordOrigin::Prompt)));
         }
         Ok(None)
@@ -192,12 +241,11 @@ pub fn load_or_create_broker_keys(
             return Ok((keys::load_pair(&base, None)?, PasswordOrigin::None));
         }
         let prompt = || {
-            rpassword::prompt_password(format!(
+            ask(&format!(
                 "password for the broker key {}: ",
                 secret.display()
             ))
-            .map(|p| Some(Zeroizing::new(p)))
-            .map_err(BrokerError::Prompt)
+            .map(Some)
         };
         let (password, origin) = given(&prompt)?.ok_or_else(|| KeyError::NoPassword {
             path: secret.clone(),
@@ -207,19 +255,14 @@ pub fn load_or_create_broker_keys(
     }
     // First run: create the pair.
     let prompt = || -> Result<Option<Zeroizing<String>>, BrokerError> {
-        let first = Zeroizing::new(
-            rpassword::prompt_password(format!(
-                "new password for the broker key {} (empty: generate one): ",
-                secret.display()
-            ))
-            .map_err(BrokerError::Prompt)?,
-        );
+        let first = ask(&format!(
+            "new password for the broker key {} (empty: generate one): ",
+            secret.display()
+        ))?;
         if first.is_empty() {
             return Ok(None);
         }
-        let again = Zeroizing::new(
-            rpassword::prompt_password("repeat the password: ").map_err(BrokerError::Prompt)?,
-        );
+        let again = ask("repeat the password: ")?;
         if *first != *again {
             return Err(BrokerError::Key(KeyError::Malformed {
                 path: secret.clone(),
@@ -274,13 +317,70 @@ fn allowed_keys(config: &BrokerConfig) -> Result<HashSet<PublicKey>, BrokerError
     Ok(allowed)
 }
 
+/// Raises the soft open-file limit to the hard one: every connection, pending or admitted,
+/// holds a descriptor, and the common default soft limit of 1024 is reached by a few
+/// thousand idle connections. Returns the soft limit in force.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// The audit log holds who was admitted and refused: it must be the broker's own and private.
+/// An existing log open to group or others is made private (mode 0600) with a warning, since
+/// its lines since then may have been altered by others; one owned by another user is refused.
+fn secure_audit_log(path: &std::path::Path) -> Result<(), BrokerError> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let me = crate::keys::trust::current_uid();
+    if meta.uid() != me {
+        return Err(BrokerError::AuditOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:04o}", meta.mode() & 0o7777),
+            "the audit log was open to group or others: set to 0600; lines written before may \
+             have been altered"
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| {
+                BrokerError::Audit(AuditError::Open {
+                    path: path.to_owned(),
+                    source,
+                })
+            },
+        )?;
+    }
+    Ok(())
+}
+
 impl Broker {
     /// Prepares everything and binds both sockets; fails before serving anything.
     pub fn start(config: BrokerConfig) -> Result<Self, BrokerError> {
+        let open_files_limit = raise_open_file_limit();
         let (keys, origin) = load_or_create_broker_keys(&config)?;
         tracing::debug!(?origin, "broker key loaded");
         let allowed = allowed_keys(&config)?;
-        let mut audit = AuditLog::open(&config.audit_log)?;
+        secure_audit_log(&config.audit_log)?;
+        let mut audit = AuditLog::open(
+            &config.audit_log,
+            config.audit_max_bytes,
+            config.audit_backups,
+        )?;
 
         if config.reap_stale_segments {
             for (name, outcome) in segments::reap_stale() {
@@ -288,13 +388,15 @@ impl Broker {
                     audit.record(&AuditEvent::StaleSegmentReaped {
                         shm_name: name,
                         outcome: outcome.describe(),
-                    })?;
+                    });
                 }
             }
         }
 
         let context = Context::new().map_err(zmq_err("creating the ZeroMQ context", None))?;
-        let (zap_tx, zap_events) = mpsc::channel();
+        let (zap_tx, zap_events) = mpsc::sync_channel(REFUSAL_QUEUE);
+        let refusals_dropped = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::clone(&refusals_dropped);
         let allow_any = config.allow_any_client;
         let zap = context
             .start_zap_handler(move |req| {
@@ -305,11 +407,14 @@ impl Broker {
                 if allow_any || allowed.contains(&public) {
                     ZapDecision::allow(public.to_z85())
                 } else {
-                    let _ = zap_tx.send(AuditEvent::AuthRefused {
+                    let refusal = Refusal {
                         address: req.address.clone(),
                         mechanism: req.mechanism.clone(),
                         key: Some(public.to_z85()),
-                    });
+                    };
+                    if zap_tx.try_send(refusal).is_err() {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                     ZapDecision::deny("client key not allowed")
                 }
             })
@@ -321,19 +426,26 @@ impl Broker {
                 problem: e.to_string(),
             })
         })?;
-        let server_socket = |kind, what, endpoint: &str| -> Result<(Socket, String), BrokerError> {
-            let s = context
+        let limits = config.perimeter;
+        let server_socket = |kind,
+                             what,
+                             endpoint: &str,
+                             (rcvhwm, sndhwm): (i32, i32)|
+         -> Result<(Socket, String), BrokerError> {
+            let mut s = context
                 .socket(kind)
                 .map_err(zmq_err("creating a socket", None))?;
-            let setup = || -> Result<(), ZmqError> {
+            let setup = |s: &mut Socket| -> Result<(), ZmqError> {
                 s.set_curve_server_keys(&secret)?;
                 s.set_zap_domain("labhub")?;
                 s.set_maxmsgsize(Some(protocol::MAX_MESSAGE_BYTES as u64))?;
-                s.set_sndhwm(100_000)?;
-                s.set_rcvhwm(100_000)?;
+                s.set_sndhwm(sndhwm)?;
+                s.set_rcvhwm(rcvhwm)?;
+                s.set_handshake_ivl(limits.handshake_timeout)?;
+                s.enable_monitor()?;
                 Ok(())
             };
-            setup().map_err(zmq_err("setting socket options", Some(endpoint)))?;
+            setup(&mut s).map_err(zmq_err("setting socket options", Some(endpoint)))?;
             s.bind(endpoint).map_err(zmq_err(what, Some(endpoint)))?;
             let bound = s
                 .last_endpoint()
@@ -344,12 +456,17 @@ impl Broker {
             SocketType::Router,
             "binding the request socket",
             &config.endpoint,
+            (REQUEST_QUEUE, REPLY_QUEUE),
         )?;
         let (publisher, notify_endpoint) = server_socket(
             SocketType::Pub,
             "binding the notification socket",
             &config.notify_endpoint,
+            (REQUEST_QUEUE, NOTIFICATION_QUEUE),
         )?;
+        let perimeter = |label| Perimeter::new(label, limits).map_err(BrokerError::Perimeter);
+        let request_perimeter = perimeter("requests")?;
+        let notify_perimeter = perimeter("notifications")?;
         let metrics = config
             .metrics
             .as_ref()
@@ -359,8 +476,8 @@ impl Broker {
             endpoint: endpoint.clone(),
             notify_endpoint: notify_endpoint.clone(),
             public_key: keys.public.to_z85(),
-        })?;
-        audit.flush()?;
+        });
+        audit.flush();
         Ok(Self {
             router,
             publisher,
@@ -372,6 +489,11 @@ impl Broker {
             endpoint,
             notify_endpoint,
             zap_events,
+            refusals_dropped,
+            refusals: RefusalTally::new(REFUSAL_INTERVAL, Instant::now()),
+            request_perimeter,
+            notify_perimeter,
+            open_files_limit,
             seq: 0,
             pending_cleanup: Vec::new(),
             effects: Vec::new(),
@@ -409,25 +531,88 @@ impl Broker {
 
     /// Counters so far.
     pub fn stats(&self) -> BrokerStats {
-        self.stats
+        BrokerStats {
+            refused_handshakes: self.refusals.total()
+                + self.refusals_dropped.load(Ordering::Relaxed),
+            requests: self.request_perimeter.stats(),
+            subscribers: self.notify_perimeter.stats(),
+            ..self.stats
+        }
+    }
+
+    /// The broker's own state, as a `status` reply carries it.
+    pub fn status(&self) -> protocol::BrokerStatus {
+        let stats = self.stats();
+        let audit = self.audit.health();
+        let connections = |p: PerimeterStats| protocol::ConnectionStatus {
+            pending: p.pending as u64,
+            authenticated: p.authenticated as u64,
+            accepted: p.accepted,
+            evicted: p.evicted,
+            cut: p.cut,
+        };
+        protocol::BrokerStatus {
+            audit: protocol::AuditStatus {
+                path: audit.path.display().to_string(),
+                ok: audit.error.is_none(),
+                error: audit.error,
+                write_errors: audit.write_errors,
+                lines_lost: audit.lines_lost,
+                lines_pending: audit.lines_pending as u64,
+            },
+            requests: connections(stats.requests),
+            notifications: connections(stats.subscribers),
+            refused_handshakes: stats.refused_handshakes,
+            replies: stats.replies,
+            refused_messages: stats.refused,
+            notifications_published: stats.notifications,
+            open_files_limit: self.open_files_limit,
+        }
     }
 
     /// Serves until `stop` is set, then flushes the audit log.
+    ///
+    /// Nothing a peer sends and no failure to write the audit log ends it; it returns an error
+    /// only when ZeroMQ itself fails.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), BrokerError> {
         let interval = self.registry.config().heartbeat_interval;
         let tick = (interval / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
         let mut next_tick = Instant::now() + tick;
         let mut next_cleanup = Instant::now() + CLEANUP_RETRY;
+        let mut next_sweep = Instant::now() + SWEEP;
         while !stop.load(Ordering::Relaxed) {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            let readable = {
-                let mut items = [self.router.poll_item(PollEvents::IN)];
+            let now = Instant::now();
+            let wake = next_tick.min(next_sweep);
+            let wait = wake.saturating_duration_since(now);
+            let (readable, monitors, activity) = {
+                let mut items = vec![self.router.poll_item(PollEvents::IN)];
+                for s in [&self.router, &self.publisher] {
+                    if let Some(m) = s.monitor_socket() {
+                        items.push(m.poll_item(PollEvents::IN));
+                    }
+                }
+                items.push(self.request_perimeter.poll_item());
+                items.push(self.notify_perimeter.poll_item());
                 match poll(&mut items, Some(wait)) {
-                    Ok(_) => items[0].is_readable(),
+                    Ok(_) => {
+                        let n = items.len();
+                        (
+                            items[0].is_readable(),
+                            items[1..n - 2].iter().any(|i| i.is_readable()),
+                            items[n - 2..].iter().any(|i| i.is_readable()),
+                        )
+                    }
                     Err(e) if e.is_term() => break,
                     Err(e) => return Err(zmq_err("polling", None)(e)),
                 }
             };
+            if monitors {
+                self.read_monitor_events();
+            }
+            if activity {
+                self.request_perimeter.on_activity();
+                self.notify_perimeter.on_activity();
+            }
             if readable {
                 for _ in 0..BATCH {
                     match self.recv_bounded() {
@@ -442,6 +627,11 @@ impl Broker {
                 }
             }
             let now = Instant::now();
+            if now >= next_sweep {
+                self.request_perimeter.sweep();
+                self.notify_perimeter.sweep();
+                next_sweep = now + SWEEP;
+            }
             if now >= next_tick {
                 self.registry.tick(now, &mut self.effects);
                 next_tick = now + tick;
@@ -456,20 +646,49 @@ impl Broker {
                 self.retry_cleanup();
                 next_cleanup = now + CLEANUP_RETRY;
             }
-            self.apply_effects()?;
-            while let Ok(event) = self.zap_events.try_recv() {
-                tracing::info!(?event, "connection refused by ZAP");
-                self.audit.record(&event)?;
-            }
-            self.audit.flush()?;
+            self.apply_effects();
+            self.audit_refusals(now, false);
+            self.audit.flush();
         }
         self.finish()
     }
 
+    fn read_monitor_events(&mut self) {
+        for (socket, perimeter) in [
+            (&self.router, &mut self.request_perimeter),
+            (&self.publisher, &mut self.notify_perimeter),
+        ] {
+            // Bounded per wake-up, so a connection flood cannot starve the requests.
+            for _ in 0..4 * BATCH {
+                match socket.recv_monitor_event(Flags::DONTWAIT) {
+                    Ok(event) => perimeter.on_event(&event),
+                    Err(e) if e.is_again() => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading a monitor event failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves refusals from the ZAP thread into the tally, and writes the tally's lines once
+    /// per interval (or now, with `force`).
+    fn audit_refusals(&mut self, now: Instant, force: bool) {
+        while let Ok(refusal) = self.zap_events.try_recv() {
+            self.refusals.add(refusal);
+        }
+        for line in self.refusals.drain(now, force) {
+            tracing::info!(?line, "connections refused by ZAP");
+            self.audit.record(&line);
+        }
+    }
+
     fn finish(&mut self) -> Result<(), BrokerError> {
-        self.apply_effects()?;
-        self.audit.record(&AuditEvent::BrokerStopped)?;
-        self.audit.flush()?;
+        self.apply_effects();
+        self.audit_refusals(Instant::now(), true);
+        self.audit.record(&AuditEvent::BrokerStopped);
+        self.audit.flush();
         Ok(())
     }
 
@@ -511,8 +730,13 @@ impl Broker {
         let decoded = protocol::decode_request(&body);
         let reply = if discarded > 0 {
             self.note_refused("too many frames");
+            let after_delimiter = if body.first().is_some_and(|f| f.is_empty()) {
+                &body[1..]
+            } else {
+                &body[..]
+            };
             Reply::error(
-                None,
+                protocol::request_id_hint(after_delimiter),
                 ErrorCode::BadFrames,
                 format!(
                     "expected 4 frames (tag, version, type, body) after the envelope, found {}",
@@ -521,6 +745,11 @@ impl Broker {
             )
         } else {
             match &decoded.outcome {
+                Ok(protocol::Request::Status(r)) => {
+                    let mut reply = Reply::ok(r.request_id);
+                    reply.broker = Some(self.status());
+                    reply
+                }
                 Ok(request) => {
                     let now = Instant::now();
                     let reply = self.registry.handle(
@@ -577,11 +806,11 @@ impl Broker {
         }
     }
 
-    fn apply_effects(&mut self) -> Result<(), BrokerError> {
+    fn apply_effects(&mut self) {
         let effects = std::mem::take(&mut self.effects);
         for effect in effects {
             match effect {
-                Effect::Audit(event) => self.audit.record(&event)?,
+                Effect::Audit(event) => self.audit.record(&event),
                 Effect::Notify(n) => {
                     let frames = protocol::encode_notification(self.seq, &n);
                     self.seq += 1;
@@ -600,11 +829,10 @@ impl Broker {
                     self.audit.record(&AuditEvent::SegmentRemoved {
                         shm_name,
                         outcome: outcome.describe(),
-                    })?;
+                    });
                 }
             }
         }
-        Ok(())
     }
 
     /// Retries deferred removals; a channel registered again meanwhile is no longer ours to

@@ -13,9 +13,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::config::BrokerConfig;
-use super::keys::PublicKey;
 use super::metrics::MetricsInfo;
 use super::server::{Broker, BrokerError, BrokerStats};
+use crate::keys::PublicKey;
 use crate::lifecycle::{Lifecycle, LifecycleError, LifecycleGuard, ModuleDef};
 use crate::log::LogConfig;
 

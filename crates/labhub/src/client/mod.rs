@@ -9,34 +9,37 @@
 //!
 //! - Every reply is decoded by [`protocol::decode_reply`](crate::protocol::decode_reply) and
 //!   checked against the request before use: a reply that is not a JSON object, lacks a field or
-//!   has one of the wrong type is [`ClientError::BadReply`], never a panic (review item 1.4).
+//!   has one of the wrong type is [`ClientError::BadReply`], never a panic.
 //! - No broker: calls fail with [`ClientError::Timeout`], and [`Hub::shutdown`] (or dropping the
 //!   last handle) returns within a bounded time, since the sockets have a short LINGER.
 //! - The heartbeat carries the liveness of every producer and consumer of this client and
 //!   per-channel counters. When the broker answers a heartbeat with `unknown_client` (it
 //!   restarted, or this client was silent too long), the client registers its channels and
 //!   attaches its consumers again by itself.
-//! - The client is a lifecycle module ([`module`], review item 1.1): it starts after the log
+//! - The client is a lifecycle module ([`module`]): it starts after the log
 //!   module and stops before it; [`hub`] returns the running client of the global lifecycle.
 //!
 //! Message channels: [`Hub::create_publisher`] / [`Hub::find_subscriber`] and
 //! [`Hub::create_req_server`] / [`Hub::find_req_client`] bind on a free loopback port, register
 //! the dialable endpoint (never `0.0.0.0`), and discover and connect (see [`crate::msg`]).
 //!
-//! Channels: [`Hub::create_shm_producer`] creates a shared-memory channel and registers it;
-//! [`Hub::find_shm_consumer`] discovers one and attaches, checking the size the broker announces
-//! against the segment's header (review item 1.2). An [`ShmConsumer`] resumes by itself when
-//! its producer restarts: it keeps reading when the new producer re-attaches to the same
-//! segment, and re-attaches when the segment was recreated.
+//! Shared-memory channels: [`Hub::channel`] is the [`shm::Channel`](crate::shm::Channel)
+//! builder through the Hub. `create` makes the channel and registers it (segment name, size,
+//! policy, element type, shape); `open` discovers it and attaches, checking what the broker
+//! announces against the segment's header (a difference is [`ClientError::LayoutMismatch`]
+//! naming the field, so a consumer never reads a segment other than the one announced). An
+//! [`ShmConsumer`] resumes by itself: it keeps reading when a restarted producer takes the
+//! same segment over, attaches again when the segment was recreated or it was evicted. A
+//! [`ShmProducer`] evicts the consumers whose clients the broker dropped (`consumer_dropped`).
 //!
 //! ```no_run
 //! use labhub::client::{ClientConfig, Hub};
-//! use labhub::shm::{ChannelConfig, FrameMeta, Policy};
+//! use labhub::shm::Policy;
 //!
 //! // Keys and endpoints from the labhub home (where `labhub hub` writes them).
 //! let hub = Hub::connect(ClientConfig::from_env()?)?;
-//! let mut producer = hub.create_shm_producer("cam0", ChannelConfig::new(Policy::DoubleBuffer, 4096))?;
-//! producer.publish_bytes(b"frame", &FrameMeta::default())?;
+//! let mut producer = hub.channel("cam0").policy(Policy::DoubleBuffer).bytes(4096).create()?;
+//! producer.publish(b"frame", &[5])?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(unsafe_code)]
@@ -53,9 +56,9 @@ use std::time::Duration;
 pub use connection::Hub;
 pub use heartbeat::ChannelCounters;
 pub use msg::Registered;
-pub use shm::{ConsumeError, OwnedFrame, ShmConsumer, ShmProducer};
+pub use shm::{ConsumeError, OwnedFrame, ShmConsumer, ShmProducer, ViaHub};
 
-use crate::broker::keys::{self, KeyError, KeyPair, PublicKey};
+use crate::keys::{self, KeyError, KeyPair, PublicKey};
 use crate::protocol::{ChannelKind, ChannelName, ClientId, ErrorCode, NameError, Notification};
 
 /// The name of the client module in the lifecycle.
@@ -85,8 +88,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// The heartbeat interval until the broker tells its own.
     pub heartbeat_interval: Duration,
-    /// How long [`Hub::create_shm_producer`] retries while the broker still holds the channel
-    /// for a producer that died (until its heartbeat times out there).
+    /// How long a shared-memory producer's `create` through the Hub retries while the broker
+    /// still holds the channel for a producer that died (until its heartbeat times out there).
     pub takeover_wait: Duration,
 }
 
@@ -103,14 +106,13 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
-/// A `tcp://*:port` or `tcp://0.0.0.0:port` bind address made dialable on this machine.
-fn dialable(endpoint: &str) -> String {
-    for wildcard in ["tcp://*:", "tcp://0.0.0.0:"] {
-        if let Some(port) = endpoint.strip_prefix(wildcard) {
-            return format!("tcp://127.0.0.1:{port}");
-        }
-    }
-    endpoint.to_owned()
+/// A bind address (`tcp://*:5570`, `tcp://0.0.0.0:5570`) made dialable on this machine by the
+/// one rule message channels use too ([`crate::msg`]: a wildcard host becomes loopback).
+fn dialable(endpoint: &str) -> Result<String, ClientError> {
+    crate::msg::dialable(endpoint, None).map_err(|e| ClientError::Config {
+        path: PathBuf::from("endpoint"),
+        problem: e.to_string(),
+    })
 }
 
 impl ClientConfig {
@@ -138,36 +140,28 @@ impl ClientConfig {
         let keys_dir = home.join("keys");
         let server_key = keys::read_public(&keys_dir.join("broker.pub"))?;
         let client = keys::local_client_key(&keys_dir)?;
-        let file_path = home.join("broker.toml");
-        let file = if file_path.exists() {
-            crate::broker::config::ConfigLayer::from_file(&file_path).map_err(|e| {
-                ClientError::Config {
-                    path: file_path.clone(),
-                    problem: e.to_string(),
-                }
-            })?
-        } else {
-            crate::broker::config::ConfigLayer::default()
-        };
-        let endpoint = var("LABHUB_BROKER_ENDPOINT")
-            .or(file.endpoint)
-            .unwrap_or_else(|| crate::broker::config::DEFAULT_ENDPOINT.into());
-        let notify = var("LABHUB_BROKER_NOTIFY_ENDPOINT")
-            .or(file.notify_endpoint)
-            .unwrap_or_else(|| crate::broker::config::DEFAULT_NOTIFY_ENDPOINT.into());
-        Ok(Self::new(dialable(&endpoint), server_key, client).notify_endpoint(dialable(&notify)))
+        let found = crate::home::broker_endpoints(home, &var).map_err(|e| match e {
+            crate::home::HomeError::Config { path, problem } => {
+                ClientError::Config { path, problem }
+            }
+            other => ClientError::Config {
+                path: home.to_owned(),
+                problem: other.to_string(),
+            },
+        })?;
+        let (endpoint, notify) = (found.endpoint, found.notify_endpoint);
+        Ok(Self::new(dialable(&endpoint)?, server_key, client).notify_endpoint(dialable(&notify)?))
     }
 
     /// [`ClientConfig::from_home`] for the labhub home: `LABHUB_HOME`, else the platform's data
     /// directory.
     pub fn from_env() -> Result<Self, ClientError> {
-        let home =
-            crate::broker::config::default_home(&|k| std::env::var(k).ok()).map_err(|e| {
-                ClientError::Config {
-                    path: PathBuf::from("LABHUB_HOME"),
-                    problem: e.to_string(),
-                }
-            })?;
+        let home = crate::home::default_home(&|k| std::env::var(k).ok()).map_err(|e| {
+            ClientError::Config {
+                path: PathBuf::from("LABHUB_HOME"),
+                problem: e.to_string(),
+            }
+        })?;
         Self::from_home(&home)
     }
 
@@ -276,14 +270,14 @@ pub enum ClientError {
         /// The kind registered.
         found: ChannelKind,
     },
-    /// What the broker announces disagrees with the channel itself (review item 1.2).
+    /// What the broker announces disagrees with the channel itself .
     #[error(
         "channel {channel}: the broker announces {field} = {broker}, the segment has {segment}"
     )]
     LayoutMismatch {
         /// The channel.
         channel: String,
-        /// The field that differs (`size`, `shm_name`).
+        /// The field that differs (`size`, `shm_name`, `element`, `shape`).
         field: &'static str,
         /// The broker's value.
         broker: String,
@@ -392,9 +386,10 @@ mod tests {
 
     #[test]
     fn wildcard_bind_addresses_become_dialable() {
-        assert_eq!(dialable("tcp://*:5570"), "tcp://127.0.0.1:5570");
-        assert_eq!(dialable("tcp://0.0.0.0:1"), "tcp://127.0.0.1:1");
-        assert_eq!(dialable("tcp://10.0.0.2:1"), "tcp://10.0.0.2:1");
-        assert_eq!(dialable("ipc:///tmp/x"), "ipc:///tmp/x");
+        assert_eq!(dialable("tcp://*:5570").unwrap(), "tcp://127.0.0.1:5570");
+        assert_eq!(dialable("tcp://0.0.0.0:1").unwrap(), "tcp://127.0.0.1:1");
+        assert_eq!(dialable("tcp://10.0.0.2:1").unwrap(), "tcp://10.0.0.2:1");
+        assert_eq!(dialable("ipc:///tmp/x").unwrap(), "ipc:///tmp/x");
+        assert!(dialable("tcp://*:0").is_err(), "no concrete port");
     }
 }

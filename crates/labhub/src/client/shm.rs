@@ -1,27 +1,30 @@
-//! Shared-memory channels through the hub: a producer that registers what it creates, and a
-//! consumer that checks what the broker announces against the segment and resumes by itself
-//! when its producer restarts.
+//! Shared-memory channels through the Hub: the channel builder's Hub backend. `create`
+//! registers what it creates; `open` checks what the broker announces against the segment,
+//! attaches, and resumes by itself when the producer restarts; a producer evicts the consumers
+//! whose clients the broker dropped.
 #![deny(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::heartbeat::{ChannelCounters, Role};
 use super::{ClientError, Hub, Notice};
 use crate::protocol::{
-    ChannelInfo, ChannelKind, ChannelName, ChannelSpec, ErrorCode, Metadata, Notification, ShmName,
+    ChannelInfo, ChannelKind, ChannelName, ChannelSpec, ClientId, ErrorCode, Metadata,
+    Notification, Schema, ShmName,
 };
 use crate::shm::{
-    self, AttachOptions, Backpressure, ChannelConfig, ChannelError, Consumer, Frame, FrameMeta,
-    Policy, Producer, PublishError, ReadError, SlotWriter,
+    self, ChannelError, ChannelStats, Consumer, ElementType, Frame, Payload, Producer,
+    PublishError, ReadError, Settings, SlotMut, StateError,
 };
 
-/// How long one wait of [`ShmConsumer::read`] lasts before it looks at notices and liveness.
+/// How long one wait of [`ShmConsumer::next`] lasts before it looks at notices and liveness.
 const SLICE: Duration = Duration::from_millis(100);
-/// How often a consumer whose producer is gone looks for a recreated segment.
+/// How often a consumer whose producer is gone (or that was evicted) looks for a segment to
+/// attach to again.
 const RESUME_EVERY: Duration = Duration::from_millis(500);
 /// How long a re-attach waits for a segment being created to become ready.
 const RESUME_READY_WAIT: Duration = Duration::from_millis(50);
@@ -31,40 +34,29 @@ const TAKEOVER_RETRY: Duration = Duration::from_millis(100);
 /// Most notices kept for [`ShmConsumer::try_notice`] / [`ShmProducer::try_notice`].
 const BACKLOG: usize = 1024;
 
-/// The policy as registered with the broker (`latest`, `double`, `ring:8:block`, …).
-fn policy_label(policy: Policy) -> String {
-    match policy {
-        Policy::Latest => "latest".into(),
-        Policy::DoubleBuffer => "double".into(),
-        Policy::Ring { slots, when_full } => {
-            let rule = match when_full {
-                Backpressure::Block { .. } => "block",
-                Backpressure::Fail => "fail",
-                Backpressure::DropOldest => "drop-oldest",
-            };
-            format!("ring:{slots}:{rule}")
-        }
-    }
-}
-
-fn shm_err(channel: &str) -> impl FnOnce(ChannelError) -> ClientError + '_ {
+fn shm_err(channel: &ChannelName) -> impl FnOnce(ChannelError) -> ClientError + '_ {
     move |source| ClientError::Shm {
-        channel: channel.to_owned(),
+        channel: channel.to_string(),
         source,
     }
 }
 
-/// The size of channel `name`'s segment, as a consumer's header check sees it.
-fn segment_size(name: &str) -> Result<u64, ClientError> {
-    match shm::segment::Segment::open(name).map_err(shm_err(name))? {
-        Some(seg) => Ok(seg.len() as u64),
-        None => Err(ClientError::Shm {
-            channel: name.to_owned(),
-            source: ChannelError::NotFound {
-                channel: name.to_owned(),
-            },
+/// The builder's channel name, or why it is invalid.
+fn channel_of(settings: &Settings) -> Result<ChannelName, ClientError> {
+    match settings.name() {
+        Ok(name) => Ok(name.clone()),
+        Err(ChannelError::InvalidName { source, .. }) => Err(ClientError::InvalidName(source)),
+        Err(source) => Err(ClientError::Shm {
+            channel: String::new(),
+            source,
         }),
     }
+}
+
+/// The tag a Hub client's consumers carry in the consumer table (see
+/// `ConsumerEntry::owner_tag`): a hash of its client id, never 0.
+fn client_tag(id: &ClientId) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(id.as_str().as_bytes()) as u32).max(1)
 }
 
 /// Keeps the newest notices for `try_notice`.
@@ -75,40 +67,84 @@ fn push_backlog(backlog: &mut VecDeque<Notice>, notice: Notice) {
     backlog.push_back(notice);
 }
 
+/// The channel builder's Hub backend (`Hub::channel`): create registers the channel with the
+/// broker, open discovers it, checks the announcement against the segment, attaches and
+/// resumes across producer restarts.
+#[derive(Debug, Clone)]
+pub struct ViaHub {
+    hub: Hub,
+}
+
+impl shm::sealed::Sealed for ViaHub {}
+
 impl Hub {
-    /// Creates (or, after a crash, re-attaches to) the shared-memory channel `name` and
-    /// registers it with the broker, announcing its segment name, size and policy.
+    /// A shared-memory channel through this Hub: the same builder as
+    /// [`shm::Channel::new`], whose `create` also registers the channel with the broker
+    /// (segment name, size, policy, element type and shape) and whose `open` discovers it and
+    /// attaches, resuming by itself when its producer restarts.
     ///
-    /// If the broker still holds the channel for a predecessor that died (its heartbeat has not
-    /// timed out yet), registration is retried for up to
-    /// [`ClientConfig::takeover_wait`](super::ClientConfig::takeover_wait). The segment is never
-    /// removed by a producer, also when registration fails (review item 1.3).
-    pub fn create_shm_producer(
-        &self,
-        name: &str,
-        config: ChannelConfig,
-    ) -> Result<ShmProducer, ClientError> {
-        let channel = ChannelName::new(name)?;
-        let notices = self.subscribe(Some(channel.clone()))?;
-        let policy = config.policy();
-        let producer = Producer::create(name, config).map_err(shm_err(name))?;
-        let size = segment_size(name)?;
-        let shm_name = ShmName::new(shm::os_name(name).map_err(shm_err(name))?)?;
-        let mut metadata = Metadata::new();
-        metadata.insert("slot_size".into(), producer.slot_size().into());
+    /// ```no_run
+    /// use labhub::client::{ClientConfig, Hub};
+    /// use labhub::shm::Policy;
+    ///
+    /// let hub = Hub::connect(ClientConfig::from_env()?)?;
+    /// let mut camera = hub.channel("cam0").policy(Policy::ring(8)).frames::<u16>(&[480, 640]).create()?;
+    /// let mut slot = camera.loan()?;
+    /// slot.fill(0);
+    /// slot.commit();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn channel(&self, name: impl AsRef<str>) -> shm::Channel<ViaHub> {
+        shm::Channel::with_backend(ViaHub { hub: self.clone() }, name)
+    }
+}
+
+/// The broker's schema object for a channel: the application schema, element type and shape.
+fn schema_of(element: ElementType, shape: &[u64], settings: &Settings) -> Schema {
+    let (name, version) = settings.schema();
+    Schema {
+        name: name.map(str::to_owned),
+        version,
+        hash: None,
+        element: Some(element.name().to_owned()),
+        shape: Some(shape.to_vec()),
+    }
+}
+
+impl shm::Backend for ViaHub {
+    type Producer<T: Payload> = ShmProducer<T>;
+    type Consumer<T: Payload> = ShmConsumer<T>;
+    type Error = ClientError;
+
+    /// Creates (or, after a crash, takes over) the channel and registers it with the broker.
+    ///
+    /// If the broker still holds the channel for a predecessor that died (its heartbeat has
+    /// not timed out yet), registration is retried for up to
+    /// [`ClientConfig::takeover_wait`](super::ClientConfig::takeover_wait). The segment is
+    /// never removed by a producer, also when registration fails: the broker removes it once
+    /// nobody holds it.
+    fn create<T: Payload>(self, settings: Settings) -> Result<ShmProducer<T>, ClientError> {
+        let hub = self.hub;
+        let channel = channel_of(&settings)?;
+        let notices = hub.subscribe(Some(channel.clone()))?;
+        let mut producer = Producer::<T>::create(&settings).map_err(shm_err(&channel))?;
         let spec = ChannelSpec {
             name: channel.clone(),
             kind: ChannelKind::Shm,
             endpoint: None,
-            shm_name: Some(shm_name),
-            size: Some(size),
-            policy: Some(policy_label(policy)),
-            schema: None,
-            metadata,
+            shm_name: Some(ShmName::of(&channel)),
+            size: Some(producer.segment_size()),
+            policy: Some(producer.policy().to_string()),
+            schema: Some(schema_of(
+                producer.element_type(),
+                producer.max_shape(),
+                &settings,
+            )),
+            metadata: Metadata::new(),
         };
-        let give_up = Instant::now() + self.takeover_wait();
+        let give_up = Instant::now() + hub.takeover_wait();
         loop {
-            match self.register(spec.clone()) {
+            match hub.register(spec.clone()) {
                 Ok(()) => break,
                 // We hold the segment, so its previous producer is dead; the broker will notice.
                 Err(e)
@@ -119,115 +155,178 @@ impl Hub {
                 Err(e) => return Err(e),
             }
         }
+        let inbox = Arc::new(Mutex::new(Inbox {
+            notices,
+            backlog: VecDeque::new(),
+            dropped: Vec::new(),
+            channel: channel.clone(),
+        }));
+        let feed = Arc::clone(&inbox);
+        // Called by the producer while a full ring blocks it: the consumers the broker dropped
+        // (their clients went silent: stopped, hung, cut off) are evicted, so they stop
+        // holding the ring back.
+        producer.set_dropped_feed(Box::new(move || {
+            let mut inbox = feed.lock().unwrap_or_else(|e| e.into_inner());
+            inbox.drain();
+            std::mem::take(&mut inbox.dropped)
+        }));
         let counters = Arc::new(ChannelCounters::default());
         counters
             .published
             .store(producer.next_frame_id(), Ordering::Relaxed);
-        let track_id = self.track(channel.clone(), Role::Producer, &counters);
+        let track_id = hub.track(channel.clone(), Role::Producer, &counters);
         Ok(ShmProducer {
             producer,
             name: channel,
             counters,
-            notices,
-            backlog: VecDeque::new(),
+            loaned_bytes: 0,
+            inbox,
             track_id,
-            hub: self.clone(),
+            hub,
         })
     }
 
-    /// Discovers the shared-memory channel `name`, attaches to its segment and reports the
-    /// attachment to the broker.
+    /// Discovers the channel, attaches to its segment and reports the attachment to the
+    /// broker.
     ///
     /// The broker's announcement is checked against the segment before any frame is read: a
-    /// segment name or size that differs is [`ClientError::LayoutMismatch`] naming the field
-    /// (review item 1.2); a channel of another kind is [`ClientError::WrongKind`].
-    pub fn find_shm_consumer(
-        &self,
-        name: &str,
-        options: AttachOptions,
-    ) -> Result<ShmConsumer, ClientError> {
-        let channel = ChannelName::new(name)?;
-        let notices = self.subscribe(Some(channel.clone()))?;
-        let info = self.discover(name)?;
-        let consumer = attach_checked(name, &info, options.clone())?;
-        let info = self.attach(name)?;
-        let counters = Arc::new(ChannelCounters::default());
-        let track_id = self.track(channel.clone(), Role::Consumer, &counters);
-        Ok(ShmConsumer {
-            consumer,
-            name: channel,
-            options,
-            info,
-            counters,
-            notices,
-            backlog: VecDeque::new(),
-            resume_hint: false,
-            evicted: false,
-            last_resume_try: Instant::now(),
-            track_id,
-            hub: self.clone(),
-        })
+    /// segment name, size, element type or shape that differs is
+    /// [`ClientError::LayoutMismatch`] naming the field; a channel of another kind is
+    /// [`ClientError::WrongKind`].
+    fn open<T: Payload>(self, settings: Settings) -> Result<ShmConsumer<T>, ClientError> {
+        ShmConsumer::open(self.hub, settings, false)
+    }
+
+    /// Like `open`, but a channel the broker does not know yet is created on the spot (with
+    /// no producer): the consumer attaches at the broker when the producer registers.
+    fn open_or_create<T: Payload>(self, settings: Settings) -> Result<ShmConsumer<T>, ClientError> {
+        ShmConsumer::open(self.hub, settings, true)
     }
 }
 
-/// Attaches to `name` after checking the broker's `info` against the segment.
-fn attach_checked(
-    name: &str,
-    info: &ChannelInfo,
-    options: AttachOptions,
-) -> Result<Consumer, ClientError> {
-    if info.spec.kind != ChannelKind::Shm {
-        return Err(ClientError::WrongKind {
-            channel: name.to_owned(),
-            expected: ChannelKind::Shm,
-            found: info.spec.kind,
-        });
+/// Notices about one channel, taken in by whoever asks first (the user through `try_notice`,
+/// the producer through its dropped-consumer feed), with the evictions they call for.
+struct Inbox {
+    notices: Receiver<Notice>,
+    backlog: VecDeque<Notice>,
+    /// Client tags whose consumers the broker dropped, not yet evicted.
+    dropped: Vec<u32>,
+    channel: ChannelName,
+}
+
+impl Inbox {
+    fn drain(&mut self) {
+        while let Ok(n) = self.notices.try_recv() {
+            if let Notice::Broker(Notification::ConsumerDropped { name, consumer, .. }) = &n
+                && *name == self.channel
+            {
+                self.dropped.push(client_tag(consumer));
+            }
+            push_backlog(&mut self.backlog, n);
+        }
     }
-    let ours = shm::os_name(name).map_err(shm_err(name))?;
+}
+
+/// Checks the broker's `info` against the segment `consumer` opened.
+fn check_announcement<T: Payload>(
+    name: &ChannelName,
+    info: &ChannelInfo,
+    consumer: &Consumer<T>,
+) -> Result<(), ClientError> {
     let mismatch = |field, broker: String, segment: String| ClientError::LayoutMismatch {
-        channel: name.to_owned(),
+        channel: name.to_string(),
         field,
         broker,
         segment,
     };
-    match &info.spec.shm_name {
-        Some(s) if s.as_str() == ours => {}
-        other => {
+    if let Some(schema) = &info.spec.schema {
+        if let Some(element) = &schema.element
+            && element != consumer.element_type().name()
+        {
             return Err(mismatch(
-                "shm_name",
-                other.as_ref().map_or("none".into(), ToString::to_string),
-                ours,
+                "element",
+                element.clone(),
+                consumer.element_type().to_string(),
             ));
         }
+        if let Some(shape) = &schema.shape
+            && shape.as_slice() != consumer.max_shape()
+        {
+            return Err(mismatch(
+                "shape",
+                format!("{shape:?}"),
+                format!("{:?}", consumer.max_shape()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Opens `name`'s segment after checking the broker's `info`: kind, segment name, size.
+fn open_checked<T: Payload>(
+    name: &ChannelName,
+    info: &ChannelInfo,
+    settings: &Settings,
+) -> Result<Consumer<T>, ClientError> {
+    if info.spec.kind != ChannelKind::Shm {
+        return Err(ClientError::WrongKind {
+            channel: name.to_string(),
+            expected: ChannelKind::Shm,
+            found: info.spec.kind,
+        });
+    }
+    let ours = ShmName::of(name);
+    let mismatch = |field, broker: String, segment: String| ClientError::LayoutMismatch {
+        channel: name.to_string(),
+        field,
+        broker,
+        segment,
+    };
+    if info.spec.shm_name.as_ref() != Some(&ours) {
+        return Err(mismatch(
+            "shm_name",
+            info.spec
+                .shm_name
+                .as_ref()
+                .map_or("none".into(), ToString::to_string),
+            ours.to_string(),
+        ));
     }
     let Some(size) = info.spec.size else {
         return Err(mismatch("size", "none".into(), "a sized segment".into()));
     };
-    Consumer::attach(name, options.expected_size(size)).map_err(|e| match e {
+    let mut settings = settings.clone();
+    settings.expected_size = Some(size);
+    let consumer = Consumer::open(&settings).map_err(|e| match e {
         ChannelError::SizeMismatch {
             expected, found, ..
         } => mismatch("size", expected.to_string(), found.to_string()),
         source => ClientError::Shm {
-            channel: name.to_owned(),
+            channel: name.to_string(),
             source,
         },
-    })
+    })?;
+    check_announcement(name, info, &consumer)?;
+    Ok(consumer)
 }
 
-/// The producer of a shared-memory channel registered with the broker. Dropping it
-/// unregisters the channel (the segment stays: consumers keep their mapping, and a restarted
-/// producer re-attaches and continues the frame ids).
-pub struct ShmProducer {
-    producer: Producer,
+/// The producer of a shared-memory channel registered with the broker: the
+/// [`shm::Producer`] API, counted in the heartbeat. Dropping it unregisters the channel (the
+/// segment stays: consumers keep their mapping, and a restarted producer takes it over and
+/// continues the frame ids).
+#[must_use = "dropping the producer unregisters the channel"]
+pub struct ShmProducer<T: Payload> {
+    producer: Producer<T>,
     name: ChannelName,
     counters: Arc<ChannelCounters>,
-    notices: Receiver<Notice>,
-    backlog: VecDeque<Notice>,
+    /// The bytes of the frame loaned last, counted once it was committed.
+    loaned_bytes: u64,
+    inbox: Arc<Mutex<Inbox>>,
     track_id: u64,
     hub: Hub,
 }
 
-impl std::fmt::Debug for ShmProducer {
+impl<T: Payload> std::fmt::Debug for ShmProducer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShmProducer")
             .field("channel", &self.name)
@@ -236,48 +335,74 @@ impl std::fmt::Debug for ShmProducer {
     }
 }
 
-impl ShmProducer {
+impl<T: Payload> ShmProducer<T> {
     /// The channel name.
-    pub fn channel(&self) -> &str {
-        self.name.as_str()
+    pub fn channel(&self) -> &ChannelName {
+        &self.name
     }
 
-    /// Publishes a copy of `data` (see [`Producer::publish_bytes`]); returns its frame id.
-    pub fn publish_bytes(&mut self, data: &[u8], meta: &FrameMeta) -> Result<u64, PublishError> {
-        let result = self.producer.publish_bytes(data, meta);
-        if result.is_ok() {
+    /// Counts the frames committed so far (`result` is this call's publish, if it was one) and
+    /// a failure; a loan's bytes count once its frame was committed.
+    fn count<R>(&mut self, result: &Result<R, PublishError>, published_now: bool) {
+        let committed = self.producer.next_frame_id();
+        let before = self.counters.published.swap(committed, Ordering::Relaxed);
+        let loaned = std::mem::take(&mut self.loaned_bytes);
+        let own = u64::from(published_now && result.is_ok());
+        if committed.saturating_sub(before) > own {
             self.counters
                 .bytes_published
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+                .fetch_add(loaned, Ordering::Relaxed);
         }
-        self.count(result.is_err());
-        result
-    }
-
-    /// Claims the next slot to fill in place (see [`Producer::begin_publish`]).
-    pub fn begin_publish(&mut self) -> Result<SlotWriter<'_>, PublishError> {
-        // Counts the frames published so far; this one is counted by the next call.
-        self.counters
-            .published
-            .store(self.producer.next_frame_id(), Ordering::Relaxed);
-        let result = self.producer.begin_publish();
         if result.is_err() {
             self.counters
                 .publish_failures
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Loans the next slot for a frame of the largest shape (see [`Producer::loan`]).
+    ///
+    /// # Errors
+    /// Those of [`Producer::loan`].
+    pub fn loan(&mut self) -> Result<SlotMut<'_, T>, PublishError> {
+        // Counts the frames committed so far; this one is counted by the next call.
+        self.count(&Ok::<(), _>(()), false);
+        let result = self.producer.loan();
+        note_loan(&self.counters, &mut self.loaned_bytes, result)
+    }
+
+    /// Loans the next slot for a frame of `shape` (see [`Producer::loan_shape`]).
+    ///
+    /// # Errors
+    /// Those of [`Producer::loan_shape`].
+    pub fn loan_shape(&mut self, shape: &[u64]) -> Result<SlotMut<'_, T>, PublishError> {
+        self.count(&Ok::<(), _>(()), false);
+        let result = self.producer.loan_shape(shape);
+        note_loan(&self.counters, &mut self.loaned_bytes, result)
+    }
+
+    /// Publishes a copy of `data` as a frame of `shape` (see [`Producer::publish`]).
+    ///
+    /// # Errors
+    /// Those of [`Producer::publish`].
+    pub fn publish(&mut self, data: &[T::Item], shape: &[u64]) -> Result<u64, PublishError> {
+        let result = self.producer.publish(data, shape);
+        if result.is_ok() {
+            let bytes = std::mem::size_of_val(data) as u64;
+            self.counters
+                .bytes_published
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
+        self.count(&result, true);
         result
     }
 
-    fn count(&self, failed: bool) {
-        self.counters
-            .published
-            .store(self.producer.next_frame_id(), Ordering::Relaxed);
-        if failed {
-            self.counters
-                .publish_failures
-                .fetch_add(1, Ordering::Relaxed);
-        }
+    /// Writes the flexible-zone state (see [`Producer::write_state`]).
+    ///
+    /// # Errors
+    /// Those of [`Producer::write_state`].
+    pub fn write_state<S: serde::Serialize>(&mut self, state: &S) -> Result<u64, StateError> {
+        self.producer.write_state(state)
     }
 
     /// The id the next frame will get.
@@ -285,33 +410,57 @@ impl ShmProducer {
         self.producer.next_frame_id()
     }
 
+    /// Counters and positions of the channel.
+    pub fn stats(&self) -> ChannelStats {
+        self.producer.stats()
+    }
+
     /// The counters the heartbeat reports for this channel.
     pub fn counters(&self) -> &ChannelCounters {
         &self.counters
     }
 
-    /// The underlying shared-memory producer (state zone, statistics).
-    pub fn producer(&mut self) -> &mut Producer {
+    /// The underlying shared-memory producer. Frames published through it are counted in the
+    /// heartbeat at the next call through this handle.
+    pub fn producer(&mut self) -> &mut Producer<T> {
         &mut self.producer
     }
 
-    /// The next notice about this channel (e.g. `consumer_dropped`), if one arrived.
+    /// The next notice about this channel (e.g. `consumer_dropped`, whose consumer this
+    /// producer evicts the next time a full ring holds it back), if one arrived.
     pub fn try_notice(&mut self) -> Option<Notice> {
-        while let Ok(n) = self.notices.try_recv() {
-            push_backlog(&mut self.backlog, n);
-        }
-        self.backlog.pop_front()
+        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.drain();
+        inbox.backlog.pop_front()
     }
 }
 
-impl Drop for ShmProducer {
+/// Remembers a loan's size for the count after its commit, or counts its failure.
+fn note_loan<'a, T: Payload>(
+    counters: &ChannelCounters,
+    loaned_bytes: &mut u64,
+    result: Result<SlotMut<'a, T>, PublishError>,
+) -> Result<SlotMut<'a, T>, PublishError> {
+    match &result {
+        Ok(slot) => {
+            let items: u64 = slot.shape().iter().product();
+            *loaned_bytes = items.saturating_mul(std::mem::size_of::<T::Item>() as u64);
+        }
+        Err(_) => {
+            counters.publish_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    result
+}
+
+impl<T: Payload> Drop for ShmProducer<T> {
     fn drop(&mut self) {
         self.hub
             .forget(self.track_id, self.name.clone(), Role::Producer);
     }
 }
 
-/// Reading from a channel through [`ShmConsumer::read`] failed.
+/// Reading from a channel through [`ShmConsumer::next`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConsumeError {
@@ -323,7 +472,8 @@ pub enum ConsumeError {
         /// How long the call waited.
         waited: Duration,
     },
-    /// The frame could not be read whole (overwritten under a lossy policy, bad checksum).
+    /// The frame could not be read whole (overwritten under a lossy policy, bad checksum, a
+    /// corrupt descriptor); the next call goes on with the next frame.
     #[error("reading channel {channel}")]
     Read {
         /// The channel.
@@ -344,37 +494,45 @@ pub enum ConsumeError {
 }
 
 /// A frame copied out of the channel by [`ShmConsumer::next_copy`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnedFrame {
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OwnedFrame<I> {
     /// The frame id.
     pub frame_id: u64,
-    /// Its metadata.
-    pub meta: FrameMeta,
-    /// Its bytes.
-    pub data: Vec<u8>,
+    /// The producer's timestamp, ns.
+    pub timestamp_ns: u64,
+    /// The frame's shape.
+    pub shape: Vec<u64>,
+    /// Its items (elements, or bytes for a runtime-typed consumer).
+    pub data: Vec<I>,
 }
 
-/// A consumer of a shared-memory channel, attached at the broker. It resumes by itself when the
-/// producer restarts: frames keep coming from the same segment when the new producer re-attaches
-/// to it, and the consumer re-attaches when the segment was recreated (it notices when the
-/// broker announces the channel up again, or by itself when the old segment's producer stays
-/// dead). Dropping it detaches.
-pub struct ShmConsumer {
-    consumer: Consumer,
+/// A consumer of a shared-memory channel, attached at the broker. It resumes by itself: when
+/// the producer restarts on the same segment frames simply keep coming; when the segment was
+/// recreated (it notices when the broker announces the channel up again, or by itself when the
+/// old segment's producer stays dead) it attaches to the new one; when it was evicted (it
+/// stopped for longer than the producer's consumer timeout, or the broker dropped it) it
+/// attaches again and goes on from the newest frames. Dropping it detaches.
+#[must_use = "dropping the consumer detaches it"]
+pub struct ShmConsumer<T: Payload> {
+    consumer: Consumer<T>,
     name: ChannelName,
-    options: AttachOptions,
-    info: ChannelInfo,
+    settings: Settings,
+    info: Option<ChannelInfo>,
     counters: Arc<ChannelCounters>,
     notices: Receiver<Notice>,
     backlog: VecDeque<Notice>,
     resume_hint: bool,
     evicted: bool,
+    /// Whether the broker has this consumer attached (not yet, for `open_or_create` of a
+    /// channel no producer registered).
+    broker_attached: bool,
     last_resume_try: Instant,
     track_id: u64,
     hub: Hub,
 }
 
-impl std::fmt::Debug for ShmConsumer {
+impl<T: Payload> std::fmt::Debug for ShmConsumer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShmConsumer")
             .field("channel", &self.name)
@@ -383,15 +541,51 @@ impl std::fmt::Debug for ShmConsumer {
     }
 }
 
-impl ShmConsumer {
-    /// The channel name.
-    pub fn channel(&self) -> &str {
-        self.name.as_str()
+impl<T: Payload> ShmConsumer<T> {
+    fn open(hub: Hub, mut settings: Settings, create: bool) -> Result<Self, ClientError> {
+        let channel = channel_of(&settings)?;
+        settings.client_tag = client_tag(hub.client_id());
+        let notices = hub.subscribe(Some(channel.clone()))?;
+        let (consumer, info) = match hub.discover(channel.as_str()) {
+            Ok(info) => (open_checked(&channel, &info, &settings)?, Some(info)),
+            Err(e) if create && e.code() == Some(ErrorCode::NotFound) => (
+                Consumer::open_or_create(&settings).map_err(shm_err(&channel))?,
+                None,
+            ),
+            Err(e) => return Err(e),
+        };
+        let (info, broker_attached) = match info {
+            Some(_) => (Some(hub.attach(channel.as_str())?), true),
+            None => (None, false),
+        };
+        let counters = Arc::new(ChannelCounters::default());
+        let track_id = hub.track(channel.clone(), Role::Consumer, &counters);
+        Ok(Self {
+            consumer,
+            name: channel,
+            settings,
+            info,
+            counters,
+            notices,
+            backlog: VecDeque::new(),
+            resume_hint: false,
+            evicted: false,
+            broker_attached,
+            last_resume_try: Instant::now(),
+            track_id,
+            hub,
+        })
     }
 
-    /// The channel as the broker last described it.
-    pub fn info(&self) -> &ChannelInfo {
-        &self.info
+    /// The channel name.
+    pub fn channel(&self) -> &ChannelName {
+        &self.name
+    }
+
+    /// The channel as the broker last described it (`None` until a producer registered it,
+    /// after `open_or_create`).
+    pub fn info(&self) -> Option<&ChannelInfo> {
+        self.info.as_ref()
     }
 
     /// The counters the heartbeat reports for this consumer.
@@ -399,46 +593,54 @@ impl ShmConsumer {
         &self.counters
     }
 
-    /// The underlying shared-memory consumer (statistics, state zone). Reading frames through
-    /// it bypasses resuming and the counters.
-    pub fn consumer(&mut self) -> &mut Consumer {
+    /// The underlying shared-memory consumer (statistics, state zone, schema). Reading frames
+    /// through it bypasses resuming and the counters.
+    pub fn consumer(&mut self) -> &mut Consumer<T> {
         &mut self.consumer
     }
 
-    /// Waits up to `timeout` (`None`: forever) for the next frame, hands it to `f` in place,
-    /// and returns what `f` returns once the frame proved whole ([`Frame::finish`]).
-    pub fn read<R>(
-        &mut self,
-        timeout: Option<Duration>,
-        f: impl FnOnce(&Frame<'_>) -> R,
-    ) -> Result<R, ConsumeError> {
+    fn timeout_error(&self, start: Instant) -> ConsumeError {
+        ConsumeError::Timeout {
+            channel: self.name.to_string(),
+            waited: start.elapsed(),
+        }
+    }
+
+    /// Waits up to `timeout` (`None`: forever) for the next frame and returns it (held in
+    /// place under a lossless ring; see [`shm::Consumer`]), resuming on the way if the
+    /// producer restarted on a new segment or this consumer was evicted. Every wait inside,
+    /// including one for a segment to come back, ends by the deadline.
+    ///
+    /// # Errors
+    /// [`ConsumeError::Timeout`]; [`ConsumeError::Read`] for a frame that could not be read
+    /// (the next call goes on); [`ConsumeError::Resume`] if attaching to a new segment failed.
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<Frame<'_, T>, ConsumeError> {
         let start = Instant::now();
-        let deadline = timeout.map(|t| start + t);
-        let (value, (len, timestamp_ns), outcome) = loop {
+        let deadline = timeout.and_then(|t| start.checked_add(t));
+        let snap = loop {
             self.drain_notices();
-            if self.evicted || self.resume_hint {
+            let resume_due = self.last_resume_try.elapsed() >= RESUME_EVERY;
+            if self.resume_hint || (self.evicted && resume_due) {
                 self.resume()?;
             }
-            let slice = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
-                None => SLICE,
-            };
-            // The frame's borrow must end inside this match, so errors are handled after it.
-            let error = match self.consumer.next(Some(slice)) {
-                Ok(frame) => {
-                    let value = f(&frame);
-                    let seen = (frame.len(), frame.meta().timestamp_ns);
-                    break (value, seen, frame.finish());
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if self.evicted {
+                // No segment to attach to yet: wait for a notice (the channel coming back) or
+                // the next attempt, but never past the deadline.
+                let until_retry = RESUME_EVERY.saturating_sub(self.last_resume_try.elapsed());
+                let wait = remaining.map_or(until_retry, |r| r.min(until_retry));
+                if remaining.is_some_and(|r| r.is_zero()) {
+                    return Err(self.timeout_error(start));
                 }
-                Err(e) => e,
-            };
-            match error {
-                ReadError::Timeout => {
+                self.wait_notice(wait);
+                continue;
+            }
+            let slice = remaining.map_or(SLICE, |r| r.min(SLICE));
+            match self.consumer.wait_snapshot(Some(slice)) {
+                Ok(snap) => break snap,
+                Err(ReadError::Timeout) => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(ConsumeError::Timeout {
-                            channel: self.name.to_string(),
-                            waited: start.elapsed(),
-                        });
+                        return Err(self.timeout_error(start));
                     }
                     if self.last_resume_try.elapsed() >= RESUME_EVERY
                         && !self.consumer.producer_alive()
@@ -446,8 +648,15 @@ impl ShmConsumer {
                         self.resume()?;
                     }
                 }
-                ReadError::Evicted { .. } => self.evicted = true,
-                source => {
+                Err(ReadError::Evicted { .. }) => {
+                    tracing::warn!(channel = %self.name, "consumer was evicted; attaching again");
+                    self.evicted = true;
+                    self.last_resume_try = start.checked_sub(RESUME_EVERY).unwrap_or(start);
+                }
+                Err(source) => {
+                    self.counters
+                        .missed
+                        .store(self.consumer.missed(), Ordering::Relaxed);
                     return Err(ConsumeError::Read {
                         channel: self.name.to_string(),
                         source,
@@ -458,10 +667,12 @@ impl ShmConsumer {
         self.counters
             .missed
             .store(self.consumer.missed(), Ordering::Relaxed);
-        match outcome {
-            Ok(()) => {
-                self.counters.record_consumed(len, timestamp_ns);
-                Ok(value)
+        let held = self.consumer.is_lossless();
+        match self.consumer.hand_out(snap, held) {
+            Ok(frame) => {
+                let bytes = frame.len() * std::mem::size_of::<T::Item>();
+                self.counters.record_consumed(bytes, frame.timestamp_ns());
+                Ok(frame)
             }
             Err(source) => Err(ConsumeError::Read {
                 channel: self.name.to_string(),
@@ -470,32 +681,71 @@ impl ShmConsumer {
         }
     }
 
-    /// [`ShmConsumer::read`] that copies the frame out.
-    pub fn next_copy(&mut self, timeout: Option<Duration>) -> Result<OwnedFrame, ConsumeError> {
-        self.read(timeout, |f| OwnedFrame {
-            frame_id: f.frame_id(),
-            meta: *f.meta(),
-            data: f.data().to_vec(),
+    /// [`ShmConsumer::next`] that copies the frame out, checked (works under every policy).
+    ///
+    /// # Errors
+    /// Those of [`ShmConsumer::next`]; a frame overwritten while it was copied is
+    /// [`ConsumeError::Read`].
+    pub fn next_copy(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<OwnedFrame<T::Item>, ConsumeError> {
+        let name = self.name.to_string();
+        let frame = self.next(timeout)?;
+        let owned = frame.to_vec().map(|data| OwnedFrame {
+            frame_id: frame.frame_id(),
+            timestamp_ns: frame.timestamp_ns(),
+            shape: frame.shape().to_vec(),
+            data,
+        });
+        owned.map_err(|source| ConsumeError::Read {
+            channel: name,
+            source,
         })
     }
 
     /// The next notice about this channel (`channel_down`, `channel_up`, `reregistered`…), if
-    /// one arrived. Notices are also taken in by [`ShmConsumer::read`], which keeps them here.
+    /// one arrived. Notices are also taken in by [`ShmConsumer::next`], which keeps them here.
     pub fn try_notice(&mut self) -> Option<Notice> {
         self.drain_notices();
         self.backlog.pop_front()
     }
 
+    fn take_notice(&mut self, n: Notice) {
+        if let Notice::Broker(Notification::ChannelUp { channel }) = &n
+            && channel.spec.name == self.name
+        {
+            // The producer is back; possibly on a new segment.
+            self.info = Some((**channel).clone());
+            self.resume_hint = true;
+            if !self.broker_attached {
+                match self.hub.attach(self.name.as_str()) {
+                    Ok(info) => {
+                        self.info = Some(info);
+                        self.broker_attached = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = %self.name, error = %e, "attaching at the broker")
+                    }
+                }
+            }
+        }
+        push_backlog(&mut self.backlog, n);
+    }
+
     fn drain_notices(&mut self) {
         while let Ok(n) = self.notices.try_recv() {
-            if let Notice::Broker(Notification::ChannelUp { channel }) = &n
-                && channel.spec.name == self.name
-            {
-                // The producer is back; possibly on a new segment.
-                self.info = (**channel).clone();
-                self.resume_hint = true;
-            }
-            push_backlog(&mut self.backlog, n);
+            self.take_notice(n);
+        }
+    }
+
+    /// Waits up to `wait` for a notice (and takes it in).
+    fn wait_notice(&mut self, wait: Duration) {
+        match self.notices.recv_timeout(wait) {
+            Ok(n) => self.take_notice(n),
+            Err(RecvTimeoutError::Timeout) => {}
+            // The Hub is gone: nothing will come; wait out the time anyway, without spinning.
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
         }
     }
 
@@ -518,10 +768,10 @@ impl ShmConsumer {
             // The producer re-attached to our segment: frames continue where they were.
             return Ok(false);
         }
-        let mut options = self.options.clone();
-        options.ready_timeout = RESUME_READY_WAIT;
-        options.expected_size = None;
-        let fresh = match Consumer::attach(self.name.as_str(), options) {
+        let mut settings = self.settings.clone();
+        settings.ready_timeout = RESUME_READY_WAIT;
+        settings.expected_size = None;
+        let fresh = match Consumer::<T>::open(&settings) {
             Ok(c) => c,
             Err(ChannelError::NotFound { .. } | ChannelError::Layout { .. }) => return Ok(false),
             Err(source) => {
@@ -536,7 +786,9 @@ impl ShmConsumer {
             return Ok(false);
         }
         let size = fresh.segment_size();
-        if self.info.spec.size != Some(size) {
+        if let Some(info) = &self.info
+            && info.spec.size != Some(size)
+        {
             // The producer came back with another size; trust it only if the broker says so.
             let info = self.hub.discover(self.name.as_str())?;
             if info.spec.size != Some(size) {
@@ -547,7 +799,8 @@ impl ShmConsumer {
                     segment: size.to_string(),
                 });
             }
-            self.info = info;
+            check_announcement(&self.name, &info, &fresh)?;
+            self.info = Some(info);
         }
         tracing::info!(channel = %self.name, evicted, "consumer re-attached to the channel");
         self.consumer = fresh;
@@ -557,41 +810,9 @@ impl ShmConsumer {
     }
 }
 
-impl Drop for ShmConsumer {
+impl<T: Payload> Drop for ShmConsumer<T> {
     fn drop(&mut self) {
         self.hub
             .forget(self.track_id, self.name.clone(), Role::Consumer);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policy_labels_pass_the_brokers_policy_rule() {
-        for p in [
-            Policy::Latest,
-            Policy::DoubleBuffer,
-            Policy::Ring {
-                slots: 65536,
-                when_full: Backpressure::DropOldest,
-            },
-            Policy::Ring {
-                slots: 8,
-                when_full: Backpressure::Block {
-                    timeout: Duration::from_secs(1),
-                },
-            },
-        ] {
-            let label = policy_label(p);
-            assert!(label.len() <= 32, "{label}");
-            assert!(
-                label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':')),
-                "{label}"
-            );
-        }
     }
 }

@@ -64,7 +64,7 @@
 
 mod format;
 mod layer;
-mod sink;
+pub(crate) mod sink;
 mod writer;
 
 use std::path::PathBuf;

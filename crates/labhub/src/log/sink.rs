@@ -65,6 +65,7 @@ impl OpenSink {
                     path: path.clone(),
                     max_bytes: *max_bytes,
                     backups: *backups,
+                    mode: 0o644,
                 }))
             }
             Sink::Syslog { ident } => {
@@ -229,17 +230,98 @@ pub(crate) struct RotatingFile {
     path: PathBuf,
     max_bytes: u64,
     backups: u32,
+    mode: u32,
 }
 
 impl RotatingFile {
-    fn write_lines(&mut self, lines: &[Line], buf: &mut Vec<u8>, pid: u32) -> io::Result<()> {
+    #[cfg(feature = "broker")]
+    /// Opens a rotating file of whole lines that are not log lines (the broker's audit trail):
+    /// created with `mode`, rotated like a log sink but with no marker line, so every line in
+    /// it is one of the caller's.
+    pub(crate) fn open_plain(
+        path: &Path,
+        max_bytes: u64,
+        backups: u32,
+        mode: u32,
+    ) -> io::Result<Self> {
+        if max_bytes == 0 || path.file_name().is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a rotating file needs a file name and max_bytes of at least 1",
+            ));
+        }
+        let file = reopen(path, mode)?;
+        let lock = LockFile::open_or_create(&sidecar(path, ".lock"))?;
+        Ok(Self {
+            file,
+            lock,
+            path: path.to_owned(),
+            max_bytes,
+            backups,
+            mode,
+        })
+    }
+
+    #[cfg(feature = "broker")]
+    /// Appends whole lines (each ends with a newline), rotating as needed.
+    pub(crate) fn write_plain<L: AsRef<[u8]>>(
+        &mut self,
+        lines: &[L],
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
         self.lock.lock_exclusive()?;
-        let result = self.write_locked(lines, buf, pid);
+        let before = self.file.metadata().map(|m| (m.dev(), m.ino(), m.len()));
+        let result = self.write_locked(lines.iter().map(AsRef::as_ref), buf, |_| None);
+        if result.is_err()
+            && let Ok((dev, ino, len)) = before
+            && let Ok(now) = self.file.metadata()
+            && now.dev() == dev
+            && now.ino() == ino
+            && now.len() > len
+        {
+            // Take back a partly written batch (a full disk), so the file never holds half a
+            // line; the caller writes the batch again later.
+            let _ = self.file.set_len(len);
+        }
         let unlocked = self.lock.unlock();
         result.and(unlocked)
     }
 
-    fn write_locked(&mut self, lines: &[Line], buf: &mut Vec<u8>, pid: u32) -> io::Result<()> {
+    #[cfg(feature = "broker")]
+    /// Makes everything written so far durable.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        sync(&self.file)
+    }
+
+    fn write_lines(&mut self, lines: &[Line], buf: &mut Vec<u8>, pid: u32) -> io::Result<()> {
+        self.lock.lock_exclusive()?;
+        let backups = self.backups;
+        let older = sidecar(&self.path, ".1");
+        let result = self.write_locked(lines.iter().map(Line::bytes), buf, |_| {
+            Some(if backups == 0 {
+                format::internal_line(
+                    Level::INFO,
+                    pid,
+                    format_args!("log file restarted (max_bytes reached, no backups kept)"),
+                )
+            } else {
+                format::internal_line(
+                    Level::INFO,
+                    pid,
+                    format_args!("log file rotated (older lines in {})", older.display()),
+                )
+            })
+        });
+        let unlocked = self.lock.unlock();
+        result.and(unlocked)
+    }
+
+    fn write_locked<'a>(
+        &mut self,
+        lines: impl Iterator<Item = &'a [u8]>,
+        buf: &mut Vec<u8>,
+        marker: impl Fn(()) -> Option<Line>,
+    ) -> io::Result<()> {
         self.reopen_if_rotated()?;
         let mut size = self.file.metadata()?.len();
         buf.clear();
@@ -253,25 +335,11 @@ impl RotatingFile {
                 }
                 self.rotate()?;
                 size = 0;
-                let marker = if self.backups == 0 {
-                    format::internal_line(
-                        Level::INFO,
-                        pid,
-                        format_args!("log file restarted (max_bytes reached, no backups kept)"),
-                    )
-                } else {
-                    format::internal_line(
-                        Level::INFO,
-                        pid,
-                        format_args!(
-                            "log file rotated (older lines in {})",
-                            sidecar(&self.path, ".1").display()
-                        ),
-                    )
-                };
                 // The marker goes in only if the line still fits after it, so a tiny
                 // max_bytes never makes every line start a new file.
-                if marker.len() as u64 + len <= self.max_bytes {
+                if let Some(marker) = marker(())
+                    && marker.len() as u64 + len <= self.max_bytes
+                {
                     buf.extend_from_slice(marker.bytes());
                 }
             } else if buf.len() + line.len() > MAX_WRITE {
@@ -279,7 +347,7 @@ impl RotatingFile {
                 size += buf.len() as u64;
                 buf.clear();
             }
-            buf.extend_from_slice(line.bytes());
+            buf.extend_from_slice(line);
         }
         if !buf.is_empty() {
             self.file.write_all(buf)?;
@@ -297,7 +365,7 @@ impl RotatingFile {
             Err(e) => return Err(e),
         };
         if !same {
-            self.file = reopen(&self.path)?;
+            self.file = reopen(&self.path, self.mode)?;
         }
         Ok(())
     }
@@ -317,16 +385,16 @@ impl RotatingFile {
             )?;
         }
         fs::rename(&self.path, sidecar(&self.path, ".1"))?;
-        self.file = reopen(&self.path)?;
+        self.file = reopen(&self.path, self.mode)?;
         Ok(())
     }
 }
 
-fn reopen(path: &Path) -> io::Result<File> {
+fn reopen(path: &Path, mode: u32) -> io::Result<File> {
     OpenOptions::new()
         .append(true)
         .create(true)
-        .mode(0o644)
+        .mode(mode)
         .open(path)
 }
 

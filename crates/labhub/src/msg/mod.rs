@@ -104,6 +104,7 @@ mod pubsub;
 mod reqrep;
 
 pub use endpoint::DEFAULT_BIND;
+pub(crate) use endpoint::dialable;
 pub use error::{FrameError, MsgError};
 pub use labhub_zmq::{Context, CurveKeyPair, CurvePublicKey, CurveSecretKey};
 pub use pubsub::{

@@ -71,6 +71,13 @@ pub struct Schema {
     /// A hash of the layout, hexadecimal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// Shared-memory channels: the element type of the frames (`u8`, `u16`, `f32`,
+    /// `complex64`, `bool`, …; see `shm::ElementType`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element: Option<String>,
+    /// Shared-memory channels: the largest frame shape, 1 to 4 dimensions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<u64>>,
 }
 
 /// What a producer announces when it registers a channel.
@@ -90,7 +97,7 @@ pub struct ChannelSpec {
     /// The segment size in bytes (shm: required), or the largest message (others: optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// The buffering policy (`latest`, `double`, `ring:8`, …).
+    /// The buffering policy (`latest`, `double`, `ring:8:block`, …; see `shm::Policy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
     /// Frame type information.
@@ -180,6 +187,15 @@ pub struct List {
     pub kind: Option<ChannelKind>,
 }
 
+/// `status`: the broker's own state (audit log, connections, counters); answered by any
+/// admitted client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {
+    /// The request id.
+    pub request_id: u64,
+}
+
 /// A decoded, validated request.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -198,6 +214,8 @@ pub enum Request {
     Heartbeat(Heartbeat),
     /// `list`
     List(List),
+    /// `status`
+    Status(StatusRequest),
 }
 
 impl Request {
@@ -209,6 +227,7 @@ impl Request {
             Self::Unregister(r) | Self::Attach(r) | Self::Detach(r) => r.request_id,
             Self::Heartbeat(r) => r.request_id,
             Self::List(r) => r.request_id,
+            Self::Status(r) => r.request_id,
         }
     }
 
@@ -222,6 +241,7 @@ impl Request {
             Self::Detach(_) => "detach",
             Self::Heartbeat(_) => "heartbeat",
             Self::List(_) => "list",
+            Self::Status(_) => "status",
         }
     }
 
@@ -232,7 +252,7 @@ impl Request {
             Self::Discover(r) => r.client.as_ref(),
             Self::Unregister(r) | Self::Attach(r) | Self::Detach(r) => Some(&r.client),
             Self::Heartbeat(r) => Some(&r.client),
-            Self::List(_) => None,
+            Self::List(_) | Self::Status(_) => None,
         }
     }
 }
@@ -382,6 +402,63 @@ pub struct Reply {
     /// client is declared gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_missed_heartbeats: Option<u32>,
+    /// `status`: the broker's own state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerStatus>,
+}
+
+/// The broker's own state, in a `status` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    /// The audit log.
+    pub audit: AuditStatus,
+    /// The request socket's connections.
+    pub requests: ConnectionStatus,
+    /// The notification socket's connections.
+    pub notifications: ConnectionStatus,
+    /// Handshakes refused by admission (ZAP) since the start.
+    pub refused_handshakes: u64,
+    /// Requests answered since the start (error replies included).
+    pub replies: u64,
+    /// Messages the decoder refused since the start.
+    pub refused_messages: u64,
+    /// Notifications published since the start.
+    pub notifications_published: u64,
+    /// The broker's open-file limit (`RLIMIT_NOFILE`, soft).
+    pub open_files_limit: u64,
+}
+
+/// The state of the audit log, in a `status` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AuditStatus {
+    /// The file.
+    pub path: String,
+    /// Whether the last write succeeded.
+    pub ok: bool,
+    /// The error of the last failed write, while writes fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Writes that failed since the start.
+    pub write_errors: u64,
+    /// Lines dropped since the start (the backlog of unwritten lines was full).
+    pub lines_lost: u64,
+    /// Lines waiting to be written.
+    pub lines_pending: u64,
+}
+
+/// The connections of one broker socket, in a `status` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// Connections in their handshake now.
+    pub pending: u64,
+    /// Authenticated connections now.
+    pub authenticated: u64,
+    /// Connections accepted since the start.
+    pub accepted: u64,
+    /// Pending connections shut down to make room for newer ones.
+    pub evicted: u64,
+    /// Connections shut down for sending more than their budget.
+    pub cut: u64,
 }
 
 impl Reply {
@@ -396,6 +473,7 @@ impl Reply {
             channels: None,
             heartbeat_interval_ms: None,
             max_missed_heartbeats: None,
+            broker: None,
         }
     }
 

@@ -49,7 +49,7 @@ pub const REPLY_TYPE: &str = "reply";
 /// The largest message accepted, all frames together, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The message types of requests.
-pub const REQUEST_TYPES: [&str; 7] = [
+pub const REQUEST_TYPES: [&str; 8] = [
     "register",
     "discover",
     "unregister",
@@ -57,6 +57,7 @@ pub const REQUEST_TYPES: [&str; 7] = [
     "detach",
     "heartbeat",
     "list",
+    "status",
 ];
 
 /// Why a message was refused.
@@ -99,12 +100,14 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
-    /// The body is JSON but a field is missing, unknown, mistyped or invalid.
-    #[error("invalid {type_name} body: {source}")]
+    /// The body is JSON but a field is missing, unknown, mistyped or out of range.
+    #[error("invalid {type_name} body: field {field}: {source}")]
     InvalidBody {
         /// The message type.
         type_name: &'static str,
-        /// The deserialiser's complaint, naming the field.
+        /// The field's path (`channel.size`, `channels.cam0.frames`; `.` for the body itself).
+        field: String,
+        /// The deserialiser's complaint.
         #[source]
         source: serde_json::Error,
     },
@@ -119,6 +122,14 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// The path of the field at fault, for the errors that concern one field.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::InvalidBody { field, .. } | Self::InvalidField { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
     /// The `error_code` a reply to this message carries.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -136,7 +147,8 @@ impl DecodeError {
 /// A request refused by the decoder, with the request id when one could be read.
 #[derive(Debug)]
 pub struct Rejected {
-    /// The body's `request_id`, if the body was a JSON object carrying a valid one.
+    /// The body's `request_id`, when frame 3 (after an optional delimiter) is a JSON object
+    /// carrying an unsigned integer `request_id`, whatever else is wrong with the message.
     pub request_id: Option<u64>,
     /// What was wrong.
     pub error: DecodeError,
@@ -195,11 +207,52 @@ pub fn decode_request<F: AsRef<[u8]>>(frames: &[F]) -> Decoded {
     let (delimiter, frames) = split_delimiter(frames);
     let outcome = open_envelope(frames)
         .map_err(|error| Rejected {
-            request_id: None,
+            request_id: request_id_hint(frames),
             error,
         })
         .and_then(|(kind, body)| decode_body(kind, body));
     Decoded { delimiter, outcome }
+}
+
+/// The `request_id` of a message the decoder refused before reading its body: frame 3 (the
+/// body's place; `frames` start after any delimiter), read as a JSON object, whatever the
+/// other frames hold. `None` when there is no such frame or it carries no valid id.
+pub fn request_id_hint<F: AsRef<[u8]>>(frames: &[F]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        request_id: Option<u64>,
+    }
+    let body = frames.get(3)?.as_ref();
+    if body.len() > MAX_MESSAGE_BYTES {
+        return None;
+    }
+    serde_json::from_slice::<Id>(body).ok()?.request_id
+}
+
+/// Deserialises `value` as `T`, naming the field at fault in the error.
+fn typed<T: serde::de::DeserializeOwned>(
+    type_name: &'static str,
+    value: serde_json::Value,
+) -> Result<T, DecodeError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let source = e.into_inner();
+        // A missing field is reported at its parent; name the field itself.
+        let text = source.to_string();
+        let field = match text
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+        {
+            Some((name, _)) if path == "." => name.to_owned(),
+            Some((name, _)) => format!("{path}.{name}"),
+            None => path,
+        };
+        DecodeError::InvalidBody {
+            type_name,
+            field,
+            source,
+        }
+    })
 }
 
 fn decode_body(kind: &[u8], body: &[u8]) -> Result<Request, Rejected> {
@@ -208,7 +261,7 @@ fn decode_body(kind: &[u8], body: &[u8]) -> Result<Request, Rejected> {
         .find(|t| t.as_bytes() == kind)
         .copied()
         .ok_or_else(|| Rejected {
-            request_id: None,
+            request_id: request_id_hint(&[&[][..], &[][..], &[][..], body]),
             error: DecodeError::UnknownType { found: lossy(kind) },
         })?;
     // Parse once into a generic value: it tells a syntax error from a field error and yields
@@ -227,16 +280,15 @@ fn decode_body(kind: &[u8], body: &[u8]) -> Result<Request, Rejected> {
     };
     let request_id = map.get("request_id").and_then(serde_json::Value::as_u64);
     let reject = |error| Rejected { request_id, error };
-    let invalid = |source| reject(DecodeError::InvalidBody { type_name, source });
-    use serde_json::from_value as from;
     let request = match type_name {
-        "register" => Request::Register(Box::new(from(value).map_err(invalid)?)),
-        "discover" => Request::Discover(from(value).map_err(invalid)?),
-        "unregister" => Request::Unregister(from(value).map_err(invalid)?),
-        "attach" => Request::Attach(from(value).map_err(invalid)?),
-        "detach" => Request::Detach(from(value).map_err(invalid)?),
-        "heartbeat" => Request::Heartbeat(from(value).map_err(invalid)?),
-        "list" => Request::List(from(value).map_err(invalid)?),
+        "register" => Request::Register(Box::new(typed(type_name, value).map_err(reject)?)),
+        "discover" => Request::Discover(typed(type_name, value).map_err(reject)?),
+        "unregister" => Request::Unregister(typed(type_name, value).map_err(reject)?),
+        "attach" => Request::Attach(typed(type_name, value).map_err(reject)?),
+        "detach" => Request::Detach(typed(type_name, value).map_err(reject)?),
+        "heartbeat" => Request::Heartbeat(typed(type_name, value).map_err(reject)?),
+        "list" => Request::List(typed(type_name, value).map_err(reject)?),
+        "status" => Request::Status(typed(type_name, value).map_err(reject)?),
         _ => unreachable!("REQUEST_TYPES and this match list the same types"),
     };
     validate(&request).map_err(reject)?;
@@ -331,9 +383,11 @@ pub fn validate(request: &Request) -> Result<(), DecodeError> {
             }
             Ok(())
         }
-        Request::Discover(_) | Request::Unregister(_) | Request::Attach(_) | Request::Detach(_) => {
-            Ok(())
-        }
+        Request::Discover(_)
+        | Request::Unregister(_)
+        | Request::Attach(_)
+        | Request::Detach(_)
+        | Request::Status(_) => Ok(()),
     }
 }
 
@@ -397,22 +451,32 @@ fn validate_spec(spec: &ChannelSpec) -> Result<(), DecodeError> {
             }
         }
     }
-    if let Some(policy) = &spec.policy {
-        let ok = !policy.is_empty()
-            && policy.len() <= 32
-            && policy
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'));
-        if !ok {
-            return Err(field_error(
-                "channel.policy",
-                "must be 1 to 32 bytes of ASCII letters, digits, '_', '-', ':'",
-            ));
-        }
+    if let Some(policy) = &spec.policy
+        && let Err(e) = policy.parse::<crate::shm::Policy>()
+    {
+        return Err(field_error("channel.policy", e.to_string()));
     }
     if let Some(schema) = &spec.schema {
         if let Some(name) = &schema.name {
             check_label("channel.schema.name", name)?;
+        }
+        if let Some(element) = &schema.element
+            && let Err(e) = element.parse::<crate::shm::ElementType>()
+        {
+            return Err(field_error("channel.schema.element", e.to_string()));
+        }
+        if let Some(shape) = &schema.shape
+            && (shape.is_empty()
+                || shape.len() > crate::shm::MAX_DIMS
+                || shape.iter().any(|&d| d == 0 || d > MAX_SEGMENT_SIZE))
+        {
+            return Err(field_error(
+                "channel.schema.shape",
+                format!(
+                    "must be 1 to {} dimensions, each from 1 to {MAX_SEGMENT_SIZE}",
+                    crate::shm::MAX_DIMS
+                ),
+            ));
         }
         if let Some(hash) = &schema.hash
             && (hash.is_empty()
@@ -467,6 +531,7 @@ pub fn encode_request(request: &Request) -> Vec<Vec<u8>> {
         Request::Unregister(r) | Request::Attach(r) | Request::Detach(r) => to_json(r),
         Request::Heartbeat(r) => to_json(r),
         Request::List(r) => to_json(r),
+        Request::Status(r) => to_json(r),
     };
     envelope(request.type_name(), body)
 }
@@ -488,10 +553,9 @@ pub fn decode_reply<F: AsRef<[u8]>>(frames: &[F]) -> Result<Reply, DecodeError> 
     if kind != REPLY_TYPE.as_bytes() {
         return Err(DecodeError::UnknownType { found: lossy(kind) });
     }
-    serde_json::from_slice(body).map_err(|source| DecodeError::InvalidBody {
-        type_name: REPLY_TYPE,
-        source,
-    })
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|source| DecodeError::MalformedBody { source })?;
+    typed(REPLY_TYPE, value)
 }
 
 /// Encodes a notification with its sequence number.
@@ -532,10 +596,12 @@ pub fn decode_notification<F: AsRef<[u8]>>(
     frames: &[F],
 ) -> Result<(u64, Notification), DecodeError> {
     let (kind, body) = open_envelope(frames)?;
-    let invalid = |type_name| move |source| DecodeError::InvalidBody { type_name, source };
+    let value = |body: &[u8]| -> Result<serde_json::Value, DecodeError> {
+        serde_json::from_slice(body).map_err(|source| DecodeError::MalformedBody { source })
+    };
     match kind {
         b"channel_up" => {
-            let b: ChannelUpBody = serde_json::from_slice(body).map_err(invalid("channel_up"))?;
+            let b: ChannelUpBody = typed("channel_up", value(body)?)?;
             Ok((
                 b.seq,
                 Notification::ChannelUp {
@@ -544,8 +610,7 @@ pub fn decode_notification<F: AsRef<[u8]>>(
             ))
         }
         b"channel_down" => {
-            let b: ChannelDownBody =
-                serde_json::from_slice(body).map_err(invalid("channel_down"))?;
+            let b: ChannelDownBody = typed("channel_down", value(body)?)?;
             Ok((
                 b.seq,
                 Notification::ChannelDown {
@@ -556,8 +621,7 @@ pub fn decode_notification<F: AsRef<[u8]>>(
             ))
         }
         b"consumer_dropped" => {
-            let b: ConsumerDroppedBody =
-                serde_json::from_slice(body).map_err(invalid("consumer_dropped"))?;
+            let b: ConsumerDroppedBody = typed("consumer_dropped", value(body)?)?;
             Ok((
                 b.seq,
                 Notification::ConsumerDropped {

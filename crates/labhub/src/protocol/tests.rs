@@ -17,7 +17,8 @@ fn code_of(d: Decoded) -> (Option<u64>, ErrorCode) {
 
 const SHM_REGISTER: &str = r#"{"request_id": 1, "client": "host:42", "channel": {
     "name": "cam0", "kind": "shm", "shm_name": "/labhub.1000.cam0", "size": 4096,
-    "policy": "ring:8", "schema": {"name": "u8[64x64]", "version": 2, "hash": "ab01"},
+    "policy": "ring:8:block", "schema": {"name": "cam.Frame", "version": 2, "hash": "ab01",
+    "element": "u8", "shape": [64, 64]},
     "metadata": {"exposure_us": 300, "tags": ["a", "b"]}}, "pid": 42, "host": "lab-pc"}"#;
 
 #[test]
@@ -32,6 +33,9 @@ fn a_full_shm_registration_decodes_into_typed_values() {
     assert_eq!(r.channel.size, Some(4096));
     assert_eq!(r.channel.shm_name.unwrap().uid(), 1000);
     assert_eq!(r.channel.metadata["exposure_us"], 300);
+    let schema = r.channel.schema.unwrap();
+    assert_eq!(schema.element.as_deref(), Some("u8"));
+    assert_eq!(schema.shape, Some(vec![64, 64]));
 }
 
 #[test]
@@ -136,6 +140,12 @@ fn registrations_must_fit_their_kind() {
         r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "policy": "has space"}"#,
         r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "schema": {"hash": "xyz"}}"#,
         r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "schema": {"nme": "x"}}"#,
+        r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "policy": "ring:8"}"#,
+        r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "policy": "ring:0:fail"}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 1, "schema": {"element": "float"}}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 1, "schema": {"shape": []}}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 1, "schema": {"shape": [1, 2, 3, 4, 5]}}"#,
+        r#"{"name": "c", "kind": "shm", "shm_name": "/labhub.1.c", "size": 1, "schema": {"shape": [0]}}"#,
         r#"{"name": "c", "kind": "pubsub", "endpoint": "tcp://h:5", "metadata": {"a": [[[[[[[[[1]]]]]]]]]}}"#,
     ];
     for spec in bad {
@@ -303,4 +313,250 @@ proptest! {
             prop_assert_eq!(again.ok(), Some(req));
         }
     }
+}
+
+/// One body per request type with every field the type has, so that every field can be
+/// broken in turn. `every_field_of_every_request_is_covered` proves none is missing.
+fn full_requests() -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    let register: serde_json::Value = serde_json::from_str(SHM_REGISTER).unwrap();
+    vec![
+        ("register", register),
+        (
+            "register",
+            json!({"request_id": 1, "client": "c", "channel": {"name": "t", "kind": "pubsub",
+                   "endpoint": "tcp://127.0.0.1:5", "size": 10}}),
+        ),
+        (
+            "discover",
+            json!({"request_id": 1, "name": "cam0", "client": "c"}),
+        ),
+        (
+            "unregister",
+            json!({"request_id": 1, "client": "c", "name": "cam0"}),
+        ),
+        (
+            "attach",
+            json!({"request_id": 1, "client": "c", "name": "cam0"}),
+        ),
+        (
+            "detach",
+            json!({"request_id": 1, "client": "c", "name": "cam0"}),
+        ),
+        (
+            "heartbeat",
+            json!({"request_id": 1, "client": "c", "channels": {"cam0": {"frames": 3}},
+                   "client_version": "labhub-rs/0.1.0", "pid": 42,
+                   "latency": {"cam0": {"sum_ns": 5000, "buckets": [[3, 2]]}}}),
+        ),
+        (
+            "list",
+            json!({"request_id": 1, "prefix": "ca", "kind": "shm"}),
+        ),
+        ("status", json!({"request_id": 1})),
+    ]
+}
+
+/// Paths of the objects in a request whose fields are fixed (deny unknown fields).
+const FIXED_OBJECTS: [&str; 4] = ["", "channel", "channel.schema", "latency.cam0"];
+
+fn at<'a>(v: &'a mut serde_json::Value, path: &str) -> &'a mut serde_json::Value {
+    path.split('.')
+        .filter(|p| !p.is_empty())
+        .fold(v, |v, key| &mut v[key])
+}
+
+/// The leaf paths of `v` (`channel.schema.hash`), not descending into free-form metadata.
+fn leaves(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) if prefix != "channel.metadata" => {
+            for (k, child) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(child, &path, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+fn refusal(kind: &str, body: &serde_json::Value) -> Rejected {
+    decode(kind, &body.to_string())
+        .outcome
+        .expect_err("should be refused")
+}
+
+#[test]
+fn every_field_of_every_request_is_covered() {
+    // An unknown field makes serde list the fields the type has: each must be in an example.
+    let examples = full_requests();
+    for kind in REQUEST_TYPES {
+        let of_kind: Vec<&serde_json::Value> = examples
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, b)| b)
+            .collect();
+        assert!(!of_kind.is_empty(), "no example of {kind}");
+        for body in &of_kind {
+            assert!(decode(kind, &body.to_string()).outcome.is_ok(), "{kind}");
+        }
+        for object in FIXED_OBJECTS {
+            let mut b = of_kind[0].clone();
+            let Some(map) = at(&mut b, object).as_object_mut() else {
+                continue;
+            };
+            map.insert("zz_unknown".into(), 1.into());
+            let text = refusal(kind, &b).error.to_string();
+            let expected = text
+                .split("expected one of ")
+                .nth(1)
+                .or_else(|| text.split("expected ").nth(1))
+                .unwrap_or_else(|| panic!("{kind} {object}: {text}"));
+            // serde lists "`a`, `b`, `c`", or "`a` or `b`" for two.
+            let names = expected.split(", ").flat_map(|n| n.split(" or "));
+            for name in names.map(|n| n.trim_matches('`')) {
+                assert!(
+                    of_kind.iter().any(|body| {
+                        let mut b = (*body).clone();
+                        at(&mut b, object).get(name).is_some()
+                    }),
+                    "{kind}: no example has field {object}.{name}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_decoding_error_names_its_field() {
+    let broken: [(&str, serde_json::Value); 4] = [
+        ("a wrong type", serde_json::json!({"wrong": ["type"]})),
+        ("a string for a number", serde_json::json!("7")),
+        ("a negative number", serde_json::json!(-1)),
+        ("an unknown word", serde_json::json!("\u{1}no such value")),
+    ];
+    for (kind, body) in full_requests() {
+        let mut paths = Vec::new();
+        leaves(&body, "", &mut paths);
+        for path in paths {
+            for (what, value) in &broken {
+                let mut b = body.clone();
+                let original = std::mem::replace(at(&mut b, &path), value.clone());
+                // Each break applies where it is one: a string or a negative number for a
+                // number, an odd word for a string, an object for anything but metadata
+                // (which is any JSON object).
+                let applies = match *what {
+                    "a wrong type" => path != "channel.metadata",
+                    "a string for a number" | "a negative number" => original.is_number(),
+                    _ => original.is_string(),
+                };
+                if !applies {
+                    continue;
+                }
+                let outcome = decode(kind, &b.to_string()).outcome;
+                let Err(r) = outcome else {
+                    panic!("{kind}: {path} = {value} ({what}) was accepted");
+                };
+                assert_eq!(
+                    r.error.code(),
+                    ErrorCode::InvalidField,
+                    "{kind} {path} {what}"
+                );
+                let field = r.error.field().unwrap_or_default().to_owned();
+                match &r.error {
+                    // A value of the wrong type or range: the error names that field.
+                    DecodeError::InvalidBody { .. } => assert_eq!(
+                        field, path,
+                        "{kind}: breaking {path} with {what}: {}",
+                        r.error
+                    ),
+                    // A well-typed value that breaks a rule (perhaps one spanning fields,
+                    // like shm_name following name): the error names a field it checked.
+                    _ => assert!(!field.is_empty(), "{kind} {path}: {}", r.error),
+                }
+                assert!(r.error.to_string().contains(&field), "{}", r.error);
+                if path != "request_id" {
+                    assert_eq!(r.request_id, Some(1), "{kind} {path}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_missing_field_is_named() {
+    let r = refusal("discover", &serde_json::json!({"request_id": 4}));
+    assert_eq!(r.error.field(), Some("name"));
+    let r = refusal(
+        "register",
+        &serde_json::json!({"request_id": 4, "client": "c", "channel": {"kind": "shm"}}),
+    );
+    assert_eq!(r.error.field(), Some("channel.name"), "{}", r.error);
+}
+
+#[test]
+fn framing_errors_echo_a_readable_request_id() {
+    let body = br#"{"request_id": 42}"#.to_vec();
+    let cases: Vec<(Vec<Vec<u8>>, ErrorCode)> = vec![
+        (
+            vec![
+                TAG.to_vec(),
+                VERSION_FRAME.to_vec(),
+                b"explode".to_vec(),
+                body.clone(),
+            ],
+            ErrorCode::UnknownType,
+        ),
+        (
+            vec![
+                b"LABHUB".to_vec(),
+                VERSION_FRAME.to_vec(),
+                b"list".to_vec(),
+                body.clone(),
+            ],
+            ErrorCode::BadTag,
+        ),
+        (
+            vec![TAG.to_vec(), b"9".to_vec(), b"list".to_vec(), body.clone()],
+            ErrorCode::UnsupportedVersion,
+        ),
+        (
+            vec![
+                TAG.to_vec(),
+                VERSION_FRAME.to_vec(),
+                b"list".to_vec(),
+                body.clone(),
+                b"x".to_vec(),
+            ],
+            ErrorCode::BadFrames,
+        ),
+        (
+            vec![
+                TAG.to_vec(),
+                VERSION_FRAME.to_vec(),
+                b"list".to_vec(),
+                body.clone(),
+                vec![b'x'; 70_000],
+            ],
+            ErrorCode::TooLarge,
+        ),
+    ];
+    for (frames, code) in cases {
+        for delimiter in [false, true] {
+            let mut f = frames.clone();
+            if delimiter {
+                f.insert(0, Vec::new());
+            }
+            assert_eq!(
+                code_of(decode_request(&f)),
+                (Some(42), code),
+                "{code} {delimiter}"
+            );
+        }
+    }
+    // No body frame, or none that parses: null.
+    assert_eq!(code_of(decode_request(&[b"labhub".to_vec()])).0, None);
 }

@@ -3,6 +3,8 @@
 
 use std::io;
 
+use crate::name::NameError;
+
 /// A segment's header is not a labhub channel header this build can read.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -17,8 +19,7 @@ pub enum LayoutError {
     },
     /// The segment's magic was never published. labhub creates segments under a private name
     /// and names them only once initialised, so this is a segment made another way (another
-    /// implementation, or an older labhub) whose creator died or is still working;
-    /// `remove_channel` removes it.
+    /// implementation) whose creator died or is still working; `remove_channel` removes it.
     #[error("segment not initialised (magic still zero after waiting)")]
     NotInitialized,
     /// A layout version this build does not know.
@@ -69,13 +70,14 @@ pub enum LayoutError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChannelError {
-    /// The channel name is not 1–128 characters of `[A-Za-z0-9_.-]`.
-    #[error("invalid channel name {name:?}: {reason}")]
+    /// The channel name is not 1–128 characters of `[A-Za-z0-9_.-]` (or is `.` or `..`).
+    #[error("invalid channel name {name:?}")]
     InvalidName {
-        /// The name given.
+        /// The name given (truncated to 128 characters).
         name: String,
         /// What is wrong with it.
-        reason: &'static str,
+        #[source]
+        source: NameError,
     },
     /// A configuration value is out of range.
     #[error("invalid channel configuration: {field} {reason}")]
@@ -102,17 +104,54 @@ pub enum ChannelError {
         #[source]
         source: io::Error,
     },
-    /// The segment belongs to another user or is accessible to others; labhub refuses it.
+    /// The channel's segment name holds something labhub refuses: a file of another user (who
+    /// may have created it first to block the channel), a symbolic link, or a file others may
+    /// open. labhub uses only a regular file of its own user with mode 600; remove the file
+    /// (its owner or root can) or use another channel name.
     #[error(
-        "channel {channel:?} segment is owned by uid {uid} with mode {mode:o}, expected ours with mode 600"
+        "channel {channel:?}: {path} is a {kind} owned by uid {owner}{} with mode {mode:o}; labhub uses only a regular file of its own user with mode 600 (remove it, or use another channel name)",
+        owner_name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
     )]
-    NotOwned {
+    ForeignSegment {
         /// The channel.
         channel: String,
-        /// Owner uid.
-        uid: u32,
-        /// Permission bits.
+        /// The file (`/dev/shm/labhub.<uid>.<channel>`).
+        path: String,
+        /// What it is (`regular file`, `symbolic link`, …).
+        kind: &'static str,
+        /// Its owner's uid.
+        owner: u32,
+        /// Its owner's user name, if `/etc/passwd` has it.
+        owner_name: Option<String>,
+        /// Its permission bits.
         mode: u32,
+    },
+    /// The shared-memory file system has no room for the segment (reserved at creation, so a
+    /// full `/dev/shm` is this error rather than SIGBUS at the first write).
+    #[error(
+        "no room for channel {channel:?}: its segment needs {needed} bytes, the shared-memory file system has {} available",
+        available.map_or_else(|| "an unknown number of bytes".to_owned(), |a| a.to_string())
+    )]
+    NoSpace {
+        /// The channel.
+        channel: String,
+        /// Bytes the segment needs.
+        needed: u64,
+        /// Bytes available (`statvfs` of `/dev/shm`), if known.
+        available: Option<u64>,
+    },
+    /// The channel's frames are not what the caller expects (element type, shape, application
+    /// schema): refused at open, before any frame is read.
+    #[error("channel {channel:?} has {field} {found}, expected {expected}")]
+    SchemaMismatch {
+        /// The channel.
+        channel: String,
+        /// The differing field: `element`, `shape`, `schema_name` or `schema_version`.
+        field: &'static str,
+        /// What the caller expects.
+        expected: String,
+        /// What the channel has.
+        found: String,
     },
     /// The segment's header is invalid.
     #[error("channel {channel:?} has an invalid segment")]
@@ -155,16 +194,15 @@ pub enum ChannelError {
         /// The live producer's pid.
         pid: u32,
     },
-    /// A producer re-attaching with a configuration that differs from the channel's.
-    #[error(
-        "channel {channel:?} exists with {field} = {found}, but the producer asked for {expected}"
-    )]
+    /// Settings that differ from the existing channel's (a producer taking the channel over,
+    /// or a consumer that asked for a policy).
+    #[error("channel {channel:?} exists with {field} = {found}, but {expected} was asked for")]
     ConfigMismatch {
         /// The channel.
         channel: String,
         /// The differing field.
         field: &'static str,
-        /// What the producer asked for.
+        /// What was asked for.
         expected: String,
         /// What the channel has.
         found: String,
@@ -175,19 +213,25 @@ pub enum ChannelError {
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PublishError {
-    /// The frame is larger than a slot.
-    #[error("frame of {size} bytes exceeds the slot size {capacity}")]
-    TooLarge {
-        /// Bytes requested.
-        size: u64,
-        /// Slot size.
-        capacity: u64,
+    /// A frame shape with another number of dimensions than the channel's, or a dimension
+    /// larger than the channel's largest shape.
+    #[error("frame shape {shape:?} is not within the channel's largest shape {max:?}")]
+    ShapeOutOfRange {
+        /// The shape given.
+        shape: Vec<u64>,
+        /// The channel's largest shape.
+        max: Vec<u64>,
     },
-    /// More than 4 dimensions.
-    #[error("frame has {ndim} dimensions, at most 4 are supported")]
-    TooManyDims {
-        /// Dimensions given.
-        ndim: usize,
+    /// Data whose length is not the shape's number of elements (bytes for a runtime-typed
+    /// channel).
+    #[error("{found} items given for a frame of shape {shape:?}, which holds {expected}")]
+    LengthMismatch {
+        /// The shape given.
+        shape: Vec<u64>,
+        /// Items the shape holds.
+        expected: u64,
+        /// Items given.
+        found: u64,
     },
     /// The ring is full and the channel's rule is `Fail`.
     #[error("channel {channel:?} is full: the slowest consumer is {slots} frames behind")]
@@ -203,6 +247,15 @@ pub enum PublishError {
         /// The channel.
         channel: String,
     },
+}
+
+/// A frame was rewritten by the producer while it was read (lossy policies), so what was read
+/// is not one frame; see [`ReadError::Overwritten`].
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[error("frame {frame_id} was overwritten while it was read")]
+pub struct Overwritten {
+    /// The frame.
+    pub frame_id: u64,
 }
 
 /// Reading a frame failed.
@@ -228,12 +281,31 @@ pub enum ReadError {
         /// Checksum of the bytes.
         computed: u64,
     },
-    /// The producer declared this consumer dead and freed its table entry.
+    /// The producer (or a reclaimer, or the broker through the producer) declared this
+    /// consumer dead or stuck and freed its table entry; attach again to go on.
     #[error("consumer was evicted from channel {channel:?}")]
     Evicted {
         /// The channel.
         channel: String,
     },
+    /// The segment holds a value no producer writes (a frame descriptor whose shape or size
+    /// disagrees with the channel's, a commit position the slots do not hold). The frame is
+    /// skipped; the next read goes on.
+    #[error("channel {channel:?}: {problem}")]
+    Corrupt {
+        /// The channel.
+        channel: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl From<Overwritten> for ReadError {
+    fn from(o: Overwritten) -> Self {
+        Self::Overwritten {
+            frame_id: o.frame_id,
+        }
+    }
 }
 
 /// Writing or reading the flexible-zone state failed.
@@ -263,4 +335,10 @@ pub enum StateError {
     /// The producer rewrote the state during every read attempt.
     #[error("state kept changing during every read attempt")]
     Contended,
+    /// The segment's state version is one no producer writes (it would overflow).
+    #[error("flexible-zone version {version} is corrupt")]
+    CorruptVersion {
+        /// The stored version.
+        version: u64,
+    },
 }

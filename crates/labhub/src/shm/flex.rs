@@ -51,12 +51,17 @@ pub(super) fn write_state<T: serde::Serialize>(view: &View, value: &T) -> Result
         });
     }
     let h = view.header();
-    let v = h.flex_version.load(Ordering::Acquire) + 1;
+    let current = h.flex_version.load(Ordering::Acquire);
+    // The seq words hold 2v: a version another process wrote near u64::MAX / 2 would
+    // overflow them (no producer gets there: one write per nanosecond would take 292 years).
+    let v = current
+        .checked_add(1)
+        .filter(|&v| v <= u64::MAX / 2)
+        .ok_or(StateError::CorruptVersion { version: current })?;
     let b = (v % 2) as usize;
     let (fh, _) = view.flex(b);
     fh.seq.store(v * 2 - 1, Ordering::Relaxed);
     fence(Ordering::Release);
-    // SAFETY (of the call's contract): the producer is the only writer and marked `b` odd.
     write_bytes(view, b, &bytes);
     fh.len.store(bytes.len() as u64, Ordering::Relaxed);
     fh.seq.store(v * 2, Ordering::Release);
@@ -64,6 +69,7 @@ pub(super) fn write_state<T: serde::Serialize>(view: &View, value: &T) -> Result
     Ok(v)
 }
 
+/// Copies the serialised state into buffer `b`, which the caller (the producer) marked odd.
 #[allow(unsafe_code)]
 fn write_bytes(view: &View, b: usize, bytes: &[u8]) {
     // SAFETY: only the producer writes the flexible zone (a second producer is refused at
@@ -82,10 +88,13 @@ pub(super) fn read_state<T: serde::de::DeserializeOwned>(
         if v == 0 {
             return Ok(None);
         }
+        if v > u64::MAX / 2 {
+            return Err(StateError::CorruptVersion { version: v });
+        }
         let b = (v % 2) as usize;
         let (fh, _) = view.flex(b);
         let s1 = fh.seq.load(Ordering::Acquire);
-        if s1 == v.wrapping_mul(2) {
+        if s1 == v * 2 {
             let len = fh.len.load(Ordering::Relaxed);
             let copy = view.flex_read(b, len);
             fence(Ordering::Acquire);

@@ -1,7 +1,8 @@
 //! The byte layout of a channel segment, and the only casts into a mapping.
 //!
-//! `docs/SHM_LAYOUT.md` documents every row; each row has a `const` assertion here, so the
-//! document and the code cannot drift. All multi-byte values are little-endian (the native order
+//! `docs/SHM_LAYOUT.md` documents every row; each row has a `const` assertion here, and a test
+//! below parses the document's tables and checks every offset, size and constant against this
+//! file, so the document and the code cannot drift. All multi-byte values are little-endian (the native order
 //! of every platform labhub runs on; a big-endian build refuses to compile below).
 //!
 //! Every value read from a segment was written by another process and is validated before it is
@@ -13,6 +14,7 @@
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use super::element::ElementType;
 use super::error::LayoutError;
 use super::segment::Segment;
 use super::sync_impl::{ProcessEvent, ProcessMutex};
@@ -23,7 +25,7 @@ compile_error!("the shm layout is little-endian");
 /// `b"LABHUBDB"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"LABHUBDB");
 /// Layout version; any change to this file's structs bumps it.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Alignment of regions and granularity of the segment size (bytes).
 pub const PAGE: u64 = 4096;
 /// Entries in the consumer table.
@@ -32,11 +34,13 @@ pub const CONSUMER_CAPACITY: u32 = 16;
 pub const MAX_SLOTS: u32 = 1 << 16;
 /// Largest segment labhub creates or accepts (1 TiB).
 pub const MAX_TOTAL: u64 = 1 << 40;
-/// Largest number of dimensions in frame metadata.
+/// Largest number of dimensions of a frame.
 pub const MAX_DIMS: usize = 4;
-/// Dimensions held in the first cache line of a [`SlotMeta`]; the rest, and the checksum, are
-/// in its second line, which is written and read only when the frame uses them.
-pub const DIMS_IN_FIRST_LINE: usize = 2;
+/// Dimensions held in the first cache line of a [`SlotMeta`]; the last one, and the checksum,
+/// are in its second line, which is written and read only when the frame uses them.
+pub const DIMS_IN_FIRST_LINE: usize = 3;
+/// Longest application schema name, in bytes.
+pub const MAX_SCHEMA_NAME: usize = 64;
 
 /// Policy codes stored in [`Header::policy`].
 pub mod policy_code {
@@ -104,6 +108,9 @@ pub mod consumer_state {
     pub const CLAIMING: u64 = 1;
     /// Attached and monitored.
     pub const ACTIVE: u64 = 2;
+    /// Being freed by the process whose pid is in the low bits (the winner of the
+    /// compare-and-swap that ended the entry's owner): it clears the start time, then frees.
+    pub const RELEASING: u64 = 3;
 }
 
 /// Slots at least this large use pooled payloads in lossless rings (see [`Geometry::pooled`]).
@@ -144,10 +151,11 @@ fn prefetchw(p: *const u8) {
     }
 }
 
-/// The segment header at offset 0 (576 bytes).
+/// The segment header at offset 0 (704 bytes).
 ///
-/// Fields up to `secret_hash` are written once at creation, before `magic` and `layout_version`
-/// are published, and never change; the rest are atomics shared by all processes.
+/// Fields up to `schema_name_len` (offsets 0–191) and the schema block from `max_shape`
+/// (576–703) are written once at creation, before `magic` and `layout_version` are published,
+/// and never change; the rest are atomics shared by all processes.
 #[repr(C, align(64))]
 pub struct Header {
     /// [`MAGIC`]; stored last at creation.
@@ -192,8 +200,16 @@ pub struct Header {
     pub secret_salt: [u8; 16],
     /// BLAKE3(salt ‖ secret), all zero without a secret.
     pub secret_hash: [u8; 32],
+    /// An [`ElementType`] code: what each element of a frame is.
+    pub element_type: u32,
+    /// Dimensions of every frame (1–4).
+    pub ndim: u32,
+    /// The application's schema version (0 when it gave none).
+    pub schema_version: u32,
+    /// Bytes of `schema_name` used (0: no application schema).
+    pub schema_name_len: u32,
     /// Reserved, zero.
-    pub reserved1: [u8; 32],
+    pub reserved1: [u8; 16],
     /// Pid of the producer attached now, 0 when none.
     pub producer_pid: AtomicU64,
     /// Start time (clock ticks since boot) of that process; with the pid it survives pid reuse.
@@ -210,7 +226,10 @@ pub struct Header {
     /// `data_waiting` load, and so what a consumer must do before it sleeps.
     pub commit_fence: AtomicU32,
     /// Reserved, zero.
-    pub reserved2: [u8; 12],
+    pub reserved2: u32,
+    /// Consumers evicted (dead, or heartbeat older than the consumer timeout, or dropped by
+    /// the broker) since creation.
+    pub consumers_evicted: AtomicU64,
     /// Next frame id the producer will claim (its own cache line: written per frame).
     pub write_pos: AtomicU64,
     /// Ring: frames below this id may be written without scanning the consumer table again
@@ -245,9 +264,16 @@ pub struct Header {
     pub reserved7: [u8; 40],
     /// Serialises producer attach and takeover.
     pub producer_mutex: ProcessMutex,
+    /// The largest frame shape: `ndim` dimensions, the rest 0. A frame's shape has the same
+    /// number of dimensions, each at most the one here.
+    pub max_shape: [u64; MAX_DIMS],
+    /// The application's schema name (UTF-8, `schema_name_len` bytes, the rest 0).
+    pub schema_name: [u8; MAX_SCHEMA_NAME],
+    /// Reserved, zero.
+    pub reserved8: [u8; 32],
 }
 
-const _: () = assert!(size_of::<Header>() == 576);
+const _: () = assert!(size_of::<Header>() == 704);
 const _: () = assert!(offset_of!(Header, magic) == 0);
 const _: () = assert!(offset_of!(Header, layout_version) == 8);
 const _: () = assert!(offset_of!(Header, header_size) == 12);
@@ -269,7 +295,11 @@ const _: () = assert!(offset_of!(Header, has_secret) == 104);
 const _: () = assert!(offset_of!(Header, payload_mode) == 108);
 const _: () = assert!(offset_of!(Header, secret_salt) == 112);
 const _: () = assert!(offset_of!(Header, secret_hash) == 128);
-const _: () = assert!(offset_of!(Header, reserved1) == 160);
+const _: () = assert!(offset_of!(Header, element_type) == 160);
+const _: () = assert!(offset_of!(Header, ndim) == 164);
+const _: () = assert!(offset_of!(Header, schema_version) == 168);
+const _: () = assert!(offset_of!(Header, schema_name_len) == 172);
+const _: () = assert!(offset_of!(Header, reserved1) == 176);
 const _: () = assert!(offset_of!(Header, producer_pid) == 192);
 const _: () = assert!(offset_of!(Header, producer_start_time) == 200);
 const _: () = assert!(offset_of!(Header, producer_heartbeat_ns) == 208);
@@ -278,6 +308,7 @@ const _: () = assert!(offset_of!(Header, dropped) == 224);
 const _: () = assert!(offset_of!(Header, flex_version) == 232);
 const _: () = assert!(offset_of!(Header, commit_fence) == 240);
 const _: () = assert!(offset_of!(Header, reserved2) == 244);
+const _: () = assert!(offset_of!(Header, consumers_evicted) == 248);
 const _: () = assert!(offset_of!(Header, write_pos) == 256);
 const _: () = assert!(offset_of!(Header, space_bound) == 264);
 const _: () = assert!(offset_of!(Header, reserved3) == 272);
@@ -292,6 +323,9 @@ const _: () = assert!(offset_of!(Header, reserved6) == 460);
 const _: () = assert!(offset_of!(Header, overwritten) == 464);
 const _: () = assert!(offset_of!(Header, reserved7) == 472);
 const _: () = assert!(offset_of!(Header, producer_mutex) == 512);
+const _: () = assert!(offset_of!(Header, max_shape) == 576);
+const _: () = assert!(offset_of!(Header, schema_name) == 608);
+const _: () = assert!(offset_of!(Header, reserved8) == 672);
 const _: () = assert!(size_of::<ProcessEvent>() == 8);
 const _: () = assert!(size_of::<ProcessMutex>() == 64);
 
@@ -312,8 +346,9 @@ pub struct ConsumerEntry {
     pub received: AtomicU64,
     /// Frames this consumer lost to overwrites.
     pub missed: AtomicU64,
-    /// Reserved, zero.
-    pub reserved: u64,
+    /// A tag of the consumer's Hub client (a hash of its client id), so a producer told by the
+    /// broker that the client went silent can evict its entries; 0 without a Hub.
+    pub owner_tag: AtomicU64,
 }
 
 const _: () = assert!(size_of::<ConsumerEntry>() == 64);
@@ -324,9 +359,9 @@ const _: () = assert!(offset_of!(ConsumerEntry, position) == 24);
 const _: () = assert!(offset_of!(ConsumerEntry, held) == 32);
 const _: () = assert!(offset_of!(ConsumerEntry, received) == 40);
 const _: () = assert!(offset_of!(ConsumerEntry, missed) == 48);
-const _: () = assert!(offset_of!(ConsumerEntry, reserved) == 56);
+const _: () = assert!(offset_of!(ConsumerEntry, owner_tag) == 56);
 
-/// One slot descriptor (128 bytes): the sequence word and the frame metadata.
+/// One slot descriptor (128 bytes): the sequence word and the frame's metadata.
 ///
 /// Metadata words are atomics (accessed Relaxed, ordered by `seq`) so that a reader racing an
 /// overwrite reads stale values, never undefined ones; the `seq` re-check decides.
@@ -338,20 +373,18 @@ pub struct SlotMeta {
     pub frame_id: AtomicU64,
     /// Producer's timestamp in ns (`CLOCK_REALTIME` unless the producer set one).
     pub timestamp_ns: AtomicU64,
-    /// Payload bytes used (≤ slot_size).
+    /// Payload bytes: the product of the frame's dimensions times the element size.
     pub data_size: AtomicU64,
-    /// Application's type hash.
-    pub type_hash: AtomicU64,
-    /// Number of used dimensions (≤ 4).
+    /// Dimensions of the frame (the header's `ndim`).
     pub ndim: AtomicU64,
-    /// Dimensions.
+    /// The frame's shape, each dimension at most the header's `max_shape`.
     pub dims: [AtomicU64; MAX_DIMS],
     /// XXH3-64 of the payload when the channel has checksums, else 0.
     pub checksum: AtomicU64,
     /// Pooled payloads only: the payload buffer holding this frame.
     pub chunk: AtomicU64,
     /// Reserved, zero.
-    pub reserved: [u64; 4],
+    pub reserved: [u64; 5],
 }
 
 const _: () = assert!(size_of::<SlotMeta>() == 128);
@@ -359,13 +392,12 @@ const _: () = assert!(offset_of!(SlotMeta, seq) == 0);
 const _: () = assert!(offset_of!(SlotMeta, frame_id) == 8);
 const _: () = assert!(offset_of!(SlotMeta, timestamp_ns) == 16);
 const _: () = assert!(offset_of!(SlotMeta, data_size) == 24);
-const _: () = assert!(offset_of!(SlotMeta, type_hash) == 32);
-const _: () = assert!(offset_of!(SlotMeta, ndim) == 40);
-const _: () = assert!(offset_of!(SlotMeta, dims) == 48);
-const _: () = assert!(offset_of!(SlotMeta, checksum) == 80);
+const _: () = assert!(offset_of!(SlotMeta, ndim) == 32);
+const _: () = assert!(offset_of!(SlotMeta, dims) == 40);
 const _: () = assert!(offset_of!(SlotMeta, dims) + DIMS_IN_FIRST_LINE * 8 == 64);
-const _: () = assert!(offset_of!(SlotMeta, chunk) == 88);
-const _: () = assert!(offset_of!(SlotMeta, reserved) == 96);
+const _: () = assert!(offset_of!(SlotMeta, checksum) == 72);
+const _: () = assert!(offset_of!(SlotMeta, chunk) == 80);
+const _: () = assert!(offset_of!(SlotMeta, reserved) == 88);
 
 /// Header of one flexible-zone buffer (64 bytes); `flex_size` bytes of state follow it.
 #[repr(C, align(64))]
@@ -412,6 +444,76 @@ pub struct Params {
     /// A [`payload_mode_code`]. Chosen by the creator (see [`Params::payload_mode_for`]) and
     /// stored in the header: attachers follow the segment, whatever rule their build has.
     pub payload_mode: u32,
+    /// What a frame holds.
+    pub schema: SchemaParams,
+}
+
+/// The schema part of the parameters: element type, largest shape, application schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaParams {
+    /// An [`ElementType`] code.
+    pub element: u32,
+    /// Dimensions (1–4).
+    pub ndim: u32,
+    /// The largest shape; unused dimensions are 0.
+    pub max_shape: [u64; MAX_DIMS],
+    /// The application's schema version (0: none).
+    pub version: u32,
+    /// Bytes of `name` used (0: no application schema).
+    pub name_len: u32,
+    /// The application's schema name, UTF-8.
+    pub name: [u8; MAX_SCHEMA_NAME],
+}
+
+impl SchemaParams {
+    /// The element type (the code was validated by [`Geometry::compute`]).
+    pub fn element_type(&self) -> ElementType {
+        ElementType::from_code(self.element).unwrap_or(ElementType::U8)
+    }
+
+    /// The largest shape.
+    pub fn shape(&self) -> &[u64] {
+        &self.max_shape[..(self.ndim as usize).min(MAX_DIMS)]
+    }
+
+    /// The application's schema name, if any (validated UTF-8).
+    pub fn name(&self) -> Option<&str> {
+        let len = (self.name_len as usize).min(MAX_SCHEMA_NAME);
+        (len > 0).then(|| std::str::from_utf8(&self.name[..len]).unwrap_or(""))
+    }
+
+    /// Elements in a frame of `shape`, if the product fits in a u64.
+    pub fn elements(shape: &[u64]) -> Option<u64> {
+        shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+    }
+
+    /// Checks the element code, the shape and the name; returns the bytes of a largest frame.
+    pub fn validate(&self) -> Result<u64, LayoutError> {
+        let t = ElementType::from_code(self.element)
+            .ok_or_else(|| invalid("element_type", self.element.into()))?;
+        if !(1..=MAX_DIMS as u32).contains(&self.ndim) {
+            return Err(invalid("ndim", self.ndim.into()));
+        }
+        let ndim = self.ndim as usize;
+        for (i, &d) in self.max_shape.iter().enumerate() {
+            if (i < ndim && d == 0) || (i >= ndim && d != 0) {
+                return Err(invalid("max_shape", d));
+            }
+        }
+        let bytes = Self::elements(self.shape())
+            .and_then(|n| n.checked_mul(t.size()))
+            .filter(|&b| b <= MAX_TOTAL)
+            .ok_or_else(|| invalid("max_shape", u64::MAX))?;
+        let len = self.name_len as usize;
+        if len > MAX_SCHEMA_NAME {
+            return Err(invalid("schema_name_len", self.name_len.into()));
+        }
+        match std::str::from_utf8(&self.name[..len]) {
+            Ok(name) if !name.chars().any(char::is_control) => {}
+            _ => return Err(invalid("schema_name", len as u64)),
+        }
+        Ok(bytes)
+    }
 }
 
 impl Params {
@@ -511,8 +613,16 @@ impl Geometry {
         if !pool_ok {
             return Err(invalid("payload_mode", p.payload_mode.into()));
         }
+        let frame_bytes = p.schema.validate()?;
         if p.slot_size == 0 || p.slot_size > MAX_TOTAL {
             return Err(invalid("slot_size", p.slot_size));
+        }
+        if p.slot_size != frame_bytes {
+            return Err(LayoutError::Inconsistent {
+                field: "slot_size",
+                expected: frame_bytes,
+                found: p.slot_size,
+            });
         }
         if p.flex_size > MAX_TOTAL {
             return Err(invalid("flex_size", p.flex_size));
@@ -577,6 +687,14 @@ impl Geometry {
             checksum: h.checksum,
             state_format: h.state_format,
             payload_mode: h.payload_mode,
+            schema: SchemaParams {
+                element: h.element_type,
+                ndim: h.ndim,
+                max_shape: h.max_shape,
+                version: h.schema_version,
+                name_len: h.schema_name_len,
+                name: h.schema_name,
+            },
         };
         let g = Self::compute(params)?;
         let checks: [(&'static str, u64, u64); 6] = [
@@ -610,6 +728,12 @@ impl Geometry {
             });
         }
         Ok(g)
+    }
+
+    /// The element type of every frame.
+    #[inline]
+    pub fn element(&self) -> ElementType {
+        self.params.schema.element_type()
     }
 
     /// Slot index of frame `f`.
@@ -781,23 +905,61 @@ impl View {
         }
     }
 
-    /// The first `len` bytes of payload buffer `index`, read in place. `len` is clamped to
-    /// slot_size.
+    /// The first `len` bytes of payload buffer `index`, in place, as a slice of `T`. `len` is
+    /// clamped to slot_size and rounded down to whole elements.
     ///
-    /// The producer may overwrite these bytes while the slice lives (a lossy policy, or a
-    /// buffer reused after its frame was released); the caller re-checks the frame's seq word
-    /// before trusting them (the seqlock protocol).
+    /// # Safety
+    /// No process may write these bytes while the returned slice lives: the caller holds the
+    /// frame in this buffer under the lossless-ring protocol (its consumer position keeps the
+    /// producer off the buffer), or is the producer itself, which alone writes payloads.
     #[inline]
-    pub fn payload_bytes(&self, index: usize, len: u64) -> &[u8] {
+    pub unsafe fn payload_held<T: bytemuck::Pod>(&self, index: usize, len: u64) -> &[T] {
         let len = len.min(self.geo.params.slot_size) as usize;
-        // SAFETY: len ≤ slot_size bytes from payload_ptr lie inside the mapping, which lives as long
-        // as &self. Bytes are always initialised (shared memory starts zeroed). Concurrent writes
-        // can only come from another mapping (the producer's, possibly in another process); the
-        // reader treats the content as unverified until the seq re-check passes.
-        unsafe { std::slice::from_raw_parts(self.payload_ptr(index), len) }
+        let ptr = self.payload_ptr(index);
+        const { assert!(std::mem::align_of::<T>() <= 64) };
+        // SAFETY: len ≤ slot_size bytes from payload_ptr lie inside the mapping, which lives as
+        // long as &self; the bytes are always initialised (shared memory starts zeroed); the
+        // pointer is 64-aligned (data_offset is page-aligned and slot_stride a multiple of 64),
+        // which T's alignment (≤ 64, asserted above) divides; T is Pod, so any bytes are a
+        // valid T; and no write happens while the slice lives (the caller's contract).
+        unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), len / std::mem::size_of::<T>()) }
     }
 
-    /// The whole of payload buffer `index`, for the producer to fill.
+    /// Copies the first `dst.len()` (≤ slot_size) bytes of payload buffer `index` into `dst`
+    /// with per-byte atomic loads (`atomic-memcpy`), so the copy is defined even while the
+    /// producer rewrites the buffer; whether the bytes belong to one frame is the seq
+    /// re-check's business.
+    #[inline]
+    pub fn payload_copy(&self, index: usize, dst: &mut [u8]) {
+        let len = (dst.len() as u64).min(self.geo.params.slot_size) as usize;
+        atomic_copy(self.payload_ptr(index), &mut dst[..len]);
+    }
+
+    /// Element `i` of payload buffer `index` read as a `T` with atomic loads, or `None` if the
+    /// element lies beyond the slot.
+    #[inline]
+    pub fn payload_element<T: bytemuck::Pod>(&self, index: usize, i: usize) -> Option<T> {
+        let size = std::mem::size_of::<T>();
+        let end = i.checked_add(1)?.checked_mul(size)?;
+        if end as u64 > self.geo.params.slot_size {
+            return None;
+        }
+        const { assert!(std::mem::align_of::<T>() <= 64) };
+        // SAFETY: [i·size, end) lies inside the slot (checked above), inside the mapping; the
+        // slot is 64-aligned and size is a multiple of T's alignment, so the element is aligned.
+        let src = unsafe { self.payload_ptr(index).add(i * size) }
+            .cast::<T>()
+            .cast_const();
+        // SAFETY: `src` is valid for reads of one aligned T (above); atomic_load never races in
+        // the language's sense; its bytes are initialised (shared memory starts zeroed).
+        let v = unsafe { atomic_memcpy::atomic_load(src, Ordering::Relaxed) };
+        // SAFETY: every byte was loaded from initialised memory, and T is Pod: any bytes are a
+        // valid T.
+        Some(unsafe { v.assume_init() })
+    }
+
+    /// The first `len` (≤ slot_size) bytes of payload buffer `index` as a slice of `T`, for
+    /// the producer to fill.
     ///
     /// # Safety
     /// The caller is the channel's only producer (enforced by the producer identity in the
@@ -806,11 +968,19 @@ impl View {
     /// returned one lives.
     #[allow(clippy::mut_from_ref)] // exclusivity is the caller's documented contract
     #[inline]
-    pub unsafe fn payload_bytes_mut(&self, index: usize) -> &mut [u8] {
-        let len = self.geo.params.slot_size as usize;
-        // SAFETY: in bounds as in `slot_bytes`; exclusivity within this view is the caller's
-        // contract; readers in other mappings follow the seqlock protocol.
-        unsafe { std::slice::from_raw_parts_mut(self.payload_ptr(index), len) }
+    pub unsafe fn payload_mut<T: bytemuck::Pod>(&self, index: usize, len: u64) -> &mut [T] {
+        let len = len.min(self.geo.params.slot_size) as usize;
+        const { assert!(std::mem::align_of::<T>() <= 64) };
+        // SAFETY: in bounds and aligned as in `payload_held`; T is Pod, so any bytes are a valid
+        // T and any T written is valid bytes; exclusivity within this process is the caller's
+        // contract; readers in other mappings read either held frames (which the producer never
+        // writes) or with atomic copies checked by the seqlock protocol.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.payload_ptr(index).cast::<T>(),
+                len / std::mem::size_of::<T>(),
+            )
+        }
     }
 
     /// Flexible-zone buffer `b` (0 or 1): its header and a pointer to its `flex_size` bytes.
@@ -826,15 +996,13 @@ impl View {
         (h, data)
     }
 
-    /// Copies `len` (≤ flex_size) bytes out of flexible-zone buffer `b`.
+    /// Copies `len` (≤ flex_size) bytes out of flexible-zone buffer `b`, with atomic loads
+    /// (the producer may be rewriting them: the caller re-checks the buffer's seq word).
     pub fn flex_read(&self, b: usize, len: u64) -> Vec<u8> {
         let len = len.min(self.geo.params.flex_size) as usize;
         let (_, p) = self.flex(b);
         let mut v = vec![0u8; len];
-        // SAFETY: `len` ≤ flex_size bytes at p lie inside the mapping; v has len bytes; the
-        // regions don't overlap. The bytes may be concurrently rewritten by the producer: the
-        // caller re-checks the buffer's seq word and discards the copy if it changed.
-        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
+        atomic_copy(p, &mut v);
         v
     }
 
@@ -848,6 +1016,50 @@ impl View {
         // SAFETY: `len` ≤ flex_size bytes at p lie inside the mapping; src is a separate
         // allocation. Exclusivity among writers is the caller's contract.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, len) };
+    }
+}
+
+/// Copies `dst.len()` bytes from `src` (8-aligned, inside the mapping) into `dst` with atomic
+/// loads: 256-byte blocks through `atomic_memcpy::atomic_load` (which loads them word by word),
+/// then the last words and bytes. Used for every read of bytes a producer may be rewriting:
+/// a plain copy racing a write is undefined behaviour, an atomic one is not (its result may be
+/// a mix of frames, which the caller's seq re-check detects).
+fn atomic_copy(src: *const u8, dst: &mut [u8]) {
+    type Block = [u64; 32];
+    const BLOCK: usize = std::mem::size_of::<Block>();
+    let len = dst.len();
+    let mut off = 0;
+    while off + BLOCK <= len {
+        // SAFETY: [src + off, src + off + BLOCK) lies inside the region the caller named; src
+        // is 8-aligned and off a multiple of 256, so the block is aligned for u64; the bytes
+        // are initialised (shared memory starts zeroed). atomic_load reads them atomically.
+        let block =
+            unsafe { atomic_memcpy::atomic_load(src.add(off).cast::<Block>(), Ordering::Relaxed) };
+        // SAFETY: `block` holds BLOCK initialised bytes (loaded from initialised memory) and
+        // dst[off..off + BLOCK] is in bounds; the regions are distinct.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                block.as_ptr().cast::<u8>(),
+                dst.as_mut_ptr().add(off),
+                BLOCK,
+            )
+        };
+        off += BLOCK;
+    }
+    while off + 8 <= len {
+        // SAFETY: as above, for one aligned u64.
+        let word =
+            unsafe { atomic_memcpy::atomic_load(src.add(off).cast::<u64>(), Ordering::Relaxed) };
+        // SAFETY: initialised bytes (as above); any bits are a u64.
+        dst[off..off + 8].copy_from_slice(&unsafe { word.assume_init() }.to_ne_bytes());
+        off += 8;
+    }
+    while off < len {
+        // SAFETY: as above, for one byte.
+        let byte = unsafe { atomic_memcpy::atomic_load(src.add(off), Ordering::Relaxed) };
+        // SAFETY: an initialised byte.
+        dst[off] = unsafe { byte.assume_init() };
+        off += 1;
     }
 }
 
@@ -895,6 +1107,13 @@ pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>) {
         (*p).checksum = g.params.checksum;
         (*p).state_format = g.params.state_format;
         (*p).payload_mode = g.params.payload_mode;
+        let schema = g.params.schema;
+        (*p).element_type = schema.element;
+        (*p).ndim = schema.ndim;
+        (*p).max_shape = schema.max_shape;
+        (*p).schema_version = schema.version;
+        (*p).schema_name_len = schema.name_len;
+        (*p).schema_name = schema.name;
         if let Some((salt, hash)) = secret {
             (*p).has_secret = 1;
             (*p).secret_salt = salt;
@@ -907,6 +1126,17 @@ pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>) {
 mod tests {
     use super::*;
 
+    fn bytes(n: u64) -> SchemaParams {
+        SchemaParams {
+            element: ElementType::U8.code(),
+            ndim: 1,
+            max_shape: [n, 0, 0, 0],
+            version: 0,
+            name_len: 0,
+            name: [0; MAX_SCHEMA_NAME],
+        }
+    }
+
     fn ring(slots: u32, slot_size: u64, flex_size: u64) -> Params {
         Params {
             policy: policy_code::RING,
@@ -917,15 +1147,16 @@ mod tests {
             checksum: checksum_code::NONE,
             state_format: state_format_code::JSON,
             payload_mode: payload_mode_code::RING_ORDER,
+            schema: bytes(slot_size),
         }
     }
 
     #[test]
     fn the_documented_offsets_follow_from_the_parameters() {
         let g = Geometry::compute(ring(4, 1000, 100)).unwrap();
-        assert_eq!(g.consumer_table_offset, 576);
-        assert_eq!(g.slot_meta_offset, 576 + 16 * 64);
-        assert_eq!(g.flex_offset, 1600 + 4 * 128);
+        assert_eq!(g.consumer_table_offset, 704);
+        assert_eq!(g.slot_meta_offset, 704 + 16 * 64);
+        assert_eq!(g.flex_offset, 1728 + 4 * 128);
         assert_eq!(g.flex_stride, 64 + 128);
         assert_eq!(g.data_offset, 4096);
         assert_eq!(g.slot_stride, 1024);
@@ -939,9 +1170,15 @@ mod tests {
             ring(0, 64, 0),
             ring(MAX_SLOTS + 1, 64, 0),
             ring(4, 0, 0),
-            ring(4, u64::MAX, 0),
+            Params {
+                schema: bytes(u64::MAX),
+                ..ring(4, u64::MAX, 0)
+            },
             ring(4, 64, u64::MAX),
-            ring(MAX_SLOTS, MAX_TOTAL, 0),
+            Params {
+                schema: bytes(MAX_TOTAL),
+                ..ring(MAX_SLOTS, MAX_TOTAL, 0)
+            },
             Params {
                 policy: policy_code::LATEST,
                 ..ring(2, 64, 0)
@@ -966,6 +1203,48 @@ mod tests {
                 payload_mode: 2,
                 ..ring(2, 64, 0)
             },
+            // A slot size that is not the largest frame's.
+            Params {
+                slot_size: 65,
+                ..ring(2, 64, 0)
+            },
+            Params {
+                schema: SchemaParams {
+                    element: 0,
+                    ..bytes(64)
+                },
+                ..ring(2, 64, 0)
+            },
+            Params {
+                schema: SchemaParams {
+                    ndim: 5,
+                    ..bytes(64)
+                },
+                ..ring(2, 64, 0)
+            },
+            Params {
+                schema: SchemaParams {
+                    max_shape: [64, 1, 0, 0],
+                    ..bytes(64)
+                },
+                ..ring(2, 64, 0)
+            },
+            Params {
+                schema: SchemaParams {
+                    element: ElementType::U64.code(),
+                    ndim: 4,
+                    max_shape: [u64::MAX; 4],
+                    ..bytes(64)
+                },
+                ..ring(2, 64, 0)
+            },
+            Params {
+                schema: SchemaParams {
+                    name_len: 65,
+                    ..bytes(64)
+                },
+                ..ring(2, 64, 0)
+            },
             Params {
                 policy: policy_code::DOUBLE_BUFFER,
                 backpressure: backpressure_code::NONE,
@@ -983,6 +1262,182 @@ mod tests {
             assert_eq!(writing_seq(f) % 2, 1);
             assert_eq!(committed_seq(f) % 2, 0);
             assert_ne!(committed_seq(f), 0, "0 means empty");
+        }
+    }
+
+    /// Size of the field `f` selects (for the table check below).
+    fn size_of_field<T, F>(_: fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+
+    macro_rules! fields {
+        ($t:ty: $($f:ident),* $(,)?) => {
+            vec![$((stringify!($f), offset_of!($t, $f), size_of_field(|x: &$t| &x.$f))),*]
+        };
+    }
+
+    /// The rows of the markdown table under heading `heading` of `doc`: cells, trimmed, with
+    /// backticks removed and `\|` unescaped.
+    fn table(doc: &str, heading: &str) -> Vec<Vec<String>> {
+        let start = doc
+            .find(&format!("\n## {heading}"))
+            .unwrap_or_else(|| panic!("no section {heading:?} in SHM_LAYOUT.md"));
+        let section = &doc[start + 1..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+        section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2) // the header row and the separator
+            .map(|l| {
+                let l = l.replace("\\|", "\u{0}");
+                l.trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().replace('`', "").replace('\u{0}', "|"))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Checks one struct's table: every documented offset and size is the code's, every field
+    /// of the code is documented, names agree (`reserved` rows match the code's `reserved*`).
+    fn check_struct(
+        doc: &str,
+        heading: &str,
+        size: usize,
+        fields: Vec<(&'static str, usize, usize)>,
+    ) {
+        let rows = table(doc, heading);
+        assert_eq!(rows.len(), fields.len(), "{heading}: rows and fields");
+        let mut covered = 0;
+        for row in &rows {
+            let offset: usize = row[0]
+                .parse()
+                .unwrap_or_else(|_| panic!("{heading}: {row:?}"));
+            let bytes: usize = row[1]
+                .parse()
+                .unwrap_or_else(|_| panic!("{heading}: {row:?}"));
+            let name = row[2].split_whitespace().next().unwrap_or("");
+            let (code, _, code_size) = fields
+                .iter()
+                .find(|(_, o, _)| *o == offset)
+                .unwrap_or_else(|| panic!("{heading}: no field at offset {offset} ({row:?})"));
+            assert_eq!(bytes, *code_size, "{heading}: size of {code} at {offset}");
+            if name == "reserved" || name == "data" {
+                assert!(
+                    code.starts_with("reserved") || *code == "data",
+                    "{heading}: {code} at {offset} is documented as {name}"
+                );
+            } else {
+                assert_eq!(name, *code, "{heading}: the field at {offset}");
+            }
+            covered += bytes;
+        }
+        assert_eq!(covered, size, "{heading}: the table covers the struct");
+    }
+
+    #[test]
+    fn the_layout_document_matches_the_code() {
+        let doc = include_str!("../../../../docs/SHM_LAYOUT.md");
+        assert!(
+            doc.starts_with(&format!(
+                "# Shared-memory channel layout (version {LAYOUT_VERSION})"
+            )),
+            "the title names the layout version"
+        );
+        check_struct(
+            doc,
+            "Header",
+            size_of::<Header>(),
+            fields!(Header: magic, layout_version, header_size, total_size, policy,
+                backpressure, slot_count, consumer_capacity, slot_size, slot_stride, flex_size,
+                consumer_table_offset, slot_meta_offset, flex_offset, data_offset, checksum,
+                state_format, has_secret, payload_mode, secret_salt, secret_hash, element_type,
+                ndim, schema_version, schema_name_len, reserved1, producer_pid,
+                producer_start_time, producer_heartbeat_ns, producer_attaches, dropped,
+                flex_version, commit_fence, reserved2, consumers_evicted, write_pos,
+                space_bound, reserved3, commit_pos, reserved4, data_event, data_waiting,
+                reserved5, space_event, producer_waiting, reserved6, overwritten, reserved7,
+                producer_mutex, max_shape, schema_name, reserved8),
+        );
+        check_struct(
+            doc,
+            "Consumer table entry",
+            size_of::<ConsumerEntry>(),
+            fields!(ConsumerEntry: state, start_time, heartbeat_ns, position, held, received,
+                missed, owner_tag),
+        );
+        check_struct(
+            doc,
+            "Slot descriptor",
+            size_of::<SlotMeta>(),
+            fields!(SlotMeta: seq, frame_id, timestamp_ns, data_size, ndim, dims, checksum,
+                chunk, reserved),
+        );
+        // The flexible-zone table documents the header and the data that follows it.
+        let mut flex = fields!(FlexHeader: seq, len, reserved);
+        flex.push(("data", size_of::<FlexHeader>(), 0));
+        let rows = table(doc, "Flexible-zone buffer");
+        assert_eq!(rows.last().map(|r| r[1].as_str()), Some("F"));
+        let doc_without_data = doc.replace("| 64 | F | data |", "| 64 | 0 | data |");
+        check_struct(
+            &doc_without_data,
+            "Flexible-zone buffer",
+            size_of::<FlexHeader>(),
+            flex,
+        );
+
+        // Constants stated in the header table.
+        let header = table(doc, "Header");
+        let meaning = |field: &str| {
+            header
+                .iter()
+                .find(|r| r[2].split_whitespace().next() == Some(field))
+                .map(|r| r[3].clone())
+                .unwrap_or_else(|| panic!("no row for {field}"))
+        };
+        assert!(
+            meaning("magic").contains(&format!("{MAGIC:#x}")),
+            "the magic value"
+        );
+        assert!(meaning("magic").contains("LABHUBDB"));
+        assert_eq!(MAGIC.to_le_bytes(), *b"LABHUBDB");
+        assert!(meaning("layout_version").starts_with(&LAYOUT_VERSION.to_string()));
+        assert_eq!(meaning("header_size"), size_of::<Header>().to_string());
+        assert_eq!(meaning("consumer_capacity"), CONSUMER_CAPACITY.to_string());
+        let g = Geometry::compute(ring(4, 1000, 100)).unwrap();
+        assert_eq!(
+            meaning("consumer_table_offset"),
+            g.consumer_table_offset.to_string()
+        );
+        assert_eq!(meaning("slot_meta_offset"), g.slot_meta_offset.to_string());
+        assert_eq!(
+            meaning("flex_offset"),
+            format!("{} + 128 N", g.slot_meta_offset)
+        );
+
+        // The regions table.
+        let regions = table(doc, "Regions");
+        assert_eq!(
+            regions[0][..2],
+            ["0".to_owned(), size_of::<Header>().to_string()]
+        );
+        assert_eq!(regions[1][0], g.consumer_table_offset.to_string());
+        assert!(regions[1][1].ends_with(&format!(
+            "= {}",
+            CONSUMER_CAPACITY as usize * size_of::<ConsumerEntry>()
+        )));
+        assert_eq!(regions[2][0], g.slot_meta_offset.to_string());
+        assert!(regions[2][1].starts_with(&format!("N × {}", size_of::<SlotMeta>())));
+
+        // The element types: code, name, size, numpy dtype.
+        let elements = table(doc, "Element types");
+        assert_eq!(elements.len(), crate::shm::element::ALL.len());
+        for (row, t) in elements.iter().zip(crate::shm::element::ALL) {
+            assert_eq!(row[0], t.code().to_string(), "{t}");
+            assert_eq!(row[1], t.name(), "{t}");
+            assert_eq!(row[2], t.size().to_string(), "{t}");
+            assert_eq!(row[3], t.numpy_dtype(), "{t}");
         }
     }
 }

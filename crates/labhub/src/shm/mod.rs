@@ -1,27 +1,28 @@
-//! Shared-memory data channels: frames from one producer process reach any number of consumer
-//! processes at memory speed, whole or not at all, with no broker involved.
+//! Shared-memory data channels: typed n-dimensional frames from one producer process reach any
+//! number of consumer processes at memory speed, whole or not at all, with no broker involved.
 //!
 //! A channel is one named POSIX shared-memory segment (mode 0600, named from the channel name and
-//! the user id, see [`segment`]). Its byte layout is documented in `docs/SHM_LAYOUT.md` and
-//! defined in [`layout`]: a header, a consumer table, slot descriptors, a flexible zone for a
-//! small state object, and the slots.
+//! the user id: [`ChannelName::segment_name`]). Its byte layout is documented in
+//! `docs/SHM_LAYOUT.md`: a header (with the channel's schema: element type, largest shape,
+//! optional application schema name and version), a consumer table, slot descriptors (each
+//! frame's own shape, id and timestamp), a flexible zone for a small state object, and the
+//! slots.
 //!
-//! - [`Producer::create`] creates the channel, or re-attaches to it if it exists and its previous
-//!   producer is dead (frame ids continue). Dropping a producer never removes the channel;
-//!   [`remove_channel`] does.
-//! - [`Consumer::attach`] attaches by channel name; [`Consumer::next`] waits for the next frame
-//!   and returns it in place (zero copy).
-//! - [`Policy`] picks Latest (one slot), DoubleBuffer, or a lossless Ring with a [`Backpressure`]
-//!   rule.
-//!
-//! # Reading in place from a lossy channel
-//! Under [`Policy::Latest`], [`Policy::DoubleBuffer`] and [`Backpressure::DropOldest`], the
-//! producer never waits for readers, so it may overwrite a frame while a reader looks at it.
-//! [`Frame::data`] then shows bytes that may be torn: they are **only guaranteed whole if
-//! [`Frame::finish`] (or [`Frame::copy_to_vec`]) returns `Ok`** afterwards. Under a lossless ring
-//! (`Block` or `Fail`) a frame is never overwritten while a consumer holds it, except one that
-//! [`Consumer::latest`] returned although the consumer had already passed it: the same rule
-//! applies to that one.
+//! - [`Channel`] is the one builder: a name, a [`Policy`], what a frame holds
+//!   ([`frames`](Channel::frames) of an [`Element`] type, [`bytes`](Channel::bytes), or
+//!   [`dynamic`](Channel::dynamic) for an element type chosen at run time), options, then
+//!   [`create`](Channel::create) → [`Producer`], [`open`](Channel::open) → [`Consumer`] (its
+//!   expectations checked: [`ChannelError::SchemaMismatch`]), or
+//!   [`open_or_create`](Channel::open_or_create) (a consumer that may start before its
+//!   producer). `labhub::client::Hub::channel` is the same builder through the broker.
+//! - [`Producer::loan`] / [`Producer::loan_shape`] give a [`SlotMut`] exactly as long as the
+//!   frame; [`SlotMut::commit`] consumes it and cannot fail; dropping it abandons it.
+//!   [`Producer::publish`] copies a slice in.
+//! - [`Consumer::next`] returns a [`Frame`]: held in place (`&[T]`) under lossless rings, read
+//!   through checked copies or atomic accesses under lossy policies (see [`Consumer`] for why).
+//! - [`inspect`] reads a channel's header, counters and consumer table without attaching.
+//! - Dropping a producer never removes the channel; a producer created later takes it over and
+//!   continues the frame ids; [`remove_channel`] removes it.
 //!
 //! # Large frames
 //! In a lossless ring with slots of 256 KiB or more, payload buffers are pooled: the producer
@@ -31,30 +32,60 @@
 //!
 //! # Example
 //! ```
-//! use labhub::shm::{self, AttachOptions, ChannelConfig, Consumer, FrameMeta, Policy, Producer};
+//! use labhub::shm::{self, Channel, Policy};
 //! use std::time::Duration;
 //! # let name = format!("doc-example-{}", std::process::id());
-//! let mut producer = Producer::create(&name, ChannelConfig::new(Policy::DoubleBuffer, 1024))?;
-//! let mut consumer = Consumer::attach(&name, AttachOptions::default())?;
-//! producer.publish_bytes(b"hello", &FrameMeta::default())?;
-//! let frame = consumer.next(Some(Duration::from_secs(5)))?;
-//! assert_eq!(frame.data(), b"hello");
-//! frame.finish()?;
-//! # drop(consumer); drop(producer);
+//! // A camera publishing 480 x 640 frames of u16 into a lossless ring of 8 slots.
+//! let mut camera = Channel::new(&name).policy("ring:8:block".parse()?).frames::<u16>(&[480, 640]).create()?;
+//! // A consumer that expects exactly that (anything else is refused at open).
+//! let mut viewer = Channel::new(&name).frames::<u16>(&[480, 640]).open()?;
+//!
+//! let mut slot = camera.loan()?;          // the frame's 307200 pixels, in place
+//! slot.fill(1000);
+//! slot.commit();                          // readers see all of it or none of it
+//!
+//! let frame = viewer.next(Some(Duration::from_secs(5)))?;
+//! let pixels: &[u16] = frame.held().expect("a lossless ring holds its frames");
+//! assert_eq!((frame.shape(), pixels[0]), (&[480u64, 640][..], 1000));
+//! drop(frame);                            // releases the slot to the producer
+//! # drop(viewer); drop(camera);
 //! shm::remove_channel(&name)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod builder;
 mod consumer;
+mod element;
 mod error;
 mod flex;
-pub mod layout;
+mod inspect;
+mod layout;
+mod policy;
 mod producer;
-pub mod segment;
+mod segment;
 
-pub use consumer::{AttachOptions, Consumer, Frame, WaitMode};
-pub use error::{ChannelError, LayoutError, PublishError, ReadError, StateError};
-pub use producer::{Producer, SlotWriter};
+#[cfg(feature = "zmq")]
+pub(crate) use builder::sealed;
+pub use builder::{Backend, Channel, DEFAULT_CONSUMER_TIMEOUT, Local, Settings};
+pub use consumer::{Consumer, Frame, Shared, WaitMode};
+pub use element::{
+    Bool, Complex32, Complex64, Dynamic, Element, ElementType, Payload, UnknownElementType,
+};
+pub use error::{ChannelError, LayoutError, Overwritten, PublishError, ReadError, StateError};
+pub use inspect::{ConsumerReport, ProducerReport, SegmentReport, inspect};
+pub use policy::{Backpressure, MAX_POLICY_LEN, Policy, PolicyParseError};
+pub use producer::{Producer, SlotMut};
+#[cfg(feature = "broker")]
+pub(crate) use segment::remove_orphans;
+
+/// Largest number of dimensions of a frame.
+pub const MAX_DIMS: usize = layout::MAX_DIMS;
+/// Consumers a channel's table holds.
+pub const CONSUMER_CAPACITY: u32 = layout::CONSUMER_CAPACITY;
+/// The segment layout version this build reads and writes.
+pub const LAYOUT_VERSION: u32 = layout::LAYOUT_VERSION;
+/// Slots at least this large are pooled in lossless rings (see the module documentation).
+pub const POOL_MIN_SLOT_SIZE: u64 = layout::POOL_MIN_SLOT_SIZE;
 
 /// The sync primitives the layout embeds, and the process identity.
 pub(crate) mod sync_impl {
@@ -65,41 +96,8 @@ pub(crate) mod sync_impl {
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use layout::{backpressure_code, checksum_code, consumer_state, policy_code, state_format_code};
-
-/// How slots are used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Policy {
-    /// One slot; the newest frame wins; readers racing a write see `Overwritten`.
-    Latest,
-    /// Two slots; the newest frame wins; a reader has one frame period to finish.
-    DoubleBuffer,
-    /// `slots` slots, lossless unless `when_full` is [`Backpressure::DropOldest`]: the ring is
-    /// full when the slowest live consumer is `slots` frames behind.
-    Ring {
-        /// Number of slots (1–65536).
-        slots: u32,
-        /// What the producer does when the ring is full.
-        when_full: Backpressure,
-    },
-}
-
-/// What a ring's producer does when the slowest live consumer is a full ring behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Backpressure {
-    /// Wait for space, up to `timeout` (then [`PublishError::Timeout`]); dead consumers are
-    /// detected and evicted while waiting.
-    Block {
-        /// Longest wait.
-        timeout: Duration,
-    },
-    /// Fail at once with [`PublishError::Full`].
-    Fail,
-    /// Overwrite the oldest unread frame (counted as dropped); slow readers skip it.
-    DropOldest,
-}
+use crate::name::ChannelName;
+use layout::consumer_state;
 
 /// Serialisation of the flexible-zone state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,8 +111,12 @@ pub enum StateFormat {
     MessagePack,
 }
 
-/// A channel secret: consumers must present the same bytes to attach. Only a salted BLAKE3
-/// hash is stored in the segment.
+/// A channel secret: consumers must present the same bytes to open the channel. Only a salted
+/// BLAKE3 hash is stored in the segment.
+///
+/// Not an access control: the segment is readable by every process of its user (and by no
+/// other user, mode 0600), secret or not. It keeps out consumers given another secret — of
+/// another run or experiment — that open a channel of the same name by mistake.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Vec<u8>);
 
@@ -156,139 +158,6 @@ impl From<&str> for Secret {
     }
 }
 
-/// How a channel is created: policy, slot size, flexible zone, checksum, secret.
-#[derive(Debug, Clone)]
-pub struct ChannelConfig {
-    policy: Policy,
-    slot_size: u64,
-    flex_size: u64,
-    checksum: bool,
-    state_format: StateFormat,
-    secret: Option<Secret>,
-    consumer_timeout: Option<Duration>,
-}
-
-impl ChannelConfig {
-    /// A channel with `policy` and slots of `slot_size` bytes; no flexible zone, no checksum,
-    /// no secret.
-    pub fn new(policy: Policy, slot_size: u64) -> Self {
-        Self {
-            policy,
-            slot_size,
-            flex_size: 0,
-            checksum: false,
-            state_format: StateFormat::Json,
-            secret: None,
-            consumer_timeout: None,
-        }
-    }
-    /// Capacity of the flexible-zone state in bytes.
-    pub fn flex_size(mut self, bytes: u64) -> Self {
-        self.flex_size = bytes;
-        self
-    }
-    /// Stores an XXH3-64 checksum per frame, verified by readers.
-    pub fn checksum(mut self, on: bool) -> Self {
-        self.checksum = on;
-        self
-    }
-    /// Serialisation of the flexible-zone state.
-    pub fn state_format(mut self, format: StateFormat) -> Self {
-        self.state_format = format;
-        self
-    }
-    /// Requires consumers to present `secret`.
-    pub fn secret(mut self, secret: impl Into<Secret>) -> Self {
-        self.secret = Some(secret.into());
-        self
-    }
-    /// Evicts a consumer that holds a lossless ring back and whose heartbeat (refreshed by every
-    /// read and at least every 500 ms while it waits) is older than `timeout`, even if its
-    /// process lives (a stuck reader). Without it (the default) only dead consumers are evicted.
-    /// A producer-side setting: not stored in the segment.
-    pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
-        self.consumer_timeout = Some(timeout);
-        self
-    }
-    /// The policy.
-    pub fn policy(&self) -> Policy {
-        self.policy
-    }
-
-    fn params(&self) -> layout::Params {
-        let (policy, slot_count, backpressure) = match self.policy {
-            Policy::Latest => (policy_code::LATEST, 1, backpressure_code::NONE),
-            Policy::DoubleBuffer => (policy_code::DOUBLE_BUFFER, 2, backpressure_code::NONE),
-            Policy::Ring { slots, when_full } => (
-                policy_code::RING,
-                slots,
-                match when_full {
-                    Backpressure::Block { .. } => backpressure_code::BLOCK,
-                    Backpressure::Fail => backpressure_code::FAIL,
-                    Backpressure::DropOldest => backpressure_code::DROP_OLDEST,
-                },
-            ),
-        };
-        layout::Params {
-            policy,
-            backpressure,
-            slot_count,
-            slot_size: self.slot_size,
-            flex_size: self.flex_size,
-            checksum: if self.checksum {
-                checksum_code::XXH3_64
-            } else {
-                checksum_code::NONE
-            },
-            state_format: match self.state_format {
-                StateFormat::Json => state_format_code::JSON,
-                #[cfg(feature = "msgpack")]
-                StateFormat::MessagePack => state_format_code::MSGPACK,
-            },
-            payload_mode: layout::Params::payload_mode_for(policy, backpressure, self.slot_size),
-        }
-    }
-}
-
-/// Frame metadata set by the producer and read by consumers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FrameMeta {
-    /// Timestamp in ns; 0 lets the producer stamp `CLOCK_REALTIME` at publish.
-    pub timestamp_ns: u64,
-    /// The application's type hash.
-    pub type_hash: u64,
-    /// Number of used entries in `dims` (0–4).
-    pub ndim: u8,
-    /// Dimensions.
-    pub dims: [u64; layout::MAX_DIMS],
-}
-
-impl FrameMeta {
-    /// Metadata with a type hash and dimensions (at most 4).
-    pub fn new(type_hash: u64, dims: &[u64]) -> Result<Self, PublishError> {
-        let mut m = Self {
-            type_hash,
-            ..Self::default()
-        };
-        m.set_dims(dims)?;
-        Ok(m)
-    }
-    /// Sets the dimensions (at most 4).
-    pub fn set_dims(&mut self, dims: &[u64]) -> Result<(), PublishError> {
-        if dims.len() > layout::MAX_DIMS {
-            return Err(PublishError::TooManyDims { ndim: dims.len() });
-        }
-        self.dims = [0; layout::MAX_DIMS];
-        self.dims[..dims.len()].copy_from_slice(dims);
-        self.ndim = dims.len() as u8;
-        Ok(())
-    }
-    /// The used dimensions.
-    pub fn dims(&self) -> &[u64] {
-        &self.dims[..usize::from(self.ndim).min(layout::MAX_DIMS)]
-    }
-}
-
 /// Counters and positions of a channel, read from its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -303,23 +172,42 @@ pub struct ChannelStats {
     pub next_frame_id: u64,
     /// Consumers in the table now.
     pub consumers: u32,
+    /// Consumers evicted since the channel was created (dead, stuck longer than the consumer
+    /// timeout, or dropped by the broker).
+    pub evicted: u64,
     /// Pid of the live producer, if any.
     pub producer_pid: Option<u32>,
 }
 
 /// Removes channel `name` (its segment name). Processes that have it mapped keep working on the
 /// old segment; new producers create a fresh one.
+///
+/// # Errors
+/// `InvalidName`, `NotFound`, or `Io` if the unlink failed.
 pub fn remove_channel(name: &str) -> Result<(), ChannelError> {
-    segment::Segment::unlink(name)
+    segment::Segment::unlink(&channel_name(name)?)
 }
 
-/// The OS name of channel `name` for this user (`/labhub.<uid>.<name>`).
-pub fn os_name(name: &str) -> Result<String, ChannelError> {
-    segment::validate_name(name)?;
-    Ok(segment::os_name(name))
+/// Checks a channel name given as text.
+fn channel_name(name: &str) -> Result<ChannelName, ChannelError> {
+    ChannelName::new(name).map_err(|source| ChannelError::InvalidName {
+        name: name
+            .chars()
+            .take(crate::name::MAX_CHANNEL_NAME_LEN)
+            .collect(),
+        source,
+    })
 }
 
-// ---- helpers shared by producer and consumer -------------------------------------------------
+// ---- helpers shared by producer, consumer and inspection ---------------------------------------
+
+/// Adds `n` to a shared counter, stopping at `u64::MAX` (another process may have written any
+/// value there; a counter never wraps back to small numbers).
+fn saturating_add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        (v != u64::MAX).then(|| v.saturating_add(n))
+    });
+}
 
 fn stats(view: &layout::View) -> ChannelStats {
     let h = view.header();
@@ -333,13 +221,15 @@ fn stats(view: &layout::View) -> ChannelStats {
         }
     }
     let pid = h.producer_pid.load(Ordering::Acquire);
+    let commit = h.commit_pos.load(Ordering::Acquire);
     ChannelStats {
         // Every frame id below the commit position was committed exactly once.
-        published: h.commit_pos.load(Ordering::Acquire),
+        published: commit,
         dropped: h.dropped.load(Ordering::Relaxed),
         overwritten: h.overwritten.load(Ordering::Relaxed),
-        next_frame_id: h.commit_pos.load(Ordering::Acquire),
+        next_frame_id: commit,
         consumers,
+        evicted: h.consumers_evicted.load(Ordering::Relaxed),
         producer_pid: u32::try_from(pid).ok().filter(|&p| p != 0),
     }
 }
@@ -347,9 +237,9 @@ fn stats(view: &layout::View) -> ChannelStats {
 /// How many live consumers hold a frame of each slot now (index = slot number).
 ///
 /// Not a count stored per slot: a stored count that a SIGKILLed reader incremented and never
-/// decremented would be wrong forever (and the original design's writer waited on it). It is
-/// derived from the consumer table: each live, active entry's `held` frame counts for its slot;
-/// an entry whose process died counts for nothing, whether or not it was reclaimed yet.
+/// decremented would be wrong forever, and a writer waiting on it would wedge. It is derived
+/// from the consumer table: each live, active entry's `held` frame counts for its slot; an
+/// entry whose process died counts for nothing, whether or not it was reclaimed yet.
 fn slot_readers(view: &layout::View) -> Vec<u32> {
     let geo = view.geometry();
     let mut readers = vec![0u32; geo.slots() as usize];
@@ -367,38 +257,62 @@ fn slot_readers(view: &layout::View) -> Vec<u32> {
     readers
 }
 
-/// Whether the process owning a consumer-table entry is gone (pid dead or reused).
+/// Whether the process owning a consumer-table entry (recorded in `state`) is gone: the one
+/// liveness rule of the table, used by producers, consumers, the CLI and the broker.
+///
+/// The pid and the start time together identify a process across pid reuse. An entry whose
+/// start time is 0 — being claimed, being released, or cleared by someone else — is judged by
+/// its pid alone (a thread of that id exists and is not a zombie).
 fn entry_owner_dead(e: &layout::ConsumerEntry, state: u64) -> bool {
     let pid = (state & 0xffff_ffff) as u32;
     if pid == 0 {
         return true;
     }
     let start_time = e.start_time.load(Ordering::Acquire);
-    if state >> 32 == consumer_state::CLAIMING && start_time == 0 {
-        // Still filling in: only the pid is known.
+    if start_time == 0 {
         return !crate::sys::thread_alive(pid);
     }
     !sync_impl::ProcessId { pid, start_time }.is_alive()
 }
 
-/// Frees entry `e` if its owner (recorded in `state`) is dead. Returns true if freed.
-fn reclaim_if_dead(view: &layout::View, e: &layout::ConsumerEntry, state: u64) -> bool {
-    if state == 0 || !entry_owner_dead(e, state) {
+/// Ends the ownership `state` of entry `e` and frees it: a compare-and-swap to `RELEASING`
+/// (only its winner goes on), then the start time, held frame and tag are cleared, then the
+/// entry is freed. So a freed entry never carries a previous owner's start time, which would
+/// make the next claimer look dead while it fills the entry in (two owners). Returns whether
+/// this call freed it.
+fn release_entry(view: &layout::View, e: &layout::ConsumerEntry, state: u64) -> bool {
+    let releasing = (consumer_state::RELEASING << 32) | u64::from(crate::sys::getpid());
+    if e.state
+        .compare_exchange(state, releasing, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
         return false;
     }
-    if e.state
-        .compare_exchange(state, 0, Ordering::SeqCst, Ordering::SeqCst)
-        .is_ok()
-    {
+    e.start_time.store(0, Ordering::SeqCst);
+    e.held.store(0, Ordering::Relaxed);
+    e.owner_tag.store(0, Ordering::Relaxed);
+    e.state.store(consumer_state::FREE, Ordering::SeqCst);
+    view.header().space_event.notify_all();
+    true
+}
+
+/// Frees entry `e` if its owner (recorded in `state`) is dead. Returns true if freed.
+fn reclaim_if_dead(view: &layout::View, e: &layout::ConsumerEntry, state: u64) -> bool {
+    if state == consumer_state::FREE || !entry_owner_dead(e, state) {
+        return false;
+    }
+    if !release_entry(view, e, state) {
+        return false;
+    }
+    if state >> 32 != consumer_state::RELEASING {
+        saturating_add(&view.header().consumers_evicted, 1);
         tracing::warn!(
-            channel = view.segment().channel(),
+            channel = %view.segment().channel(),
             pid = state & 0xffff_ffff,
             "reclaimed the consumer-table entry of a dead consumer"
         );
-        view.header().space_event.notify_all();
-        return true;
     }
-    false
+    true
 }
 
 fn checksum_of(data: &[u8]) -> u64 {
@@ -421,11 +335,11 @@ fn random_salt() -> [u8; 16] {
 }
 
 /// Opens and validates an existing channel: waits (up to `timeout`) for the segment to be sized
-/// and its magic published, then checks version, layout and (if given) the expected size.
-fn open_view(name: &str, timeout: Duration) -> Result<layout::View, ChannelError> {
+/// and its magic published, then checks version and layout.
+fn open_view(name: &ChannelName, timeout: Duration) -> Result<layout::View, ChannelError> {
     let deadline = std::time::Instant::now() + timeout;
     let layout_err = |source| ChannelError::Layout {
-        channel: name.to_owned(),
+        channel: name.to_string(),
         source,
     };
     let seg = loop {

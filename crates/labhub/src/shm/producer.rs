@@ -1,198 +1,295 @@
-//! The producer side of a channel: create or re-attach, publish frames, write the state.
+//! The producer side of a channel: create or take over, loan a slot and commit it, write the
+//! state.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
+use super::builder::Settings;
+use super::element::{ElementType, Payload};
 use super::error::{ChannelError, PublishError, StateError};
 use super::layout::{self, View, backpressure_code, consumer_state, policy_code};
-use super::segment::{self, Segment};
+use super::segment::Segment;
 use super::sync_impl::ProcessId;
-use super::{Backpressure, ChannelConfig, ChannelStats, FrameMeta, Policy, flex};
+use super::{Backpressure, ChannelStats, Policy, flex};
+use crate::name::ChannelName;
 use crate::sys;
 
-/// How long a producer re-attaching waits for a half-created segment to be published.
+/// How long a producer taking a channel over waits for a half-created segment to be published.
 const REATTACH_WAIT: Duration = Duration::from_secs(2);
 /// While blocked on a full ring, how often the producer re-checks whether the consumers holding
-/// it back are still alive.
+/// it back are still alive (or stuck, or dropped by the broker).
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a producer blocked on a full ring spins before sleeping.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
 
-/// The single writer of a channel.
+/// Where a producer learns of consumers to evict because the broker dropped their client (see
+/// `client::shm`): called while blocked on a full ring, it returns the client tags to evict.
+pub(crate) type DroppedFeed = Box<dyn FnMut() -> Vec<u32> + Send>;
+
+/// The single writer of a channel, created by [`Channel::create`](super::Channel::create).
 ///
-/// Dropping it leaves the channel in place (consumers keep their mappings and the last frames);
-/// a producer created later under the same name re-attaches and continues the frame ids.
-pub struct Producer {
+/// `T` is what frames are written as: an [`Element`](super::Element) type, or
+/// [`Dynamic`](super::Dynamic) (bytes). Dropping the producer leaves the channel in place
+/// (consumers keep their mappings and the last frames); a producer created later under the
+/// same name with the same settings takes it over and continues the frame ids.
+///
+/// ```
+/// use labhub::shm::{self, Channel, Policy};
+/// # let name = format!("doc-producer-{}", std::process::id());
+/// let mut producer = Channel::new(&name).policy(Policy::Latest).bytes(64).create()?;
+/// // Fill a slot in place: its length is the frame's (here the largest shape, 64 bytes).
+/// let mut slot = producer.loan()?;
+/// slot.copy_from_slice(&[1; 64]);
+/// assert_eq!(slot.commit(), 0);
+/// // A shorter frame: a loan with its shape.
+/// let mut slot = producer.loan_shape(&[5])?;
+/// slot.copy_from_slice(b"hello");
+/// assert_eq!(slot.commit(), 1);
+/// // Or copy a slice in.
+/// assert_eq!(producer.publish(b"hi", &[2])?, 2);
+/// # drop(producer); shm::remove_channel(&name)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "dropping the producer gives the channel up"]
+pub struct Producer<T: Payload> {
     view: View,
-    config: ChannelConfig,
+    policy: Policy,
+    consumer_timeout: Option<Duration>,
     next_frame: u64,
     /// Frames below this id need no consumer-table scan (ring policies).
     space_bound: u64,
     me: ProcessId,
     /// This process is registered for the asymmetric fence: commits need no full barrier.
     light_commit: bool,
-    /// How many frames ahead `begin_publish` prefetches slots for writing (0: never).
+    /// How many frames ahead `loan` prefetches slots for writing (0: never).
     prefetch_ahead: u64,
     /// Length of the last frame published: the guess for the frames ahead.
     last_len: u64,
     /// Pooled payloads (see `Geometry::pooled`): which frame each buffer holds.
     pool: Option<PayloadPool>,
+    /// The element type and its size, and the largest shape with its byte length.
+    element: ElementType,
+    max_shape: [u64; layout::MAX_DIMS],
+    ndim: usize,
+    full_bytes: u64,
+    dropped_feed: Option<DroppedFeed>,
+    _payload: PhantomData<fn() -> T>,
 }
 
-impl std::fmt::Debug for Producer {
+impl<T: Payload> std::fmt::Debug for Producer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("channel", &self.view.segment().channel())
+            .field("element", &self.element)
+            .field("max_shape", &self.max_shape())
             .field("next_frame", &self.next_frame)
             .finish_non_exhaustive()
     }
 }
 
 fn mismatch(
-    channel: &str,
+    channel: &ChannelName,
     field: &'static str,
     expected: impl ToString,
     found: impl ToString,
 ) -> ChannelError {
     ChannelError::ConfigMismatch {
-        channel: channel.to_owned(),
+        channel: channel.to_string(),
         field,
         expected: expected.to_string(),
         found: found.to_string(),
     }
 }
 
-fn policy_name(code: u32) -> &'static str {
-    match code {
-        policy_code::LATEST => "latest",
-        policy_code::DOUBLE_BUFFER => "double-buffer",
-        policy_code::RING => "ring",
-        _ => "unknown",
-    }
-}
-
-fn backpressure_name(code: u32) -> &'static str {
-    match code {
-        backpressure_code::NONE => "none",
-        backpressure_code::BLOCK => "block",
-        backpressure_code::FAIL => "fail",
-        backpressure_code::DROP_OLDEST => "drop-oldest",
-        _ => "unknown",
-    }
-}
-
-impl Producer {
-    /// Creates channel `name`, or re-attaches to it if it exists, has the same configuration and
-    /// no live producer (its previous producer exited or died); frame ids then continue.
-    ///
-    /// Errors: an invalid name or configuration, [`ChannelError::ChannelBusy`] if a live producer
-    /// owns the channel, [`ChannelError::ConfigMismatch`] naming the first differing field.
-    pub fn create(name: &str, config: ChannelConfig) -> Result<Self, ChannelError> {
-        segment::validate_name(name)?;
-        let params = config.params();
-        let geo = layout::Geometry::compute(params).map_err(|e| ChannelError::InvalidConfig {
-            field: match e {
-                super::LayoutError::InvalidField { field, .. } => field,
-                _ => "size",
+/// The policy a segment's header describes (the blocking timeout is not stored: the default).
+pub(super) fn policy_of(params: &layout::Params) -> Option<Policy> {
+    Some(match (params.policy, params.backpressure) {
+        (policy_code::LATEST, _) => Policy::Latest,
+        (policy_code::DOUBLE_BUFFER, _) => Policy::DoubleBuffer,
+        (policy_code::RING, bp) => Policy::Ring {
+            slots: params.slot_count,
+            when_full: match bp {
+                backpressure_code::BLOCK => Backpressure::block(),
+                backpressure_code::FAIL => Backpressure::Fail,
+                backpressure_code::DROP_OLDEST => Backpressure::DropOldest,
+                _ => return None,
             },
-            reason: e.to_string(),
-        })?;
-        let me = current_process(name)?;
-        match Segment::create(name, geo.total_size)? {
-            Some(seg) => {
-                let view = View::new_unchecked_header(seg, geo).map_err(|source| {
-                    ChannelError::Layout {
-                        channel: name.to_owned(),
-                        source,
-                    }
-                })?;
-                let secret = config.secret.as_ref().map(|s| {
-                    let salt = super::random_salt();
-                    (salt, s.hash(&salt))
-                });
-                // SAFETY: we just created the segment exclusively and have not published its
-                // magic, so no other process reads the header yet.
-                unsafe { layout::init_header(&view, secret) };
-                let h = view.header();
-                h.producer_pid.store(u64::from(me.pid), Ordering::Relaxed);
-                h.producer_start_time
-                    .store(me.start_time, Ordering::Relaxed);
-                h.producer_heartbeat_ns
-                    .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
-                h.producer_attaches.store(1, Ordering::Relaxed);
-                let light_commit = use_light_commit(geo.params.slot_size);
-                h.commit_fence
-                    .store(commit_fence_for(light_commit), Ordering::Relaxed);
-                layout::publish_magic(h);
-                if !view.segment().publish()? {
-                    // Another producer created the channel meanwhile: ours was never seen.
-                    drop(view);
-                    return Self::reattach(name, config, me);
-                }
-                tracing::debug!(channel = name, size = geo.total_size, "created channel");
-                let pool = PayloadPool::new(&view);
-                Ok(Self {
-                    prefetch_ahead: prefetch_ahead(&config, pool.is_some()),
-                    pool,
-                    view,
-                    last_len: config.slot_size,
-                    config,
-                    next_frame: 0,
-                    space_bound: 0,
-                    me,
-                    light_commit,
-                })
-            }
-            None => Self::reattach(name, config, me),
+        },
+        _ => return None,
+    })
+}
+
+/// The same policy, ignoring the blocking timeout (a producer-side setting).
+pub(super) fn same_rule(a: Policy, b: Policy) -> bool {
+    match (a, b) {
+        (
+            Policy::Ring {
+                slots: sa,
+                when_full: wa,
+            },
+            Policy::Ring {
+                slots: sb,
+                when_full: wb,
+            },
+        ) => sa == sb && std::mem::discriminant(&wa) == std::mem::discriminant(&wb),
+        _ => a == b,
+    }
+}
+
+/// Checks an existing channel's parameters against what a creator (a producer taking over, or
+/// `open_or_create`) would have made: the first difference is named.
+pub(super) fn check_same_params(
+    name: &ChannelName,
+    want: &layout::Params,
+    have: &layout::Params,
+) -> Result<(), ChannelError> {
+    if let (Some(w), Some(h)) = (policy_of(want), policy_of(have))
+        && !same_rule(w, h)
+    {
+        return Err(mismatch(name, "policy", w, h));
+    }
+    super::consumer::check_schema(name, &want.schema, have)?;
+    if want.flex_size != have.flex_size {
+        return Err(mismatch(name, "flex_size", want.flex_size, have.flex_size));
+    }
+    if want.checksum != have.checksum {
+        return Err(mismatch(name, "checksum", want.checksum, have.checksum));
+    }
+    if want.state_format != have.state_format {
+        return Err(mismatch(
+            name,
+            "state_format",
+            want.state_format,
+            have.state_format,
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the segment of a new channel and publishes its header, with `producer` installed
+/// as its producer (or none, for a consumer that starts first). Returns `None` if the channel
+/// exists (another creator won).
+pub(super) fn create_segment(
+    name: &ChannelName,
+    geo: layout::Geometry,
+    settings: &Settings,
+    producer: Option<(ProcessId, bool)>,
+) -> Result<Option<View>, ChannelError> {
+    let Some(seg) = Segment::create(name, geo.total_size)? else {
+        return Ok(None);
+    };
+    let view = View::new_unchecked_header(seg, geo).map_err(|source| ChannelError::Layout {
+        channel: name.to_string(),
+        source,
+    })?;
+    let secret = settings.secret.as_ref().map(|s| {
+        let salt = super::random_salt();
+        (salt, s.hash(&salt))
+    });
+    // SAFETY: we just created the segment exclusively and have not published its magic or its
+    // name, so no other process reads the header yet.
+    unsafe { layout::init_header(&view, secret) };
+    let h = view.header();
+    if let Some((me, light_commit)) = producer {
+        h.producer_pid.store(u64::from(me.pid), Ordering::Relaxed);
+        h.producer_start_time
+            .store(me.start_time, Ordering::Relaxed);
+        h.producer_heartbeat_ns
+            .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
+        h.producer_attaches.store(1, Ordering::Relaxed);
+        h.commit_fence
+            .store(commit_fence_for(light_commit), Ordering::Relaxed);
+    }
+    layout::publish_magic(h);
+    if !view.segment().publish()? {
+        // Another creator named the channel meanwhile: ours was never seen.
+        return Ok(None);
+    }
+    tracing::debug!(channel = %name, size = geo.total_size, "created channel");
+    Ok(Some(view))
+}
+
+/// The layout of `params`, or the setting that makes it impossible.
+pub(super) fn geometry(params: layout::Params) -> Result<layout::Geometry, ChannelError> {
+    layout::Geometry::compute(params).map_err(|e| ChannelError::InvalidConfig {
+        field: match e {
+            super::LayoutError::InvalidField { field, .. }
+            | super::LayoutError::Inconsistent { field, .. } => field,
+            _ => "size",
+        },
+        reason: e.to_string(),
+    })
+}
+
+impl<T: Payload> Producer<T> {
+    /// Creates the channel `settings` describe, or takes it over (see `Channel::create`).
+    pub(crate) fn create(settings: &Settings) -> Result<Self, ChannelError> {
+        let (name, policy, params) = settings.params()?;
+        if let Some(fixed) = T::FIXED
+            && Some(fixed) != settings.element
+        {
+            // The builder's typed setters keep these equal; a mismatch is a bug in a caller.
+            return Err(ChannelError::InvalidConfig {
+                field: "element",
+                reason: format!("frames of {fixed} need a {fixed} channel"),
+            });
+        }
+        let geo = geometry(params)?;
+        let me = current_process(&name)?;
+        let light_commit = use_light_commit(geo.params.slot_size);
+        match create_segment(&name, geo, settings, Some((me, light_commit)))? {
+            Some(view) => Ok(Self::new(view, policy, settings, 0, me, light_commit)),
+            None => Self::take_over(&name, policy, &params, settings, me),
         }
     }
 
-    fn reattach(name: &str, config: ChannelConfig, me: ProcessId) -> Result<Self, ChannelError> {
+    fn new(
+        view: View,
+        policy: Policy,
+        settings: &Settings,
+        next_frame: u64,
+        me: ProcessId,
+        light_commit: bool,
+    ) -> Self {
+        let geo = *view.geometry();
+        let pool = if next_frame == 0 {
+            PayloadPool::new(&view)
+        } else {
+            PayloadPool::rebuild(&view)
+        };
+        let schema = geo.params.schema;
+        Self {
+            prefetch_ahead: prefetch_ahead(policy, pool.is_some()),
+            pool,
+            consumer_timeout: settings.consumer_timeout_for(policy),
+            policy,
+            last_len: geo.params.slot_size,
+            next_frame,
+            space_bound: 0,
+            me,
+            light_commit,
+            element: geo.element(),
+            max_shape: schema.max_shape,
+            ndim: schema.ndim as usize,
+            full_bytes: geo.params.slot_size,
+            dropped_feed: None,
+            view,
+            _payload: PhantomData,
+        }
+    }
+
+    fn take_over(
+        name: &ChannelName,
+        policy: Policy,
+        want: &layout::Params,
+        settings: &Settings,
+        me: ProcessId,
+    ) -> Result<Self, ChannelError> {
         let view = super::open_view(name, REATTACH_WAIT)?;
-        let want = config.params();
         let have = view.geometry().params;
-        if want.policy != have.policy {
-            return Err(mismatch(
-                name,
-                "policy",
-                policy_name(want.policy),
-                policy_name(have.policy),
-            ));
-        }
-        if want.slot_count != have.slot_count {
-            return Err(mismatch(
-                name,
-                "slot_count",
-                want.slot_count,
-                have.slot_count,
-            ));
-        }
-        if want.backpressure != have.backpressure {
-            return Err(mismatch(
-                name,
-                "backpressure",
-                backpressure_name(want.backpressure),
-                backpressure_name(have.backpressure),
-            ));
-        }
-        if want.slot_size != have.slot_size {
-            return Err(mismatch(name, "slot_size", want.slot_size, have.slot_size));
-        }
-        if want.flex_size != have.flex_size {
-            return Err(mismatch(name, "flex_size", want.flex_size, have.flex_size));
-        }
-        if want.checksum != have.checksum {
-            return Err(mismatch(name, "checksum", want.checksum, have.checksum));
-        }
-        if want.state_format != have.state_format {
-            return Err(mismatch(
-                name,
-                "state_format",
-                want.state_format,
-                have.state_format,
-            ));
-        }
-        if !super::check_secret(&view, config.secret.as_ref()) {
+        check_same_params(name, want, &have)?;
+        if !super::check_secret(&view, settings.secret.as_ref()) {
             return Err(mismatch(
                 name,
                 "secret",
@@ -201,85 +298,46 @@ impl Producer {
             ));
         }
         let light_commit = use_light_commit(have.slot_size);
-        let next_frame = Self::take_over(name, &view, me, light_commit)?;
-        tracing::debug!(channel = name, next_frame, "re-attached producer");
-        let pool = PayloadPool::rebuild(&view);
-        Ok(Self {
-            prefetch_ahead: prefetch_ahead(&config, pool.is_some()),
-            pool,
+        let next_frame = install(name, &view, me, light_commit)?;
+        tracing::debug!(channel = %name, next_frame, "producer took the channel over");
+        Ok(Self::new(
             view,
-            last_len: config.slot_size,
-            config,
+            policy,
+            settings,
             next_frame,
-            space_bound: 0,
             me,
             light_commit,
-        })
-    }
-
-    /// Under the producer mutex: refuses a live producer, else installs `me` and repairs.
-    fn take_over(
-        name: &str,
-        view: &View,
-        me: ProcessId,
-        light_commit: bool,
-    ) -> Result<u64, ChannelError> {
-        let h = view.header();
-        let _guard = match h.producer_mutex.lock() {
-            Ok(g) => g,
-            Err(e) => match e.into_guard() {
-                // The previous holder died inside the takeover below; we redo it.
-                Some(g) => g,
-                None => {
-                    return Err(ChannelError::ChannelBusy {
-                        channel: name.to_owned(),
-                        pid: 0,
-                    });
-                }
-            },
-        };
-        let pid = h.producer_pid.load(Ordering::Acquire);
-        if pid != 0 {
-            let prev = ProcessId {
-                pid: u32::try_from(pid).unwrap_or(0),
-                start_time: h.producer_start_time.load(Ordering::Acquire),
-            };
-            if prev.pid != 0 && prev.is_alive() {
-                return Err(ChannelError::ChannelBusy {
-                    channel: name.to_owned(),
-                    pid: prev.pid,
-                });
-            }
-            tracing::warn!(channel = name, pid, "taking over from a dead producer");
-        }
-        h.producer_pid.store(u64::from(me.pid), Ordering::Release);
-        h.producer_start_time
-            .store(me.start_time, Ordering::Release);
-        h.producer_heartbeat_ns
-            .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
-        h.producer_attaches.fetch_add(1, Ordering::Relaxed);
-        // Must stay SeqCst (as must the `data_waiting` load in publish): a consumer going to
-        // sleep that read the previous producer's mode (full barrier) skips the heavy fence;
-        // its `commit_fence` load then precedes this store in the SeqCst order, so this
-        // producer's later `data_waiting` load sees its flag and wakes it.
-        h.commit_fence
-            .store(commit_fence_for(light_commit), Ordering::SeqCst);
-        Ok(recover(view))
+        ))
     }
 
     /// The channel name.
-    pub fn channel(&self) -> &str {
+    pub fn channel(&self) -> &ChannelName {
         self.view.segment().channel()
     }
 
-    /// The id the next published frame will get.
+    /// The policy.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// The element type of every frame.
+    pub fn element_type(&self) -> ElementType {
+        self.element
+    }
+
+    /// The largest frame shape (what [`Producer::loan`] gives).
+    pub fn max_shape(&self) -> &[u64] {
+        &self.max_shape[..self.ndim]
+    }
+
+    /// The id the next committed frame will get.
     pub fn next_frame_id(&self) -> u64 {
         self.next_frame
     }
 
-    /// Largest frame payload in bytes.
-    pub fn slot_size(&self) -> usize {
-        self.view.geometry().params.slot_size as usize
+    /// Size of the segment in bytes (what a broker announces).
+    pub fn segment_size(&self) -> u64 {
+        self.view.geometry().total_size
     }
 
     /// Counters and positions of the channel.
@@ -288,27 +346,148 @@ impl Producer {
     }
 
     /// The reader count of each slot (index = descriptor slot, frame id mod N): how many live
-    /// consumers hold a frame of that slot now. Derived from the consumer table, so a reader killed while
-    /// holding a frame stops counting at once (see `docs/SHM_LAYOUT.md`).
+    /// consumers hold a frame of that slot now. Derived from the consumer table, so a reader
+    /// killed while holding a frame stops counting at once (see `docs/SHM_LAYOUT.md`).
     pub fn slot_readers(&self) -> Vec<u32> {
         super::slot_readers(&self.view)
     }
 
-    /// Claims the next slot and returns a guard to fill it. The frame becomes visible to readers
-    /// only when [`SlotWriter::publish`] commits it; dropping the guard abandons it (no frame id
-    /// is used).
+    /// Installs where the producer learns of consumers the broker dropped.
+    #[cfg(feature = "zmq")]
+    pub(crate) fn set_dropped_feed(&mut self, feed: DroppedFeed) {
+        self.dropped_feed = Some(feed);
+    }
+
+    /// Evicts every consumer entry of the Hub client with tag `client_tag` (the broker said
+    /// the client went silent). Returns how many were evicted.
+    pub(crate) fn evict_client(&self, client_tag: u32) -> u32 {
+        if client_tag == 0 {
+            return 0;
+        }
+        let mut evicted = 0;
+        for i in 0..layout::CONSUMER_CAPACITY as usize {
+            let Some(e) = self.view.consumer(i) else {
+                break;
+            };
+            let state = e.state.load(Ordering::SeqCst);
+            if state >> 32 != consumer_state::ACTIVE
+                || (e.owner_tag.load(Ordering::Acquire) >> 32) as u32 != client_tag
+            {
+                continue;
+            }
+            if super::release_entry(&self.view, e, state) {
+                super::saturating_add(&self.view.header().consumers_evicted, 1);
+                tracing::warn!(
+                    channel = %self.channel(),
+                    pid = state & 0xffff_ffff,
+                    "evicted a consumer the broker dropped (its client went silent)"
+                );
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// Loans the next slot, for a frame of the largest shape. The frame becomes visible to
+    /// readers only when [`SlotMut::commit`] commits it; dropping the loan abandons it (no
+    /// frame id is used).
     ///
-    /// On a full lossless ring this applies the channel's [`Backpressure`] rule: it waits (and
-    /// evicts consumers found dead while waiting), fails with `Full`, or drops the oldest frame.
+    /// On a full lossless ring this applies the channel's [`Backpressure`] rule: it waits
+    /// (evicting consumers found dead or stuck while waiting), fails with `Full`, or drops the
+    /// oldest frame.
+    ///
+    /// # Errors
+    /// [`PublishError::Full`] (Fail) or [`PublishError::Timeout`] (Block) on a full ring.
     #[inline]
-    pub fn begin_publish(&mut self) -> Result<SlotWriter<'_>, PublishError> {
+    pub fn loan(&mut self) -> Result<SlotMut<'_, T>, PublishError> {
+        let (shape, ndim, bytes) = (self.max_shape, self.ndim, self.full_bytes);
+        self.loan_checked(shape, ndim, bytes)
+    }
+
+    /// Loans the next slot for a frame of `shape`: as many dimensions as the channel's, each at
+    /// most the largest shape's. The slot's length is that frame's.
+    ///
+    /// # Errors
+    /// [`PublishError::ShapeOutOfRange`], and those of [`Producer::loan`].
+    #[inline]
+    pub fn loan_shape(&mut self, shape: &[u64]) -> Result<SlotMut<'_, T>, PublishError> {
+        let bytes = self.frame_bytes(shape)?;
+        let mut dims = [0u64; layout::MAX_DIMS];
+        dims[..shape.len()].copy_from_slice(shape);
+        self.loan_checked(dims, shape.len(), bytes)
+    }
+
+    /// Publishes a copy of `data` as one frame of `shape`; returns its frame id.
+    ///
+    /// ```
+    /// use labhub::shm::{self, Channel, Policy};
+    /// # let name = format!("doc-publish-{}", std::process::id());
+    /// let mut p = Channel::new(&name).policy(Policy::ring(4)).frames::<f32>(&[2, 3]).create()?;
+    /// let id = p.publish(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
+    /// assert_eq!(id, 0);
+    /// assert!(p.publish(&[1.0], &[2, 3]).is_err(), "six elements are needed");
+    /// # drop(p); shm::remove_channel(&name)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`PublishError::ShapeOutOfRange`], [`PublishError::LengthMismatch`] if `data` does not
+    /// hold the shape's elements (bytes, for a runtime-typed channel), and those of
+    /// [`Producer::loan`].
+    pub fn publish(&mut self, data: &[T::Item], shape: &[u64]) -> Result<u64, PublishError> {
+        let bytes = self.frame_bytes(shape)?;
+        let expected = bytes / std::mem::size_of::<T::Item>() as u64;
+        if data.len() as u64 != expected {
+            return Err(PublishError::LengthMismatch {
+                shape: shape.to_vec(),
+                expected,
+                found: data.len() as u64,
+            });
+        }
+        let mut slot = self.loan_shape(shape)?;
+        slot.copy_from_slice(data);
+        Ok(slot.commit())
+    }
+
+    /// Serialises `state` into the flexible zone as a new version; readers never see a partial
+    /// state. Returns the new version (1, 2, …).
+    ///
+    /// # Errors
+    /// [`StateError::TooLarge`] if it does not fit the zone, a serialisation error, or
+    /// [`StateError::CorruptVersion`] if the segment's version word was overwritten.
+    pub fn write_state<S: serde::Serialize>(&mut self, state: &S) -> Result<u64, StateError> {
+        flex::write_state(&self.view, state)
+    }
+
+    /// The byte length of a frame of `shape`, if the shape is within the largest one.
+    fn frame_bytes(&self, shape: &[u64]) -> Result<u64, PublishError> {
+        let max = self.max_shape();
+        if shape.len() != max.len() || shape.iter().zip(max).any(|(d, m)| d > m) {
+            return Err(PublishError::ShapeOutOfRange {
+                shape: shape.to_vec(),
+                max: max.to_vec(),
+            });
+        }
+        // Within the largest shape, whose byte length was checked at creation: no overflow.
+        Ok(shape.iter().product::<u64>() * self.element.size())
+    }
+
+    #[inline]
+    fn loan_checked(
+        &mut self,
+        shape: [u64; layout::MAX_DIMS],
+        ndim: usize,
+        bytes: u64,
+    ) -> Result<SlotMut<'_, T>, PublishError> {
         let w = self.next_frame;
         let h = self.view.header();
         h.write_pos.store(w.wrapping_add(1), Ordering::Release);
         if let Err(e) = self.wait_for_space(w) {
             let h = self.view.header();
             h.write_pos.store(w, Ordering::Release);
-            h.dropped.fetch_add(1, Ordering::Relaxed);
+            let dropped = h.dropped.load(Ordering::Relaxed);
+            h.dropped
+                .store(dropped.saturating_add(1), Ordering::Relaxed);
             return Err(e);
         }
         if self.prefetch_ahead != 0 {
@@ -331,36 +510,16 @@ impl Producer {
         // Orders the odd seq (and the emptied descriptor of a reused buffer's previous frame)
         // before every write of the payload (seqlock writer side).
         fence(Ordering::Release);
-        Ok(SlotWriter {
+        Ok(SlotMut {
             producer: self,
             frame: w,
             payload,
-            len: None,
-            meta: FrameMeta::default(),
+            shape,
+            ndim,
+            bytes,
+            timestamp_ns: 0,
             done: false,
         })
-    }
-
-    /// Publishes `data` as one frame with `meta`; returns its frame id.
-    pub fn publish_bytes(&mut self, data: &[u8], meta: &FrameMeta) -> Result<u64, PublishError> {
-        let cap = self.view.geometry().params.slot_size;
-        if data.len() as u64 > cap {
-            return Err(PublishError::TooLarge {
-                size: data.len() as u64,
-                capacity: cap,
-            });
-        }
-        let mut slot = self.begin_publish()?;
-        slot.data_mut()[..data.len()].copy_from_slice(data);
-        slot.set_len(data.len())?;
-        slot.set_meta(meta);
-        slot.publish()
-    }
-
-    /// Serialises `state` into the flexible zone as a new version; readers never see a partial
-    /// state. Returns the new version (1, 2, …).
-    pub fn write_state<T: serde::Serialize>(&mut self, state: &T) -> Result<u64, StateError> {
-        flex::write_state(&self.view, state)
     }
 
     #[inline]
@@ -371,7 +530,7 @@ impl Producer {
             return Ok(());
         }
         let n = u64::from(p.slot_count);
-        let deadline = match self.config.policy {
+        let deadline = match self.policy {
             Policy::Ring {
                 when_full: Backpressure::Block { timeout },
                 ..
@@ -401,6 +560,9 @@ impl Producer {
         let mut check_liveness = true;
         let mut spun = false;
         loop {
+            if check_liveness {
+                self.evict_dropped();
+            }
             let h = self.view.header();
             let seen = h.space_event.sequence();
             if let Some(bound) = self.scan(w, n, check_liveness) {
@@ -410,12 +572,14 @@ impl Producer {
             match backpressure {
                 backpressure_code::FAIL => {
                     return Err(PublishError::Full {
-                        channel: self.channel().to_owned(),
+                        channel: self.channel().to_string(),
                         slots: n as u32,
                     });
                 }
                 backpressure_code::DROP_OLDEST => {
-                    h.dropped.fetch_add(1, Ordering::Relaxed);
+                    let dropped = h.dropped.load(Ordering::Relaxed);
+                    h.dropped
+                        .store(dropped.saturating_add(1), Ordering::Relaxed);
                     // Everything up to this frame is decided; rescan at the next one.
                     self.space_bound = w.wrapping_add(1);
                     return Ok(());
@@ -428,7 +592,7 @@ impl Producer {
             let now = Instant::now();
             if now >= deadline {
                 return Err(PublishError::Timeout {
-                    channel: self.channel().to_owned(),
+                    channel: self.channel().to_string(),
                 });
             }
             if !spun {
@@ -455,13 +619,15 @@ impl Producer {
     }
 
     /// Scans the consumer table for frame `w`. `None`: a live consumer still needs the frame in
-    /// slot `w % n` (with `check_liveness`, dead ones are evicted on the way). `Some(bound)`:
-    /// frames below `bound` can be written without scanning again.
+    /// slot `w % n` (with `check_liveness`, dead, stuck and dropped ones are evicted on the
+    /// way). `Some(bound)`: frames below `bound` can be written without scanning again.
     ///
-    /// Why a bound is safe: positions only grow, and a consumer that becomes active stores its
-    /// entry (SeqCst) and then reads `space_bound` (SeqCst), starting at or after
-    /// `space_bound - n`. The producer stores the bound and then scans again (SeqCst): a consumer
-    /// this second scan misses has seen the bound; one it sees is accounted for.
+    /// Why a bound is safe: a consumer lowers its position only to hold a frame it passed
+    /// (`Consumer::latest`) and then re-reads the bound, like a consumer that becomes active:
+    /// it stores its entry or position (SeqCst) and then reads `space_bound` (SeqCst), and
+    /// relies on the position only if the bound does not pass it. The producer stores the
+    /// bound and then scans again (SeqCst): a consumer this second scan misses has seen the
+    /// bound; one it sees is accounted for.
     fn scan(&self, w: u64, n: u64, check_liveness: bool) -> Option<u64> {
         let h = self.view.header();
         let mut min = self.table_min(w, n, check_liveness)?;
@@ -472,9 +638,20 @@ impl Producer {
             if again >= min {
                 return Some(bound);
             }
-            // A consumer attached meanwhile with a lower position: tighten the bound.
+            // A consumer attached (or lowered its position) meanwhile: tighten the bound.
             min = again;
         }
+    }
+
+    /// Evicts the consumers whose clients the broker dropped (through the Hub).
+    fn evict_dropped(&mut self) {
+        let Some(mut feed) = self.dropped_feed.take() else {
+            return;
+        };
+        for tag in feed() {
+            self.evict_client(tag);
+        }
+        self.dropped_feed = Some(feed);
     }
 
     /// The lowest position of the active consumers (at most `w`), or `None` if one of them still
@@ -488,6 +665,10 @@ impl Producer {
             };
             let state = e.state.load(Ordering::SeqCst);
             if state >> 32 != consumer_state::ACTIVE {
+                if check_liveness && state != consumer_state::FREE {
+                    // A claimer or releaser that died half-way.
+                    super::reclaim_if_dead(&self.view, e, state);
+                }
                 continue;
             }
             let pos = e.position.load(Ordering::SeqCst);
@@ -504,13 +685,11 @@ impl Producer {
         }
         (!full).then_some(min)
     }
-}
 
-impl Producer {
-    /// Evicts entry `e` (recorded `state`) if the channel has a consumer timeout and the entry's
-    /// heartbeat is older than it. Returns true if evicted.
+    /// Evicts entry `e` (recorded `state`) if the producer has a consumer timeout and the
+    /// entry's heartbeat is older than it. Returns true if evicted.
     fn evict_if_stale(&self, e: &layout::ConsumerEntry, state: u64) -> bool {
-        let Some(timeout) = self.config.consumer_timeout else {
+        let Some(timeout) = self.consumer_timeout else {
             return false;
         };
         let beat = e.heartbeat_ns.load(Ordering::Acquire);
@@ -518,17 +697,15 @@ impl Producer {
         if u128::from(age) <= timeout.as_nanos() {
             return false;
         }
-        if e.state
-            .compare_exchange(state, 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
+        if !super::release_entry(&self.view, e, state) {
             return false;
         }
+        super::saturating_add(&self.view.header().consumers_evicted, 1);
         tracing::warn!(
-            channel = self.channel(),
+            channel = %self.channel(),
             pid = state & 0xffff_ffff,
             age_ms = age / 1_000_000,
-            "evicted a consumer whose heartbeat is older than the consumer timeout"
+            "evicted a consumer that held the ring back longer than the consumer timeout"
         );
         true
     }
@@ -538,10 +715,11 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
 }
 
-impl Drop for Producer {
+impl<T: Payload> Drop for Producer<T> {
     fn drop(&mut self) {
         let h = self.view.header();
-        // Give the channel up, but only if it is still ours (review item 1.3: never unlink).
+        // Give the channel up, but only if it is still ours. The segment itself stays: a
+        // producer never unlinks, so consumers keep their frames and a restart takes it over.
         if h.producer_pid.load(Ordering::Acquire) == u64::from(self.me.pid)
             && h.producer_start_time.load(Ordering::Acquire) == self.me.start_time
         {
@@ -551,6 +729,57 @@ impl Drop for Producer {
     }
 }
 
+/// Under the producer mutex: refuses a live producer, else installs `me` and repairs what a
+/// previous producer left. Returns the next frame id.
+fn install(
+    name: &ChannelName,
+    view: &View,
+    me: ProcessId,
+    light_commit: bool,
+) -> Result<u64, ChannelError> {
+    let h = view.header();
+    let _guard = match h.producer_mutex.lock() {
+        Ok(g) => g,
+        Err(e) => match e.into_guard() {
+            // The previous holder died inside the takeover below; we redo it.
+            Some(g) => g,
+            None => {
+                return Err(ChannelError::ChannelBusy {
+                    channel: name.to_string(),
+                    pid: 0,
+                });
+            }
+        },
+    };
+    let pid = h.producer_pid.load(Ordering::Acquire);
+    if pid != 0 {
+        let prev = ProcessId {
+            pid: u32::try_from(pid).unwrap_or(0),
+            start_time: h.producer_start_time.load(Ordering::Acquire),
+        };
+        if prev.pid != 0 && prev.is_alive() {
+            return Err(ChannelError::ChannelBusy {
+                channel: name.to_string(),
+                pid: prev.pid,
+            });
+        }
+        tracing::warn!(channel = %name, pid, "taking over from a dead producer");
+    }
+    h.producer_pid.store(u64::from(me.pid), Ordering::Release);
+    h.producer_start_time
+        .store(me.start_time, Ordering::Release);
+    h.producer_heartbeat_ns
+        .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
+    super::saturating_add(&h.producer_attaches, 1);
+    // Must stay SeqCst (as must the `data_waiting` load in commit): a consumer going to sleep
+    // that read the previous producer's mode (full barrier) skips the heavy fence; its
+    // `commit_fence` load then precedes this store in the SeqCst order, so this producer's
+    // later `data_waiting` load sees its flag and wakes it.
+    h.commit_fence
+        .store(commit_fence_for(light_commit), Ordering::SeqCst);
+    Ok(recover(view))
+}
+
 /// Frames ahead of the one being written whose slots the producer prefetches for writing.
 const PREFETCH_AHEAD: u64 = 2;
 
@@ -558,8 +787,8 @@ const PREFETCH_AHEAD: u64 = 2;
 /// rings (and Latest, DoubleBuffer) that slot may be the one readers are reading now.
 /// Not for pooled payloads either: they do not follow the ring order (and their frames are
 /// large, the copy dominates).
-fn prefetch_ahead(config: &ChannelConfig, pooled: bool) -> u64 {
-    match config.policy {
+fn prefetch_ahead(policy: Policy, pooled: bool) -> u64 {
+    match policy {
         Policy::Ring { slots, .. } if u64::from(slots) >= 4 * PREFETCH_AHEAD && !pooled => {
             PREFETCH_AHEAD
         }
@@ -587,20 +816,65 @@ fn commit_fence_for(light_commit: bool) -> u32 {
     }
 }
 
-fn current_process(name: &str) -> Result<ProcessId, ChannelError> {
+pub(super) fn current_process(name: &ChannelName) -> Result<ProcessId, ChannelError> {
     ProcessId::current().map_err(|source| ChannelError::Io {
-        channel: name.to_owned(),
+        channel: name.to_string(),
         op: "identify process",
         source,
     })
 }
 
+/// The frame a seq word names (being written or committed), if any.
+pub(super) fn frame_of_seq(seq: u64) -> Option<u64> {
+    (seq != 0).then(|| (seq - 1) / 2)
+}
+
+/// Whether the slots can hold commit position `commit`: the descriptor of frame `commit - 1`
+/// names that frame or a later one (the producer stores the seq before the commit position,
+/// and only ever moves a descriptor forward). A position another process wrote that no
+/// descriptor supports (`u64::MAX`, say) is not a commit.
+///
+/// One legitimate state has an empty descriptor there: a single-slot channel whose producer
+/// abandoned (or, pooled, emptied) the frame after `commit - 1` in the same slot. Then the
+/// commit position must not pass the write position, which the producer never lets it do.
+pub(super) fn commit_plausible(view: &View, commit: u64) -> bool {
+    let Some(last) = commit.checked_sub(1) else {
+        return true;
+    };
+    let seq = view.slot_meta(last).seq.load(Ordering::Acquire);
+    match frame_of_seq(seq) {
+        Some(f) => f >= last,
+        None => {
+            view.geometry().slots() == 1
+                && commit <= view.header().write_pos.load(Ordering::Acquire)
+        }
+    }
+}
+
 /// Repairs what a dead producer left: a slot caught mid-write is emptied (its bytes are partial),
-/// a slot committed but not yet counted is counted, and the write position returns to the commit
+/// a slot committed but not yet counted is counted, a commit position the slots do not hold is
+/// replaced by the newest committed frame's, and the write position returns to the commit
 /// position. Returns the next frame id.
 fn recover(view: &View) -> u64 {
     let h = view.header();
     let mut commit = h.commit_pos.load(Ordering::Acquire);
+    if !commit_plausible(view, commit) {
+        // Written by another process: resynchronise to what the descriptors hold.
+        let newest = (0..view.geometry().slots())
+            .filter_map(|s| {
+                let seq = view.slot_meta(s).seq.load(Ordering::Acquire);
+                (seq != 0 && seq.is_multiple_of(2)).then(|| seq / 2 - 1)
+            })
+            .max();
+        let resync = newest.map_or(0, |f| f.saturating_add(1));
+        tracing::warn!(
+            commit,
+            resync,
+            "the commit position was corrupt; resynchronised"
+        );
+        commit = resync;
+        h.commit_pos.store(commit, Ordering::Release);
+    }
     // A frame whose seq was committed before the crash but whose commit position was not.
     // (A header another process wrote may hold any commit position: no arithmetic here may
     // overflow.)
@@ -622,99 +896,105 @@ fn recover(view: &View) -> u64 {
     commit
 }
 
-/// A claimed slot being filled; publish it with [`SlotWriter::publish`], or drop it to abandon.
-#[must_use = "a slot that is not published is abandoned when dropped"]
-pub struct SlotWriter<'a> {
-    producer: &'a mut Producer,
+/// A loaned slot: the frame being written, in place in shared memory, exactly as long as the
+/// frame (its shape's elements; bytes for a runtime-typed channel). Dereferences to a mutable
+/// slice; [`SlotMut::commit`] publishes it, dropping it abandons it.
+///
+/// ```
+/// use labhub::shm::{self, Channel, Policy};
+/// # let name = format!("doc-slot-{}", std::process::id());
+/// let mut p = Channel::new(&name).policy(Policy::ring(2)).frames::<u32>(&[4]).create()?;
+/// let mut slot = p.loan_shape(&[3])?;
+/// assert_eq!(slot.len(), 3, "the frame's length, not the slot's");
+/// slot.copy_from_slice(&[1, 2, 3]);
+/// slot.set_timestamp_ns(1_000);
+/// let id = slot.commit();
+/// {
+///     let abandoned = p.loan()?; // dropped without commit: no frame id is used
+/// }
+/// assert_eq!(p.next_frame_id(), id + 1);
+/// # drop(p); shm::remove_channel(&name)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "a slot that is not committed is abandoned when dropped"]
+pub struct SlotMut<'a, T: Payload> {
+    producer: &'a mut Producer<T>,
     frame: u64,
     /// The payload buffer this frame is written into.
     payload: usize,
-    len: Option<usize>,
-    meta: FrameMeta,
+    shape: [u64; layout::MAX_DIMS],
+    ndim: usize,
+    bytes: u64,
+    timestamp_ns: u64,
     done: bool,
 }
 
-impl SlotWriter<'_> {
-    /// The frame id this slot will publish.
+impl<T: Payload> std::fmt::Debug for SlotMut<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotMut")
+            .field("frame_id", &self.frame)
+            .field("shape", &self.shape())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Payload> SlotMut<'_, T> {
+    /// The frame id this slot will commit.
     #[inline]
     pub fn frame_id(&self) -> u64 {
         self.frame
     }
 
-    /// The whole slot (slot size bytes), to write the frame into in place.
+    /// The frame's shape.
     #[inline]
-    pub fn data_mut(&mut self) -> &mut [u8] {
-        // SAFETY: the producer is the channel's only writer (its identity is in the header and a
-        // second producer is refused); this frame's seq is odd and the buffer's previous frame
-        // was marked overwritten (both in begin_publish); this guard borrows the producer
-        // mutably, so no other slice of this buffer exists here.
-        unsafe { self.producer.view.payload_bytes_mut(self.payload) }
+    pub fn shape(&self) -> &[u64] {
+        &self.shape[..self.ndim]
     }
 
-    /// Sets the frame's length in bytes (default: the whole slot).
-    #[inline]
-    pub fn set_len(&mut self, len: usize) -> Result<(), PublishError> {
-        let cap = self.producer.view.geometry().params.slot_size;
-        if len as u64 > cap {
-            return Err(PublishError::TooLarge {
-                size: len as u64,
-                capacity: cap,
-            });
-        }
-        self.len = Some(len);
-        Ok(())
-    }
-
-    /// Sets all metadata at once.
-    #[inline]
-    pub fn set_meta(&mut self, meta: &FrameMeta) {
-        self.meta = *meta;
-    }
-
-    /// Sets the timestamp (ns); 0 stamps `CLOCK_REALTIME` at publish.
+    /// Sets the frame's timestamp in ns; by default (or 0) the commit stamps `CLOCK_REALTIME`.
     #[inline]
     pub fn set_timestamp_ns(&mut self, ns: u64) {
-        self.meta.timestamp_ns = ns;
+        self.timestamp_ns = ns;
     }
 
-    /// Sets the type hash.
+    /// The frame's elements (bytes for a runtime-typed channel), in place.
     #[inline]
-    pub fn set_type_hash(&mut self, hash: u64) {
-        self.meta.type_hash = hash;
+    fn items(&self) -> &[T::Item] {
+        // SAFETY: the producer alone writes payloads, and this loan borrows it mutably, so no
+        // write to this buffer happens while the slice lives except through `items_mut`, which
+        // needs `&mut self`.
+        unsafe {
+            self.producer
+                .view
+                .payload_held::<T::Item>(self.payload, self.bytes)
+        }
     }
 
-    /// Sets the dimensions (at most 4).
-    pub fn set_dims(&mut self, dims: &[u64]) -> Result<(), PublishError> {
-        self.meta.set_dims(dims)
-    }
-
-    /// Commits the frame: readers see all of it or none of it. Returns its frame id.
+    /// Commits the frame: readers see all of it or none of it. Returns its frame id. Cannot
+    /// fail: every check happened when the slot was loaned.
     #[inline]
-    pub fn publish(mut self) -> Result<u64, PublishError> {
+    pub fn commit(mut self) -> u64 {
         let w = self.frame;
         let view = &self.producer.view;
         let params = view.geometry().params;
-        let len = self.len.unwrap_or(params.slot_size as usize);
+        let len = self.bytes;
         let m = view.slot_meta(w);
-        let ts = if self.meta.timestamp_ns == 0 {
+        let ts = if self.timestamp_ns == 0 {
             sys::realtime_ns()
         } else {
-            self.meta.timestamp_ns
+            self.timestamp_ns
         };
         m.frame_id.store(w, Ordering::Relaxed);
         m.timestamp_ns.store(ts, Ordering::Relaxed);
-        m.data_size.store(len as u64, Ordering::Relaxed);
-        m.type_hash.store(self.meta.type_hash, Ordering::Relaxed);
-        let ndim = usize::from(self.meta.ndim).min(layout::MAX_DIMS);
-        m.ndim.store(ndim as u64, Ordering::Relaxed);
-        // The descriptor's second cache line (dims 2 and 3, the checksum) is written, and read,
-        // only when used: most frames then move one line of metadata between cores, not two.
-        let used = ndim.max(layout::DIMS_IN_FIRST_LINE);
-        for (d, v) in m.dims.iter().zip(self.meta.dims).take(used) {
+        m.data_size.store(len, Ordering::Relaxed);
+        m.ndim.store(self.ndim as u64, Ordering::Relaxed);
+        // The descriptor's second cache line (the last dimension, the checksum) is written,
+        // and read, only when used: most frames then move one line of metadata between cores.
+        for (d, &v) in m.dims.iter().zip(&self.shape).take(self.ndim) {
             d.store(v, Ordering::Relaxed);
         }
         if params.checksum == layout::checksum_code::XXH3_64 {
-            let sum = super::checksum_of(view.payload_bytes(self.payload, len as u64));
+            let sum = super::checksum_of(bytemuck::cast_slice(self.items()));
             m.checksum.store(sum, Ordering::Relaxed);
         }
         if self.producer.pool.is_some() {
@@ -736,7 +1016,7 @@ impl SlotWriter<'_> {
         }
         h.producer_heartbeat_ns
             .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
-        // SeqCst, not weaker: see the `commit_fence` store in `take_over`.
+        // SeqCst, not weaker: see the `commit_fence` store in `install`.
         if h.data_waiting.load(Ordering::SeqCst) != 0
             && h.data_waiting.swap(0, Ordering::SeqCst) != 0
         {
@@ -744,12 +1024,48 @@ impl SlotWriter<'_> {
         }
         self.done = true;
         self.producer.next_frame = w.wrapping_add(1);
-        self.producer.last_len = len as u64;
-        Ok(w)
+        self.producer.last_len = len;
+        w
     }
 }
 
-impl Drop for SlotWriter<'_> {
+impl<T: Payload> std::ops::Deref for SlotMut<'_, T> {
+    type Target = [T::Item];
+    #[inline]
+    fn deref(&self) -> &[T::Item] {
+        self.items()
+    }
+}
+
+impl<T: Payload> std::ops::DerefMut for SlotMut<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [T::Item] {
+        // SAFETY: the producer is the channel's only writer (its identity is in the header and a
+        // second producer is refused); this frame's seq is odd and the buffer's previous frame
+        // was marked overwritten (both in the loan); this loan borrows the producer mutably and
+        // itself mutably here, so no other slice of this buffer exists in this process.
+        unsafe {
+            self.producer
+                .view
+                .payload_mut::<T::Item>(self.payload, self.bytes)
+        }
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl<T> SlotMut<'_, T>
+where
+    T: super::Element + Payload<Item = T>,
+{
+    /// The frame as a mutable n-dimensional array view (cargo feature `ndarray`).
+    pub fn array_mut(&mut self) -> ndarray::ArrayViewMutD<'_, T> {
+        let shape: Vec<usize> = self.shape().iter().map(|&d| d as usize).collect();
+        ndarray::ArrayViewMutD::from_shape(ndarray::IxDyn(&shape), &mut self[..])
+            .expect("a slot holds exactly its shape's elements")
+    }
+}
+
+impl<T: Payload> Drop for SlotMut<'_, T> {
     fn drop(&mut self) {
         if self.done {
             return;

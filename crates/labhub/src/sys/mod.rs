@@ -1,7 +1,7 @@
 //! The platform layer: the only module that calls operating-system APIs.
 //!
-//! Everything above it (sync, filelock, shm) is written against the items re-exported here,
-//! so a port to another OS replaces one submodule and nothing else. Each platform module
+//! Private to the crate. Everything above it (sync, filelock, shm) is written against the items
+//! re-exported here, so a port to another OS replaces one submodule and nothing else. Each platform module
 //! exports the same names; `unsupported` compiles anywhere and returns
 //! [`std::io::ErrorKind::Unsupported`] (or the documented degraded answer) instead of panicking.
 //!
@@ -34,6 +34,13 @@
 //!   take a whole-file `flock`, which the kernel releases when the holder dies; `unlock()`
 //!   releases it and keeps the descriptor open.
 //!
+//! Named shared memory (used by `shm::segment`):
+//! - `shm_create_hidden` / `shm_publish_hidden`: create a segment under a private name, sized and
+//!   its pages reserved (`fallocate`: `StorageFull` when the file system has no room), then link
+//!   it to its public name; `shm_open_existing`, `shm_stat`, `shm_lstat` (what a name holds, not
+//!   following a symbolic link), `shm_unlink`, `shm_list`, `shm_space_available`;
+//! - `ShmMapping::map`: a shared read-write mapping of a whole segment.
+//!
 //! Asymmetric fences (used by `shm` for the commit / sleep Dekker pair):
 //! - `register_light_fence() -> bool`: this process may use `light_fence` (compiler-only) in a
 //!   Dekker pair whose other side calls `heavy_fence`;
@@ -47,7 +54,7 @@
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
-#[allow(unused_imports)] // filled by the sync and shm work
+#[allow(unused_imports)] // not every platform item is used on every build (test hooks)
 pub use linux::*;
 
 #[cfg(not(target_os = "linux"))]

@@ -5,7 +5,8 @@
 //!   `ready <endpoint> <notify endpoint> <public key>` once serving, exits 0 on SIGTERM.
 //!   Options: `allow-list=FILE`; `metrics=IP:PORT` (metrics sampled every INTERVAL_MS; prints
 //!   `metrics <address>` before the ready line), then `metrics-token-file=FILE`,
-//!   `metrics-head-timeout-ms=MS`.
+//!   `metrics-head-timeout-ms=MS`; `read-config` (as `labhub hub`: `<home>/broker.toml` and the
+//!   environment under the flags).
 //! - `broker-client HOME ENDPOINT SERVER_KEY CLIENT_ID MODE CHANNEL INTERVAL_MS`: a minimal
 //!   client over `labhub-zmq` (the broker's probe) using the local user's client key. MODE:
 //!   - `produce-shm`: creates a real shm channel, registers it, prints `registered`;
@@ -22,9 +23,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use labhub::broker::keys::{self, PublicKey};
 use labhub::broker::probe::Probe;
-use labhub::broker::{BrokerConfig, run_foreground};
+use labhub::broker::{BrokerConfig, ConfigLayer, run_foreground};
+use labhub::keys::{self, PublicKey};
 use labhub::log::{LogConfig, Sink};
 use labhub::protocol::ErrorCode;
 
@@ -70,6 +71,18 @@ fn broker_run(args: &[String]) -> anyhow::Result<()> {
                 head_timeout: Duration::from_millis(ms.parse()?),
                 ..labhub::broker::metrics::HttpLimits::default()
             }));
+        } else if opt == "read-config" {
+            // As `labhub hub` does: <home>/broker.toml and the environment under the flags.
+            let flags = ConfigLayer {
+                endpoint: Some(endpoint.clone()),
+                notify_endpoint: Some(notify.clone()),
+                heartbeat_interval_ms: Some(interval.parse()?),
+                max_missed_heartbeats: Some(misses.parse()?),
+                ..ConfigLayer::default()
+            };
+            config = BrokerConfig::resolve(flags, Some(PathBuf::from(home)), None, &|k| {
+                std::env::var(k).ok()
+            })?;
         } else {
             bail!("unknown option {opt:?}");
         }
@@ -107,7 +120,8 @@ fn broker_client(args: &[String]) -> anyhow::Result<()> {
                 "register",
                 serde_json::json!({"client": client, "pid": std::process::id(), "channel": {
                     "name": channel, "kind": "shm",
-                    "shm_name": labhub::shm::os_name(channel)?, "size": 4096, "policy": "latest"}}),
+                    "shm_name": labhub::name::ChannelName::new(channel.as_str())?.segment_name(),
+                    "size": 4096, "policy": "latest"}}),
             )?,
             "produce-pubsub" => probe.request(
                 "register",
@@ -127,16 +141,16 @@ fn broker_client(args: &[String]) -> anyhow::Result<()> {
     };
     if mode == "produce-shm" {
         _producer = Some(
-            labhub::shm::Producer::create(
-                channel,
-                labhub::shm::ChannelConfig::new(labhub::shm::Policy::Latest, 64),
-            )
-            .context("creating the shm channel")?,
+            labhub::shm::Channel::new(channel.as_str())
+                .policy(labhub::shm::Policy::Latest)
+                .bytes(64)
+                .create()
+                .context("creating the shm channel")?,
         );
     }
     join(&mut probe)?;
     if mode == "consume"
-        && let Ok(c) = labhub::shm::Consumer::attach(channel, labhub::shm::AttachOptions::default())
+        && let Ok(c) = labhub::shm::Channel::new(channel.as_str()).open()
     {
         _consumer = Some(c);
     }

@@ -6,8 +6,9 @@
 //! - `client-producer HOME ENDPOINT NOTIFY NAME`: creates and registers shm channel NAME, prints
 //!   `ready <next frame id>`, then publishes a frame (its id, little-endian) every 10 ms.
 //! - `client-consumer HOME ENDPOINT NOTIFY NAME`: finds channel NAME (retrying while it is not
-//!   registered yet), prints `attached`, then `frame <id>` per frame and `notice <kind>` per
-//!   notice.
+//!   registered yet), prints `attached`, then `frame <id>` per frame, `timeout consumers=<n>`
+//!   per read that found no frame within 200 ms (n: the consumers its segment holds), and
+//!   `notice <kind>` per notice.
 
 use std::io::Write;
 use std::path::Path;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use labhub::broker::BrokerConfig;
 use labhub::client::{ClientConfig, ClientError, ConsumeError, Hub};
-use labhub::shm::{AttachOptions, Backpressure, ChannelConfig, FrameMeta, Policy};
+use labhub::shm::{Backpressure, Policy};
 
 pub fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
     match (role, args) {
@@ -60,20 +61,19 @@ fn connect(home: &str, endpoint: &str, notify: &str) -> anyhow::Result<Hub> {
 
 fn producer(home: &str, endpoint: &str, notify: &str, name: &str) -> anyhow::Result<()> {
     let hub = connect(home, endpoint, notify)?;
-    let config = ChannelConfig::new(
-        Policy::Ring {
+    let mut producer = hub
+        .channel(name)
+        .policy(Policy::Ring {
             slots: 64,
             when_full: Backpressure::DropOldest,
-        },
-        64,
-    );
-    let mut producer = hub
-        .create_shm_producer(name, config)
+        })
+        .bytes(64)
+        .create()
         .context("creating the producer")?;
     say(&format!("ready {}", producer.next_frame_id()));
     loop {
         let id = producer.next_frame_id();
-        producer.publish_bytes(&id.to_le_bytes(), &FrameMeta::default())?;
+        producer.publish(&id.to_le_bytes(), &[8])?;
         while let Some(n) = producer.try_notice() {
             say(&format!("notice {}", n.kind()));
         }
@@ -85,7 +85,7 @@ fn consumer(home: &str, endpoint: &str, notify: &str, name: &str) -> anyhow::Res
     let hub = connect(home, endpoint, notify)?;
     let give_up = Instant::now() + Duration::from_secs(20);
     let mut consumer = loop {
-        match hub.find_shm_consumer(name, AttachOptions::default()) {
+        match hub.channel(name).element::<u8>().open() {
             Ok(c) => break c,
             Err(e @ ClientError::Refused { .. }) if Instant::now() < give_up => {
                 let _ = e;
@@ -96,9 +96,15 @@ fn consumer(home: &str, endpoint: &str, notify: &str, name: &str) -> anyhow::Res
     };
     say("attached");
     loop {
-        match consumer.read(Some(Duration::from_millis(200)), |f| f.frame_id()) {
+        match consumer
+            .next(Some(Duration::from_millis(200)))
+            .map(|f| f.frame_id())
+        {
             Ok(id) => say(&format!("frame {id}")),
-            Err(ConsumeError::Timeout { .. }) => {}
+            Err(ConsumeError::Timeout { .. }) => say(&format!(
+                "timeout consumers={}",
+                consumer.consumer().stats().consumers
+            )),
             Err(e) => say(&format!("error {e}")),
         }
         while let Some(n) = consumer.try_notice() {

@@ -123,7 +123,7 @@ pub fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
         "sync-increment" => increment(&shared, number(1)?),
         "sync-hold" => {
             if args.get(1).map(String::as_str) == Some("--no-robust-list") {
-                labhub::sys::disable_robust_list_for_current_thread();
+                labhub::sync::testing::disable_robust_list_for_current_thread();
             }
             let _guard = lock_reporting(shared.mutex(at::MUTEX))?;
             say("locked");
@@ -157,7 +157,7 @@ pub fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
             // A waiter that can open no file (so cannot read /proc) must still never take the
             // lock from a live holder, nor call a live process dead.
             let timeout = Duration::from_millis(number(1)?);
-            let holder = labhub::sys::ProcessId {
+            let holder = labhub::sync::ProcessId {
                 pid: u32::try_from(number(2)?)?,
                 start_time: number(3)?,
             };
@@ -288,7 +288,7 @@ fn fork_while_holding(shared: &Shared) -> anyhow::Result<()> {
     if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
         bail!("waitpid: {}", std::io::Error::last_os_error());
     }
-    let held = mutex.owner() == Some(labhub::sys::gettid());
+    let held = mutex.owner() == Some(labhub::sync::current_thread_id());
     say(&format!("held-after-the-fork-dropped-its-copy={held}"));
     drop(guard);
     Ok(())

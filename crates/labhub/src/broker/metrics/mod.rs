@@ -335,11 +335,9 @@ impl Metrics {
             None => {
                 let token = Token::generate()?;
                 let path = token::default_token_file(home);
-                crate::broker::keys::ensure_private_dir(home).map_err(|e| {
-                    MetricsError::TokenFile {
-                        path: path.clone(),
-                        problem: e.to_string(),
-                    }
+                crate::keys::ensure_private_dir(home).map_err(|e| MetricsError::TokenFile {
+                    path: path.clone(),
+                    problem: e.to_string(),
                 })?;
                 token.store(&path)?;
                 (Some(token), Some(path))
@@ -657,7 +655,7 @@ mod tests {
             let reply = rig.send(
                 "register",
                 serde_json::json!({"client": "cam", "channel": {"name": name, "kind": "shm",
-                    "shm_name": crate::shm::os_name(&name).unwrap(), "size": 4096}}),
+                    "shm_name": ChannelName::new(&name).unwrap().segment_name(), "size": 4096}}),
             );
             assert!(reply.is_ok(), "{reply:?}");
         }

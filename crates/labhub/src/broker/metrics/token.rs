@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
 use super::MetricsError;
-use crate::broker::keys;
+use crate::keys;
 
 /// Random bytes in a generated token (hex-encoded: 64 characters).
 const TOKEN_BYTES: usize = 32;

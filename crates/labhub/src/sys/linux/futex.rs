@@ -275,6 +275,7 @@ fn register_own_list() -> usize {
 /// Makes the calling thread's future locks skip the kernel robust list, so that a lock it
 /// holds when it dies is found only by the liveness fallback (a waiter that sees the owner's
 /// TID gone). For tests of that fallback; call it while holding no lock.
+#[cfg(feature = "test-support")]
 pub fn disable_robust_list_for_current_thread() {
     let tid = current_thread().tid;
     CONTEXT.set((tid, 0));
@@ -375,7 +376,8 @@ impl ThreadContext {
         node.next.store(0, Ordering::Relaxed);
     }
 
-    /// The entries of the thread's robust list, front first (for tests and diagnostics).
+    /// The entries of the thread's robust list, front first (for tests).
+    #[cfg(test)]
     pub fn robust_list_entries(&self) -> Vec<usize> {
         let mut entries = Vec::new();
         if !self.has_robust_list() {

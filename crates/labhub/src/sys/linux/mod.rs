@@ -10,9 +10,10 @@ mod futex;
 mod process;
 mod shm;
 
+#[cfg(feature = "test-support")]
+pub use futex::disable_robust_list_for_current_thread;
 pub use futex::{
-    ROBUST_NODE_OFFSET, RobustListNode, ThreadContext, current_thread,
-    disable_robust_list_for_current_thread, futex_wait, futex_wake,
+    ROBUST_NODE_OFFSET, RobustListNode, ThreadContext, current_thread, futex_wait, futex_wake,
 };
 pub use process::{ProcessId, getpid, gettid, thread_alive};
 pub use shm::*;

@@ -1,5 +1,5 @@
-//! Named POSIX shared memory: create, open, size, map, unlink; and the few ids and clocks the
-//! shm module needs (user id, page size, monotonic nanoseconds).
+//! Named POSIX shared memory: create (with the pages reserved), open, stat, map, unlink; and
+//! the few ids and clocks the shm module needs (user id, monotonic and real-time nanoseconds).
 //!
 //! Everything here is a thin, checked wrapper over one system call; the policy (names, sizes,
 //! layout) lives in `shm::segment` above.
@@ -43,7 +43,7 @@ pub fn shm_create_exclusive(name: &str, size: u64) -> io::Result<OwnedFd> {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(())
+        reserve(&fd, size)
     })();
     if let Err(e) = sized {
         let _ = shm_unlink(name);
@@ -53,7 +53,70 @@ pub fn shm_create_exclusive(name: &str, size: u64) -> io::Result<OwnedFd> {
 }
 
 /// Where Linux keeps POSIX shared-memory objects (glibc's `shm_open` directory).
-const SHM_DIR: &str = "/dev/shm";
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// Allocates the pages of a freshly sized segment (`fallocate`, mode 0), so that a file system
+/// too small for it fails here with `StorageFull` (ENOSPC) instead of killing the first process
+/// that touches a missing page with SIGBUS. A file system without `fallocate` (EOPNOTSUPP) is
+/// left as it is: its segments are only reserved when written.
+fn reserve(fd: &OwnedFd, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(fd, rustix::fs::FallocateFlags::empty(), 0, size) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Bytes a process of this user may still allocate in the shared-memory file system
+/// (`statvfs`: available blocks × fragment size), if it can be read.
+pub fn shm_space_available() -> Option<u64> {
+    let st = rustix::fs::statvfs(SHM_DIR).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// What a name in the shared-memory directory is, without following a symbolic link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmEntry {
+    /// `regular file`, `symbolic link`, `directory`, … in words.
+    pub kind: &'static str,
+    /// Owning user id.
+    pub uid: u32,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
+/// `lstat` of the file that holds segment `name`; `None` if there is none.
+pub fn shm_lstat(name: &str) -> io::Result<Option<ShmEntry>> {
+    use rustix::fs::FileType;
+    let path = shm_path(name);
+    let st = match rustix::fs::lstat(&path) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => "regular file",
+        FileType::Symlink => "symbolic link",
+        FileType::Directory => "directory",
+        FileType::Fifo => "named pipe",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice | FileType::BlockDevice => "device",
+        _ => "file of unknown type",
+    };
+    Ok(Some(ShmEntry {
+        kind,
+        uid: st.st_uid,
+        mode: st.st_mode & 0o7777,
+    }))
+}
+
+/// The path of segment `name` in the shared-memory directory.
+pub fn shm_path(name: &str) -> String {
+    format!("{SHM_DIR}/{}", name.trim_start_matches('/'))
+}
 
 /// Separates a segment name from the suffix of its private creation name. Channel names cannot
 /// contain it, so a private name never collides with a channel's.
@@ -86,8 +149,7 @@ pub fn shm_create_hidden(
 /// link: it fails with `AlreadyExists` if `name` exists, and no process ever sees `name` before
 /// the segment was initialised). The private name is removed either way.
 pub fn shm_publish_hidden(hidden: &str, name: &str) -> io::Result<()> {
-    let path = |n: &str| format!("{SHM_DIR}/{}", n.trim_start_matches('/'));
-    let linked = std::fs::hard_link(path(hidden), path(name));
+    let linked = std::fs::hard_link(shm_path(hidden), shm_path(name));
     let _ = shm_unlink(hidden);
     linked
 }
@@ -210,11 +272,6 @@ impl ShmMapping {
     pub fn len(&self) -> usize {
         self.len
     }
-
-    /// Always false: empty mappings are refused by [`ShmMapping::map`].
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 impl Drop for ShmMapping {
@@ -230,13 +287,6 @@ impl Drop for ShmMapping {
 pub fn getuid() -> u32 {
     // SAFETY: getuid cannot fail and has no preconditions.
     unsafe { libc::getuid() }
-}
-
-/// The system page size in bytes.
-pub fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process on the machine, so

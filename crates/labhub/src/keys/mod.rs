@@ -13,6 +13,8 @@
 //! file that does not parse is refused with a [`KeyError`] naming the file and the problem.
 #![deny(unsafe_code)]
 
+pub mod trust;
+
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -57,17 +59,18 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
-    /// A secret file is open to group or others, or a trusted file is writable by them.
-    #[error("{path} has mode {mode:04o}: {problem} (fix with chmod {fix:o})")]
-    InsecurePermissions {
-        /// The file.
+    /// A file or directory the broker would trust is owned by another user, or open to
+    /// writes (for secrets: reads) by group or others; see [`trust`].
+    #[error("{path} is owned by uid {owner} with mode {mode:04o}: {problem}")]
+    Untrusted {
+        /// The file or directory.
         path: PathBuf,
+        /// Its owner's user id.
+        owner: u32,
         /// Its permission bits.
         mode: u32,
-        /// What is wrong.
+        /// What is wrong, and how to fix it.
         problem: &'static str,
-        /// The mode that would be accepted.
-        fix: u32,
     },
     /// A file does not hold what it should.
     #[error("{path}: {problem}")]
@@ -276,40 +279,16 @@ fn derive(
     Ok(key)
 }
 
-/// Refuses a secret file that group or others can access at all.
+/// Refuses a secret file that another user owns, that group or others can access at all, or
+/// that lies under a directory others could change.
 pub fn check_secret_permissions(path: &Path) -> Result<(), KeyError> {
-    let meta = fs::metadata(path).map_err(|source| KeyError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::InsecurePermissions {
-            path: path.to_owned(),
-            mode,
-            problem: "a secret must not be accessible to group or others",
-            fix: 0o600,
-        });
-    }
-    Ok(())
+    trust::check(path, trust::Trust::Secret)
 }
 
-/// Refuses a trusted file (config, allow list) that group or others can write.
+/// Refuses a trusted file (config, allow list) that another user owns or that group or
+/// others could change, directly or through a directory on its path.
 pub fn check_trusted_permissions(path: &Path) -> Result<(), KeyError> {
-    let meta = fs::metadata(path).map_err(|source| KeyError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(KeyError::InsecurePermissions {
-            path: path.to_owned(),
-            mode,
-            problem: "a file the broker trusts must not be writable by group or others",
-            fix: mode & !0o022,
-        });
-    }
-    Ok(())
+    trust::check(path, trust::Trust::File)
 }
 
 /// Reads a secret file after checking its permissions.
@@ -359,19 +338,20 @@ pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<bool, K
     result.map_err(write_err)
 }
 
-/// Creates `dir` (and parents) with mode 0700 if it is missing.
+/// Creates `dir` (and parents) with mode 0700 if it is missing, then checks that it can be
+/// trusted (owned by this user or root, not writable by others, nor any directory above it).
 pub fn ensure_private_dir(dir: &Path) -> Result<(), KeyError> {
-    if dir.is_dir() {
-        return Ok(());
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| KeyError::Write {
+                path: dir.to_owned(),
+                source,
+            })?;
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| KeyError::Write {
-            path: dir.to_owned(),
-            source,
-        })
+    trust::check(dir, trust::Trust::Directory)
 }
 
 /// Serialises `pair` as an encrypted secret file.
@@ -753,10 +733,7 @@ mod tests {
         let secret = with_suffix(&base, "secret");
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o640)).unwrap();
         let err = load_pair(&base, None).unwrap_err();
-        assert!(matches!(
-            err,
-            KeyError::InsecurePermissions { mode: 0o640, .. }
-        ));
+        assert!(matches!(err, KeyError::Untrusted { mode: 0o640, .. }));
         assert!(
             err.to_string().contains(&secret.display().to_string()),
             "{err}"
@@ -825,7 +802,7 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
         assert!(matches!(
             read_allow_list(&path),
-            Err(KeyError::InsecurePermissions { .. })
+            Err(KeyError::Untrusted { .. })
         ));
         let bad = dir.join("bad");
         write_new_file(&bad, format!("{k1}\nnot-a-key\n").as_bytes(), 0o600).unwrap();
