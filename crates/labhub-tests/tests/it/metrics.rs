@@ -498,3 +498,30 @@ fn a_token_file_is_required_on_loopback_too_and_refused_when_open_to_others() {
     );
     assert_eq!(ok.status, 200);
 }
+
+#[test]
+fn a_producer_counts_the_bytes_of_copies_and_of_committed_loans_only() {
+    use std::sync::atomic::Ordering;
+    let broker = MetricsBroker::start("127.0.0.1:0", &[]);
+    let mut config = labhub::client::ClientConfig::from_home(broker.home.path())
+        .unwrap()
+        .notify_endpoint(&broker.notify);
+    config.endpoint = broker.endpoint.clone();
+    let hub = labhub::client::Hub::connect(config).unwrap();
+    let name = unique("bytes");
+    let mut producer = hub
+        .channel(&name)
+        .policy(labhub::shm::Policy::ring(8))
+        .frames::<u16>(&[4])
+        .create()
+        .unwrap();
+    producer.publish(&[1, 2, 3, 4], &[4]).unwrap(); // 8 bytes
+    producer.loan_shape(&[2]).unwrap().commit(); // 4 bytes, counted at the next call
+    drop(producer.loan().unwrap()); // abandoned: not counted
+    producer.publish(&[5, 6, 7, 8], &[4]).unwrap(); // 8 bytes
+    let counters = producer.counters();
+    assert_eq!(counters.published.load(Ordering::Relaxed), 3);
+    assert_eq!(counters.bytes_published.load(Ordering::Relaxed), 20);
+    drop(producer);
+    let _ = labhub::shm::remove_channel(&name);
+}
