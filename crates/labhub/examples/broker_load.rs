@@ -6,8 +6,10 @@
 //! `cargo run --profile bench -p labhub --example broker_load -- [SECONDS] [ROUNDS]`
 //! (defaults 20 and 2; the bench profile reuses what `cargo bench` built)
 //!
-//! Each round runs the broker without metrics, then with them, so the two are measured
-//! alternately in one sitting. The example re-runs itself as the broker process
+//! Each round runs three configurations in turn, so they are measured alternately in one
+//! sitting: `classic` (heartbeats as before metrics existed: 5 producer channels with two
+//! counters each, no consumers), `full` (the heartbeats below, without metrics) and `metrics`
+//! (the same with metrics served and watched). The example re-runs itself as the broker process
 //! (`broker_load --broker HOME [--metrics]`), so the broker's CPU time and resident memory are
 //! read from `/proc/<pid>` alone. The 200 clients are DEALER sockets with CURVE, owned by 4
 //! client threads (50 each); each client registers 5 channels whose segments this process
@@ -79,21 +81,22 @@ fn main() -> Result<(), Error> {
     );
     let mut results = Vec::new();
     for round in 0..rounds {
-        for metrics in [false, true] {
-            let r = run_once(seconds, metrics, &channel)?;
+        for mode in [Mode::Classic, Mode::Full, Mode::Metrics] {
+            let r = run_once(seconds, mode, &channel)?;
             r.print(round + 1);
             results.push(r);
         }
     }
-    let mean = |metrics: bool| {
-        let runs: Vec<&RunResult> = results.iter().filter(|r| r.metrics == metrics).collect();
+    let mean = |mode: Mode| {
+        let runs: Vec<&RunResult> = results.iter().filter(|r| r.mode == mode).collect();
         runs.iter().map(|r| r.cpu_percent).sum::<f64>() / runs.len().max(1) as f64
     };
+    let (classic, full, metrics) = (mean(Mode::Classic), mean(Mode::Full), mean(Mode::Metrics));
     println!(
-        "mean broker CPU: {:.1} % without metrics, {:.1} % with them ({:.2}×)",
-        mean(false),
-        mean(true),
-        mean(true) / mean(false)
+        "mean broker CPU: classic {classic:.1} %, full {full:.1} % ({:.2}×), metrics {metrics:.1} % ({:.2}× classic, {:.2}× full)",
+        full / classic,
+        metrics / classic,
+        metrics / full
     );
     drop(segments);
     for t in 0..THREADS {
@@ -106,8 +109,16 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
+/// What a run measures (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Classic,
+    Full,
+    Metrics,
+}
+
 struct RunResult {
-    metrics: bool,
+    mode: Mode,
     wall_s: f64,
     cpu_percent: f64,
     rss_start: u64,
@@ -130,10 +141,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 impl RunResult {
     fn print(&self, round: usize) {
-        let label = if self.metrics {
-            "with metrics"
-        } else {
-            "no metrics"
+        let label = match self.mode {
+            Mode::Classic => "classic heartbeats",
+            Mode::Full => "full heartbeats, no metrics",
+            Mode::Metrics => "full heartbeats, metrics",
         };
         println!(
             "round {round}, {label}: broker CPU {:.1} % of one core over {:.1} s, RSS {} KiB after registration, {} KiB at the end",
@@ -148,7 +159,7 @@ impl RunResult {
             percentile(&self.round_trips, 0.99),
             self.round_trips.last().copied().unwrap_or_default()
         );
-        if self.metrics {
+        if self.mode == Mode::Metrics {
             println!(
                 "  /metrics of a fresh sample ({} bytes): {} scrapes, p50 {:?}, max {:?}; event stream: {} samples, {} bytes",
                 self.scrape_bytes,
@@ -164,17 +175,17 @@ impl RunResult {
 
 fn run_once(
     seconds: u64,
-    metrics: bool,
+    mode: Mode,
     channel: &(dyn Fn(usize, usize, usize) -> String + Sync),
 ) -> Result<RunResult, Error> {
     let home = std::env::temp_dir().join(format!(
-        "labhub-broker-load-{}-{metrics}",
+        "labhub-broker-load-{}-{mode:?}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&home);
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--broker").arg(&home).stdout(Stdio::piped());
-    if metrics {
+    if mode == Mode::Metrics {
         cmd.arg("--metrics");
     }
     let mut child = cmd.spawn()?;
@@ -199,8 +210,9 @@ fn run_once(
             let (ctx, stop, registered) = (&ctx, &stop, &registered);
             let (client_key, server) = (&client_key, &server);
             threads.push(scope.spawn(move || {
+                let classic = mode == Mode::Classic;
                 client_thread(
-                    t, ctx, endpoint, server, client_key, stop, registered, channel,
+                    t, ctx, endpoint, server, client_key, stop, registered, channel, classic,
                 )
             }));
         }
@@ -240,7 +252,7 @@ fn run_once(
             stats.iter().flat_map(|s| s.latencies.clone()).collect();
         round_trips.sort();
         Ok(RunResult {
-            metrics,
+            mode,
             wall_s,
             cpu_percent: 100.0 * cpu_s / wall_s,
             rss_start,
@@ -340,6 +352,7 @@ fn client_thread(
     stop: &AtomicBool,
     registered: &std::sync::Barrier,
     channel: &(dyn Fn(usize, usize, usize) -> String + Sync),
+    classic: bool,
 ) -> Result<ThreadStats, Error> {
     let per_thread = CLIENTS / THREADS;
     let sockets: Vec<Socket> = (0..per_thread)
@@ -391,7 +404,7 @@ fn client_thread(
         }
     }
     registered.wait();
-    for (i, s) in sockets.iter().enumerate() {
+    for (i, s) in sockets.iter().enumerate().filter(|_| !classic) {
         let reply = call(
             s,
             "attach",
@@ -425,20 +438,33 @@ fn client_thread(
             if now >= due[i] {
                 frame += 50;
                 id += 1;
-                let mut channels = serde_json::Map::new();
-                for c in 0..CHANNELS_PER_CLIENT {
+                let body = if classic {
+                    let channels: serde_json::Map<String, serde_json::Value> = (0
+                        ..CHANNELS_PER_CLIENT)
+                        .map(|c| {
+                            (
+                                channel(t, i, c),
+                                serde_json::json!({"frames": frame, "dropped": 0}),
+                            )
+                        })
+                        .collect();
+                    serde_json::json!({"request_id": id, "client": client_id(i), "channels": channels})
+                } else {
+                    let mut channels = serde_json::Map::new();
+                    for c in 0..CHANNELS_PER_CLIENT {
+                        channels.insert(
+                            channel(t, i, c),
+                            serde_json::json!({"frames_published": frame, "bytes_published": frame * 64, "publish_failures": 0}),
+                        );
+                    }
                     channels.insert(
-                        channel(t, i, c),
-                        serde_json::json!({"frames_published": frame, "bytes_published": frame * 64, "publish_failures": 0}),
+                        consumed(i),
+                        serde_json::json!({"frames_consumed": frame, "bytes_consumed": frame * 64, "frames_missed": 0, "reattached": 0}),
                     );
-                }
-                channels.insert(
-                    consumed(i),
-                    serde_json::json!({"frames_consumed": frame, "bytes_consumed": frame * 64, "frames_missed": 0, "reattached": 0}),
-                );
-                let body = serde_json::json!({"request_id": id, "client": client_id(i),
-                    "client_version": "labhub-rs/0.1.0", "pid": std::process::id(),
-                    "channels": channels, "latency": {consumed(i): latency}});
+                    serde_json::json!({"request_id": id, "client": client_id(i),
+                        "client_version": "labhub-rs/0.1.0", "pid": std::process::id(),
+                        "channels": channels, "latency": {consumed(i): latency}})
+                };
                 sockets[i].send_multipart(
                     [
                         &b"labhub"[..],

@@ -3,6 +3,10 @@
 //! npm (installed under the target folder at a pinned version when missing) through
 //! `tests/browser/monitor.cjs`. The page loads, a channel appears when its producer starts, its
 //! rate moves, and it shows down once the producer is SIGKILLed.
+//!
+//! docs/monitor.png is this test's screenshot:
+//! `LABHUB_MONITOR_SCREENSHOT=$PWD/docs/monitor.png LABHUB_MONITOR_POINTS=110 cargo test -p
+//! labhub-tests --test it monitor::the_monitor_shows`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -121,8 +125,10 @@ fn the_monitor_shows_a_channel_appear_move_and_go_down_when_its_producer_is_kill
     let rate: f64 = browser.expect("rate ")["rate ".len()..].parse().unwrap();
     assert!(rate > 0.0);
     browser.step(&format!("consumer {name}"), "consumer ");
-    // A sample every heartbeat interval (100 ms here): the plot fills with history.
-    browser.step(&format!("points {name} 30"), "points");
+    // A sample every heartbeat interval (100 ms here): the plot fills with history
+    // (LABHUB_MONITOR_POINTS, default 30, of the 120 it shows).
+    let points = std::env::var("LABHUB_MONITOR_POINTS").unwrap_or_else(|_| "30".into());
+    browser.step(&format!("points {name} {points}"), "points");
     browser.step("screenshot", "screenshot");
     let png = std::fs::read(&shot).unwrap();
     assert!(
