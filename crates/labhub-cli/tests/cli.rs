@@ -233,6 +233,47 @@ impl Drop for Channel {
     }
 }
 
+/// A channel whose producer publishes a 4 KiB frame (32 × 64 u16) every 2 ms until dropped.
+struct Camera {
+    channel: Channel,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<labhub::client::ShmProducer<u16>>>,
+}
+
+impl Camera {
+    fn start(broker: &Broker) -> Self {
+        let mut channel = Channel::new(broker);
+        let mut producer = channel.producer.take().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    producer.publish(&[1u16; 2048], &[32, 64]).unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                producer
+            })
+        };
+        Self {
+            channel,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take()
+            && let Ok(p) = t.join()
+        {
+            self.channel.producer = Some(p);
+        }
+    }
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -487,30 +528,17 @@ fn info_of_a_missing_channel_exits_with_the_not_found_code() {
 #[test]
 fn watch_counts_the_frames_of_a_live_channel() {
     let broker = Broker::start();
-    let mut channel = Channel::new(&broker);
-    let mut producer = channel.producer.take().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let camera = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                producer.publish(&[1u16; 2048], &[32, 64]).unwrap();
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            producer
-        })
-    };
+    let camera = Camera::start(&broker);
     let r = run(broker.labhub(&[
         "watch",
-        &channel.name,
+        &camera.channel.name,
         "--count",
         "3",
         "--interval",
         "200ms",
         "--json",
     ]));
-    stop.store(true, Ordering::Relaxed);
-    channel.producer = Some(camera.join().unwrap());
+    drop(camera);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lines: Vec<Value> = r.stdout.lines().map(json).collect();
     assert_eq!(lines.len(), 4, "{}", r.stdout);

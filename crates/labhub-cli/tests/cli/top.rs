@@ -4,55 +4,13 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wait_timeout::ChildExt as _;
 
-use super::{Broker, Channel, UNREACHABLE, WATCHDOG, json, labhub, run};
-
-/// A channel whose producer publishes a 4 KiB frame (32 × 64 u16) every 2 ms until dropped.
-struct Camera {
-    channel: Channel,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<labhub::client::ShmProducer<u16>>>,
-}
-
-impl Camera {
-    fn start(broker: &Broker) -> Self {
-        let mut channel = Channel::new(broker);
-        let mut producer = channel.producer.take().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    producer.publish(&[1u16; 2048], &[32, 64]).unwrap();
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                producer
-            })
-        };
-        Self {
-            channel,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Camera {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take()
-            && let Ok(p) = t.join()
-        {
-            self.channel.producer = Some(p);
-        }
-    }
-}
+use super::{Broker, Camera, UNREACHABLE, WATCHDOG, json, labhub, run};
 
 /// Kills and reaps a child when dropped.
 struct Reaped(Child);
