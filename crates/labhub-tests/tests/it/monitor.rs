@@ -38,7 +38,7 @@ fn playwright_core() -> PathBuf {
         return module(&base);
     }
     // Installed aside and renamed into place, so tests running at once never see half of it.
-    let staging = base.with_extension(format!("tmp-{}", std::process::id()));
+    let staging = base.with_extension(unique("staging"));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).unwrap();
     let out = Command::new("npm")
