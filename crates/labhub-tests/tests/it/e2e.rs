@@ -437,7 +437,8 @@ fn an_evicted_hub_consumer_whose_segment_is_gone_still_returns_by_its_deadline_a
     let mut map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
     drop(producer);
     labhub::shm::remove_channel(&name).unwrap();
-    map[704 + 64 * index..704 + 64 * index + 8].fill(0);
+    let entry = crate::shm::at::entry_state(map.len(), index);
+    map[entry..entry + 8].fill(0);
     // Each read still ends by its 200 ms deadline (the child prints `timeout`) while no segment
     // can be attached, and says how many consumers its old segment has (none: it was evicted).
     wait_for(&mut child, "a timeout after the eviction", |l| {
