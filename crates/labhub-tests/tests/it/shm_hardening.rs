@@ -162,13 +162,21 @@ fn a_released_consumer_entry_carries_no_start_time() {
     let c = consumer(&ch.name);
     assert_ne!(get_u64(&m, at::entry_start_time(m.len(), 0)), 0);
     drop(c);
-    assert_eq!(get_u64(&m, at::entry_start_time(m.len(), 0)), 0, "after a detach");
+    assert_eq!(
+        get_u64(&m, at::entry_start_time(m.len(), 0)),
+        0,
+        "after a detach"
+    );
     // Evicted by the consumer timeout.
     let mut c = consumer(&ch.name);
     send(&mut p, b"0").unwrap();
     let held = c.next(Some(WATCHDOG)).unwrap();
     send(&mut p, b"1").unwrap();
-    assert_eq!(get_u64(&m, at::entry_start_time(m.len(), 0)), 0, "after an eviction");
+    assert_eq!(
+        get_u64(&m, at::entry_start_time(m.len(), 0)),
+        0,
+        "after an eviction"
+    );
     drop(held);
     drop(c);
     // Reclaimed from a SIGKILLed process.

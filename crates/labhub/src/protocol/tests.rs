@@ -215,6 +215,14 @@ fn replies_and_notifications_round_trip() {
         state: ChannelState::Up,
         consumers: 1,
         counters: Counters::from([("frames".into(), 3)]),
+        grants: vec![GrantRecord {
+            role: Role::Consume,
+            client: ClientId::new("viewer").unwrap(),
+            key: "k".repeat(40),
+            pid: 7,
+            uid: 1000,
+            gid: 1000,
+        }],
     };
     let notes = [
         Notification::ChannelUp {
@@ -352,6 +360,15 @@ fn full_requests() -> Vec<(&'static str, serde_json::Value)> {
             json!({"request_id": 1, "prefix": "ca", "kind": "shm"}),
         ),
         ("status", json!({"request_id": 1})),
+        (
+            "grant",
+            json!({"request_id": 1, "client": "c", "name": "cam0", "role": "consume"}),
+        ),
+        (
+            "register",
+            json!({"request_id": 1, "client": "c", "channel": {"name": "cam0", "kind": "shm",
+                   "sharing": "memfd", "size": 8192}}),
+        ),
     ]
 }
 

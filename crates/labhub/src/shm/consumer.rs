@@ -252,6 +252,7 @@ impl<T: Payload> Consumer<T> {
         Self::attach(name, view, settings)
     }
 
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
     /// Attaches to the memfd pair a broker handed over for the channel `settings` name,
     /// mapping its data region read-only (see `Channel::open`).
     pub(crate) fn open_memfd(
@@ -284,6 +285,15 @@ impl<T: Payload> Consumer<T> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+    /// A consumer of a producer-less memfd pair only this process holds: what a Hub consumer
+    /// that starts first reads (nothing) until its producer's channel comes up.
+    pub(crate) fn open_private_memfd(settings: &Settings) -> Result<Self, ChannelError> {
+        let view = super::producer::create_private_memfd(settings)?;
+        let name = view.segment().channel().clone();
+        Self::attach(&name, view, settings)
     }
 
     fn attach(name: &ChannelName, view: View, settings: &Settings) -> Result<Self, ChannelError> {
@@ -355,6 +365,12 @@ impl<T: Payload> Consumer<T> {
         super::stats(&self.view)
     }
 
+    /// What the segment says about itself (as [`inspect`](super::inspect) reads it): how it
+    /// is shared, header, counters, consumers with their liveness.
+    pub fn report(&self) -> super::SegmentReport {
+        super::inspect::report(&self.view)
+    }
+
     /// The reader count of each slot (index = descriptor slot, frame id mod N): how many live
     /// consumers hold a frame of that slot now. Derived from the consumer table, so a reader
     /// killed while holding a frame stops counting at once (see `docs/SHM_LAYOUT.md`).
@@ -367,6 +383,7 @@ impl<T: Payload> Consumer<T> {
         super::producer_alive(&self.view)
     }
 
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
     /// The random id of the channel incarnation this consumer reads (a memfd channel taken
     /// over by a restarted producer is a new incarnation).
     pub(crate) fn instance(&self) -> u64 {

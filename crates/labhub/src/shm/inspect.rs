@@ -173,6 +173,7 @@ pub fn inspect(name: &str) -> Result<SegmentReport, ChannelError> {
     Ok(report(&view))
 }
 
+#[cfg_attr(not(feature = "zmq"), allow(dead_code))]
 /// Reads the segment of a broker-granted channel from its memfds (the data one mapped
 /// read-only), without attaching.
 pub(crate) fn inspect_memfd(

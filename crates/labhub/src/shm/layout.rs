@@ -1721,8 +1721,8 @@ mod tests {
             "= {}",
             CONSUMER_CAPACITY as usize * size_of::<ConsumerEntry>()
         )));
-        let table_end =
-            CONSUMER_TABLE_OFFSET as usize + CONSUMER_CAPACITY as usize * size_of::<ConsumerEntry>();
+        let table_end = CONSUMER_TABLE_OFFSET as usize
+            + CONSUMER_CAPACITY as usize * size_of::<ConsumerEntry>();
         assert_eq!(regions[2][0], table_end.to_string());
         assert!(regions[2][2].ends_with(&format!("= {CONTROL_SIZE}")));
 

@@ -72,6 +72,7 @@ pub use element::{
     Bool, Complex32, Complex64, Dynamic, Element, ElementType, Payload, UnknownElementType,
 };
 pub use error::{ChannelError, LayoutError, Overwritten, PublishError, ReadError, StateError};
+#[cfg_attr(not(feature = "zmq"), allow(unused_imports))]
 pub(crate) use inspect::inspect_memfd;
 pub use inspect::{ConsumerReport, ProducerReport, SegmentReport, Sharing, inspect};
 pub use policy::{Backpressure, MAX_POLICY_LEN, Policy, PolicyParseError};
@@ -86,6 +87,9 @@ pub const MAX_DIMS: usize = layout::MAX_DIMS;
 pub const CONSUMER_CAPACITY: u32 = layout::CONSUMER_CAPACITY;
 /// The segment layout version this build reads and writes.
 pub const LAYOUT_VERSION: u32 = layout::LAYOUT_VERSION;
+/// Size of every channel's control region (docs/SHM_LAYOUT.md): a broker checks a control
+/// memfd handed to it against it.
+pub const CONTROL_SIZE: u64 = layout::CONTROL_SIZE;
 /// Slots at least this large are pooled in lossless rings (see the module documentation).
 pub const POOL_MIN_SLOT_SIZE: u64 = layout::POOL_MIN_SLOT_SIZE;
 
@@ -250,8 +254,7 @@ fn slot_readers(view: &layout::View) -> Vec<u32> {
         let Some(e) = view.consumer(i) else { break };
         let state = e.state.load(Ordering::Acquire);
         let held = e.held.load(Ordering::Acquire);
-        if state >> 32 != consumer_state::ACTIVE || held == 0 || entry_owner_dead(view, i, state)
-        {
+        if state >> 32 != consumer_state::ACTIVE || held == 0 || entry_owner_dead(view, i, state) {
             continue;
         }
         if let Some(n) = readers.get_mut(geo.slot_of(held - 1)) {
@@ -391,7 +394,10 @@ fn open_view(name: &ChannelName, timeout: Duration) -> Result<layout::View, Chan
 }
 
 /// Waits (until `deadline`) for a data header's magic, then checks it and the version.
-fn wait_published(header: &layout::Header, deadline: std::time::Instant) -> Result<(), LayoutError> {
+fn wait_published(
+    header: &layout::Header,
+    deadline: std::time::Instant,
+) -> Result<(), LayoutError> {
     loop {
         let (magic, version) = layout::load_magic(header);
         if magic == layout::MAGIC {
@@ -416,6 +422,7 @@ fn wait_published(header: &layout::Header, deadline: std::time::Instant) -> Resu
     }
 }
 
+#[cfg_attr(not(feature = "zmq"), allow(dead_code))]
 /// Maps and validates the memfd pair a broker handed over for channel `name` (the data region
 /// read-only unless `writable_data`).
 fn memfd_view(
@@ -445,3 +452,6 @@ fn check_secret(view: &layout::View, secret: Option<&Secret>) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod memfd_tests;

@@ -167,6 +167,21 @@ pub(super) fn check_same_params(
     Ok(())
 }
 
+/// Creates a producer-less memfd pair for the channel `settings` describe, for this process
+/// alone (not sealed, not handed to anyone): what a Hub consumer that starts before its
+/// producer reads until the producer's channel comes up.
+pub(super) fn create_private_memfd(settings: &Settings) -> Result<View, ChannelError> {
+    let (name, _, params) = settings.params()?;
+    let geo = geometry(params)?;
+    let seg = Segment::create_memfd(&name, geo.total_size, geo.control_size)?;
+    let view = View::new_unchecked_header(seg, geo, layout::liveness_code::LOCK)
+        .map_err(layout_error(&name))?;
+    // SAFETY: the memfds were just created and no other process has them.
+    unsafe { init_headers(&view, settings, layout::liveness_code::LOCK) };
+    publish_headers(&view);
+    Ok(view)
+}
+
 /// Creates the named segment of a new channel and publishes its headers, with `producer`
 /// installed as its producer (or none, for a consumer that starts first). Returns `None` if
 /// the channel exists (another creator won).
@@ -293,6 +308,7 @@ impl<T: Payload> Producer<T> {
         Ok(params)
     }
 
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
     /// Creates the channel `settings` describe as a memfd pair for a broker to hand out
     /// (docs/SHM_LAYOUT.md): fresh, or — given the pair the broker held for it, `previous` — a
     /// new incarnation that continues the previous one (its frames, frame ids, counters and
@@ -368,9 +384,17 @@ impl<T: Payload> Producer<T> {
         };
         drop(predecessor);
         view.segment().seal()?;
-        Ok(Self::new(view, policy, settings, next_frame, me, light_commit))
+        Ok(Self::new(
+            view,
+            policy,
+            settings,
+            next_frame,
+            me,
+            light_commit,
+        ))
     }
 
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
     /// New descriptors of this producer's memfds (control, data), to hand to a broker; `None`
     /// for a named segment.
     pub(crate) fn memfds(&self) -> Option<super::MemfdPair> {
@@ -480,6 +504,12 @@ impl<T: Payload> Producer<T> {
     /// Counters and positions of the channel.
     pub fn stats(&self) -> ChannelStats {
         super::stats(&self.view)
+    }
+
+    /// What the segment says about itself (as [`inspect`](super::inspect) reads it): how it
+    /// is shared, header, counters, consumers with their liveness.
+    pub fn report(&self) -> super::SegmentReport {
+        super::inspect::report(&self.view)
     }
 
     /// The reader count of each slot (index = descriptor slot, frame id mod N): how many live

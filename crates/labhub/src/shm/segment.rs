@@ -138,6 +138,7 @@ pub struct MemfdPair {
 }
 
 impl MemfdPair {
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
     /// New descriptors of the same two files (`dup`, close-on-exec), sharing these open file
     /// descriptions.
     pub fn try_clone(&self) -> io::Result<Self> {
@@ -163,12 +164,13 @@ impl Segment {
         data_size: u64,
         control_size: u64,
     ) -> Result<Option<Self>, ChannelError> {
-        let size = data_size
-            .checked_add(control_size)
-            .ok_or_else(|| ChannelError::InvalidConfig {
-                field: "size",
-                reason: format!("{data_size} + {control_size} bytes overflow"),
-            })?;
+        let size =
+            data_size
+                .checked_add(control_size)
+                .ok_or_else(|| ChannelError::InvalidConfig {
+                    field: "size",
+                    reason: format!("{data_size} + {control_size} bytes overflow"),
+                })?;
         let len = fits(name, size)?;
         match sys::shm_open_existing(&name.segment_name()) {
             Ok(_) => return Ok(None),
@@ -498,7 +500,9 @@ mod tests {
     #[test]
     fn a_created_segment_is_invisible_until_published_and_the_first_publisher_wins() {
         let name = channel("race");
-        let a = Segment::create(&name, 4096, 4096).unwrap().expect("new channel");
+        let a = Segment::create(&name, 4096, 4096)
+            .unwrap()
+            .expect("new channel");
         let b = Segment::create(&name, 4096, 4096)
             .unwrap()
             .expect("still new: a is private");

@@ -46,6 +46,7 @@ pub fn add_seals(fd: BorrowedFd<'_>, seals: u32) -> io::Result<()> {
     )?)
 }
 
+#[cfg_attr(not(feature = "zmq"), allow(dead_code))]
 /// The seals of a memfd (`F_GET_SEALS`); `InvalidInput` for a file that takes no seals (not
 /// a memfd).
 pub fn seals(fd: BorrowedFd<'_>) -> io::Result<u32> {
@@ -58,12 +59,18 @@ pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     u64::try_from(st.st_size).map_err(|_| io::Error::other("negative file size"))
 }
 
+#[cfg_attr(not(feature = "zmq"), allow(dead_code))]
 /// Whether `fd` is a memfd: its `/proc/self/fd` link names `/memfd:…`.
 pub fn is_memfd(fd: BorrowedFd<'_>) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .is_ok_and(|target| target.as_os_str().as_encoded_bytes().starts_with(b"/memfd:"))
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).is_ok_and(|target| {
+        target
+            .as_os_str()
+            .as_encoded_bytes()
+            .starts_with(b"/memfd:")
+    })
 }
 
+#[cfg_attr(not(feature = "zmq"), allow(dead_code))]
 /// Opens the file behind `fd` again (`/proc/self/fd/N`), read-write or read-only,
 /// close-on-exec: a new open file description of the same file, whose byte-range locks are
 /// its own (a descriptor passed over a socket shares its sender's description, and with it
@@ -83,7 +90,12 @@ pub fn reopen(fd: BorrowedFd<'_>, writable: bool) -> io::Result<OwnedFd> {
     )?)
 }
 
-fn ofd_lock(fd: BorrowedFd<'_>, cmd: libc::c_int, kind: libc::c_short, byte: u64) -> io::Result<libc::flock> {
+fn ofd_lock(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_int,
+    kind: libc::c_short,
+    byte: u64,
+) -> io::Result<libc::flock> {
     let start = libc::off_t::try_from(byte)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "lock offset too large"))?;
     let mut lock = libc::flock {

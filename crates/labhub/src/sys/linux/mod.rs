@@ -17,9 +17,10 @@ pub use futex::disable_robust_list_for_current_thread;
 pub use futex::{
     ROBUST_NODE_OFFSET, RobustListNode, ThreadContext, current_thread, futex_wait, futex_wake,
 };
-pub use process::{ProcessId, getpid, gettid, thread_alive};
 pub use memfd::*;
+pub use process::{ProcessId, getpid, gettid, thread_alive};
 pub use shm::*;
+#[cfg_attr(not(feature = "zmq"), allow(unused_imports))]
 pub use unix::*;
 
 /// Names (with the leading `/`) of this machine's POSIX shared-memory objects that start with

@@ -1,6 +1,8 @@
 //! Unix-domain `SOCK_SEQPACKET` sockets: the broker's grant socket and its clients. Each message
 //! is one datagram (its boundaries kept) that may carry descriptors (`SCM_RIGHTS`); the peer's
 //! credentials come from `SO_PEERCRED`.
+// Used by the broker and the Hub client (cargo feature `zmq`).
+#![cfg_attr(not(feature = "zmq"), allow(dead_code))]
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -62,7 +64,11 @@ pub fn seqpacket_connect(path: &Path, timeout: Duration) -> io::Result<OwnedFd> 
 
 /// Sends `bytes` as one message, with `fds` attached. A full peer buffer is `WouldBlock` on a
 /// non-blocking socket.
-pub fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+pub fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -78,7 +84,10 @@ pub fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>
         SendFlags::NOSIGNAL,
     )?;
     if sent != bytes.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "message cut short"));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "message cut short",
+        ));
     }
     Ok(())
 }
