@@ -113,7 +113,13 @@ impl Grants {
     }
 
     fn probe(&self, name: &str) -> Probe {
-        Probe::connect(&self.broker.endpoint, &self.broker.key, &self.key(name), WATCHDOG).unwrap()
+        Probe::connect(
+            &self.broker.endpoint,
+            &self.broker.key,
+            &self.key(name),
+            WATCHDOG,
+        )
+        .unwrap()
     }
 }
 
@@ -142,7 +148,9 @@ fn lossy_ring(hub: &Hub, name: &str, size: u64) -> ShmProducer<u8> {
 fn frames(child: &mut ChildProc, n: usize) -> u64 {
     let mut last = 0;
     for _ in 0..n {
-        let line = child.wait_for("a frame", |l| l.starts_with("frame ") || l.starts_with("error"));
+        let line = child.wait_for("a frame", |l| {
+            l.starts_with("frame ") || l.starts_with("error")
+        });
         let (id, ok) = line["frame ".len()..].split_once(' ').unwrap();
         assert_eq!(ok, "ok", "{}: {line}", child.label());
         last = id.parse().unwrap();
@@ -164,7 +172,9 @@ fn feed(producer: &mut ShmProducer<u8>, child: &mut ChildProc, n: usize) {
         while rx.try_recv().is_err() {
             assert!(Instant::now() < deadline, "the consumer read no frames");
             let id = producer.next_frame_id();
-            producer.publish(&pattern(id, size), &[size as u64]).unwrap();
+            producer
+                .publish(&pattern(id, size), &[size as u64])
+                .unwrap();
             seen += 1;
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -201,7 +211,10 @@ consume = ["{bob}"]
     ] {
         let mut child = g.spawn(role, who, &channel, &["64"]);
         let line = child.expect("refused ");
-        assert_eq!(line, "refused access_denied", "{role} as {who} of {channel}");
+        assert_eq!(
+            line, "refused access_denied",
+            "{role} as {who} of {channel}"
+        );
     }
     // Whoever is refused, the granted consumer reads on.
     frames(&mut bob, 5);
@@ -314,7 +327,12 @@ impl GrantSocket {
     }
 
     /// Sends a redeem message and returns the answer.
-    fn redeem(path: &Path, ticket: &str, name: &str, role: &str) -> (serde_json::Value, Vec<OwnedFd>) {
+    fn redeem(
+        path: &Path,
+        ticket: &str,
+        name: &str,
+        role: &str,
+    ) -> (serde_json::Value, Vec<OwnedFd>) {
         let s = Self::connect(path);
         let m = serde_json::json!({"type": "redeem", "ticket": ticket, "name": name, "role": role});
         s.send(m.to_string().as_bytes(), &[]);
@@ -350,7 +368,10 @@ fn a_ticket_is_good_once_for_its_channel_and_role_and_only_briefly() {
     // Redeemed once: the descriptors. Again: refused.
     let (t, socket) = ticket(&mut probe, "c1", &cam, "consume");
     let (a, fds) = GrantSocket::redeem(&socket, &t, &cam, "consume");
-    assert_eq!((a["status"].as_str(), fds.len(), a["descriptors"].as_u64()), (Some("ok"), 2, Some(2)));
+    assert_eq!(
+        (a["status"].as_str(), fds.len(), a["descriptors"].as_u64()),
+        (Some("ok"), 2, Some(2))
+    );
     let (a, fds) = GrantSocket::redeem(&socket, &t, &cam, "consume");
     assert_eq!(a["error_code"], "invalid_ticket", "{a}");
     assert!(fds.is_empty());
@@ -361,7 +382,10 @@ fn a_ticket_is_good_once_for_its_channel_and_role_and_only_briefly() {
         let (a, _) = GrantSocket::redeem(&socket, &t, name, role);
         assert_eq!(a["error_code"], "invalid_ticket", "{name} {role}: {a}");
         let (a, _) = GrantSocket::redeem(&socket, &t, &cam, "consume");
-        assert_eq!(a["error_code"], "invalid_ticket", "a refused ticket is burnt: {a}");
+        assert_eq!(
+            a["error_code"], "invalid_ticket",
+            "a refused ticket is burnt: {a}"
+        );
     }
 
     // Past its lifetime (300 ms here): refused.
@@ -379,8 +403,12 @@ fn a_ticket_is_good_once_for_its_channel_and_role_and_only_briefly() {
     let (t, _) = ticket(&mut probe, "c1", &cam, "consume");
     let s = GrantSocket::connect(&socket);
     let m = serde_json::json!({"type": "redeem", "ticket": t, "name": cam, "role": "consume"});
-    let stray = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty())
-        .unwrap();
+    let stray = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
     s.send(m.to_string().as_bytes(), &[&stray]);
     assert_eq!(s.answer().0["error_code"], "invalid_field");
     let s = GrantSocket::connect(&socket);
@@ -397,7 +425,11 @@ fn a_ticket_is_good_once_for_its_channel_and_role_and_only_briefly() {
     let m = serde_json::json!({"type": "redeem", "ticket": t, "name": g.channel("raw"), "role": "produce"});
     s.send(m.to_string().as_bytes(), &[]);
     let (a, fds) = s.answer();
-    assert_eq!((a["status"].as_str(), fds.len()), (Some("ok"), 0), "nothing held yet: {a}");
+    assert_eq!(
+        (a["status"].as_str(), fds.len()),
+        (Some("ok"), 0),
+        "nothing held yet: {a}"
+    );
     let unsealed = |size| {
         let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::ALLOW_SEALING).unwrap();
         rustix::fs::ftruncate(&fd, size).unwrap();
@@ -426,7 +458,8 @@ fn a_ticket_is_good_once_for_its_channel_and_role_and_only_briefly() {
     assert!(
         audit
             .iter()
-            .any(|e| e["event"] == "grant_socket_refused" && e["pid"] == u64::from(std::process::id())),
+            .any(|e| e["event"] == "grant_socket_refused"
+                && e["pid"] == u64::from(std::process::id())),
         "refusals name the peer's pid"
     );
 }
@@ -487,10 +520,19 @@ fn a_consumer_can_neither_write_nor_resize_nor_seal_a_granted_segment_though_it_
     }
     // The frames are intact and the channel works on, for the producer and a consumer.
     let mut consumer = g.hub("owner").channel(&cam).element::<u8>().open().unwrap();
-    let held = consumer.consumer().latest().unwrap().unwrap().to_vec().unwrap();
+    let held = consumer
+        .consumer()
+        .latest()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+        .unwrap();
     assert_eq!(held, pattern(3, 4096));
     producer.publish(&pattern(4, 4096), &[4096]).unwrap();
-    assert_eq!(consumer.next_copy(Some(WATCHDOG)).unwrap().data, pattern(4, 4096));
+    assert_eq!(
+        consumer.next_copy(Some(WATCHDOG)).unwrap().data,
+        pattern(4, 4096)
+    );
     attacker.finish();
 
     // The same attacks on a named segment, as every process of the user may open it: they
@@ -504,7 +546,12 @@ fn a_consumer_can_neither_write_nor_resize_nor_seal_a_granted_segment_though_it_
     victim.publish(b"x", &[1]).unwrap();
     let mut attacker = g.spawn("grant-attacker", "owner", &named, &["named"]);
     let found = attacks(&mut attacker);
-    for attack in ["reopen-mmap-rw", "reopen-mprotect-rw", "reopen-write", "reopen-pwrite"] {
+    for attack in [
+        "reopen-mmap-rw",
+        "reopen-mprotect-rw",
+        "reopen-write",
+        "reopen-pwrite",
+    ] {
         assert_eq!(
             found.get(attack).map(String::as_str),
             Some("succeeded"),
@@ -520,7 +567,9 @@ fn a_consumer_can_neither_write_nor_resize_nor_seal_a_granted_segment_though_it_
 
 /// No `/dev/shm` file names `channel`: memfd segments have none.
 fn assert_no_named_segment(channel: &str) {
-    let os = labhub::name::ChannelName::new(channel).unwrap().segment_name();
+    let os = labhub::name::ChannelName::new(channel)
+        .unwrap()
+        .segment_name();
     let left: Vec<_> = std::fs::read_dir("/dev/shm")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -531,7 +580,10 @@ fn assert_no_named_segment(channel: &str) {
 
 /// The pids holding a descriptor or mapping of `channel`'s memfds.
 fn holder_pids(channel: &str) -> Vec<u32> {
-    let mut pids: Vec<u32> = proc_memfd::holders(channel).into_iter().map(|(p, _)| p).collect();
+    let mut pids: Vec<u32> = proc_memfd::holders(channel)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     pids.sort_unstable();
     pids.dedup();
     pids
@@ -571,18 +623,34 @@ fn killing_the_consumer_the_producer_or_the_broker_leaves_nothing_behind() {
     producer.expect("ready 0");
     let serving = proc_memfd::fd_count(broker);
     let producer_fds = proc_memfd::fd_count(producer.pid());
-    wait_holders(&cam, &[broker, producer.pid()], "the producer and the broker hold it");
+    wait_holders(
+        &cam,
+        &[broker, producer.pid()],
+        "the producer and the broker hold it",
+    );
 
     // A consumer, SIGKILLed: every descriptor of the others back to its baseline, nothing of
     // the segment left in it.
     let mut consumer = g.spawn("grant-consumer", "owner", &cam, &[]);
     consumer.expect("attached ");
     frames(&mut consumer, 3);
-    wait_holders(&cam, &[broker, producer.pid(), consumer.pid()], "three hold it");
+    wait_holders(
+        &cam,
+        &[broker, producer.pid(), consumer.pid()],
+        "three hold it",
+    );
     consumer.kill();
-    wait_holders(&cam, &[broker, producer.pid()], "the killed consumer holds nothing");
+    wait_holders(
+        &cam,
+        &[broker, producer.pid()],
+        "the killed consumer holds nothing",
+    );
     wait_fds(broker, serving, "the broker after the consumer's death");
-    wait_fds(producer.pid(), producer_fds, "the producer after the consumer's death");
+    wait_fds(
+        producer.pid(),
+        producer_fds,
+        "the producer after the consumer's death",
+    );
 
     // The producer, SIGKILLed with a consumer reading: the broker keeps the segment while the
     // consumer is attached; when it leaves too, nobody holds it and the kernel frees it.
@@ -590,7 +658,11 @@ fn killing_the_consumer_the_producer_or_the_broker_leaves_nothing_behind() {
     consumer.expect("attached ");
     frames(&mut consumer, 3);
     producer.kill();
-    wait_holders(&cam, &[broker, consumer.pid()], "the broker and the consumer");
+    wait_holders(
+        &cam,
+        &[broker, consumer.pid()],
+        "the broker and the consumer",
+    );
     consumer.kill();
     wait_holders(&cam, &[], "nobody");
     wait_fds(broker, idle, "the broker once the channel is gone");
@@ -625,8 +697,15 @@ fn killing_the_consumer_the_producer_or_the_broker_leaves_nothing_behind() {
     frames(&mut consumer, 3);
     broker.proc.kill();
     let before = frames(&mut consumer, 1);
-    assert!(frames(&mut consumer, 10) > before, "frames flow without a broker");
-    wait_holders(&cam, &[producer.pid(), consumer.pid()], "producer and consumer");
+    assert!(
+        frames(&mut consumer, 10) > before,
+        "frames flow without a broker"
+    );
+    wait_holders(
+        &cam,
+        &[producer.pid(), consumer.pid()],
+        "producer and consumer",
+    );
     let broker = Grants::broker(&g.home, &endpoint, &notify);
     wait_holders(
         &cam,
@@ -690,13 +769,17 @@ uids = [1000]
     // where the kernel says who the peer is.
     for (who, uid) in [("dave", None), ("erin", Some("setuid=65534"))] {
         let mut child = g.spawn("grant-consumer", who, &cam, uid.as_slice());
-        assert_eq!(child.expect("refused "), "refused access_denied", "{who} {uid:?}");
+        assert_eq!(
+            child.expect("refused "),
+            "refused access_denied",
+            "{who} {uid:?}"
+        );
     }
     let audit = g.home.audit();
     assert!(
-        audit
-            .iter()
-            .any(|e| e["event"] == "granted" && e["uid"] == 65534 && e["pid"] == u64::from(dave.pid())),
+        audit.iter().any(|e| e["event"] == "granted"
+            && e["uid"] == 65534
+            && e["pid"] == u64::from(dave.pid())),
         "the grant names the peer's uid"
     );
     assert!(audit.iter().any(|e| {
@@ -738,7 +821,7 @@ fn start_time_here(pid: u32) -> Option<u64> {
 
 #[test]
 fn a_consumer_in_other_namespaces_reads_a_channel_larger_than_its_dev_shm_and_is_judged_by_its_lock()
-{
+ {
     let g = Grants::start(
         "netns",
         &["frank", "gina"],
@@ -752,7 +835,11 @@ consume = ["{frank}"]
     let cam = g.channel("cam");
     // 8 slots of 1 MiB: 8 MiB, where the consumer's /dev/shm holds 1 MiB.
     let mut producer = lossy_ring(&hub, &cam, 1 << 20);
-    let mut frank = in_namespaces("consumer in namespaces", "grant-consumer", &g.args("frank", &cam));
+    let mut frank = in_namespaces(
+        "consumer in namespaces",
+        "grant-consumer",
+        &g.args("frank", &cam),
+    );
     let attached = frank.expect("attached ");
     let start: u64 = attached
         .strip_prefix("attached pid=1 uid=0 start=")
@@ -778,7 +865,11 @@ consume = ["{frank}"]
     );
 
     // A key the access list does not name is refused there as here.
-    let mut gina = in_namespaces("refused in namespaces", "grant-consumer", &g.args("gina", &cam));
+    let mut gina = in_namespaces(
+        "refused in namespaces",
+        "grant-consumer",
+        &g.args("gina", &cam),
+    );
     assert_eq!(gina.expect("refused "), "refused access_denied");
 
     // Dead (its namespace SIGKILLed): judged dead at once, and its entry reclaimed by the next
@@ -796,7 +887,51 @@ consume = ["{frank}"]
     let mut consumers: Vec<_> = (0..16)
         .map(|_| g.hub("owner").channel(&cam).element::<u8>().open().unwrap())
         .collect();
-    assert_eq!(producer.stats().evicted, evicted + 1, "its entry was reclaimed");
+    assert_eq!(
+        producer.stats().evicted,
+        evicted + 1,
+        "its entry was reclaimed"
+    );
     consumers.clear();
     assert_no_named_segment(&cam);
+}
+
+#[test]
+fn a_hub_consumer_that_starts_before_its_producer_reads_its_frames_once_it_registers() {
+    let g = Grants::start("first", &[], "");
+    let cam = g.channel("cam");
+    let consumer_hub = g.hub("owner");
+    let mut consumer = consumer_hub
+        .channel(&cam)
+        .policy(Policy::Ring {
+            slots: 8,
+            when_full: Backpressure::DropOldest,
+        })
+        .bytes(64)
+        .open_or_create()
+        .unwrap();
+    assert!(consumer.info().is_none(), "no producer yet");
+    assert!(matches!(
+        consumer.next_copy(Some(Duration::from_millis(50))),
+        Err(labhub::client::ConsumeError::Timeout { .. })
+    ));
+    let producer_hub = g.hub("owner");
+    let mut producer = lossy_ring(&producer_hub, &cam, 64);
+    let deadline = Instant::now() + WATCHDOG;
+    let frame = loop {
+        producer.publish(b"hello", &[5]).unwrap();
+        match consumer.next_copy(Some(Duration::from_millis(20))) {
+            Ok(f) => break f,
+            Err(labhub::client::ConsumeError::Timeout { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "the consumer never attached");
+    };
+    assert_eq!(frame.data, b"hello");
+    assert!(consumer.info().is_some());
+    assert_eq!(
+        consumer.consumer().report().instance,
+        producer.producer().report().instance,
+        "the producer's segment"
+    );
 }

@@ -154,10 +154,10 @@ fn consumer(c: &Common) -> anyhow::Result<()> {
         match hub.channel(&c.channel).element::<u8>().open() {
             Ok(consumer) => break consumer,
             Err(e) => match e.code() {
-                Some(code @ (labhub::protocol::ErrorCode::NotFound
-                | labhub::protocol::ErrorCode::ChannelDown))
-                    if Instant::now() < give_up =>
-                {
+                Some(
+                    code @ (labhub::protocol::ErrorCode::NotFound
+                    | labhub::protocol::ErrorCode::ChannelDown),
+                ) if Instant::now() < give_up => {
                     let _ = code;
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -184,7 +184,11 @@ fn consumer(c: &Common) -> anyhow::Result<()> {
         match consumer.next_copy(Some(Duration::from_millis(200))) {
             Ok(f) => {
                 let ok = f.data == pattern(f.frame_id, f.data.len());
-                say(format!("frame {} {}", f.frame_id, if ok { "ok" } else { "bad" }));
+                say(format!(
+                    "frame {} {}",
+                    f.frame_id,
+                    if ok { "ok" } else { "bad" }
+                ));
             }
             Err(ConsumeError::Timeout { .. }) => say("timeout"),
             Err(e) => say(format!("error {e}")),
@@ -219,7 +223,11 @@ fn granted_by_hand(c: &Common) -> anyhow::Result<(OwnedFd, OwnedFd)> {
     rustix::net::connect(&socket, &rustix::net::SocketAddrUnix::new(&path)?)?;
     let message = serde_json::json!({"type": "redeem", "ticket": ticket.ticket,
         "name": c.channel, "role": "consume"});
-    rustix::net::send(&socket, message.to_string().as_bytes(), rustix::net::SendFlags::empty())?;
+    rustix::net::send(
+        &socket,
+        message.to_string().as_bytes(),
+        rustix::net::SendFlags::empty(),
+    )?;
     let mut buf = [0u8; 4096];
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
@@ -290,7 +298,14 @@ fn try_mprotect(fd: BorrowedFd<'_>) -> Result<(), rustix::io::Errno> {
     // SAFETY: a fresh read-only mapping chosen by the kernel, unmapped before return; nothing
     // is written through it.
     unsafe {
-        let p = rustix::mm::mmap(std::ptr::null_mut(), 4096, ProtFlags::READ, MapFlags::SHARED, fd, 0)?;
+        let p = rustix::mm::mmap(
+            std::ptr::null_mut(),
+            4096,
+            ProtFlags::READ,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )?;
         let r = rustix::mm::mprotect(p, 4096, MprotectFlags::READ | MprotectFlags::WRITE);
         rustix::mm::munmap(p, 4096)?;
         r
@@ -344,10 +359,7 @@ fn attacker(c: &Common) -> anyhow::Result<()> {
                 try_map(rw.as_fd(), ProtFlags::READ | ProtFlags::WRITE),
             );
             report("reopen-mprotect-rw", try_mprotect(rw.as_fd()));
-            report(
-                "reopen-write",
-                rustix::io::write(&rw, b"x").map(|_| ()),
-            );
+            report("reopen-write", rustix::io::write(&rw, b"x").map(|_| ()));
             report(
                 "reopen-pwrite",
                 rustix::io::pwrite(&rw, b"x", 100).map(|_| ()),
@@ -355,11 +367,17 @@ fn attacker(c: &Common) -> anyhow::Result<()> {
             if named {
                 // Growing and shrinking back leaves a named segment usable; shrinking it below
                 // its size would kill its producer with SIGBUS.
-                report("reopen-ftruncate-grow", rustix::fs::ftruncate(&rw, size + 4096));
+                report(
+                    "reopen-ftruncate-grow",
+                    rustix::fs::ftruncate(&rw, size + 4096),
+                );
                 let _ = rustix::fs::ftruncate(&rw, size);
             } else {
                 report("reopen-ftruncate-shrink", rustix::fs::ftruncate(&rw, 4096));
-                report("reopen-ftruncate-grow", rustix::fs::ftruncate(&rw, size + 4096));
+                report(
+                    "reopen-ftruncate-grow",
+                    rustix::fs::ftruncate(&rw, size + 4096),
+                );
             }
             if !named {
                 report(
