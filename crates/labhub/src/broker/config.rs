@@ -666,6 +666,43 @@ mod tests {
     }
 
     #[test]
+    fn the_access_list_and_grant_settings_come_from_the_file_and_a_bad_key_is_named() {
+        let h = home("access");
+        let key = crate::keys::KeyPair::generate().public.to_z85();
+        std::fs::write(
+            h.join("broker.toml"),
+            format!(
+                "grant_ticket_ms = 250\ngrant_socket = \"/run/x/grant.sock\"\n\n[[access]]\nchannels = [\"cam*\"]\nconsume = [\"{key}\", \"*\"]\n"
+            ),
+        )
+        .unwrap();
+        let e = env(&[("LABHUB_HOME", h.to_str().unwrap())]);
+        let c = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap();
+        assert_eq!(c.grant_ticket, Duration::from_millis(250));
+        assert_eq!(c.grant_socket, PathBuf::from("/run/x/grant.sock"));
+        assert_eq!(c.access.len(), 1);
+        let defaults = BrokerConfig::for_home(&h);
+        assert_eq!(defaults.grant_socket, h.join("grant.sock"));
+        assert!(defaults.access.is_empty());
+
+        std::fs::write(
+            h.join("broker.toml"),
+            "[[access]]\nchannels = [\"cam*\"]\nconsume = [\"not a key\"]\n",
+        )
+        .unwrap();
+        let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("access[0].consume[0]") && text.contains("broker.toml"),
+            "{text}"
+        );
+        std::fs::write(h.join("broker.toml"), "grant_ticket_ms = 5\n").unwrap();
+        let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
+        assert!(err.to_string().contains("grant_ticket_ms"), "{err}");
+        std::fs::remove_dir_all(&h).unwrap();
+    }
+
+    #[test]
     fn a_config_file_writable_by_others_is_refused() {
         let h = home("perm");
         let path = h.join("broker.toml");
