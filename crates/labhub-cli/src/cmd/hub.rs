@@ -51,7 +51,7 @@ pub struct HubArgs {
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = args::log_level)]
     log_level: LevelFilter,
-    /// Print the ready line as JSON ({"endpoint", "notify_endpoint", "public_key"}).
+    /// Print the ready line as JSON ({"endpoint", "notify_endpoint", "public_key", "grant_socket"}).
     #[arg(long)]
     json: bool,
 }
@@ -90,12 +90,14 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
                 "endpoint": info.endpoint,
                 "notify_endpoint": info.notify_endpoint,
                 "public_key": info.public_key.to_z85(),
+                "grant_socket": info.grant_socket,
             }));
         } else {
             let _ = crate::common::out(format_args!(
-                "labhub broker listening on {}\nnotifications on {}\npublic key: {}\nhome: {}",
+                "labhub broker listening on {}\nnotifications on {}\ngrants on {}\npublic key: {}\nhome: {}",
                 info.endpoint,
                 info.notify_endpoint,
+                info.grant_socket.display(),
                 info.public_key,
                 home.display()
             ));

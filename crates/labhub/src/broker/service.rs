@@ -33,6 +33,8 @@ pub struct BrokerInfo {
     pub notify_endpoint: String,
     /// The broker's public key.
     pub public_key: PublicKey,
+    /// The grant socket (broker-granted shared memory).
+    pub grant_socket: std::path::PathBuf,
 }
 
 type Outcome = Result<BrokerStats, BrokerError>;
@@ -91,6 +93,7 @@ pub fn module(config: BrokerConfig) -> ModuleDef {
                 endpoint: broker.endpoint().to_owned(),
                 notify_endpoint: broker.notify_endpoint().to_owned(),
                 public_key: broker.public_key(),
+                grant_socket: broker.grant_socket().to_owned(),
             };
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);

@@ -907,13 +907,7 @@ impl Worker {
                 self.send(request, deadline, Waiter::Reprovide(Box::new(spec)));
                 continue;
             }
-            let request = Request::Register(Box::new(Register {
-                request_id: self.id(),
-                client: self.client_id.clone(),
-                channel: spec,
-                pid: None,
-                host: None,
-            }));
+            let request = self.register_request(spec);
             self.send(request, deadline, Waiter::Reregister);
         }
         let names: Vec<ChannelName> = self.attached.iter().cloned().collect();
@@ -925,6 +919,17 @@ impl Worker {
             });
             self.send(request, deadline, Waiter::Reregister);
         }
+    }
+
+    /// `register` of `spec` by this client (`send` adds the pid and host).
+    fn register_request(&self, spec: ChannelSpec) -> Request {
+        Request::Register(Box::new(Register {
+            request_id: self.id(),
+            client: self.client_id.clone(),
+            channel: spec,
+            pid: None,
+            host: None,
+        }))
     }
 
     /// A produce ticket arrived for re-registering memfd channel `spec`: redeems it, hands the
@@ -951,13 +956,7 @@ impl Worker {
         });
         match provided {
             Ok(()) => {
-                let request = Request::Register(Box::new(Register {
-                    request_id: self.id(),
-                    client: self.client_id.clone(),
-                    channel: spec,
-                    pid: None,
-                    host: None,
-                }));
+                let request = self.register_request(spec);
                 let deadline = Instant::now() + self.request_timeout;
                 self.send(request, deadline, Waiter::Reregister);
             }

@@ -315,6 +315,19 @@ fn layout_mismatch(
     }
 }
 
+/// An attach's error: a size other than the broker announced is a layout mismatch.
+fn open_error(name: &ChannelName) -> impl FnOnce(ChannelError) -> ClientError + '_ {
+    move |e| match e {
+        ChannelError::SizeMismatch {
+            expected, found, ..
+        } => layout_mismatch(name, "size", expected.to_string(), found.to_string()),
+        source => ClientError::Shm {
+            channel: name.to_string(),
+            source,
+        },
+    }
+}
+
 /// Attaches to the memfds the broker grants for `name` (their data region read-only).
 fn open_granted<T: Payload>(
     hub: &Hub,
@@ -339,15 +352,7 @@ fn open_granted<T: Payload>(
         })?;
     let mut settings = settings.clone();
     settings.expected_size = Some(size);
-    let consumer = Consumer::open_memfd(&settings, pair).map_err(|e| match e {
-        ChannelError::SizeMismatch {
-            expected, found, ..
-        } => layout_mismatch(name, "size", expected.to_string(), found.to_string()),
-        source => ClientError::Shm {
-            channel: name.to_string(),
-            source,
-        },
-    })?;
+    let consumer = Consumer::open_memfd(&settings, pair).map_err(open_error(name))?;
     check_announcement(name, info, &consumer)?;
     Ok(consumer)
 }
@@ -380,15 +385,7 @@ fn open_checked<T: Payload>(
     };
     let mut settings = settings.clone();
     settings.expected_size = Some(size);
-    let consumer = Consumer::open(&settings).map_err(|e| match e {
-        ChannelError::SizeMismatch {
-            expected, found, ..
-        } => mismatch("size", expected.to_string(), found.to_string()),
-        source => ClientError::Shm {
-            channel: name.to_string(),
-            source,
-        },
-    })?;
+    let consumer = Consumer::open(&settings).map_err(open_error(name))?;
     check_announcement(name, info, &consumer)?;
     Ok(consumer)
 }

@@ -52,27 +52,9 @@ impl ChannelKind {
     }
 }
 
-/// How a shared-memory channel's segment is shared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Sharing {
-    /// A named segment in `/dev/shm` (`shm_name`), opened by name.
-    Named,
-    /// Two memfds the broker holds and hands out over its grant socket after a `grant`
-    /// (docs/PROTOCOL.md, "Broker-granted shared memory").
-    Memfd,
-}
-
-impl Sharing {
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Named => "named",
-            Self::Memfd => "memfd",
-        }
-    }
-}
+/// How a shared-memory channel's segment is shared (`named` or `memfd`), as
+/// `shm::SegmentReport` says it too.
+pub use crate::shm::Sharing;
 
 /// What a grant lets its holder do with a memfd channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -125,15 +125,16 @@ fn age_ms(now: u64, then: u64) -> u64 {
     now.saturating_sub(then) / 1_000_000
 }
 
-/// How a channel's segment is shared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How a channel's segment is shared (its wire spelling in the broker's protocol too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Sharing {
-    /// A named POSIX segment, `/dev/shm/labhub.<uid>.<channel>` (brokerless channels).
+    /// A named POSIX segment, `/dev/shm/labhub.<uid>.<channel>`, opened by name (brokerless
+    /// channels).
     Named,
-    /// Two memfds a broker hands to the processes it grants the channel to (the data memfd
-    /// sealed against writes).
+    /// Two memfds a broker holds and hands to the processes it grants the channel to (the
+    /// data memfd sealed against writes; docs/PROTOCOL.md §9).
     Memfd,
 }
 

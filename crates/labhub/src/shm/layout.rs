@@ -12,6 +12,7 @@
 //! mapping, so the accessors below are safe.
 
 use std::mem::{offset_of, size_of};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::element::ElementType;
@@ -930,7 +931,18 @@ pub struct View {
     geo: Geometry,
     /// A [`liveness_code`], from the control header.
     liveness: u32,
+    /// The base of the data region and of the control region, inside `seg`'s mappings:
+    /// taken once, every frame's accesses start from them.
+    data: NonNull<u8>,
+    control: NonNull<u8>,
 }
+
+// SAFETY: `data` and `control` point into mappings `seg` owns, which stay where they are when
+// the view moves and live as long as it; everything reached through them is accessed through
+// atomics or under the channel protocol, as for the Segment itself (Send + Sync).
+unsafe impl Send for View {}
+// SAFETY: as above; `&View` only hands out shared references and pointers into the mappings.
+unsafe impl Sync for View {}
 
 impl View {
     /// Wraps a segment whose headers have not been published yet (the creator's view). The
@@ -941,7 +953,20 @@ impl View {
         liveness: u32,
     ) -> Result<Self, LayoutError> {
         Self::check_sizes(&seg, &geo)?;
-        Ok(Self { seg, geo, liveness })
+        Ok(Self::with_bases(seg, geo, liveness))
+    }
+
+    /// The view, its region bases taken from `seg` (whose sizes were checked).
+    fn with_bases(seg: Segment, geo: Geometry, liveness: u32) -> Self {
+        let base = |p: *mut u8| NonNull::new(p).unwrap_or(NonNull::dangling());
+        let (data, control) = (base(seg.data_ptr()), base(seg.control_ptr(geo.total_size)));
+        Self {
+            seg,
+            geo,
+            liveness,
+            data,
+            control,
+        }
     }
 
     fn check_sizes(seg: &Segment, geo: &Geometry) -> Result<(), LayoutError> {
@@ -989,7 +1014,7 @@ impl View {
         // (integers, atomics and the sync words, whose own code handles every pattern).
         let c = unsafe { &*seg.control_ptr(geo.total_size).cast::<Control>() };
         let liveness = geo.check_control(c, instance, seg.control_len(geo.total_size) as u64)?;
-        Ok(Self { seg, geo, liveness })
+        Ok(Self::with_bases(seg, geo, liveness))
     }
 
     /// The segment.
@@ -1021,7 +1046,7 @@ impl View {
     #[inline]
     pub fn header(&self) -> &Header {
         // SAFETY: as in `raw_header`; the data region is ≥ total_size ≥ size_of::<Header>().
-        unsafe { &*self.seg.data_ptr().cast::<Header>() }
+        unsafe { &*self.data.as_ptr().cast::<Header>() }
     }
 
     /// The control header.
@@ -1030,7 +1055,7 @@ impl View {
         // SAFETY: as in `attach`: the control region (checked by `check_sizes`) is at least
         // size_of::<Control>() bytes and page-aligned; any bit pattern is valid. Consumers
         // write it, so it is always mapped writable.
-        unsafe { &*self.seg.control_ptr(self.geo.total_size).cast::<Control>() }
+        unsafe { &*self.control.as_ptr().cast::<Control>() }
     }
 
     /// Consumer entry `i`, or `None` if `i` is out of range.
@@ -1044,13 +1069,7 @@ impl View {
         // control region (CONTROL_SIZE covers the table, checked by `check_sizes`); off is
         // 64-aligned (384 + 64 i) and the region's base is page-aligned. All fields are
         // atomics: any bit pattern is valid.
-        Some(unsafe {
-            &*self
-                .seg
-                .control_ptr(self.geo.total_size)
-                .add(off)
-                .cast::<ConsumerEntry>()
-        })
+        Some(unsafe { &*self.control.as_ptr().add(off).cast::<ConsumerEntry>() })
     }
 
     /// Descriptor of the slot that frame `f` uses.
@@ -1060,7 +1079,7 @@ impl View {
         let off = self.geo.slot_meta_offset as usize + slot * size_of::<SlotMeta>();
         // SAFETY: slot < slot_count, so [off, off+128) lies inside the descriptor array, inside
         // the mapping; off is 64-aligned. All fields are atomics or plain integers.
-        unsafe { &*self.seg.data_ptr().add(off).cast::<SlotMeta>() }
+        unsafe { &*self.data.as_ptr().add(off).cast::<SlotMeta>() }
     }
 
     /// Start of payload buffer `index` (reduced modulo the slot count); `slot_size` bytes are
@@ -1071,7 +1090,7 @@ impl View {
         // slot * stride + data_offset + slot_size ≤ total_size by Geometry::compute.
         let off = (self.geo.data_offset + slot * self.geo.slot_stride) as usize;
         // SAFETY: off < total_size ≤ mapping length (checked in compute / from_header).
-        unsafe { self.seg.data_ptr().add(off) }
+        unsafe { self.data.as_ptr().add(off) }
     }
 
     /// Asks the CPU to fetch, for writing, the lines the producer will write for frame `f`:
@@ -1192,9 +1211,9 @@ impl View {
         // SAFETY: both buffers lie in [flex_offset, flex_offset + 2 flex_stride) ⊂ mapping;
         // off is 64-aligned (flex_offset and flex_stride are multiples of 64). All fields are
         // atomics or integers.
-        let h = unsafe { &*self.seg.data_ptr().add(off).cast::<FlexHeader>() };
+        let h = unsafe { &*self.data.as_ptr().add(off).cast::<FlexHeader>() };
         // SAFETY: the data follow the 64-byte header inside the same buffer.
-        let data = unsafe { self.seg.data_ptr().add(off + size_of::<FlexHeader>()) };
+        let data = unsafe { self.data.as_ptr().add(off + size_of::<FlexHeader>()) };
         (h, data)
     }
 
@@ -1307,7 +1326,7 @@ pub fn load_magic(h: &Header) -> (u64, u32) {
 /// of reading.
 pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>, instance: u64) {
     let g = view.geo;
-    let p = view.seg.data_ptr().cast::<Header>();
+    let p = view.data.as_ptr().cast::<Header>();
     // SAFETY: `p` points to a header-sized, aligned, zeroed region only we access (see the
     // function's contract); we write plain fields through the raw pointer.
     unsafe {
@@ -1348,7 +1367,7 @@ pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>, ins
 /// # Safety
 /// As for [`init_header`]: no other process may map the data region yet.
 pub unsafe fn set_instance(view: &View, instance: u64) {
-    let p = view.seg.data_ptr().cast::<Header>();
+    let p = view.data.as_ptr().cast::<Header>();
     // SAFETY: an aligned header only we access (the contract); a plain field write.
     unsafe { (*p).instance = instance };
 }
@@ -1365,8 +1384,8 @@ pub unsafe fn copy_data(src: &View, dst: &View) {
     // at construction); nothing else reads or writes them now (the contract); u8 has no
     // invalid values. The source is 8-aligned (a mapping base) and `len` bytes of it lie
     // inside src's mapping.
-    let dst_bytes = unsafe { std::slice::from_raw_parts_mut(dst.seg.data_ptr(), len) };
-    atomic_copy(src.seg.data_ptr(), dst_bytes);
+    let dst_bytes = unsafe { std::slice::from_raw_parts_mut(dst.data.as_ptr(), len) };
+    atomic_copy(src.data.as_ptr(), dst_bytes);
 }
 
 /// Writes the creation fields of a fresh (all-zero) control header. The magic is published
@@ -1376,7 +1395,7 @@ pub unsafe fn copy_data(src: &View, dst: &View) {
 /// No other process may access the control region yet (as for [`init_header`]).
 pub unsafe fn init_control(view: &View, instance: u64, liveness: u32) {
     let g = view.geo;
-    let p = view.seg.control_ptr(g.total_size).cast::<Control>();
+    let p = view.control.as_ptr().cast::<Control>();
     // SAFETY: `p` points to a control-header-sized, aligned, zeroed region only we access (the
     // contract); plain field writes through the raw pointer.
     unsafe {
