@@ -8,13 +8,15 @@
 //!   dropped before the next): by name (`shm::Channel::new(name).open()`: `shm_open`, `mmap`,
 //!   header checks, a table entry), and through the Hub (`hub.channel(name).open()`: `discover`
 //!   and `grant` over CURVE, the ticket on the grant socket for two descriptors, two `mmap`s,
-//!   the same checks and entry, `attach` over CURVE).
+//!   the same checks and entry, `attach` over CURVE), and the grant exchange alone (`grant`
+//!   over CURVE with the broker's synchronous probe client, the ticket redeemed on the grant
+//!   socket for two descriptors).
 //! - **Throughput**: the one-way throughput of `shm_throughput` ("touch": a lossless ring of 8
 //!   slots, or 1 MiB of small frames; the consumer, another process, holds each frame and reads
 //!   its first and last byte) over a named segment and over a memfd channel, alternated run by
 //!   run, five runs each; the ratio is memfd over named. Both read through the same
-//!   `shm::Consumer` code; only the mapping differs (one named file, or a sealed read-only
-//!   data memfd and a control memfd).
+//!   `shm::Consumer` code, and both consumer processes run a Hub client; only the mapping
+//!   differs (one named file, or a sealed read-only data memfd and a control memfd).
 #![allow(missing_docs)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use labhub::broker::probe::Probe;
 use labhub::broker::{Broker, BrokerConfig};
 use labhub::client::{ClientConfig, Hub};
 use labhub::keys::{self, PublicKey};
@@ -110,13 +113,15 @@ fn consumer_main() {
     let frames: u64 = var("LABHUB_BENCH_FRAMES").parse().unwrap();
     let mut hub_consumer;
     let mut local;
+    // Both consumers run a Hub client (its worker thread polls every few milliseconds), so
+    // the two differ only in how the segment is mapped.
+    let hub = hub_of(
+        Path::new(&var("LABHUB_BENCH_HOME")),
+        &var("LABHUB_BENCH_ENDPOINT"),
+        &var("LABHUB_BENCH_NOTIFY"),
+        PublicKey::from_z85(&var("LABHUB_BENCH_KEY")).unwrap(),
+    );
     let c = if var("LABHUB_BENCH_SHARING") == "memfd" {
-        let hub = hub_of(
-            Path::new(&var("LABHUB_BENCH_HOME")),
-            &var("LABHUB_BENCH_ENDPOINT"),
-            &var("LABHUB_BENCH_NOTIFY"),
-            PublicKey::from_z85(&var("LABHUB_BENCH_KEY")).unwrap(),
-        );
         hub_consumer = hub.channel(&name).element::<u8>().open().unwrap();
         hub_consumer.consumer()
     } else {
@@ -180,6 +185,57 @@ fn range(v: &[f64]) -> (f64, f64) {
     (lo, hi)
 }
 
+/// One grant exchange by hand: `grant` over CURVE (the probe), the ticket on the grant socket,
+/// two descriptors back (closed when dropped).
+fn grant_exchange(probe: &mut Probe, channel: &str) {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let reply = probe
+        .request(
+            "grant",
+            serde_json::json!({"client": "bench", "name": channel, "role": "consume"}),
+        )
+        .unwrap();
+    let ticket = reply.grant.unwrap();
+    let socket = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        None,
+    )
+    .unwrap();
+    rustix::net::connect(
+        &socket,
+        &rustix::net::SocketAddrUnix::new(&ticket.socket).unwrap(),
+    )
+    .unwrap();
+    let m = serde_json::json!({"type": "redeem", "ticket": ticket.ticket, "name": channel,
+        "role": "consume"});
+    rustix::net::send(
+        &socket,
+        m.to_string().as_bytes(),
+        rustix::net::SendFlags::empty(),
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    rustix::net::recvmsg(
+        &socket,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .unwrap();
+    let fds: Vec<std::os::fd::OwnedFd> = control
+        .drain()
+        .filter_map(|m| match m {
+            RecvAncillaryMessage::ScmRights(r) => Some(r.collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(fds.len(), 2);
+}
+
 fn attach_times(broker: &TestBroker) {
     let hub = broker.hub();
     let named = format!("bench-attach-named-{}", std::process::id());
@@ -196,8 +252,19 @@ fn attach_times(broker: &TestBroker) {
         .create()
         .unwrap();
     let consumer_hub = broker.hub();
-    let (mut by_name, mut by_grant) = (Vec::new(), Vec::new());
+    let local = keys::local_client_key(&broker.home.join("keys")).unwrap();
+    let mut probe = Probe::connect(
+        &broker.endpoint,
+        &broker.key,
+        &local,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let (mut by_name, mut by_grant, mut exchange) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ATTACHES {
+        let start = Instant::now();
+        grant_exchange(&mut probe, &granted);
+        exchange.push(start.elapsed().as_secs_f64() * 1e6);
         let start = Instant::now();
         let c = Channel::new(&named).element::<u8>().open().unwrap();
         by_name.push(start.elapsed().as_secs_f64() * 1e6);
@@ -211,12 +278,17 @@ fn attach_times(broker: &TestBroker) {
         by_grant.push(start.elapsed().as_secs_f64() * 1e6);
         drop(c);
     }
-    let (n, g) = (median(by_name.clone()), median(by_grant.clone()));
-    let ((nl, nh), (gl, gh)) = (range(&by_name), range(&by_grant));
+    let (n, g, x) = (
+        median(by_name.clone()),
+        median(by_grant.clone()),
+        median(exchange.clone()),
+    );
+    let ((nl, nh), (gl, gh), (xl, xh)) = (range(&by_name), range(&by_grant), range(&exchange));
     println!("| attach | median µs | lowest–highest µs |");
     println!("|---|---|---|");
     println!("| by name (`shm::Channel::open`) | {n:.1} | {nl:.1}–{nh:.1} |");
     println!("| memfd grant (`hub.channel(..).open()`) | {g:.1} | {gl:.1}–{gh:.1} |");
+    println!("| the grant exchange alone (`grant` + redeem) | {x:.1} | {xl:.1}–{xh:.1} |");
     println!();
     let _ = shm::remove_channel(&named);
 }
