@@ -24,10 +24,13 @@
 //! the dialable endpoint (never `0.0.0.0`), and discover and connect (see [`crate::msg`]).
 //!
 //! Shared-memory channels: [`Hub::channel`] is the [`shm::Channel`](crate::shm::Channel)
-//! builder through the Hub. `create` makes the channel and registers it (segment name, size,
-//! policy, element type, shape); `open` discovers it and attaches, checking what the broker
-//! announces against the segment's header (a difference is [`ClientError::LayoutMismatch`]
-//! naming the field, so a consumer never reads a segment other than the one announced). An
+//! builder through the Hub, whose channels are memfds the broker holds and hands out
+//! (docs/PROTOCOL.md §9). `create` makes the channel's memfds, hands them to the broker after
+//! a `produce` grant, and registers it (size, policy, element type, shape); `open` discovers
+//! it, gets the memfds through a `consume` grant (the broker's access list decides), and
+//! attaches, checking what the broker announces against the segment's header (a difference is
+//! [`ClientError::LayoutMismatch`] naming the field, so a consumer never reads a segment other
+//! than the one announced). [`Hub::inspect`] reads a channel's segment report. An
 //! [`ShmConsumer`] resumes by itself: it keeps reading when a restarted producer takes the
 //! same segment over, attaches again when the segment was recreated or it was evicted. A
 //! [`ShmProducer`] evicts the consumers whose clients the broker dropped (`consumer_dropped`).

@@ -1,12 +1,15 @@
 //! Shared-memory data channels: typed n-dimensional frames from one producer process reach any
 //! number of consumer processes at memory speed, whole or not at all, with no broker involved.
 //!
-//! A channel is one named POSIX shared-memory segment (mode 0600, named from the channel name and
-//! the user id: [`ChannelName::segment_name`]). Its byte layout is documented in
-//! `docs/SHM_LAYOUT.md`: a header (with the channel's schema: element type, largest shape,
-//! optional application schema name and version), a consumer table, slot descriptors (each
-//! frame's own shape, id and timestamp), a flexible zone for a small state object, and the
-//! slots.
+//! A channel has a data region, which only its producer writes — a header (with the channel's
+//! schema: element type, largest shape, optional application schema name and version), slot
+//! descriptors (each frame's own shape, id and timestamp), a flexible zone for a small state
+//! object, and the slots — and a control region, which its consumers write too (the consumer
+//! table, the wake-up events). The byte layout is in `docs/SHM_LAYOUT.md`. Without a broker
+//! (this module's [`Channel::new`]) both lie in one named POSIX shared-memory segment (mode
+//! 0600, named from the channel name and the user id: [`ChannelName::segment_name`]); through
+//! a broker (`labhub::client::Hub::channel`) they are two memfds the broker hands out, the data
+//! one sealed so that consumers can map it only read-only.
 //!
 //! - [`Channel`] is the one builder: a name, a [`Policy`], what a frame holds
 //!   ([`frames`](Channel::frames) of an [`Element`] type, [`bytes`](Channel::bytes), or
