@@ -468,8 +468,9 @@ fn info_shows_a_channel_and_its_segment_header() {
     let broker = Broker::start();
     let channel = Channel::new(&broker);
     // A reader holding the newest frame in place shows in the consumer table.
-    let mut reader = labhub::shm::Channel::new(&channel.name).open().unwrap();
-    let held = reader.latest().unwrap().expect("a frame");
+    let reader_hub = broker.hub();
+    let mut reader = reader_hub.channel(&channel.name).open().unwrap();
+    let held = reader.consumer().latest().unwrap().expect("a frame");
     assert_eq!(held.frame_id(), 2);
 
     let r = run(broker.labhub(&["info", &channel.name, "--sample", "0"]));
@@ -484,6 +485,18 @@ fn info_shows_a_channel_and_its_segment_header() {
     assert!(r.stdout.contains("holding frame 2"), "{}", r.stdout);
     assert!(r.stdout.contains("frames     u16[32x64]"), "{}", r.stdout);
     assert!(
+        r.stdout.contains("shared     memfd via the broker"),
+        "{}",
+        r.stdout
+    );
+    // With whom: the producer's and the reader's grants, their keys and processes.
+    let me = std::process::id();
+    for (role, hub) in [("produce", &channel.hub), ("consume", &reader_hub)] {
+        let line = format!("granted    {role} to {} (key ", hub.client_id());
+        assert!(r.stdout.contains(&line), "{line}: {}", r.stdout);
+    }
+    assert!(r.stdout.contains(&format!("pid {me} uid ")), "{}", r.stdout);
+    assert!(
         r.stdout.contains("frames of u16 [32 x 64] (numpy <u2)"),
         "{}",
         r.stdout
@@ -497,6 +510,7 @@ fn info_shows_a_channel_and_its_segment_header() {
     );
     drop(held);
     drop(reader);
+    reader_hub.shutdown();
 
     let r = run(broker.labhub(&["info", &channel.name, "--json"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -514,6 +528,9 @@ fn info_shows_a_channel_and_its_segment_header() {
     assert_eq!(v["segment"]["numpy_dtype"], "<u2");
     assert_eq!(v["segment"]["max_shape"], serde_json::json!([32, 64]));
     assert_eq!(v["segment"]["consumers"].as_array().unwrap().len(), 0);
+    assert_eq!(v["segment"]["sharing"], "memfd");
+    assert_eq!(v["channel"]["sharing"], "memfd");
+    assert_eq!(v["channel"]["grants"][0]["role"], "produce");
 }
 
 #[test]
@@ -594,6 +611,7 @@ fn register_reqrep(hub: &Hub, name: &str, endpoint: &str) {
         kind: ChannelKind::Reqrep,
         endpoint: Some(Endpoint::new(endpoint).unwrap()),
         shm_name: None,
+        sharing: None,
         size: None,
         policy: None,
         schema: None,

@@ -675,3 +675,80 @@ pub fn parse_http_response(raw: &[u8]) -> HttpResponse {
         body: body.to_owned(),
     }
 }
+
+/// The memfds of broker-granted channels as other processes see them: `/proc/<pid>/fd` links
+/// and `/proc/<pid>/maps` lines naming `/memfd:labhub:<channel>:<region>`.
+pub mod memfd {
+    use std::path::PathBuf;
+
+    /// Offset of the consumer table in the control region (docs/SHM_LAYOUT.md).
+    pub const CONSUMER_TABLE: usize = 384;
+
+    fn name(channel: &str, region: &str) -> String {
+        format!("/memfd:labhub:{channel}:{region}")
+    }
+
+    /// The `/proc/<pid>/fd/N` paths of `pid`'s descriptors of channel `channel`'s memfd
+    /// `region` (`control` or `data`).
+    pub fn fds_of(pid: u32, channel: &str, region: &str) -> Vec<PathBuf> {
+        let want = name(channel, region);
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                std::fs::read_link(p).is_ok_and(|t| {
+                    let t = t.to_string_lossy();
+                    t == want || t.strip_suffix(" (deleted)") == Some(want.as_str())
+                })
+            })
+            .collect()
+    }
+
+    /// Opens `pid`'s memfd `region` of `channel` read-write through `/proc` (as any process of
+    /// the user can), if it has one.
+    pub fn open(pid: u32, channel: &str, region: &str) -> Option<std::fs::File> {
+        let path = fds_of(pid, channel, region).into_iter().next()?;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .ok()
+    }
+
+    /// Every process that holds a descriptor or a mapping of any memfd of `channel`, with what
+    /// it holds (`fd control`, `map data`, …).
+    pub fn holders(channel: &str) -> Vec<(u32, String)> {
+        let mut found = Vec::new();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for entry in procs.filter_map(Result::ok) {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            for region in ["control", "data"] {
+                if !fds_of(pid, channel, region).is_empty() {
+                    found.push((pid, format!("fd {region}")));
+                }
+                let want = name(channel, region);
+                if std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                    .is_ok_and(|maps| maps.lines().any(|l| l.contains(&want)))
+                {
+                    found.push((pid, format!("map {region}")));
+                }
+            }
+        }
+        found
+    }
+
+    /// Number of open descriptors of `pid` (`/proc/<pid>/fd` entries).
+    pub fn fd_count(pid: u32) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+    }
+}

@@ -64,7 +64,7 @@ pub struct HubArgs {
     /// A file (mode 0600) holding the metrics token to require (at least 16 characters), on any address.
     #[arg(long, value_name = "FILE", value_parser = args::path, requires = "metrics")]
     metrics_token_file: Option<PathBuf>,
-    /// Print the ready line as JSON ({"endpoint", "notify_endpoint", "public_key", and with
+    /// Print the ready line as JSON ({"endpoint", "notify_endpoint", "public_key", "grant_socket", and with
     /// --metrics "metrics" and "metrics_token_file"}).
     #[arg(long)]
     json: bool,
@@ -111,6 +111,7 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
                 "endpoint": info.endpoint,
                 "notify_endpoint": info.notify_endpoint,
                 "public_key": info.public_key.to_z85(),
+                "grant_socket": info.grant_socket,
             });
             if let Some(m) = &info.metrics {
                 // Never the token itself: stdout may go to a log.
@@ -124,9 +125,10 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
             let _ = crate::common::out(ready);
         } else {
             let _ = crate::common::out(format_args!(
-                "labhub broker listening on {}\nnotifications on {}\npublic key: {}\nhome: {}",
+                "labhub broker listening on {}\nnotifications on {}\ngrants on {}\npublic key: {}\nhome: {}",
                 info.endpoint,
                 info.notify_endpoint,
+                info.grant_socket.display(),
                 info.public_key,
                 home.display()
             ));

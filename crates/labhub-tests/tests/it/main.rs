@@ -7,6 +7,7 @@ mod e2e;
 mod filelock;
 mod lifecycle;
 mod log;
+mod memfd;
 mod metrics;
 mod monitor;
 mod msg;

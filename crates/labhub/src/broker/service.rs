@@ -36,6 +36,8 @@ pub struct BrokerInfo {
     pub public_key: PublicKey,
     /// The metrics endpoint, if the broker serves one.
     pub metrics: Option<MetricsInfo>,
+    /// The grant socket (broker-granted shared memory).
+    pub grant_socket: std::path::PathBuf,
 }
 
 type Outcome = Result<BrokerStats, BrokerError>;
@@ -95,6 +97,7 @@ pub fn module(config: BrokerConfig) -> ModuleDef {
                 notify_endpoint: broker.notify_endpoint().to_owned(),
                 public_key: broker.public_key(),
                 metrics: broker.metrics().cloned(),
+                grant_socket: broker.grant_socket().to_owned(),
             };
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);

@@ -76,6 +76,7 @@ impl Hub {
             kind,
             endpoint: Some(Endpoint::new(endpoint)?),
             shm_name: None,
+            sharing: None,
             size: None,
             policy: None,
             schema: None,

@@ -1,7 +1,9 @@
-//! Shared-memory channels through the Hub: the channel builder's Hub backend. `create`
-//! registers what it creates; `open` checks what the broker announces against the segment,
-//! attaches, and resumes by itself when the producer restarts; a producer evicts the consumers
-//! whose clients the broker dropped.
+//! Shared-memory channels through the Hub: the channel builder's Hub backend. `create` makes
+//! the channel's segment as two memfds, hands them to the broker on its grant socket and
+//! registers the channel; `open` gets them from the broker (a grant, by the broker's access
+//! list), checks what the broker announces against the segment, attaches, and resumes by
+//! itself when the producer restarts; a producer evicts the consumers whose clients the broker
+//! dropped. Channels other programs registered as named segments are opened by name.
 #![deny(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -14,7 +16,7 @@ use super::heartbeat::{ChannelCounters, Role};
 use super::{ClientError, Hub, Notice};
 use crate::protocol::{
     ChannelInfo, ChannelKind, ChannelName, ChannelSpec, ClientId, ErrorCode, Metadata,
-    Notification, Schema, ShmName,
+    Notification, Role as GrantRole, Schema, Sharing, ShmName,
 };
 use crate::shm::{
     self, ChannelError, ChannelStats, Consumer, ElementType, Frame, Payload, Producer,
@@ -118,21 +120,47 @@ impl shm::Backend for ViaHub {
 
     /// Creates (or, after a crash, takes over) the channel and registers it with the broker.
     ///
-    /// If the broker still holds the channel for a predecessor that died (its heartbeat has
-    /// not timed out yet), registration is retried for up to
-    /// [`ClientConfig::takeover_wait`](super::ClientConfig::takeover_wait). The segment is
-    /// never removed by a producer, also when registration fails: the broker removes it once
-    /// nobody holds it.
+    /// The segment is two memfds (docs/SHM_LAYOUT.md): this producer creates them, seals the
+    /// data one and hands both to the broker on its grant socket, after a `produce` grant the
+    /// broker's access list must allow. If the broker holds the segment of a producer of this
+    /// channel that died, it hands that over first and this producer continues it (frame ids,
+    /// last frames, counters and state carry over into its new segment). If the broker still
+    /// holds the channel for a predecessor whose death it has not noticed yet (its heartbeat
+    /// has not timed out), the grant is retried for up to
+    /// [`ClientConfig::takeover_wait`](super::ClientConfig::takeover_wait).
     fn create<T: Payload>(self, settings: Settings) -> Result<ShmProducer<T>, ClientError> {
         let hub = self.hub;
         let channel = channel_of(&settings)?;
         let notices = hub.subscribe(Some(channel.clone()))?;
-        let mut producer = Producer::<T>::create(&settings).map_err(shm_err(&channel))?;
+        let give_up = Instant::now() + hub.takeover_wait();
+        let mut redeemed = loop {
+            match hub.redeem(&channel, GrantRole::Produce) {
+                Ok(r) => break r,
+                Err(e)
+                    if e.code() == Some(ErrorCode::AlreadyExists) && Instant::now() < give_up =>
+                {
+                    std::thread::sleep(TAKEOVER_RETRY);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let previous = redeemed.pair.take();
+        let mut producer =
+            Producer::<T>::create_memfd(&settings, previous).map_err(shm_err(&channel))?;
+        let pair = producer.memfds().ok_or_else(|| ClientError::Shm {
+            channel: channel.to_string(),
+            source: ChannelError::InvalidConfig {
+                field: "segment",
+                reason: "a memfd producer has no memfds".into(),
+            },
+        })?;
+        redeemed.provide(&pair)?;
         let spec = ChannelSpec {
             name: channel.clone(),
             kind: ChannelKind::Shm,
             endpoint: None,
-            shm_name: Some(ShmName::of(&channel)),
+            shm_name: None,
+            sharing: Some(Sharing::Memfd),
             size: Some(producer.segment_size()),
             policy: Some(producer.policy().to_string()),
             schema: Some(schema_of(
@@ -142,19 +170,9 @@ impl shm::Backend for ViaHub {
             )),
             metadata: Metadata::new(),
         };
-        let give_up = Instant::now() + hub.takeover_wait();
-        loop {
-            match hub.register(spec.clone()) {
-                Ok(()) => break,
-                // We hold the segment, so its previous producer is dead; the broker will notice.
-                Err(e)
-                    if e.code() == Some(ErrorCode::AlreadyExists) && Instant::now() < give_up =>
-                {
-                    std::thread::sleep(TAKEOVER_RETRY);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        hub.register(spec)?;
+        // Kept to hand the segment over again should the broker restart.
+        hub.share(channel.clone(), pair);
         let inbox = Arc::new(Mutex::new(Inbox {
             notices,
             backlog: VecDeque::new(),
@@ -262,8 +280,11 @@ fn check_announcement<T: Payload>(
     Ok(())
 }
 
-/// Opens `name`'s segment after checking the broker's `info`: kind, segment name, size.
-fn open_checked<T: Payload>(
+/// Opens the segment the broker's `info` announces for `name`, as it is shared: the memfds
+/// the broker grants (a `consume` grant), or a named segment; checks the announcement against
+/// it.
+fn open_announced<T: Payload>(
+    hub: &Hub,
     name: &ChannelName,
     info: &ChannelInfo,
     settings: &Settings,
@@ -275,6 +296,74 @@ fn open_checked<T: Payload>(
             found: info.spec.kind,
         });
     }
+    match info.spec.sharing.unwrap_or(Sharing::Named) {
+        Sharing::Memfd => open_granted(hub, name, info, settings),
+        _ => open_checked(name, info, settings),
+    }
+}
+
+fn layout_mismatch(
+    name: &ChannelName,
+    field: &'static str,
+    broker: String,
+    segment: String,
+) -> ClientError {
+    ClientError::LayoutMismatch {
+        channel: name.to_string(),
+        field,
+        broker,
+        segment,
+    }
+}
+
+/// An attach's error: a size other than the broker announced is a layout mismatch.
+fn open_error(name: &ChannelName) -> impl FnOnce(ChannelError) -> ClientError + '_ {
+    move |e| match e {
+        ChannelError::SizeMismatch {
+            expected, found, ..
+        } => layout_mismatch(name, "size", expected.to_string(), found.to_string()),
+        source => ClientError::Shm {
+            channel: name.to_string(),
+            source,
+        },
+    }
+}
+
+/// Attaches to the memfds the broker grants for `name` (their data region read-only).
+fn open_granted<T: Payload>(
+    hub: &Hub,
+    name: &ChannelName,
+    info: &ChannelInfo,
+    settings: &Settings,
+) -> Result<Consumer<T>, ClientError> {
+    let Some(size) = info.spec.size else {
+        return Err(layout_mismatch(
+            name,
+            "size",
+            "none".into(),
+            "a sized segment".into(),
+        ));
+    };
+    let pair = hub
+        .redeem(name, GrantRole::Consume)?
+        .pair
+        .ok_or_else(|| ClientError::BadReply {
+            request: "grant socket",
+            problem: "no descriptors for a consumer".into(),
+        })?;
+    let mut settings = settings.clone();
+    settings.expected_size = Some(size);
+    let consumer = Consumer::open_memfd(&settings, pair).map_err(open_error(name))?;
+    check_announcement(name, info, &consumer)?;
+    Ok(consumer)
+}
+
+/// Opens `name`'s named segment after checking the broker's `info`: segment name, size.
+fn open_checked<T: Payload>(
+    name: &ChannelName,
+    info: &ChannelInfo,
+    settings: &Settings,
+) -> Result<Consumer<T>, ClientError> {
     let ours = ShmName::of(name);
     let mismatch = |field, broker: String, segment: String| ClientError::LayoutMismatch {
         channel: name.to_string(),
@@ -297,15 +386,7 @@ fn open_checked<T: Payload>(
     };
     let mut settings = settings.clone();
     settings.expected_size = Some(size);
-    let consumer = Consumer::open(&settings).map_err(|e| match e {
-        ChannelError::SizeMismatch {
-            expected, found, ..
-        } => mismatch("size", expected.to_string(), found.to_string()),
-        source => ClientError::Shm {
-            channel: name.to_string(),
-            source,
-        },
-    })?;
+    let consumer = Consumer::open(&settings).map_err(open_error(name))?;
     check_announcement(name, info, &consumer)?;
     Ok(consumer)
 }
@@ -547,9 +628,14 @@ impl<T: Payload> ShmConsumer<T> {
         settings.client_tag = client_tag(hub.client_id());
         let notices = hub.subscribe(Some(channel.clone()))?;
         let (consumer, info) = match hub.discover(channel.as_str()) {
-            Ok(info) => (open_checked(&channel, &info, &settings)?, Some(info)),
+            Ok(info) => (
+                open_announced(&hub, &channel, &info, &settings)?,
+                Some(info),
+            ),
+            // No producer yet: read a segment of our own (nothing comes) until its channel
+            // comes up, then attach to that.
             Err(e) if create && e.code() == Some(ErrorCode::NotFound) => (
-                Consumer::open_or_create(&settings).map_err(shm_err(&channel))?,
+                Consumer::open_private_memfd(&settings).map_err(shm_err(&channel))?,
                 None,
             ),
             Err(e) => return Err(e),
@@ -768,6 +854,13 @@ impl<T: Payload> ShmConsumer<T> {
             // The producer re-attached to our segment: frames continue where they were.
             return Ok(false);
         }
+        let named = self
+            .info
+            .as_ref()
+            .is_some_and(|i| i.spec.sharing.unwrap_or(Sharing::Named) == Sharing::Named);
+        if !named {
+            return self.resume_granted(evicted);
+        }
         let mut settings = self.settings.clone();
         settings.ready_timeout = RESUME_READY_WAIT;
         settings.expected_size = None;
@@ -802,10 +895,43 @@ impl<T: Payload> ShmConsumer<T> {
             check_announcement(&self.name, &info, &fresh)?;
             self.info = Some(info);
         }
+        self.switch_to(fresh, evicted);
+        Ok(true)
+    }
+
+    fn switch_to(&mut self, fresh: Consumer<T>, evicted: bool) {
         tracing::info!(channel = %self.name, evicted, "consumer re-attached to the channel");
         self.consumer = fresh;
         self.evicted = false;
         self.counters.reattached.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// [`ShmConsumer::try_resume`] for a channel the broker grants: asks it for the channel's
+    /// segment now and switches to it if it is a new incarnation (a restarted producer's) or
+    /// this consumer was evicted.
+    fn resume_granted(&mut self, evicted: bool) -> Result<bool, ClientError> {
+        let gone = |e: &ClientError| {
+            matches!(e.code(), Some(ErrorCode::NotFound | ErrorCode::ChannelDown))
+        };
+        let info = match self.hub.discover(self.name.as_str()) {
+            Ok(info) => info,
+            Err(e) if gone(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let fresh = match open_announced::<T>(&self.hub, &self.name, &info, &self.settings) {
+            Ok(c) => c,
+            Err(e) if gone(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if !evicted && fresh.instance() == self.consumer.instance() {
+            return Ok(false);
+        }
+        if !self.broker_attached {
+            self.hub.attach(self.name.as_str())?;
+            self.broker_attached = true;
+        }
+        self.info = Some(info);
+        self.switch_to(fresh, evicted);
         Ok(true)
     }
 }

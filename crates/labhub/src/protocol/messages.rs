@@ -58,6 +58,32 @@ impl ChannelKind {
     }
 }
 
+/// How a shared-memory channel's segment is shared (`named` or `memfd`), as
+/// `shm::SegmentReport` says it too.
+pub use crate::shm::Sharing;
+
+/// What a grant lets its holder do with a memfd channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Role {
+    /// Hand the broker the channel's segment (and get back the one it holds for a restarted
+    /// producer).
+    Produce,
+    /// Receive the channel's segment, its data read-only.
+    Consume,
+}
+
+impl Role {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Produce => "produce",
+            Self::Consume => "consume",
+        }
+    }
+}
+
 /// Type information of a channel's frames, compared by consumers before they attach.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,9 +117,12 @@ pub struct ChannelSpec {
     /// The dialable endpoint (pubsub and reqrep only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
-    /// The segment name (shm only).
+    /// The segment name (shm channels shared by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_name: Option<ShmName>,
+    /// How a shm channel's segment is shared (absent: `named`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<Sharing>,
     /// The segment size in bytes (shm: required), or the largest message (others: optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -173,6 +202,21 @@ pub struct Heartbeat {
     pub latency: BTreeMap<ChannelName, LatencySummary>,
 }
 
+/// `grant`: a client asks for a one-time ticket to redeem on the broker's grant socket for a
+/// memfd channel's segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// The request id.
+    pub request_id: u64,
+    /// The asking client.
+    pub client: ClientId,
+    /// The channel.
+    pub name: ChannelName,
+    /// What the client means to do.
+    pub role: Role,
+}
+
 /// `list`: every channel, optionally filtered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +260,8 @@ pub enum Request {
     List(List),
     /// `status`
     Status(StatusRequest),
+    /// `grant`: a ticket for a memfd channel's segment.
+    Grant(GrantRequest),
 }
 
 impl Request {
@@ -228,6 +274,7 @@ impl Request {
             Self::Heartbeat(r) => r.request_id,
             Self::List(r) => r.request_id,
             Self::Status(r) => r.request_id,
+            Self::Grant(r) => r.request_id,
         }
     }
 
@@ -242,6 +289,7 @@ impl Request {
             Self::Heartbeat(_) => "heartbeat",
             Self::List(_) => "list",
             Self::Status(_) => "status",
+            Self::Grant(_) => "grant",
         }
     }
 
@@ -252,6 +300,7 @@ impl Request {
             Self::Discover(r) => r.client.as_ref(),
             Self::Unregister(r) | Self::Attach(r) | Self::Detach(r) => Some(&r.client),
             Self::Heartbeat(r) => Some(&r.client),
+            Self::Grant(r) => Some(&r.client),
             Self::List(_) | Self::Status(_) => None,
         }
     }
@@ -291,6 +340,40 @@ pub struct ChannelInfo {
     /// The counters of the producer's latest heartbeat.
     #[serde(default, skip_serializing_if = "Counters::is_empty")]
     pub counters: Counters,
+    /// Memfd channels: who holds a grant now (the producer, and each consumer client), most
+    /// recent grant per client and role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<GrantRecord>,
+}
+
+/// One grant a broker handed out: to which key and client, for which role, and to which
+/// process (the Unix peer's credentials as the kernel gave them, `SO_PEERCRED`, in the
+/// broker's namespaces).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    /// `produce` or `consume`.
+    pub role: Role,
+    /// The client id the grant was issued to.
+    pub client: ClientId,
+    /// Its CURVE public key (Z85).
+    pub key: String,
+    /// The process that redeemed it.
+    pub pid: u32,
+    /// Its user id.
+    pub uid: u32,
+    /// Its group id.
+    pub gid: u32,
+}
+
+/// A ticket for the grant socket, in a `grant` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantTicket {
+    /// 64 hexadecimal digits (32 random bytes): present once on the grant socket.
+    pub ticket: String,
+    /// The grant socket's path, as the broker binds it.
+    pub socket: String,
+    /// Milliseconds the ticket stays valid.
+    pub expires_ms: u64,
 }
 
 /// The error codes of replies (`error_code`), stable across versions.
@@ -333,6 +416,13 @@ pub enum ErrorCode {
     LimitReached,
     /// The broker failed internally; the request may be retried.
     Internal,
+    /// The broker's access list does not let this key produce or consume this channel.
+    AccessDenied,
+    /// A grant ticket is unknown, used, expired, or presented for another channel or role.
+    InvalidTicket,
+    /// `register` of a memfd channel whose segment this client has not handed to the broker
+    /// on the grant socket.
+    NoSegment,
 }
 
 impl ErrorCode {
@@ -356,6 +446,9 @@ impl ErrorCode {
             Self::NotAttached => "not_attached",
             Self::LimitReached => "limit_reached",
             Self::Internal => "internal",
+            Self::AccessDenied => "access_denied",
+            Self::InvalidTicket => "invalid_ticket",
+            Self::NoSegment => "no_segment",
         }
     }
 }
@@ -405,6 +498,9 @@ pub struct Reply {
     /// `status`: the broker's own state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerStatus>,
+    /// `grant`: the ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantTicket>,
 }
 
 /// The broker's own state, in a `status` reply.
@@ -474,6 +570,7 @@ impl Reply {
             heartbeat_interval_ms: None,
             max_missed_heartbeats: None,
             broker: None,
+            grant: None,
         }
     }
 

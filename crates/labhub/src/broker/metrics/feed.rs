@@ -13,6 +13,7 @@ use crate::broker::registry::Registry;
 use crate::broker::server::BrokerStats;
 use crate::latency::Histogram;
 use crate::protocol::{ChannelInfo, ChannelName, ClientId, Counters, Heartbeat};
+use crate::shm::MemfdPair;
 
 use super::Shared;
 
@@ -93,6 +94,8 @@ pub(super) struct Snapshot {
     pub stats: BrokerStats,
     pub channels: Vec<ChannelSnap>,
     pub clients: HashMap<ClientId, ClientSnap>,
+    /// The segments of broker-granted (memfd) channels, which have no name to open.
+    pub memfds: HashMap<ChannelName, Arc<MemfdPair>>,
 }
 
 /// The broker thread's metrics state. See the module documentation.
@@ -183,7 +186,13 @@ impl Feed {
     }
 
     /// Hands a snapshot to the metrics thread when one is due (at most once per interval).
-    pub fn publish_if_due(&mut self, now: Instant, registry: &Registry, stats: BrokerStats) {
+    pub fn publish_if_due(
+        &mut self,
+        now: Instant,
+        registry: &Registry,
+        stats: BrokerStats,
+        memfds: impl FnOnce() -> HashMap<ChannelName, Arc<MemfdPair>>,
+    ) {
         if now < self.next_publish {
             return;
         }
@@ -249,6 +258,7 @@ impl Feed {
             stats,
             channels,
             clients,
+            memfds: memfds(),
         };
         self.shared.offer(snapshot);
     }

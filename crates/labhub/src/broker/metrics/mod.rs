@@ -28,6 +28,7 @@ mod sampler;
 mod segment;
 pub mod token;
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,7 +42,8 @@ pub use token::Token;
 
 use crate::broker::registry::Registry;
 use crate::broker::server::BrokerStats;
-use crate::protocol::{Reply, Request};
+use crate::protocol::{ChannelName, Reply, Request};
+use crate::shm::MemfdPair;
 
 use feed::{Feed, Snapshot};
 use http::Wait;
@@ -407,8 +409,14 @@ impl Metrics {
     }
 
     /// Broker thread: hands the metrics thread a snapshot if one is due.
-    pub(crate) fn tick(&mut self, now: Instant, registry: &Registry, stats: BrokerStats) {
-        self.feed.publish_if_due(now, registry, stats);
+    pub(crate) fn tick(
+        &mut self,
+        now: Instant,
+        registry: &Registry,
+        stats: BrokerStats,
+        memfds: impl FnOnce() -> HashMap<ChannelName, Arc<MemfdPair>>,
+    ) {
+        self.feed.publish_if_due(now, registry, stats, memfds);
     }
 }
 
@@ -496,8 +504,12 @@ mod tests {
         }
 
         fn sample(&mut self) -> (Arc<Sample>, LatencyTotals) {
-            self.feed
-                .publish_if_due(self.now, &self.registry, BrokerStats::default());
+            self.feed.publish_if_due(
+                self.now,
+                &self.registry,
+                BrokerStats::default(),
+                HashMap::new,
+            );
             let snap = self.shared.next_snapshot().expect("a snapshot");
             let (sample, totals) = self.sampler.sample(&snap);
             self.shared.publish(Arc::clone(&sample), totals.clone());

@@ -121,10 +121,12 @@ impl Sampler {
             .iter()
             .filter(|c| c.info.spec.kind == ChannelKind::Shm)
             .filter_map(|c| {
-                Some((
-                    c.info.spec.name.as_str(),
-                    (&c.info.spec.name, c.info.spec.shm_name.as_ref()?),
-                ))
+                let name = &c.info.spec.name;
+                let source = match snap.memfds.get(name) {
+                    Some(pair) => segment::Source::Memfd(pair),
+                    None => segment::Source::Named(c.info.spec.shm_name.as_ref()?),
+                };
+                Some((name.as_str(), (name, source)))
             })
             .collect();
         self.segments
@@ -136,8 +138,8 @@ impl Sampler {
         // Never read first, then the oldest readings.
         due.sort_unstable();
         for (_, name) in due.into_iter().take(SEGMENT_READS_PER_SAMPLE) {
-            let (channel, shm_name) = shm[name];
-            let figures = segment::read(channel, shm_name);
+            let (channel, source) = shm[name];
+            let figures = segment::read(channel, source);
             let now = Instant::now();
             let rate = self.segments.get(name).and_then(|old| {
                 let (then, before) = (old.read_at, old.figures.as_ref()?.published);

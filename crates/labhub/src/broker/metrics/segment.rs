@@ -5,7 +5,7 @@
 #![deny(unsafe_code)]
 
 use crate::protocol::{ChannelName, ShmName};
-use crate::shm;
+use crate::shm::{self, MemfdPair};
 
 /// What a segment header says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,13 +22,27 @@ pub(super) struct SegmentFigures {
     pub consumers: Vec<(u32, u64)>,
 }
 
-/// Reads channel `channel`'s segment through [`shm::inspect`], if it is this user's
-/// (`shm_name` is the name the broker's own namespace gives the channel).
-pub(super) fn read(channel: &ChannelName, shm_name: &ShmName) -> Option<SegmentFigures> {
-    if channel.segment_name() != shm_name.as_str() {
-        return None;
-    }
-    let report = shm::inspect(channel.as_str()).ok()?;
+/// Where a channel's segment is found.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Source<'a> {
+    /// A named segment (`shm_name` is the name the broker's own namespace gives the channel).
+    Named(&'a ShmName),
+    /// A broker-granted channel: the memfds the broker holds.
+    Memfd(&'a MemfdPair),
+}
+
+/// Reads channel `channel`'s segment through shm's inspection API: a named segment only if it
+/// is this user's, a memfd through a duplicate of the broker's descriptors.
+pub(super) fn read(channel: &ChannelName, source: Source<'_>) -> Option<SegmentFigures> {
+    let report = match source {
+        Source::Named(shm_name) => {
+            if channel.segment_name() != shm_name.as_str() {
+                return None;
+            }
+            shm::inspect(channel.as_str()).ok()?
+        }
+        Source::Memfd(pair) => shm::inspect_memfd(channel, pair.try_clone().ok()?).ok()?,
+    };
     let consumers = report
         .consumers
         .iter()
