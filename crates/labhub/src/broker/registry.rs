@@ -11,8 +11,9 @@
 //! produces go down (`channel_down`), the channels it consumes lose it (`consumer_dropped`, for
 //! the producer), and it is forgotten, so its next heartbeat is answered `unknown_client` and it
 //! registers again. A down shm channel stays listed while consumers hold its segment; when the
-//! last one leaves, the registry asks for the segment to be removed (review item 1.3: cleanup is
-//! the broker's, never the producer's).
+//! last one leaves, the registry asks for the segment to be removed: cleanup is
+//! the broker's, never the producer's, so a producer that exits or restarts never pulls the
+//! segment from under its consumers.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
