@@ -19,6 +19,8 @@ use wait_timeout::ChildExt as _;
 mod demo;
 #[path = "cli/flags.rs"]
 mod flags;
+#[path = "cli/top.rs"]
+mod top;
 
 /// Longest any `labhub` run may take before the test fails instead of hanging.
 const WATCHDOG: Duration = Duration::from_secs(60);
@@ -94,11 +96,18 @@ struct Broker {
     endpoint: String,
     notify_endpoint: String,
     public_key: PublicKey,
+    /// The metrics address, when started with metrics.
+    metrics: Option<String>,
 }
 
 impl Broker {
     fn start() -> Self {
         Self::start_in(None)
+    }
+
+    /// A broker that also serves metrics, on a free loopback port.
+    fn start_with_metrics() -> Self {
+        Self::start_with(None, &["--metrics", "127.0.0.1:0"])
     }
 
     /// A broker whose temporary directory (TMPDIR) is `tmp`.
@@ -107,6 +116,10 @@ impl Broker {
     }
 
     fn start_in(tmp: Option<&Path>) -> Self {
+        Self::start_with(tmp, &[])
+    }
+
+    fn start_with(tmp: Option<&Path>, extra: &[&str]) -> Self {
         let home = tempfile::tempdir().unwrap();
         let mut hub = labhub(home.path());
         if let Some(tmp) = tmp {
@@ -123,6 +136,7 @@ impl Broker {
                 "warn",
                 "--json",
             ])
+            .args(extra)
             .env("LABHUB_BROKER_SECRET", "cli-test-password")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -149,6 +163,7 @@ impl Broker {
             endpoint: ready["endpoint"].as_str().unwrap().to_owned(),
             notify_endpoint: ready["notify_endpoint"].as_str().unwrap().to_owned(),
             public_key: PublicKey::from_z85(ready["public_key"].as_str().unwrap()).unwrap(),
+            metrics: ready["metrics"].as_str().map(str::to_owned),
             home,
         }
     }
@@ -215,6 +230,47 @@ impl Drop for Channel {
         drop(self.producer.take());
         self.hub.shutdown();
         let _ = labhub::shm::remove_channel(&self.name);
+    }
+}
+
+/// A channel whose producer publishes a 4 KiB frame (32 × 64 u16) every 2 ms until dropped.
+struct Camera {
+    channel: Channel,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<labhub::client::ShmProducer<u16>>>,
+}
+
+impl Camera {
+    fn start(broker: &Broker) -> Self {
+        let mut channel = Channel::new(broker);
+        let mut producer = channel.producer.take().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    producer.publish(&[1u16; 2048], &[32, 64]).unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                producer
+            })
+        };
+        Self {
+            channel,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take()
+            && let Ok(p) = t.join()
+        {
+            self.channel.producer = Some(p);
+        }
     }
 }
 
@@ -412,8 +468,9 @@ fn info_shows_a_channel_and_its_segment_header() {
     let broker = Broker::start();
     let channel = Channel::new(&broker);
     // A reader holding the newest frame in place shows in the consumer table.
-    let mut reader = labhub::shm::Channel::new(&channel.name).open().unwrap();
-    let held = reader.latest().unwrap().expect("a frame");
+    let reader_hub = broker.hub();
+    let mut reader = reader_hub.channel(&channel.name).open().unwrap();
+    let held = reader.consumer().latest().unwrap().expect("a frame");
     assert_eq!(held.frame_id(), 2);
 
     let r = run(broker.labhub(&["info", &channel.name, "--sample", "0"]));
@@ -428,6 +485,18 @@ fn info_shows_a_channel_and_its_segment_header() {
     assert!(r.stdout.contains("holding frame 2"), "{}", r.stdout);
     assert!(r.stdout.contains("frames     u16[32x64]"), "{}", r.stdout);
     assert!(
+        r.stdout.contains("shared     memfd via the broker"),
+        "{}",
+        r.stdout
+    );
+    // With whom: the producer's and the reader's grants, their keys and processes.
+    let me = std::process::id();
+    for (role, hub) in [("produce", &channel.hub), ("consume", &reader_hub)] {
+        let line = format!("granted    {role} to {} (key ", hub.client_id());
+        assert!(r.stdout.contains(&line), "{line}: {}", r.stdout);
+    }
+    assert!(r.stdout.contains(&format!("pid {me} uid ")), "{}", r.stdout);
+    assert!(
         r.stdout.contains("frames of u16 [32 x 64] (numpy <u2)"),
         "{}",
         r.stdout
@@ -441,6 +510,7 @@ fn info_shows_a_channel_and_its_segment_header() {
     );
     drop(held);
     drop(reader);
+    reader_hub.shutdown();
 
     let r = run(broker.labhub(&["info", &channel.name, "--json"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -458,6 +528,9 @@ fn info_shows_a_channel_and_its_segment_header() {
     assert_eq!(v["segment"]["numpy_dtype"], "<u2");
     assert_eq!(v["segment"]["max_shape"], serde_json::json!([32, 64]));
     assert_eq!(v["segment"]["consumers"].as_array().unwrap().len(), 0);
+    assert_eq!(v["segment"]["sharing"], "memfd");
+    assert_eq!(v["channel"]["sharing"], "memfd");
+    assert_eq!(v["channel"]["grants"][0]["role"], "produce");
 }
 
 #[test]
@@ -472,30 +545,17 @@ fn info_of_a_missing_channel_exits_with_the_not_found_code() {
 #[test]
 fn watch_counts_the_frames_of_a_live_channel() {
     let broker = Broker::start();
-    let mut channel = Channel::new(&broker);
-    let mut producer = channel.producer.take().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let camera = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                producer.publish(&[1u16; 2048], &[32, 64]).unwrap();
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            producer
-        })
-    };
+    let camera = Camera::start(&broker);
     let r = run(broker.labhub(&[
         "watch",
-        &channel.name,
+        &camera.channel.name,
         "--count",
         "3",
         "--interval",
         "200ms",
         "--json",
     ]));
-    stop.store(true, Ordering::Relaxed);
-    channel.producer = Some(camera.join().unwrap());
+    drop(camera);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lines: Vec<Value> = r.stdout.lines().map(json).collect();
     assert_eq!(lines.len(), 4, "{}", r.stdout);

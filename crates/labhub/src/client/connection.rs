@@ -20,7 +20,7 @@ use super::heartbeat::{self, ChannelCounters, Role, Tracked};
 use super::{ClientConfig, ClientError, Notice};
 use crate::protocol::{
     self, ChannelInfo, ChannelKind, ChannelName, ChannelRequest, ChannelSpec, ClientId, Discover,
-    ErrorCode, Heartbeat, List, Notification, Register, Reply, Request, Status,
+    ErrorCode, List, Notification, Register, Reply, Request, Status,
 };
 
 /// Shortest heartbeat interval accepted from a broker.
@@ -53,6 +53,12 @@ enum Command {
         channel: Option<ChannelName>,
         tx: Sender<Notice>,
     },
+    /// The memfds of a channel this client produces, handed to the broker again after it
+    /// restarts (dropped with the channel).
+    Share {
+        name: ChannelName,
+        pair: crate::shm::MemfdPair,
+    },
     Shutdown {
         done: SyncSender<()>,
     },
@@ -62,6 +68,9 @@ enum Waiter {
     Caller(ReplySender),
     Heartbeat,
     Reregister,
+    /// A produce ticket for re-registering a memfd channel: redeem it, hand the segment over,
+    /// then register.
+    Reprovide(Box<ChannelSpec>),
     Farewell,
 }
 
@@ -96,6 +105,7 @@ struct Shared {
     endpoint: String,
     request_timeout: Duration,
     takeover_wait: Duration,
+    grant_socket: Option<std::path::PathBuf>,
 }
 
 impl Drop for Shared {
@@ -301,6 +311,8 @@ impl Hub {
             next_heartbeat: Instant::now(),
             request_timeout: config.request_timeout,
             last_seq: None,
+            segments: HashMap::new(),
+            grant_socket: config.grant_socket.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("labhub-client".into())
@@ -324,6 +336,7 @@ impl Hub {
                 endpoint: config.endpoint,
                 request_timeout: config.request_timeout,
                 takeover_wait: config.takeover_wait,
+                grant_socket: config.grant_socket,
             }),
         })
     }
@@ -369,6 +382,21 @@ impl Hub {
 
     fn next_id(&self) -> u64 {
         self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.next_id()
+    }
+
+    /// The grant socket this client's configuration names, instead of the broker's.
+    pub(crate) fn grant_socket(&self) -> Option<&std::path::Path> {
+        self.shared.grant_socket.as_deref()
+    }
+
+    /// Keeps (a duplicate of) the memfds of channel `name`, which this client produces, to hand
+    /// them to the broker again if it restarts.
+    pub(crate) fn share(&self, name: ChannelName, pair: crate::shm::MemfdPair) {
+        let _ = self.shared.send(Command::Share { name, pair });
     }
 
     /// Sends `request` and waits for its validated reply.
@@ -637,6 +665,9 @@ struct Worker {
     next_heartbeat: Instant,
     request_timeout: Duration,
     last_seq: Option<u64>,
+    /// The memfds of the memfd channels this client produces.
+    segments: HashMap<ChannelName, crate::shm::MemfdPair>,
+    grant_socket: Option<std::path::PathBuf>,
 }
 
 impl Worker {
@@ -750,6 +781,7 @@ impl Worker {
             Command::Forget { name, role } => {
                 let request = match role {
                     Role::Producer => {
+                        self.segments.remove(&name);
                         if self.owned.remove(&name).is_none() {
                             return;
                         }
@@ -785,6 +817,9 @@ impl Worker {
                 self.tracked.remove(&id);
             }
             Command::Subscribe { channel, tx } => self.subscribers.push((channel, tx)),
+            Command::Share { name, pair } => {
+                self.segments.insert(name, pair);
+            }
             Command::Shutdown { .. } => {}
         }
     }
@@ -940,6 +975,7 @@ impl Worker {
                 };
                 self.publish(&notice);
             }
+            Waiter::Reprovide(spec) => self.reprovide(*spec, result),
             Waiter::Farewell => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, kind = p.request.type_name(), "farewell not acknowledged");
@@ -954,18 +990,19 @@ impl Worker {
         if self.owned.is_empty() && self.attached.is_empty() {
             return;
         }
-        if self
-            .pending
-            .values()
-            .any(|p| matches!(p.waiter, Waiter::Heartbeat | Waiter::Reregister))
-        {
+        if self.pending.values().any(|p| {
+            matches!(
+                p.waiter,
+                Waiter::Heartbeat | Waiter::Reregister | Waiter::Reprovide(_)
+            )
+        }) {
             return;
         }
-        let request = Request::Heartbeat(Heartbeat {
-            request_id: self.id(),
-            client: self.client_id.clone(),
-            channels: heartbeat::collect(&mut self.tracked),
-        });
+        let request = Request::Heartbeat(heartbeat::build(
+            self.id(),
+            self.client_id.clone(),
+            &mut self.tracked,
+        ));
         let deadline = now + self.request_timeout.min(self.heartbeat_interval * 4);
         self.send(request, deadline, Waiter::Heartbeat);
     }
@@ -980,13 +1017,18 @@ impl Worker {
         let deadline = Instant::now() + self.request_timeout;
         let specs: Vec<ChannelSpec> = self.owned.values().cloned().collect();
         for spec in specs {
-            let request = Request::Register(Box::new(Register {
-                request_id: self.id(),
-                client: self.client_id.clone(),
-                channel: spec,
-                pid: None,
-                host: None,
-            }));
+            if spec.sharing == Some(protocol::Sharing::Memfd) {
+                // The new broker holds no segment: hand ours over first.
+                let request = Request::Grant(protocol::GrantRequest {
+                    request_id: self.id(),
+                    client: self.client_id.clone(),
+                    name: spec.name.clone(),
+                    role: protocol::Role::Produce,
+                });
+                self.send(request, deadline, Waiter::Reprovide(Box::new(spec)));
+                continue;
+            }
+            let request = self.register_request(spec);
             self.send(request, deadline, Waiter::Reregister);
         }
         let names: Vec<ChannelName> = self.attached.iter().cloned().collect();
@@ -997,6 +1039,55 @@ impl Worker {
                 name,
             });
             self.send(request, deadline, Waiter::Reregister);
+        }
+    }
+
+    /// `register` of `spec` by this client (`send` adds the pid and host).
+    fn register_request(&self, spec: ChannelSpec) -> Request {
+        Request::Register(Box::new(Register {
+            request_id: self.id(),
+            client: self.client_id.clone(),
+            channel: spec,
+            pid: None,
+            host: None,
+        }))
+    }
+
+    /// A produce ticket arrived for re-registering memfd channel `spec`: redeems it, hands the
+    /// broker this client's segment, then registers the channel.
+    fn reprovide(&mut self, spec: ChannelSpec, ticket: Result<Reply, ClientError>) {
+        let name = spec.name.clone();
+        let provided = ticket.and_then(|reply| {
+            let ticket = reply.grant.ok_or_else(|| ClientError::BadReply {
+                request: "grant",
+                problem: "field grant is missing".into(),
+            })?;
+            let pair = self.segments.get(&name).ok_or_else(|| ClientError::Shm {
+                channel: name.to_string(),
+                source: crate::shm::ChannelError::NotFound {
+                    channel: name.to_string(),
+                },
+            })?;
+            let path = self
+                .grant_socket
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(&ticket.socket));
+            super::grant::redeem_at(&path, &ticket.ticket, &name, protocol::Role::Produce)?
+                .provide(pair)
+        });
+        match provided {
+            Ok(()) => {
+                let request = self.register_request(spec);
+                let deadline = Instant::now() + self.request_timeout;
+                self.send(request, deadline, Waiter::Reregister);
+            }
+            Err(e) => {
+                tracing::warn!(channel = %name, error = %e, "handing the segment over again failed");
+                self.publish(&Notice::ReregisterFailed {
+                    channel: name,
+                    problem: e.to_string(),
+                });
+            }
         }
     }
 

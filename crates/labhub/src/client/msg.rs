@@ -212,6 +212,7 @@ fn create_registered<T>(
         endpoint: Some(Endpoint::new(endpoint(&channel))?),
         server_key: Some(server_key),
         shm_name: None,
+        sharing: None,
         size: None,
         policy: None,
         schema: None,
