@@ -28,6 +28,8 @@ use std::time::Duration;
 use labhub::keys::{self, PublicKey};
 use labhub::protocol::{ChannelName, Endpoint, MAX_ENDPOINT_LEN, MAX_IPC_PATH_LEN, NameError};
 
+/// The largest `--max-message-size` of `sub` and `call`: 1 TiB.
+pub const MAX_MESSAGE_SIZE: u64 = 1 << 40;
 /// One millisecond.
 pub const MILLISECOND: Duration = Duration::from_millis(1);
 /// Ten milliseconds: the shortest sampling interval.

@@ -29,7 +29,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-/// The subcommands; each later issue adds its own.
+/// The subcommands.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Run the broker in the foreground.

@@ -128,6 +128,16 @@ const ARGS: &[Arg] = &[
     },
     flag(&["sub", "cam0"], "--count", Kind::Int(1, u64::MAX as i128)),
     flag(&["sub", "cam0"], "--seconds", Kind::Seconds(0.001, YEAR_S)),
+    flag(
+        &["sub", "cam0"],
+        "--max-message-size",
+        Kind::Size(1, 1 << 40),
+    ),
+    flag(
+        &["call", "cam0", "x"],
+        "--max-message-size",
+        Kind::Size(1, 1 << 40),
+    ),
     Arg {
         before: &["call"],
         flag: "",

@@ -305,8 +305,8 @@ fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker
     let topic_name = unique("topic");
     let rpc_name = unique("rpc");
 
-    let publisher = server_hub.create_publisher(&topic_name).unwrap();
-    let server = server_hub.create_req_server(&rpc_name).unwrap();
+    let publisher = server_hub.publisher(&topic_name).create().unwrap();
+    let server = server_hub.req_server(&rpc_name).create().unwrap();
     for name in [&topic_name, &rpc_name] {
         let endpoint = client_hub.discover(name).unwrap().spec.endpoint.unwrap();
         let endpoint = endpoint.as_str();
@@ -317,7 +317,11 @@ fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker
     }
 
     // Pub/sub: the subscriber joins late (ZeroMQ's slow joiner), so publish until it hears.
-    let subscriber = client_hub.find_subscriber(&topic_name, &[b"cam"]).unwrap();
+    let subscriber = client_hub
+        .subscriber(&topic_name)
+        .topic("cam")
+        .open()
+        .unwrap();
     let deadline = Instant::now() + WATCHDOG;
     let got = loop {
         publisher
@@ -338,7 +342,7 @@ fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker
     assert_eq!(got.value["frame"], 1);
 
     // Request/reply: the server answers on a thread of its own.
-    let mut client = client_hub.find_req_client(&rpc_name).unwrap();
+    let mut client = client_hub.req_client(&rpc_name).open().unwrap();
     let serving = std::thread::spawn(move || {
         server
             .serve_one(WATCHDOG, |request| [request, b"/pong"].concat())
@@ -350,7 +354,7 @@ fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker
 
     // A channel of the wrong kind is refused by name.
     assert!(matches!(
-        client_hub.find_req_client(&topic_name),
+        client_hub.req_client(&topic_name).open(),
         Err(labhub::client::ClientError::WrongKind { .. })
     ));
     let listed = client_hub.list(None, None).unwrap();

@@ -11,5 +11,6 @@ mod memfd;
 mod metrics;
 mod monitor;
 mod msg;
+mod msg_hub;
 mod shm;
 mod sync;

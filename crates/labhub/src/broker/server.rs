@@ -30,7 +30,9 @@ use super::perimeter::{Perimeter, PerimeterStats};
 use super::registry::{Effect, Origin, Registry};
 use super::segments::{self, Removal};
 use crate::keys::{self, KeyError, KeyPair, PublicKey};
-use crate::protocol::{self, ChannelName, ErrorCode, Reply, ShmName};
+use crate::protocol::{
+    self, ChannelKind, ChannelName, CurveKey, ErrorCode, MAX_ADMITTED_KEYS, Reply, Request, ShmName,
+};
 
 /// The most frames kept of one message; the rest are read and discarded.
 const MAX_FRAMES: usize = 8;
@@ -143,6 +145,8 @@ pub struct Broker {
     endpoint: String,
     notify_endpoint: String,
     zap_events: mpsc::Receiver<Refusal>,
+    /// The client keys ZAP admits, told to message-channel servers; `None`: any key.
+    admitted: Option<Vec<CurveKey>>,
     refusals_dropped: Arc<AtomicU64>,
     refusals: RefusalTally,
     request_perimeter: Perimeter,
@@ -323,6 +327,33 @@ fn allowed_keys(config: &BrokerConfig) -> Result<HashSet<PublicKey>, BrokerError
     Ok(allowed)
 }
 
+/// The admitted keys as `register` replies list them (sorted), or `None` when any key is
+/// admitted; refuses more keys than one reply can carry.
+fn admitted_list(
+    config: &BrokerConfig,
+    allowed: &HashSet<PublicKey>,
+) -> Result<Option<Vec<CurveKey>>, BrokerError> {
+    if config.allow_any_client {
+        return Ok(None);
+    }
+    if allowed.len() > MAX_ADMITTED_KEYS {
+        return Err(BrokerError::Key(KeyError::Malformed {
+            path: config.allow_list.clone().unwrap_or_default(),
+            problem: format!(
+                "{} admitted keys, at most {MAX_ADMITTED_KEYS} fit the replies that tell \
+                 message-channel servers whom to admit",
+                allowed.len()
+            ),
+        }));
+    }
+    let mut keys: Vec<CurveKey> = allowed
+        .iter()
+        .map(|k| CurveKey::from_bytes(*k.as_bytes()))
+        .collect();
+    keys.sort_unstable();
+    Ok(Some(keys))
+}
+
 /// Raises the soft open-file limit to the hard one: every connection, pending or admitted,
 /// holds a descriptor, and the common default soft limit of 1024 is reached by a few
 /// thousand idle connections. Returns the soft limit in force.
@@ -381,6 +412,7 @@ impl Broker {
         let (keys, origin) = load_or_create_broker_keys(&config)?;
         tracing::debug!(?origin, "broker key loaded");
         let allowed = allowed_keys(&config)?;
+        let admitted = admitted_list(&config, &allowed)?;
         let owner = keys::local_client_key(&config.keys_dir())?.public;
         secure_audit_log(&config.audit_log)?;
         let mut audit = AuditLog::open(
@@ -497,6 +529,7 @@ impl Broker {
             endpoint,
             notify_endpoint,
             zap_events,
+            admitted,
             refusals_dropped,
             refusals: RefusalTally::new(REFUSAL_INTERVAL, Instant::now()),
             request_perimeter,
@@ -821,7 +854,7 @@ impl Broker {
                             &mut self.effects,
                         );
                     }
-                    reply
+                    self.with_admission(request, reply)
                 }
                 Err(rejected) => {
                     self.note_refused(&rejected.error.to_string());
@@ -842,6 +875,21 @@ impl Broker {
             self.stats.unsent += 1;
             tracing::debug!(error = %e, "reply not sent");
         }
+    }
+
+    /// A message channel's server admits the keys the broker admits: its registration's reply
+    /// says which.
+    fn with_admission(&self, request: &Request, mut reply: Reply) -> Reply {
+        if let Request::Register(r) = request
+            && r.channel.kind != ChannelKind::Shm
+            && reply.is_ok()
+        {
+            match &self.admitted {
+                Some(keys) => reply.admitted_keys = Some(keys.clone()),
+                None => reply.any_key_admitted = true,
+            }
+        }
+        reply
     }
 
     /// `grant`: the access list, then the registry (channel state, client admission), then a
@@ -1007,6 +1055,9 @@ mod tests {
             )
             .unwrap();
         assert!(reply.is_ok(), "{reply:?}");
+        // A message channel's server is told whom to admit: the keys ZAP admits.
+        let local_key = protocol::CurveKey::from_bytes(*local.public.as_bytes());
+        assert_eq!(reply.admitted_keys, Some(vec![local_key]));
         let reply = probe
             .request("discover", serde_json::json!({"name": "x"}))
             .unwrap();

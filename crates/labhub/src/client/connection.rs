@@ -10,8 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use labhub_zmq::{Context, CurvePublicKey, CurveSecretKey, Flags, PollEvents, Socket, SocketType};
+use labhub_zmq::{
+    Context, CurveKeyPair, CurvePublicKey, CurveSecretKey, Flags, PollEvents, Socket, SocketType,
+    ZapHandler,
+};
 
+use super::admission::Admission;
 use super::heartbeat::{self, ChannelCounters, Role, Tracked};
 use super::{ClientConfig, ClientError, Notice};
 use crate::protocol::{
@@ -19,10 +23,6 @@ use crate::protocol::{
     ErrorCode, List, Notification, Register, Reply, Request, Status,
 };
 
-/// How often the worker looks at its command queue while no socket is readable. Commands
-/// arrive on a std channel, which `zmq_poll` cannot wait on; a few milliseconds of latency per
-/// request is the price of keeping every socket on one thread.
-const COMMAND_TICK: Duration = Duration::from_millis(2);
 /// Shortest heartbeat interval accepted from a broker.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 /// Longest time shutdown waits for the broker to acknowledge unregistrations.
@@ -81,10 +81,24 @@ struct Pending {
     waiter: Waiter,
 }
 
+/// Where API calls leave commands for the worker: a std channel for the command, and an inproc
+/// PAIR socket whose message wakes the worker's `zmq_poll` (which cannot wait on a std
+/// channel), so an idle worker sleeps until a command, a reply, a notice or a heartbeat is due.
+struct Mailbox {
+    commands: Sender<Command>,
+    wake: Socket,
+}
+
 struct Shared {
     context: Context,
-    commands: Mutex<Option<Sender<Command>>>,
+    mailbox: Mutex<Option<Mailbox>>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// The keys the message-channel servers admit, learned from registration replies.
+    admission: Arc<Admission>,
+    /// The ZAP handler asking `admission`, started with the first message-channel server.
+    zap: Mutex<Option<ZapHandler>>,
+    /// This client's key pair as message-channel subscribers and clients present it.
+    curve_keys: CurveKeyPair,
     next_id: Arc<AtomicU64>,
     stopped: AtomicBool,
     client_id: ClientId,
@@ -102,12 +116,22 @@ impl Drop for Shared {
 
 impl Shared {
     fn send(&self, command: Command) -> Result<(), ClientError> {
-        let guard = self.commands.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .ok_or(ClientError::Stopped)?
+        let guard = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        let mailbox = guard.as_ref().ok_or(ClientError::Stopped)?;
+        mailbox
+            .commands
             .send(command)
-            .map_err(|_| ClientError::Stopped)
+            .map_err(|_| ClientError::Stopped)?;
+        // A full wake queue (EAGAIN) means the worker has wake-ups waiting: it will come.
+        match mailbox.wake.send(b"", Flags::DONTWAIT) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_again() => Ok(()),
+            Err(e) => Err(ClientError::Zmq {
+                what: "waking the worker",
+                endpoint: self.endpoint.clone(),
+                source: e,
+            }),
+        }
     }
 
     fn stop(&self) {
@@ -117,7 +141,7 @@ impl Shared {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         let sent = self.send(Command::Shutdown { done: done_tx }).is_ok();
         // No further command can be sent; the worker ends when the queue is drained.
-        self.commands
+        self.mailbox
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
@@ -167,34 +191,36 @@ fn zmq_err<'a>(
     }
 }
 
+/// The client's key pair and the broker's public key as ZeroMQ takes them.
+fn curve_keys(config: &ClientConfig) -> Result<(CurvePublicKey, CurveKeyPair), ClientError> {
+    let bad = |path: &str| {
+        let path = path.into();
+        move |e: labhub_zmq::Z85Error| ClientError::Config {
+            path,
+            problem: e.to_string(),
+        }
+    };
+    let server =
+        CurvePublicKey::from_bytes(config.server_key.as_bytes()).map_err(bad("server_key"))?;
+    let secret =
+        CurveSecretKey::from_bytes(config.keys.secret_bytes()).map_err(bad("client key"))?;
+    let pair = CurveKeyPair::from_secret(secret).map_err(|e| ClientError::Config {
+        path: "client key".into(),
+        problem: e.to_string(),
+    })?;
+    Ok((server, pair))
+}
+
 fn curve_socket(
     context: &Context,
     kind: SocketType,
-    config: &ClientConfig,
+    (server, keys): (&CurvePublicKey, &CurveKeyPair),
     endpoint: &str,
 ) -> Result<Socket, ClientError> {
     let err = |what| zmq_err(what, endpoint);
     let socket = context.socket(kind).map_err(err("creating a socket"))?;
-    let server = CurvePublicKey::from_bytes(config.server_key.as_bytes()).map_err(|e| {
-        ClientError::Config {
-            path: "server_key".into(),
-            problem: e.to_string(),
-        }
-    })?;
-    let public = CurvePublicKey::from_bytes(config.keys.public.as_bytes()).map_err(|e| {
-        ClientError::Config {
-            path: "client key".into(),
-            problem: e.to_string(),
-        }
-    })?;
-    let secret = CurveSecretKey::from_bytes(config.keys.secret_bytes()).map_err(|e| {
-        ClientError::Config {
-            path: "client key".into(),
-            problem: e.to_string(),
-        }
-    })?;
     socket
-        .set_curve_client_keys(&server, &public, &secret)
+        .set_curve_client_keys(server, &keys.public, &keys.secret)
         .map_err(err("setting the CURVE keys"))?;
     // A broker (or an impostor holding its key) cannot make us allocate more than a message.
     socket
@@ -208,6 +234,32 @@ fn curve_socket(
         .map_err(err("setting the reconnect interval"))?;
     socket.connect(endpoint).map_err(err("connecting"))?;
     Ok(socket)
+}
+
+/// The two ends of the worker's wake-up socket pair: the sending end for the API side, the
+/// receiving end for the worker's poll set.
+fn wake_pair(context: &Context, client: &ClientId) -> Result<(Socket, Socket), ClientError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let endpoint = format!(
+        "inproc://labhub-client-wake-{client}-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let err = |what| zmq_err(what, &endpoint);
+    let woken = context
+        .socket(SocketType::Pair)
+        .map_err(err("creating the wake-up socket"))?;
+    woken
+        .bind(&endpoint)
+        .map_err(err("binding the wake-up socket"))?;
+    let wake = context
+        .socket(SocketType::Pair)
+        .map_err(err("creating the wake-up socket"))?;
+    // The waker never waits for the worker, even when it is gone.
+    wake.set_linger(Some(Duration::ZERO))
+        .map_err(err("setting the wake-up linger"))?;
+    wake.connect(&endpoint)
+        .map_err(err("connecting the wake-up socket"))?;
+    Ok((wake, woken))
 }
 
 impl Hub {
@@ -224,20 +276,26 @@ impl Hub {
             ))?,
         };
         let context = Context::new().map_err(zmq_err("creating the context", &config.endpoint))?;
-        let dealer = curve_socket(&context, SocketType::Dealer, &config, &config.endpoint)?;
+        let (server_key, curve_keys) = curve_keys(&config)?;
+        let keys = (&server_key, &curve_keys);
+        let dealer = curve_socket(&context, SocketType::Dealer, keys, &config.endpoint)?;
         let sub = match &config.notify_endpoint {
             Some(e) => {
-                let s = curve_socket(&context, SocketType::Sub, &config, e)?;
+                let s = curve_socket(&context, SocketType::Sub, keys, e)?;
                 s.subscribe(b"").map_err(zmq_err("subscribing", e))?;
                 Some(s)
             }
             None => None,
         };
+        let (wake, woken) = wake_pair(&context, &client_id)?;
         let (tx, rx) = mpsc::channel();
         let next_id = Arc::new(AtomicU64::new(1));
+        let admission = Arc::new(Admission::new(config.request_timeout));
         let worker = Worker {
             dealer,
             sub,
+            woken,
+            admission: Arc::clone(&admission),
             commands: rx,
             next_id: Arc::clone(&next_id),
             client_id: client_id.clone(),
@@ -267,8 +325,11 @@ impl Hub {
         Ok(Self {
             shared: Arc::new(Shared {
                 context,
-                commands: Mutex::new(Some(tx)),
+                mailbox: Mutex::new(Some(Mailbox { commands: tx, wake })),
                 worker: Mutex::new(Some(handle)),
+                admission,
+                zap: Mutex::new(None),
+                curve_keys,
                 next_id,
                 stopped: AtomicBool::new(false),
                 client_id,
@@ -296,6 +357,27 @@ impl Hub {
 
     pub(crate) fn takeover_wait(&self) -> Duration {
         self.shared.takeover_wait
+    }
+
+    /// This client's key pair, as message-channel subscribers and clients present it.
+    pub(crate) fn curve_keys(&self) -> &CurveKeyPair {
+        &self.shared.curve_keys
+    }
+
+    /// Makes sure the ZAP handler that admits the broker's keys to this Hub's
+    /// message-channel servers runs; call before creating such a server.
+    pub(crate) fn guard_servers(&self) -> Result<(), ClientError> {
+        let mut zap = self.shared.zap.lock().unwrap_or_else(|e| e.into_inner());
+        if zap.is_none() {
+            let admission = Arc::clone(&self.shared.admission);
+            let handler = self
+                .shared
+                .context
+                .start_zap_handler(move |request| admission.decide(request))
+                .map_err(zmq_err("starting the ZAP handler", &self.shared.endpoint))?;
+            *zap = Some(handler);
+        }
+        Ok(())
     }
 
     fn next_id(&self) -> u64 {
@@ -532,6 +614,18 @@ pub(crate) fn check_reply(request: &Request, reply: Reply) -> Result<Reply, Clie
         Request::List(_) if reply.channels.is_none() => {
             return Err(bad("field channels is missing".into()));
         }
+        Request::Register(r)
+            if r.channel.kind != ChannelKind::Shm
+                && reply.admitted_keys.is_none()
+                && !reply.any_key_admitted =>
+        {
+            return Err(bad(format!(
+                "field admitted_keys is missing for {} channel {}: the channel's server \
+                 cannot tell whom to admit",
+                r.channel.kind.as_str(),
+                r.channel.name
+            )));
+        }
         _ => {}
     }
     Ok(reply)
@@ -551,6 +645,9 @@ fn reply_id_hint(frames: &[Vec<u8>]) -> Option<u64> {
 struct Worker {
     dealer: Socket,
     sub: Option<Socket>,
+    /// Receives a message per command sent (see [`Mailbox`]).
+    woken: Socket,
+    admission: Arc<Admission>,
     commands: Receiver<Command>,
     next_id: Arc<AtomicU64>,
     client_id: ClientId,
@@ -581,7 +678,9 @@ impl Worker {
     fn run(mut self) {
         let mut done: Option<SyncSender<()>> = None;
         loop {
-            // Commands first, so a request sent just now leaves at once.
+            // Wake-ups first, then commands: a command sent after this drain leaves a wake-up
+            // that ends the next poll at once.
+            while self.woken.recv(Flags::DONTWAIT).is_ok() {}
             loop {
                 match self.commands.try_recv() {
                     Ok(Command::Shutdown { done: d }) => {
@@ -604,7 +703,10 @@ impl Worker {
                 self.send_heartbeat(now);
             }
             self.expire(now);
-            self.wait_and_receive(COMMAND_TICK);
+            let wait = self
+                .next_timer()
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            self.wait_and_receive(wait);
         }
         self.farewell();
         if let Some(d) = done {
@@ -612,21 +714,36 @@ impl Worker {
         }
     }
 
-    /// Polls both sockets for up to `wait`, then drains what arrived.
-    fn wait_and_receive(&mut self, wait: Duration) {
+    /// When the worker must act without being woken: the next heartbeat (only while the
+    /// client owns or consumes something) or the earliest request deadline. `None`: nothing
+    /// is due until a command, a reply or a notice arrives.
+    fn next_timer(&self) -> Option<Instant> {
+        let heartbeat =
+            (!self.owned.is_empty() || !self.attached.is_empty()).then_some(self.next_heartbeat);
+        let deadline = self.pending.values().map(|p| p.deadline).min();
+        heartbeat.into_iter().chain(deadline).min()
+    }
+
+    /// Polls the sockets (and the wake-up socket) for up to `wait` (`None`: until one is
+    /// readable), then drains the replies and notices that arrived.
+    fn wait_and_receive(&mut self, wait: Option<Duration>) {
         let (dealer_ready, sub_ready) = {
-            let mut items = vec![self.dealer.poll_item(PollEvents::IN)];
+            let mut items = vec![
+                self.woken.poll_item(PollEvents::IN),
+                self.dealer.poll_item(PollEvents::IN),
+            ];
             if let Some(s) = &self.sub {
                 items.push(s.poll_item(PollEvents::IN));
             }
-            match labhub_zmq::poll(&mut items, Some(wait)) {
+            match labhub_zmq::poll(&mut items, wait) {
                 Ok(_) => (
-                    items[0].is_readable(),
-                    items.get(1).is_some_and(|i| i.is_readable()),
+                    items[1].is_readable(),
+                    items.get(2).is_some_and(|i| i.is_readable()),
                 ),
                 Err(e) => {
                     tracing::warn!(error = %e, "hub client poll failed");
-                    std::thread::sleep(wait);
+                    // Bounded, so a poll that keeps failing does not spin.
+                    std::thread::sleep(wait.unwrap_or(MIN_HEARTBEAT).min(MIN_HEARTBEAT));
                     (false, false)
                 }
             }
@@ -791,6 +908,10 @@ impl Worker {
             }
             match &p.request {
                 Request::Register(r) if !matches!(p.waiter, Waiter::Farewell) => {
+                    if r.channel.kind != ChannelKind::Shm {
+                        // Before the caller hears of it: peers may already handshake.
+                        self.admission.learn(reply);
+                    }
                     self.owned.insert(r.channel.name.clone(), r.channel.clone());
                 }
                 Request::Attach(r) => {
@@ -1054,7 +1175,7 @@ impl Worker {
             self.send(r, deadline, Waiter::Farewell);
         }
         while !self.pending.is_empty() && Instant::now() < deadline {
-            self.wait_and_receive(Duration::from_millis(10));
+            self.wait_and_receive(Some(deadline.saturating_duration_since(Instant::now())));
             self.expire(Instant::now());
         }
         self.owned.clear();

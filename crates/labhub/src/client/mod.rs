@@ -19,9 +19,13 @@
 //! - The client is a lifecycle module ([`module`]): it starts after the log
 //!   module and stops before it; [`hub`] returns the running client of the global lifecycle.
 //!
-//! Message channels: [`Hub::create_publisher`] / [`Hub::find_subscriber`] and
-//! [`Hub::create_req_server`] / [`Hub::find_req_client`] bind on a free loopback port, register
-//! the dialable endpoint (never `0.0.0.0`), and discover and connect (see [`crate::msg`]).
+//! Message channels, CurveZMQ end to end: `hub.publisher(name).create()` and
+//! `hub.req_server(name).create()` bind on a free loopback port with a fresh CURVE key pair,
+//! register the dialable endpoint (never `0.0.0.0`) and the public key, and admit only the
+//! client keys the broker admits (the registration's reply lists them);
+//! `hub.subscriber(name).topic(..).open()` and `hub.req_client(name).open()` discover endpoint
+//! and key over the authenticated broker connection and connect with this client's key pair.
+//! The builders are [`crate::msg`]'s, with every option of a channel of its own.
 //!
 //! Shared-memory channels: [`Hub::channel`] is the [`shm::Channel`](crate::shm::Channel)
 //! builder through the Hub, whose channels are memfds the broker holds and hands out
@@ -47,6 +51,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod admission;
 mod connection;
 mod grant;
 mod heartbeat;
@@ -59,7 +64,7 @@ use std::time::Duration;
 
 pub use connection::Hub;
 pub use heartbeat::ChannelCounters;
-pub use msg::Registered;
+pub use msg::{OnHub, Registered};
 pub use shm::{ConsumeError, OwnedFrame, ShmConsumer, ShmProducer, ViaHub};
 
 use crate::keys::{self, KeyError, KeyPair, PublicKey};
@@ -301,6 +306,15 @@ pub enum ClientError {
         broker: String,
         /// The segment's value.
         segment: String,
+    },
+    /// A message channel was registered without a CURVE server key, so it cannot be reached
+    /// over CurveZMQ (labhub's message channels are CurveZMQ only).
+    #[error("{} channel {channel} was registered without a CURVE server key", kind.as_str())]
+    NoServerKey {
+        /// The channel.
+        channel: String,
+        /// Its kind.
+        kind: ChannelKind,
     },
     /// Creating or connecting a ZeroMQ message channel failed.
     #[error("message channel {channel}")]

@@ -159,6 +159,7 @@ impl shm::Backend for ViaHub {
             name: channel.clone(),
             kind: ChannelKind::Shm,
             endpoint: None,
+            server_key: None,
             shm_name: None,
             sharing: Some(Sharing::Memfd),
             size: Some(producer.segment_size()),

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::curve_key::CurveKey;
 use super::names::{ChannelName, ClientId, Endpoint, ShmName};
 pub use crate::latency::LatencySummary;
 
@@ -117,6 +118,12 @@ pub struct ChannelSpec {
     /// The dialable endpoint (pubsub and reqrep only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
+    /// The CURVE public key of the channel's server socket (pubsub and reqrep only);
+    /// subscribers and clients connect with it as their server key, and refuse a channel
+    /// registered without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<CurveKey>,
+    /// The segment name (shm only).
     /// The segment name (shm channels shared by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_name: Option<ShmName>,
@@ -495,6 +502,14 @@ pub struct Reply {
     /// client is declared gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_missed_heartbeats: Option<u32>,
+    /// `register` of a pubsub or reqrep channel: the client keys the broker admits, which the
+    /// channel's server admits too (empty when `any_key_admitted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_keys: Option<Vec<CurveKey>>,
+    /// `register` of a pubsub or reqrep channel: the broker admits every client key, so the
+    /// channel's server does too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_key_admitted: bool,
     /// `status`: the broker's own state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerStatus>,
@@ -569,6 +584,8 @@ impl Reply {
             channels: None,
             heartbeat_interval_ms: None,
             max_missed_heartbeats: None,
+            admitted_keys: None,
+            any_key_admitted: false,
             broker: None,
             grant: None,
         }

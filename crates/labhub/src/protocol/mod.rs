@@ -31,11 +31,13 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod curve_key;
 mod grant;
 mod heartbeat_metrics;
 mod messages;
 mod names;
 
+pub use curve_key::{CURVE_KEY_Z85_LEN, CurveKey, MAX_ADMITTED_KEYS};
 pub use grant::*;
 pub use messages::*;
 pub use names::*;
@@ -399,6 +401,12 @@ pub fn validate(request: &Request) -> Result<(), DecodeError> {
 fn validate_spec(spec: &ChannelSpec) -> Result<(), DecodeError> {
     match spec.kind {
         ChannelKind::Shm => {
+            if spec.server_key.is_some() {
+                return Err(field_error(
+                    "channel.server_key",
+                    "only a pubsub or reqrep channel has a server key",
+                ));
+            }
             if spec.endpoint.is_some() {
                 return Err(field_error(
                     "channel.endpoint",

@@ -333,7 +333,8 @@ fn full_requests() -> Vec<(&'static str, serde_json::Value)> {
         (
             "register",
             json!({"request_id": 1, "client": "c", "channel": {"name": "t", "kind": "pubsub",
-                   "endpoint": "tcp://127.0.0.1:5", "size": 10}}),
+                   "endpoint": "tcp://127.0.0.1:5", "size": 10,
+                   "server_key": "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"}}),
         ),
         (
             "discover",
