@@ -10,4 +10,5 @@ pub mod publish;
 pub mod record;
 pub mod replay;
 pub mod subscribe;
+pub mod top;
 pub mod watch;

@@ -11,7 +11,8 @@ use crate::common::{self, ConnectArgs, mb_per_s, out, out_json};
 use crate::meter::LiveLine;
 use crate::stop::StopSignal;
 
-/// Record shared-memory channels on this machine into a Zarr v3 directory: every frame
+/// Record shared-memory channels into a Zarr v3 directory (through the broker, or by segment
+/// name with --no-hub): every frame
 /// (the recorder is a lossless consumer: if storage cannot keep up, the channel's backpressure
 /// decides, and every loss is counted and stored), its id, timestamp and shape, the channel's
 /// settings and schema, flexible-zone state changes, start and stop time, host, a run id and
@@ -48,9 +49,11 @@ pub struct RecordArgs {
     #[arg(long, value_name = "SIZE", default_value = "64MiB",
           value_parser = args::size(4 << 10..=4 << 30))]
     shard_size: u64,
-    /// Attach through the broker (registered consumers) instead of by segment name alone.
+    /// Open the channels by segment name on this machine, without a broker (channels made
+    /// with `shm::Channel` or `labhub.shm`); by default they are found through the broker,
+    /// which hands out the segments of the channels made through it.
     #[arg(long)]
-    hub: bool,
+    no_hub: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -73,7 +76,7 @@ pub fn run(args: RecordArgs, verbose: u8) -> anyhow::Result<()> {
     };
     // Caught before anything is created, so Ctrl-C always ends through the final flush.
     let signal = StopSignal::install()?;
-    let hub = if args.hub {
+    let hub = if !args.no_hub {
         let config = args.connect.resolve()?;
         Some(common::connect(verbose, config)?)
     } else {

@@ -41,9 +41,10 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "SIZE", default_value = "1GiB",
           value_parser = args::size(1..=1 << 40))]
     max_frame_size: u64,
-    /// Create the channels through the broker (registered) instead of by segment name alone.
+    /// Create the channels by segment name on this machine, without a broker; by default they
+    /// are created through the broker (registered, their segments held by it).
     #[arg(long)]
-    hub: bool,
+    no_hub: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -89,7 +90,7 @@ pub fn run(args: ReplayArgs, verbose: u8) -> anyhow::Result<()> {
         keep_timestamps: args.keep_timestamps,
         stop: Some(stop.clone()),
     };
-    let frames = if args.hub {
+    let frames = if !args.no_hub {
         let config = args.connect.resolve()?;
         let (_guard, hub) = common::connect(verbose, config)?;
         let sinks = names

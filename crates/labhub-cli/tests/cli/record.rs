@@ -63,7 +63,7 @@ fn a_recording_opens_in_zarr_python_with_its_frames_shapes_and_metadata() {
         .unwrap();
     let (_tmp, path) = scratch();
     let mut rec = labhub(Path::new("/nonexistent-home"));
-    rec.args(["record", &name, "-o"]).arg(&path).args([
+    rec.args(["record", &name, "--no-hub", "-o"]).arg(&path).args([
         "--frames",
         "5",
         "--attr",
@@ -165,6 +165,7 @@ fn a_sigkilled_recorder_leaves_a_recording_zarr_python_reads_up_to_its_last_flus
     rec.args([
         "record",
         &name,
+        "--no-hub",
         "--flush-interval",
         "20ms",
         "--shard-size",
@@ -275,7 +276,7 @@ fn replay_publishes_a_recording_into_a_live_channel_with_its_shapes_and_states()
         let mut c = labhub(Path::new("/nonexistent-home"));
         c.arg("replay")
             .arg(&path)
-            .args(["--as", &again, "--rate", "max", "--json"]);
+            .args(["--as", &again, "--rate", "max", "--no-hub", "--json"]);
         c
     });
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -536,7 +537,7 @@ fn hostile_or_truncated_recordings_are_typed_errors_at_replay() {
             let mut c = labhub(Path::new("/nonexistent-home"));
             c.arg("replay")
                 .arg(&copy)
-                .args(["--as", &target, "--rate", "max"]);
+                .args(["--as", &target, "--rate", "max", "--no-hub"]);
             c
         });
         assert_eq!(r.code, FAILURE, "{what}: {}", r.stderr);
@@ -581,7 +582,7 @@ fn a_recorder_a_latest_viewer_and_a_bounded_job_share_one_channel_each_in_its_mo
     let (_tmp, path) = scratch();
     let out_path = path.to_str().unwrap();
     let mut rec = broker.labhub(&[
-        "record", &name, "--frames", "40", "--hub", "--json", "-o", out_path,
+        "record", &name, "--frames", "40", "--json", "-o", out_path,
     ]);
     let mut recorder = rec
         .stdout(Stdio::piped())

@@ -5,65 +5,21 @@
 
 use super::*;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/client.py")
 }
 
-fn python() -> Option<&'static str> {
-    let found = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    found.then_some("python3")
-}
-
-/// The `PYTHONPATH` under which `import zmq` works: none if pyzmq is installed already, else a
-/// private directory that pip fills once (reused by later runs).
+/// The `PYTHONPATH` under which `import zmq` works (see [`labhub_tests::python_package`]).
 fn pyzmq_path(python: &str) -> Option<PathBuf> {
-    let importable = |path: Option<&Path>| {
-        let mut cmd = Command::new(python);
-        cmd.args(["-c", "import zmq"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(path) = path {
-            cmd.env("PYTHONPATH", path);
-        }
-        cmd.status().is_ok_and(|s| s.success())
-    };
-    if importable(None) {
-        return None;
-    }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyzmq-27");
-    if !importable(Some(&dir)) {
-        let out = Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg("--target")
-            .arg(&dir)
-            .arg("pyzmq==27.*")
-            .output()
-            .expect("run pip");
-        assert!(
-            out.status.success() && importable(Some(&dir)),
-            "pyzmq is not installed and `pip install pyzmq==27.*` failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Some(dir)
+    labhub_tests::python_package(python, "zmq", "pyzmq==27.*", &dir)
 }
 
 #[test]
 fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
-    let Some(python) = python() else {
+    let Some(python) = labhub_tests::python3() else {
         eprintln!("SKIPPED: python3 is not installed, so the pyzmq protocol test cannot run");
         return;
     };
@@ -118,6 +74,88 @@ fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
         "ok list",
         "ok unregister",
         "ok gone after unregister",
+        "done",
+    ] {
+        run.skip_to(step);
+    }
+    assert!(run.wait().success(), "{}", run.stderr());
+}
+
+#[test]
+fn a_pyzmq_client_following_the_documents_gets_a_memfd_channel_read_only() {
+    let Some(python) = labhub_tests::python3() else {
+        eprintln!("SKIPPED: python3 is not installed, so the pyzmq protocol test cannot run");
+        return;
+    };
+    let pythonpath = pyzmq_path(python);
+    let mut keygen = Command::new(python);
+    keygen.arg(script()).arg("keygen");
+    if let Some(path) = &pythonpath {
+        keygen.env("PYTHONPATH", path);
+    }
+    let keys = String::from_utf8(keygen.output().expect("run client.py keygen").stdout).unwrap();
+    let (public, secret) = keys.trim().split_once(' ').expect("two keys");
+
+    // Admitted, and allowed to consume the channel by the access list.
+    let home = TestHome::new("pymemfd");
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::write(
+        home.path.join("allowed_clients"),
+        format!("{public} python\n"),
+    )
+    .unwrap();
+    let channel = home.channel("cam");
+    std::fs::write(
+        home.path.join("broker.toml"),
+        format!("reap_stale_segments = false\n[[access]]\nchannels = [\"{channel}\"]\nconsume = [\"{public}\"]\n"),
+    )
+    .unwrap();
+    let broker = TestBroker::start_on(
+        &home,
+        "tcp://127.0.0.1:*",
+        "tcp://127.0.0.1:*",
+        &["read-config"],
+    );
+    let hub = labhub::client::Hub::connect(labhub::client::ClientConfig::new(
+        &broker.endpoint,
+        broker.key,
+        home.local_key(),
+    ))
+    .unwrap();
+    let mut producer = hub
+        .channel(&channel)
+        .policy(labhub::shm::Policy::ring(4))
+        .bytes(64)
+        .create()
+        .unwrap();
+    for _ in 0..3 {
+        producer.publish(b"frame", &[5]).unwrap();
+    }
+
+    let mut cmd = Command::new(python);
+    if let Some(path) = &pythonpath {
+        cmd.env("PYTHONPATH", path);
+    }
+    cmd.arg(script()).args([
+        "consume",
+        &broker.endpoint,
+        &broker.key.to_z85(),
+        public,
+        secret,
+        &channel,
+    ]);
+    let mut run = ChildProc::from_command("python consumer", cmd);
+    for step in [
+        "ok grant",
+        "ok two descriptors",
+        "ok data header",
+        "ok control header",
+        "ok one incarnation",
+        "ok total_size",
+        "ok frames committed",
+        "ok newest descriptor",
+        "ok no writable mapping",
+        "ok no write",
         "done",
     ] {
         run.skip_to(step);
