@@ -74,7 +74,7 @@ pub use element::{
 pub use error::{ChannelError, LayoutError, Overwritten, PublishError, ReadError, StateError};
 pub use inspect::{ConsumerReport, ProducerReport, SegmentReport, inspect};
 pub use policy::{Backpressure, MAX_POLICY_LEN, Policy, PolicyParseError};
-pub use producer::{Producer, SlotMut};
+pub use producer::{InterruptCheck, Producer, SlotMut};
 #[cfg(feature = "broker")]
 pub(crate) use segment::remove_orphans;
 
