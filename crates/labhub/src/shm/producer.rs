@@ -979,6 +979,13 @@ impl<T: Payload> std::fmt::Debug for SlotMut<'_, T> {
 }
 
 impl<T: Payload> SlotMut<'_, T> {
+    /// The producer this slot was loaned from (its settings and counters stay readable while
+    /// the loan holds it borrowed).
+    #[inline]
+    pub fn producer(&self) -> &Producer<T> {
+        self.producer
+    }
+
     /// The frame id this slot will commit.
     #[inline]
     pub fn frame_id(&self) -> u64 {
