@@ -5,6 +5,7 @@
 mod broker;
 mod client;
 mod filelock;
+mod interop;
 mod lifecycle;
 mod log;
 mod msg;
@@ -20,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         r if r.starts_with("broker-") => broker::run(r, &rest),
         r if r.starts_with("client-") => client::run(r, &rest),
         r if r.starts_with("filelock-") => filelock::run(r, &rest),
+        r if r.starts_with("interop-") => interop::run(r, &rest),
         r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         "log-append" => log::append(&rest),
         "log-spam" => log::spam(&rest),

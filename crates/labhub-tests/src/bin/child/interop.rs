@@ -1,0 +1,80 @@
+//! `interop-*` roles: the Rust side of the Python package's interop tests. Frames carry a
+//! pattern both sides compute: byte `i` of frame `k` is `(k + i) mod 251`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use labhub::shm::{Channel, ElementType, Policy};
+
+fn fill(buf: &mut [u8], k: u64) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = ((k + i as u64) % 251) as u8;
+    }
+}
+
+fn args(role: &str, args: &[String]) -> anyhow::Result<(String, ElementType, Vec<u64>, u64)> {
+    let [name, element, dims, frames] = args else {
+        bail!("{role} NAME ELEMENT DIMS(a,b,..) FRAMES");
+    };
+    let dims = dims
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<u64>, _>>()
+        .context("DIMS")?;
+    Ok((name.clone(), element.parse()?, dims, frames.parse()?))
+}
+
+/// Dispatches `interop-*` roles.
+pub fn run(role: &str, rest: &[String]) -> anyhow::Result<()> {
+    let (name, element, dims, frames) = args(role, rest)?;
+    match role {
+        // interop-produce NAME ELEMENT DIMS FRAMES: a ring:8:block channel of ELEMENT frames
+        // of shape DIMS; prints "created", publishes FRAMES pattern frames (waiting for its
+        // consumer), prints "published N", exits.
+        "interop-produce" => {
+            let mut p = Channel::new(&name)
+                .policy(Policy::ring(8))
+                .dynamic(element, &dims)
+                .create()?;
+            println!("created");
+            for _ in 0..frames {
+                let mut slot = loop {
+                    match p.loan() {
+                        Ok(s) => break s,
+                        Err(labhub::shm::PublishError::Timeout { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                let k = slot.frame_id();
+                fill(&mut slot, k);
+                slot.commit();
+            }
+            println!("published {}", p.next_frame_id());
+            Ok(())
+        }
+        // interop-consume NAME ELEMENT DIMS FRAMES: opens the channel insisting on ELEMENT and
+        // DIMS, prints "attached", reads FRAMES frames checking the pattern, prints
+        // "frame K ELEMENT DIMS" for each and "done".
+        "interop-consume" => {
+            let mut c = Channel::new(&name).dynamic(element, &dims).open()?;
+            println!("attached");
+            for _ in 0..frames {
+                let f = c.next(Some(Duration::from_secs(30)))?;
+                let k = f.frame_id();
+                let bytes = match f.held() {
+                    Some(b) => b.to_vec(),
+                    None => f.to_vec()?,
+                };
+                let mut want = vec![0u8; bytes.len()];
+                fill(&mut want, k);
+                if bytes != want {
+                    bail!("frame {k} does not carry its pattern");
+                }
+                println!("frame {k} {} {:?}", f.element_type(), f.shape());
+            }
+            println!("done");
+            Ok(())
+        }
+        other => bail!("unknown role {other}"),
+    }
+}
