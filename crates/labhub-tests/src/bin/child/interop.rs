@@ -29,7 +29,7 @@ pub fn run(role: &str, rest: &[String]) -> anyhow::Result<()> {
     let (name, element, dims, frames) = args(role, rest)?;
     match role {
         // interop-produce NAME ELEMENT DIMS FRAMES: a ring:8:block channel of ELEMENT frames
-        // of shape DIMS; prints "created", publishes FRAMES pattern frames (waiting for its
+        // of shape DIMS; prints "created", waits for a line on stdin, publishes FRAMES pattern frames (waiting for its
         // consumer), prints "published N", exits.
         "interop-produce" => {
             let mut p = Channel::new(&name)
@@ -37,6 +37,9 @@ pub fn run(role: &str, rest: &[String]) -> anyhow::Result<()> {
                 .dynamic(element, &dims)
                 .create()?;
             println!("created");
+            // Frames go to consumers attached before they are committed: wait for the go.
+            let mut go = String::new();
+            std::io::stdin().read_line(&mut go)?;
             for _ in 0..frames {
                 let mut slot = loop {
                     match p.loan() {
