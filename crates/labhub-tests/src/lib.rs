@@ -551,3 +551,21 @@ pub mod attack {
         }
     }
 }
+
+/// The Python interpreter of labhub's one test venv (`target/pyenv`, the pinned packages of
+/// `tests/python/requirements.txt`), made by `tests/pyenv.py` on first use and reused; `None`
+/// if `python3` is not installed. Fails the test if the venv cannot be made.
+pub fn python_env() -> Option<PathBuf> {
+    static ENV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/pyenv.py");
+        let out = Command::new("python3").arg(script).output().ok()?;
+        assert!(
+            out.status.success(),
+            "tests/pyenv.py could not make the test venv:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    })
+    .clone()
+}

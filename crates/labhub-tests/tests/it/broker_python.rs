@@ -1,85 +1,28 @@
 //! A Python client written from docs/PROTOCOL.md alone (`tests/python/client.py`, pyzmq from
-//! PyPI) registers and discovers a channel on a real broker. When `import zmq` fails, the test
-//! installs pyzmq itself into a directory under the target folder (`pip install --target`),
-//! so the README's test command needs no manual step.
+//! PyPI) registers and discovers a channel on a real broker. pyzmq comes from the tests' one
+//! venv under the target folder (`labhub_tests::python_env`), so the README's test command
+//! needs no manual step.
 
 use super::*;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/client.py")
 }
 
-fn python() -> Option<&'static str> {
-    let found = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    found.then_some("python3")
-}
-
-/// The `PYTHONPATH` under which `import zmq` works: none if pyzmq is installed already, else a
-/// private directory that pip fills once (reused by later runs).
-fn pyzmq_path(python: &str) -> Option<PathBuf> {
-    let importable = |path: Option<&Path>| {
-        let mut cmd = Command::new(python);
-        cmd.args(["-c", "import zmq"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(path) = path {
-            cmd.env("PYTHONPATH", path);
-        }
-        cmd.status().is_ok_and(|s| s.success())
-    };
-    if importable(None) {
-        return None;
-    }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyzmq-27");
-    if !importable(Some(&dir)) {
-        let out = Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg("--target")
-            .arg(&dir)
-            .arg("pyzmq==27.*")
-            .output()
-            .expect("run pip");
-        assert!(
-            out.status.success() && importable(Some(&dir)),
-            "pyzmq is not installed and `pip install pyzmq==27.*` failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Some(dir)
-}
-
 #[test]
 fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
-    let Some(python) = python() else {
+    let Some(python) = labhub_tests::python_env() else {
         eprintln!("SKIPPED: python3 is not installed, so the pyzmq protocol test cannot run");
         return;
     };
-    let pythonpath = pyzmq_path(python);
-    let with_path = |cmd: &mut Command| {
-        if let Some(path) = &pythonpath {
-            cmd.env("PYTHONPATH", path);
-        }
-    };
-    let mut keygen = Command::new(python);
+    let mut keygen = Command::new(&python);
     keygen.arg(script()).arg("keygen");
-    with_path(&mut keygen);
     let keygen = keygen.output().expect("run client.py keygen");
     assert!(
         keygen.status.success(),
-        "client.py keygen failed (is pyzmq installed? `python3 -m pip install pyzmq==27.*`):\n{}",
+        "client.py keygen failed:\n{}",
         String::from_utf8_lossy(&keygen.stderr)
     );
     let keys = String::from_utf8(keygen.stdout).unwrap();
@@ -93,8 +36,7 @@ fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
     let allow = format!("allow-list={}", list.display());
     let broker = TestBroker::start_on(&home, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", &[&allow]);
 
-    let mut cmd = Command::new(python);
-    with_path(&mut cmd);
+    let mut cmd = Command::new(&python);
     cmd.arg(script()).args([
         "run",
         &broker.endpoint,
