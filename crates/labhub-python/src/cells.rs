@@ -43,7 +43,8 @@ impl AnyProducer {
     }
 }
 
-/// A consumer, brokerless or attached through a Hub.
+/// A consumer, brokerless or attached through a Hub (boxed once, in [`FrameCell`]).
+#[allow(clippy::large_enum_variant)]
 pub enum AnyConsumer {
     /// Brokerless.
     Local(Consumer<Dynamic>),

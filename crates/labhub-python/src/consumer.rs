@@ -503,7 +503,7 @@ impl Frame {
         }
         let cell = lock(&self.core.cell);
         let current = lock(&self.core.current);
-        if !current.as_ref().is_some_and(|c| c.serial == self.serial) {
+        if current.as_ref().is_none_or(|c| c.serial != self.serial) {
             return false;
         }
         cell.as_ref()
