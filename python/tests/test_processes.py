@@ -166,3 +166,20 @@ def test_a_rust_producer_feeds_a_python_consumer(name, spawn, dtype, shape):
             assert (raw == (k + np.arange(raw.size)) % 251).all()
             del raw
     rust.expect("published 3")
+
+
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_the_examples_camera_and_viewer_run_and_stop_on_ctrl_c(name, spawn):
+    camera = spawn([sys.executable, "-u", EXAMPLES / "camera.py", "--no-hub", "--channel", name,
+                    "--fps", "200", "--shape", "48", "64"])
+    camera.expect("publishing")
+    viewer = spawn([sys.executable, "-u", EXAMPLES / "viewer.py", "--no-hub", "--channel", name])
+    viewer.expect(f"{name}: (48, 64) uint16")
+    line = viewer.expect("frame ")
+    assert "mean" in line and "frames/s" in line
+    for child in (viewer, camera):
+        child.proc.send_signal(signal.SIGINT)
+        child.expect("stopped")
+        assert child.wait() == 0

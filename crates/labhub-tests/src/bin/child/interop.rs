@@ -28,6 +28,43 @@ fn args(role: &str, args: &[String]) -> anyhow::Result<(String, ElementType, Vec
 pub fn run(role: &str, rest: &[String]) -> anyhow::Result<()> {
     let (name, element, dims, frames) = args(role, rest)?;
     match role {
+        // interop-bench-produce NAME u8 BYTES FRAMES: the Rust baseline of the Python
+        // benchmark (python/bench): a ring:8:block channel of BYTES-byte frames; prints
+        // "created", waits for a line on stdin, then fills and commits FRAMES frames.
+        "interop-bench-produce" => {
+            let mut p = Channel::new(&name)
+                .policy(Policy::ring(8))
+                .dynamic(element, &dims)
+                .create()?;
+            println!("created");
+            let mut go = String::new();
+            std::io::stdin().read_line(&mut go)?;
+            for _ in 0..frames {
+                let mut slot = p.loan()?;
+                let k = slot.frame_id() as u8;
+                slot.fill(k);
+                slot.commit();
+            }
+            Ok(())
+        }
+        // interop-bench-consume NAME u8 BYTES FRAMES: reads FRAMES frames touching the first
+        // and last byte of each; prints "attached", then "rate F" (frames/s from the first
+        // frame to the last).
+        "interop-bench-consume" => {
+            let mut c = Channel::new(&name).dynamic(element, &dims).open()?;
+            println!("attached");
+            let mut start = None;
+            let mut sum = 0u64;
+            for _ in 0..frames {
+                let f = c.next(Some(Duration::from_secs(60)))?;
+                start.get_or_insert_with(std::time::Instant::now);
+                let b = f.held().context("a lossless ring holds its frames")?;
+                sum += u64::from(b[0]) + u64::from(b[b.len() - 1]);
+            }
+            let secs = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
+            println!("rate {} {sum}", (frames - 1) as f64 / secs);
+            Ok(())
+        }
         // interop-produce NAME ELEMENT DIMS FRAMES: a ring:8:block channel of ELEMENT frames
         // of shape DIMS; prints "created", waits for a line on stdin, publishes FRAMES pattern frames (waiting for its
         // consumer), prints "published N", exits.
