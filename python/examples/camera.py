@@ -6,6 +6,7 @@ channel CHANNEL, with its settings in the state zone. Ctrl-C stops it.
 """
 
 import argparse
+import signal
 import time
 
 import numpy as np
@@ -35,15 +36,21 @@ def main():
                                 policy="ring:8:block", flex_size=1024)
     cam.write_state({"sensor": "synthetic", "fps": args.fps, "shape": list(shape)})
     print(f"publishing {shape} uint16 frames on {args.channel!r} at {args.fps} frames/s; Ctrl-C stops")
+    # Ctrl-C (SIGINT, also when started in the background) ends the loop between frames, so
+    # a frame is never left half written.
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     period = 1.0 / args.fps
     try:
         next_at = time.monotonic()
-        while True:
-            with cam.loan() as frame:
-                sensor(shape, frame.frame_id, frame.array)
+        while not stop:
+            try:
+                with cam.loan() as frame:   # waits while the ring is full (1 s at most)
+                    sensor(shape, frame.frame_id, frame.array)
+            except labhub.TimeoutError:
+                continue                    # no consumer kept up: try again
             next_at += period
             time.sleep(max(0.0, next_at - time.monotonic()))
-    except KeyboardInterrupt:
         print(f"\nstopped after {cam.next_frame_id} frames")
     finally:
         cam.close()

@@ -6,6 +6,7 @@ latency). Ctrl-C stops it.
 """
 
 import argparse
+import signal
 import time
 
 import labhub
@@ -16,6 +17,9 @@ def main():
     p.add_argument("--channel", default="cam0")
     p.add_argument("--no-hub", action="store_true", help="a brokerless channel (labhub.shm)")
     args = p.parse_args()
+    # Ctrl-C raises KeyboardInterrupt, also when started in the background (where the shell
+    # ignores SIGINT for its children).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     hub = None if args.no_hub else labhub.Hub()
     viewer = (labhub.shm if hub is None else hub).open_consumer(args.channel)
     print(f"{args.channel}: {viewer.shape} {viewer.dtype}, {viewer.policy}; state {viewer.read_state()}")

@@ -43,8 +43,28 @@ def test_frames_through_the_hub_and_the_cli_sees_the_python_channel(hub_process,
         assert watch.strip(), "watch printed a sample"
 
 
+def wait_subscribed(hub, watcher, name):
+    """Waits until `watcher` receives notices (a subscription connects in the background):
+    probe channels are registered until the watcher sees one come up."""
+    deadline = time.monotonic() + WATCHDOG
+    k = 0
+    while time.monotonic() < deadline:
+        probe = f"{name[:100]}-probe{k}"
+        k += 1
+        with hub.create_producer(probe, dtype=np.uint8, shape=(1,)):
+            end = time.monotonic() + 0.2
+            while time.monotonic() < end:
+                n = watcher.notice(timeout=0.05)
+                if n and n["kind"] == "channel_up" and n["channel"] == probe:
+                    labhub.shm.remove_channel(probe)
+                    return
+        labhub.shm.remove_channel(probe)
+    pytest.fail("watchdog: the watcher never received a notice")
+
+
 def test_notices_tell_channel_up_and_channel_down(hub_process, name):
     with hub_process.client() as hub, hub_process.client() as watcher:
+        wait_subscribed(hub, watcher, name)
         cam = hub.create_producer(name, dtype=np.float32, shape=(4,))
         up = wait_notice(watcher, "channel_up", name)
         assert up["info"]["name"] == name and up["info"]["kind"] == "shm"

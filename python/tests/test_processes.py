@@ -62,7 +62,8 @@ def test_frames_cross_processes_and_a_sigkilled_producer_leaves_no_torn_frame(na
 
 
 CONSUMER_WAITING = r"""
-import sys, time, labhub
+import signal, sys, time, labhub
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent may ignore it
 viewer = labhub.shm.open_consumer(sys.argv[1])
 print("waiting", flush=True)
 try:
@@ -83,7 +84,8 @@ def test_ctrl_c_interrupts_a_blocking_read(name, spawn):
 
 
 PRODUCER_BLOCKED = r"""
-import sys, numpy as np, labhub
+import signal, sys, numpy as np, labhub
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent may ignore it
 cam = labhub.shm.create_producer(sys.argv[1], dtype=np.uint8, shape=(4,), policy="ring:1:block:1h")
 print("created", flush=True)
 sys.stdin.readline()

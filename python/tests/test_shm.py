@@ -403,3 +403,24 @@ def test_help_explains_the_api():
     assert "numpy view" in labhub.Loan.__doc__
     assert "timeout" in labhub.Consumer.next.__doc__
     assert "dtype" in labhub.Hub.create_producer.__doc__
+
+
+def test_closing_with_views_alive_waits_for_them(name):
+    cam = shm.create_producer(name, dtype=np.uint8, shape=(4,))
+    viewer = shm.open_consumer(name)
+    cam.publish(np.full(4, 3, dtype=np.uint8))
+    kept = viewer.next(WATCHDOG).array
+    viewer.close()                     # detaches once `kept` is gone
+    with pytest.raises(labhub.ClosedError):
+        viewer.next(0)
+    assert kept.sum() == 12 and cam.stats()["consumers"] == 1
+    del kept
+    assert cam.stats()["consumers"] == 0
+    loan = cam.loan()
+    view = loan.array
+    loan.abandon()
+    cam.close()                        # the producer goes with the loan's last view
+    assert shm.open_consumer(name).producer_alive
+    del view, loan
+    gc.collect()
+    assert not shm.open_consumer(name).producer_alive

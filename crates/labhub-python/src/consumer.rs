@@ -41,6 +41,8 @@ pub struct ConsumerCore {
     pub policy: String,
     pub lossless: bool,
     serials: std::sync::atomic::AtomicU64,
+    /// Closed while views of its frame were alive: the consumer goes with the last of them.
+    closing: AtomicBool,
 }
 
 impl Drop for ConsumerCore {
@@ -106,6 +108,7 @@ impl ConsumerCore {
             policy,
             lossless,
             serials: std::sync::atomic::AtomicU64::new(1),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -115,6 +118,9 @@ impl ConsumerCore {
         f: impl FnOnce(&mut FrameCell) -> PyResult<R> + Send,
     ) -> PyResult<R> {
         self.fork.check()?;
+        if self.closing.load(Ordering::Acquire) {
+            return Err(closed(&self.name));
+        }
         py.detach(|| {
             let mut cell = lock(&self.cell);
             match cell.as_mut() {
@@ -161,8 +167,12 @@ impl ConsumerCore {
         if current.as_ref().is_some_and(|c| c.serial == serial) {
             *current = None;
             drop(current);
-            if let Some(cell) = lock(&self.cell).as_mut() {
-                cell.release();
+            let mut cell = lock(&self.cell);
+            if let Some(c) = cell.as_mut() {
+                c.release();
+            }
+            if self.closing.load(Ordering::Acquire) {
+                drop(cell.take());
             }
         }
     }
@@ -424,13 +434,25 @@ impl Consumer {
         self.core.lossless
     }
 
-    /// Detaches from the channel. Refused (`labhub.FramesHeld`) while views of the current
-    /// frame exist.
+    /// Detaches from the channel; later calls raise `labhub.ClosedError`. If views of the
+    /// current frame are still alive, the consumer detaches when the last of them is gone.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         guard(|| {
-            self.core.release_current(py)?;
-            let cell = py.detach(|| lock(&self.core.cell).take());
-            py.detach(|| drop(cell));
+            self.core.fork.check()?;
+            if self.core.closing.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
+            let pinned = lock(&self.core.current).as_ref().is_some_and(|c| {
+                c.state.release_requested.store(true, Ordering::Release);
+                c.state.exports.load(Ordering::Acquire) > 0
+            });
+            if !pinned {
+                let cell = py.detach(|| {
+                    *lock(&self.core.current) = None;
+                    lock(&self.core.cell).take()
+                });
+                py.detach(|| drop(cell));
+            }
             Ok(())
         })
     }

@@ -22,6 +22,8 @@ pub struct ProducerCore {
     pub policy: String,
     /// The KeyboardInterrupt (or other error) a signal handler raised while a loan waited.
     interrupted: Arc<Mutex<Option<PyErr>>>,
+    /// Closed while an abandoned loan still had views: the producer goes with the last one.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for ProducerCore {
@@ -88,6 +90,7 @@ impl ProducerCore {
             max_shape,
             policy,
             interrupted,
+            closing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -98,6 +101,9 @@ impl ProducerCore {
         f: impl FnOnce(&mut LoanCell) -> PyResult<R> + Send,
     ) -> PyResult<R> {
         self.fork.check()?;
+        if self.closing.load(Ordering::Acquire) {
+            return Err(closed(&self.name));
+        }
         py.detach(|| {
             let mut cell = lock(&self.cell);
             match cell.as_mut() {
@@ -105,6 +111,20 @@ impl ProducerCore {
                 None => Err(closed(&self.name)),
             }
         })
+    }
+
+    /// Abandons the open loan; returns the producer if it was closed meanwhile (to be dropped
+    /// by the caller, outside the lock).
+    fn end_loan(&self) -> Option<LoanCell> {
+        let mut cell = lock(&self.cell);
+        if let Some(c) = cell.as_mut() {
+            c.abandon();
+        }
+        if self.closing.load(Ordering::Acquire) {
+            cell.take()
+        } else {
+            None
+        }
     }
 
     fn publish_err(&self, e: PublishError) -> PyErr {
@@ -296,17 +316,21 @@ impl Producer {
     }
 
     /// Gives the channel up (the segment stays: consumers keep their frames, and a producer
-    /// created later takes it over with the next frame id). Refused while a loan is open.
+    /// created later takes it over with the next frame id); later calls raise
+    /// `labhub.ClosedError`. An open loan is abandoned: at once, or when the last of its views
+    /// is gone.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         guard(|| {
             self.core.fork.check()?;
+            self.core.closing.store(true, Ordering::Release);
             let cell = py.detach(|| {
                 let mut cell = lock(&self.core.cell);
-                if cell.as_ref().is_some_and(LoanCell::is_loaned) {
-                    return Err(loan_open(&self.core.name));
+                match cell.as_ref() {
+                    // The loan's views may still write the slot: it goes with them.
+                    Some(c) if c.is_loaned() => None,
+                    _ => cell.take(),
                 }
-                Ok(cell.take())
-            })?;
+            });
             py.detach(|| drop(cell));
             Ok(())
         })
@@ -372,10 +396,10 @@ impl Loan {
     /// Abandons the slot now (the views are gone).
     fn abandon_now(&self, py: Python<'_>) -> PyResult<()> {
         self.state.store(ABANDONED, Ordering::Release);
-        self.core.with_cell(py, |cell| {
-            cell.abandon();
-            Ok(())
-        })
+        self.core.fork.check()?;
+        let gone = py.detach(|| self.core.end_loan());
+        py.detach(|| drop(gone));
+        Ok(())
     }
 }
 
@@ -543,10 +567,7 @@ impl Drop for Loan {
         // The last reference is gone, so no view is left: an open loan is abandoned.
         let state = *self.state.get_mut();
         if (state == OPEN || state == ABANDON_PENDING) && !self.core.fork.forked() {
-            let mut cell = lock(&self.core.cell);
-            if let Some(cell) = cell.as_mut() {
-                cell.abandon();
-            }
+            drop(self.core.end_loan());
         }
     }
 }
