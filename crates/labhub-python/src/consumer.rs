@@ -133,6 +133,9 @@ impl ConsumerCore {
     /// Releases the current frame before the consumer reads on: refused (`FramesHeld`) while
     /// views of it exist.
     fn release_current(&self, py: Python<'_>) -> PyResult<()> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(closed(&self.name));
+        }
         let mut current = lock(&self.current);
         if let Some(cur) = current.as_ref()
             && !cur.state.released.load(Ordering::Acquire)
