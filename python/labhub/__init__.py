@@ -16,25 +16,35 @@ and elsewhere::
             with frame:
                 print(frame.frame_id, frame.array.mean())
 
-``labhub.shm`` makes the same channels without a broker. See docs/PYTHON.md.
+Message channels, CurveZMQ end to end::
+
+    with labhub.Hub() as hub:
+        status = hub.create_publisher("status")
+        status.send_json("temps", {"cryostat": 4.2})
+        ctl = hub.create_server("ctl", lambda request: {"ok": True}, json=True)
+        ctl.serve()                     # until Ctrl-C or ctl.close()
+
+``labhub.shm`` makes the same shared-memory channels without a broker. See docs/PYTHON.md.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
-from . import _native, _schema
+from . import _msg, _native, _schema
 from ._errors import (
     BrokerError, ChannelBusy, ChannelFull, ChannelNotFound, ChecksumMismatch, ClosedError,
     ConfigError, ConfigMismatch, ConsumerTableFull, CorruptFrame, Error, Evicted, ForkedError,
     FramesHeld, InternalError, LoanOpen, MsgError, Overwritten, ReleasedError, SchemaMismatch,
-    ShmError, StateError, TimeoutError, ViewsExist, WrongSecret,
+    RemoteError, ShmError, StateError, TimeoutError, ViewsExist, WrongSecret,
 )
+from ._msg import Message, Publisher, ReqClient, ReqServer, Subscriber
 from ._native import Consumer, Frame, Loan, Producer
 from . import shm
 
 __all__ = [
     "Hub", "Producer", "Consumer", "Loan", "Frame", "shm",
+    "Publisher", "Subscriber", "Message", "ReqServer", "ReqClient", "RemoteError",
     "Error", "TimeoutError", "ChannelNotFound", "SchemaMismatch", "ConfigMismatch",
     "ChannelBusy", "ChannelFull", "WrongSecret", "ConsumerTableFull", "Overwritten",
     "ChecksumMismatch", "Evicted", "CorruptFrame", "FramesHeld", "ViewsExist", "ReleasedError",
@@ -113,6 +123,55 @@ class Hub:
         args = _schema.consumer_args(name, dtype, shape, policy, create, flex_size, checksum,
                                      state_format, secret, schema, spin)
         return _native.open_consumer(self._hub, **args)
+
+    def create_publisher(self, name: str, *, bind: Optional[str] = None,
+                         advertise_host: Optional[str] = None, hwm: Optional[int] = None,
+                         max_message_size: Optional[int] = None) -> Publisher:
+        """Binds a publisher with a fresh CURVE key pair and registers it as pub/sub channel
+        ``name``; only subscribers whose keys the broker admits can connect.
+
+        - ``bind``: the endpoint to bind (default: a free loopback TCP port,
+          ``tcp://127.0.0.1:*``; ``tcp://0.0.0.0:*`` to be reached from other machines).
+        - ``advertise_host``: the host name registered for a wildcard ``bind``.
+        - ``hwm``: messages queued per subscriber before it loses messages (default 1000).
+        - ``max_message_size``: bytes, for what the publisher receives (default 32 MiB).
+        """
+        native = self._hub.create_publisher(_schema.name_of(name),
+                                            **_msg.bind_of(bind, advertise_host),
+                                            **_msg.options(hwm, max_message_size))
+        return Publisher(native)
+
+    def open_subscriber(self, name: str, topics: Any = "", *, hwm: Optional[int] = None,
+                        max_message_size: Optional[int] = None) -> Subscriber:
+        """Discovers pub/sub channel ``name``, attaches to it, and subscribes to ``topics``
+        (a prefix or a list of prefixes; ``""``, the default, is every topic) over CurveZMQ
+        with the key the broker announced. ``max_message_size`` (bytes, default 32 MiB): a
+        larger message is dropped with ``labhub.MsgError``."""
+        native = self._hub.open_subscriber(_schema.name_of(name), _msg.topics_of(topics),
+                                           **_msg.options(hwm, max_message_size))
+        return Subscriber(native)
+
+    def create_server(self, name: str, handler: Optional[Any] = None, *, json: bool = False,
+                      bind: Optional[str] = None, advertise_host: Optional[str] = None,
+                      hwm: Optional[int] = None,
+                      max_message_size: Optional[int] = None) -> ReqServer:
+        """Binds a request/reply server with a fresh CURVE key pair and registers it as
+        channel ``name``; only clients whose keys the broker admits can connect. ``handler``
+        (``payload -> reply``; JSON values with ``json=True``) answers each request in
+        ``serve()`` / ``serve_one()``. ``bind``, ``advertise_host``, ``hwm`` and
+        ``max_message_size`` as for ``create_publisher``."""
+        native = self._hub.create_server(_schema.name_of(name),
+                                         **_msg.bind_of(bind, advertise_host),
+                                         **_msg.options(hwm, max_message_size))
+        return ReqServer(native, handler, bool(json))
+
+    def open_client(self, name: str, *, hwm: Optional[int] = None,
+                    max_message_size: Optional[int] = None) -> ReqClient:
+        """Discovers request/reply channel ``name``, attaches to it and connects to its
+        server over CurveZMQ with the key the broker announced."""
+        native = self._hub.open_client(_schema.name_of(name),
+                                       **_msg.options(hwm, max_message_size))
+        return ReqClient(native)
 
     def notice(self, timeout: Optional[float] = 0.0) -> Optional[dict]:
         """The next notice from the broker about any channel, as a dict with ``kind``

@@ -105,7 +105,13 @@ class ConfigError(Error):
 
 
 class MsgError(Error):
-    """A message channel failed."""
+    """A message channel failed (``channel``): a closed connection, a failed handshake, a
+    malformed or oversized message."""
+
+
+class RemoteError(MsgError):
+    """The request/reply server answered with an error: its handler raised
+    (``remote_message``: ``"TypeName: text"``), or it could not take the request."""
 
 
 class ForkedError(Error, RuntimeError):

@@ -7,9 +7,17 @@ Usage:
   client.py run ENDPOINT NOTIFY_ENDPOINT BROKER_PUBLIC CLIENT_PUBLIC CLIENT_SECRET CHANNEL
       registers CHANNEL (pubsub), discovers it over DEALER and over REQ, checks error replies
       and the channel_up notification, and prints one "ok <step>" line per step.
+  client.py consume ENDPOINT BROKER_PUBLIC CLIENT_PUBLIC CLIENT_SECRET CHANNEL
+      gets memfd channel CHANNEL's segment from the broker (a grant, then the ticket on the
+      grant socket, §9), maps it as docs/SHM_LAYOUT.md says, checks its headers, reads the
+      newest frame's id, and checks that the data cannot be mapped writable.
 Exits non-zero with a message on the first failure.
 """
 import json
+import mmap
+import os
+import socket
+import struct
 import sys
 
 import zmq
@@ -127,12 +135,74 @@ def run(endpoint, notify, broker_public, client_public, client_secret, channel):
     ctx.destroy(linger=0)
 
 
+def consume(endpoint, broker_public, client_public, client_secret, channel):
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    curve(dealer, broker_public, client_public, client_secret)
+    dealer.connect(endpoint)
+
+    # §3 grant: a ticket for the grant socket.
+    r = request(dealer, "grant", {"request_id": 1, "client": "py-consumer", "name": channel,
+                                  "role": "consume"})
+    expect(r["status"] == "ok" and len(r["grant"]["ticket"]) == 64, "grant")
+    grant = r["grant"]
+
+    # §9.2: redeem it on the SOCK_SEQPACKET grant socket; the answer carries the descriptors.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(TIMEOUT_MS / 1000)
+    s.connect(grant["socket"])
+    s.send(json.dumps({"type": "redeem", "ticket": grant["ticket"], "name": channel,
+                       "role": "consume"}).encode())
+    msg, fds, _, _ = socket.recv_fds(s, 4096, 2)
+    answer = json.loads(msg)
+    expect(answer["status"] == "ok" and answer["descriptors"] == 2 and len(fds) == 2,
+           "two descriptors")
+    control_fd, data_fd = fds
+
+    # docs/SHM_LAYOUT.md: the data region read-only, the control region read-write.
+    data = mmap.mmap(data_fd, os.fstat(data_fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+    control = mmap.mmap(control_fd, os.fstat(control_fd).st_size, mmap.MAP_SHARED)
+    magic, version = struct.unpack_from("<QI", data, 0)
+    cmagic, cversion = struct.unpack_from("<QI", control, 0)
+    expect(magic == 0x424442554842414C and version == 6, "data header")
+    expect(cmagic == 0x544342554842414C and cversion == 6, "control header")
+    instance, = struct.unpack_from("<Q", data, 176)
+    cinstance, = struct.unpack_from("<Q", control, 40)
+    expect(instance != 0 and instance == cinstance, "one incarnation")
+    total_size, = struct.unpack_from("<Q", data, 16)
+    expect(total_size == os.fstat(data_fd).st_size, "total_size")
+    commit, = struct.unpack_from("<Q", data, 320)
+    expect(commit > 0, "frames committed")
+    # The newest frame's descriptor: slot (commit - 1) mod N, its seq says it is committed.
+    slots, = struct.unpack_from("<I", data, 32)
+    last = commit - 1
+    seq, frame_id = struct.unpack_from("<QQ", data, 512 + 128 * (last % slots))
+    expect(seq == 2 * last + 2 and frame_id == last, "newest descriptor")
+
+    # The seals: reopened read-write through /proc, the data still cannot be mapped writable.
+    rw = os.open(f"/proc/self/fd/{data_fd}", os.O_RDWR)
+    try:
+        mmap.mmap(rw, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        raise SystemExit("a writable mapping of the data was allowed")
+    except PermissionError:
+        expect(True, "no writable mapping")
+    try:
+        os.write(rw, b"x")
+        raise SystemExit("a write to the data was allowed")
+    except PermissionError:
+        expect(True, "no write")
+    ctx.destroy(linger=0)
+
+
 def main():
     if len(sys.argv) == 2 and sys.argv[1] == "keygen":
         public, secret = zmq.curve_keypair()
         print(public.decode(), secret.decode())
     elif len(sys.argv) == 8 and sys.argv[1] == "run":
         run(*sys.argv[2:])
+        print("done", flush=True)
+    elif len(sys.argv) == 7 and sys.argv[1] == "consume":
+        consume(*sys.argv[2:])
         print("done", flush=True)
     else:
         raise SystemExit(__doc__)

@@ -28,6 +28,8 @@ use std::time::Duration;
 use labhub::keys::{self, PublicKey};
 use labhub::protocol::{ChannelName, Endpoint, MAX_ENDPOINT_LEN, MAX_IPC_PATH_LEN, NameError};
 
+/// The largest `--max-message-size` of `sub` and `call`: 1 TiB.
+pub const MAX_MESSAGE_SIZE: u64 = 1 << 40;
 /// One millisecond.
 pub const MILLISECOND: Duration = Duration::from_millis(1);
 /// Ten milliseconds: the shortest sampling interval.
@@ -249,6 +251,31 @@ pub fn bind_endpoint(text: &str) -> Result<String, String> {
     }
 }
 
+/// An IP address and port, `127.0.0.1:5572` or `[::1]:5572`, with the port in `ports` (0 asks
+/// the system for a free port, where a range allows it). Host names are refused: the address
+/// decides whether a token is required, so it must not depend on name resolution.
+pub fn socket_address(ports: RangeInclusive<u16>) -> impl Parser<std::net::SocketAddr> {
+    move |text| {
+        let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+            format!(
+                "expected IP:PORT (e.g. 127.0.0.1:5572 or [::1]:5572), a port from {} to {}",
+                ports.start(),
+                ports.end()
+            )
+        })?;
+        if ports.contains(&addr.port()) {
+            Ok(addr)
+        } else {
+            Err(format!(
+                "the port must be from {} to {}, it is {}",
+                ports.start(),
+                ports.end(),
+                addr.port()
+            ))
+        }
+    }
+}
+
 /// A file or directory path: not empty, at most 4095 bytes, no component over 255 bytes.
 pub fn path(text: &str) -> Result<PathBuf, String> {
     if text.is_empty() {
@@ -381,6 +408,30 @@ mod tests {
     }
 
     #[test]
+    fn socket_addresses_are_ip_and_port() {
+        let listen = socket_address(0..=65535);
+        assert_eq!(listen("127.0.0.1:0").unwrap().port(), 0);
+        assert!(listen("[::1]:5572").unwrap().ip().is_loopback());
+        assert!(listen("0.0.0.0:9100").is_ok());
+        for bad in [
+            "localhost:5572",
+            "127.0.0.1",
+            "127.0.0.1:65536",
+            ":5572",
+            "tcp://1.2.3.4:5",
+            "",
+        ] {
+            assert!(listen(bad).is_err(), "{bad}");
+        }
+        let connect = socket_address(1..=65535);
+        assert!(
+            connect("127.0.0.1:0")
+                .unwrap_err()
+                .contains("from 1 to 65535")
+        );
+    }
+
+    #[test]
     fn channel_prefixes_may_be_dots() {
         assert!(channel_prefix(".").is_ok());
         assert!(channel_prefix("cam").is_ok());
@@ -419,6 +470,7 @@ mod tests {
             let _ = connect_endpoint(&text);
             let _ = bind_endpoint(&text);
             let _ = path(&text);
+            let _ = socket_address(0..=65535)(&text);
         }
     }
 }

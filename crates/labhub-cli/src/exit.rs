@@ -5,7 +5,7 @@
 //! | 0 | [`OK`] | success (also when stdout was closed early: a broken pipe) |
 //! | 1 | [`FAILURE`] | a runtime failure (the error and its causes are printed on stderr) |
 //! | 2 | [`USAGE`] | a usage error: unknown flag, bad value; nothing was done |
-//! | 3 | [`UNREACHABLE`] | no reply in time: the broker (not running, wrong endpoint or key, not admitted), or the server of `call` |
+//! | 3 | [`UNREACHABLE`] | no reply in time: the broker (not running, wrong endpoint or key, not admitted), the server of `call`, or the metrics endpoint of `top` |
 //! | 4 | [`NOT_FOUND`] | the channel named does not exist |
 
 use labhub::client::ClientError;
@@ -28,13 +28,19 @@ Exit codes:
   0  success (a closed stdout, e.g. `labhub ls | head -1`, is success too)
   1  runtime failure (the error and its causes are printed on stderr)
   2  usage error (bad flag or value; nothing was done)
-  3  no reply within the timeout (broker unreachable, or `call`'s server silent)
+  3  no reply within the timeout (broker unreachable, `call`'s server silent, or
+     no metrics endpoint for `top`)
   4  channel not found";
 
 /// Bad input found while validating the arguments, before any side effect.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// Nothing answered where the user said a server would be (the metrics endpoint of `top`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
 
 /// A channel the user named does not exist.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,9 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
         if let Some(labhub::msg::MsgError::Timeout { .. }) = cause.downcast_ref() {
+            return UNREACHABLE;
+        }
+        if cause.is::<Unreachable>() {
             return UNREACHABLE;
         }
         if cause.is::<UsageError>() {

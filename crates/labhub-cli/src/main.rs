@@ -29,7 +29,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-/// The subcommands; each later issue adds its own.
+/// The subcommands.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Run the broker in the foreground.
@@ -54,6 +54,9 @@ enum Command {
     /// Send one request to a request/reply channel and print the reply.
     #[command(after_help = exit::HELP)]
     Call(cmd::call::CallArgs),
+    /// Show every channel's rates, latency, drops and lag live, sorted by rate (`hub --metrics`).
+    #[command(after_help = exit::HELP)]
+    Top(cmd::top::TopArgs),
     /// Run an embedded broker, a synthetic camera and consumers, and measure them.
     #[command(after_help = exit::HELP)]
     Demo(cmd::demo::DemoArgs),
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Some(Command::Pub(args)) => cmd::publish::run(args, verbose),
         Some(Command::Sub(args)) => cmd::subscribe::run(args, verbose),
         Some(Command::Call(args)) => cmd::call::run(args, verbose),
+        Some(Command::Top(args)) => cmd::top::run(args),
         Some(Command::Demo(args)) => cmd::demo::run(args, verbose),
     };
     match result {
@@ -127,7 +131,12 @@ mod tests {
             "hub --home /tmp/h --config /tmp/c.toml --endpoint tcp://*:5570 \
              --notify-endpoint ipc:///tmp/n --heartbeat-interval-ms 500 \
              --max-missed-heartbeats 3 --allow-list /tmp/a --allow-any-client \
-             --secret-file /tmp/s --audit-log /tmp/l --log-level debug --json"
+             --secret-file /tmp/s --audit-log /tmp/l --log-level debug --json \
+             --metrics 127.0.0.1:0 --metrics-token-file /tmp/t"
+                .to_owned(),
+            "hub --metrics".to_owned(),
+            "top --metrics 127.0.0.1:5572 --token-file /tmp/t --home /tmp/h --interval 500ms \
+             --count 2 --timeout 1s --json"
                 .to_owned(),
             "keygen --client --out /tmp/k --home /tmp/h --secret-file /tmp/s --plain".to_owned(),
             format!("-vvv ls cam --kind shm --sample 0 --json {connect}"),

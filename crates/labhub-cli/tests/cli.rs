@@ -19,6 +19,8 @@ use wait_timeout::ChildExt as _;
 mod demo;
 #[path = "cli/flags.rs"]
 mod flags;
+#[path = "cli/top.rs"]
+mod top;
 
 /// Longest any `labhub` run may take before the test fails instead of hanging.
 const WATCHDOG: Duration = Duration::from_secs(60);
@@ -94,11 +96,18 @@ struct Broker {
     endpoint: String,
     notify_endpoint: String,
     public_key: PublicKey,
+    /// The metrics address, when started with metrics.
+    metrics: Option<String>,
 }
 
 impl Broker {
     fn start() -> Self {
         Self::start_in(None)
+    }
+
+    /// A broker that also serves metrics, on a free loopback port.
+    fn start_with_metrics() -> Self {
+        Self::start_with(None, &["--metrics", "127.0.0.1:0"])
     }
 
     /// A broker whose temporary directory (TMPDIR) is `tmp`.
@@ -107,6 +116,10 @@ impl Broker {
     }
 
     fn start_in(tmp: Option<&Path>) -> Self {
+        Self::start_with(tmp, &[])
+    }
+
+    fn start_with(tmp: Option<&Path>, extra: &[&str]) -> Self {
         let home = tempfile::tempdir().unwrap();
         let mut hub = labhub(home.path());
         if let Some(tmp) = tmp {
@@ -123,6 +136,7 @@ impl Broker {
                 "warn",
                 "--json",
             ])
+            .args(extra)
             .env("LABHUB_BROKER_SECRET", "cli-test-password")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -149,6 +163,7 @@ impl Broker {
             endpoint: ready["endpoint"].as_str().unwrap().to_owned(),
             notify_endpoint: ready["notify_endpoint"].as_str().unwrap().to_owned(),
             public_key: PublicKey::from_z85(ready["public_key"].as_str().unwrap()).unwrap(),
+            metrics: ready["metrics"].as_str().map(str::to_owned),
             home,
         }
     }
@@ -215,6 +230,47 @@ impl Drop for Channel {
         drop(self.producer.take());
         self.hub.shutdown();
         let _ = labhub::shm::remove_channel(&self.name);
+    }
+}
+
+/// A channel whose producer publishes a 4 KiB frame (32 × 64 u16) every 2 ms until dropped.
+struct Camera {
+    channel: Channel,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<labhub::client::ShmProducer<u16>>>,
+}
+
+impl Camera {
+    fn start(broker: &Broker) -> Self {
+        let mut channel = Channel::new(broker);
+        let mut producer = channel.producer.take().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    producer.publish(&[1u16; 2048], &[32, 64]).unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                producer
+            })
+        };
+        Self {
+            channel,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take()
+            && let Ok(p) = t.join()
+        {
+            self.channel.producer = Some(p);
+        }
     }
 }
 
@@ -412,8 +468,9 @@ fn info_shows_a_channel_and_its_segment_header() {
     let broker = Broker::start();
     let channel = Channel::new(&broker);
     // A reader holding the newest frame in place shows in the consumer table.
-    let mut reader = labhub::shm::Channel::new(&channel.name).open().unwrap();
-    let held = reader.latest().unwrap().expect("a frame");
+    let reader_hub = broker.hub();
+    let mut reader = reader_hub.channel(&channel.name).open().unwrap();
+    let held = reader.consumer().latest().unwrap().expect("a frame");
     assert_eq!(held.frame_id(), 2);
 
     let r = run(broker.labhub(&["info", &channel.name, "--sample", "0"]));
@@ -428,6 +485,18 @@ fn info_shows_a_channel_and_its_segment_header() {
     assert!(r.stdout.contains("holding frame 2"), "{}", r.stdout);
     assert!(r.stdout.contains("frames     u16[32x64]"), "{}", r.stdout);
     assert!(
+        r.stdout.contains("shared     memfd via the broker"),
+        "{}",
+        r.stdout
+    );
+    // With whom: the producer's and the reader's grants, their keys and processes.
+    let me = std::process::id();
+    for (role, hub) in [("produce", &channel.hub), ("consume", &reader_hub)] {
+        let line = format!("granted    {role} to {} (key ", hub.client_id());
+        assert!(r.stdout.contains(&line), "{line}: {}", r.stdout);
+    }
+    assert!(r.stdout.contains(&format!("pid {me} uid ")), "{}", r.stdout);
+    assert!(
         r.stdout.contains("frames of u16 [32 x 64] (numpy <u2)"),
         "{}",
         r.stdout
@@ -441,6 +510,7 @@ fn info_shows_a_channel_and_its_segment_header() {
     );
     drop(held);
     drop(reader);
+    reader_hub.shutdown();
 
     let r = run(broker.labhub(&["info", &channel.name, "--json"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -458,6 +528,9 @@ fn info_shows_a_channel_and_its_segment_header() {
     assert_eq!(v["segment"]["numpy_dtype"], "<u2");
     assert_eq!(v["segment"]["max_shape"], serde_json::json!([32, 64]));
     assert_eq!(v["segment"]["consumers"].as_array().unwrap().len(), 0);
+    assert_eq!(v["segment"]["sharing"], "memfd");
+    assert_eq!(v["channel"]["sharing"], "memfd");
+    assert_eq!(v["channel"]["grants"][0]["role"], "produce");
 }
 
 #[test]
@@ -472,30 +545,17 @@ fn info_of_a_missing_channel_exits_with_the_not_found_code() {
 #[test]
 fn watch_counts_the_frames_of_a_live_channel() {
     let broker = Broker::start();
-    let mut channel = Channel::new(&broker);
-    let mut producer = channel.producer.take().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let camera = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                producer.publish(&[1u16; 2048], &[32, 64]).unwrap();
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            producer
-        })
-    };
+    let camera = Camera::start(&broker);
     let r = run(broker.labhub(&[
         "watch",
-        &channel.name,
+        &camera.channel.name,
         "--count",
         "3",
         "--interval",
         "200ms",
         "--json",
     ]));
-    stop.store(true, Ordering::Relaxed);
-    channel.producer = Some(camera.join().unwrap());
+    drop(camera);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lines: Vec<Value> = r.stdout.lines().map(json).collect();
     assert_eq!(lines.len(), 4, "{}", r.stdout);
@@ -543,30 +603,12 @@ fn ls_with_no_broker_fails_with_the_unreachable_code() {
     assert!(r.stderr.contains("no reply"), "{}", r.stderr);
 }
 
-/// Registers `server`'s endpoint as a request/reply channel through `hub`.
-fn register_reqrep(hub: &Hub, name: &str, endpoint: &str) {
-    use labhub::protocol::{ChannelKind, ChannelName, ChannelSpec, Endpoint, Metadata};
-    hub.register(ChannelSpec {
-        name: ChannelName::new(name).unwrap(),
-        kind: ChannelKind::Reqrep,
-        endpoint: Some(Endpoint::new(endpoint).unwrap()),
-        shm_name: None,
-        size: None,
-        policy: None,
-        schema: None,
-        metadata: Metadata::new(),
-    })
-    .unwrap();
-}
-
 #[test]
 fn call_sends_a_request_and_prints_the_reply() {
     let broker = Broker::start();
     let hub = broker.hub();
     let name = unique("cli-call");
-    let context = labhub::msg::Context::new().unwrap();
-    let server = labhub::msg::ReqServer::builder(&context).create().unwrap();
-    register_reqrep(&hub, &name, server.endpoint());
+    let server = hub.req_server(&name).create().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let serving = {
         let stop = Arc::clone(&stop);
@@ -602,10 +644,8 @@ fn call_to_a_silent_server_exits_with_the_timeout_code() {
     let broker = Broker::start();
     let hub = broker.hub();
     let name = unique("cli-silent");
-    let context = labhub::msg::Context::new().unwrap();
     // Bound and registered, never serving.
-    let server = labhub::msg::ReqServer::builder(&context).create().unwrap();
-    register_reqrep(&hub, &name, server.endpoint());
+    let server = hub.req_server(&name).create().unwrap();
     let r = run(broker.labhub(&["call", &name, "anyone?", "--timeout", "300ms"]));
     assert_eq!(r.code, UNREACHABLE, "{}", r.stderr);
     assert!(r.stderr.contains("no reply"), "{}", r.stderr);
@@ -707,4 +747,232 @@ fn pub_and_sub_round_trip_messages_through_a_registered_channel() {
     assert_eq!(messages[0]["topic"], "temps");
     assert_eq!(messages[0]["payload"], "21.5");
     assert_eq!(messages[1]["payload"], "22.0");
+}
+
+// ---- message channels against hostile peers ---------------------------------------------
+
+/// A `labhub pub NAME -` waiting for one subscriber, its stdin open, and the endpoint it
+/// reported.
+fn pub_waiting(broker: &Broker, name: &str) -> (Child, String) {
+    let mut publisher = broker
+        .labhub(&["pub", name, "-", "--topic", "t", "--wait-subscribers", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = publisher.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    loop {
+        match rx.recv_timeout(WATCHDOG) {
+            Ok(line) if line.starts_with("waiting for 1 subscriber") => {
+                let endpoint = line
+                    .rsplit_once('(')
+                    .and_then(|(_, e)| e.strip_suffix(')'))
+                    .unwrap()
+                    .to_owned();
+                return (publisher, endpoint);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let _ = publisher.kill();
+                panic!("labhub pub never waited for subscribers");
+            }
+        }
+    }
+}
+
+/// A socket with its monitor on; true once a handshake succeeded, false once one failed.
+fn handshake_succeeds(socket: &labhub_zmq::Socket) -> bool {
+    use labhub_zmq::SocketEvent::*;
+    let monitor = socket.monitor_socket().unwrap();
+    loop {
+        let mut items = [monitor.poll_item(labhub_zmq::PollEvents::IN)];
+        let ready = labhub_zmq::poll(&mut items, Some(WATCHDOG)).unwrap();
+        assert!(ready > 0, "watchdog: no handshake within {WATCHDOG:?}");
+        while let Ok(e) = socket.recv_monitor_event(labhub_zmq::Flags::DONTWAIT) {
+            match e.event {
+                HandshakeSucceeded => return true,
+                HandshakeFailedProtocol | HandshakeFailedAuth | HandshakeFailedNoDetail => {
+                    return false;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn pub_messages_are_unreadable_by_a_subscriber_without_a_key_at_the_listed_endpoint() {
+    use std::io::Write as _;
+    let broker = Broker::start();
+    let name = unique("cli-wiretap");
+    let (mut publisher, _) = pub_waiting(&broker, &name);
+    let mut stdin = publisher.stdin.take().unwrap();
+    stdin.write_all(b"secret\n").unwrap();
+    drop(stdin);
+    // The endpoint and key as anyone who may list channels sees them.
+    let listed = run(broker.labhub(&["ls", "--json"]));
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let channels = json(&listed.stdout)["channels"].clone();
+    let channel = channels
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name.as_str())
+        .unwrap()
+        .clone();
+    let endpoint = channel["endpoint"].as_str().unwrap();
+
+    let context = labhub_zmq::Context::new().unwrap();
+    let mut tap = context.socket(labhub_zmq::SocketType::Sub).unwrap();
+    tap.enable_monitor().unwrap();
+    tap.subscribe(b"").unwrap();
+    tap.connect(endpoint).unwrap();
+    let mut items = [tap.poll_item(labhub_zmq::PollEvents::IN)];
+    if handshake_succeeds(&tap) {
+        // Its subscription is the one pub waits for: pub then sends to it.
+        labhub_zmq::poll(&mut items, Some(WATCHDOG)).unwrap();
+        let frames = tap.recv_multipart_bytes(labhub_zmq::Flags::DONTWAIT);
+        let _ = publisher.kill();
+        panic!("a subscriber without a key read the channel: {frames:?}");
+    }
+    // The subscriber with the local key gets the message; the tap's connection is closed.
+    let sub = run(broker.labhub(&["sub", &name, "--count", "1"]));
+    assert_eq!(sub.code, 0, "{}", sub.stderr);
+    assert_eq!(sub.stdout, "t\tsecret\n");
+    let status = publisher
+        .wait_timeout(WATCHDOG)
+        .unwrap()
+        .expect("pub ended");
+    assert!(status.success());
+    assert_eq!(
+        labhub_zmq::poll(&mut items, Some(Duration::ZERO)).unwrap(),
+        0
+    );
+    // What the admitted subscriber connected with: the key the listing shows.
+    assert_eq!(channel["server_key"].as_str().map(str::len), Some(40));
+}
+
+#[test]
+fn sub_ends_with_an_error_when_its_publisher_dies_and_prints_nothing_an_impostor_sends() {
+    use std::io::Write as _;
+    let broker = Broker::start();
+    let name = unique("cli-impostor");
+    let (mut publisher, endpoint) = pub_waiting(&broker, &name);
+    let mut sub = broker
+        .labhub(&["sub", &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = sub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let mut stdin = publisher.stdin.take().unwrap();
+    stdin.write_all(b"real\n").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(lines.recv_timeout(WATCHDOG).unwrap(), "t\treal");
+
+    // The publisher dies; an impostor binds its endpoint and publishes.
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    drop(stdin);
+    let context = labhub_zmq::Context::new().unwrap();
+    let impostor = context.socket(labhub_zmq::SocketType::Pub).unwrap();
+    impostor.bind(&endpoint).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let forging = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ =
+                    impostor.send_multipart([&b"t"[..], b"forged"], labhub_zmq::Flags::DONTWAIT);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // sub ends by itself (the connection closed); it must print no forged line meanwhile.
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    let status = loop {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(20)) {
+            let _ = sub.kill();
+            panic!("sub printed {line:?} after its publisher died");
+        }
+        if let Some(status) = sub.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = sub.kill();
+            panic!("sub neither ended nor printed within {WATCHDOG:?}");
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    forging.join().unwrap();
+    let mut stderr = String::new();
+    sub.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(FAILURE), "{stderr}");
+    assert!(stderr.contains("closed"), "{stderr}");
+    while let Ok(line) = lines.recv_timeout(Duration::ZERO) {
+        assert_ne!(line, "t\tforged");
+    }
+}
+
+#[test]
+fn sub_refuses_a_huge_message_with_an_error_without_reading_it_into_memory() {
+    let broker = Broker::start();
+    let hub = broker.hub();
+    let name = unique("cli-huge");
+    // The rogue is the registered publisher itself: an admitted, hostile client.
+    let publisher = hub.publisher(&name).create().unwrap();
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped by wait4 below, which also reports its peak RSS"
+    )]
+    // One message is all it may read: a sub that takes the huge one ends after it.
+    let mut sub = broker
+        .labhub(&["sub", &name, "--count", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    publisher.wait_for_subscribers(1, WATCHDOG).unwrap();
+    // Zero pages, untouched until ZeroMQ copies them.
+    publisher.send("t", vec![0u8; 1 << 30]).unwrap();
+    let pid = sub.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; both pointers are valid for the call.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid);
+    let mut stderr = String::new();
+    sub.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let peak = usage.ru_maxrss as u64 * 1024;
+    eprintln!("labhub sub peak RSS after a 1 GiB message: {peak} bytes");
+    assert!(peak < 256 << 20, "sub's peak RSS is {peak} bytes");
+    assert!(libc::WIFEXITED(status), "sub ended by a signal: {stderr}");
+    assert_eq!(libc::WEXITSTATUS(status), FAILURE, "{stderr}");
+    assert!(stderr.contains("limit of 33554432 bytes"), "{stderr}");
+    drop(publisher);
+    hub.shutdown();
 }

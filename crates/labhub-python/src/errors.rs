@@ -4,6 +4,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use labhub::client::{ClientError, ConsumeError};
+use labhub::msg::MsgError;
 use labhub::protocol::ErrorCode;
 use labhub::shm::{ChannelError, PublishError, ReadError, StateError};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -222,9 +223,31 @@ pub fn client_error(e: ClientError) -> PyErr {
             text,
             &[("channel", channel), ("field", "kind".into())],
         ),
-        ClientError::Msg { .. } => raise("MsgError", text, &[]),
+        ClientError::Msg { channel, source } => msg_error(*source, &channel),
         ClientError::Config { .. } | ClientError::Key(_) => raise("ConfigError", text, &[]),
         _ => raise("BrokerError", text, &[]),
+    }
+}
+
+/// A message channel's error on channel `channel`.
+pub fn msg_error(e: MsgError, channel: &str) -> PyErr {
+    let text = format!("message channel {channel}: {}", chain(&e));
+    fn attrs(channel: &str, extra: Option<(&'static str, String)>) -> Vec<(&'static str, String)> {
+        let mut a = vec![("channel", channel.to_owned())];
+        a.extend(extra);
+        a
+    }
+    match e {
+        MsgError::Timeout { .. } | MsgError::SubscriberTimeout { .. } => {
+            raise("TimeoutError", text, &attrs(channel, None))
+        }
+        MsgError::Remote { message, .. } => {
+            raise("RemoteError", text, &attrs(channel, Some(("remote_message", message))))
+        }
+        MsgError::InvalidOption { option, .. } => bad_value(option, text),
+        MsgError::InvalidEndpoint { .. } => bad_value("bind", text),
+        MsgError::NoTopics { .. } => bad_value("topics", text),
+        _ => raise("MsgError", text, &attrs(channel, None)),
     }
 }
 

@@ -14,6 +14,7 @@ use pyo3::types::PyDict;
 use crate::cells::{AnyConsumer, AnyProducer, LoanCell};
 use crate::consumer::{Consumer, ConsumerCore};
 use crate::errors::{bad_value, channel_error, client_error, guard, raise};
+use crate::msg::{PyPublisher, PyReqClient, PyReqServer, PySubscriber};
 use crate::producer::{Producer, ProducerCore};
 use crate::{Fork, SLICE, interruptible, lock, notice_dict};
 
@@ -165,6 +166,128 @@ impl Hub {
                     return Ok(None);
                 }
             }
+        })
+    }
+
+    /// Creates and registers pub/sub channel `name` (see `labhub.Hub.create_publisher`).
+    #[pyo3(signature = (name, bind=None, advertise_host=None, hwm=None, max_message_size=None))]
+    fn create_publisher(
+        &self,
+        py: Python<'_>,
+        name: String,
+        bind: Option<String>,
+        advertise_host: Option<String>,
+        hwm: Option<u32>,
+        max_message_size: Option<usize>,
+    ) -> PyResult<PyPublisher> {
+        guard(|| {
+            let client = self.client()?;
+            let made = interruptible(py, move || {
+                let mut b = client.publisher(&name);
+                if let Some(e) = bind {
+                    b = b.bind(e);
+                }
+                if let Some(h) = advertise_host {
+                    b = b.advertise_host(h);
+                }
+                if let Some(n) = hwm {
+                    b = b.hwm(n);
+                }
+                if let Some(n) = max_message_size {
+                    b = b.max_message_size(n);
+                }
+                b.create()
+            })?;
+            made.map(PyPublisher::new).map_err(client_error)
+        })
+    }
+
+    /// Discovers pub/sub channel `name` and subscribes to `topics` (see
+    /// `labhub.Hub.open_subscriber`).
+    #[pyo3(signature = (name, topics, hwm=None, max_message_size=None))]
+    fn open_subscriber(
+        &self,
+        py: Python<'_>,
+        name: String,
+        topics: Vec<Vec<u8>>,
+        hwm: Option<u32>,
+        max_message_size: Option<usize>,
+    ) -> PyResult<PySubscriber> {
+        guard(|| {
+            let client = self.client()?;
+            let made = interruptible(py, move || {
+                let mut b = client.subscriber(&name);
+                for t in topics {
+                    b = b.topic(t);
+                }
+                if let Some(n) = hwm {
+                    b = b.hwm(n);
+                }
+                if let Some(n) = max_message_size {
+                    b = b.max_message_size(n);
+                }
+                b.open()
+            })?;
+            made.map(PySubscriber::new).map_err(client_error)
+        })
+    }
+
+    /// Creates and registers req/rep channel `name` (see `labhub.Hub.create_server`).
+    #[pyo3(signature = (name, bind=None, advertise_host=None, hwm=None, max_message_size=None))]
+    fn create_server(
+        &self,
+        py: Python<'_>,
+        name: String,
+        bind: Option<String>,
+        advertise_host: Option<String>,
+        hwm: Option<u32>,
+        max_message_size: Option<usize>,
+    ) -> PyResult<PyReqServer> {
+        guard(|| {
+            let client = self.client()?;
+            let made = interruptible(py, move || {
+                let mut b = client.req_server(&name);
+                if let Some(e) = bind {
+                    b = b.bind(e);
+                }
+                if let Some(h) = advertise_host {
+                    b = b.advertise_host(h);
+                }
+                if let Some(n) = hwm {
+                    b = b.hwm(n);
+                }
+                if let Some(n) = max_message_size {
+                    b = b.max_message_size(n);
+                }
+                b.create()
+            })?;
+            made.map(PyReqServer::new).map_err(client_error)
+        })
+    }
+
+    /// Discovers req/rep channel `name` and connects to its server (see
+    /// `labhub.Hub.open_client`).
+    #[pyo3(signature = (name, hwm=None, max_message_size=None))]
+    fn open_client(
+        &self,
+        py: Python<'_>,
+        name: String,
+        hwm: Option<u32>,
+        max_message_size: Option<usize>,
+    ) -> PyResult<PyReqClient> {
+        guard(|| {
+            let client = self.client()?;
+            let made = interruptible(py, move || {
+                let mut b = client.req_client(&name);
+                if let Some(n) = hwm {
+                    b = b.hwm(n);
+                }
+                if let Some(n) = max_message_size {
+                    b = b.max_message_size(n);
+                }
+                b.open()
+            })?;
+            made.map(PyReqClient::new).map_err(client_error)
         })
     }
 

@@ -13,6 +13,7 @@ mod cells;
 mod consumer;
 mod errors;
 mod hub;
+mod msg;
 mod producer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,6 +202,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<producer::Loan>()?;
     m.add_class::<consumer::Consumer>()?;
     m.add_class::<consumer::Frame>()?;
+    m.add_class::<msg::PyPublisher>()?;
+    m.add_class::<msg::PySubscriber>()?;
+    m.add_class::<msg::PyReqServer>()?;
+    m.add_class::<msg::PyReqClient>()?;
     m.add_function(wrap_pyfunction!(hub::create_producer, m)?)?;
     m.add_function(wrap_pyfunction!(hub::open_consumer, m)?)?;
     m.add_function(wrap_pyfunction!(hub::remove_channel, m)?)?;

@@ -569,3 +569,148 @@ pub fn python_env() -> Option<PathBuf> {
     })
     .clone()
 }
+
+/// An HTTP response read to its end (the server closes the connection after it).
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` from `addr` with `headers` (a `Host` header naming `addr` unless one is given),
+/// read until the server closes; fails the test after [`WATCHDOG`].
+pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    use std::io::Read as _;
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        request += &format!("Host: {addr}\r\n");
+    }
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += "\r\n";
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read the answer to GET {path}: {e}"));
+    parse_http_response(&raw)
+}
+
+/// Parses a whole HTTP/1.1 response (head and body).
+pub fn parse_http_response(raw: &[u8]) -> HttpResponse {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// The memfds of broker-granted channels as other processes see them: `/proc/<pid>/fd` links
+/// and `/proc/<pid>/maps` lines naming `/memfd:labhub:<channel>:<region>`.
+pub mod memfd {
+    use std::path::PathBuf;
+
+    /// Offset of the consumer table in the control region (docs/SHM_LAYOUT.md).
+    pub const CONSUMER_TABLE: usize = 384;
+
+    fn name(channel: &str, region: &str) -> String {
+        format!("/memfd:labhub:{channel}:{region}")
+    }
+
+    /// The `/proc/<pid>/fd/N` paths of `pid`'s descriptors of channel `channel`'s memfd
+    /// `region` (`control` or `data`).
+    pub fn fds_of(pid: u32, channel: &str, region: &str) -> Vec<PathBuf> {
+        let want = name(channel, region);
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                std::fs::read_link(p).is_ok_and(|t| {
+                    let t = t.to_string_lossy();
+                    t == want || t.strip_suffix(" (deleted)") == Some(want.as_str())
+                })
+            })
+            .collect()
+    }
+
+    /// Opens `pid`'s memfd `region` of `channel` read-write through `/proc` (as any process of
+    /// the user can), if it has one.
+    pub fn open(pid: u32, channel: &str, region: &str) -> Option<std::fs::File> {
+        let path = fds_of(pid, channel, region).into_iter().next()?;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .ok()
+    }
+
+    /// Every process that holds a descriptor or a mapping of any memfd of `channel`, with what
+    /// it holds (`fd control`, `map data`, …).
+    pub fn holders(channel: &str) -> Vec<(u32, String)> {
+        let mut found = Vec::new();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for entry in procs.filter_map(Result::ok) {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            for region in ["control", "data"] {
+                if !fds_of(pid, channel, region).is_empty() {
+                    found.push((pid, format!("fd {region}")));
+                }
+                let want = name(channel, region);
+                if std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                    .is_ok_and(|maps| maps.lines().any(|l| l.contains(&want)))
+                {
+                    found.push((pid, format!("map {region}")));
+                }
+            }
+        }
+        found
+    }
+
+    /// Number of open descriptors of `pid` (`/proc/<pid>/fd` entries).
+    pub fn fd_count(pid: u32) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+    }
+}

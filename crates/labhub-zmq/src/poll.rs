@@ -56,6 +56,15 @@ impl PollItem<'_> {
     }
 }
 
+impl<'a> PollItem<'a> {
+    /// An item waiting for `events` on a plain descriptor (a socket of another kind, a pipe),
+    /// which stays open while the item lives.
+    pub fn from_fd(fd: std::os::fd::BorrowedFd<'a>, events: PollEvents) -> Self {
+        use std::os::fd::AsRawFd;
+        PollItem::for_fd(fd.as_raw_fd(), events)
+    }
+}
+
 impl PollItem<'_> {
     /// The events that occurred in the last [`poll`].
     pub fn revents(&self) -> PollEvents {

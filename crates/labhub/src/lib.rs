@@ -15,6 +15,7 @@
 //! | [`filelock`] | an exclusive cross-process, cross-thread lock on a path |
 //! | [`name`] | the one validated channel name, and its segment name |
 //! | [`shm`] | shared-memory channels of typed n-dimensional frames: one builder, loans, held frames, inspection |
+//! | [`latency`] | frame latency as a fixed log-bucket histogram, mergeable across processes |
 //! | [`protocol`] | the broker's wire messages: frames, types, typed decoding and validation |
 //! | [`keys`] | CURVE key files, the allow list, and which files may be trusted |
 //! | [`home`] | the labhub home and the broker's default endpoints |
@@ -62,6 +63,7 @@ pub mod filelock;
 pub mod home;
 #[cfg(feature = "zmq")]
 pub mod keys;
+pub mod latency;
 pub mod lifecycle;
 pub mod log;
 #[cfg(feature = "zmq")]

@@ -69,7 +69,8 @@ const MAX_FRAME: u64 = 256 << 20;
 struct Start<'a> {
     r#type: &'static str,
     channel: &'a str,
-    shm_name: String,
+    /// How the channel's segment is shared: `memfd` (the broker hands it out).
+    sharing: &'static str,
     home: &'a Path,
     endpoint: &'a str,
     notify_endpoint: &'a str,
@@ -144,7 +145,7 @@ pub fn run(args: DemoArgs, verbose: u8) -> anyhow::Result<()> {
         out_json(&Start {
             r#type: "start",
             channel,
-            shm_name: labhub::name::ChannelName::new(channel)?.segment_name(),
+            sharing: labhub::protocol::Sharing::Memfd.as_str(),
             home: home.path(),
             endpoint: &info.endpoint,
             notify_endpoint: &info.notify_endpoint,
@@ -164,11 +165,8 @@ pub fn run(args: DemoArgs, verbose: u8) -> anyhow::Result<()> {
     let client_keys = keys::local_client_key(&home.path().join("keys"))?;
     let client_config = ClientConfig::new(&info.endpoint, info.public_key, client_keys)
         .notify_endpoint(&info.notify_endpoint);
+    // The channel's segment is memfds: the kernel frees it with the last process holding it.
     let result = run_with_broker(&args, &client_config, channel, &signals);
-    // The producer never unlinks its segment and the broker stops with us: remove it here.
-    if let Err(e) = labhub::shm::remove_channel(channel) {
-        tracing::debug!(%e, "removing the demo channel");
-    }
     // The broker stops before its home is removed (`home` drops last).
     drop(guard);
     result

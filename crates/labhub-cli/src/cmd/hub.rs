@@ -1,8 +1,11 @@
 //! `labhub hub`: run the broker in the foreground.
 
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use labhub::broker::metrics::{self, MetricsConfig, MetricsInfo};
 use labhub::broker::{self, BrokerConfig, ConfigLayer};
 use labhub::log::{LogConfig, Sink};
 use tracing::level_filters::LevelFilter;
@@ -51,7 +54,18 @@ pub struct HubArgs {
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = args::log_level)]
     log_level: LevelFilter,
-    /// Print the ready line as JSON ({"endpoint", "notify_endpoint", "public_key"}).
+    /// Serve metrics on IP:PORT: Prometheus text at /metrics, the live monitor at /, JSON at
+    /// /api/sample (for `labhub top`). Without a value: 127.0.0.1:5572. Any address but a
+    /// loopback one needs a token: generated and stored in <home>/metrics.token, or --metrics-token-file.
+    #[arg(long, value_name = "IP:PORT", num_args = 0..=1,
+          default_missing_value = metrics::DEFAULT_ADDRESS,
+          value_parser = args::socket_address(0..=65535))]
+    metrics: Option<SocketAddr>,
+    /// A file (mode 0600) holding the metrics token to require (at least 16 characters), on any address.
+    #[arg(long, value_name = "FILE", value_parser = args::path, requires = "metrics")]
+    metrics_token_file: Option<PathBuf>,
+    /// Print the ready line as JSON ({"endpoint", "notify_endpoint", "public_key", "grant_socket", and with
+    /// --metrics "metrics" and "metrics_token_file"}).
     #[arg(long)]
     json: bool,
 }
@@ -76,6 +90,13 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
             rpassword::prompt_password(question).map(zeroize::Zeroizing::new)
         }));
     }
+    config.metrics = args.metrics.map(|address| {
+        let m = MetricsConfig::new(address);
+        match args.metrics_token_file {
+            Some(file) => m.token_file(file),
+            None => m,
+        }
+    });
     let mut log = LogConfig::new(Sink::Console);
     log.level = args.log_level;
     let json = args.json;
@@ -86,20 +107,67 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         // The broker keeps serving even if nobody reads its start banner (`labhub hub | head`),
         // so a closed stdout is ignored here rather than a panic or an exit.
         if json {
-            let _ = crate::common::out(serde_json::json!({
+            let mut ready = serde_json::json!({
                 "endpoint": info.endpoint,
                 "notify_endpoint": info.notify_endpoint,
                 "public_key": info.public_key.to_z85(),
-            }));
+                "grant_socket": info.grant_socket,
+            });
+            if let Some(m) = &info.metrics {
+                // Never the token itself: stdout may go to a log.
+                ready["metrics"] = m.address.to_string().into();
+                ready["metrics_token_file"] = m
+                    .token_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .into();
+            }
+            let _ = crate::common::out(ready);
         } else {
             let _ = crate::common::out(format_args!(
-                "labhub broker listening on {}\nnotifications on {}\npublic key: {}\nhome: {}",
+                "labhub broker listening on {}\nnotifications on {}\ngrants on {}\npublic key: {}\nhome: {}",
                 info.endpoint,
                 info.notify_endpoint,
+                info.grant_socket.display(),
                 info.public_key,
                 home.display()
             ));
+            if let Some(m) = &info.metrics {
+                let _ = crate::common::out(metrics_banner(m));
+            }
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The lines that tell where the metrics are. The token is shown only on a terminal, in the
+/// monitor's address (its fragment, which browsers never send on); otherwise only its file.
+fn metrics_banner(m: &MetricsInfo) -> String {
+    let mut text = format!("metrics on http://{}/metrics", m.address);
+    match (&m.token, &m.token_file) {
+        (None, _) => text += &format!("\nmonitor on {}", m.monitor_url()),
+        (Some(_), file) if std::io::stdout().is_terminal() => {
+            text += &format!("\nmonitor on {}", m.monitor_url());
+            if let Some(file) = file {
+                text += &format!(
+                    "\ntoken (Authorization: Bearer) stored in {}",
+                    file.display()
+                );
+            }
+        }
+        (Some(_), Some(file)) => {
+            text += &format!(
+                "\nmonitor on http://{}/#token=<the token in {}>",
+                m.address,
+                file.display()
+            );
+        }
+        (Some(_), None) => {
+            text += &format!(
+                "\nmonitor on http://{}/#token=<the token of --metrics-token-file>",
+                m.address
+            );
+        }
+    }
+    text
 }

@@ -2,19 +2,24 @@
 
 use std::time::Duration;
 
-use labhub::protocol::ChannelKind;
+use labhub::protocol::{ChannelKind, Sharing};
 
 use crate::args;
 use crate::common::{self, ConnectArgs, out, out_json};
 use crate::exit::NotFound;
 
-/// Show one channel: what the broker knows (producer, consumers, counters) and, for a
-/// shared-memory channel on this machine, its segment header (element type, shape, slots,
-/// policy, counters, producer and consumer table with liveness).
+/// Show one channel: what the broker knows (producer, consumers, counters; for a
+/// shared-memory channel how its segment is shared, and for one the broker shares by memfd to
+/// whom it granted it: keys, client ids, pids and uids) and, for a shared-memory channel this
+/// process can read (through a grant of the broker, or by its name on this machine), its
+/// segment header (element type, shape, slots, policy, counters, producer and consumer table
+/// with liveness).
 ///
 /// JSON (--json): {"channel": CHANNEL, "frame_rate": number|null, "segment": SEGMENT|null},
-/// CHANNEL as in `ls --json`, SEGMENT `labhub::shm::SegmentReport`: {"channel", "shm_name",
-/// "layout_version", "total_size", "policy", "slots", "slot_size", "element", "numpy_dtype",
+/// CHANNEL as in `ls --json` (with "sharing" and "grants": [{"role", "client", "key", "pid",
+/// "uid", "gid"}] for memfd channels), SEGMENT `labhub::shm::SegmentReport`: {"channel",
+/// "sharing" ("named" or "memfd"), "shm_name" (null for memfd), "layout_version",
+/// "total_size", "control_size", "instance", "policy", "slots", "slot_size", "element", "numpy_dtype",
 /// "max_shape", "schema_name", "schema_version", "flex_size", "checksum", "has_secret",
 /// "pooled", "published", "dropped", "overwritten", "evicted", "state_version",
 /// "producer": {"pid", "alive", "attaches", "heartbeat_age_ms"}|null,
@@ -49,16 +54,8 @@ pub fn run(args: InfoArgs, verbose: u8) -> anyhow::Result<()> {
         .ok_or_else(|| NotFound {
             channel: args.channel.clone(),
         })?;
-    let rate = super::ls::frame_rates(std::slice::from_ref(&channel), args.sample)[0];
-    let seg = (channel.spec.kind == ChannelKind::Shm)
-        .then(|| match labhub::shm::inspect(&args.channel) {
-            Ok(report) => Some(report),
-            Err(e) => {
-                tracing::debug!(error = %e, "the segment header cannot be read here");
-                None
-            }
-        })
-        .flatten();
+    let rate = super::ls::frame_rates(&hub, std::slice::from_ref(&channel), args.sample)[0];
+    let seg = super::ls::segment_report(&hub, &channel);
     if args.json {
         return out_json(&serde_json::json!({
             "channel": channel,
@@ -82,8 +79,25 @@ pub fn run(args: InfoArgs, verbose: u8) -> anyhow::Result<()> {
     if let Some(e) = &c.spec.endpoint {
         out(format!("endpoint   {e}"))?;
     }
-    if let Some(s) = &c.spec.shm_name {
-        out(format!("shm name   {s}"))?;
+    if c.spec.kind == ChannelKind::Shm {
+        match (c.spec.sharing, &c.spec.shm_name) {
+            (Some(Sharing::Memfd), _) => {
+                out("shared     memfd via the broker (data sealed read-only)")?
+            }
+            (_, Some(s)) => out(format!("shared     named segment {s}"))?,
+            (_, None) => {}
+        }
+    }
+    for g in &c.grants {
+        out(format!(
+            "granted    {} to {} (key {}) pid {} uid {} gid {}",
+            g.role.as_str(),
+            g.client,
+            g.key,
+            g.pid,
+            g.uid,
+            g.gid
+        ))?;
     }
     if let Some(s) = c.spec.size {
         out(format!("size       {s} bytes"))?;

@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use labhub::protocol::{ChannelInfo, ChannelKind, ChannelState};
+use labhub::client::Hub;
+use labhub::protocol::{ChannelInfo, ChannelKind, ChannelState, Sharing};
 use serde::Serialize;
 
 use crate::args;
@@ -67,14 +68,32 @@ pub struct Row {
     pub frame_rate: Option<f64>,
 }
 
-/// Measures the frame rate of each local shared-memory channel over `sample`.
-pub fn frame_rates(channels: &[ChannelInfo], sample: Duration) -> Vec<Option<f64>> {
-    let published = |c: &ChannelInfo| {
-        (c.spec.kind == ChannelKind::Shm)
-            .then(|| labhub::shm::inspect(c.spec.name.as_str()).ok())
-            .flatten()
-            .map(|s| s.published)
+/// What a shared-memory channel's segment says about itself, if this process can read it: a
+/// memfd channel's through a grant of the broker, a named one's by its name (on this machine).
+pub fn segment_report(hub: &Hub, c: &ChannelInfo) -> Option<labhub::shm::SegmentReport> {
+    if c.spec.kind != ChannelKind::Shm {
+        return None;
+    }
+    let report = match c.spec.sharing {
+        Some(Sharing::Memfd) if c.state == ChannelState::Up => {
+            hub.inspect(c.spec.name.as_str()).map_err(|e| e.to_string())
+        }
+        Some(Sharing::Memfd) => return None,
+        _ => labhub::shm::inspect(c.spec.name.as_str()).map_err(|e| e.to_string()),
     };
+    match report {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::debug!(channel = %c.spec.name, error = %e, "the segment header cannot be read here");
+            None
+        }
+    }
+}
+
+/// Measures the frame rate of each shared-memory channel this process can read over
+/// `sample`.
+pub fn frame_rates(hub: &Hub, channels: &[ChannelInfo], sample: Duration) -> Vec<Option<f64>> {
+    let published = |c: &ChannelInfo| segment_report(hub, c).map(|s| s.published);
     if sample.is_zero() {
         return vec![None; channels.len()];
     }
@@ -124,7 +143,7 @@ pub fn run(args: LsArgs, verbose: u8) -> anyhow::Result<()> {
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
     let channels = hub.list(args.prefix.as_deref(), args.kind.map(Into::into))?;
-    let rates = frame_rates(&channels, args.sample);
+    let rates = frame_rates(&hub, &channels, args.sample);
     if args.json {
         let rows: Vec<Row> = channels
             .into_iter()

@@ -8,4 +8,5 @@ pub mod keygen;
 pub mod ls;
 pub mod publish;
 pub mod subscribe;
+pub mod top;
 pub mod watch;

@@ -8,16 +8,16 @@ use anyhow::Context as _;
 use crate::args;
 use crate::common::{self, ConnectArgs, out_json};
 
-/// Publish messages on a pub/sub channel: binds a ZeroMQ XPUB socket on a free loopback port
-/// (the Hub client's `create_publisher`), registers CHANNEL with
-/// the broker (its endpoint found by `labhub sub` and other subscribers), sends MESSAGE, or
-/// every line of standard input with `-`, then withdraws the channel.
+/// Publish messages on a pub/sub channel: binds a CurveZMQ XPUB socket with a fresh key pair
+/// on a free loopback port (the Hub client's `hub.publisher(CHANNEL).create()`), registers
+/// CHANNEL with the broker with its endpoint and public key (found by `labhub sub` and other
+/// subscribers), sends MESSAGE, or every line of standard input with `-`, then withdraws the
+/// channel. Only subscribers whose keys the broker admits can connect.
 ///
 /// PUB/SUB delivers only to subscribers already subscribed: use --wait-subscribers N to wait
 /// until N subscriptions have reached the publisher (one per `labhub sub` without --topic, one
 /// per --topic otherwise; a subscriber attaches at the broker before it subscribes).
-/// Messages are sent without CURVE. Reports what was sent on stderr ({"channel", "endpoint",
-/// "sent"} on stdout with --json).
+/// Reports what was sent on stderr ({"channel", "endpoint", "sent"} on stdout with --json).
 #[derive(Debug, clap::Args)]
 pub struct PubArgs {
     /// The channel name.
@@ -51,7 +51,7 @@ pub fn run(args: PubArgs, verbose: u8) -> anyhow::Result<()> {
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
     // Registered as the pub/sub channel; dropping it withdraws the channel.
-    let publisher = hub.create_publisher(&args.channel)?;
+    let publisher = hub.publisher(&args.channel).create()?;
     let endpoint = publisher.endpoint().to_owned();
     if args.wait_subscribers > 0 {
         // Scripts (and the tests) wait for this line before starting subscribers.
@@ -60,7 +60,7 @@ pub fn run(args: PubArgs, verbose: u8) -> anyhow::Result<()> {
             args.wait_subscribers, args.channel
         );
         // A subscriber attaches at the broker before it subscribes (the Hub client's
-        // `find_subscriber`), so once its subscription reaches the socket (an event, not a
+        // `hub.subscriber(..).open()`), so once its subscription reaches the socket (an event, not a
         // settling sleep) it is attached too, and nothing sent after this is lost to it.
         publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout)?;
     }

@@ -5,11 +5,16 @@ use std::time::{Duration, Instant};
 use crate::args;
 use crate::common::{self, ConnectArgs, out, out_json};
 
-/// Print the messages of a pub/sub channel: finds its endpoint through the broker, attaches
-/// there as a consumer, subscribes (the Hub client's `find_subscriber`), and prints one line
-/// per message: `TOPIC<TAB>PAYLOAD` (payload as UTF-8, lossy), or with --json
-/// {"topic": string, "payload": string, "utf8": bool} per line. Ends after --count messages or
-/// --seconds, else with Ctrl-C.
+/// Print the messages of a pub/sub channel: finds its endpoint and CURVE key through the
+/// broker, attaches there as a consumer, subscribes over CurveZMQ (the Hub client's
+/// `hub.subscriber(CHANNEL).open()`), and prints one line per message: `TOPIC<TAB>PAYLOAD`
+/// (payload as UTF-8, lossy), or with --json {"topic": string, "payload": string, "utf8": bool}
+/// per line. Ends after --count messages or --seconds, else with Ctrl-C.
+///
+/// Ends with exit code 1 when the connection to the publisher closes: the publisher went away
+/// (a publisher started again has a new endpoint: run sub again), sent a message larger than
+/// --max-message-size, or the peer on the endpoint failed the CURVE handshake (it is not the
+/// publisher the broker announced). Nothing more could arrive in those cases.
 #[derive(Debug, clap::Args)]
 pub struct SubArgs {
     /// The channel name.
@@ -27,6 +32,10 @@ pub struct SubArgs {
     /// Print JSON Lines.
     #[arg(long)]
     json: bool,
+    /// The largest message accepted (1 byte to 1TiB, e.g. 64KiB, 32MiB); a larger one ends the command with an
+    /// error instead of being read into memory.
+    #[arg(long, value_name = "BYTES", default_value = "32MiB", value_parser = args::size(1..=args::MAX_MESSAGE_SIZE))]
+    max_message_size: u64,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -35,9 +44,16 @@ pub struct SubArgs {
 pub fn run(args: SubArgs, verbose: u8) -> anyhow::Result<()> {
     let config = args.connect.resolve()?;
     let (_guard, hub) = common::connect(verbose, config)?;
-    // Discovers the endpoint, connects, and attaches at the broker (detached on drop).
-    let topics: Vec<&[u8]> = args.topic.iter().map(|t| t.as_bytes()).collect();
-    let subscriber = hub.find_subscriber(&args.channel, &topics)?;
+    // Discovers the endpoint and key, attaches at the broker (detached on drop), connects.
+    let mut builder = hub
+        .subscriber(&args.channel)
+        .max_message_size(usize::try_from(args.max_message_size).unwrap_or(usize::MAX));
+    builder = if args.topic.is_empty() {
+        builder.all_topics()
+    } else {
+        args.topic.iter().fold(builder, |b, t| b.topic(t))
+    };
+    let subscriber = builder.open()?;
     let end = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s));

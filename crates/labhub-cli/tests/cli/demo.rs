@@ -20,7 +20,32 @@ struct Demo {
     child: Child,
     lines: mpsc::Receiver<String>,
     home: PathBuf,
-    segment: PathBuf,
+    channel: String,
+}
+
+/// Processes holding a descriptor of a memfd of channel `channel` (`/proc/*/fd` links to
+/// `/memfd:labhub:<channel>:…`): none once every holder is gone, when the kernel frees it.
+fn segment_holders(channel: &str) -> Vec<u32> {
+    let want = format!("/memfd:labhub:{channel}:");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok).any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with(&want))
+                })
+            })
+        })
+        .collect()
+}
+
+impl Demo {
+    /// Whether the demo's channel segment exists: some process holds its memfds.
+    fn segment_exists(&self) -> bool {
+        !segment_holders(&self.channel).is_empty()
+    }
 }
 
 impl Demo {
@@ -58,13 +83,13 @@ impl Demo {
             child,
             lines,
             home: PathBuf::new(),
-            segment: PathBuf::new(),
+            channel: String::new(),
         };
         let start = demo.next_line();
         assert_eq!(start["type"], "start", "{start}");
         demo.home = PathBuf::from(start["home"].as_str().unwrap());
-        demo.segment =
-            Path::new("/dev/shm").join(start["shm_name"].as_str().unwrap().trim_start_matches('/'));
+        assert_eq!(start["sharing"], "memfd", "{start}");
+        demo.channel = start["channel"].as_str().unwrap().to_owned();
         assert_eq!(demo.home.parent(), Some(tmp), "{start}");
         // A sample with frames: the channel's segment exists and is in use.
         demo.next_sample_with_frames();
@@ -145,7 +170,7 @@ fn sigterm_and_sigint_stop_the_demo_cleanly_and_remove_its_home_and_segment() {
     for signal in [Signal::TERM, Signal::INT] {
         let tmp = tempfile::tempdir().unwrap();
         let mut demo = Demo::start(tmp.path());
-        assert!(demo.home.exists() && demo.segment.exists());
+        assert!(demo.home.exists() && demo.segment_exists());
         demo.signal(signal);
         assert_eq!(demo.wait(), Some(0), "{signal:?}");
         let rest = demo.rest();
@@ -157,9 +182,10 @@ fn sigterm_and_sigint_stop_the_demo_cleanly_and_remove_its_home_and_segment() {
             demo.home.display()
         );
         assert!(
-            !demo.segment.exists(),
-            "{signal:?}: {} left",
-            demo.segment.display()
+            !demo.segment_exists(),
+            "{signal:?}: the memfds of {} are held by {:?}",
+            demo.channel,
+            segment_holders(&demo.channel)
         );
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
@@ -177,34 +203,38 @@ pub(super) fn short_demo(tmp: &Path, extra: &[&str]) -> Vec<Value> {
     r.stdout.lines().map(json).collect()
 }
 
-/// SIGKILLs a demo and checks it left its home and segment (what the reapers must remove).
-fn killed_demo(tmp: &Path) -> (PathBuf, PathBuf) {
+/// SIGKILLs a demo and checks it left its home (what the reapers must remove) and nothing of
+/// its channel's segment (memfds: the kernel frees them with their last holder).
+fn killed_demo(tmp: &Path) -> PathBuf {
     let mut demo = Demo::start(tmp);
     demo.signal(Signal::KILL);
     assert_eq!(demo.wait(), None);
     assert!(demo.home.exists(), "a SIGKILLed demo cannot clean up");
-    assert!(demo.segment.exists(), "a SIGKILLed demo cannot clean up");
-    (demo.home.clone(), demo.segment.clone())
+    assert!(
+        !demo.segment_exists(),
+        "the memfds of {} outlived the killed demo: held by {:?}",
+        demo.channel,
+        segment_holders(&demo.channel)
+    );
+    demo.home.clone()
 }
 
 #[test]
 fn the_next_demo_reaps_what_a_killed_demo_left() {
     let tmp = tempfile::tempdir().unwrap();
-    let (home, segment) = killed_demo(tmp.path());
+    let home = killed_demo(tmp.path());
     short_demo(tmp.path(), &[]);
     assert!(!home.exists(), "{} left", home.display());
-    assert!(!segment.exists(), "{} left", segment.display());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
 
 #[test]
 fn labhub_hub_reaps_what_a_killed_demo_left_before_it_is_ready() {
     let tmp = tempfile::tempdir().unwrap();
-    let (home, segment) = killed_demo(tmp.path());
+    let home = killed_demo(tmp.path());
     // The hub reaps before it prints its ready line, which `Broker::start` waits for.
     let broker = Broker::start_with_tmpdir(tmp.path());
     assert!(!home.exists(), "{} left", home.display());
-    assert!(!segment.exists(), "{} left", segment.display());
     drop(broker);
 }
 
@@ -214,13 +244,13 @@ fn a_live_demo_is_never_reaped() {
     let mut live = Demo::start(tmp.path());
     short_demo(tmp.path(), &[]);
     let broker = Broker::start_with_tmpdir(tmp.path());
-    assert!(live.home.exists() && live.segment.exists());
+    assert!(live.home.exists() && live.segment_exists());
     // Still running and serving its consumer.
     live.next_sample_with_frames();
     drop(broker);
     live.signal(Signal::TERM);
     assert_eq!(live.wait(), Some(0));
-    assert!(!live.home.exists() && !live.segment.exists());
+    assert!(!live.home.exists() && !live.segment_exists());
 }
 
 #[test]

@@ -29,6 +29,8 @@ enum Kind {
     Name,
     /// A file or directory path.
     Path,
+    /// An IP address and port.
+    Address,
 }
 
 /// One argument: the command line before it, how it is spelt (`--flag=` or a positional), and
@@ -126,6 +128,16 @@ const ARGS: &[Arg] = &[
     },
     flag(&["sub", "cam0"], "--count", Kind::Int(1, u64::MAX as i128)),
     flag(&["sub", "cam0"], "--seconds", Kind::Seconds(0.001, YEAR_S)),
+    flag(
+        &["sub", "cam0"],
+        "--max-message-size",
+        Kind::Size(1, 1 << 40),
+    ),
+    flag(
+        &["call", "cam0", "x"],
+        "--max-message-size",
+        Kind::Size(1, 1 << 40),
+    ),
     Arg {
         before: &["call"],
         flag: "",
@@ -153,6 +165,15 @@ const ARGS: &[Arg] = &[
     flag(&["hub"], "--allow-list", Kind::Path),
     flag(&["hub"], "--secret-file", Kind::Path),
     flag(&["hub"], "--audit-log", Kind::Path),
+    flag(&["hub"], "--metrics", Kind::Address),
+    flag(&["hub", "--metrics"], "--metrics-token-file", Kind::Path),
+    // top
+    flag(&["top"], "--metrics", Kind::Address),
+    flag(&["top"], "--token-file", Kind::Path),
+    flag(&["top"], "--home", Kind::Path),
+    flag(&["top"], "--interval", Kind::Duration(100, 3_600_000)),
+    flag(&["top"], "--count", Kind::Int(1, u64::MAX as i128)),
+    flag(&["top"], "--timeout", Kind::Duration(1, DAY_MS)),
     // keygen
     flag(&["keygen", "--client", "--plain"], "--out", Kind::Path),
     flag(&["keygen"], "--home", Kind::Path),
@@ -212,7 +233,7 @@ fn the_headline_values_are_usage_errors_for_every_numeric_argument() {
             // number of seconds any argument accepts.
             let numeric = !matches!(
                 arg.kind,
-                Kind::Connect | Kind::Bind | Kind::Name | Kind::Path
+                Kind::Connect | Kind::Bind | Kind::Name | Kind::Path | Kind::Address
             );
             if !numeric {
                 continue;
@@ -336,6 +357,15 @@ fn bad_value(kind: Kind) -> BoxedStrategy<String> {
             Just("ipc://".to_owned()),
             Just("tcp://:5570".to_owned()),
             Just("tcp://127.0.0.1:5570 ; rm".to_owned()),
+        ]
+        .boxed(),
+        Kind::Address => prop_oneof![
+            (65_536u64..=u64::MAX).prop_map(|p| format!("127.0.0.1:{p}")),
+            "[a-z]{1,20}:[0-9]{1,5}",
+            "[0-9.]{0,20}",
+            Just("tcp://127.0.0.1:5572".to_owned()),
+            Just("[::1]".to_owned()),
+            Just("256.0.0.1:80".to_owned()),
         ]
         .boxed(),
         Kind::Name => prop_oneof![

@@ -66,3 +66,78 @@ fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
     }
     assert!(run.wait().success(), "{}", run.stderr());
 }
+
+#[test]
+fn a_pyzmq_client_following_the_documents_gets_a_memfd_channel_read_only() {
+    let Some(python) = labhub_tests::python_env() else {
+        eprintln!("SKIPPED: python3 is not installed, so the pyzmq protocol test cannot run");
+        return;
+    };
+    let mut keygen = Command::new(&python);
+    keygen.arg(script()).arg("keygen");
+    let keys = String::from_utf8(keygen.output().expect("run client.py keygen").stdout).unwrap();
+    let (public, secret) = keys.trim().split_once(' ').expect("two keys");
+
+    // Admitted, and allowed to consume the channel by the access list.
+    let home = TestHome::new("pymemfd");
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::write(
+        home.path.join("allowed_clients"),
+        format!("{public} python\n"),
+    )
+    .unwrap();
+    let channel = home.channel("cam");
+    std::fs::write(
+        home.path.join("broker.toml"),
+        format!("reap_stale_segments = false\n[[access]]\nchannels = [\"{channel}\"]\nconsume = [\"{public}\"]\n"),
+    )
+    .unwrap();
+    let broker = TestBroker::start_on(
+        &home,
+        "tcp://127.0.0.1:*",
+        "tcp://127.0.0.1:*",
+        &["read-config"],
+    );
+    let hub = labhub::client::Hub::connect(labhub::client::ClientConfig::new(
+        &broker.endpoint,
+        broker.key,
+        home.local_key(),
+    ))
+    .unwrap();
+    let mut producer = hub
+        .channel(&channel)
+        .policy(labhub::shm::Policy::ring(4))
+        .bytes(64)
+        .create()
+        .unwrap();
+    for _ in 0..3 {
+        producer.publish(b"frame", &[5]).unwrap();
+    }
+
+    let mut cmd = Command::new(&python);
+    cmd.arg(script()).args([
+        "consume",
+        &broker.endpoint,
+        &broker.key.to_z85(),
+        public,
+        secret,
+        &channel,
+    ]);
+    let mut run = ChildProc::from_command("python consumer", cmd);
+    for step in [
+        "ok grant",
+        "ok two descriptors",
+        "ok data header",
+        "ok control header",
+        "ok one incarnation",
+        "ok total_size",
+        "ok frames committed",
+        "ok newest descriptor",
+        "ok no writable mapping",
+        "ok no write",
+        "done",
+    ] {
+        run.skip_to(step);
+    }
+    assert!(run.wait().success(), "{}", run.stderr());
+}

@@ -108,7 +108,8 @@ fn a_segment_stays_while_a_consumer_holds_it_and_goes_when_the_consumer_dies() {
         "channel_down",
         |n| matches!(n, Notification::ChannelDown { name: c, .. } if c.as_str() == name),
     );
-    // The consumer still holds the segment: it must survive (review item 1.3).
+    // The consumer still holds the segment: it must survive (only the broker removes segments,
+    // and only once nobody holds them).
     assert!(segment_exists(&name));
     let reply = probe.request("discover", json!({"name": name})).unwrap();
     assert_eq!(reply.error_code, ErrorCode::ChannelDown);

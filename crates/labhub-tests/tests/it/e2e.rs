@@ -198,7 +198,7 @@ fn wait_notice(consumer: &mut ShmConsumer<u8>, kind: &str) {
 }
 
 #[test]
-fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_segment() {
+fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_with_a_new_segment() {
     let broker = TestBroker::start();
     let name = unique("recreate");
     let producer_hub = broker.client();
@@ -209,13 +209,17 @@ fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_s
     let frame = consumer.next_copy(Some(WATCHDOG)).unwrap();
     assert_eq!((frame.frame_id, frame.data.as_slice()), (0, &b"old"[..]));
 
-    // The producer leaves (unregisters: the channel goes down), its segment is removed, and a
-    // new producer creates a fresh one: frame ids start again at 0 there.
+    // The producer leaves (unregisters: the channel goes down, the broker keeps its segment
+    // while a consumer is attached), and a new producer continues it in a new segment of its
+    // own (a sealed data memfd takes no new writer): frame ids continue.
+    let old = producer.producer().report();
     drop(producer);
     wait_notice(&mut consumer, "channel_down");
-    labhub::shm::remove_channel(&name).unwrap();
     let mut producer = shm_ring(&producer_hub, &name);
-    assert_eq!(producer.next_frame_id(), 0);
+    assert_eq!(producer.next_frame_id(), 1);
+    let new = producer.producer().report();
+    assert_ne!(new.instance, old.instance, "a new incarnation");
+    assert_eq!(new.sharing, labhub::shm::Sharing::Memfd);
     // A re-attached consumer reads the frames committed after it re-attached, so the producer
     // keeps publishing until one arrives.
     let deadline = Instant::now() + WATCHDOG;
@@ -230,7 +234,7 @@ fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_on_a_recreated_s
     };
     assert_eq!(frame.data, b"new");
     assert!(
-        frame.frame_id < producer.next_frame_id(),
+        (1..producer.next_frame_id()).contains(&frame.frame_id),
         "a frame of the new segment"
     );
     assert_eq!(consumer.counters().reattached.load(Ordering::Relaxed), 1);
@@ -301,8 +305,8 @@ fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker
     let topic_name = unique("topic");
     let rpc_name = unique("rpc");
 
-    let publisher = server_hub.create_publisher(&topic_name).unwrap();
-    let server = server_hub.create_req_server(&rpc_name).unwrap();
+    let publisher = server_hub.publisher(&topic_name).create().unwrap();
+    let server = server_hub.req_server(&rpc_name).create().unwrap();
     for name in [&topic_name, &rpc_name] {
         let endpoint = client_hub.discover(name).unwrap().spec.endpoint.unwrap();
         let endpoint = endpoint.as_str();
@@ -313,7 +317,11 @@ fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker
     }
 
     // Pub/sub: the subscriber joins late (ZeroMQ's slow joiner), so publish until it hears.
-    let subscriber = client_hub.find_subscriber(&topic_name, &[b"cam"]).unwrap();
+    let subscriber = client_hub
+        .subscriber(&topic_name)
+        .topic("cam")
+        .open()
+        .unwrap();
     let deadline = Instant::now() + WATCHDOG;
     let got = loop {
         publisher
@@ -334,7 +342,7 @@ fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker
     assert_eq!(got.value["frame"], 1);
 
     // Request/reply: the server answers on a thread of its own.
-    let mut client = client_hub.find_req_client(&rpc_name).unwrap();
+    let mut client = client_hub.req_client(&rpc_name).open().unwrap();
     let serving = std::thread::spawn(move || {
         server
             .serve_one(WATCHDOG, |request| [request, b"/pong"].concat())
@@ -346,7 +354,7 @@ fn message_channels_register_dialable_endpoints_and_are_found_through_the_broker
 
     // A channel of the wrong kind is refused by name.
     assert!(matches!(
-        client_hub.find_req_client(&topic_name),
+        client_hub.req_client(&topic_name).open(),
         Err(labhub::client::ClientError::WrongKind { .. })
     ));
     let listed = client_hub.list(None, None).unwrap();
@@ -396,19 +404,19 @@ fn publish_until_the_child_reads_one(producer: &mut ShmProducer<u8>, child: &mut
     }
 }
 
-/// The consumer-table index of process `pid` in channel `name`.
-fn entry_of(name: &str, pid: u32) -> usize {
-    let report = labhub::shm::inspect(name).unwrap();
+/// The consumer-table index of process `pid` in the channel `producer` produces.
+fn entry_of(producer: &mut ShmProducer<u8>, pid: u32) -> usize {
+    let report = producer.producer().report();
     report
         .consumers
         .iter()
         .find(|c| c.pid == pid)
-        .unwrap_or_else(|| panic!("pid {pid} is not a consumer of {name}: {report:?}"))
+        .unwrap_or_else(|| panic!("pid {pid} is not a consumer: {report:?}"))
         .index
 }
 
 #[test]
-fn an_evicted_hub_consumer_whose_segment_is_gone_still_returns_by_its_deadline_and_resumes() {
+fn an_evicted_hub_consumer_whose_producer_is_gone_still_returns_by_its_deadline_and_resumes() {
     let broker = TestBroker::start();
     let name = unique("evicted-gone");
     let hub = broker.client();
@@ -419,31 +427,25 @@ fn an_evicted_hub_consumer_whose_segment_is_gone_still_returns_by_its_deadline_a
         .create()
         .unwrap();
     let mut child = a_reading_child(&broker, &name, &mut producer);
-    // The segment is removed (its name; the consumer keeps its mapping) and the consumer's
-    // entry freed behind its back, as a reaper that judged it dead would.
-    let index = entry_of(&name, child.pid());
-    let path = format!(
-        "/dev/shm{}",
-        labhub::name::ChannelName::new(name.as_str())
-            .unwrap()
-            .segment_name()
-    );
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    // SAFETY: a shared mapping of a segment this test created; the write is one aligned word.
-    let mut map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
+    // The consumer's entry is freed behind its back, as a reaper that judged it dead would, and
+    // its producer leaves. The control memfd is reached as any process of the user reaches
+    // another's descriptors, through /proc.
+    let index = entry_of(&mut producer, child.pid());
+    let control = labhub_tests::memfd::open(std::process::id(), &name, "control")
+        .expect("this process holds the control memfd");
+    // SAFETY: a shared mapping of the control region of a segment this test created; the
+    // write is one aligned word.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&control).unwrap() };
     drop(producer);
-    labhub::shm::remove_channel(&name).unwrap();
-    map[704 + 64 * index..704 + 64 * index + 8].fill(0);
+    let entry = labhub_tests::memfd::CONSUMER_TABLE + 64 * index;
+    map[entry..entry + 8].fill(0);
+    drop(map);
     // Each read still ends by its 200 ms deadline (the child prints `timeout`) while no segment
     // can be attached, and says how many consumers its old segment has (none: it was evicted).
     wait_for(&mut child, "a timeout after the eviction", |l| {
         l == "timeout consumers=0"
     });
-    // A new segment: the consumer attaches to it by itself and reads on.
+    // A producer again: the consumer attaches to its segment by itself and reads on.
     let mut producer = hub
         .channel(&name)
         .policy(Policy::Latest)
@@ -453,7 +455,6 @@ fn an_evicted_hub_consumer_whose_segment_is_gone_still_returns_by_its_deadline_a
     publish_until_the_child_reads_one(&mut producer, &mut child);
     drop(producer);
     hub.shutdown();
-    let _ = labhub::shm::remove_channel(&name);
 }
 
 #[test]

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use labhub::msg::{
-    Context, CurveKeyPair, FrameError, MsgError, Publisher, ReqClient, ReqServer, Served,
-    Subscriber,
+    CloseReason, Context, CurveKeyPair, FrameError, MsgError, Publisher, ReqClient, ReqServer,
+    Served, Subscriber,
 };
 use labhub_zmq::{Flags, SocketType};
 use serde::{Deserialize, Serialize};
@@ -248,10 +248,10 @@ fn malformed_messages_are_typed_errors_and_the_subscriber_keeps_working() {
 fn a_slow_subscriber_never_blocks_the_publisher() {
     let _watchdog = AbortWatchdog::arm("slow subscriber", 2 * WATCHDOG);
     let context = Context::new().unwrap();
-    let publisher = Publisher::builder(&context).send_hwm(10).create().unwrap();
+    let publisher = Publisher::builder(&context).hwm(10).create().unwrap();
     let subscriber = Subscriber::builder(&context, publisher.endpoint())
         .topic("t")
-        .recv_hwm(10)
+        .hwm(10)
         .open()
         .unwrap();
     join_publisher(&publisher, &subscriber, b"t");
@@ -824,20 +824,23 @@ fn curve_request_reply_works_and_a_wrong_server_key_gets_no_reply() {
         .unwrap();
     assert_eq!(client.request(b"x", WATCHDOG).unwrap(), b"secret:x");
 
+    // Neither a client with the wrong server key nor one without CURVE gets through; each
+    // hears that its handshake failed rather than just waiting.
     let impostor = CurveKeyPair::generate().unwrap();
     let mut wrong_key = ReqClient::builder(&context, &endpoint)
         .curve(&impostor.public, &client_keys)
         .open()
         .unwrap();
-    assert!(matches!(
-        wrong_key.request(b"y", SHORT),
-        Err(MsgError::Timeout { .. })
-    ));
     let mut plain = ReqClient::builder(&context, &endpoint).open().unwrap();
-    assert!(matches!(
-        plain.request(b"z", SHORT),
-        Err(MsgError::Timeout { .. })
-    ));
+    for (what, client) in [("wrong key", &mut wrong_key), ("plain", &mut plain)] {
+        match client.request(b"y", WATCHDOG) {
+            Err(MsgError::ConnectionClosed {
+                reason: CloseReason::HandshakeFailed { .. },
+                ..
+            }) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
     let (_, outcomes) = serving.join().unwrap();
     assert_eq!(outcomes.len(), 1);
 }
@@ -866,7 +869,15 @@ fn curve_publish_subscribe_works_and_a_wrong_server_key_receives_nothing() {
     join_publisher(&publisher, &subscriber, b"t");
     publisher.send("t", "secret").unwrap();
     assert_eq!(received(&subscriber), (b"t".to_vec(), b"secret".to_vec()));
-    // The right key has been receiving for a while; the wrong one has received nothing.
+    // The right key has been receiving for a while; the wrong one hears that its handshake
+    // failed, and receives nothing.
+    match wrong_key.recv(WATCHDOG) {
+        Err(MsgError::ConnectionClosed {
+            reason: CloseReason::HandshakeFailed { .. },
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
     assert!(wrong_key.recv(SHORT).unwrap().is_none());
 }
 
@@ -962,10 +973,14 @@ fn request_reply_works_across_processes_and_outlives_a_killed_server() {
     let reply = client.request(b"hello", WATCHDOG).unwrap();
     assert_eq!(reply, format!("{}:hello", first.pid()).into_bytes());
 
+    // The request finds the connection closed (at once, or at its deadline).
     first.kill();
     assert!(matches!(
         client.request(b"nobody there", SHORT),
-        Err(MsgError::Timeout { request_id: 2, .. })
+        Err(MsgError::ConnectionClosed {
+            reason: CloseReason::Dropped { .. },
+            ..
+        })
     ));
 
     // A new server on the same endpoint: the client reconnects by itself, and the reply to

@@ -123,23 +123,35 @@ pub fn get_u64(b: &[u8], off: usize) -> u64 {
 
 /// Offsets of the layout (docs/SHM_LAYOUT.md), for tests that write into a live segment.
 pub mod at {
-    /// The consumer table.
-    pub const CONSUMERS: usize = 704;
+    /// The control region's size: a named segment holds it last, after the data region.
+    pub const CONTROL_SIZE: usize = 4096;
     /// The slot descriptors.
-    pub const DESCRIPTORS: usize = 1728;
+    pub const DESCRIPTORS: usize = 512;
     /// Header: the commit position.
     pub const COMMIT_POS: usize = 320;
     /// Header: the flexible-zone version.
     pub const FLEX_VERSION: usize = 232;
     /// Header: the commit fence code.
     pub const COMMIT_FENCE: usize = 240;
+    /// The control region of a named segment mapped whole (`len` bytes).
+    pub const fn control(len: usize) -> usize {
+        len - CONTROL_SIZE
+    }
+    /// Control header: the frames consumers lost to overwrites.
+    pub const fn overwritten(len: usize) -> usize {
+        control(len) + 144
+    }
+    /// The consumer table.
+    pub const fn consumers(len: usize) -> usize {
+        control(len) + 384
+    }
     /// Consumer entry `i`'s start time.
-    pub const fn entry_start_time(i: usize) -> usize {
-        CONSUMERS + 64 * i + 8
+    pub const fn entry_start_time(len: usize, i: usize) -> usize {
+        consumers(len) + 64 * i + 8
     }
     /// Consumer entry `i`'s state word.
-    pub const fn entry_state(i: usize) -> usize {
-        CONSUMERS + 64 * i
+    pub const fn entry_state(len: usize, i: usize) -> usize {
+        consumers(len) + 64 * i
     }
 }
 
@@ -763,7 +775,8 @@ fn a_consumer_whose_table_entry_was_taken_away_is_told_it_was_evicted() {
     send(&mut p, b"x").unwrap();
     // Free entry 0 behind the library's back, as a reaper that judged it dead would.
     let mut map = scribble(&ch);
-    put_u64(&mut map, at::entry_state(0), 0);
+    let len = map.len();
+    put_u64(&mut map, at::entry_state(len, 0), 0);
     assert!(matches!(
         c.next(Some(WATCHDOG)),
         Err(ReadError::Evicted { .. })

@@ -71,7 +71,7 @@ fn a_stopped_consumer_of_a_lossless_ring_is_evicted_by_the_default_timeout_and_t
 /// at least every 100 ms for a `shm-consumer-read` child) has changed twice: the reader has
 /// looked at the header at least once since this call.
 fn wait_for_a_reader_turn(m: &memmap2::MmapMut, index: usize) {
-    let beat = || get_u64(m, at::CONSUMERS + 64 * index + 16);
+    let beat = || get_u64(m, at::consumers(m.len()) + 64 * index + 16);
     for _ in 0..2 {
         let before = beat();
         crate::common::wait_until("the reader's next turn", || beat() != before);
@@ -135,9 +135,10 @@ fn loss_counters_saturate_instead_of_wrapping() {
     let mut p = super::producer(&ch.name, Policy::Latest, 64);
     let mut c = consumer(&ch.name);
     let mut m = scribble(&ch);
-    // Entry 0's `missed` (+48) and the header's `overwritten` (464), pushed near the top.
-    put_u64(&mut m, at::CONSUMERS + 48, u64::MAX - 1);
-    put_u64(&mut m, 464, u64::MAX - 1);
+    // Entry 0's `missed` (+48) and the control header's `overwritten`, pushed near the top.
+    let len = m.len();
+    put_u64(&mut m, at::consumers(len) + 48, u64::MAX - 1);
+    put_u64(&mut m, at::overwritten(len), u64::MAX - 1);
     for _ in 0..4 {
         send(&mut p, b"lost").unwrap();
     }
@@ -159,25 +160,33 @@ fn a_released_consumer_entry_carries_no_start_time() {
     let m = scribble(&ch);
     // Detached.
     let c = consumer(&ch.name);
-    assert_ne!(get_u64(&m, at::entry_start_time(0)), 0);
+    assert_ne!(get_u64(&m, at::entry_start_time(m.len(), 0)), 0);
     drop(c);
-    assert_eq!(get_u64(&m, at::entry_start_time(0)), 0, "after a detach");
+    assert_eq!(
+        get_u64(&m, at::entry_start_time(m.len(), 0)),
+        0,
+        "after a detach"
+    );
     // Evicted by the consumer timeout.
     let mut c = consumer(&ch.name);
     send(&mut p, b"0").unwrap();
     let held = c.next(Some(WATCHDOG)).unwrap();
     send(&mut p, b"1").unwrap();
-    assert_eq!(get_u64(&m, at::entry_start_time(0)), 0, "after an eviction");
+    assert_eq!(
+        get_u64(&m, at::entry_start_time(m.len(), 0)),
+        0,
+        "after an eviction"
+    );
     drop(held);
     drop(c);
     // Reclaimed from a SIGKILLed process.
     let mut child = spawn_child("shm-consumer-attached", &[&ch.name]);
     child.expect("attached");
-    assert_ne!(get_u64(&m, at::entry_start_time(0)), 0);
+    assert_ne!(get_u64(&m, at::entry_start_time(m.len(), 0)), 0);
     child.kill();
     let _c = consumer(&ch.name);
     assert_eq!(
-        get_u64(&m, at::entry_start_time(1)),
+        get_u64(&m, at::entry_start_time(m.len(), 1)),
         0,
         "the dead entry was reclaimed and cleared"
     );

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::protocol::{ChannelKind, ChannelName, ClientId, DownReason, DropReason, ShmName};
+use crate::protocol::{ChannelKind, ChannelName, ClientId, DownReason, DropReason, Role, ShmName};
 
 /// One audited event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -150,6 +150,87 @@ pub enum AuditEvent {
         distinct_keys: usize,
         /// The interval the line covers, in milliseconds.
         interval_ms: u64,
+    },
+    /// A `grant` request was answered with a ticket.
+    GrantIssued {
+        /// The channel.
+        channel: ChannelName,
+        /// The client.
+        client: ClientId,
+        /// Its CURVE key (Z85).
+        key: String,
+        /// `produce` or `consume`.
+        role: Role,
+    },
+    /// A `grant` request was refused (the access list, or the channel's state).
+    GrantRefused {
+        /// The channel.
+        channel: ChannelName,
+        /// The client.
+        client: ClientId,
+        /// Its CURVE key (Z85), when authentication is on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// `produce` or `consume`.
+        role: Role,
+        /// The error code.
+        code: &'static str,
+    },
+    /// A ticket was redeemed on the grant socket: the segment's descriptors went to the process
+    /// named by the kernel's credentials of the socket peer.
+    Granted {
+        /// The channel.
+        channel: ChannelName,
+        /// The client the ticket was issued to.
+        client: ClientId,
+        /// Its CURVE key (Z85).
+        key: String,
+        /// `produce` or `consume`.
+        role: Role,
+        /// The peer's pid (`SO_PEERCRED`, in the broker's pid namespace).
+        pid: u32,
+        /// The peer's uid.
+        uid: u32,
+        /// The peer's gid.
+        gid: u32,
+        /// Whether descriptors were sent (a producer gets the segment the broker held, if any).
+        descriptors: bool,
+    },
+    /// Something on the grant socket was refused: a bad, used or expired ticket, the access
+    /// list, a malformed message, a segment that is not a sealed memfd.
+    GrantSocketRefused {
+        /// The channel named, if the message named one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<ChannelName>,
+        /// The peer's pid (`SO_PEERCRED`).
+        pid: u32,
+        /// The peer's uid.
+        uid: u32,
+        /// The peer's gid.
+        gid: u32,
+        /// The error code sent back.
+        code: &'static str,
+        /// What was wrong.
+        problem: String,
+    },
+    /// A producer handed the broker a channel's segment on the grant socket.
+    SegmentProvided {
+        /// The channel.
+        channel: ChannelName,
+        /// The producer's client id.
+        client: ClientId,
+        /// The peer's pid (`SO_PEERCRED`).
+        pid: u32,
+        /// The peer's uid.
+        uid: u32,
+        /// The data memfd's size.
+        data_size: u64,
+    },
+    /// The broker closed its descriptors of a memfd channel's segment (the channel is gone,
+    /// or its producer handed over another one).
+    SegmentReleased {
+        /// The channel.
+        channel: ChannelName,
     },
     /// The audit log could not be written for a while; lines were lost.
     AuditLinesLost {

@@ -20,6 +20,9 @@
 //! | pending connections per socket | — | — | `max_pending_connections` | 256 |
 //! | handshake time limit | — | — | `handshake_timeout_ms` | 5000 |
 //! | unanswered bytes per connection | — | — | `max_unanswered_bytes` | 8 MiB |
+//! | grant socket | — | — | `grant_socket` | `<home>/grant.sock` |
+//! | grant ticket lifetime | — | — | `grant_ticket_ms` | 5000 |
+//! | access list of memfd channels | — | — | `[[access]]` tables | the owner's key only |
 //!
 //! The password is never read from the config file. The config file and the allow list must
 //! be trusted files (see [`crate::keys::trust`]).
@@ -31,11 +34,17 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::access::{AccessList, AccessRuleText};
 use super::perimeter::PerimeterLimits;
 use super::registry::RegistryConfig;
 use crate::keys::{self, KeyError};
 
 pub use crate::home::{DEFAULT_ENDPOINT, DEFAULT_NOTIFY_ENDPOINT};
+
+/// The grant socket's file name in the labhub home, by default.
+pub const DEFAULT_GRANT_SOCKET: &str = "grant.sock";
+/// How long a grant ticket stays valid, by default.
+pub const DEFAULT_GRANT_TICKET: Duration = Duration::from_secs(5);
 
 /// Why the configuration could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +130,12 @@ pub struct ConfigLayer {
     pub handshake_timeout_ms: Option<u64>,
     /// Bytes an admitted connection may send without taking anything from the broker.
     pub max_unanswered_bytes: Option<u64>,
+    /// The Unix socket on which grant tickets are redeemed for memfd segments.
+    pub grant_socket: Option<PathBuf>,
+    /// How long a grant ticket stays valid, in milliseconds.
+    pub grant_ticket_ms: Option<u64>,
+    /// Which keys may produce or consume which memfd channels.
+    pub access: Option<Vec<AccessRuleText>>,
 }
 
 impl ConfigLayer {
@@ -148,6 +163,9 @@ impl ConfigLayer {
                 .or(lower.max_pending_connections),
             handshake_timeout_ms: self.handshake_timeout_ms.or(lower.handshake_timeout_ms),
             max_unanswered_bytes: self.max_unanswered_bytes.or(lower.max_unanswered_bytes),
+            grant_socket: self.grant_socket.or(lower.grant_socket),
+            grant_ticket_ms: self.grant_ticket_ms.or(lower.grant_ticket_ms),
+            access: self.access.or(lower.access),
         }
     }
 
@@ -193,6 +211,9 @@ impl ConfigLayer {
             max_pending_connections: None,
             handshake_timeout_ms: None,
             max_unanswered_bytes: None,
+            grant_socket: None,
+            grant_ticket_ms: None,
+            access: None,
         })
     }
 
@@ -244,6 +265,16 @@ pub struct BrokerConfig {
     pub audit_backups: u32,
     /// What one network connection may cost.
     pub perimeter: PerimeterLimits,
+    /// Serve metrics and the monitor (`--metrics`); none by default.
+    pub metrics: Option<super::metrics::MetricsConfig>,
+    /// The Unix socket (`SOCK_SEQPACKET`) on which grant tickets are redeemed for the
+    /// descriptors of memfd channels; its directory must be trusted.
+    pub grant_socket: PathBuf,
+    /// How long a grant ticket stays valid.
+    pub grant_ticket: Duration,
+    /// Which keys may produce or consume which memfd channels (the owner's own key always
+    /// may).
+    pub access: AccessList,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -307,6 +338,10 @@ impl BrokerConfig {
             audit_max_bytes: super::audit::DEFAULT_MAX_BYTES,
             audit_backups: super::audit::DEFAULT_BACKUPS,
             perimeter: PerimeterLimits::default(),
+            metrics: None,
+            grant_socket: home.join(DEFAULT_GRANT_SOCKET),
+            grant_ticket: DEFAULT_GRANT_TICKET,
+            access: AccessList::default(),
             home,
         }
     }
@@ -346,7 +381,7 @@ impl BrokerConfig {
         for (layer, origin) in [
             (&flags, "flag".to_owned()),
             (&env, "environment".to_owned()),
-            (&file, file_origin),
+            (&file, file_origin.clone()),
         ] {
             validate_layer(layer, &origin)?;
         }
@@ -407,6 +442,21 @@ impl BrokerConfig {
         if let Some(v) = merged.max_unanswered_bytes {
             config.perimeter.max_unanswered = v;
         }
+        if let Some(v) = merged.grant_socket {
+            config.grant_socket = v;
+        }
+        if let Some(v) = merged.grant_ticket_ms {
+            config.grant_ticket = Duration::from_millis(v);
+        }
+        if let Some(rules) = &merged.access {
+            config.access =
+                AccessList::from_rules(rules).map_err(|e| ConfigError::InvalidValue {
+                    origin: file_origin.clone(),
+                    key: e.key,
+                    value: e.value,
+                    problem: e.problem,
+                })?;
+        }
         config.password = var("LABHUB_BROKER_SECRET")
             .filter(|p| !p.is_empty())
             .map(Zeroizing::new);
@@ -427,6 +477,16 @@ fn validate_layer(layer: &ConfigLayer, origin: &str) -> Result<(), ConfigError> 
     if let Some(e) = &layer.notify_endpoint {
         check_bind_endpoint(origin, "notify_endpoint", e)?;
     }
+    if let Some(path) = &layer.grant_socket
+        && (path.as_os_str().is_empty()
+            || path.as_os_str().len() > crate::protocol::MAX_IPC_PATH_LEN)
+    {
+        return Err(invalid(
+            "grant_socket",
+            path.display().to_string(),
+            "a Unix socket path is 1 to 107 bytes",
+        ));
+    }
     if let Some(v) = layer.heartbeat_interval_ms
         && !(10..=3_600_000).contains(&v)
     {
@@ -445,7 +505,7 @@ fn validate_layer(layer: &ConfigLayer, origin: &str) -> Result<(), ConfigError> 
             "must be from 1 to 1000",
         ));
     }
-    let ranges: [(&str, Option<u64>, u64, u64, &str); 5] = [
+    let ranges: [(&str, Option<u64>, u64, u64, &str); 6] = [
         (
             "audit_max_bytes",
             layer.audit_max_bytes,
@@ -480,6 +540,13 @@ fn validate_layer(layer: &ConfigLayer, origin: &str) -> Result<(), ConfigError> 
             crate::protocol::MAX_MESSAGE_BYTES as u64 * super::server::REQUEST_QUEUE as u64,
             1 << 34,
             "must be from 4 MiB (the request queue of 64 largest requests) to 16 GiB",
+        ),
+        (
+            "grant_ticket_ms",
+            layer.grant_ticket_ms,
+            100,
+            60_000,
+            "must be from 100 ms to one minute",
         ),
     ];
     for (key, v, min, max, problem) in ranges {
@@ -598,6 +665,43 @@ mod tests {
         std::fs::remove_file(h.join("broker.toml")).unwrap();
         let err = BrokerConfig::resolve(flags, None, None, &e).unwrap_err();
         assert!(err.to_string().starts_with("flag endpoint"), "{err}");
+        std::fs::remove_dir_all(&h).unwrap();
+    }
+
+    #[test]
+    fn the_access_list_and_grant_settings_come_from_the_file_and_a_bad_key_is_named() {
+        let h = home("access");
+        let key = crate::keys::KeyPair::generate().public.to_z85();
+        std::fs::write(
+            h.join("broker.toml"),
+            format!(
+                "grant_ticket_ms = 250\ngrant_socket = \"/run/x/grant.sock\"\n\n[[access]]\nchannels = [\"cam*\"]\nconsume = [\"{key}\", \"*\"]\n"
+            ),
+        )
+        .unwrap();
+        let e = env(&[("LABHUB_HOME", h.to_str().unwrap())]);
+        let c = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap();
+        assert_eq!(c.grant_ticket, Duration::from_millis(250));
+        assert_eq!(c.grant_socket, PathBuf::from("/run/x/grant.sock"));
+        assert_eq!(c.access.len(), 1);
+        let defaults = BrokerConfig::for_home(&h);
+        assert_eq!(defaults.grant_socket, h.join("grant.sock"));
+        assert!(defaults.access.is_empty());
+
+        std::fs::write(
+            h.join("broker.toml"),
+            "[[access]]\nchannels = [\"cam*\"]\nconsume = [\"not a key\"]\n",
+        )
+        .unwrap();
+        let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("access[0].consume[0]") && text.contains("broker.toml"),
+            "{text}"
+        );
+        std::fs::write(h.join("broker.toml"), "grant_ticket_ms = 5\n").unwrap();
+        let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
+        assert!(err.to_string().contains("grant_ticket_ms"), "{err}");
         std::fs::remove_dir_all(&h).unwrap();
     }
 

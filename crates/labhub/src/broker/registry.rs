@@ -11,8 +11,9 @@
 //! produces go down (`channel_down`), the channels it consumes lose it (`consumer_dropped`, for
 //! the producer), and it is forgotten, so its next heartbeat is answered `unknown_client` and it
 //! registers again. A down shm channel stays listed while consumers hold its segment; when the
-//! last one leaves, the registry asks for the segment to be removed (review item 1.3: cleanup is
-//! the broker's, never the producer's).
+//! last one leaves, the registry asks for the segment to be removed: cleanup is
+//! the broker's, never the producer's, so a producer that exits or restarts never pulls the
+//! segment from under its consumers.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -35,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{
     ChannelInfo, ChannelKind, ChannelName, ChannelRequest, ChannelSpec, ChannelState, ClientId,
-    Counters, Discover, DownReason, DropReason, ErrorCode, Heartbeat, List, Notification, Register,
-    Reply, Request, ShmName,
+    Counters, Discover, DownReason, DropReason, ErrorCode, GrantRecord, GrantRequest, Heartbeat,
+    List, Notification, Register, Reply, Request, Role, Sharing, ShmName,
 };
 
 use super::audit::AuditEvent;
@@ -96,6 +97,12 @@ pub enum Effect {
         /// The segment.
         shm_name: ShmName,
     },
+    /// Close the broker's descriptors of a memfd channel's segment: the channel is gone (the
+    /// kernel frees the segment once its last holder closes it too).
+    ReleaseSegment {
+        /// The channel.
+        channel: ChannelName,
+    },
     /// Append to the audit trail.
     Audit(AuditEvent),
 }
@@ -117,6 +124,8 @@ struct Channel {
     state: ChannelState,
     consumers: BTreeSet<ClientId>,
     counters: Counters,
+    /// Memfd channels: the latest grant per client and role, oldest first.
+    grants: Vec<GrantRecord>,
 }
 
 impl Channel {
@@ -129,7 +138,17 @@ impl Channel {
             state: self.state,
             consumers: u32::try_from(self.consumers.len()).unwrap_or(u32::MAX),
             counters: self.counters.clone(),
+            grants: self.grants.clone(),
         }
+    }
+
+    fn is_memfd(&self) -> bool {
+        self.spec.kind == ChannelKind::Shm && self.spec.sharing == Some(Sharing::Memfd)
+    }
+
+    fn forget_grants_of(&mut self, client: &ClientId, role: Option<Role>) {
+        self.grants
+            .retain(|g| &g.client != client || role.is_some_and(|r| r != g.role));
     }
 }
 
@@ -170,6 +189,20 @@ impl Registry {
     pub fn channel(&self, name: &str) -> Option<ChannelInfo> {
         let name = ChannelName::new(name).ok()?;
         self.channels.get(&name).map(Channel::info)
+    }
+
+    /// Every channel as `list` describes it, with the client ids of its consumers, by name.
+    pub fn channels_with_consumers(
+        &self,
+    ) -> impl Iterator<Item = (ChannelInfo, Vec<ClientId>)> + '_ {
+        self.channels
+            .values()
+            .map(|ch| (ch.info(), ch.consumers.iter().cloned().collect()))
+    }
+
+    /// The ids of the live clients, in no particular order.
+    pub fn client_ids(&self) -> impl Iterator<Item = &ClientId> + '_ {
+        self.clients.keys()
     }
 
     /// Whether a client id is live.
@@ -223,7 +256,82 @@ impl Registry {
             Request::List(l) => self.list(l),
             // The server answers it from its own state.
             Request::Status(r) => Reply::ok(r.request_id),
+            Request::Grant(g) => self.grant(now, origin, g),
         }
+    }
+
+    /// `grant`: whether `g.client` may get a ticket for `g.role` on the channel now (the
+    /// server checks the access list and mints the ticket). A consumer needs an up memfd
+    /// channel; a producer a channel nobody else produces live. Admits the client.
+    fn grant(&mut self, now: Instant, origin: Origin<'_>, g: &GrantRequest) -> Reply {
+        let id = g.request_id;
+        let refuse = |code, message: String| Reply::error(Some(id), code, message);
+        match (g.role, self.channels.get(&g.name)) {
+            (Role::Consume, None) => {
+                return refuse(ErrorCode::NotFound, format!("no channel named {}", g.name));
+            }
+            (Role::Consume, Some(ch)) if ch.state != ChannelState::Up => {
+                return refuse(
+                    ErrorCode::ChannelDown,
+                    format!(
+                        "channel {} is down: its producer {} is gone",
+                        g.name, ch.producer
+                    ),
+                );
+            }
+            (Role::Consume, Some(ch)) if !ch.is_memfd() => {
+                return refuse(
+                    ErrorCode::InvalidField,
+                    format!(
+                        "invalid field name: channel {} is not shared through the broker (memfd)",
+                        g.name
+                    ),
+                );
+            }
+            (Role::Produce, Some(ch))
+                if ch.state == ChannelState::Up && ch.producer != g.client =>
+            {
+                return refuse(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "channel {} is registered by live client {}",
+                        g.name, ch.producer
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if !self.admit(now, origin, &g.client) {
+            return refuse(
+                ErrorCode::LimitReached,
+                format!(
+                    "the broker tracks {} clients, its limit",
+                    self.config.max_clients
+                ),
+            );
+        }
+        Reply::ok(id)
+    }
+
+    /// Records a grant the server handed out on its grant socket (shown in the channel's
+    /// `grants`). Kept per client and role; a channel keeps at most
+    /// `max_consumers_per_channel + 1` (the oldest go first).
+    pub fn record_grant(&mut self, name: &ChannelName, record: GrantRecord) {
+        let limit = self.config.max_consumers_per_channel.saturating_add(1);
+        if let Some(ch) = self.channels.get_mut(name) {
+            ch.forget_grants_of(&record.client, Some(record.role));
+            if ch.grants.len() >= limit {
+                ch.grants.remove(0);
+            }
+            ch.grants.push(record);
+        }
+    }
+
+    /// Whether `name` is a memfd channel that is up.
+    pub fn memfd_channel_up(&self, name: &ChannelName) -> bool {
+        self.channels
+            .get(name)
+            .is_some_and(|ch| ch.state == ChannelState::Up && ch.is_memfd())
     }
 
     fn touch(&mut self, now: Instant, client: &ClientId) -> bool {
@@ -300,7 +408,7 @@ impl Registry {
             return refuse(effects, ErrorCode::LimitReached, message);
         }
         let previous = self.channels.remove(name);
-        let (consumers, counters, announce) = match previous {
+        let (consumers, counters, announce, mut grants) = match previous {
             Some(old) => {
                 if old.producer != r.client
                     && let Some(c) = self.clients.get_mut(&old.producer)
@@ -308,10 +416,12 @@ impl Registry {
                     c.produces.remove(name);
                 }
                 let changed = old.state != ChannelState::Up || old.spec != r.channel;
-                (old.consumers, old.counters, changed)
+                (old.consumers, old.counters, changed, old.grants)
             }
-            None => (BTreeSet::new(), Counters::new(), true),
+            None => (BTreeSet::new(), Counters::new(), true, Vec::new()),
         };
+        // One producer: the previous one's grant is gone with it.
+        grants.retain(|g| g.role != Role::Produce || g.client == r.client);
         let channel = Channel {
             spec: r.channel.clone(),
             producer: r.client.clone(),
@@ -320,6 +430,7 @@ impl Registry {
             state: ChannelState::Up,
             consumers,
             counters,
+            grants,
         };
         if announce {
             effects.push(Effect::Notify(Notification::ChannelUp {
@@ -483,6 +594,7 @@ impl Registry {
                 format!("{} is not a consumer of {}", r.client, r.name),
             );
         }
+        ch.forget_grants_of(&r.client, Some(Role::Consume));
         if let Some(c) = self.clients.get_mut(&r.client) {
             c.consumes.remove(&r.name);
         }
@@ -552,6 +664,9 @@ impl Registry {
         let Some(client) = self.clients.remove(id) else {
             return;
         };
+        for ch in self.channels.values_mut() {
+            ch.forget_grants_of(id, None);
+        }
         for name in &client.produces {
             if self
                 .channels
@@ -625,7 +740,11 @@ impl Registry {
         effects.push(Effect::Audit(AuditEvent::ChannelRemoved {
             channel: name.clone(),
         }));
-        if ch.spec.kind == ChannelKind::Shm
+        if ch.is_memfd() {
+            effects.push(Effect::ReleaseSegment {
+                channel: name.clone(),
+            });
+        } else if ch.spec.kind == ChannelKind::Shm
             && let Some(shm_name) = ch.spec.shm_name
         {
             effects.push(Effect::RemoveSegment {

@@ -24,11 +24,15 @@ use zeroize::Zeroizing;
 
 use super::audit::{AuditError, AuditEvent, AuditLog, Refusal, RefusalTally};
 use super::config::{BrokerConfig, ConfigError};
+use super::grants::{GrantService, GrantSocketError};
+use super::metrics::{Metrics, MetricsError, MetricsInfo};
 use super::perimeter::{Perimeter, PerimeterStats};
 use super::registry::{Effect, Origin, Registry};
 use super::segments::{self, Removal};
 use crate::keys::{self, KeyError, KeyPair, PublicKey};
-use crate::protocol::{self, ChannelName, ErrorCode, Reply, ShmName};
+use crate::protocol::{
+    self, ChannelKind, ChannelName, CurveKey, ErrorCode, MAX_ADMITTED_KEYS, Reply, Request, ShmName,
+};
 
 /// The most frames kept of one message; the rest are read and discarded.
 const MAX_FRAMES: usize = 8;
@@ -90,6 +94,13 @@ pub enum BrokerError {
     /// Asking for the password failed.
     #[error("cannot read the password")]
     Prompt(#[source] std::io::Error),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+
+    /// The grant socket (broker-granted shared memory) could not be set up.
+    #[error(transparent)]
+    Grant(#[from] GrantSocketError),
 }
 
 fn zmq_err(what: &'static str, endpoint: Option<&str>) -> impl FnOnce(ZmqError) -> BrokerError {
@@ -134,10 +145,13 @@ pub struct Broker {
     endpoint: String,
     notify_endpoint: String,
     zap_events: mpsc::Receiver<Refusal>,
+    /// The client keys ZAP admits, told to message-channel servers; `None`: any key.
+    admitted: Option<Vec<CurveKey>>,
     refusals_dropped: Arc<AtomicU64>,
     refusals: RefusalTally,
     request_perimeter: Perimeter,
     notify_perimeter: Perimeter,
+    grants: GrantService,
     open_files_limit: u64,
     seq: u64,
     pending_cleanup: Vec<(ChannelName, ShmName)>,
@@ -145,6 +159,7 @@ pub struct Broker {
     stats: BrokerStats,
     last_refusal_log: Option<Instant>,
     refused_since_log: u64,
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -312,6 +327,33 @@ fn allowed_keys(config: &BrokerConfig) -> Result<HashSet<PublicKey>, BrokerError
     Ok(allowed)
 }
 
+/// The admitted keys as `register` replies list them (sorted), or `None` when any key is
+/// admitted; refuses more keys than one reply can carry.
+fn admitted_list(
+    config: &BrokerConfig,
+    allowed: &HashSet<PublicKey>,
+) -> Result<Option<Vec<CurveKey>>, BrokerError> {
+    if config.allow_any_client {
+        return Ok(None);
+    }
+    if allowed.len() > MAX_ADMITTED_KEYS {
+        return Err(BrokerError::Key(KeyError::Malformed {
+            path: config.allow_list.clone().unwrap_or_default(),
+            problem: format!(
+                "{} admitted keys, at most {MAX_ADMITTED_KEYS} fit the replies that tell \
+                 message-channel servers whom to admit",
+                allowed.len()
+            ),
+        }));
+    }
+    let mut keys: Vec<CurveKey> = allowed
+        .iter()
+        .map(|k| CurveKey::from_bytes(*k.as_bytes()))
+        .collect();
+    keys.sort_unstable();
+    Ok(Some(keys))
+}
+
 /// Raises the soft open-file limit to the hard one: every connection, pending or admitted,
 /// holds a descriptor, and the common default soft limit of 1024 is reached by a few
 /// thousand idle connections. Returns the soft limit in force.
@@ -370,6 +412,8 @@ impl Broker {
         let (keys, origin) = load_or_create_broker_keys(&config)?;
         tracing::debug!(?origin, "broker key loaded");
         let allowed = allowed_keys(&config)?;
+        let admitted = admitted_list(&config, &allowed)?;
+        let owner = keys::local_client_key(&config.keys_dir())?.public;
         secure_audit_log(&config.audit_log)?;
         let mut audit = AuditLog::open(
             &config.audit_log,
@@ -462,6 +506,12 @@ impl Broker {
         let perimeter = |label| Perimeter::new(label, limits).map_err(BrokerError::Perimeter);
         let request_perimeter = perimeter("requests")?;
         let notify_perimeter = perimeter("notifications")?;
+        let metrics = config
+            .metrics
+            .as_ref()
+            .map(|m| Metrics::start(m, &config.home))
+            .transpose()?;
+        let grants = GrantService::bind(&config, owner)?;
         audit.record(&AuditEvent::BrokerStarted {
             endpoint: endpoint.clone(),
             notify_endpoint: notify_endpoint.clone(),
@@ -479,10 +529,12 @@ impl Broker {
             endpoint,
             notify_endpoint,
             zap_events,
+            admitted,
             refusals_dropped,
             refusals: RefusalTally::new(REFUSAL_INTERVAL, Instant::now()),
             request_perimeter,
             notify_perimeter,
+            grants,
             open_files_limit,
             seq: 0,
             pending_cleanup: Vec::new(),
@@ -490,6 +542,7 @@ impl Broker {
             stats: BrokerStats::default(),
             last_refusal_log: None,
             refused_since_log: 0,
+            metrics,
         })
     }
 
@@ -511,6 +564,21 @@ impl Broker {
     /// The registry (read-only).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The metrics endpoint, when the broker serves one.
+    pub fn metrics(&self) -> Option<&MetricsInfo> {
+        self.metrics.as_ref().map(Metrics::info)
+    }
+
+    /// The grant socket's path (broker-granted shared memory).
+    pub fn grant_socket(&self) -> &std::path::Path {
+        self.grants.path()
+    }
+
+    /// The grant service (read-only): counters, the segments held.
+    pub fn grants(&self) -> &GrantService {
+        &self.grants
     }
 
     /// Counters so far.
@@ -568,7 +636,7 @@ impl Broker {
             let now = Instant::now();
             let wake = next_tick.min(next_sweep);
             let wait = wake.saturating_duration_since(now);
-            let (readable, monitors, activity) = {
+            let (readable, monitors, activity, granting) = {
                 let mut items = vec![self.router.poll_item(PollEvents::IN)];
                 for s in [&self.router, &self.publisher] {
                     if let Some(m) = s.monitor_socket() {
@@ -577,19 +645,30 @@ impl Broker {
                 }
                 items.push(self.request_perimeter.poll_item());
                 items.push(self.notify_perimeter.poll_item());
+                let n = items.len();
+                items.extend(self.grants.poll_items());
                 match poll(&mut items, Some(wait)) {
-                    Ok(_) => {
-                        let n = items.len();
-                        (
-                            items[0].is_readable(),
-                            items[1..n - 2].iter().any(|i| i.is_readable()),
-                            items[n - 2..].iter().any(|i| i.is_readable()),
-                        )
-                    }
+                    Ok(_) => (
+                        items[0].is_readable(),
+                        items[1..n - 2].iter().any(|i| i.is_readable()),
+                        items[n - 2..n].iter().any(|i| i.is_readable()),
+                        items[n..]
+                            .iter()
+                            .map(|i| i.is_readable())
+                            .collect::<Vec<_>>(),
+                    ),
                     Err(e) if e.is_term() => break,
                     Err(e) => return Err(zmq_err("polling", None)(e)),
                 }
             };
+            if granting.iter().any(|&r| r) {
+                self.grants.serve(
+                    Instant::now(),
+                    &granting,
+                    &mut self.registry,
+                    &mut self.effects,
+                );
+            }
             if monitors {
                 self.read_monitor_events();
             }
@@ -618,7 +697,14 @@ impl Broker {
             }
             if now >= next_tick {
                 self.registry.tick(now, &mut self.effects);
+                self.grants.sweep(now);
                 next_tick = now + tick;
+            }
+            if self.metrics.is_some() {
+                let stats = self.stats();
+                if let Some(m) = &mut self.metrics {
+                    m.tick(now, &self.registry, stats, || self.grants.held_segments());
+                }
             }
             if now >= next_cleanup {
                 self.retry_cleanup();
@@ -728,16 +814,47 @@ impl Broker {
                     reply.broker = Some(self.status());
                     reply
                 }
+                Ok(protocol::Request::Grant(g)) => self.grant(key.as_deref(), g),
+                Ok(protocol::Request::Register(r))
+                    if r.channel.sharing == Some(protocol::Sharing::Memfd)
+                        && !self
+                            .grants
+                            .has_staged(&r.client, &r.channel.name, r.channel.size) =>
+                {
+                    Reply::error(
+                        Some(r.request_id),
+                        ErrorCode::NoSegment,
+                        format!(
+                            "channel {} is shared by memfd: hand its segment to the broker on the grant socket first (produce ticket)",
+                            r.channel.name
+                        ),
+                    )
+                }
                 Ok(request) => {
                     let now = Instant::now();
-                    self.registry.handle(
+                    let reply = self.registry.handle(
                         now,
                         Origin {
                             key: key.as_deref(),
                         },
                         request,
                         &mut self.effects,
-                    )
+                    );
+                    if let Some(m) = &mut self.metrics {
+                        m.observe(now, request, &reply);
+                    }
+                    if let protocol::Request::Register(r) = request
+                        && reply.is_ok()
+                        && r.channel.sharing == Some(protocol::Sharing::Memfd)
+                    {
+                        self.grants.commit(
+                            &r.client,
+                            &r.channel.name,
+                            &mut self.registry,
+                            &mut self.effects,
+                        );
+                    }
+                    self.with_admission(request, reply)
                 }
                 Err(rejected) => {
                     self.note_refused(&rejected.error.to_string());
@@ -757,6 +874,67 @@ impl Broker {
             // The peer is gone or not reading: drop the reply, keep serving everyone else.
             self.stats.unsent += 1;
             tracing::debug!(error = %e, "reply not sent");
+        }
+    }
+
+    /// A message channel's server admits the keys the broker admits: its registration's reply
+    /// says which.
+    fn with_admission(&self, request: &Request, mut reply: Reply) -> Reply {
+        if let Request::Register(r) = request
+            && r.channel.kind != ChannelKind::Shm
+            && reply.is_ok()
+        {
+            match &self.admitted {
+                Some(keys) => reply.admitted_keys = Some(keys.clone()),
+                None => reply.any_key_admitted = true,
+            }
+        }
+        reply
+    }
+
+    /// `grant`: the access list, then the registry (channel state, client admission), then a
+    /// ticket.
+    fn grant(&mut self, key: Option<&str>, g: &protocol::GrantRequest) -> Reply {
+        let refused = |effects: &mut Vec<Effect>, code: ErrorCode, message: String| {
+            effects.push(Effect::Audit(AuditEvent::GrantRefused {
+                channel: g.name.clone(),
+                client: g.client.clone(),
+                key: key.map(str::to_owned),
+                role: g.role,
+                code: code.as_str(),
+            }));
+            Reply::error(Some(g.request_id), code, message)
+        };
+        let Some(key) = key.filter(|_| self.grants.allows_key(key, &g.name, g.role)) else {
+            let message = format!(
+                "the access list does not let this key {} channel {}",
+                g.role.as_str(),
+                g.name
+            );
+            return refused(&mut self.effects, ErrorCode::AccessDenied, message);
+        };
+        let now = Instant::now();
+        let mut reply = self.registry.handle(
+            now,
+            Origin { key: Some(key) },
+            &protocol::Request::Grant(g.clone()),
+            &mut self.effects,
+        );
+        if !reply.is_ok() {
+            return refused(&mut self.effects, reply.error_code, reply.message);
+        }
+        match self.grants.issue(now, key, g) {
+            Ok(ticket) => {
+                self.effects.push(Effect::Audit(AuditEvent::GrantIssued {
+                    channel: g.name.clone(),
+                    client: g.client.clone(),
+                    key: key.to_owned(),
+                    role: g.role,
+                }));
+                reply.grant = Some(ticket);
+                reply
+            }
+            Err((code, message)) => refused(&mut self.effects, code, message),
         }
     }
 
@@ -793,6 +971,10 @@ impl Broker {
                     if let Err(e) = self.publisher.send_multipart(frames, Flags::DONTWAIT) {
                         tracing::warn!(error = %e, "notification not published");
                     }
+                }
+                Effect::ReleaseSegment { channel } => {
+                    tracing::info!(%channel, "memfd segment released");
+                    self.grants.release(&channel, &mut self.effects);
                 }
                 Effect::RemoveSegment { channel, shm_name } => {
                     let outcome = segments::remove_if_unheld(&shm_name);
@@ -873,6 +1055,9 @@ mod tests {
             )
             .unwrap();
         assert!(reply.is_ok(), "{reply:?}");
+        // A message channel's server is told whom to admit: the keys ZAP admits.
+        let local_key = protocol::CurveKey::from_bytes(*local.public.as_bytes());
+        assert_eq!(reply.admitted_keys, Some(vec![local_key]));
         let reply = probe
             .request("discover", serde_json::json!({"name": "x"}))
             .unwrap();

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::config::BrokerConfig;
+use super::metrics::MetricsInfo;
 use super::server::{Broker, BrokerError, BrokerStats};
 use crate::keys::PublicKey;
 use crate::lifecycle::{Lifecycle, LifecycleError, LifecycleGuard, ModuleDef};
@@ -33,6 +34,10 @@ pub struct BrokerInfo {
     pub notify_endpoint: String,
     /// The broker's public key.
     pub public_key: PublicKey,
+    /// The metrics endpoint, if the broker serves one.
+    pub metrics: Option<MetricsInfo>,
+    /// The grant socket (broker-granted shared memory).
+    pub grant_socket: std::path::PathBuf,
 }
 
 type Outcome = Result<BrokerStats, BrokerError>;
@@ -91,6 +96,8 @@ pub fn module(config: BrokerConfig) -> ModuleDef {
                 endpoint: broker.endpoint().to_owned(),
                 notify_endpoint: broker.notify_endpoint().to_owned(),
                 public_key: broker.public_key(),
+                metrics: broker.metrics().cloned(),
+                grant_socket: broker.grant_socket().to_owned(),
             };
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);

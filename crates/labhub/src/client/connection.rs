@@ -10,19 +10,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use labhub_zmq::{Context, CurvePublicKey, CurveSecretKey, Flags, PollEvents, Socket, SocketType};
+use labhub_zmq::{
+    Context, CurveKeyPair, CurvePublicKey, CurveSecretKey, Flags, PollEvents, Socket, SocketType,
+    ZapHandler,
+};
 
+use super::admission::Admission;
 use super::heartbeat::{self, ChannelCounters, Role, Tracked};
 use super::{ClientConfig, ClientError, Notice};
 use crate::protocol::{
     self, ChannelInfo, ChannelKind, ChannelName, ChannelRequest, ChannelSpec, ClientId, Discover,
-    ErrorCode, Heartbeat, List, Notification, Register, Reply, Request, Status,
+    ErrorCode, List, Notification, Register, Reply, Request, Status,
 };
 
-/// How often the worker looks at its command queue while no socket is readable. Commands
-/// arrive on a std channel, which `zmq_poll` cannot wait on; a few milliseconds of latency per
-/// request is the price of keeping every socket on one thread.
-const COMMAND_TICK: Duration = Duration::from_millis(2);
 /// Shortest heartbeat interval accepted from a broker.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 /// Longest time shutdown waits for the broker to acknowledge unregistrations.
@@ -53,6 +53,12 @@ enum Command {
         channel: Option<ChannelName>,
         tx: Sender<Notice>,
     },
+    /// The memfds of a channel this client produces, handed to the broker again after it
+    /// restarts (dropped with the channel).
+    Share {
+        name: ChannelName,
+        pair: crate::shm::MemfdPair,
+    },
     Shutdown {
         done: SyncSender<()>,
     },
@@ -62,6 +68,9 @@ enum Waiter {
     Caller(ReplySender),
     Heartbeat,
     Reregister,
+    /// A produce ticket for re-registering a memfd channel: redeem it, hand the segment over,
+    /// then register.
+    Reprovide(Box<ChannelSpec>),
     Farewell,
 }
 
@@ -72,16 +81,31 @@ struct Pending {
     waiter: Waiter,
 }
 
+/// Where API calls leave commands for the worker: a std channel for the command, and an inproc
+/// PAIR socket whose message wakes the worker's `zmq_poll` (which cannot wait on a std
+/// channel), so an idle worker sleeps until a command, a reply, a notice or a heartbeat is due.
+struct Mailbox {
+    commands: Sender<Command>,
+    wake: Socket,
+}
+
 struct Shared {
     context: Context,
-    commands: Mutex<Option<Sender<Command>>>,
+    mailbox: Mutex<Option<Mailbox>>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// The keys the message-channel servers admit, learned from registration replies.
+    admission: Arc<Admission>,
+    /// The ZAP handler asking `admission`, started with the first message-channel server.
+    zap: Mutex<Option<ZapHandler>>,
+    /// This client's key pair as message-channel subscribers and clients present it.
+    curve_keys: CurveKeyPair,
     next_id: Arc<AtomicU64>,
     stopped: AtomicBool,
     client_id: ClientId,
     endpoint: String,
     request_timeout: Duration,
     takeover_wait: Duration,
+    grant_socket: Option<std::path::PathBuf>,
 }
 
 impl Drop for Shared {
@@ -92,12 +116,22 @@ impl Drop for Shared {
 
 impl Shared {
     fn send(&self, command: Command) -> Result<(), ClientError> {
-        let guard = self.commands.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .ok_or(ClientError::Stopped)?
+        let guard = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
+        let mailbox = guard.as_ref().ok_or(ClientError::Stopped)?;
+        mailbox
+            .commands
             .send(command)
-            .map_err(|_| ClientError::Stopped)
+            .map_err(|_| ClientError::Stopped)?;
+        // A full wake queue (EAGAIN) means the worker has wake-ups waiting: it will come.
+        match mailbox.wake.send(b"", Flags::DONTWAIT) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_again() => Ok(()),
+            Err(e) => Err(ClientError::Zmq {
+                what: "waking the worker",
+                endpoint: self.endpoint.clone(),
+                source: e,
+            }),
+        }
     }
 
     fn stop(&self) {
@@ -107,7 +141,7 @@ impl Shared {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         let sent = self.send(Command::Shutdown { done: done_tx }).is_ok();
         // No further command can be sent; the worker ends when the queue is drained.
-        self.commands
+        self.mailbox
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
@@ -157,34 +191,36 @@ fn zmq_err<'a>(
     }
 }
 
+/// The client's key pair and the broker's public key as ZeroMQ takes them.
+fn curve_keys(config: &ClientConfig) -> Result<(CurvePublicKey, CurveKeyPair), ClientError> {
+    let bad = |path: &str| {
+        let path = path.into();
+        move |e: labhub_zmq::Z85Error| ClientError::Config {
+            path,
+            problem: e.to_string(),
+        }
+    };
+    let server =
+        CurvePublicKey::from_bytes(config.server_key.as_bytes()).map_err(bad("server_key"))?;
+    let secret =
+        CurveSecretKey::from_bytes(config.keys.secret_bytes()).map_err(bad("client key"))?;
+    let pair = CurveKeyPair::from_secret(secret).map_err(|e| ClientError::Config {
+        path: "client key".into(),
+        problem: e.to_string(),
+    })?;
+    Ok((server, pair))
+}
+
 fn curve_socket(
     context: &Context,
     kind: SocketType,
-    config: &ClientConfig,
+    (server, keys): (&CurvePublicKey, &CurveKeyPair),
     endpoint: &str,
 ) -> Result<Socket, ClientError> {
     let err = |what| zmq_err(what, endpoint);
     let socket = context.socket(kind).map_err(err("creating a socket"))?;
-    let server = CurvePublicKey::from_bytes(config.server_key.as_bytes()).map_err(|e| {
-        ClientError::Config {
-            path: "server_key".into(),
-            problem: e.to_string(),
-        }
-    })?;
-    let public = CurvePublicKey::from_bytes(config.keys.public.as_bytes()).map_err(|e| {
-        ClientError::Config {
-            path: "client key".into(),
-            problem: e.to_string(),
-        }
-    })?;
-    let secret = CurveSecretKey::from_bytes(config.keys.secret_bytes()).map_err(|e| {
-        ClientError::Config {
-            path: "client key".into(),
-            problem: e.to_string(),
-        }
-    })?;
     socket
-        .set_curve_client_keys(&server, &public, &secret)
+        .set_curve_client_keys(server, &keys.public, &keys.secret)
         .map_err(err("setting the CURVE keys"))?;
     // A broker (or an impostor holding its key) cannot make us allocate more than a message.
     socket
@@ -198,6 +234,32 @@ fn curve_socket(
         .map_err(err("setting the reconnect interval"))?;
     socket.connect(endpoint).map_err(err("connecting"))?;
     Ok(socket)
+}
+
+/// The two ends of the worker's wake-up socket pair: the sending end for the API side, the
+/// receiving end for the worker's poll set.
+fn wake_pair(context: &Context, client: &ClientId) -> Result<(Socket, Socket), ClientError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let endpoint = format!(
+        "inproc://labhub-client-wake-{client}-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let err = |what| zmq_err(what, &endpoint);
+    let woken = context
+        .socket(SocketType::Pair)
+        .map_err(err("creating the wake-up socket"))?;
+    woken
+        .bind(&endpoint)
+        .map_err(err("binding the wake-up socket"))?;
+    let wake = context
+        .socket(SocketType::Pair)
+        .map_err(err("creating the wake-up socket"))?;
+    // The waker never waits for the worker, even when it is gone.
+    wake.set_linger(Some(Duration::ZERO))
+        .map_err(err("setting the wake-up linger"))?;
+    wake.connect(&endpoint)
+        .map_err(err("connecting the wake-up socket"))?;
+    Ok((wake, woken))
 }
 
 impl Hub {
@@ -214,20 +276,26 @@ impl Hub {
             ))?,
         };
         let context = Context::new().map_err(zmq_err("creating the context", &config.endpoint))?;
-        let dealer = curve_socket(&context, SocketType::Dealer, &config, &config.endpoint)?;
+        let (server_key, curve_keys) = curve_keys(&config)?;
+        let keys = (&server_key, &curve_keys);
+        let dealer = curve_socket(&context, SocketType::Dealer, keys, &config.endpoint)?;
         let sub = match &config.notify_endpoint {
             Some(e) => {
-                let s = curve_socket(&context, SocketType::Sub, &config, e)?;
+                let s = curve_socket(&context, SocketType::Sub, keys, e)?;
                 s.subscribe(b"").map_err(zmq_err("subscribing", e))?;
                 Some(s)
             }
             None => None,
         };
+        let (wake, woken) = wake_pair(&context, &client_id)?;
         let (tx, rx) = mpsc::channel();
         let next_id = Arc::new(AtomicU64::new(1));
+        let admission = Arc::new(Admission::new(config.request_timeout));
         let worker = Worker {
             dealer,
             sub,
+            woken,
+            admission: Arc::clone(&admission),
             commands: rx,
             next_id: Arc::clone(&next_id),
             client_id: client_id.clone(),
@@ -243,6 +311,8 @@ impl Hub {
             next_heartbeat: Instant::now(),
             request_timeout: config.request_timeout,
             last_seq: None,
+            segments: HashMap::new(),
+            grant_socket: config.grant_socket.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("labhub-client".into())
@@ -255,14 +325,18 @@ impl Hub {
         Ok(Self {
             shared: Arc::new(Shared {
                 context,
-                commands: Mutex::new(Some(tx)),
+                mailbox: Mutex::new(Some(Mailbox { commands: tx, wake })),
                 worker: Mutex::new(Some(handle)),
+                admission,
+                zap: Mutex::new(None),
+                curve_keys,
                 next_id,
                 stopped: AtomicBool::new(false),
                 client_id,
                 endpoint: config.endpoint,
                 request_timeout: config.request_timeout,
                 takeover_wait: config.takeover_wait,
+                grant_socket: config.grant_socket,
             }),
         })
     }
@@ -285,8 +359,44 @@ impl Hub {
         self.shared.takeover_wait
     }
 
+    /// This client's key pair, as message-channel subscribers and clients present it.
+    pub(crate) fn curve_keys(&self) -> &CurveKeyPair {
+        &self.shared.curve_keys
+    }
+
+    /// Makes sure the ZAP handler that admits the broker's keys to this Hub's
+    /// message-channel servers runs; call before creating such a server.
+    pub(crate) fn guard_servers(&self) -> Result<(), ClientError> {
+        let mut zap = self.shared.zap.lock().unwrap_or_else(|e| e.into_inner());
+        if zap.is_none() {
+            let admission = Arc::clone(&self.shared.admission);
+            let handler = self
+                .shared
+                .context
+                .start_zap_handler(move |request| admission.decide(request))
+                .map_err(zmq_err("starting the ZAP handler", &self.shared.endpoint))?;
+            *zap = Some(handler);
+        }
+        Ok(())
+    }
+
     fn next_id(&self) -> u64 {
         self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.next_id()
+    }
+
+    /// The grant socket this client's configuration names, instead of the broker's.
+    pub(crate) fn grant_socket(&self) -> Option<&std::path::Path> {
+        self.shared.grant_socket.as_deref()
+    }
+
+    /// Keeps (a duplicate of) the memfds of channel `name`, which this client produces, to hand
+    /// them to the broker again if it restarts.
+    pub(crate) fn share(&self, name: ChannelName, pair: crate::shm::MemfdPair) {
+        let _ = self.shared.send(Command::Share { name, pair });
     }
 
     /// Sends `request` and waits for its validated reply.
@@ -504,6 +614,18 @@ pub(crate) fn check_reply(request: &Request, reply: Reply) -> Result<Reply, Clie
         Request::List(_) if reply.channels.is_none() => {
             return Err(bad("field channels is missing".into()));
         }
+        Request::Register(r)
+            if r.channel.kind != ChannelKind::Shm
+                && reply.admitted_keys.is_none()
+                && !reply.any_key_admitted =>
+        {
+            return Err(bad(format!(
+                "field admitted_keys is missing for {} channel {}: the channel's server \
+                 cannot tell whom to admit",
+                r.channel.kind.as_str(),
+                r.channel.name
+            )));
+        }
         _ => {}
     }
     Ok(reply)
@@ -523,6 +645,9 @@ fn reply_id_hint(frames: &[Vec<u8>]) -> Option<u64> {
 struct Worker {
     dealer: Socket,
     sub: Option<Socket>,
+    /// Receives a message per command sent (see [`Mailbox`]).
+    woken: Socket,
+    admission: Arc<Admission>,
     commands: Receiver<Command>,
     next_id: Arc<AtomicU64>,
     client_id: ClientId,
@@ -540,6 +665,9 @@ struct Worker {
     next_heartbeat: Instant,
     request_timeout: Duration,
     last_seq: Option<u64>,
+    /// The memfds of the memfd channels this client produces.
+    segments: HashMap<ChannelName, crate::shm::MemfdPair>,
+    grant_socket: Option<std::path::PathBuf>,
 }
 
 impl Worker {
@@ -550,7 +678,9 @@ impl Worker {
     fn run(mut self) {
         let mut done: Option<SyncSender<()>> = None;
         loop {
-            // Commands first, so a request sent just now leaves at once.
+            // Wake-ups first, then commands: a command sent after this drain leaves a wake-up
+            // that ends the next poll at once.
+            while self.woken.recv(Flags::DONTWAIT).is_ok() {}
             loop {
                 match self.commands.try_recv() {
                     Ok(Command::Shutdown { done: d }) => {
@@ -573,7 +703,10 @@ impl Worker {
                 self.send_heartbeat(now);
             }
             self.expire(now);
-            self.wait_and_receive(COMMAND_TICK);
+            let wait = self
+                .next_timer()
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            self.wait_and_receive(wait);
         }
         self.farewell();
         if let Some(d) = done {
@@ -581,21 +714,36 @@ impl Worker {
         }
     }
 
-    /// Polls both sockets for up to `wait`, then drains what arrived.
-    fn wait_and_receive(&mut self, wait: Duration) {
+    /// When the worker must act without being woken: the next heartbeat (only while the
+    /// client owns or consumes something) or the earliest request deadline. `None`: nothing
+    /// is due until a command, a reply or a notice arrives.
+    fn next_timer(&self) -> Option<Instant> {
+        let heartbeat =
+            (!self.owned.is_empty() || !self.attached.is_empty()).then_some(self.next_heartbeat);
+        let deadline = self.pending.values().map(|p| p.deadline).min();
+        heartbeat.into_iter().chain(deadline).min()
+    }
+
+    /// Polls the sockets (and the wake-up socket) for up to `wait` (`None`: until one is
+    /// readable), then drains the replies and notices that arrived.
+    fn wait_and_receive(&mut self, wait: Option<Duration>) {
         let (dealer_ready, sub_ready) = {
-            let mut items = vec![self.dealer.poll_item(PollEvents::IN)];
+            let mut items = vec![
+                self.woken.poll_item(PollEvents::IN),
+                self.dealer.poll_item(PollEvents::IN),
+            ];
             if let Some(s) = &self.sub {
                 items.push(s.poll_item(PollEvents::IN));
             }
-            match labhub_zmq::poll(&mut items, Some(wait)) {
+            match labhub_zmq::poll(&mut items, wait) {
                 Ok(_) => (
-                    items[0].is_readable(),
-                    items.get(1).is_some_and(|i| i.is_readable()),
+                    items[1].is_readable(),
+                    items.get(2).is_some_and(|i| i.is_readable()),
                 ),
                 Err(e) => {
                     tracing::warn!(error = %e, "hub client poll failed");
-                    std::thread::sleep(wait);
+                    // Bounded, so a poll that keeps failing does not spin.
+                    std::thread::sleep(wait.unwrap_or(MIN_HEARTBEAT).min(MIN_HEARTBEAT));
                     (false, false)
                 }
             }
@@ -633,6 +781,7 @@ impl Worker {
             Command::Forget { name, role } => {
                 let request = match role {
                     Role::Producer => {
+                        self.segments.remove(&name);
                         if self.owned.remove(&name).is_none() {
                             return;
                         }
@@ -668,6 +817,9 @@ impl Worker {
                 self.tracked.remove(&id);
             }
             Command::Subscribe { channel, tx } => self.subscribers.push((channel, tx)),
+            Command::Share { name, pair } => {
+                self.segments.insert(name, pair);
+            }
             Command::Shutdown { .. } => {}
         }
     }
@@ -756,6 +908,10 @@ impl Worker {
             }
             match &p.request {
                 Request::Register(r) if !matches!(p.waiter, Waiter::Farewell) => {
+                    if r.channel.kind != ChannelKind::Shm {
+                        // Before the caller hears of it: peers may already handshake.
+                        self.admission.learn(reply);
+                    }
                     self.owned.insert(r.channel.name.clone(), r.channel.clone());
                 }
                 Request::Attach(r) => {
@@ -819,6 +975,7 @@ impl Worker {
                 };
                 self.publish(&notice);
             }
+            Waiter::Reprovide(spec) => self.reprovide(*spec, result),
             Waiter::Farewell => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, kind = p.request.type_name(), "farewell not acknowledged");
@@ -833,18 +990,19 @@ impl Worker {
         if self.owned.is_empty() && self.attached.is_empty() {
             return;
         }
-        if self
-            .pending
-            .values()
-            .any(|p| matches!(p.waiter, Waiter::Heartbeat | Waiter::Reregister))
-        {
+        if self.pending.values().any(|p| {
+            matches!(
+                p.waiter,
+                Waiter::Heartbeat | Waiter::Reregister | Waiter::Reprovide(_)
+            )
+        }) {
             return;
         }
-        let request = Request::Heartbeat(Heartbeat {
-            request_id: self.id(),
-            client: self.client_id.clone(),
-            channels: heartbeat::collect(&mut self.tracked),
-        });
+        let request = Request::Heartbeat(heartbeat::build(
+            self.id(),
+            self.client_id.clone(),
+            &mut self.tracked,
+        ));
         let deadline = now + self.request_timeout.min(self.heartbeat_interval * 4);
         self.send(request, deadline, Waiter::Heartbeat);
     }
@@ -859,13 +1017,18 @@ impl Worker {
         let deadline = Instant::now() + self.request_timeout;
         let specs: Vec<ChannelSpec> = self.owned.values().cloned().collect();
         for spec in specs {
-            let request = Request::Register(Box::new(Register {
-                request_id: self.id(),
-                client: self.client_id.clone(),
-                channel: spec,
-                pid: None,
-                host: None,
-            }));
+            if spec.sharing == Some(protocol::Sharing::Memfd) {
+                // The new broker holds no segment: hand ours over first.
+                let request = Request::Grant(protocol::GrantRequest {
+                    request_id: self.id(),
+                    client: self.client_id.clone(),
+                    name: spec.name.clone(),
+                    role: protocol::Role::Produce,
+                });
+                self.send(request, deadline, Waiter::Reprovide(Box::new(spec)));
+                continue;
+            }
+            let request = self.register_request(spec);
             self.send(request, deadline, Waiter::Reregister);
         }
         let names: Vec<ChannelName> = self.attached.iter().cloned().collect();
@@ -876,6 +1039,55 @@ impl Worker {
                 name,
             });
             self.send(request, deadline, Waiter::Reregister);
+        }
+    }
+
+    /// `register` of `spec` by this client (`send` adds the pid and host).
+    fn register_request(&self, spec: ChannelSpec) -> Request {
+        Request::Register(Box::new(Register {
+            request_id: self.id(),
+            client: self.client_id.clone(),
+            channel: spec,
+            pid: None,
+            host: None,
+        }))
+    }
+
+    /// A produce ticket arrived for re-registering memfd channel `spec`: redeems it, hands the
+    /// broker this client's segment, then registers the channel.
+    fn reprovide(&mut self, spec: ChannelSpec, ticket: Result<Reply, ClientError>) {
+        let name = spec.name.clone();
+        let provided = ticket.and_then(|reply| {
+            let ticket = reply.grant.ok_or_else(|| ClientError::BadReply {
+                request: "grant",
+                problem: "field grant is missing".into(),
+            })?;
+            let pair = self.segments.get(&name).ok_or_else(|| ClientError::Shm {
+                channel: name.to_string(),
+                source: crate::shm::ChannelError::NotFound {
+                    channel: name.to_string(),
+                },
+            })?;
+            let path = self
+                .grant_socket
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(&ticket.socket));
+            super::grant::redeem_at(&path, &ticket.ticket, &name, protocol::Role::Produce)?
+                .provide(pair)
+        });
+        match provided {
+            Ok(()) => {
+                let request = self.register_request(spec);
+                let deadline = Instant::now() + self.request_timeout;
+                self.send(request, deadline, Waiter::Reregister);
+            }
+            Err(e) => {
+                tracing::warn!(channel = %name, error = %e, "handing the segment over again failed");
+                self.publish(&Notice::ReregisterFailed {
+                    channel: name,
+                    problem: e.to_string(),
+                });
+            }
         }
     }
 
@@ -963,7 +1175,7 @@ impl Worker {
             self.send(r, deadline, Waiter::Farewell);
         }
         while !self.pending.is_empty() && Instant::now() < deadline {
-            self.wait_and_receive(Duration::from_millis(10));
+            self.wait_and_receive(Some(deadline.saturating_duration_since(Instant::now())));
             self.expire(Instant::now());
         }
         self.owned.clear();

@@ -19,15 +19,22 @@
 //! - The client is a lifecycle module ([`module`]): it starts after the log
 //!   module and stops before it; [`hub`] returns the running client of the global lifecycle.
 //!
-//! Message channels: [`Hub::create_publisher`] / [`Hub::find_subscriber`] and
-//! [`Hub::create_req_server`] / [`Hub::find_req_client`] bind on a free loopback port, register
-//! the dialable endpoint (never `0.0.0.0`), and discover and connect (see [`crate::msg`]).
+//! Message channels, CurveZMQ end to end: `hub.publisher(name).create()` and
+//! `hub.req_server(name).create()` bind on a free loopback port with a fresh CURVE key pair,
+//! register the dialable endpoint (never `0.0.0.0`) and the public key, and admit only the
+//! client keys the broker admits (the registration's reply lists them);
+//! `hub.subscriber(name).topic(..).open()` and `hub.req_client(name).open()` discover endpoint
+//! and key over the authenticated broker connection and connect with this client's key pair.
+//! The builders are [`crate::msg`]'s, with every option of a channel of its own.
 //!
 //! Shared-memory channels: [`Hub::channel`] is the [`shm::Channel`](crate::shm::Channel)
-//! builder through the Hub. `create` makes the channel and registers it (segment name, size,
-//! policy, element type, shape); `open` discovers it and attaches, checking what the broker
-//! announces against the segment's header (a difference is [`ClientError::LayoutMismatch`]
-//! naming the field, so a consumer never reads a segment other than the one announced). An
+//! builder through the Hub, whose channels are memfds the broker holds and hands out
+//! (docs/PROTOCOL.md §9). `create` makes the channel's memfds, hands them to the broker after
+//! a `produce` grant, and registers it (size, policy, element type, shape); `open` discovers
+//! it, gets the memfds through a `consume` grant (the broker's access list decides), and
+//! attaches, checking what the broker announces against the segment's header (a difference is
+//! [`ClientError::LayoutMismatch`] naming the field, so a consumer never reads a segment other
+//! than the one announced). [`Hub::inspect`] reads a channel's segment report. An
 //! [`ShmConsumer`] resumes by itself: it keeps reading when a restarted producer takes the
 //! same segment over, attaches again when the segment was recreated or it was evicted. A
 //! [`ShmProducer`] evicts the consumers whose clients the broker dropped (`consumer_dropped`).
@@ -44,7 +51,9 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod admission;
 mod connection;
+mod grant;
 mod heartbeat;
 mod msg;
 mod shm;
@@ -55,7 +64,7 @@ use std::time::Duration;
 
 pub use connection::Hub;
 pub use heartbeat::ChannelCounters;
-pub use msg::Registered;
+pub use msg::{OnHub, Registered};
 pub use shm::{ConsumeError, OwnedFrame, ShmConsumer, ShmProducer, ViaHub};
 
 use crate::keys::{self, KeyError, KeyPair, PublicKey};
@@ -91,6 +100,9 @@ pub struct ClientConfig {
     /// How long a shared-memory producer's `create` through the Hub retries while the broker
     /// still holds the channel for a producer that died (until its heartbeat times out there).
     pub takeover_wait: Duration,
+    /// The broker's grant socket as this process reaches it (a container that mounts it
+    /// elsewhere); `None` uses the path the broker announces.
+    pub grant_socket: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -128,6 +140,7 @@ impl ClientConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             heartbeat_interval: Duration::from_secs(1),
             takeover_wait: Duration::from_secs(10),
+            grant_socket: None,
         }
     }
 
@@ -150,7 +163,10 @@ impl ClientConfig {
             },
         })?;
         let (endpoint, notify) = (found.endpoint, found.notify_endpoint);
-        Ok(Self::new(dialable(&endpoint)?, server_key, client).notify_endpoint(dialable(&notify)?))
+        let mut config =
+            Self::new(dialable(&endpoint)?, server_key, client).notify_endpoint(dialable(&notify)?);
+        config.grant_socket = var("LABHUB_GRANT_SOCKET").map(PathBuf::from);
+        Ok(config)
     }
 
     /// [`ClientConfig::from_home`] for the labhub home: `LABHUB_HOME`, else the platform's data
@@ -193,6 +209,13 @@ impl ClientConfig {
     /// dead predecessor.
     pub fn takeover_wait(mut self, wait: Duration) -> Self {
         self.takeover_wait = wait;
+        self
+    }
+
+    /// Reaches the broker's grant socket at `path` instead of the path it announces (a
+    /// container that mounts the socket elsewhere).
+    pub fn grant_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.grant_socket = Some(path.into());
         self
     }
 }
@@ -284,6 +307,15 @@ pub enum ClientError {
         /// The segment's value.
         segment: String,
     },
+    /// A message channel was registered without a CURVE server key, so it cannot be reached
+    /// over CurveZMQ (labhub's message channels are CurveZMQ only).
+    #[error("{} channel {channel} was registered without a CURVE server key", kind.as_str())]
+    NoServerKey {
+        /// The channel.
+        channel: String,
+        /// Its kind.
+        kind: ChannelKind,
+    },
     /// Creating or connecting a ZeroMQ message channel failed.
     #[error("message channel {channel}")]
     Msg {
@@ -292,6 +324,17 @@ pub enum ClientError {
         /// The cause.
         #[source]
         source: Box<crate::msg::MsgError>,
+    },
+    /// The broker's grant socket could not be reached or used.
+    #[error("grant socket {path} for channel {channel}")]
+    GrantSocket {
+        /// The channel.
+        channel: String,
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
     },
     /// Creating or attaching to the shared-memory channel failed.
     #[error("shared-memory channel {channel}")]

@@ -1,7 +1,9 @@
-//! Shared-memory channels through the Hub: the channel builder's Hub backend. `create`
-//! registers what it creates; `open` checks what the broker announces against the segment,
-//! attaches, and resumes by itself when the producer restarts; a producer evicts the consumers
-//! whose clients the broker dropped.
+//! Shared-memory channels through the Hub: the channel builder's Hub backend. `create` makes
+//! the channel's segment as two memfds, hands them to the broker on its grant socket and
+//! registers the channel; `open` gets them from the broker (a grant, by the broker's access
+//! list), checks what the broker announces against the segment, attaches, and resumes by
+//! itself when the producer restarts; a producer evicts the consumers whose clients the broker
+//! dropped. Channels other programs registered as named segments are opened by name.
 #![deny(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -14,7 +16,7 @@ use super::heartbeat::{ChannelCounters, Role};
 use super::{ClientError, Hub, Notice};
 use crate::protocol::{
     ChannelInfo, ChannelKind, ChannelName, ChannelSpec, ClientId, ErrorCode, Metadata,
-    Notification, Schema, ShmName,
+    Notification, Role as GrantRole, Schema, Sharing, ShmName,
 };
 use crate::shm::{
     self, ChannelError, ChannelStats, Consumer, ElementType, Frame, Payload, Producer,
@@ -118,21 +120,48 @@ impl shm::Backend for ViaHub {
 
     /// Creates (or, after a crash, takes over) the channel and registers it with the broker.
     ///
-    /// If the broker still holds the channel for a predecessor that died (its heartbeat has
-    /// not timed out yet), registration is retried for up to
-    /// [`ClientConfig::takeover_wait`](super::ClientConfig::takeover_wait). The segment is
-    /// never removed by a producer, also when registration fails: the broker removes it once
-    /// nobody holds it.
+    /// The segment is two memfds (docs/SHM_LAYOUT.md): this producer creates them, seals the
+    /// data one and hands both to the broker on its grant socket, after a `produce` grant the
+    /// broker's access list must allow. If the broker holds the segment of a producer of this
+    /// channel that died, it hands that over first and this producer continues it (frame ids,
+    /// last frames, counters and state carry over into its new segment). If the broker still
+    /// holds the channel for a predecessor whose death it has not noticed yet (its heartbeat
+    /// has not timed out), the grant is retried for up to
+    /// [`ClientConfig::takeover_wait`](super::ClientConfig::takeover_wait).
     fn create<T: Payload>(self, settings: Settings) -> Result<ShmProducer<T>, ClientError> {
         let hub = self.hub;
         let channel = channel_of(&settings)?;
         let notices = hub.subscribe(Some(channel.clone()))?;
-        let mut producer = Producer::<T>::create(&settings).map_err(shm_err(&channel))?;
+        let give_up = Instant::now() + hub.takeover_wait();
+        let mut redeemed = loop {
+            match hub.redeem(&channel, GrantRole::Produce) {
+                Ok(r) => break r,
+                Err(e)
+                    if e.code() == Some(ErrorCode::AlreadyExists) && Instant::now() < give_up =>
+                {
+                    std::thread::sleep(TAKEOVER_RETRY);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let previous = redeemed.pair.take();
+        let mut producer =
+            Producer::<T>::create_memfd(&settings, previous).map_err(shm_err(&channel))?;
+        let pair = producer.memfds().ok_or_else(|| ClientError::Shm {
+            channel: channel.to_string(),
+            source: ChannelError::InvalidConfig {
+                field: "segment",
+                reason: "a memfd producer has no memfds".into(),
+            },
+        })?;
+        redeemed.provide(&pair)?;
         let spec = ChannelSpec {
             name: channel.clone(),
             kind: ChannelKind::Shm,
             endpoint: None,
-            shm_name: Some(ShmName::of(&channel)),
+            server_key: None,
+            shm_name: None,
+            sharing: Some(Sharing::Memfd),
             size: Some(producer.segment_size()),
             policy: Some(producer.policy().to_string()),
             schema: Some(schema_of(
@@ -142,19 +171,9 @@ impl shm::Backend for ViaHub {
             )),
             metadata: Metadata::new(),
         };
-        let give_up = Instant::now() + hub.takeover_wait();
-        loop {
-            match hub.register(spec.clone()) {
-                Ok(()) => break,
-                // We hold the segment, so its previous producer is dead; the broker will notice.
-                Err(e)
-                    if e.code() == Some(ErrorCode::AlreadyExists) && Instant::now() < give_up =>
-                {
-                    std::thread::sleep(TAKEOVER_RETRY);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        hub.register(spec)?;
+        // Kept to hand the segment over again should the broker restart.
+        hub.share(channel.clone(), pair);
         let inbox = Arc::new(Mutex::new(Inbox {
             notices,
             backlog: VecDeque::new(),
@@ -179,6 +198,7 @@ impl shm::Backend for ViaHub {
             producer,
             name: channel,
             counters,
+            loaned_bytes: 0,
             inbox,
             track_id,
             hub,
@@ -261,8 +281,11 @@ fn check_announcement<T: Payload>(
     Ok(())
 }
 
-/// Opens `name`'s segment after checking the broker's `info`: kind, segment name, size.
-fn open_checked<T: Payload>(
+/// Opens the segment the broker's `info` announces for `name`, as it is shared: the memfds
+/// the broker grants (a `consume` grant), or a named segment; checks the announcement against
+/// it.
+fn open_announced<T: Payload>(
+    hub: &Hub,
     name: &ChannelName,
     info: &ChannelInfo,
     settings: &Settings,
@@ -274,6 +297,74 @@ fn open_checked<T: Payload>(
             found: info.spec.kind,
         });
     }
+    match info.spec.sharing.unwrap_or(Sharing::Named) {
+        Sharing::Memfd => open_granted(hub, name, info, settings),
+        _ => open_checked(name, info, settings),
+    }
+}
+
+fn layout_mismatch(
+    name: &ChannelName,
+    field: &'static str,
+    broker: String,
+    segment: String,
+) -> ClientError {
+    ClientError::LayoutMismatch {
+        channel: name.to_string(),
+        field,
+        broker,
+        segment,
+    }
+}
+
+/// An attach's error: a size other than the broker announced is a layout mismatch.
+fn open_error(name: &ChannelName) -> impl FnOnce(ChannelError) -> ClientError + '_ {
+    move |e| match e {
+        ChannelError::SizeMismatch {
+            expected, found, ..
+        } => layout_mismatch(name, "size", expected.to_string(), found.to_string()),
+        source => ClientError::Shm {
+            channel: name.to_string(),
+            source,
+        },
+    }
+}
+
+/// Attaches to the memfds the broker grants for `name` (their data region read-only).
+fn open_granted<T: Payload>(
+    hub: &Hub,
+    name: &ChannelName,
+    info: &ChannelInfo,
+    settings: &Settings,
+) -> Result<Consumer<T>, ClientError> {
+    let Some(size) = info.spec.size else {
+        return Err(layout_mismatch(
+            name,
+            "size",
+            "none".into(),
+            "a sized segment".into(),
+        ));
+    };
+    let pair = hub
+        .redeem(name, GrantRole::Consume)?
+        .pair
+        .ok_or_else(|| ClientError::BadReply {
+            request: "grant socket",
+            problem: "no descriptors for a consumer".into(),
+        })?;
+    let mut settings = settings.clone();
+    settings.expected_size = Some(size);
+    let consumer = Consumer::open_memfd(&settings, pair).map_err(open_error(name))?;
+    check_announcement(name, info, &consumer)?;
+    Ok(consumer)
+}
+
+/// Opens `name`'s named segment after checking the broker's `info`: segment name, size.
+fn open_checked<T: Payload>(
+    name: &ChannelName,
+    info: &ChannelInfo,
+    settings: &Settings,
+) -> Result<Consumer<T>, ClientError> {
     let ours = ShmName::of(name);
     let mismatch = |field, broker: String, segment: String| ClientError::LayoutMismatch {
         channel: name.to_string(),
@@ -296,15 +387,7 @@ fn open_checked<T: Payload>(
     };
     let mut settings = settings.clone();
     settings.expected_size = Some(size);
-    let consumer = Consumer::open(&settings).map_err(|e| match e {
-        ChannelError::SizeMismatch {
-            expected, found, ..
-        } => mismatch("size", expected.to_string(), found.to_string()),
-        source => ClientError::Shm {
-            channel: name.to_string(),
-            source,
-        },
-    })?;
+    let consumer = Consumer::open(&settings).map_err(open_error(name))?;
     check_announcement(name, info, &consumer)?;
     Ok(consumer)
 }
@@ -318,6 +401,8 @@ pub struct ShmProducer<T: Payload> {
     producer: Producer<T>,
     name: ChannelName,
     counters: Arc<ChannelCounters>,
+    /// The bytes of the frame loaned last, counted once it was committed.
+    loaned_bytes: u64,
     inbox: Arc<Mutex<Inbox>>,
     track_id: u64,
     hub: Hub,
@@ -338,10 +423,18 @@ impl<T: Payload> ShmProducer<T> {
         &self.name
     }
 
-    fn count<R>(&self, result: &Result<R, PublishError>) {
-        self.counters
-            .published
-            .store(self.producer.next_frame_id(), Ordering::Relaxed);
+    /// Counts the frames committed so far (`result` is this call's publish, if it was one) and
+    /// a failure; a loan's bytes count once its frame was committed.
+    fn count<R>(&mut self, result: &Result<R, PublishError>, published_now: bool) {
+        let committed = self.producer.next_frame_id();
+        let before = self.counters.published.swap(committed, Ordering::Relaxed);
+        let loaned = std::mem::take(&mut self.loaned_bytes);
+        let own = u64::from(published_now && result.is_ok());
+        if committed.saturating_sub(before) > own {
+            self.counters
+                .bytes_published
+                .fetch_add(loaned, Ordering::Relaxed);
+        }
         if result.is_err() {
             self.counters
                 .publish_failures
@@ -355,14 +448,9 @@ impl<T: Payload> ShmProducer<T> {
     /// Those of [`Producer::loan`].
     pub fn loan(&mut self) -> Result<SlotMut<'_, T>, PublishError> {
         // Counts the frames committed so far; this one is counted by the next call.
-        self.count(&Ok::<(), _>(()));
+        self.count(&Ok::<(), _>(()), false);
         let result = self.producer.loan();
-        if result.is_err() {
-            self.counters
-                .publish_failures
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        note_loan(&self.counters, &mut self.loaned_bytes, result)
     }
 
     /// Loans the next slot for a frame of `shape` (see [`Producer::loan_shape`]).
@@ -370,14 +458,9 @@ impl<T: Payload> ShmProducer<T> {
     /// # Errors
     /// Those of [`Producer::loan_shape`].
     pub fn loan_shape(&mut self, shape: &[u64]) -> Result<SlotMut<'_, T>, PublishError> {
-        self.count(&Ok::<(), _>(()));
+        self.count(&Ok::<(), _>(()), false);
         let result = self.producer.loan_shape(shape);
-        if result.is_err() {
-            self.counters
-                .publish_failures
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        note_loan(&self.counters, &mut self.loaned_bytes, result)
     }
 
     /// Publishes a copy of `data` as a frame of `shape` (see [`Producer::publish`]).
@@ -386,7 +469,13 @@ impl<T: Payload> ShmProducer<T> {
     /// Those of [`Producer::publish`].
     pub fn publish(&mut self, data: &[T::Item], shape: &[u64]) -> Result<u64, PublishError> {
         let result = self.producer.publish(data, shape);
-        self.count(&result);
+        if result.is_ok() {
+            let bytes = std::mem::size_of_val(data) as u64;
+            self.counters
+                .bytes_published
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
+        self.count(&result, true);
         result
     }
 
@@ -426,6 +515,24 @@ impl<T: Payload> ShmProducer<T> {
         inbox.drain();
         inbox.backlog.pop_front()
     }
+}
+
+/// Remembers a loan's size for the count after its commit, or counts its failure.
+fn note_loan<'a, T: Payload>(
+    counters: &ChannelCounters,
+    loaned_bytes: &mut u64,
+    result: Result<SlotMut<'a, T>, PublishError>,
+) -> Result<SlotMut<'a, T>, PublishError> {
+    match &result {
+        Ok(slot) => {
+            let items: u64 = slot.shape().iter().product();
+            *loaned_bytes = items.saturating_mul(std::mem::size_of::<T::Item>() as u64);
+        }
+        Err(_) => {
+            counters.publish_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    result
 }
 
 impl<T: Payload> Drop for ShmProducer<T> {
@@ -522,9 +629,14 @@ impl<T: Payload> ShmConsumer<T> {
         settings.client_tag = client_tag(hub.client_id());
         let notices = hub.subscribe(Some(channel.clone()))?;
         let (consumer, info) = match hub.discover(channel.as_str()) {
-            Ok(info) => (open_checked(&channel, &info, &settings)?, Some(info)),
+            Ok(info) => (
+                open_announced(&hub, &channel, &info, &settings)?,
+                Some(info),
+            ),
+            // No producer yet: read a segment of our own (nothing comes) until its channel
+            // comes up, then attach to that.
             Err(e) if create && e.code() == Some(ErrorCode::NotFound) => (
-                Consumer::open_or_create(&settings).map_err(shm_err(&channel))?,
+                Consumer::open_private_memfd(&settings).map_err(shm_err(&channel))?,
                 None,
             ),
             Err(e) => return Err(e),
@@ -645,7 +757,8 @@ impl<T: Payload> ShmConsumer<T> {
         let held = self.consumer.is_lossless();
         match self.consumer.hand_out(snap, held) {
             Ok(frame) => {
-                self.counters.consumed.fetch_add(1, Ordering::Relaxed);
+                let bytes = frame.len() * std::mem::size_of::<T::Item>();
+                self.counters.record_consumed(bytes, frame.timestamp_ns());
                 Ok(frame)
             }
             Err(source) => Err(ConsumeError::Read {
@@ -742,6 +855,13 @@ impl<T: Payload> ShmConsumer<T> {
             // The producer re-attached to our segment: frames continue where they were.
             return Ok(false);
         }
+        let named = self
+            .info
+            .as_ref()
+            .is_some_and(|i| i.spec.sharing.unwrap_or(Sharing::Named) == Sharing::Named);
+        if !named {
+            return self.resume_granted(evicted);
+        }
         let mut settings = self.settings.clone();
         settings.ready_timeout = RESUME_READY_WAIT;
         settings.expected_size = None;
@@ -776,10 +896,43 @@ impl<T: Payload> ShmConsumer<T> {
             check_announcement(&self.name, &info, &fresh)?;
             self.info = Some(info);
         }
+        self.switch_to(fresh, evicted);
+        Ok(true)
+    }
+
+    fn switch_to(&mut self, fresh: Consumer<T>, evicted: bool) {
         tracing::info!(channel = %self.name, evicted, "consumer re-attached to the channel");
         self.consumer = fresh;
         self.evicted = false;
         self.counters.reattached.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// [`ShmConsumer::try_resume`] for a channel the broker grants: asks it for the channel's
+    /// segment now and switches to it if it is a new incarnation (a restarted producer's) or
+    /// this consumer was evicted.
+    fn resume_granted(&mut self, evicted: bool) -> Result<bool, ClientError> {
+        let gone = |e: &ClientError| {
+            matches!(e.code(), Some(ErrorCode::NotFound | ErrorCode::ChannelDown))
+        };
+        let info = match self.hub.discover(self.name.as_str()) {
+            Ok(info) => info,
+            Err(e) if gone(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let fresh = match open_announced::<T>(&self.hub, &self.name, &info, &self.settings) {
+            Ok(c) => c,
+            Err(e) if gone(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if !evicted && fresh.instance() == self.consumer.instance() {
+            return Ok(false);
+        }
+        if !self.broker_attached {
+            self.hub.attach(self.name.as_str())?;
+            self.broker_attached = true;
+        }
+        self.info = Some(info);
+        self.switch_to(fresh, evicted);
         Ok(true)
     }
 }

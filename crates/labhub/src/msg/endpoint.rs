@@ -2,7 +2,7 @@
 
 use labhub_zmq::{Context, CurveKeyPair, CurvePublicKey, Socket, SocketType};
 
-use super::MsgError;
+use super::{DEFAULT_HWM, DEFAULT_MAX_MESSAGE_SIZE, MsgError};
 
 /// The endpoint a binding channel uses when none is given: loopback, a port the system picks.
 pub const DEFAULT_BIND: &str = "tcp://127.0.0.1:0";
@@ -105,25 +105,29 @@ pub(crate) fn dialable(bound: &str, advertise_host: Option<&str>) -> Result<Stri
     Ok(format!("tcp://{host}:{port}"))
 }
 
-/// How a binding channel binds: endpoint, advertised host, CURVE keys, queue limit.
+/// The options of a binding channel: endpoint, advertised host, CURVE keys, limits.
 #[derive(Debug, Clone)]
 pub(crate) struct BindOptions {
     pub(crate) endpoint: String,
     pub(crate) advertise_host: Option<String>,
     pub(crate) curve: Option<CurveKeyPair>,
-    pub(crate) hwm: i32,
+    pub(crate) hwm: u32,
+    pub(crate) max_message_size: usize,
 }
 
-impl BindOptions {
-    pub(crate) fn new(hwm: i32) -> Self {
+impl Default for BindOptions {
+    fn default() -> Self {
         Self {
             endpoint: DEFAULT_BIND.to_owned(),
             advertise_host: None,
             curve: None,
-            hwm,
+            hwm: DEFAULT_HWM,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
+}
 
+impl BindOptions {
     /// A socket of `kind`, configured and bound; returns it with its dialable endpoint.
     pub(crate) fn bind(
         &self,
@@ -132,14 +136,18 @@ impl BindOptions {
     ) -> Result<(Socket, String), MsgError> {
         let endpoint = self.endpoint.as_str();
         check_transport(endpoint)?;
+        let (hwm, max_message_size) = check_limits(self.hwm, self.max_message_size)?;
         // Check the advertised host before binding, so a bad one fails without side effects.
         if let Some(host) = &self.advertise_host {
             normalise_host(host, endpoint)?;
         }
         let zmq = |op| move |e| MsgError::zmq(op, endpoint, e);
         let socket = context.socket(kind).map_err(zmq("create socket"))?;
-        socket.set_sndhwm(self.hwm).map_err(zmq("set sndhwm"))?;
-        socket.set_rcvhwm(self.hwm).map_err(zmq("set rcvhwm"))?;
+        socket.set_sndhwm(hwm).map_err(zmq("set sndhwm"))?;
+        socket.set_rcvhwm(hwm).map_err(zmq("set rcvhwm"))?;
+        socket
+            .set_maxmsgsize(Some(max_message_size))
+            .map_err(zmq("set maxmsgsize"))?;
         if let Some(keys) = &self.curve {
             socket
                 .set_curve_server_keys(&keys.secret)
@@ -159,26 +167,76 @@ pub(crate) struct ClientCurve {
     pub(crate) keys: CurveKeyPair,
 }
 
-/// A socket of `kind`, configured and connected to `endpoint`.
-pub(crate) fn connect(
-    context: &Context,
-    kind: SocketType,
-    endpoint: &str,
-    curve: Option<&ClientCurve>,
-    hwm: i32,
-) -> Result<Socket, MsgError> {
-    check_transport(endpoint)?;
-    let zmq = |op| move |e| MsgError::zmq(op, endpoint, e);
-    let socket = context.socket(kind).map_err(zmq("create socket"))?;
-    socket.set_sndhwm(hwm).map_err(zmq("set sndhwm"))?;
-    socket.set_rcvhwm(hwm).map_err(zmq("set rcvhwm"))?;
-    if let Some(curve) = curve {
-        socket
-            .set_curve_client_keys(&curve.server, &curve.keys.public, &curve.keys.secret)
-            .map_err(zmq("set curve client keys"))?;
+/// The options of a connecting channel: topics (subscribers), CURVE keys, limits.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectOptions {
+    pub(crate) topics: Vec<Vec<u8>>,
+    pub(crate) curve: Option<ClientCurve>,
+    pub(crate) hwm: u32,
+    pub(crate) max_message_size: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            topics: Vec::new(),
+            curve: None,
+            hwm: DEFAULT_HWM,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
     }
-    socket.connect(endpoint).map_err(zmq("connect"))?;
-    Ok(socket)
+}
+
+impl ConnectOptions {
+    /// A socket of `kind`, configured, watched by a monitor (see [`super::link`]) and
+    /// connected to `endpoint`.
+    pub(crate) fn connect(
+        &self,
+        context: &Context,
+        kind: SocketType,
+        endpoint: &str,
+    ) -> Result<Socket, MsgError> {
+        check_transport(endpoint)?;
+        let (hwm, max_message_size) = check_limits(self.hwm, self.max_message_size)?;
+        let zmq = |op| move |e| MsgError::zmq(op, endpoint, e);
+        let mut socket = context.socket(kind).map_err(zmq("create socket"))?;
+        socket.set_sndhwm(hwm).map_err(zmq("set sndhwm"))?;
+        socket.set_rcvhwm(hwm).map_err(zmq("set rcvhwm"))?;
+        socket
+            .set_maxmsgsize(Some(max_message_size))
+            .map_err(zmq("set maxmsgsize"))?;
+        if let Some(curve) = &self.curve {
+            socket
+                .set_curve_client_keys(&curve.server, &curve.keys.public, &curve.keys.secret)
+                .map_err(zmq("set curve client keys"))?;
+        }
+        // Before connecting, so no event of this connection is missed.
+        socket.enable_monitor().map_err(zmq("enable monitor"))?;
+        socket.connect(endpoint).map_err(zmq("connect"))?;
+        Ok(socket)
+    }
+}
+
+/// Checks the queue and size limits and returns them as libzmq takes them.
+fn check_limits(hwm: u32, max_message_size: usize) -> Result<(i32, u64), MsgError> {
+    let hwm =
+        i32::try_from(hwm)
+            .ok()
+            .filter(|&h| h > 0)
+            .ok_or_else(|| MsgError::InvalidOption {
+                option: "hwm",
+                value: hwm.to_string(),
+                expected: "1 to 2147483647 messages",
+            })?;
+    let size = u64::try_from(max_message_size)
+        .ok()
+        .filter(|&s| s > 0 && i64::try_from(s).is_ok())
+        .ok_or_else(|| MsgError::InvalidOption {
+            option: "max_message_size",
+            value: max_message_size.to_string(),
+            expected: "1 to 2^63-1 bytes",
+        })?;
+    Ok((hwm, size))
 }
 
 #[cfg(test)]
@@ -254,6 +312,21 @@ mod tests {
                 ),
                 "{host:?}"
             );
+        }
+    }
+
+    #[test]
+    fn limits_out_of_range_are_invalid_options_naming_the_option() {
+        assert_eq!(check_limits(1, 1).unwrap(), (1, 1));
+        for (hwm, size, option) in [
+            (0, 1, "hwm"),
+            (u32::MAX, 1, "hwm"),
+            (1, 0, "max_message_size"),
+        ] {
+            match check_limits(hwm, size) {
+                Err(MsgError::InvalidOption { option: o, .. }) => assert_eq!(o, option),
+                other => panic!("{hwm} {size}: {other:?}"),
+            }
         }
     }
 

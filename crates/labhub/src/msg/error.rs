@@ -6,9 +6,10 @@ use labhub_zmq::ZmqError;
 
 /// What went wrong on a message channel.
 ///
-/// Errors about one message ([`MsgError::Malformed`], [`MsgError::Decode`],
-/// [`MsgError::Remote`], [`MsgError::Timeout`], [`MsgError::ClientGone`]) leave the channel
-/// usable: the next call works as if the bad message had never arrived.
+/// Errors about one message or event ([`MsgError::Malformed`], [`MsgError::Decode`],
+/// [`MsgError::TooLarge`], [`MsgError::Remote`], [`MsgError::Timeout`],
+/// [`MsgError::ClientGone`], [`MsgError::ConnectionClosed`]) leave the channel usable: the next
+/// call works as if the bad message had never arrived.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MsgError {
@@ -115,6 +116,39 @@ pub enum MsgError {
         /// The server's error text.
         message: String,
     },
+    /// A message larger than the channel's maximum message size (all frames together)
+    /// arrived. It was dropped; the channel stays usable.
+    #[error("{what} of {size} bytes on {endpoint} exceeds the limit of {limit} bytes; dropped")]
+    TooLarge {
+        /// The channel's endpoint.
+        endpoint: String,
+        /// `"message"`, `"request"` or `"reply"`.
+        what: &'static str,
+        /// The message's size, all frames together.
+        size: usize,
+        /// The channel's maximum message size.
+        limit: usize,
+    },
+    /// The connection to the peer closed (see [`CloseReason`]). The channel stays usable;
+    /// whether anything more arrives depends on the reason.
+    #[error("connection to {endpoint} closed: {reason}")]
+    ConnectionClosed {
+        /// The peer's endpoint.
+        endpoint: String,
+        /// Why, as far as ZeroMQ tells.
+        #[source]
+        reason: CloseReason,
+    },
+    /// A builder option was given a value it cannot take.
+    #[error("invalid {option} {value}: expected {expected}")]
+    InvalidOption {
+        /// The option, e.g. `"hwm"`.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What it may be.
+        expected: &'static str,
+    },
     /// A reply could not be delivered: the client that sent the request is no longer
     /// connected (or its queue is full).
     #[error("reply to request {request_id} on {endpoint} not delivered: the client is gone")]
@@ -123,6 +157,35 @@ pub enum MsgError {
         endpoint: String,
         /// The id of the request.
         request_id: u64,
+    },
+}
+
+/// Why the connection of a connecting channel ([`Subscriber`](super::Subscriber),
+/// [`ReqClient`](super::ReqClient)) closed, as far as ZeroMQ tells.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The handshake failed: the peer on the endpoint is not the server whose CURVE key was
+    /// given (an impostor bound there), does not speak CURVE, or does not admit this
+    /// channel's client key. Nothing is received from it.
+    #[error(
+        "the handshake failed ({detail}): the peer is not the server whose key was given, \
+         does not speak CURVE, or does not admit this client's key"
+    )]
+    HandshakeFailed {
+        /// What ZeroMQ reported.
+        detail: String,
+    },
+    /// The connection broke after its handshake: the peer went away (ZeroMQ reconnects), or
+    /// it sent a frame larger than the channel's limit, which ZeroMQ refuses by closing the
+    /// connection for good.
+    #[error(
+        "the peer went away, or sent a frame larger than the limit of {limit} bytes \
+         (then ZeroMQ does not reconnect)"
+    )]
+    Dropped {
+        /// The channel's maximum message size, in bytes.
+        limit: usize,
     },
 }
 

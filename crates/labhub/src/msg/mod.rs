@@ -1,9 +1,15 @@
 //! ZeroMQ message channels: publish/subscribe and request/reply, optionally CurveZMQ.
 //!
 //! These are the channels the Hub client creates and finds through the broker
-//! (`create_publisher`, `find_subscriber`, `create_req_server`, `find_req_client`); they do not
-//! depend on the broker. The binding side reports an endpoint peers can dial, to be
-//! registered; the connecting side is given that endpoint.
+//! (`hub.publisher(name)`, `hub.subscriber(name)`, `hub.req_server(name)`,
+//! `hub.req_client(name)`, CurveZMQ end to end); they do not depend on the broker. The binding
+//! side reports an endpoint peers can dial, to be registered; the connecting side is given that
+//! endpoint.
+//!
+//! Every channel is built by one of two builders, generic over the channel and over where it
+//! goes: [`BindBuilder`] (ends in `create`) and [`ConnectBuilder`] (ends in `open`), here with
+//! [`OnContext`] / [`ToEndpoint`], through the Hub with its target. Each option is one setter,
+//! checked by the terminal method ([`MsgError::InvalidOption`] names a bad one).
 //!
 //! | type | socket | side | does |
 //! |---|---|---|---|
@@ -14,7 +20,12 @@
 //!
 //! Each channel owns one socket and is `Send` but not `Sync`: one thread uses it at a time.
 //! Sockets linger at most [`labhub_zmq::DEFAULT_LINGER`] on drop, so dropping never hangs,
-//! and queue at most [`DEFAULT_HWM`] messages per peer (configurable on each builder).
+//! queue at most [`DEFAULT_HWM`] messages per peer and accept messages of at most
+//! [`DEFAULT_MAX_MESSAGE_SIZE`] (both configurable on each builder). A larger frame makes
+//! ZeroMQ close the connection before reading it; a larger message of smaller frames is
+//! [`MsgError::TooLarge`]. A connecting channel reports its connection closing (a failed
+//! CURVE handshake, a drop) as [`MsgError::ConnectionClosed`], after the messages that came
+//! before it, rather than waiting silently: ZeroMQ does not reconnect after such failures.
 //!
 //! # Endpoints
 //!
@@ -26,7 +37,8 @@
 //!
 //! # Wire format
 //!
-//! Every message is a ZeroMQ multipart message, so any ZeroMQ binding can speak it.
+//! Every message is a ZeroMQ multipart message, so any ZeroMQ binding can speak it
+//! (`docs/PROTOCOL.md` §10 has it too, with the key exchange of the Hub's channels).
 //!
 //! Publish/subscribe: `[topic, payload]`, exactly two frames. The topic is always sent, even
 //! when empty, so subscriptions (byte prefixes of the first frame) always apply to the
@@ -69,7 +81,9 @@
 //! A binding channel given a server key pair (`curve(&keys)`) accepts only CurveZMQ
 //! clients; a connecting channel given the server's public key and its own key pair
 //! (`curve(&server_public, &own_keys)`) speaks CurveZMQ. A client with a wrong server key
-//! never completes the handshake: it receives nothing, and its requests time out.
+//! never completes the handshake: it receives nothing, and its requests fail with
+//! [`MsgError::ConnectionClosed`]. Without a ZAP handler on the context a CURVE server admits
+//! every client key; the Hub's channels admit only the keys the broker admits.
 //!
 //! # Example
 //!
@@ -98,23 +112,50 @@ use std::time::{Duration, Instant};
 
 use labhub_zmq::{Flags, Message as Frame, PollEvents, Socket, ZmqError, poll};
 
+mod builder;
 mod endpoint;
 mod error;
+mod link;
 mod pubsub;
 mod reqrep;
 
-pub use endpoint::DEFAULT_BIND;
-pub(crate) use endpoint::dialable;
-pub use error::{FrameError, MsgError};
-pub use labhub_zmq::{Context, CurveKeyPair, CurvePublicKey, CurveSecretKey};
-pub use pubsub::{
-    JsonMessage, Message, Publisher, PublisherBuilder, Subscriber, SubscriberBuilder,
+pub use builder::{
+    BindBuilder, ConnectBuilder, OnContext, PublisherBuilder, ReqClientBuilder, ReqServerBuilder,
+    SubscriberBuilder, ToEndpoint,
 };
-pub use reqrep::{ReqClient, ReqClientBuilder, ReqServer, ReqServerBuilder, Request, Served};
+pub use endpoint::DEFAULT_BIND;
+pub(crate) use endpoint::{BindOptions, ClientCurve, ConnectOptions, dialable};
+pub use error::{CloseReason, FrameError, MsgError};
+pub use labhub_zmq::{Context, CurveKeyPair, CurvePublicKey, CurveSecretKey};
+pub use pubsub::{JsonMessage, Message, Publisher, Subscriber};
+pub use reqrep::{ReqClient, ReqServer, Request, Served};
 
 /// Messages queued per peer (each way) before a publisher drops further ones for that peer
 /// or a sender waits: libzmq's default, stated so it does not change under us.
-pub const DEFAULT_HWM: i32 = 1000;
+pub const DEFAULT_HWM: u32 = 1000;
+
+/// The largest message a channel accepts unless told otherwise (32 MiB), all frames together:
+/// a peer cannot make a receiver hold more than this per message.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 32 << 20;
+
+/// Refuses a received message larger than `limit` bytes, all frames together.
+fn check_size(
+    frames: Vec<Frame>,
+    limit: usize,
+    endpoint: &str,
+    what: &'static str,
+) -> Result<Vec<Frame>, MsgError> {
+    let size: usize = frames.iter().map(|f| f.len()).sum();
+    if size > limit {
+        return Err(MsgError::TooLarge {
+            endpoint: endpoint.to_owned(),
+            what,
+            size,
+            limit,
+        });
+    }
+    Ok(frames)
+}
 
 /// Receives one multipart message, waiting up to `timeout`; `None` if none came.
 fn recv_frames(socket: &Socket, timeout: Duration) -> Result<Option<Vec<Frame>>, ZmqError> {

@@ -5,14 +5,15 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use labhub_zmq::{
-    Context, CurveKeyPair, CurvePublicKey, Flags, Message as Frame, PollEvents, Socket, SocketType,
-    poll,
+    Context, CurvePublicKey, Flags, Message as Frame, PollEvents, Socket, SocketType, poll,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::endpoint::{self, BindOptions, ClientCurve};
-use super::{DEFAULT_HWM, FrameError, MsgError, recv_frames};
+use super::builder::{BindBuilder, ConnectBuilder, OnContext, ToEndpoint};
+use super::endpoint::{BindOptions, ConnectOptions};
+use super::link::Link;
+use super::{FrameError, MsgError, PublisherBuilder, SubscriberBuilder};
 
 /// Frames of a pub/sub message: topic, payload.
 const PUBSUB_FRAMES: usize = 2;
@@ -44,58 +45,16 @@ pub struct Publisher {
 /// First byte of an XPUB subscription message that subscribes (0 unsubscribes).
 const SUBSCRIBE: u8 = 1;
 
-/// Builds a [`Publisher`]; see [`Publisher::builder`].
-#[derive(Debug, Clone)]
-#[must_use = "a builder does nothing until `create` is called"]
-pub struct PublisherBuilder {
-    context: Context,
-    bind: BindOptions,
-}
-
-impl PublisherBuilder {
-    /// The endpoint to bind: `tcp://HOST:PORT` (port 0 or `*` lets the system pick, a
-    /// wildcard host listens on every interface) or `ipc://PATH`. Default
-    /// [`DEFAULT_BIND`](super::DEFAULT_BIND).
-    pub fn bind(mut self, endpoint: impl Into<String>) -> Self {
-        self.bind.endpoint = endpoint.into();
-        self
-    }
-
-    /// The host to report in [`Publisher::endpoint`] when binding to a wildcard host (an IP
-    /// address or a name peers can resolve). Default: the loopback address.
-    pub fn advertise_host(mut self, host: impl Into<String>) -> Self {
-        self.bind.advertise_host = Some(host.into());
-        self
-    }
-
-    /// Encrypts and authenticates with CurveZMQ: this is the server key pair; subscribers
-    /// need its public half.
-    pub fn curve(mut self, server_keys: &CurveKeyPair) -> Self {
-        self.bind.curve = Some(server_keys.clone());
-        self
-    }
-
-    /// Messages queued per subscriber before further ones are dropped for it. Default
-    /// [`DEFAULT_HWM`](super::DEFAULT_HWM).
-    pub fn send_hwm(mut self, messages: i32) -> Self {
-        self.bind.hwm = messages;
-        self
-    }
-
+impl BindBuilder<Publisher, OnContext> {
     /// Creates the socket and binds it.
+    ///
+    /// # Errors
+    ///
+    /// [`MsgError::InvalidOption`], [`MsgError::InvalidEndpoint`] or
+    /// [`MsgError::Undialable`] for a bad option, [`MsgError::Zmq`] if binding fails.
     pub fn create(self) -> Result<Publisher, MsgError> {
-        let (socket, endpoint) = self.bind.bind(&self.context, SocketType::XPub)?;
-        // Every subscribe message, also a second subscriber's for a prefix already
-        // subscribed, so they can be counted. No peer knows the endpoint yet: none is missed.
-        socket
-            .set_xpub_verbose(true)
-            .map_err(|e| MsgError::zmq("set xpub verbose", &endpoint, e))?;
-        Ok(Publisher {
-            socket,
-            endpoint,
-            curve_public: self.bind.curve.map(|keys| keys.public),
-            subscriptions: Cell::new(0),
-        })
+        let (at, options) = self.into_parts();
+        Publisher::bind_with(&at.context, &options)
     }
 }
 
@@ -103,14 +62,29 @@ impl Publisher {
     /// A builder for a publisher on `context`, bound to
     /// [`DEFAULT_BIND`](super::DEFAULT_BIND) unless told otherwise.
     pub fn builder(context: &Context) -> PublisherBuilder {
-        PublisherBuilder {
+        BindBuilder::new(OnContext {
             context: context.clone(),
-            bind: BindOptions::new(DEFAULT_HWM),
-        }
+        })
+    }
+
+    /// Creates the XPUB socket with `options` and binds it.
+    pub(crate) fn bind_with(context: &Context, options: &BindOptions) -> Result<Self, MsgError> {
+        let (socket, endpoint) = options.bind(context, SocketType::XPub)?;
+        // Every subscribe message, also a second subscriber's for a prefix already
+        // subscribed, so they can be counted. No peer knows the endpoint yet: none is missed.
+        socket
+            .set_xpub_verbose(true)
+            .map_err(|e| MsgError::zmq("set xpub verbose", &endpoint, e))?;
+        Ok(Self {
+            socket,
+            endpoint,
+            curve_public: options.curve.as_ref().map(|keys| keys.public),
+            subscriptions: Cell::new(0),
+        })
     }
 
     /// The endpoint subscribers dial: never a wildcard host (see
-    /// [`PublisherBuilder::advertise_host`]).
+    /// [`BindBuilder::advertise_host`]).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -229,96 +203,60 @@ impl fmt::Debug for Publisher {
 /// prefix matches every topic), so it is never connected yet silently deaf.
 ///
 /// Messages sent before the connection is complete are not received (ZeroMQ's "slow
-/// joiner"); a protocol that needs them must synchronise. `Send`, not `Sync`.
+/// joiner"); a protocol that needs them must synchronise. A closed connection is reported
+/// once, after the messages that came before it ([`MsgError::ConnectionClosed`]). `Send`,
+/// not `Sync`.
 pub struct Subscriber {
-    socket: Socket,
-    endpoint: String,
+    link: Link,
     topics: Vec<Vec<u8>>,
 }
 
-/// Builds a [`Subscriber`]; see [`Subscriber::builder`].
-#[derive(Debug, Clone)]
-#[must_use = "a builder does nothing until `open` is called"]
-pub struct SubscriberBuilder {
-    context: Context,
-    endpoint: String,
-    topics: Vec<Vec<u8>>,
-    curve: Option<ClientCurve>,
-    hwm: i32,
-}
-
-impl SubscriberBuilder {
-    /// Receives messages whose topic starts with `prefix` (byte-wise; `"cam"` matches
-    /// `"cam0"` and `"camera"`). May be given several times.
-    pub fn topic(mut self, prefix: impl AsRef<[u8]>) -> Self {
-        self.topics.push(prefix.as_ref().to_vec());
-        self
-    }
-
-    /// Receives every message (the empty prefix).
-    pub fn all_topics(self) -> Self {
-        self.topic([])
-    }
-
-    /// Connects with CurveZMQ to a publisher whose public key is `server`, authenticating
-    /// with `own_keys`.
-    pub fn curve(mut self, server: &CurvePublicKey, own_keys: &CurveKeyPair) -> Self {
-        self.curve = Some(ClientCurve {
-            server: *server,
-            keys: own_keys.clone(),
-        });
-        self
-    }
-
-    /// Messages queued before further ones are dropped. Default
-    /// [`DEFAULT_HWM`](super::DEFAULT_HWM).
-    pub fn recv_hwm(mut self, messages: i32) -> Self {
-        self.hwm = messages;
-        self
-    }
-
-    /// Creates the socket, subscribes and connects. Fails with [`MsgError::NoTopics`] if no
-    /// topic prefix was given.
+impl ConnectBuilder<Subscriber, ToEndpoint> {
+    /// Creates the socket, subscribes and connects.
+    ///
+    /// # Errors
+    ///
+    /// [`MsgError::NoTopics`] if no topic prefix was given, [`MsgError::InvalidOption`] or
+    /// [`MsgError::InvalidEndpoint`] for a bad option, [`MsgError::Zmq`] if a socket call
+    /// fails.
     pub fn open(self) -> Result<Subscriber, MsgError> {
-        if self.topics.is_empty() {
-            return Err(MsgError::NoTopics {
-                endpoint: self.endpoint,
-            });
-        }
-        let socket = endpoint::connect(
-            &self.context,
-            SocketType::Sub,
-            &self.endpoint,
-            self.curve.as_ref(),
-            self.hwm,
-        )?;
-        let mut subscriber = Subscriber {
-            socket,
-            endpoint: self.endpoint,
-            topics: Vec::new(),
-        };
-        for topic in self.topics {
-            subscriber.subscribe(topic)?;
-        }
-        Ok(subscriber)
+        let (at, options) = self.into_parts();
+        Subscriber::connect_with(&at.context, at.endpoint, &options)
     }
 }
 
 impl Subscriber {
     /// A builder for a subscriber on `context` to the publisher at `endpoint`.
     pub fn builder(context: &Context, endpoint: impl Into<String>) -> SubscriberBuilder {
-        SubscriberBuilder {
+        ConnectBuilder::new(ToEndpoint {
             context: context.clone(),
             endpoint: endpoint.into(),
-            topics: Vec::new(),
-            curve: None,
-            hwm: DEFAULT_HWM,
+        })
+    }
+
+    /// Creates the SUB socket with `options`, subscribes and connects to `endpoint`.
+    pub(crate) fn connect_with(
+        context: &Context,
+        endpoint: String,
+        options: &ConnectOptions,
+    ) -> Result<Self, MsgError> {
+        if options.topics.is_empty() {
+            return Err(MsgError::NoTopics { endpoint });
         }
+        let socket = options.connect(context, SocketType::Sub, &endpoint)?;
+        let mut subscriber = Self {
+            link: Link::new(socket, endpoint, options.max_message_size),
+            topics: Vec::new(),
+        };
+        for topic in &options.topics {
+            subscriber.subscribe(topic)?;
+        }
+        Ok(subscriber)
     }
 
     /// The publisher's endpoint.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        self.link.endpoint()
     }
 
     /// The topic prefixes subscribed to.
@@ -329,27 +267,30 @@ impl Subscriber {
     /// Adds a topic prefix. Messages already in flight are not affected.
     pub fn subscribe(&mut self, prefix: impl AsRef<[u8]>) -> Result<(), MsgError> {
         let prefix = prefix.as_ref();
-        self.socket
+        self.link
+            .socket()
             .subscribe(prefix)
-            .map_err(|e| MsgError::zmq("subscribe", &self.endpoint, e))?;
+            .map_err(|e| MsgError::zmq("subscribe", self.link.endpoint(), e))?;
         self.topics.push(prefix.to_vec());
         Ok(())
     }
 
     /// Waits up to `timeout` for a message; `None` if none came.
     ///
+    /// # Errors
+    ///
     /// A message that is not `[topic, payload]` is consumed and reported as
-    /// [`MsgError::Malformed`]; the next call receives the next message.
+    /// [`MsgError::Malformed`], one over the maximum message size as [`MsgError::TooLarge`];
+    /// a closed connection is [`MsgError::ConnectionClosed`] (once). After each the next call
+    /// receives the next message. [`MsgError::Zmq`] if a socket call fails.
     pub fn recv(&self, timeout: Duration) -> Result<Option<Message>, MsgError> {
-        let Some(frames) = recv_frames(&self.socket, timeout)
-            .map_err(|e| MsgError::zmq("receive", &self.endpoint, e))?
-        else {
+        let Some(frames) = self.link.recv("message", timeout)? else {
             return Ok(None);
         };
         let found = frames.len();
         let Ok::<[Frame; PUBSUB_FRAMES], _>([topic, payload]) = frames.try_into() else {
             return Err(MsgError::Malformed {
-                endpoint: self.endpoint.clone(),
+                endpoint: self.link.endpoint().to_owned(),
                 what: "message",
                 problem: FrameError::FrameCount {
                     expected: PUBSUB_FRAMES,
@@ -375,7 +316,7 @@ impl Subscriber {
                 value,
             })),
             Err(source) => Err(MsgError::Decode {
-                endpoint: self.endpoint.clone(),
+                endpoint: self.link.endpoint().to_owned(),
                 what: format!("message of topic \"{}\"", message.topic().escape_ascii()),
                 source,
             }),
@@ -386,7 +327,7 @@ impl Subscriber {
 impl fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscriber")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.link.endpoint())
             .field("topics", &self.topics.len())
             .finish()
     }

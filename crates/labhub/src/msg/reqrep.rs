@@ -5,14 +5,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use labhub_zmq::{
-    Context, CurveKeyPair, CurvePublicKey, Flags, Message as Frame, PollEvents, Socket, SocketType,
-    poll,
+    Context, CurvePublicKey, Flags, Message as Frame, PollEvents, Socket, SocketType, poll,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::endpoint::{self, BindOptions, ClientCurve};
-use super::{DEFAULT_HWM, FrameError, MsgError, recv_frames};
+use super::builder::{BindBuilder, ConnectBuilder, OnContext, ToEndpoint};
+use super::endpoint::{BindOptions, ConnectOptions};
+use super::link::Link;
+use super::{FrameError, MsgError, ReqClientBuilder, ReqServerBuilder, recv_frames};
 
 /// Frames of a request as the ROUTER sees it: routing id, delimiter, request id, payload.
 const REQUEST_FRAMES: usize = 4;
@@ -35,58 +36,19 @@ pub struct ReqServer {
     socket: Socket,
     endpoint: String,
     curve_public: Option<CurvePublicKey>,
+    max_message_size: usize,
 }
 
-/// Builds a [`ReqServer`]; see [`ReqServer::builder`].
-#[derive(Debug, Clone)]
-#[must_use = "a builder does nothing until `create` is called"]
-pub struct ReqServerBuilder {
-    context: Context,
-    bind: BindOptions,
-}
-
-impl ReqServerBuilder {
-    /// The endpoint to bind: `tcp://HOST:PORT` (port 0 or `*` lets the system pick, a
-    /// wildcard host listens on every interface) or `ipc://PATH`. Default
-    /// [`DEFAULT_BIND`](super::DEFAULT_BIND).
-    pub fn bind(mut self, endpoint: impl Into<String>) -> Self {
-        self.bind.endpoint = endpoint.into();
-        self
-    }
-
-    /// The host to report in [`ReqServer::endpoint`] when binding to a wildcard host.
-    /// Default: the loopback address.
-    pub fn advertise_host(mut self, host: impl Into<String>) -> Self {
-        self.bind.advertise_host = Some(host.into());
-        self
-    }
-
-    /// Encrypts and authenticates with CurveZMQ: this is the server key pair; clients need
-    /// its public half.
-    pub fn curve(mut self, server_keys: &CurveKeyPair) -> Self {
-        self.bind.curve = Some(server_keys.clone());
-        self
-    }
-
-    /// Messages queued per client, each way. Default [`DEFAULT_HWM`](super::DEFAULT_HWM).
-    pub fn hwm(mut self, messages: i32) -> Self {
-        self.bind.hwm = messages;
-        self
-    }
-
+impl BindBuilder<ReqServer, OnContext> {
     /// Creates the socket and binds it.
+    ///
+    /// # Errors
+    ///
+    /// [`MsgError::InvalidOption`], [`MsgError::InvalidEndpoint`] or
+    /// [`MsgError::Undialable`] for a bad option, [`MsgError::Zmq`] if binding fails.
     pub fn create(self) -> Result<ReqServer, MsgError> {
-        let (socket, endpoint) = self.bind.bind(&self.context, SocketType::Router)?;
-        // A reply to a client that has gone fails (EHOSTUNREACH) instead of vanishing, so
-        // the server can tell.
-        socket
-            .set_router_mandatory(true)
-            .map_err(|e| MsgError::zmq("set router mandatory", &endpoint, e))?;
-        Ok(ReqServer {
-            socket,
-            endpoint,
-            curve_public: self.bind.curve.map(|keys| keys.public),
-        })
+        let (at, options) = self.into_parts();
+        ReqServer::bind_with(&at.context, &options)
     }
 }
 
@@ -109,8 +71,9 @@ pub enum Served {
         /// The error text sent to the client.
         message: String,
     },
-    /// A message that is not a request arrived and was dropped (with an error reply when it
-    /// carried a request id). Holds the [`MsgError::Malformed`] describing it.
+    /// A message that is not a request, or one over the maximum message size, arrived and
+    /// was dropped (with an error reply when it carried a request id). Holds the
+    /// [`MsgError::Malformed`] or [`MsgError::TooLarge`] describing it.
     Rejected(MsgError),
     /// The reply could not be delivered: the client is gone.
     ClientGone {
@@ -123,10 +86,25 @@ impl ReqServer {
     /// A builder for a server on `context`, bound to [`DEFAULT_BIND`](super::DEFAULT_BIND)
     /// unless told otherwise.
     pub fn builder(context: &Context) -> ReqServerBuilder {
-        ReqServerBuilder {
+        BindBuilder::new(OnContext {
             context: context.clone(),
-            bind: BindOptions::new(DEFAULT_HWM),
-        }
+        })
+    }
+
+    /// Creates the ROUTER socket with `options` and binds it.
+    pub(crate) fn bind_with(context: &Context, options: &BindOptions) -> Result<Self, MsgError> {
+        let (socket, endpoint) = options.bind(context, SocketType::Router)?;
+        // A reply to a client that has gone fails (EHOSTUNREACH) instead of vanishing, so
+        // the server can tell.
+        socket
+            .set_router_mandatory(true)
+            .map_err(|e| MsgError::zmq("set router mandatory", &endpoint, e))?;
+        Ok(Self {
+            socket,
+            endpoint,
+            curve_public: options.curve.as_ref().map(|keys| keys.public),
+            max_message_size: options.max_message_size,
+        })
     }
 
     /// The endpoint clients dial: never a wildcard host.
@@ -142,14 +120,29 @@ impl ReqServer {
     /// Waits up to `timeout` for a request; `None` if none came. Answer it with
     /// [`Request::reply`] (now or after receiving others).
     ///
-    /// A message that is not a request is consumed and reported as [`MsgError::Malformed`]
-    /// (after an error reply if it carried a request id); the server stays usable.
+    /// # Errors
+    ///
+    /// A message that is not a request is consumed and reported as [`MsgError::Malformed`],
+    /// one over the maximum message size as [`MsgError::TooLarge`] (each after an error
+    /// reply if it carried a request id); the server stays usable. [`MsgError::Zmq`] if a
+    /// socket call fails.
     pub fn recv_request(&self, timeout: Duration) -> Result<Option<Request<'_>>, MsgError> {
         let Some(frames) = recv_frames(&self.socket, timeout)
             .map_err(|e| MsgError::zmq("receive", &self.endpoint, e))?
         else {
             return Ok(None);
         };
+        let size: usize = frames.iter().map(|f| f.len()).sum();
+        if size > self.max_message_size {
+            let error = MsgError::TooLarge {
+                endpoint: self.endpoint.clone(),
+                what: "request",
+                size,
+                limit: self.max_message_size,
+            };
+            self.reply_error_if_recognisable(&frames, &error.to_string());
+            return Err(error);
+        }
         let found = frames.len();
         let problem = match <[Frame; REQUEST_FRAMES]>::try_from(frames) {
             Ok([routing_id, delimiter, id, payload]) => {
@@ -174,18 +167,7 @@ impl ReqServer {
                     expected: REQUEST_FRAMES,
                     found,
                 };
-                // Tell the client if it can recognise the answer: envelope and id intact.
-                if let [routing_id, delimiter, id, ..] = frames.as_slice()
-                    && delimiter.is_empty()
-                    && let Some(id) = request_id(id)
-                {
-                    let _ = self.send_reply(
-                        routing_id,
-                        id,
-                        STATUS_ERROR,
-                        format!("malformed request: {problem}").as_bytes(),
-                    );
-                }
+                self.reply_error_if_recognisable(&frames, &format!("malformed request: {problem}"));
                 problem
             }
         };
@@ -194,6 +176,17 @@ impl ReqServer {
             what: "request",
             problem,
         })
+    }
+
+    /// Sends `text` as an error reply to a refused message whose envelope and id are intact,
+    /// so its client can recognise the answer.
+    fn reply_error_if_recognisable(&self, frames: &[Frame], text: &str) {
+        if let [routing_id, delimiter, id, ..] = frames
+            && delimiter.is_empty()
+            && let Some(id) = request_id(id)
+        {
+            let _ = self.send_reply(routing_id, id, STATUS_ERROR, text.as_bytes());
+        }
     }
 
     /// Waits up to `timeout` for one request and answers it with `handler(payload)`. A
@@ -247,7 +240,9 @@ impl ReqServer {
         let request = match self.recv_request(timeout) {
             Ok(Some(request)) => request,
             Ok(None) => return Ok(Served::Idle),
-            Err(malformed @ MsgError::Malformed { .. }) => return Ok(Served::Rejected(malformed)),
+            Err(refused @ (MsgError::Malformed { .. } | MsgError::TooLarge { .. })) => {
+                return Ok(Served::Rejected(refused));
+            }
             Err(e) => return Err(e),
         };
         let request_id = request.id();
@@ -395,79 +390,63 @@ impl fmt::Debug for Request<'_> {
 /// A request/reply client: a DEALER socket connected to a [`ReqServer`]'s endpoint.
 ///
 /// Every request carries a fresh id and only the reply with that id is accepted, so a
-/// request that timed out never wedges the client (the original's REQ socket did): its late
-/// reply is discarded when it arrives. `Send`, not `Sync`.
+/// request that timed out never wedges the client (a REQ socket would): its late reply is
+/// discarded when it arrives. `Send`, not `Sync`.
 pub struct ReqClient {
-    socket: Socket,
-    endpoint: String,
+    link: Link,
     next_id: u64,
 }
 
-/// Builds a [`ReqClient`]; see [`ReqClient::builder`].
-#[derive(Debug, Clone)]
-#[must_use = "a builder does nothing until `open` is called"]
-pub struct ReqClientBuilder {
-    context: Context,
-    endpoint: String,
-    curve: Option<ClientCurve>,
-    hwm: i32,
-}
-
-impl ReqClientBuilder {
-    /// Connects with CurveZMQ to a server whose public key is `server`, authenticating with
-    /// `own_keys`.
-    pub fn curve(mut self, server: &CurvePublicKey, own_keys: &CurveKeyPair) -> Self {
-        self.curve = Some(ClientCurve {
-            server: *server,
-            keys: own_keys.clone(),
-        });
-        self
-    }
-
-    /// Messages queued each way. Default [`DEFAULT_HWM`](super::DEFAULT_HWM).
-    pub fn hwm(mut self, messages: i32) -> Self {
-        self.hwm = messages;
-        self
-    }
-
+impl ConnectBuilder<ReqClient, ToEndpoint> {
     /// Creates the socket and connects it (asynchronously: the server need not be up yet).
+    ///
+    /// # Errors
+    ///
+    /// [`MsgError::InvalidOption`] or [`MsgError::InvalidEndpoint`] for a bad option,
+    /// [`MsgError::Zmq`] if a socket call fails.
     pub fn open(self) -> Result<ReqClient, MsgError> {
-        let socket = endpoint::connect(
-            &self.context,
-            SocketType::Dealer,
-            &self.endpoint,
-            self.curve.as_ref(),
-            self.hwm,
-        )?;
-        Ok(ReqClient {
-            socket,
-            endpoint: self.endpoint,
-            next_id: 1,
-        })
+        let (at, options) = self.into_parts();
+        ReqClient::connect_with(&at.context, at.endpoint, &options)
     }
 }
 
 impl ReqClient {
     /// A builder for a client on `context` to the server at `endpoint`.
     pub fn builder(context: &Context, endpoint: impl Into<String>) -> ReqClientBuilder {
-        ReqClientBuilder {
+        ConnectBuilder::new(ToEndpoint {
             context: context.clone(),
             endpoint: endpoint.into(),
-            curve: None,
-            hwm: DEFAULT_HWM,
-        }
+        })
+    }
+
+    /// Creates the DEALER socket with `options` and connects it to `endpoint`.
+    pub(crate) fn connect_with(
+        context: &Context,
+        endpoint: String,
+        options: &ConnectOptions,
+    ) -> Result<Self, MsgError> {
+        let socket = options.connect(context, SocketType::Dealer, &endpoint)?;
+        Ok(Self {
+            link: Link::new(socket, endpoint, options.max_message_size),
+            next_id: 1,
+        })
     }
 
     /// The server's endpoint.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        self.link.endpoint()
     }
 
     /// Sends `payload` and waits up to `timeout` for the reply.
     ///
-    /// Fails with [`MsgError::Timeout`] if none came (the client stays usable; the late
-    /// reply is discarded), [`MsgError::Remote`] if the server replied with an error, and
-    /// [`MsgError::Malformed`] if something that is not a reply arrived.
+    /// # Errors
+    ///
+    /// [`MsgError::Timeout`] if none came (the client stays usable; the late reply is
+    /// discarded), [`MsgError::ConnectionClosed`] if the connection to the server closed
+    /// while waiting, or was closed and never came back (a server that refused the
+    /// handshake, a reply over the maximum message size), [`MsgError::Remote`] if the
+    /// server replied with an error, [`MsgError::Malformed`] or [`MsgError::TooLarge`] if
+    /// something that is not an acceptable reply arrived.
     pub fn request(
         &mut self,
         payload: impl AsRef<[u8]>,
@@ -476,14 +455,30 @@ impl ReqClient {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let deadline = Instant::now().checked_add(timeout);
-        let timed_out = || MsgError::Timeout {
-            endpoint: self.endpoint.clone(),
-            request_id: id,
-            timeout,
+        let endpoint = self.link.endpoint();
+        // What happened to the connection before this request is not this request's fault,
+        // unless it closed for good: then no reply can come.
+        if let Some(reason) = self.link.settle()? {
+            return Err(MsgError::ConnectionClosed {
+                endpoint: endpoint.to_owned(),
+                reason,
+            });
+        }
+        let timed_out = || match self.link.closed() {
+            Some(reason) => MsgError::ConnectionClosed {
+                endpoint: endpoint.to_owned(),
+                reason,
+            },
+            None => MsgError::Timeout {
+                endpoint: endpoint.to_owned(),
+                request_id: id,
+                timeout,
+            },
         };
+        let socket = self.link.socket();
         let frames: [&[u8]; 3] = [&[], &id.to_le_bytes(), payload.as_ref()];
         loop {
-            match self.socket.send_multipart(frames, Flags::DONTWAIT) {
+            match socket.send_multipart(frames, Flags::DONTWAIT) {
                 Ok(()) => break,
                 Err(e) if e.is_again() => {
                     // The queue to the server is full: wait for room, within the deadline.
@@ -491,11 +486,11 @@ impl ReqClient {
                     if left.is_some_and(|left| left.is_zero()) {
                         return Err(timed_out());
                     }
-                    let mut items = [self.socket.poll_item(PollEvents::OUT)];
+                    let mut items = [socket.poll_item(PollEvents::OUT)];
                     poll(&mut items, left)
-                        .map_err(|e| MsgError::zmq("wait to send", &self.endpoint, e))?;
+                        .map_err(|e| MsgError::zmq("wait to send", endpoint, e))?;
                 }
-                Err(e) => return Err(MsgError::zmq("send request", &self.endpoint, e)),
+                Err(e) => return Err(MsgError::zmq("send request", endpoint, e)),
             }
         }
         loop {
@@ -503,20 +498,18 @@ impl ReqClient {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()),
                 None => Duration::MAX,
             };
-            let Some(frames) = recv_frames(&self.socket, left)
-                .map_err(|e| MsgError::zmq("receive reply", &self.endpoint, e))?
-            else {
+            let Some(frames) = self.link.recv("reply", left)? else {
                 return Err(timed_out());
             };
             let (reply_id, status, body) =
                 parse_reply(frames).map_err(|problem| MsgError::Malformed {
-                    endpoint: self.endpoint.clone(),
+                    endpoint: endpoint.to_owned(),
                     what: "reply",
                     problem,
                 })?;
             if reply_id != id {
                 tracing::debug!(
-                    endpoint = %self.endpoint,
+                    endpoint,
                     reply_id,
                     request_id = id,
                     "discarding a late reply to an earlier request"
@@ -526,7 +519,7 @@ impl ReqClient {
             return match status {
                 STATUS_OK => Ok(body.to_vec()),
                 _ => Err(MsgError::Remote {
-                    endpoint: self.endpoint.clone(),
+                    endpoint: endpoint.to_owned(),
                     request_id: id,
                     message: String::from_utf8_lossy(&body).into_owned(),
                 }),
@@ -535,19 +528,24 @@ impl ReqClient {
     }
 
     /// Sends `request` as JSON and decodes the reply from JSON.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`ReqClient::request`], [`MsgError::Encode`] if `request` cannot be encoded,
+    /// [`MsgError::Decode`] if the reply is not an `R`.
     pub fn request_json<Q, R>(&mut self, request: &Q, timeout: Duration) -> Result<R, MsgError>
     where
         Q: Serialize + ?Sized,
         R: DeserializeOwned,
     {
         let payload = serde_json::to_vec(request).map_err(|source| MsgError::Encode {
-            endpoint: self.endpoint.clone(),
+            endpoint: self.endpoint().to_owned(),
             source,
         })?;
         let request_id = self.next_id;
         let reply = self.request(payload, timeout)?;
         serde_json::from_slice(&reply).map_err(|source| MsgError::Decode {
-            endpoint: self.endpoint.clone(),
+            endpoint: self.endpoint().to_owned(),
             what: format!("reply to request {request_id}"),
             source,
         })
@@ -557,7 +555,7 @@ impl ReqClient {
 impl fmt::Debug for ReqClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReqClient")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.link.endpoint())
             .field("next_id", &self.next_id)
             .finish()
     }

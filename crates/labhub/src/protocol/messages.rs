@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::curve_key::CurveKey;
 use super::names::{ChannelName, ClientId, Endpoint, ShmName};
+pub use crate::latency::LatencySummary;
 
 /// Free key/value metadata of a channel (a JSON object, at most [`MAX_METADATA_BYTES`] when
 /// serialised and nested at most [`MAX_METADATA_DEPTH`] deep).
@@ -23,6 +25,11 @@ pub const MAX_COUNTERS: usize = 32;
 pub const MAX_COUNTER_NAME_LEN: usize = 64;
 /// Most channels one heartbeat may report counters for.
 pub const MAX_HEARTBEAT_CHANNELS: usize = 256;
+/// Most latency bucket entries (`[index, count]` pairs) one heartbeat may carry, all channels
+/// together.
+pub const MAX_LATENCY_ENTRIES: usize = 2048;
+/// Longest `client_version`.
+pub const MAX_CLIENT_VERSION_LEN: usize = 64;
 /// Longest free-text label (policy, schema name, schema hash, host).
 pub const MAX_LABEL_LEN: usize = 128;
 /// Largest shared-memory segment a channel may announce (1 TiB).
@@ -48,6 +55,32 @@ impl ChannelKind {
             Self::Shm => "shm",
             Self::Pubsub => "pubsub",
             Self::Reqrep => "reqrep",
+        }
+    }
+}
+
+/// How a shared-memory channel's segment is shared (`named` or `memfd`), as
+/// `shm::SegmentReport` says it too.
+pub use crate::shm::Sharing;
+
+/// What a grant lets its holder do with a memfd channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Role {
+    /// Hand the broker the channel's segment (and get back the one it holds for a restarted
+    /// producer).
+    Produce,
+    /// Receive the channel's segment, its data read-only.
+    Consume,
+}
+
+impl Role {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Produce => "produce",
+            Self::Consume => "consume",
         }
     }
 }
@@ -85,9 +118,18 @@ pub struct ChannelSpec {
     /// The dialable endpoint (pubsub and reqrep only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
+    /// The CURVE public key of the channel's server socket (pubsub and reqrep only);
+    /// subscribers and clients connect with it as their server key, and refuse a channel
+    /// registered without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<CurveKey>,
     /// The segment name (shm only).
+    /// The segment name (shm channels shared by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_name: Option<ShmName>,
+    /// How a shm channel's segment is shared (absent: `named`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<Sharing>,
     /// The segment size in bytes (shm: required), or the largest message (others: optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -153,9 +195,33 @@ pub struct Heartbeat {
     pub request_id: u64,
     /// The client.
     pub client: ClientId,
-    /// Counters per channel it produces.
+    /// Counters per channel it produces or consumes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub channels: BTreeMap<ChannelName, Counters>,
+    /// The client library and its version (`labhub-rs/0.1.0`), for people reading metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<String>,
+    /// The client's process id, matched against the consumer tables of shm segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Per channel it consumes: the latencies of the frames read since its previous heartbeat.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latency: BTreeMap<ChannelName, LatencySummary>,
+}
+
+/// `grant`: a client asks for a one-time ticket to redeem on the broker's grant socket for a
+/// memfd channel's segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// The request id.
+    pub request_id: u64,
+    /// The asking client.
+    pub client: ClientId,
+    /// The channel.
+    pub name: ChannelName,
+    /// What the client means to do.
+    pub role: Role,
 }
 
 /// `list`: every channel, optionally filtered.
@@ -201,6 +267,8 @@ pub enum Request {
     List(List),
     /// `status`
     Status(StatusRequest),
+    /// `grant`: a ticket for a memfd channel's segment.
+    Grant(GrantRequest),
 }
 
 impl Request {
@@ -213,6 +281,7 @@ impl Request {
             Self::Heartbeat(r) => r.request_id,
             Self::List(r) => r.request_id,
             Self::Status(r) => r.request_id,
+            Self::Grant(r) => r.request_id,
         }
     }
 
@@ -227,6 +296,7 @@ impl Request {
             Self::Heartbeat(_) => "heartbeat",
             Self::List(_) => "list",
             Self::Status(_) => "status",
+            Self::Grant(_) => "grant",
         }
     }
 
@@ -237,6 +307,7 @@ impl Request {
             Self::Discover(r) => r.client.as_ref(),
             Self::Unregister(r) | Self::Attach(r) | Self::Detach(r) => Some(&r.client),
             Self::Heartbeat(r) => Some(&r.client),
+            Self::Grant(r) => Some(&r.client),
             Self::List(_) | Self::Status(_) => None,
         }
     }
@@ -276,6 +347,40 @@ pub struct ChannelInfo {
     /// The counters of the producer's latest heartbeat.
     #[serde(default, skip_serializing_if = "Counters::is_empty")]
     pub counters: Counters,
+    /// Memfd channels: who holds a grant now (the producer, and each consumer client), most
+    /// recent grant per client and role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<GrantRecord>,
+}
+
+/// One grant a broker handed out: to which key and client, for which role, and to which
+/// process (the Unix peer's credentials as the kernel gave them, `SO_PEERCRED`, in the
+/// broker's namespaces).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    /// `produce` or `consume`.
+    pub role: Role,
+    /// The client id the grant was issued to.
+    pub client: ClientId,
+    /// Its CURVE public key (Z85).
+    pub key: String,
+    /// The process that redeemed it.
+    pub pid: u32,
+    /// Its user id.
+    pub uid: u32,
+    /// Its group id.
+    pub gid: u32,
+}
+
+/// A ticket for the grant socket, in a `grant` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantTicket {
+    /// 64 hexadecimal digits (32 random bytes): present once on the grant socket.
+    pub ticket: String,
+    /// The grant socket's path, as the broker binds it.
+    pub socket: String,
+    /// Milliseconds the ticket stays valid.
+    pub expires_ms: u64,
 }
 
 /// The error codes of replies (`error_code`), stable across versions.
@@ -318,6 +423,13 @@ pub enum ErrorCode {
     LimitReached,
     /// The broker failed internally; the request may be retried.
     Internal,
+    /// The broker's access list does not let this key produce or consume this channel.
+    AccessDenied,
+    /// A grant ticket is unknown, used, expired, or presented for another channel or role.
+    InvalidTicket,
+    /// `register` of a memfd channel whose segment this client has not handed to the broker
+    /// on the grant socket.
+    NoSegment,
 }
 
 impl ErrorCode {
@@ -341,6 +453,9 @@ impl ErrorCode {
             Self::NotAttached => "not_attached",
             Self::LimitReached => "limit_reached",
             Self::Internal => "internal",
+            Self::AccessDenied => "access_denied",
+            Self::InvalidTicket => "invalid_ticket",
+            Self::NoSegment => "no_segment",
         }
     }
 }
@@ -387,9 +502,20 @@ pub struct Reply {
     /// client is declared gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_missed_heartbeats: Option<u32>,
+    /// `register` of a pubsub or reqrep channel: the client keys the broker admits, which the
+    /// channel's server admits too (empty when `any_key_admitted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_keys: Option<Vec<CurveKey>>,
+    /// `register` of a pubsub or reqrep channel: the broker admits every client key, so the
+    /// channel's server does too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_key_admitted: bool,
     /// `status`: the broker's own state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerStatus>,
+    /// `grant`: the ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantTicket>,
 }
 
 /// The broker's own state, in a `status` reply.
@@ -458,7 +584,10 @@ impl Reply {
             channels: None,
             heartbeat_interval_ms: None,
             max_missed_heartbeats: None,
+            admitted_keys: None,
+            any_key_admitted: false,
             broker: None,
+            grant: None,
         }
     }
 

@@ -31,9 +31,14 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod curve_key;
+mod grant;
+mod heartbeat_metrics;
 mod messages;
 mod names;
 
+pub use curve_key::{CURVE_KEY_Z85_LEN, CurveKey, MAX_ADMITTED_KEYS};
+pub use grant::*;
 pub use messages::*;
 pub use names::*;
 
@@ -48,7 +53,7 @@ pub const REPLY_TYPE: &str = "reply";
 /// The largest message accepted, all frames together, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The message types of requests.
-pub const REQUEST_TYPES: [&str; 8] = [
+pub const REQUEST_TYPES: [&str; 9] = [
     "register",
     "discover",
     "unregister",
@@ -57,6 +62,7 @@ pub const REQUEST_TYPES: [&str; 8] = [
     "heartbeat",
     "list",
     "status",
+    "grant",
 ];
 
 /// Why a message was refused.
@@ -288,6 +294,7 @@ fn decode_body(kind: &[u8], body: &[u8]) -> Result<Request, Rejected> {
         "heartbeat" => Request::Heartbeat(typed(type_name, value).map_err(reject)?),
         "list" => Request::List(typed(type_name, value).map_err(reject)?),
         "status" => Request::Status(typed(type_name, value).map_err(reject)?),
+        "grant" => Request::Grant(typed(type_name, value).map_err(reject)?),
         _ => unreachable!("REQUEST_TYPES and this match list the same types"),
     };
     validate(&request).map_err(reject)?;
@@ -365,7 +372,7 @@ pub fn validate(request: &Request) -> Result<(), DecodeError> {
                     }
                 }
             }
-            Ok(())
+            heartbeat_metrics::validate(h)
         }
         Request::List(l) => {
             if let Some(prefix) = &l.prefix {
@@ -386,31 +393,52 @@ pub fn validate(request: &Request) -> Result<(), DecodeError> {
         | Request::Unregister(_)
         | Request::Attach(_)
         | Request::Detach(_)
-        | Request::Status(_) => Ok(()),
+        | Request::Status(_)
+        | Request::Grant(_) => Ok(()),
     }
 }
 
 fn validate_spec(spec: &ChannelSpec) -> Result<(), DecodeError> {
     match spec.kind {
         ChannelKind::Shm => {
+            if spec.server_key.is_some() {
+                return Err(field_error(
+                    "channel.server_key",
+                    "only a pubsub or reqrep channel has a server key",
+                ));
+            }
             if spec.endpoint.is_some() {
                 return Err(field_error(
                     "channel.endpoint",
                     "a shm channel has a shm_name, not an endpoint",
                 ));
             }
-            let shm_name = spec
-                .shm_name
-                .as_ref()
-                .ok_or_else(|| field_error("channel.shm_name", "required for a shm channel"))?;
-            if shm_name.channel_part() != spec.name.as_str() {
-                return Err(field_error(
-                    "channel.shm_name",
-                    format!(
-                        "must be /labhub.<uid>.{} for channel {}",
-                        spec.name, spec.name
-                    ),
-                ));
+            match (spec.sharing.unwrap_or(Sharing::Named), &spec.shm_name) {
+                (Sharing::Memfd, Some(_)) => {
+                    return Err(field_error(
+                        "channel.shm_name",
+                        "a memfd channel's segment has no name",
+                    ));
+                }
+                (Sharing::Memfd, None) => {}
+                (Sharing::Named, None) => {
+                    return Err(field_error(
+                        "channel.shm_name",
+                        "required for a shm channel shared by name",
+                    ));
+                }
+                (Sharing::Named, Some(shm_name))
+                    if shm_name.channel_part() != spec.name.as_str() =>
+                {
+                    return Err(field_error(
+                        "channel.shm_name",
+                        format!(
+                            "must be /labhub.<uid>.{} for channel {}",
+                            spec.name, spec.name
+                        ),
+                    ));
+                }
+                (Sharing::Named, Some(_)) => {}
             }
             match spec.size {
                 None => return Err(field_error("channel.size", "required for a shm channel")),
@@ -429,6 +457,12 @@ fn validate_spec(spec: &ChannelSpec) -> Result<(), DecodeError> {
                 return Err(field_error(
                     "channel.shm_name",
                     "only a shm channel has a shm_name",
+                ));
+            }
+            if spec.sharing.is_some() {
+                return Err(field_error(
+                    "channel.sharing",
+                    "only a shm channel has a sharing",
                 ));
             }
             if spec.endpoint.is_none() {
@@ -531,6 +565,7 @@ pub fn encode_request(request: &Request) -> Vec<Vec<u8>> {
         Request::Heartbeat(r) => to_json(r),
         Request::List(r) => to_json(r),
         Request::Status(r) => to_json(r),
+        Request::Grant(r) => to_json(r),
     };
     envelope(request.type_name(), body)
 }

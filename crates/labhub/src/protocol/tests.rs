@@ -215,6 +215,14 @@ fn replies_and_notifications_round_trip() {
         state: ChannelState::Up,
         consumers: 1,
         counters: Counters::from([("frames".into(), 3)]),
+        grants: vec![GrantRecord {
+            role: Role::Consume,
+            client: ClientId::new("viewer").unwrap(),
+            key: "k".repeat(40),
+            pid: 7,
+            uid: 1000,
+            gid: 1000,
+        }],
     };
     let notes = [
         Notification::ChannelUp {
@@ -325,7 +333,8 @@ fn full_requests() -> Vec<(&'static str, serde_json::Value)> {
         (
             "register",
             json!({"request_id": 1, "client": "c", "channel": {"name": "t", "kind": "pubsub",
-                   "endpoint": "tcp://127.0.0.1:5", "size": 10}}),
+                   "endpoint": "tcp://127.0.0.1:5", "size": 10,
+                   "server_key": "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"}}),
         ),
         (
             "discover",
@@ -345,18 +354,29 @@ fn full_requests() -> Vec<(&'static str, serde_json::Value)> {
         ),
         (
             "heartbeat",
-            json!({"request_id": 1, "client": "c", "channels": {"cam0": {"frames": 3}}}),
+            json!({"request_id": 1, "client": "c", "channels": {"cam0": {"frames": 3}},
+                   "client_version": "labhub-rs/0.1.0", "pid": 42,
+                   "latency": {"cam0": {"sum_ns": 5000, "buckets": [[3, 2]]}}}),
         ),
         (
             "list",
             json!({"request_id": 1, "prefix": "ca", "kind": "shm"}),
         ),
         ("status", json!({"request_id": 1})),
+        (
+            "grant",
+            json!({"request_id": 1, "client": "c", "name": "cam0", "role": "consume"}),
+        ),
+        (
+            "register",
+            json!({"request_id": 1, "client": "c", "channel": {"name": "cam0", "kind": "shm",
+                   "sharing": "memfd", "size": 8192}}),
+        ),
     ]
 }
 
 /// Paths of the objects in a request whose fields are fixed (deny unknown fields).
-const FIXED_OBJECTS: [&str; 3] = ["", "channel", "channel.schema"];
+const FIXED_OBJECTS: [&str; 4] = ["", "channel", "channel.schema", "latency.cam0"];
 
 fn at<'a>(v: &'a mut serde_json::Value, path: &str) -> &'a mut serde_json::Value {
     path.split('.')
@@ -413,7 +433,9 @@ fn every_field_of_every_request_is_covered() {
                 .nth(1)
                 .or_else(|| text.split("expected ").nth(1))
                 .unwrap_or_else(|| panic!("{kind} {object}: {text}"));
-            for name in expected.split(", ").map(|n| n.trim_matches('`')) {
+            // serde lists "`a`, `b`, `c`", or "`a` or `b`" for two.
+            let names = expected.split(", ").flat_map(|n| n.split(" or "));
+            for name in names.map(|n| n.trim_matches('`')) {
                 assert!(
                     of_kind.iter().any(|body| {
                         let mut b = (*body).clone();
@@ -555,4 +577,57 @@ fn framing_errors_echo_a_readable_request_id() {
     }
     // No body frame, or none that parses: null.
     assert_eq!(code_of(decode_request(&[b"labhub".to_vec()])).0, None);
+}
+
+#[test]
+fn sharing_decides_whether_a_shm_channel_has_a_name() {
+    let register = |channel: serde_json::Value| {
+        let body = serde_json::json!({"request_id": 1, "client": "c", "channel": channel});
+        decode("register", &body.to_string()).outcome.map(|_| ())
+    };
+    let memfd =
+        serde_json::json!({"name": "cam0", "kind": "shm", "sharing": "memfd", "size": 4096});
+    assert!(register(memfd.clone()).is_ok());
+    let mut named_memfd = memfd;
+    named_memfd["shm_name"] = "/labhub.1000.cam0".into();
+    let e = register(named_memfd).unwrap_err();
+    assert_eq!(e.error.field(), Some("channel.shm_name"), "{}", e.error);
+    let e = register(
+        serde_json::json!({"name": "cam0", "kind": "shm", "sharing": "named", "size": 4096}),
+    )
+    .unwrap_err();
+    assert_eq!(e.error.field(), Some("channel.shm_name"), "{}", e.error);
+    let e = register(serde_json::json!({"name": "t", "kind": "pubsub",
+        "endpoint": "tcp://127.0.0.1:5", "sharing": "memfd"}))
+    .unwrap_err();
+    assert_eq!(e.error.field(), Some("channel.sharing"), "{}", e.error);
+    let e = decode(
+        "grant",
+        r#"{"request_id": 1, "client": "c", "name": "cam0", "role": "steal"}"#,
+    )
+    .outcome
+    .unwrap_err();
+    assert_eq!(e.error.field(), Some("role"), "{}", e.error);
+}
+
+#[test]
+fn grant_socket_messages_are_tagged_and_closed() {
+    let m: GrantMessage = serde_json::from_str(
+        r#"{"type": "redeem", "ticket": "ab", "name": "cam0", "role": "consume"}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        m,
+        GrantMessage::Redeem {
+            role: Role::Consume,
+            ..
+        }
+    ));
+    for bad in [
+        r#"{"type": "redeem", "ticket": "ab", "name": "cam0", "role": "consume", "extra": 1}"#,
+        r#"{"type": "steal", "name": "cam0"}"#,
+        r#"{"type": "provide", "name": "../x"}"#,
+    ] {
+        assert!(serde_json::from_str::<GrantMessage>(bad).is_err(), "{bad}");
+    }
 }

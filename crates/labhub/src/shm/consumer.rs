@@ -252,6 +252,19 @@ impl<T: Payload> Consumer<T> {
         Self::attach(name, view, settings)
     }
 
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+    /// Attaches to the memfd pair a broker handed over for the channel `settings` name,
+    /// mapping its data region read-only (see `Channel::open`).
+    pub(crate) fn open_memfd(
+        settings: &Settings,
+        pair: super::MemfdPair,
+    ) -> Result<Self, ChannelError> {
+        let name = settings.name()?;
+        let view = super::memfd_view(name, pair, false)?;
+        check_open(name, settings, T::FIXED, &view)?;
+        Self::attach(name, view, settings)
+    }
+
     /// Opens the channel, creating it without a producer if it does not exist (see
     /// `Channel::open_or_create`).
     pub(crate) fn open_or_create(settings: &Settings) -> Result<Self, ChannelError> {
@@ -272,6 +285,15 @@ impl<T: Payload> Consumer<T> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+    /// A consumer of a producer-less memfd pair only this process holds: what a Hub consumer
+    /// that starts first reads (nothing) until its producer's channel comes up.
+    pub(crate) fn open_private_memfd(settings: &Settings) -> Result<Self, ChannelError> {
+        let view = super::producer::create_private_memfd(settings)?;
+        let name = view.segment().channel().clone();
+        Self::attach(&name, view, settings)
     }
 
     fn attach(name: &ChannelName, view: View, settings: &Settings) -> Result<Self, ChannelError> {
@@ -343,6 +365,12 @@ impl<T: Payload> Consumer<T> {
         super::stats(&self.view)
     }
 
+    /// What the segment says about itself (as [`inspect`](super::inspect) reads it): how it
+    /// is shared, header, counters, consumers with their liveness.
+    pub fn report(&self) -> super::SegmentReport {
+        super::inspect::report(&self.view)
+    }
+
     /// The reader count of each slot (index = descriptor slot, frame id mod N): how many live
     /// consumers hold a frame of that slot now. Derived from the consumer table, so a reader
     /// killed while holding a frame stops counting at once (see `docs/SHM_LAYOUT.md`).
@@ -352,14 +380,14 @@ impl<T: Payload> Consumer<T> {
 
     /// Whether a live producer is attached now.
     pub fn producer_alive(&self) -> bool {
-        let h = self.view.header();
-        let pid = h.producer_pid.load(Ordering::Acquire);
-        pid != 0
-            && ProcessId {
-                pid: u32::try_from(pid).unwrap_or(0),
-                start_time: h.producer_start_time.load(Ordering::Acquire),
-            }
-            .is_alive()
+        super::producer_alive(&self.view)
+    }
+
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+    /// The random id of the channel incarnation this consumer reads (a memfd channel taken
+    /// over by a restarted producer is a new incarnation).
+    pub(crate) fn instance(&self) -> u64 {
+        self.view.header().instance
     }
 
     /// Frames this consumer lost because a lossy policy overwrote them (or a corrupt
@@ -383,6 +411,8 @@ impl<T: Payload> Consumer<T> {
 
     fn check_entry(&self) -> Result<&layout::ConsumerEntry, ReadError> {
         if !self.is_attached() {
+            // Evicted: the entry is someone else's to claim now.
+            self.view.segment().unlock_byte(self.entry as u64);
             return Err(ReadError::Evicted {
                 channel: self.channel().to_string(),
             });
@@ -399,7 +429,7 @@ impl<T: Payload> Consumer<T> {
         let missed = e.missed.load(Ordering::Relaxed);
         e.missed
             .store(missed.saturating_add(frames), Ordering::Relaxed);
-        super::saturating_add(&self.view.header().overwritten, frames);
+        super::saturating_add(&self.view.control().overwritten, frames);
     }
 
     fn set_position(&mut self, cursor: u64) {
@@ -530,12 +560,13 @@ impl<T: Payload> Consumer<T> {
                 }
                 continue;
             }
-            let seen = h.data_event.sequence();
+            let c = self.view.control();
+            let seen = c.data_event.sequence();
             // Announce the sleep, then re-check (Dekker with the producer's commit store and
             // flag load): the producer notifies only when it finds the flag set. A producer
             // that commits without a full barrier relies on our heavy fence between the two;
             // where the kernel refuses it, sleep in short naps instead of trusting a wake-up.
-            h.data_waiting.store(1, Ordering::SeqCst);
+            c.data_waiting.store(1, Ordering::SeqCst);
             let mut longest = HEARTBEAT_NAP;
             if h.commit_fence.load(Ordering::SeqCst) != layout::commit_fence_code::FULL
                 && !sys::heavy_fence()
@@ -555,7 +586,7 @@ impl<T: Payload> Consumer<T> {
                 }
                 None => longest,
             };
-            h.data_event.wait_changed(seen, Some(nap));
+            c.data_event.wait_changed(seen, Some(nap));
         }
     }
 
@@ -766,6 +797,7 @@ impl<T: Payload> Drop for Consumer<T> {
         if self.is_attached() {
             super::release_entry(&self.view, self.entry(), self.state_word);
         }
+        self.view.segment().unlock_byte(self.entry as u64);
     }
 }
 
@@ -782,12 +814,24 @@ fn claim_entry(
     let h = view.header();
     let claiming = (consumer_state::CLAIMING << 32) | u64::from(me.pid);
     let active = (consumer_state::ACTIVE << 32) | u64::from(me.pid);
+    let locked = view.liveness() == layout::liveness_code::LOCK;
     for i in 0..layout::CONSUMER_CAPACITY as usize {
         let Some(e) = view.consumer(i) else { break };
         let state = e.state.load(Ordering::SeqCst);
-        if state != consumer_state::FREE && !super::reclaim_if_dead(view, e, state) {
+        if state != consumer_state::FREE && !super::reclaim_if_dead(view, i, state) {
             continue;
         }
+        // Under lock liveness the claimer holds the entry's lock before it claims the entry,
+        // so nobody ever judges it dead while it fills the entry in; a lock held by someone
+        // else means the entry is still in use (an evicted owner that has not noticed yet).
+        if locked && !view.segment().try_lock_byte(i as u64) {
+            continue;
+        }
+        let give_up = || {
+            if locked {
+                view.segment().unlock_byte(i as u64);
+            }
+        };
         if e.state
             .compare_exchange(
                 consumer_state::FREE,
@@ -797,6 +841,7 @@ fn claim_entry(
             )
             .is_err()
         {
+            give_up();
             continue;
         }
         // Provisional position: conservative (it can only hold the producer back), raised below.
@@ -815,6 +860,7 @@ fn claim_entry(
             .compare_exchange(claiming, active, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
+            give_up();
             continue;
         }
         // The producer may write frames below `space_bound` without scanning the table again,
@@ -1105,14 +1151,14 @@ impl<T: Payload> Drop for Frame<'_, T> {
         c.set_position(next);
         // Dekker with the producer: it sets `producer_waiting` then re-checks positions; we
         // stored our position (SeqCst) and now check the flag.
-        let h = c.view.header();
+        let ctl = c.view.control();
         // The first releaser to see the flag clears it and wakes the producer: one wake per
         // sleep. The producer sets the flag again before each sleep.
         if c.lossless
-            && h.producer_waiting.load(Ordering::SeqCst) != 0
-            && h.producer_waiting.swap(0, Ordering::SeqCst) != 0
+            && ctl.producer_waiting.load(Ordering::SeqCst) != 0
+            && ctl.producer_waiting.swap(0, Ordering::SeqCst) != 0
         {
-            h.space_event.notify_all();
+            ctl.space_event.notify_all();
         }
     }
 }

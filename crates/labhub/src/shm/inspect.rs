@@ -13,7 +13,6 @@ use super::element::ElementType;
 use super::error::ChannelError;
 use super::layout::{self, consumer_state};
 use super::producer::policy_of;
-use super::sync_impl::ProcessId;
 use crate::name::ChannelName;
 use crate::sys;
 
@@ -23,12 +22,19 @@ use crate::sys;
 pub struct SegmentReport {
     /// The channel.
     pub channel: ChannelName,
-    /// The segment's OS name (`/labhub.<uid>.<channel>`).
-    pub shm_name: String,
+    /// How the segment is shared: a named segment, or memfds a broker hands out.
+    pub sharing: Sharing,
+    /// The named segment's OS name (`/labhub.<uid>.<channel>`); `None` for memfds.
+    pub shm_name: Option<String>,
     /// The layout version of the segment.
     pub layout_version: u32,
-    /// Segment size in bytes.
+    /// Size of the data region in bytes (what a broker announces as the channel's size).
     pub total_size: u64,
+    /// Size of the control region in bytes.
+    pub control_size: u64,
+    /// A random id of this incarnation of the channel (a memfd channel taken over by a
+    /// restarted producer is a new incarnation of it).
+    pub instance: u64,
     /// The policy (`latest`, `double`, `ring:N:block`, …; a blocking ring's timeout is not
     /// stored in the segment and shown as the default).
     pub policy: Policy,
@@ -119,6 +125,29 @@ fn age_ms(now: u64, then: u64) -> u64 {
     now.saturating_sub(then) / 1_000_000
 }
 
+/// How a channel's segment is shared (its wire spelling in the broker's protocol too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Sharing {
+    /// A named POSIX segment, `/dev/shm/labhub.<uid>.<channel>`, opened by name (brokerless
+    /// channels).
+    Named,
+    /// Two memfds a broker holds and hands to the processes it grants the channel to (the
+    /// data memfd sealed against writes; docs/PROTOCOL.md §9).
+    Memfd,
+}
+
+impl Sharing {
+    /// `named` or `memfd`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Named => "named",
+            Self::Memfd => "memfd",
+        }
+    }
+}
+
 /// Reads channel `name`'s segment header without attaching (nothing is written to the segment).
 ///
 /// ```
@@ -142,20 +171,36 @@ fn age_ms(now: u64, then: u64) -> u64 {
 pub fn inspect(name: &str) -> Result<SegmentReport, ChannelError> {
     let name = super::channel_name(name)?;
     let view = super::open_view(&name, Duration::ZERO)?;
+    Ok(report(&view))
+}
+
+#[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+/// Reads the segment of a broker-granted channel from its memfds (the data one mapped
+/// read-only), without attaching.
+pub(crate) fn inspect_memfd(
+    name: &ChannelName,
+    pair: super::MemfdPair,
+) -> Result<SegmentReport, ChannelError> {
+    Ok(report(&super::memfd_view(name, pair, false)?))
+}
+
+/// What a mapped segment says about itself.
+pub(super) fn report(view: &layout::View) -> SegmentReport {
     let h = view.header();
+    let c = view.control();
     let geo = view.geometry();
     let params = geo.params;
     let now = sys::monotonic_coarse_ns();
     let pid = h.producer_pid.load(Ordering::Acquire);
-    let producer = u32::try_from(pid).ok().filter(|&p| p != 0).map(|pid| {
-        let start_time = h.producer_start_time.load(Ordering::Acquire);
-        ProducerReport {
+    let producer = u32::try_from(pid)
+        .ok()
+        .filter(|&p| p != 0)
+        .map(|pid| ProducerReport {
             pid,
-            alive: ProcessId { pid, start_time }.is_alive(),
+            alive: super::producer_alive(view),
             attaches: h.producer_attaches.load(Ordering::Relaxed),
             heartbeat_age_ms: age_ms(now, h.producer_heartbeat_ns.load(Ordering::Relaxed)),
-        }
-    });
+        });
     let mut consumers = Vec::new();
     for index in 0..layout::CONSUMER_CAPACITY as usize {
         let Some(e) = view.consumer(index) else { break };
@@ -172,7 +217,7 @@ pub fn inspect(name: &str) -> Result<SegmentReport, ChannelError> {
                 consumer_state::RELEASING => "releasing",
                 _ => "unknown",
             },
-            alive: !super::entry_owner_dead(e, state),
+            alive: !super::entry_owner_dead(view, index, state),
             position: e.position.load(Ordering::Relaxed),
             received: e.received.load(Ordering::Relaxed),
             missed: e.missed.load(Ordering::Relaxed),
@@ -182,11 +227,20 @@ pub fn inspect(name: &str) -> Result<SegmentReport, ChannelError> {
     }
     let schema = params.schema;
     let element = geo.element();
-    Ok(SegmentReport {
-        shm_name: name.segment_name(),
+    let name = view.segment().channel().clone();
+    let memfd = view.segment().is_memfd();
+    SegmentReport {
+        shm_name: (!memfd).then(|| name.segment_name()),
+        sharing: if memfd {
+            Sharing::Memfd
+        } else {
+            Sharing::Named
+        },
         channel: name,
         layout_version: layout::LAYOUT_VERSION,
         total_size: geo.total_size,
+        control_size: geo.control_size,
+        instance: h.instance,
         // The header was validated: its policy codes are known.
         policy: policy_of(&params).unwrap_or(Policy::Latest),
         slots: params.slot_count,
@@ -202,10 +256,10 @@ pub fn inspect(name: &str) -> Result<SegmentReport, ChannelError> {
         pooled: geo.pooled(),
         published: h.commit_pos.load(Ordering::Acquire),
         dropped: h.dropped.load(Ordering::Relaxed),
-        overwritten: h.overwritten.load(Ordering::Relaxed),
-        evicted: h.consumers_evicted.load(Ordering::Relaxed),
+        overwritten: c.overwritten.load(Ordering::Relaxed),
+        evicted: c.consumers_evicted.load(Ordering::Relaxed),
         state_version: h.flex_version.load(Ordering::Acquire),
         producer,
         consumers,
-    })
+    }
 }

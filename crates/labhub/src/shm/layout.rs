@@ -12,6 +12,7 @@
 //! mapping, so the accessors below are safe.
 
 use std::mem::{offset_of, size_of};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::element::ElementType;
@@ -22,10 +23,12 @@ use super::sync_impl::{ProcessEvent, ProcessMutex};
 #[cfg(target_endian = "big")]
 compile_error!("the shm layout is little-endian");
 
-/// `b"LABHUBDB"` read as a little-endian u64.
+/// `b"LABHUBDB"` read as a little-endian u64: the data header's magic.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"LABHUBDB");
+/// `b"LABHUBCT"` read as a little-endian u64: the control header's magic.
+pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"LABHUBCT");
 /// Layout version; any change to this file's structs bumps it.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// Alignment of regions and granularity of the segment size (bytes).
 pub const PAGE: u64 = 4096;
 /// Entries in the consumer table.
@@ -100,6 +103,23 @@ pub mod commit_fence_code {
     pub const ASYMMETRIC: u32 = 1;
 }
 
+/// Codes stored in [`Control::liveness`]: how a process judges whether the owner of a
+/// consumer-table entry, or the producer, is alive.
+pub mod liveness_code {
+    /// By pid and start time (named segments: every holder shares the creator's pid
+    /// namespace).
+    pub const PID: u32 = 0;
+    /// By a lock the kernel breaks on death: the owner of entry i holds an open-file-description
+    /// write lock on byte i of the control file, the producer on byte
+    /// [`PRODUCER_LOCK_BYTE`](super::PRODUCER_LOCK_BYTE). Works across pid namespaces
+    /// (broker-granted memfd channels).
+    pub const LOCK: u32 = 1;
+}
+
+/// The byte of the control file whose lock the producer holds under [`liveness_code::LOCK`]
+/// (consumer entry i's owner holds byte i).
+pub const PRODUCER_LOCK_BYTE: u64 = 4095;
+
 /// Consumer-entry state, the high 32 bits of [`ConsumerEntry::state`]; the low 32 bits hold the pid.
 pub mod consumer_state {
     /// Free entry (the whole word is 0).
@@ -151,11 +171,13 @@ fn prefetchw(p: *const u8) {
     }
 }
 
-/// The segment header at offset 0 (704 bytes).
+/// The data header at offset 0 of the data region (512 bytes).
 ///
-/// Fields up to `schema_name_len` (offsets 0–191) and the schema block from `max_shape`
-/// (576–703) are written once at creation, before `magic` and `layout_version` are published,
-/// and never change; the rest are atomics shared by all processes.
+/// Fields up to `reserved1` (offsets 0–191) and the schema block from `max_shape` (384–511) are
+/// written once at creation, before `magic` and `layout_version` are published, and never
+/// change; the rest are atomics. Only the producer writes any of it: consumers may map the data
+/// region read-only (a broker-granted channel's is sealed so), so everything a consumer writes
+/// lives in the [`Control`] region.
 #[repr(C, align(64))]
 pub struct Header {
     /// [`MAGIC`]; stored last at creation.
@@ -164,7 +186,7 @@ pub struct Header {
     pub layout_version: AtomicU32,
     /// `size_of::<Header>()` of the creator.
     pub header_size: u32,
-    /// Size of the whole segment in bytes.
+    /// Size of the data region in bytes.
     pub total_size: u64,
     /// A [`policy_code`].
     pub policy: u32,
@@ -172,16 +194,16 @@ pub struct Header {
     pub backpressure: u32,
     /// Number of slots.
     pub slot_count: u32,
-    /// Number of consumer-table entries.
-    pub consumer_capacity: u32,
+    /// Reserved, zero.
+    pub reserved0: u32,
     /// Largest frame payload in bytes.
     pub slot_size: u64,
     /// Distance between slot payloads (slot_size rounded up to 64).
     pub slot_stride: u64,
     /// Capacity of each of the two flexible-zone buffers in bytes.
     pub flex_size: u64,
-    /// Offset of the consumer table.
-    pub consumer_table_offset: u64,
+    /// Size of the channel's control region.
+    pub control_size: u64,
     /// Offset of the slot descriptors.
     pub slot_meta_offset: u64,
     /// Offset of the flexible zone.
@@ -208,8 +230,11 @@ pub struct Header {
     pub schema_version: u32,
     /// Bytes of `schema_name` used (0: no application schema).
     pub schema_name_len: u32,
+    /// A random id of this incarnation of the channel, never 0; its control region carries the
+    /// same, so a data region is never paired with another channel's control region.
+    pub instance: u64,
     /// Reserved, zero.
-    pub reserved1: [u8; 16],
+    pub reserved1: u64,
     /// Pid of the producer attached now, 0 when none.
     pub producer_pid: AtomicU64,
     /// Start time (clock ticks since boot) of that process; with the pid it survives pid reuse.
@@ -227,53 +252,30 @@ pub struct Header {
     pub commit_fence: AtomicU32,
     /// Reserved, zero.
     pub reserved2: u32,
-    /// Consumers evicted (dead, or heartbeat older than the consumer timeout, or dropped by
-    /// the broker) since creation.
-    pub consumers_evicted: AtomicU64,
+    /// Reserved, zero.
+    pub reserved3: u64,
     /// Next frame id the producer will claim (its own cache line: written per frame).
     pub write_pos: AtomicU64,
     /// Ring: frames below this id may be written without scanning the consumer table again
     /// (the producer stores it, SeqCst, before the scan that justifies it).
     pub space_bound: AtomicU64,
     /// Reserved, zero.
-    pub reserved3: [u8; 48],
+    pub reserved4: [u8; 48],
     /// Number of committed frames = last committed frame id + 1 (0: none yet). Alone on its
     /// cache line: consumers that keep up poll it, the producer writes it once per frame.
     pub commit_pos: AtomicU64,
     /// Reserved, zero.
-    pub reserved4: [u8; 56],
-    /// Notified after a commit when `data_waiting` is set (and when a producer leaves).
-    pub data_event: ProcessEvent,
-    /// 1 while a consumer may sleep on `data_event`; the producer swaps it to 0 and notifies,
-    /// so a sleep costs one wake rather than one per commit until the sleeper runs.
-    pub data_waiting: AtomicU32,
-    /// Reserved, zero.
-    pub reserved5: [u8; 52],
-    /// Notified when a consumer releases a frame or detaches (lossless rings).
-    pub space_event: ProcessEvent,
-    /// Ring: 1 while the producer sleeps on `space_event`, so releases notify only then. On
-    /// the `space_event` line, not the `write_pos` one: consumers read it after every frame
-    /// and the producer writes it only when it sleeps, so the line stays shared, not bounced.
-    pub producer_waiting: AtomicU32,
-    /// Reserved, zero.
-    pub reserved6: u32,
-    /// Frames consumers lost because a lossy policy overwrote them (written by consumers, so
-    /// not on a line the producer writes per frame).
-    pub overwritten: AtomicU64,
-    /// Reserved, zero.
-    pub reserved7: [u8; 40],
-    /// Serialises producer attach and takeover.
-    pub producer_mutex: ProcessMutex,
+    pub reserved5: [u8; 56],
     /// The largest frame shape: `ndim` dimensions, the rest 0. A frame's shape has the same
     /// number of dimensions, each at most the one here.
     pub max_shape: [u64; MAX_DIMS],
     /// The application's schema name (UTF-8, `schema_name_len` bytes, the rest 0).
     pub schema_name: [u8; MAX_SCHEMA_NAME],
     /// Reserved, zero.
-    pub reserved8: [u8; 32],
+    pub reserved6: [u8; 32],
 }
 
-const _: () = assert!(size_of::<Header>() == 704);
+const _: () = assert!(size_of::<Header>() == 512);
 const _: () = assert!(offset_of!(Header, magic) == 0);
 const _: () = assert!(offset_of!(Header, layout_version) == 8);
 const _: () = assert!(offset_of!(Header, header_size) == 12);
@@ -281,11 +283,11 @@ const _: () = assert!(offset_of!(Header, total_size) == 16);
 const _: () = assert!(offset_of!(Header, policy) == 24);
 const _: () = assert!(offset_of!(Header, backpressure) == 28);
 const _: () = assert!(offset_of!(Header, slot_count) == 32);
-const _: () = assert!(offset_of!(Header, consumer_capacity) == 36);
+const _: () = assert!(offset_of!(Header, reserved0) == 36);
 const _: () = assert!(offset_of!(Header, slot_size) == 40);
 const _: () = assert!(offset_of!(Header, slot_stride) == 48);
 const _: () = assert!(offset_of!(Header, flex_size) == 56);
-const _: () = assert!(offset_of!(Header, consumer_table_offset) == 64);
+const _: () = assert!(offset_of!(Header, control_size) == 64);
 const _: () = assert!(offset_of!(Header, slot_meta_offset) == 72);
 const _: () = assert!(offset_of!(Header, flex_offset) == 80);
 const _: () = assert!(offset_of!(Header, data_offset) == 88);
@@ -299,7 +301,8 @@ const _: () = assert!(offset_of!(Header, element_type) == 160);
 const _: () = assert!(offset_of!(Header, ndim) == 164);
 const _: () = assert!(offset_of!(Header, schema_version) == 168);
 const _: () = assert!(offset_of!(Header, schema_name_len) == 172);
-const _: () = assert!(offset_of!(Header, reserved1) == 176);
+const _: () = assert!(offset_of!(Header, instance) == 176);
+const _: () = assert!(offset_of!(Header, reserved1) == 184);
 const _: () = assert!(offset_of!(Header, producer_pid) == 192);
 const _: () = assert!(offset_of!(Header, producer_start_time) == 200);
 const _: () = assert!(offset_of!(Header, producer_heartbeat_ns) == 208);
@@ -308,24 +311,90 @@ const _: () = assert!(offset_of!(Header, dropped) == 224);
 const _: () = assert!(offset_of!(Header, flex_version) == 232);
 const _: () = assert!(offset_of!(Header, commit_fence) == 240);
 const _: () = assert!(offset_of!(Header, reserved2) == 244);
-const _: () = assert!(offset_of!(Header, consumers_evicted) == 248);
+const _: () = assert!(offset_of!(Header, reserved3) == 248);
 const _: () = assert!(offset_of!(Header, write_pos) == 256);
 const _: () = assert!(offset_of!(Header, space_bound) == 264);
-const _: () = assert!(offset_of!(Header, reserved3) == 272);
+const _: () = assert!(offset_of!(Header, reserved4) == 272);
 const _: () = assert!(offset_of!(Header, commit_pos) == 320);
-const _: () = assert!(offset_of!(Header, reserved4) == 328);
-const _: () = assert!(offset_of!(Header, data_event) == 384);
-const _: () = assert!(offset_of!(Header, data_waiting) == 392);
-const _: () = assert!(offset_of!(Header, reserved5) == 396);
-const _: () = assert!(offset_of!(Header, space_event) == 448);
-const _: () = assert!(offset_of!(Header, producer_waiting) == 456);
-const _: () = assert!(offset_of!(Header, reserved6) == 460);
-const _: () = assert!(offset_of!(Header, overwritten) == 464);
-const _: () = assert!(offset_of!(Header, reserved7) == 472);
-const _: () = assert!(offset_of!(Header, producer_mutex) == 512);
-const _: () = assert!(offset_of!(Header, max_shape) == 576);
-const _: () = assert!(offset_of!(Header, schema_name) == 608);
-const _: () = assert!(offset_of!(Header, reserved8) == 672);
+const _: () = assert!(offset_of!(Header, reserved5) == 328);
+const _: () = assert!(offset_of!(Header, max_shape) == 384);
+const _: () = assert!(offset_of!(Header, schema_name) == 416);
+const _: () = assert!(offset_of!(Header, reserved6) == 480);
+
+/// The control header at offset 0 of the control region (384 bytes), followed by the consumer
+/// table: everything consumers write, with the producer's mutex and the two events.
+///
+/// Fields up to `instance` (offsets 0–47) are written once at creation, before `magic` is
+/// published; the rest are atomics and sync words shared by all processes.
+#[repr(C, align(64))]
+pub struct Control {
+    /// [`CONTROL_MAGIC`]; stored last at creation.
+    pub magic: AtomicU64,
+    /// [`LAYOUT_VERSION`]; stored just before the magic.
+    pub layout_version: AtomicU32,
+    /// `size_of::<Control>()` of the creator.
+    pub header_size: u32,
+    /// Size of the control region in bytes.
+    pub control_size: u64,
+    /// Number of consumer-table entries.
+    pub consumer_capacity: u32,
+    /// A [`liveness_code`]: how the owner of an entry (and the producer) is judged alive.
+    pub liveness: u32,
+    /// Offset of the consumer table in the control region.
+    pub consumer_table_offset: u64,
+    /// The channel incarnation's id, the data header's `instance`.
+    pub instance: u64,
+    /// Consumers evicted (dead, or heartbeat older than the consumer timeout, or dropped by
+    /// the broker) since creation.
+    pub consumers_evicted: AtomicU64,
+    /// Reserved, zero.
+    pub reserved1: u64,
+    /// Notified after a commit when `data_waiting` is set (and when a producer leaves).
+    pub data_event: ProcessEvent,
+    /// 1 while a consumer may sleep on `data_event`; the producer swaps it to 0 and notifies,
+    /// so a sleep costs one wake rather than one per commit until the sleeper runs.
+    pub data_waiting: AtomicU32,
+    /// Reserved, zero.
+    pub reserved2: [u8; 52],
+    /// Notified when a consumer releases a frame or detaches (lossless rings).
+    pub space_event: ProcessEvent,
+    /// Ring: 1 while the producer sleeps on `space_event`, so releases notify only then. Read
+    /// by consumers after every frame and written by the producer only when it sleeps, so the
+    /// line stays shared, not bounced.
+    pub producer_waiting: AtomicU32,
+    /// Reserved, zero.
+    pub reserved3: u32,
+    /// Frames consumers lost because a lossy policy overwrote them (written by consumers).
+    pub overwritten: AtomicU64,
+    /// Reserved, zero.
+    pub reserved4: [u8; 104],
+    /// Serialises producer attach and takeover.
+    pub producer_mutex: ProcessMutex,
+    /// Reserved, zero.
+    pub reserved5: [u8; 64],
+}
+
+const _: () = assert!(size_of::<Control>() == 384);
+const _: () = assert!(offset_of!(Control, magic) == 0);
+const _: () = assert!(offset_of!(Control, layout_version) == 8);
+const _: () = assert!(offset_of!(Control, header_size) == 12);
+const _: () = assert!(offset_of!(Control, control_size) == 16);
+const _: () = assert!(offset_of!(Control, consumer_capacity) == 24);
+const _: () = assert!(offset_of!(Control, liveness) == 28);
+const _: () = assert!(offset_of!(Control, consumer_table_offset) == 32);
+const _: () = assert!(offset_of!(Control, instance) == 40);
+const _: () = assert!(offset_of!(Control, consumers_evicted) == 48);
+const _: () = assert!(offset_of!(Control, reserved1) == 56);
+const _: () = assert!(offset_of!(Control, data_event) == 64);
+const _: () = assert!(offset_of!(Control, data_waiting) == 72);
+const _: () = assert!(offset_of!(Control, reserved2) == 76);
+const _: () = assert!(offset_of!(Control, space_event) == 128);
+const _: () = assert!(offset_of!(Control, producer_waiting) == 136);
+const _: () = assert!(offset_of!(Control, reserved3) == 140);
+const _: () = assert!(offset_of!(Control, overwritten) == 144);
+const _: () = assert!(offset_of!(Control, reserved4) == 152);
+const _: () = assert!(offset_of!(Control, producer_mutex) == 256);
+const _: () = assert!(offset_of!(Control, reserved5) == 320);
 const _: () = assert!(size_of::<ProcessEvent>() == 8);
 const _: () = assert!(size_of::<ProcessMutex>() == 64);
 
@@ -541,9 +610,11 @@ pub struct Geometry {
     pub params: Params,
     /// Consumer-table entries.
     pub consumer_capacity: u32,
-    /// Offset of the consumer table.
+    /// Offset of the consumer table in the control region.
     pub consumer_table_offset: u64,
-    /// Offset of the slot descriptors.
+    /// Size of the control region.
+    pub control_size: u64,
+    /// Offset of the slot descriptors in the data region.
     pub slot_meta_offset: u64,
     /// Offset of the flexible zone.
     pub flex_offset: u64,
@@ -553,9 +624,19 @@ pub struct Geometry {
     pub data_offset: u64,
     /// Distance between payloads.
     pub slot_stride: u64,
-    /// Segment size.
+    /// Size of the data region.
     pub total_size: u64,
 }
+
+/// Offset of the consumer table in the control region: right after its header.
+pub const CONSUMER_TABLE_OFFSET: u64 = size_of::<Control>() as u64;
+/// Size of every channel's control region: its header and the consumer table, rounded up to
+/// a page.
+pub const CONTROL_SIZE: u64 = (CONSUMER_TABLE_OFFSET
+    + CONSUMER_CAPACITY as u64 * size_of::<ConsumerEntry>() as u64)
+    .div_ceil(PAGE)
+    * PAGE;
+const _: () = assert!(PRODUCER_LOCK_BYTE >= CONSUMER_CAPACITY as u64);
 
 fn round_up(v: u64, to: u64) -> Option<u64> {
     v.checked_add(to - 1).map(|x| x / to * to)
@@ -629,10 +710,7 @@ impl Geometry {
         }
         let too_big = || invalid("total_size", u64::MAX);
         let cap = CONSUMER_CAPACITY;
-        let consumer_table_offset = size_of::<Header>() as u64;
-        let slot_meta_offset = consumer_table_offset
-            .checked_add(u64::from(cap) * size_of::<ConsumerEntry>() as u64)
-            .ok_or_else(too_big)?;
+        let slot_meta_offset = size_of::<Header>() as u64;
         let flex_offset = slot_meta_offset
             .checked_add(u64::from(p.slot_count) * size_of::<SlotMeta>() as u64)
             .ok_or_else(too_big)?;
@@ -650,13 +728,20 @@ impl Geometry {
             .and_then(|d| d.checked_add(data_offset))
             .and_then(|t| round_up(t, PAGE))
             .ok_or_else(too_big)?;
-        if total_size > MAX_TOTAL || usize::try_from(total_size).is_err() {
+        // A named segment holds both regions: its whole size must fit too.
+        if total_size > MAX_TOTAL
+            || total_size
+                .checked_add(CONTROL_SIZE)
+                .and_then(|t| usize::try_from(t).ok())
+                .is_none()
+        {
             return Err(invalid("total_size", total_size));
         }
         Ok(Self {
             params,
             consumer_capacity: cap,
-            consumer_table_offset,
+            consumer_table_offset: CONSUMER_TABLE_OFFSET,
+            control_size: CONTROL_SIZE,
             slot_meta_offset,
             flex_offset,
             flex_stride,
@@ -666,8 +751,9 @@ impl Geometry {
         })
     }
 
-    /// Reads the parameters from a published header, recomputes the layout and checks that every
-    /// stored size and offset agrees and that the layout fits in `mapped_len` bytes.
+    /// Reads the parameters from a published data header, recomputes the layout and checks
+    /// that every stored size and offset agrees and that the data region fits in `mapped_len`
+    /// bytes.
     pub fn from_header(h: &Header, mapped_len: u64) -> Result<Self, LayoutError> {
         if h.header_size as usize != size_of::<Header>() {
             return Err(LayoutError::HeaderSize {
@@ -675,8 +761,8 @@ impl Geometry {
                 found: h.header_size.into(),
             });
         }
-        if h.consumer_capacity != CONSUMER_CAPACITY {
-            return Err(invalid("consumer_capacity", h.consumer_capacity.into()));
+        if h.instance == 0 {
+            return Err(invalid("instance", 0));
         }
         let params = Params {
             policy: h.policy,
@@ -700,11 +786,7 @@ impl Geometry {
         let checks: [(&'static str, u64, u64); 6] = [
             ("total_size", g.total_size, h.total_size),
             ("slot_stride", g.slot_stride, h.slot_stride),
-            (
-                "consumer_table_offset",
-                g.consumer_table_offset,
-                h.consumer_table_offset,
-            ),
+            ("control_size", g.control_size, h.control_size),
             ("slot_meta_offset", g.slot_meta_offset, h.slot_meta_offset),
             ("flex_offset", g.flex_offset, h.flex_offset),
             ("data_offset", g.data_offset, h.data_offset),
@@ -728,6 +810,71 @@ impl Geometry {
             });
         }
         Ok(g)
+    }
+
+    /// Checks a published control header against this geometry and the data header's
+    /// `instance`: sizes, offsets, capacity, liveness code, and that the region of `mapped_len`
+    /// bytes holds it all. Returns its liveness code.
+    pub fn check_control(
+        &self,
+        c: &Control,
+        instance: u64,
+        mapped_len: u64,
+    ) -> Result<u32, LayoutError> {
+        let (magic, version) = load_control_magic(c);
+        if magic != CONTROL_MAGIC {
+            return Err(if magic == 0 {
+                LayoutError::NotInitialized
+            } else {
+                LayoutError::BadMagic {
+                    expected: CONTROL_MAGIC,
+                    found: magic,
+                }
+            });
+        }
+        if version != LAYOUT_VERSION {
+            return Err(LayoutError::VersionMismatch {
+                expected: LAYOUT_VERSION,
+                found: version,
+            });
+        }
+        if c.header_size as usize != size_of::<Control>() {
+            return Err(LayoutError::HeaderSize {
+                expected: size_of::<Control>() as u64,
+                found: c.header_size.into(),
+            });
+        }
+        if c.consumer_capacity != self.consumer_capacity {
+            return Err(invalid("consumer_capacity", c.consumer_capacity.into()));
+        }
+        let checks: [(&'static str, u64, u64); 3] = [
+            ("control_size", self.control_size, c.control_size),
+            (
+                "consumer_table_offset",
+                self.consumer_table_offset,
+                c.consumer_table_offset,
+            ),
+            ("instance", instance, c.instance),
+        ];
+        for (field, expected, found) in checks {
+            if expected != found {
+                return Err(LayoutError::Inconsistent {
+                    field,
+                    expected,
+                    found,
+                });
+            }
+        }
+        if !matches!(c.liveness, liveness_code::PID | liveness_code::LOCK) {
+            return Err(invalid("liveness", c.liveness.into()));
+        }
+        if self.control_size > mapped_len {
+            return Err(LayoutError::Truncated {
+                header: self.control_size,
+                actual: mapped_len,
+            });
+        }
+        Ok(c.liveness)
     }
 
     /// The element type of every frame.
@@ -777,46 +924,97 @@ impl Geometry {
     }
 }
 
-/// A mapped segment together with its validated geometry: the safe window into a channel.
+/// A mapped segment (its data and control regions) together with its validated geometry: the
+/// safe window into a channel.
 pub struct View {
     seg: Segment,
     geo: Geometry,
+    /// A [`liveness_code`], from the control header.
+    liveness: u32,
+    /// The base of the data region and of the control region, inside `seg`'s mappings:
+    /// taken once, every frame's accesses start from them.
+    data: NonNull<u8>,
+    control: NonNull<u8>,
 }
 
+// SAFETY: `data` and `control` point into mappings `seg` owns, which stay where they are when
+// the view moves and live as long as it; everything reached through them is accessed through
+// atomics or under the channel protocol, as for the Segment itself (Send + Sync).
+unsafe impl Send for View {}
+// SAFETY: as above; `&View` only hands out shared references and pointers into the mappings.
+unsafe impl Sync for View {}
+
 impl View {
-    /// Wraps a segment whose header has not been published yet (the creator's view). The caller
-    /// computed `geo` and created the segment with exactly `geo.total_size` bytes.
-    pub fn new_unchecked_header(seg: Segment, geo: Geometry) -> Result<Self, LayoutError> {
-        if (seg.len() as u64) < geo.total_size {
-            return Err(LayoutError::Truncated {
-                header: geo.total_size,
-                actual: seg.len() as u64,
-            });
-        }
-        Ok(Self { seg, geo })
+    /// Wraps a segment whose headers have not been published yet (the creator's view). The
+    /// caller computed `geo` and created the segment's regions with exactly its sizes.
+    pub fn new_unchecked_header(
+        seg: Segment,
+        geo: Geometry,
+        liveness: u32,
+    ) -> Result<Self, LayoutError> {
+        Self::check_sizes(&seg, &geo)?;
+        Ok(Self::with_bases(seg, geo, liveness))
     }
 
-    /// The header of a mapping at least one header long, before any validation.
+    /// The view, its region bases taken from `seg` (whose sizes were checked).
+    fn with_bases(seg: Segment, geo: Geometry, liveness: u32) -> Self {
+        let base = |p: *mut u8| NonNull::new(p).unwrap_or(NonNull::dangling());
+        let (data, control) = (base(seg.data_ptr()), base(seg.control_ptr(geo.total_size)));
+        Self {
+            seg,
+            geo,
+            liveness,
+            data,
+            control,
+        }
+    }
+
+    fn check_sizes(seg: &Segment, geo: &Geometry) -> Result<(), LayoutError> {
+        let truncated = |header: u64, actual: usize| LayoutError::Truncated {
+            header,
+            actual: actual as u64,
+        };
+        if (seg.data_len() as u64) < geo.total_size {
+            return Err(truncated(geo.total_size, seg.data_len()));
+        }
+        let control_len = seg.control_len(geo.total_size);
+        if (control_len as u64) < geo.control_size {
+            return Err(truncated(geo.control_size, control_len));
+        }
+        Ok(())
+    }
+
+    /// The data header of a mapping at least one header long, before any validation.
     pub fn raw_header(seg: &Segment) -> Result<&Header, LayoutError> {
-        if seg.len() < size_of::<Header>() {
+        if seg.data_len() < size_of::<Header>() {
             return Err(LayoutError::Truncated {
                 header: size_of::<Header>() as u64,
-                actual: seg.len() as u64,
+                actual: seg.data_len() as u64,
             });
         }
         // SAFETY: the mapping is page-aligned (≥ 64, Header's alignment) and at least
         // size_of::<Header>() bytes long; every bit pattern is a valid Header (integers, byte
-        // arrays, atomics and the sync words, whose all-bit patterns are handled by their own
-        // code). Other processes may write it concurrently only through atomics, or (for the
-        // creation fields) before publishing the magic; garbage is validated before use.
-        Ok(unsafe { &*seg.as_ptr().cast::<Header>() })
+        // arrays and atomics). Other processes may write it concurrently only through atomics,
+        // or (for the creation fields) before publishing the magic; garbage is validated
+        // before use. Only loads are made through a shared reference to it, so a read-only
+        // mapping serves as well.
+        Ok(unsafe { &*seg.data_ptr().cast::<Header>() })
     }
 
-    /// Validates the header of `seg` (magic and version already checked by the caller) and builds
-    /// the view.
+    /// Validates the data header of `seg` (magic and version already checked by the caller)
+    /// and its control header, and builds the view.
     pub fn attach(seg: Segment) -> Result<Self, LayoutError> {
-        let geo = Geometry::from_header(Self::raw_header(&seg)?, seg.len() as u64)?;
-        Ok(Self { seg, geo })
+        let h = Self::raw_header(&seg)?;
+        let geo = Geometry::from_header(h, seg.data_len() as u64)?;
+        let instance = h.instance;
+        Self::check_sizes(&seg, &geo)?;
+        // SAFETY: check_sizes found the control region at least control_size ≥
+        // size_of::<Control>() bytes long; its base is page-aligned (a mapping's base, or
+        // total_size, a multiple of PAGE, past it). Any bit pattern is a valid Control
+        // (integers, atomics and the sync words, whose own code handles every pattern).
+        let c = unsafe { &*seg.control_ptr(geo.total_size).cast::<Control>() };
+        let liveness = geo.check_control(c, instance, seg.control_len(geo.total_size) as u64)?;
+        Ok(Self::with_bases(seg, geo, liveness))
     }
 
     /// The segment.
@@ -831,11 +1029,33 @@ impl View {
         &self.geo
     }
 
-    /// The header.
+    /// How the owners of entries and the producer are judged alive (a [`liveness_code`]).
+    #[inline]
+    pub fn liveness(&self) -> u32 {
+        self.liveness
+    }
+
+    /// Whether the liveness lock on `byte` of the control file is held (by anyone, this view's
+    /// segment included).
+    #[inline]
+    pub fn lock_held(&self, byte: u64) -> bool {
+        self.seg.byte_held(byte)
+    }
+
+    /// The data header.
     #[inline]
     pub fn header(&self) -> &Header {
-        // SAFETY: as in `raw_header`; the mapping is ≥ total_size ≥ size_of::<Header>().
-        unsafe { &*self.seg.as_ptr().cast::<Header>() }
+        // SAFETY: as in `raw_header`; the data region is ≥ total_size ≥ size_of::<Header>().
+        unsafe { &*self.data.as_ptr().cast::<Header>() }
+    }
+
+    /// The control header.
+    #[inline]
+    pub fn control(&self) -> &Control {
+        // SAFETY: as in `attach`: the control region (checked by `check_sizes`) is at least
+        // size_of::<Control>() bytes and page-aligned; any bit pattern is valid. Consumers
+        // write it, so it is always mapped writable.
+        unsafe { &*self.control.as_ptr().cast::<Control>() }
     }
 
     /// Consumer entry `i`, or `None` if `i` is out of range.
@@ -845,10 +1065,11 @@ impl View {
             return None;
         }
         let off = self.geo.consumer_table_offset as usize + i * size_of::<ConsumerEntry>();
-        // SAFETY: i < capacity, so [off, off+64) lies inside the consumer table, which
-        // Geometry::from_header placed inside the mapping; off is 64-aligned (576 + 64 i) and the
-        // mapping base is page-aligned. All fields are atomics: any bit pattern is valid.
-        Some(unsafe { &*self.seg.as_ptr().add(off).cast::<ConsumerEntry>() })
+        // SAFETY: i < capacity, so [off, off + 64) lies inside the consumer table, inside the
+        // control region (CONTROL_SIZE covers the table, checked by `check_sizes`); off is
+        // 64-aligned (384 + 64 i) and the region's base is page-aligned. All fields are
+        // atomics: any bit pattern is valid.
+        Some(unsafe { &*self.control.as_ptr().add(off).cast::<ConsumerEntry>() })
     }
 
     /// Descriptor of the slot that frame `f` uses.
@@ -858,7 +1079,7 @@ impl View {
         let off = self.geo.slot_meta_offset as usize + slot * size_of::<SlotMeta>();
         // SAFETY: slot < slot_count, so [off, off+128) lies inside the descriptor array, inside
         // the mapping; off is 64-aligned. All fields are atomics or plain integers.
-        unsafe { &*self.seg.as_ptr().add(off).cast::<SlotMeta>() }
+        unsafe { &*self.data.as_ptr().add(off).cast::<SlotMeta>() }
     }
 
     /// Start of payload buffer `index` (reduced modulo the slot count); `slot_size` bytes are
@@ -869,7 +1090,7 @@ impl View {
         // slot * stride + data_offset + slot_size ≤ total_size by Geometry::compute.
         let off = (self.geo.data_offset + slot * self.geo.slot_stride) as usize;
         // SAFETY: off < total_size ≤ mapping length (checked in compute / from_header).
-        unsafe { self.seg.as_ptr().add(off) }
+        unsafe { self.data.as_ptr().add(off) }
     }
 
     /// Asks the CPU to fetch, for writing, the lines the producer will write for frame `f`:
@@ -990,9 +1211,9 @@ impl View {
         // SAFETY: both buffers lie in [flex_offset, flex_offset + 2 flex_stride) ⊂ mapping;
         // off is 64-aligned (flex_offset and flex_stride are multiples of 64). All fields are
         // atomics or integers.
-        let h = unsafe { &*self.seg.as_ptr().add(off).cast::<FlexHeader>() };
+        let h = unsafe { &*self.data.as_ptr().add(off).cast::<FlexHeader>() };
         // SAFETY: the data follow the 64-byte header inside the same buffer.
-        let data = unsafe { self.seg.as_ptr().add(off + size_of::<FlexHeader>()) };
+        let data = unsafe { self.data.as_ptr().add(off + size_of::<FlexHeader>()) };
         (h, data)
     }
 
@@ -1071,6 +1292,22 @@ pub fn publish_magic(h: &Header) {
     h.magic.store(MAGIC, Ordering::Release);
 }
 
+/// Publishes a freshly initialised control header: the version, then the magic, both Release.
+pub fn publish_control_magic(c: &Control) {
+    c.layout_version.store(LAYOUT_VERSION, Ordering::Release);
+    // SYNC POINT: the control header's creation fields and the zeroed table happen-before any
+    // process that loads CONTROL_MAGIC with Acquire (see `load_control_magic`).
+    c.magic.store(CONTROL_MAGIC, Ordering::Release);
+}
+
+/// Loads the control header's magic and version.
+pub fn load_control_magic(c: &Control) -> (u64, u32) {
+    // SYNC POINT: pairs with the Release store in `publish_control_magic`.
+    let magic = c.magic.load(Ordering::Acquire);
+    let version = c.layout_version.load(Ordering::Acquire);
+    (magic, version)
+}
+
 /// Loads the magic and the version for an attach.
 pub fn load_magic(h: &Header) -> (u64, u32) {
     // SYNC POINT: pairs with the Release store in `publish_magic`; after seeing MAGIC, the
@@ -1080,14 +1317,16 @@ pub fn load_magic(h: &Header) -> (u64, u32) {
     (magic, version)
 }
 
-/// Writes the creation fields of a fresh (all-zero) header. The magic is published separately.
+/// Writes the creation fields of a fresh (all-zero) data header, and its `instance`. The magic
+/// is published separately.
 ///
 /// # Safety
-/// No other process may access the header yet: the segment was just created exclusively and its
-/// magic is still zero, so attachers wait instead of reading.
-pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>) {
+/// No other process may access the data region yet: the segment was just created exclusively
+/// (or is a memfd no other process has) and its magic is still zero, so attachers wait instead
+/// of reading.
+pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>, instance: u64) {
     let g = view.geo;
-    let p = view.seg.as_ptr().cast::<Header>();
+    let p = view.data.as_ptr().cast::<Header>();
     // SAFETY: `p` points to a header-sized, aligned, zeroed region only we access (see the
     // function's contract); we write plain fields through the raw pointer.
     unsafe {
@@ -1096,11 +1335,10 @@ pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>) {
         (*p).policy = g.params.policy;
         (*p).backpressure = g.params.backpressure;
         (*p).slot_count = g.params.slot_count;
-        (*p).consumer_capacity = g.consumer_capacity;
         (*p).slot_size = g.params.slot_size;
         (*p).slot_stride = g.slot_stride;
         (*p).flex_size = g.params.flex_size;
-        (*p).consumer_table_offset = g.consumer_table_offset;
+        (*p).control_size = g.control_size;
         (*p).slot_meta_offset = g.slot_meta_offset;
         (*p).flex_offset = g.flex_offset;
         (*p).data_offset = g.data_offset;
@@ -1119,6 +1357,54 @@ pub unsafe fn init_header(view: &View, secret: Option<([u8; 16], [u8; 32])>) {
             (*p).secret_salt = salt;
             (*p).secret_hash = hash;
         }
+        (*p).instance = instance;
+    }
+}
+
+/// Replaces the data header's `instance` (a memfd data region made as a copy of another, for
+/// its new incarnation).
+///
+/// # Safety
+/// As for [`init_header`]: no other process may map the data region yet.
+pub unsafe fn set_instance(view: &View, instance: u64) {
+    let p = view.data.as_ptr().cast::<Header>();
+    // SAFETY: an aligned header only we access (the contract); a plain field write.
+    unsafe { (*p).instance = instance };
+}
+
+/// Copies the whole data region of `src` into the (equally large) data region of `dst`, with
+/// atomic loads from `src`.
+///
+/// # Safety
+/// No other process may access `dst`'s data region yet, and this process holds no reference
+/// into it while the copy runs.
+pub unsafe fn copy_data(src: &View, dst: &View) {
+    let len = src.geo.total_size.min(dst.geo.total_size) as usize;
+    // SAFETY: `len` bytes lie inside dst's data mapping (its geometry's total_size, checked
+    // at construction); nothing else reads or writes them now (the contract); u8 has no
+    // invalid values. The source is 8-aligned (a mapping base) and `len` bytes of it lie
+    // inside src's mapping.
+    let dst_bytes = unsafe { std::slice::from_raw_parts_mut(dst.data.as_ptr(), len) };
+    atomic_copy(src.data.as_ptr(), dst_bytes);
+}
+
+/// Writes the creation fields of a fresh (all-zero) control header. The magic is published
+/// separately ([`publish_control_magic`]).
+///
+/// # Safety
+/// No other process may access the control region yet (as for [`init_header`]).
+pub unsafe fn init_control(view: &View, instance: u64, liveness: u32) {
+    let g = view.geo;
+    let p = view.control.as_ptr().cast::<Control>();
+    // SAFETY: `p` points to a control-header-sized, aligned, zeroed region only we access (the
+    // contract); plain field writes through the raw pointer.
+    unsafe {
+        (*p).header_size = size_of::<Control>() as u32;
+        (*p).control_size = g.control_size;
+        (*p).consumer_capacity = g.consumer_capacity;
+        (*p).liveness = liveness;
+        (*p).consumer_table_offset = g.consumer_table_offset;
+        (*p).instance = instance;
     }
 }
 
@@ -1154,14 +1440,16 @@ mod tests {
     #[test]
     fn the_documented_offsets_follow_from_the_parameters() {
         let g = Geometry::compute(ring(4, 1000, 100)).unwrap();
-        assert_eq!(g.consumer_table_offset, 704);
-        assert_eq!(g.slot_meta_offset, 704 + 16 * 64);
-        assert_eq!(g.flex_offset, 1728 + 4 * 128);
+        assert_eq!(g.slot_meta_offset, 512);
+        assert_eq!(g.flex_offset, 512 + 4 * 128);
         assert_eq!(g.flex_stride, 64 + 128);
         assert_eq!(g.data_offset, 4096);
         assert_eq!(g.slot_stride, 1024);
         assert_eq!(g.total_size, 8192);
         assert_eq!(g.total_size % PAGE, 0);
+        assert_eq!(g.consumer_table_offset, 384);
+        assert_eq!(g.control_size, 4096);
+        assert!(g.consumer_table_offset + 16 * 64 <= g.control_size);
     }
 
     #[test]
@@ -1350,15 +1638,22 @@ mod tests {
             "Header",
             size_of::<Header>(),
             fields!(Header: magic, layout_version, header_size, total_size, policy,
-                backpressure, slot_count, consumer_capacity, slot_size, slot_stride, flex_size,
-                consumer_table_offset, slot_meta_offset, flex_offset, data_offset, checksum,
+                backpressure, slot_count, reserved0, slot_size, slot_stride, flex_size,
+                control_size, slot_meta_offset, flex_offset, data_offset, checksum,
                 state_format, has_secret, payload_mode, secret_salt, secret_hash, element_type,
-                ndim, schema_version, schema_name_len, reserved1, producer_pid,
+                ndim, schema_version, schema_name_len, instance, reserved1, producer_pid,
                 producer_start_time, producer_heartbeat_ns, producer_attaches, dropped,
-                flex_version, commit_fence, reserved2, consumers_evicted, write_pos,
-                space_bound, reserved3, commit_pos, reserved4, data_event, data_waiting,
-                reserved5, space_event, producer_waiting, reserved6, overwritten, reserved7,
-                producer_mutex, max_shape, schema_name, reserved8),
+                flex_version, commit_fence, reserved2, reserved3, write_pos, space_bound,
+                reserved4, commit_pos, reserved5, max_shape, schema_name, reserved6),
+        );
+        check_struct(
+            doc,
+            "Control header",
+            size_of::<Control>(),
+            fields!(Control: magic, layout_version, header_size, control_size,
+                consumer_capacity, liveness, consumer_table_offset, instance,
+                consumers_evicted, reserved1, data_event, data_waiting, reserved2, space_event,
+                producer_waiting, reserved3, overwritten, reserved4, producer_mutex, reserved5),
         );
         check_struct(
             doc,
@@ -1387,15 +1682,15 @@ mod tests {
             flex,
         );
 
-        // Constants stated in the header table.
-        let header = table(doc, "Header");
-        let meaning = |field: &str| {
-            header
+        // Constants stated in the header tables.
+        let meaning_in = |heading: &str, field: &str| {
+            table(doc, heading)
                 .iter()
                 .find(|r| r[2].split_whitespace().next() == Some(field))
                 .map(|r| r[3].clone())
-                .unwrap_or_else(|| panic!("no row for {field}"))
+                .unwrap_or_else(|| panic!("no row for {field} in {heading}"))
         };
+        let meaning = |field: &str| meaning_in("Header", field);
         assert!(
             meaning("magic").contains(&format!("{MAGIC:#x}")),
             "the magic value"
@@ -1404,31 +1699,51 @@ mod tests {
         assert_eq!(MAGIC.to_le_bytes(), *b"LABHUBDB");
         assert!(meaning("layout_version").starts_with(&LAYOUT_VERSION.to_string()));
         assert_eq!(meaning("header_size"), size_of::<Header>().to_string());
-        assert_eq!(meaning("consumer_capacity"), CONSUMER_CAPACITY.to_string());
+        assert_eq!(meaning("control_size"), CONTROL_SIZE.to_string());
         let g = Geometry::compute(ring(4, 1000, 100)).unwrap();
-        assert_eq!(
-            meaning("consumer_table_offset"),
-            g.consumer_table_offset.to_string()
-        );
         assert_eq!(meaning("slot_meta_offset"), g.slot_meta_offset.to_string());
         assert_eq!(
             meaning("flex_offset"),
             format!("{} + 128 N", g.slot_meta_offset)
         );
-
-        // The regions table.
-        let regions = table(doc, "Regions");
+        let control = |field: &str| meaning_in("Control header", field);
+        assert!(control("magic").contains(&format!("{CONTROL_MAGIC:#x}")));
+        assert!(control("magic").contains("LABHUBCT"));
+        assert_eq!(CONTROL_MAGIC.to_le_bytes(), *b"LABHUBCT");
+        assert!(control("layout_version").starts_with(&LAYOUT_VERSION.to_string()));
+        assert_eq!(control("header_size"), size_of::<Control>().to_string());
+        assert_eq!(control("control_size"), CONTROL_SIZE.to_string());
+        assert_eq!(control("consumer_capacity"), CONSUMER_CAPACITY.to_string());
         assert_eq!(
-            regions[0][..2],
+            control("consumer_table_offset"),
+            CONSUMER_TABLE_OFFSET.to_string()
+        );
+        assert!(control("liveness").contains(&format!("{} pid", liveness_code::PID)));
+        assert!(control("liveness").contains(&format!("{} lock", liveness_code::LOCK)));
+        assert!(control("liveness").contains(&PRODUCER_LOCK_BYTE.to_string()));
+
+        // The regions tables.
+        let data = table(doc, "Data region");
+        assert_eq!(
+            data[0][..2],
             ["0".to_owned(), size_of::<Header>().to_string()]
         );
-        assert_eq!(regions[1][0], g.consumer_table_offset.to_string());
+        assert_eq!(data[1][0], g.slot_meta_offset.to_string());
+        assert!(data[1][1].starts_with(&format!("N × {}", size_of::<SlotMeta>())));
+        let regions = table(doc, "Control region");
+        assert_eq!(
+            regions[0][..2],
+            ["0".to_owned(), size_of::<Control>().to_string()]
+        );
+        assert_eq!(regions[1][0], CONSUMER_TABLE_OFFSET.to_string());
         assert!(regions[1][1].ends_with(&format!(
             "= {}",
             CONSUMER_CAPACITY as usize * size_of::<ConsumerEntry>()
         )));
-        assert_eq!(regions[2][0], g.slot_meta_offset.to_string());
-        assert!(regions[2][1].starts_with(&format!("N × {}", size_of::<SlotMeta>())));
+        let table_end = CONSUMER_TABLE_OFFSET as usize
+            + CONSUMER_CAPACITY as usize * size_of::<ConsumerEntry>();
+        assert_eq!(regions[2][0], table_end.to_string());
+        assert!(regions[2][2].ends_with(&format!("= {CONTROL_SIZE}")));
 
         // The element types: code, name, size, numpy dtype.
         let elements = table(doc, "Element types");

@@ -1,12 +1,15 @@
 //! Shared-memory data channels: typed n-dimensional frames from one producer process reach any
 //! number of consumer processes at memory speed, whole or not at all, with no broker involved.
 //!
-//! A channel is one named POSIX shared-memory segment (mode 0600, named from the channel name and
-//! the user id: [`ChannelName::segment_name`]). Its byte layout is documented in
-//! `docs/SHM_LAYOUT.md`: a header (with the channel's schema: element type, largest shape,
-//! optional application schema name and version), a consumer table, slot descriptors (each
-//! frame's own shape, id and timestamp), a flexible zone for a small state object, and the
-//! slots.
+//! A channel has a data region, which only its producer writes — a header (with the channel's
+//! schema: element type, largest shape, optional application schema name and version), slot
+//! descriptors (each frame's own shape, id and timestamp), a flexible zone for a small state
+//! object, and the slots — and a control region, which its consumers write too (the consumer
+//! table, the wake-up events). The byte layout is in `docs/SHM_LAYOUT.md`. Without a broker
+//! (this module's [`Channel::new`]) both lie in one named POSIX shared-memory segment (mode
+//! 0600, named from the channel name and the user id: [`ChannelName::segment_name`]); through
+//! a broker (`labhub::client::Hub::channel`) they are two memfds the broker hands out, the data
+//! one sealed so that consumers can map it only read-only.
 //!
 //! - [`Channel`] is the one builder: a name, a [`Policy`], what a frame holds
 //!   ([`frames`](Channel::frames) of an [`Element`] type, [`bytes`](Channel::bytes), or
@@ -72,9 +75,12 @@ pub use element::{
     Bool, Complex32, Complex64, Dynamic, Element, ElementType, Payload, UnknownElementType,
 };
 pub use error::{ChannelError, LayoutError, Overwritten, PublishError, ReadError, StateError};
-pub use inspect::{ConsumerReport, ProducerReport, SegmentReport, inspect};
+#[cfg_attr(not(feature = "zmq"), allow(unused_imports))]
+pub(crate) use inspect::inspect_memfd;
+pub use inspect::{ConsumerReport, ProducerReport, SegmentReport, Sharing, inspect};
 pub use policy::{Backpressure, MAX_POLICY_LEN, Policy, PolicyParseError};
 pub use producer::{InterruptCheck, Producer, SlotMut};
+pub(crate) use segment::MemfdPair;
 #[cfg(feature = "broker")]
 pub(crate) use segment::remove_orphans;
 
@@ -84,6 +90,9 @@ pub const MAX_DIMS: usize = layout::MAX_DIMS;
 pub const CONSUMER_CAPACITY: u32 = layout::CONSUMER_CAPACITY;
 /// The segment layout version this build reads and writes.
 pub const LAYOUT_VERSION: u32 = layout::LAYOUT_VERSION;
+/// Size of every channel's control region (docs/SHM_LAYOUT.md): a broker checks a control
+/// memfd handed to it against it.
+pub const CONTROL_SIZE: u64 = layout::CONTROL_SIZE;
 /// Slots at least this large are pooled in lossless rings (see the module documentation).
 pub const POOL_MIN_SLOT_SIZE: u64 = layout::POOL_MIN_SLOT_SIZE;
 
@@ -211,6 +220,7 @@ fn saturating_add(counter: &std::sync::atomic::AtomicU64, n: u64) {
 
 fn stats(view: &layout::View) -> ChannelStats {
     let h = view.header();
+    let c = view.control();
     let mut consumers = 0;
     for i in 0..layout::CONSUMER_CAPACITY as usize {
         if view
@@ -226,10 +236,10 @@ fn stats(view: &layout::View) -> ChannelStats {
         // Every frame id below the commit position was committed exactly once.
         published: commit,
         dropped: h.dropped.load(Ordering::Relaxed),
-        overwritten: h.overwritten.load(Ordering::Relaxed),
+        overwritten: c.overwritten.load(Ordering::Relaxed),
         next_frame_id: commit,
         consumers,
-        evicted: h.consumers_evicted.load(Ordering::Relaxed),
+        evicted: c.consumers_evicted.load(Ordering::Relaxed),
         producer_pid: u32::try_from(pid).ok().filter(|&p| p != 0),
     }
 }
@@ -247,7 +257,7 @@ fn slot_readers(view: &layout::View) -> Vec<u32> {
         let Some(e) = view.consumer(i) else { break };
         let state = e.state.load(Ordering::Acquire);
         let held = e.held.load(Ordering::Acquire);
-        if state >> 32 != consumer_state::ACTIVE || held == 0 || entry_owner_dead(e, state) {
+        if state >> 32 != consumer_state::ACTIVE || held == 0 || entry_owner_dead(view, i, state) {
             continue;
         }
         if let Some(n) = readers.get_mut(geo.slot_of(held - 1)) {
@@ -257,13 +267,22 @@ fn slot_readers(view: &layout::View) -> Vec<u32> {
     readers
 }
 
-/// Whether the process owning a consumer-table entry (recorded in `state`) is gone: the one
-/// liveness rule of the table, used by producers, consumers, the CLI and the broker.
+/// Whether the process owning consumer-table entry `i` (its state word `state`) is gone: the
+/// one liveness rule of the table, used by producers, consumers, the CLI and the broker.
 ///
-/// The pid and the start time together identify a process across pid reuse. An entry whose
-/// start time is 0 — being claimed, being released, or cleared by someone else — is judged by
-/// its pid alone (a thread of that id exists and is not a zombie).
-fn entry_owner_dead(e: &layout::ConsumerEntry, state: u64) -> bool {
+/// By the channel's liveness code: under [`layout::liveness_code::LOCK`] (broker-granted
+/// channels, whose processes may live in other pid namespaces) the owner is alive while it
+/// holds its lock on byte `i` of the control file, which the kernel releases when it dies.
+/// Otherwise the pid and the start time together identify a process across pid reuse; an
+/// entry whose start time is 0 — being claimed, being released, or cleared by someone else —
+/// is judged by its pid alone (a thread of that id exists and is not a zombie).
+fn entry_owner_dead(view: &layout::View, i: usize, state: u64) -> bool {
+    if view.liveness() == layout::liveness_code::LOCK {
+        return !view.lock_held(i as u64);
+    }
+    let Some(e) = view.consumer(i) else {
+        return true;
+    };
     let pid = (state & 0xffff_ffff) as u32;
     if pid == 0 {
         return true;
@@ -273,6 +292,24 @@ fn entry_owner_dead(e: &layout::ConsumerEntry, state: u64) -> bool {
         return !crate::sys::thread_alive(pid);
     }
     !sync_impl::ProcessId { pid, start_time }.is_alive()
+}
+
+/// Whether the producer the data header records is alive, by the channel's liveness code (see
+/// [`entry_owner_dead`]; the producer holds [`layout::PRODUCER_LOCK_BYTE`]).
+fn producer_alive(view: &layout::View) -> bool {
+    let h = view.header();
+    let pid = h.producer_pid.load(Ordering::Acquire);
+    if pid == 0 {
+        return false;
+    }
+    if view.liveness() == layout::liveness_code::LOCK {
+        return view.lock_held(layout::PRODUCER_LOCK_BYTE);
+    }
+    sync_impl::ProcessId {
+        pid: u32::try_from(pid).unwrap_or(0),
+        start_time: h.producer_start_time.load(Ordering::Acquire),
+    }
+    .is_alive()
 }
 
 /// Ends the ownership `state` of entry `e` and frees it: a compare-and-swap to `RELEASING`
@@ -292,20 +329,23 @@ fn release_entry(view: &layout::View, e: &layout::ConsumerEntry, state: u64) -> 
     e.held.store(0, Ordering::Relaxed);
     e.owner_tag.store(0, Ordering::Relaxed);
     e.state.store(consumer_state::FREE, Ordering::SeqCst);
-    view.header().space_event.notify_all();
+    view.control().space_event.notify_all();
     true
 }
 
-/// Frees entry `e` if its owner (recorded in `state`) is dead. Returns true if freed.
-fn reclaim_if_dead(view: &layout::View, e: &layout::ConsumerEntry, state: u64) -> bool {
-    if state == consumer_state::FREE || !entry_owner_dead(e, state) {
+/// Frees entry `i` (state word `state`) if its owner is dead. Returns true if freed.
+fn reclaim_if_dead(view: &layout::View, i: usize, state: u64) -> bool {
+    let Some(e) = view.consumer(i) else {
+        return false;
+    };
+    if state == consumer_state::FREE || !entry_owner_dead(view, i, state) {
         return false;
     }
     if !release_entry(view, e, state) {
         return false;
     }
     if state >> 32 != consumer_state::RELEASING {
-        saturating_add(&view.header().consumers_evicted, 1);
+        saturating_add(&view.control().consumers_evicted, 1);
         tracing::warn!(
             channel = %view.segment().channel(),
             pid = state & 0xffff_ffff,
@@ -352,28 +392,55 @@ fn open_view(name: &ChannelName, timeout: Duration) -> Result<layout::View, Chan
         std::thread::sleep(Duration::from_millis(1));
     };
     let header = layout::View::raw_header(&seg).map_err(layout_err)?;
+    wait_published(header, deadline).map_err(layout_err)?;
+    layout::View::attach(seg).map_err(layout_err)
+}
+
+/// Waits (until `deadline`) for a data header's magic, then checks it and the version.
+fn wait_published(
+    header: &layout::Header,
+    deadline: std::time::Instant,
+) -> Result<(), LayoutError> {
     loop {
         let (magic, version) = layout::load_magic(header);
         if magic == layout::MAGIC {
             if version != layout::LAYOUT_VERSION {
-                return Err(layout_err(LayoutError::VersionMismatch {
+                return Err(LayoutError::VersionMismatch {
                     expected: layout::LAYOUT_VERSION,
                     found: version,
-                }));
+                });
             }
-            break;
+            return Ok(());
         }
         if magic != 0 {
-            return Err(layout_err(LayoutError::BadMagic {
+            return Err(LayoutError::BadMagic {
                 expected: layout::MAGIC,
                 found: magic,
-            }));
+            });
         }
         if std::time::Instant::now() >= deadline {
-            return Err(layout_err(LayoutError::NotInitialized));
+            return Err(LayoutError::NotInitialized);
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+#[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+/// Maps and validates the memfd pair a broker handed over for channel `name` (the data region
+/// read-only unless `writable_data`).
+fn memfd_view(
+    name: &ChannelName,
+    pair: segment::MemfdPair,
+    writable_data: bool,
+) -> Result<layout::View, ChannelError> {
+    let layout_err = |source| ChannelError::Layout {
+        channel: name.to_string(),
+        source,
+    };
+    let seg = segment::Segment::from_memfd(name, pair, writable_data)?;
+    let header = layout::View::raw_header(&seg).map_err(layout_err)?;
+    // A memfd is handed over only once its producer published it: no wait.
+    wait_published(header, std::time::Instant::now()).map_err(layout_err)?;
     layout::View::attach(seg).map_err(layout_err)
 }
 
@@ -388,3 +455,6 @@ fn check_secret(view: &layout::View, secret: Option<&Secret>) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod memfd_tests;

@@ -172,47 +172,104 @@ pub(super) fn check_same_params(
     Ok(())
 }
 
-/// Creates the segment of a new channel and publishes its header, with `producer` installed
-/// as its producer (or none, for a consumer that starts first). Returns `None` if the channel
-/// exists (another creator won).
+/// Creates a producer-less memfd pair for the channel `settings` describe, for this process
+/// alone (not sealed, not handed to anyone): what a Hub consumer that starts before its
+/// producer reads until the producer's channel comes up.
+pub(super) fn create_private_memfd(settings: &Settings) -> Result<View, ChannelError> {
+    let (name, _, params) = settings.params()?;
+    let geo = geometry(params)?;
+    let seg = Segment::create_memfd(&name, geo.total_size, geo.control_size)?;
+    let view = View::new_unchecked_header(seg, geo, layout::liveness_code::LOCK)
+        .map_err(layout_error(&name))?;
+    // SAFETY: the memfds were just created and no other process has them.
+    unsafe { init_headers(&view, settings, layout::liveness_code::LOCK) };
+    publish_headers(&view);
+    Ok(view)
+}
+
+/// Creates the named segment of a new channel and publishes its headers, with `producer`
+/// installed as its producer (or none, for a consumer that starts first). Returns `None` if
+/// the channel exists (another creator won).
 pub(super) fn create_segment(
     name: &ChannelName,
     geo: layout::Geometry,
     settings: &Settings,
     producer: Option<(ProcessId, bool)>,
 ) -> Result<Option<View>, ChannelError> {
-    let Some(seg) = Segment::create(name, geo.total_size)? else {
+    let Some(seg) = Segment::create(name, geo.total_size, geo.control_size)? else {
         return Ok(None);
     };
-    let view = View::new_unchecked_header(seg, geo).map_err(|source| ChannelError::Layout {
-        channel: name.to_string(),
-        source,
-    })?;
-    let secret = settings.secret.as_ref().map(|s| {
-        let salt = super::random_salt();
-        (salt, s.hash(&salt))
-    });
+    let view = View::new_unchecked_header(seg, geo, layout::liveness_code::PID)
+        .map_err(layout_error(name))?;
     // SAFETY: we just created the segment exclusively and have not published its magic or its
-    // name, so no other process reads the header yet.
-    unsafe { layout::init_header(&view, secret) };
-    let h = view.header();
+    // name, so no other process reads its headers yet.
+    unsafe { init_headers(&view, settings, layout::liveness_code::PID) };
     if let Some((me, light_commit)) = producer {
-        h.producer_pid.store(u64::from(me.pid), Ordering::Relaxed);
-        h.producer_start_time
-            .store(me.start_time, Ordering::Relaxed);
-        h.producer_heartbeat_ns
-            .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
-        h.producer_attaches.store(1, Ordering::Relaxed);
-        h.commit_fence
-            .store(commit_fence_for(light_commit), Ordering::Relaxed);
+        install_fresh(&view, me, light_commit);
     }
-    layout::publish_magic(h);
+    publish_headers(&view);
     if !view.segment().publish()? {
         // Another creator named the channel meanwhile: ours was never seen.
         return Ok(None);
     }
     tracing::debug!(channel = %name, size = geo.total_size, "created channel");
     Ok(Some(view))
+}
+
+fn busy(name: &ChannelName) -> ChannelError {
+    ChannelError::ChannelBusy {
+        channel: name.to_string(),
+        pid: 0,
+    }
+}
+
+fn layout_error(name: &ChannelName) -> impl Fn(super::LayoutError) -> ChannelError + '_ {
+    move |source| ChannelError::Layout {
+        channel: name.to_string(),
+        source,
+    }
+}
+
+/// A random incarnation id, never 0.
+fn new_instance() -> u64 {
+    let salt = super::random_salt();
+    u64::from_le_bytes(salt[..8].try_into().unwrap_or([1; 8])).max(1)
+}
+
+/// Writes both headers of a fresh segment (a new incarnation).
+///
+/// # Safety
+/// No other process may access the segment yet (see `layout::init_header`).
+unsafe fn init_headers(view: &View, settings: &Settings, liveness: u32) {
+    let secret = settings.secret.as_ref().map(|s| {
+        let salt = super::random_salt();
+        (salt, s.hash(&salt))
+    });
+    let instance = new_instance();
+    // SAFETY: the caller's contract.
+    unsafe {
+        layout::init_header(view, secret, instance);
+        layout::init_control(view, instance, liveness);
+    }
+}
+
+/// Publishes both headers: the data header's magic, then the control header's.
+fn publish_headers(view: &View) {
+    layout::publish_magic(view.header());
+    layout::publish_control_magic(view.control());
+}
+
+/// Installs `me` as the producer of a segment no other process sees yet.
+fn install_fresh(view: &View, me: ProcessId, light_commit: bool) {
+    let h = view.header();
+    h.producer_pid.store(u64::from(me.pid), Ordering::Relaxed);
+    h.producer_start_time
+        .store(me.start_time, Ordering::Relaxed);
+    h.producer_heartbeat_ns
+        .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
+    h.producer_attaches.store(1, Ordering::Relaxed);
+    h.commit_fence
+        .store(commit_fence_for(light_commit), Ordering::Relaxed);
 }
 
 /// The layout of `params`, or the setting that makes it impossible.
@@ -230,7 +287,20 @@ pub(super) fn geometry(params: layout::Params) -> Result<layout::Geometry, Chann
 impl<T: Payload> Producer<T> {
     /// Creates the channel `settings` describe, or takes it over (see `Channel::create`).
     pub(crate) fn create(settings: &Settings) -> Result<Self, ChannelError> {
-        let (name, policy, params) = settings.params()?;
+        let (name, policy, params) = Self::checked_params(settings)?;
+        let geo = geometry(params)?;
+        let me = current_process(&name)?;
+        let light_commit = use_light_commit(geo.params.slot_size);
+        match create_segment(&name, geo, settings, Some((me, light_commit)))? {
+            Some(view) => Ok(Self::new(view, policy, settings, 0, me, light_commit)),
+            None => Self::take_over(&name, policy, &params, settings, me),
+        }
+    }
+
+    fn checked_params(
+        settings: &Settings,
+    ) -> Result<(ChannelName, Policy, layout::Params), ChannelError> {
+        let params = settings.params()?;
         if let Some(fixed) = T::FIXED
             && Some(fixed) != settings.element
         {
@@ -240,13 +310,104 @@ impl<T: Payload> Producer<T> {
                 reason: format!("frames of {fixed} need a {fixed} channel"),
             });
         }
+        Ok(params)
+    }
+
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+    /// Creates the channel `settings` describe as a memfd pair for a broker to hand out
+    /// (docs/SHM_LAYOUT.md): fresh, or — given the pair the broker held for it, `previous` — a
+    /// new incarnation that continues the previous one (its frames, frame ids, counters and
+    /// state are copied over; a data memfd sealed against writes cannot be written by a new
+    /// process, so taking a memfd channel over means a new data memfd).
+    ///
+    /// The data memfd is sealed once mapped here; the producer holds the producer lock of the
+    /// control file. Returns the producer; [`Producer::memfds`] gives what to hand the broker.
+    pub(crate) fn create_memfd(
+        settings: &Settings,
+        previous: Option<super::MemfdPair>,
+    ) -> Result<Self, ChannelError> {
+        let (name, policy, params) = Self::checked_params(settings)?;
         let geo = geometry(params)?;
         let me = current_process(&name)?;
         let light_commit = use_light_commit(geo.params.slot_size);
-        match create_segment(&name, geo, settings, Some((me, light_commit)))? {
-            Some(view) => Ok(Self::new(view, policy, settings, 0, me, light_commit)),
-            None => Self::take_over(&name, policy, &params, settings, me),
-        }
+        let lock = layout::liveness_code::LOCK;
+        let predecessor = match previous {
+            Some(pair) => {
+                let old = super::memfd_view(&name, pair, false)?;
+                check_same_params(&name, &params, &old.geometry().params)?;
+                if !super::check_secret(&old, settings.secret.as_ref()) {
+                    return Err(mismatch(
+                        &name,
+                        "secret",
+                        "the given secret",
+                        "another secret",
+                    ));
+                }
+                // The previous producer holds this lock while it lives, whatever pid
+                // namespace it runs in.
+                if !old.segment().try_lock_byte(layout::PRODUCER_LOCK_BYTE) {
+                    let pid = old.header().producer_pid.load(Ordering::Acquire);
+                    return Err(ChannelError::ChannelBusy {
+                        channel: name.to_string(),
+                        pid: u32::try_from(pid).unwrap_or(0),
+                    });
+                }
+                Some(old)
+            }
+            None => None,
+        };
+        let seg = Segment::create_memfd(&name, geo.total_size, geo.control_size)?;
+        let view = View::new_unchecked_header(seg, geo, lock).map_err(layout_error(&name))?;
+        let next_frame = match &predecessor {
+            Some(old) => {
+                // SAFETY: the new memfds are this process's alone until it hands them to the
+                // broker; the old data region has no writer (its producer is dead: we hold
+                // its lock).
+                unsafe {
+                    layout::copy_data(old, &view);
+                    layout::set_instance(&view, new_instance());
+                    layout::init_control(&view, view.header().instance, lock);
+                }
+                layout::publish_control_magic(view.control());
+                if !view.segment().try_lock_byte(layout::PRODUCER_LOCK_BYTE) {
+                    return Err(busy(&name));
+                }
+                let next = install(&name, &view, me, light_commit, true)?;
+                tracing::debug!(channel = %name, next, "producer continues a memfd channel");
+                next
+            }
+            None => {
+                // SAFETY: the memfds were just created and are this process's alone.
+                unsafe { init_headers(&view, settings, lock) };
+                install_fresh(&view, me, light_commit);
+                if !view.segment().try_lock_byte(layout::PRODUCER_LOCK_BYTE) {
+                    return Err(busy(&name));
+                }
+                publish_headers(&view);
+                0
+            }
+        };
+        drop(predecessor);
+        view.segment().seal()?;
+        Ok(Self::new(
+            view,
+            policy,
+            settings,
+            next_frame,
+            me,
+            light_commit,
+        ))
+    }
+
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+    /// New descriptors of this producer's memfds (control, data), to hand to a broker; `None`
+    /// for a named segment.
+    pub(crate) fn memfds(&self) -> Option<super::MemfdPair> {
+        let (control, data) = self.view.segment().memfds()?;
+        Some(super::MemfdPair {
+            control: control.try_clone_to_owned().ok()?,
+            data: data.try_clone_to_owned().ok()?,
+        })
     }
 
     fn new(
@@ -304,7 +465,7 @@ impl<T: Payload> Producer<T> {
             ));
         }
         let light_commit = use_light_commit(have.slot_size);
-        let next_frame = install(name, &view, me, light_commit)?;
+        let next_frame = install(name, &view, me, light_commit, false)?;
         tracing::debug!(channel = %name, next_frame, "producer took the channel over");
         Ok(Self::new(
             view,
@@ -349,6 +510,12 @@ impl<T: Payload> Producer<T> {
     /// Counters and positions of the channel.
     pub fn stats(&self) -> ChannelStats {
         super::stats(&self.view)
+    }
+
+    /// What the segment says about itself (as [`inspect`](super::inspect) reads it): how it
+    /// is shared, header, counters, consumers with their liveness.
+    pub fn report(&self) -> super::SegmentReport {
+        super::inspect::report(&self.view)
     }
 
     /// The reader count of each slot (index = descriptor slot, frame id mod N): how many live
@@ -408,7 +575,7 @@ impl<T: Payload> Producer<T> {
                 continue;
             }
             if super::release_entry(&self.view, e, state) {
-                super::saturating_add(&self.view.header().consumers_evicted, 1);
+                super::saturating_add(&self.view.control().consumers_evicted, 1);
                 tracing::warn!(
                     channel = %self.channel(),
                     pid = state & 0xffff_ffff,
@@ -578,7 +745,7 @@ impl<T: Payload> Producer<T> {
         };
         let result = self.wait_for_space_slow(w, n, p.backpressure, deadline);
         self.view
-            .header()
+            .control()
             .producer_waiting
             .store(0, Ordering::Relaxed);
         result
@@ -599,7 +766,8 @@ impl<T: Payload> Producer<T> {
                 self.evict_dropped();
             }
             let h = self.view.header();
-            let seen = h.space_event.sequence();
+            let c = self.view.control();
+            let seen = c.space_event.sequence();
             if let Some(bound) = self.scan(w, n, check_liveness) {
                 self.space_bound = bound;
                 return Ok(());
@@ -648,13 +816,13 @@ impl<T: Payload> Producer<T> {
             }
             // Announce the sleep, then re-check (Dekker with the consumer's position store and
             // flag load), then sleep until a release or the liveness interval.
-            h.producer_waiting.store(1, Ordering::SeqCst);
+            c.producer_waiting.store(1, Ordering::SeqCst);
             if self.scan(w, n, false).is_some() {
                 continue;
             }
             let nap = (deadline - now).min(LIVENESS_INTERVAL);
             // Woken by the interval rather than a release: look for dead consumers again.
-            check_liveness = !h.space_event.wait_changed(seen, Some(nap));
+            check_liveness = !c.space_event.wait_changed(seen, Some(nap));
         }
     }
 
@@ -707,14 +875,14 @@ impl<T: Payload> Producer<T> {
             if state >> 32 != consumer_state::ACTIVE {
                 if check_liveness && state != consumer_state::FREE {
                     // A claimer or releaser that died half-way.
-                    super::reclaim_if_dead(&self.view, e, state);
+                    super::reclaim_if_dead(&self.view, i, state);
                 }
                 continue;
             }
             let pos = e.position.load(Ordering::SeqCst);
             if pos.saturating_add(n) <= w {
                 if check_liveness
-                    && (super::reclaim_if_dead(&self.view, e, state)
+                    && (super::reclaim_if_dead(&self.view, i, state)
                         || self.evict_if_stale(e, state))
                 {
                     continue;
@@ -740,7 +908,7 @@ impl<T: Payload> Producer<T> {
         if !super::release_entry(&self.view, e, state) {
             return false;
         }
-        super::saturating_add(&self.view.header().consumers_evicted, 1);
+        super::saturating_add(&self.view.control().consumers_evicted, 1);
         tracing::warn!(
             channel = %self.channel(),
             pid = state & 0xffff_ffff,
@@ -765,20 +933,25 @@ impl<T: Payload> Drop for Producer<T> {
         {
             h.producer_pid.store(0, Ordering::Release);
         }
-        h.data_event.notify_all();
+        // Explicitly: a descriptor of this segment kept elsewhere in the process (the Hub's,
+        // for re-registering) would keep the lock, and the producer alive, after this drop.
+        self.view.segment().unlock_byte(layout::PRODUCER_LOCK_BYTE);
+        self.view.control().data_event.notify_all();
     }
 }
 
-/// Under the producer mutex: refuses a live producer, else installs `me` and repairs what a
-/// previous producer left. Returns the next frame id.
+/// Under the producer mutex: refuses a live producer (unless `proven_dead`: the caller knows
+/// the recorded one is gone), else installs `me` and repairs what a previous producer left.
+/// Returns the next frame id.
 fn install(
     name: &ChannelName,
     view: &View,
     me: ProcessId,
     light_commit: bool,
+    proven_dead: bool,
 ) -> Result<u64, ChannelError> {
     let h = view.header();
-    let _guard = match h.producer_mutex.lock() {
+    let _guard = match view.control().producer_mutex.lock() {
         Ok(g) => g,
         Err(e) => match e.into_guard() {
             // The previous holder died inside the takeover below; we redo it.
@@ -792,7 +965,7 @@ fn install(
         },
     };
     let pid = h.producer_pid.load(Ordering::Acquire);
-    if pid != 0 {
+    if pid != 0 && !proven_dead {
         let prev = ProcessId {
             pid: u32::try_from(pid).unwrap_or(0),
             start_time: h.producer_start_time.load(Ordering::Acquire),
@@ -932,7 +1105,7 @@ fn recover(view: &View) -> u64 {
         }
     }
     h.write_pos.store(commit, Ordering::SeqCst);
-    h.data_event.notify_all();
+    view.control().data_event.notify_all();
     commit
 }
 
@@ -1051,6 +1224,7 @@ impl<T: Payload> SlotMut<'_, T> {
         // tells waiting readers the frame exists.
         m.seq.store(layout::committed_seq(w), Ordering::Release);
         let h = view.header();
+        let c = view.control();
         // Dekker with a consumer about to sleep (it sets `data_waiting`, then re-reads the
         // commit position): one of the two must see the other's store. A full barrier here
         // would wait for the whole frame's stores to drain, per frame; with the asymmetric
@@ -1064,10 +1238,10 @@ impl<T: Payload> SlotMut<'_, T> {
         h.producer_heartbeat_ns
             .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
         // SeqCst, not weaker: see the `commit_fence` store in `install`.
-        if h.data_waiting.load(Ordering::SeqCst) != 0
-            && h.data_waiting.swap(0, Ordering::SeqCst) != 0
+        if c.data_waiting.load(Ordering::SeqCst) != 0
+            && c.data_waiting.swap(0, Ordering::SeqCst) != 0
         {
-            h.data_event.notify_all();
+            c.data_event.notify_all();
         }
         self.done = true;
         self.producer.next_frame = w.wrapping_add(1);

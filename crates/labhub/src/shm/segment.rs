@@ -1,5 +1,6 @@
-//! Named shared-memory segments: the OS name, create (space reserved), open, map, unlink, and
-//! the refusal of segment files another user planted.
+//! Channel segments: named shared-memory segments (the OS name, create with the space
+//! reserved, open, map, unlink, the refusal of segment files another user planted) and the
+//! memfd pairs a broker hands out (create, seal, map read-only).
 //!
 //! This is the only shm module that talks to `sys` about segments. A segment is named
 //! `/labhub.<uid>.<channel>` ([`ChannelName::segment_name`]), so two users never collide, and
@@ -10,10 +11,12 @@
 #![deny(unsafe_code)]
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::ChannelError;
+use super::layout::PRODUCER_LOCK_BYTE;
 use crate::name::ChannelName;
 use crate::sys;
 
@@ -66,22 +69,42 @@ fn diagnose(name: &ChannelName) -> Option<ChannelError> {
         .then(|| foreign(name, entry.kind, entry.uid, entry.mode))
 }
 
-/// A mapped, named segment. Dropping it unmaps; it never unlinks a published segment.
+/// A mapped channel segment: its data region and its control region (docs/SHM_LAYOUT.md),
+/// either one named POSIX segment holding both (data first, control after it) or two memfds
+/// handed over by a broker. Dropping it unmaps; it never unlinks a published segment.
 #[derive(Debug)]
 pub struct Segment {
     channel: ChannelName,
-    _fd: OwnedFd,
-    map: sys::ShmMapping,
-    /// The private name of a segment [`Segment::create`] made and [`Segment::publish`] has not
-    /// yet named; removed on drop.
-    hidden: Mutex<Option<String>>,
+    backing: Backing,
+    /// The lock bytes this segment's descriptor holds (see [`Segment::try_lock_byte`]): bit i
+    /// for byte i < 63, bit 63 for [`PRODUCER_LOCK_BYTE`].
+    own_locks: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Backing {
+    Named {
+        fd: OwnedFd,
+        map: sys::ShmMapping,
+        /// The private name of a segment [`Segment::create`] made and [`Segment::publish`] has
+        /// not yet named; removed on drop.
+        hidden: Mutex<Option<String>>,
+    },
+    Memfd {
+        control_fd: OwnedFd,
+        data_fd: OwnedFd,
+        control: sys::ShmMapping,
+        data: sys::ShmMapping,
+    },
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        let hidden = self.hidden.get_mut().map(Option::take);
-        if let Ok(Some(hidden)) = hidden {
-            let _ = sys::shm_unlink(&hidden);
+        if let Backing::Named { hidden, .. } = &mut self.backing {
+            let hidden = hidden.get_mut().map(Option::take);
+            if let Ok(Some(hidden)) = hidden {
+                let _ = sys::shm_unlink(&hidden);
+            }
         }
     }
 }
@@ -97,20 +120,58 @@ fn io_err<'a>(
     }
 }
 
+fn fits(channel: &ChannelName, size: u64) -> Result<usize, ChannelError> {
+    usize::try_from(size).map_err(|_| ChannelError::InvalidConfig {
+        field: "size",
+        reason: format!("segment of {size} bytes does not fit in memory of channel {channel}"),
+    })
+}
+
+/// The two descriptors of a broker-granted channel: its control memfd (writable) and its data
+/// memfd (sealed against writes once its producer mapped it).
+#[derive(Debug)]
+pub struct MemfdPair {
+    /// The control region.
+    pub control: OwnedFd,
+    /// The data region.
+    pub data: OwnedFd,
+}
+
+impl MemfdPair {
+    #[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+    /// New descriptors of the same two files (`dup`, close-on-exec), sharing these open file
+    /// descriptions.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            control: self.control.try_clone()?,
+            data: self.data.try_clone()?,
+        })
+    }
+}
+
 impl Segment {
-    /// Creates a segment for channel `name` with `size` bytes, zero-filled and reserved (its
-    /// pages allocated: a shared-memory file system without room is
-    /// [`ChannelError::NoSpace`] now, not SIGBUS later), under a private name: no other
-    /// process can open it until [`Segment::publish`] names it, so nobody ever sees a
-    /// half-initialised channel, and a creator killed before publishing leaves no channel
-    /// behind (its private segment is removed by the next creator, see [`remove_orphans`]).
+    /// Creates a named segment for channel `name` with a data region of `data_size` bytes
+    /// followed by a control region of `control_size`, zero-filled and reserved (its pages
+    /// allocated: a shared-memory file system without room is [`ChannelError::NoSpace`] now,
+    /// not SIGBUS later), under a private name: no other process can open it until
+    /// [`Segment::publish`] names it, so nobody ever sees a half-initialised channel, and a
+    /// creator killed before publishing leaves no channel behind (its private segment is
+    /// removed by the next creator, see [`remove_orphans`]).
     ///
     /// Returns `Ok(None)` if the channel already exists.
-    pub fn create(name: &ChannelName, size: u64) -> Result<Option<Self>, ChannelError> {
-        let len = usize::try_from(size).map_err(|_| ChannelError::InvalidConfig {
-            field: "size",
-            reason: format!("{size} bytes does not fit in memory"),
-        })?;
+    pub fn create(
+        name: &ChannelName,
+        data_size: u64,
+        control_size: u64,
+    ) -> Result<Option<Self>, ChannelError> {
+        let size =
+            data_size
+                .checked_add(control_size)
+                .ok_or_else(|| ChannelError::InvalidConfig {
+                    field: "size",
+                    reason: format!("{data_size} + {control_size} bytes overflow"),
+                })?;
+        let len = fits(name, size)?;
         match sys::shm_open_existing(&name.segment_name()) {
             Ok(_) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -139,17 +200,191 @@ impl Segment {
         };
         Ok(Some(Self {
             channel: name.clone(),
-            _fd: fd,
-            map,
-            hidden: Mutex::new(Some(hidden)),
+            backing: Backing::Named {
+                fd,
+                map,
+                hidden: Mutex::new(Some(hidden)),
+            },
+            own_locks: AtomicU64::new(0),
         }))
+    }
+
+    /// Creates the two memfds of a broker-granted channel, unsealed, of `data_size` and
+    /// `control_size` bytes (pages reserved), and maps both writable: the producer's segment
+    /// before it seals it ([`Segment::seal`]). They have no name in `/dev/shm`; the kernel
+    /// frees them when the last descriptor and mapping are gone.
+    pub fn create_memfd(
+        name: &ChannelName,
+        data_size: u64,
+        control_size: u64,
+    ) -> Result<Self, ChannelError> {
+        let (data_len, control_len) = (fits(name, data_size)?, fits(name, control_size)?);
+        let create = |what: &str, size| {
+            sys::memfd_create(&format!("labhub:{name}:{what}"), size).map_err(|e| {
+                if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::ENOMEM)) {
+                    ChannelError::NoSpace {
+                        channel: name.to_string(),
+                        needed: data_size + control_size,
+                        available: None,
+                    }
+                } else {
+                    io_err(name, "create a memfd")(e)
+                }
+            })
+        };
+        let data_fd = create("data", data_size)?;
+        let control_fd = create("control", control_size)?;
+        let data = sys::ShmMapping::map(&data_fd, data_len).map_err(io_err(name, "map"))?;
+        let control =
+            sys::ShmMapping::map(&control_fd, control_len).map_err(io_err(name, "map"))?;
+        Ok(Self {
+            channel: name.clone(),
+            backing: Backing::Memfd {
+                control_fd,
+                data_fd,
+                control,
+                data,
+            },
+            own_locks: AtomicU64::new(0),
+        })
+    }
+
+    /// Maps the memfds of a channel a broker handed over: the control region writable, the
+    /// data region writable only for `writable_data` (a producer taking over a segment never
+    /// needs it: a sealed data memfd refuses writable mappings) and otherwise read-only. The
+    /// sizes come from `fstat`; the caller validates the headers.
+    pub fn from_memfd(
+        name: &ChannelName,
+        pair: MemfdPair,
+        writable_data: bool,
+    ) -> Result<Self, ChannelError> {
+        let size = |fd: &OwnedFd| -> Result<usize, ChannelError> {
+            let size = sys::file_size(fd.as_fd()).map_err(io_err(name, "stat"))?;
+            if size == 0 {
+                return Err(ChannelError::Layout {
+                    channel: name.to_string(),
+                    source: super::LayoutError::Truncated {
+                        header: 1,
+                        actual: 0,
+                    },
+                });
+            }
+            fits(name, size)
+        };
+        let (data_len, control_len) = (size(&pair.data)?, size(&pair.control)?);
+        let data = if writable_data {
+            sys::ShmMapping::map(&pair.data, data_len)
+        } else {
+            sys::ShmMapping::map_read_only(&pair.data, data_len)
+        }
+        .map_err(io_err(name, "map"))?;
+        let control =
+            sys::ShmMapping::map(&pair.control, control_len).map_err(io_err(name, "map"))?;
+        Ok(Self {
+            channel: name.clone(),
+            backing: Backing::Memfd {
+                control_fd: pair.control,
+                data_fd: pair.data,
+                control,
+                data,
+            },
+            own_locks: AtomicU64::new(0),
+        })
+    }
+
+    /// Seals a memfd segment its producer has mapped: the data memfd against writes, writable
+    /// mappings, size changes and further seals (the producer's mapping keeps writing), the
+    /// control memfd against size changes and further seals. A named segment has no seals.
+    pub fn seal(&self) -> Result<(), ChannelError> {
+        if let Backing::Memfd {
+            control_fd,
+            data_fd,
+            ..
+        } = &self.backing
+        {
+            sys::add_seals(data_fd.as_fd(), sys::DATA_SEALS)
+                .map_err(io_err(&self.channel, "seal the data memfd"))?;
+            sys::add_seals(control_fd.as_fd(), sys::CONTROL_SEALS)
+                .map_err(io_err(&self.channel, "seal the control memfd"))?;
+        }
+        Ok(())
+    }
+
+    /// The memfds of a broker-granted segment; `None` for a named one.
+    pub fn memfds(&self) -> Option<(BorrowedFd<'_>, BorrowedFd<'_>)> {
+        match &self.backing {
+            Backing::Memfd {
+                control_fd,
+                data_fd,
+                ..
+            } => Some((control_fd.as_fd(), data_fd.as_fd())),
+            Backing::Named { .. } => None,
+        }
+    }
+
+    /// The descriptor of the control region, through which this process takes and tests the
+    /// locks of [`liveness_code::LOCK`](super::layout::liveness_code::LOCK).
+    pub fn control_fd(&self) -> BorrowedFd<'_> {
+        match &self.backing {
+            Backing::Named { fd, .. } => fd.as_fd(),
+            Backing::Memfd { control_fd, .. } => control_fd.as_fd(),
+        }
+    }
+
+    fn lock_bit(byte: u64) -> u64 {
+        if byte == PRODUCER_LOCK_BYTE {
+            1 << 63
+        } else {
+            1 << byte.min(62)
+        }
+    }
+
+    /// Takes the write lock on byte `byte` of the control file through this segment's own
+    /// open file description (docs/SHM_LAYOUT.md, liveness). False if another description
+    /// holds it (or the lock cannot be taken).
+    pub fn try_lock_byte(&self, byte: u64) -> bool {
+        let bit = Self::lock_bit(byte);
+        if self.own_locks.load(Ordering::Acquire) & bit != 0 {
+            return true;
+        }
+        match sys::lock_byte(self.control_fd(), byte) {
+            Ok(true) => {
+                self.own_locks.fetch_or(bit, Ordering::AcqRel);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(channel = %self.channel, byte, error = %e, "cannot take a liveness lock");
+                false
+            }
+        }
+    }
+
+    /// Releases a lock [`Segment::try_lock_byte`] took (nothing if it holds none there).
+    pub fn unlock_byte(&self, byte: u64) {
+        let bit = Self::lock_bit(byte);
+        if self.own_locks.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+            let _ = sys::unlock_byte(self.control_fd(), byte);
+        }
+    }
+
+    /// Whether some process holds the lock on byte `byte` of the control file (this segment
+    /// included). Errs towards yes when the lock cannot be tested.
+    pub fn byte_held(&self, byte: u64) -> bool {
+        if self.own_locks.load(Ordering::Acquire) & Self::lock_bit(byte) != 0 {
+            return true;
+        }
+        sys::byte_locked(self.control_fd(), byte).unwrap_or(true)
     }
 
     /// Gives a segment made by [`Segment::create`] its channel name, atomically. Returns false
     /// if another process created the channel meanwhile (this segment then stays private and
-    /// is removed when dropped). A published or opened segment returns true.
+    /// is removed when dropped). A published, opened or memfd segment returns true.
     pub fn publish(&self) -> Result<bool, ChannelError> {
-        let mut hidden = self.hidden.lock().unwrap_or_else(|e| e.into_inner());
+        let Backing::Named { hidden, .. } = &self.backing else {
+            return Ok(true);
+        };
+        let mut hidden = hidden.lock().unwrap_or_else(|e| e.into_inner());
         let Some(private) = hidden.take() else {
             return Ok(true);
         };
@@ -160,7 +395,7 @@ impl Segment {
         }
     }
 
-    /// Opens and maps the existing segment of channel `name`, whole (its real size, from
+    /// Opens and maps the existing named segment of channel `name`, whole (its real size, from
     /// `fstat`). Returns `Ok(None)` while the segment is still empty (its creator has not sized
     /// it yet).
     pub fn open(name: &ChannelName) -> Result<Option<Self>, ChannelError> {
@@ -180,16 +415,16 @@ impl Segment {
         if st.size == 0 {
             return Ok(None);
         }
-        let len = usize::try_from(st.size).map_err(|_| ChannelError::InvalidConfig {
-            field: "size",
-            reason: format!("segment of {} bytes does not fit in memory", st.size),
-        })?;
+        let len = fits(name, st.size)?;
         let map = sys::ShmMapping::map(&fd, len).map_err(io_err(name, "map"))?;
         Ok(Some(Self {
             channel: name.clone(),
-            _fd: fd,
-            map,
-            hidden: Mutex::new(None),
+            backing: Backing::Named {
+                fd,
+                map,
+                hidden: Mutex::new(None),
+            },
+            own_locks: AtomicU64::new(0),
         }))
     }
 
@@ -209,15 +444,48 @@ impl Segment {
         &self.channel
     }
 
-    /// Base address of the mapping (page-aligned).
-    #[inline]
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.map.as_ptr()
+    /// Whether this is a broker-granted memfd segment.
+    pub fn is_memfd(&self) -> bool {
+        matches!(self.backing, Backing::Memfd { .. })
     }
 
-    /// Length of the mapping.
-    pub fn len(&self) -> usize {
-        self.map.len()
+    /// Base address of the data region (page-aligned).
+    #[inline]
+    pub fn data_ptr(&self) -> *mut u8 {
+        match &self.backing {
+            Backing::Named { map, .. } => map.as_ptr(),
+            Backing::Memfd { data, .. } => data.as_ptr(),
+        }
+    }
+
+    /// Length of the data region's mapping (a named segment's: the whole segment).
+    pub fn data_len(&self) -> usize {
+        match &self.backing {
+            Backing::Named { map, .. } => map.len(),
+            Backing::Memfd { data, .. } => data.len(),
+        }
+    }
+
+    /// Base address of the control region, given the data region's size `data_size` (after
+    /// which a named segment holds it). Page-aligned when `data_size` is a multiple of a page;
+    /// in bounds when [`Segment::control_len`] is not 0.
+    #[inline]
+    pub fn control_ptr(&self, data_size: u64) -> *mut u8 {
+        match &self.backing {
+            Backing::Named { map, .. } => {
+                let off = (data_size as usize).min(map.len());
+                map.as_ptr().wrapping_add(off)
+            }
+            Backing::Memfd { control, .. } => control.as_ptr(),
+        }
+    }
+
+    /// Length of the control region from [`Segment::control_ptr`].
+    pub fn control_len(&self, data_size: u64) -> usize {
+        match &self.backing {
+            Backing::Named { map, .. } => map.len().saturating_sub(data_size as usize),
+            Backing::Memfd { control, .. } => control.len(),
+        }
     }
 }
 
@@ -232,8 +500,10 @@ mod tests {
     #[test]
     fn a_created_segment_is_invisible_until_published_and_the_first_publisher_wins() {
         let name = channel("race");
-        let a = Segment::create(&name, 4096).unwrap().expect("new channel");
-        let b = Segment::create(&name, 4096)
+        let a = Segment::create(&name, 4096, 4096)
+            .unwrap()
+            .expect("new channel");
+        let b = Segment::create(&name, 4096, 4096)
             .unwrap()
             .expect("still new: a is private");
         assert!(matches!(
@@ -243,7 +513,7 @@ mod tests {
         assert!(a.publish().unwrap(), "first to publish names the channel");
         assert!(!b.publish().unwrap(), "the name is taken");
         assert!(Segment::open(&name).unwrap().is_some());
-        assert!(Segment::create(&name, 4096).unwrap().is_none());
+        assert!(Segment::create(&name, 4096, 4096).unwrap().is_none());
         drop((a, b));
         let hidden = sys::shm_hidden_of(&name.segment_name()).unwrap();
         assert!(hidden.is_empty(), "private names left: {hidden:?}");
@@ -253,7 +523,7 @@ mod tests {
     #[test]
     fn a_segment_dropped_before_publishing_leaves_nothing() {
         let name = channel("abandoned");
-        drop(Segment::create(&name, 4096).unwrap().unwrap());
+        drop(Segment::create(&name, 4096, 4096).unwrap().unwrap());
         assert!(sys::shm_hidden_of(&name.segment_name()).unwrap().is_empty());
         assert!(matches!(
             Segment::open(&name),
@@ -285,7 +555,7 @@ mod tests {
     fn a_created_segment_has_its_pages_reserved() {
         use std::os::unix::fs::MetadataExt;
         let name = channel("reserved");
-        let seg = Segment::create(&name, 1 << 20).unwrap().unwrap();
+        let seg = Segment::create(&name, 1 << 20, 4096).unwrap().unwrap();
         assert!(seg.publish().unwrap());
         let md = std::fs::metadata(sys::shm_path(&name.segment_name())).unwrap();
         // st_blocks counts 512-byte units actually allocated: all of them, before any write.

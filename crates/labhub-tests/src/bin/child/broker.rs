@@ -1,9 +1,12 @@
 //! Broker roles.
 //!
-//! - `broker-run HOME ENDPOINT NOTIFY_ENDPOINT INTERVAL_MS MISSES [allow-list=FILE]
-//!   [read-config]`: the broker
+//! - `broker-run HOME ENDPOINT NOTIFY_ENDPOINT INTERVAL_MS MISSES [OPTION…]`: the broker
 //!   exactly as `labhub hub` runs it ([`labhub::broker::run_foreground`]); prints
 //!   `ready <endpoint> <notify endpoint> <public key>` once serving, exits 0 on SIGTERM.
+//!   Options: `allow-list=FILE`; `metrics=IP:PORT` (metrics sampled every INTERVAL_MS; prints
+//!   `metrics <address>` before the ready line), then `metrics-token-file=FILE`,
+//!   `metrics-head-timeout-ms=MS`; `read-config` (as `labhub hub`: `<home>/broker.toml` and the
+//!   environment under the flags).
 //! - `broker-client HOME ENDPOINT SERVER_KEY CLIENT_ID MODE CHANNEL INTERVAL_MS`: a minimal
 //!   client over `labhub-zmq` (the broker's probe) using the local user's client key. MODE:
 //!   - `produce-shm`: creates a real shm channel, registers it, prints `registered`;
@@ -54,6 +57,20 @@ fn broker_run(args: &[String]) -> anyhow::Result<()> {
         if let Some(path) = opt.strip_prefix("allow-list=") {
             config.allow_list = Some(PathBuf::from(path));
             config.allow_list_required = true;
+        } else if let Some(addr) = opt.strip_prefix("metrics=") {
+            config.metrics = Some(
+                labhub::broker::metrics::MetricsConfig::new(addr.parse()?)
+                    .interval(Duration::from_millis(interval.parse()?)),
+            );
+        } else if let Some(file) = opt.strip_prefix("metrics-token-file=") {
+            let m = config.metrics.take().context("metrics= must come first")?;
+            config.metrics = Some(m.token_file(file));
+        } else if let Some(ms) = opt.strip_prefix("metrics-head-timeout-ms=") {
+            let m = config.metrics.take().context("metrics= must come first")?;
+            config.metrics = Some(m.limits(labhub::broker::metrics::HttpLimits {
+                head_timeout: Duration::from_millis(ms.parse()?),
+                ..labhub::broker::metrics::HttpLimits::default()
+            }));
         } else if opt == "read-config" {
             // As `labhub hub` does: <home>/broker.toml and the environment under the flags.
             let flags = ConfigLayer {
@@ -73,6 +90,9 @@ fn broker_run(args: &[String]) -> anyhow::Result<()> {
     let mut log = LogConfig::new(Sink::Console);
     log.level = tracing::level_filters::LevelFilter::WARN;
     run_foreground(config, log, |info| {
+        if let Some(m) = &info.metrics {
+            say(&format!("metrics {}", m.address));
+        }
         say(&format!(
             "ready {} {} {}",
             info.endpoint, info.notify_endpoint, info.public_key

@@ -51,7 +51,7 @@ fn broker(home: &str, endpoint: &str, notify: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn connect(home: &str, endpoint: &str, notify: &str) -> anyhow::Result<Hub> {
+pub(crate) fn connect(home: &str, endpoint: &str, notify: &str) -> anyhow::Result<Hub> {
     let mut config = ClientConfig::from_home(Path::new(home))?
         .notify_endpoint(notify)
         .request_timeout(Duration::from_secs(2));

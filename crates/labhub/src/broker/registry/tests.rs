@@ -538,3 +538,161 @@ fn next_expiry_follows_the_most_silent_client() {
     );
     assert_eq!(w.reg.next_expiry(), Some(w.at(300)));
 }
+
+fn register_memfd(w: &mut World, ms: u64, client: &str, name: &str) -> Reply {
+    w.send(
+        ms,
+        "register",
+        serde_json::json!({"client": client, "channel": {
+            "name": name, "kind": "shm", "sharing": "memfd", "size": 8192}}),
+    )
+}
+
+fn grant(w: &mut World, ms: u64, client: &str, name: &str, role: &str) -> Reply {
+    w.send(
+        ms,
+        "grant",
+        serde_json::json!({"client": client, "name": name, "role": role}),
+    )
+}
+
+fn record(client: &str, role: Role) -> GrantRecord {
+    GrantRecord {
+        role,
+        client: ClientId::new(client).unwrap(),
+        key: "k".repeat(40),
+        pid: 1,
+        uid: 2,
+        gid: 3,
+    }
+}
+
+#[test]
+fn grants_follow_the_channel_state_and_role() {
+    let mut w = World::new();
+    assert_eq!(
+        grant(&mut w, 0, "c", "cam", "consume").error_code,
+        ErrorCode::NotFound
+    );
+    // A producer may ask before its channel exists.
+    assert!(grant(&mut w, 0, "p", "cam", "produce").is_ok());
+    assert!(register_memfd(&mut w, 1, "p", "cam").is_ok());
+    assert!(grant(&mut w, 2, "c", "cam", "consume").is_ok());
+    assert!(
+        grant(&mut w, 2, "p", "cam", "produce").is_ok(),
+        "its own again"
+    );
+    assert_eq!(
+        grant(&mut w, 2, "q", "cam", "produce").error_code,
+        ErrorCode::AlreadyExists
+    );
+    // A channel shared by name is not the broker's to grant.
+    assert!(w.register_shm(3, "p", "named").is_ok());
+    assert_eq!(
+        grant(&mut w, 3, "c", "named", "consume").error_code,
+        ErrorCode::InvalidField
+    );
+    // Down: no consumer grant; another producer may take it over.
+    assert!(
+        w.send(
+            4,
+            "unregister",
+            serde_json::json!({"client": "p", "name": "cam"})
+        )
+        .is_ok()
+    );
+    let _ = w.send(
+        4,
+        "attach",
+        serde_json::json!({"client": "c", "name": "named"}),
+    );
+    assert!(!w.reg.memfd_channel_up(&ChannelName::new("cam").unwrap()));
+}
+
+#[test]
+fn grant_records_go_with_their_client_and_a_removed_memfd_channel_releases_its_segment() {
+    let mut w = World::new();
+    let cam = ChannelName::new("cam").unwrap();
+    assert!(register_memfd(&mut w, 0, "p", "cam").is_ok());
+    w.reg.record_grant(&cam, record("p", Role::Produce));
+    assert!(
+        w.send(
+            1,
+            "attach",
+            serde_json::json!({"client": "c", "name": "cam"})
+        )
+        .is_ok()
+    );
+    w.reg.record_grant(&cam, record("c", Role::Consume));
+    w.reg.record_grant(&cam, record("c", Role::Consume));
+    let roles = |w: &World| {
+        w.reg
+            .channel("cam")
+            .map(|c| {
+                c.grants
+                    .iter()
+                    .map(|g| (g.client.to_string(), g.role))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        roles(&w),
+        [("p".into(), Role::Produce), ("c".into(), Role::Consume)],
+        "one record per client and role"
+    );
+    assert!(
+        w.send(
+            2,
+            "detach",
+            serde_json::json!({"client": "c", "name": "cam"})
+        )
+        .is_ok()
+    );
+    assert_eq!(roles(&w), [("p".into(), Role::Produce)]);
+    // A new producer's registration replaces the previous one's record.
+    assert!(
+        w.send(
+            3,
+            "attach",
+            serde_json::json!({"client": "c", "name": "cam"})
+        )
+        .is_ok()
+    );
+    assert!(
+        w.send(
+            3,
+            "unregister",
+            serde_json::json!({"client": "p", "name": "cam"})
+        )
+        .is_ok()
+    );
+    assert!(register_memfd(&mut w, 4, "p2", "cam").is_ok());
+    assert!(roles(&w).is_empty(), "{:?}", roles(&w));
+    // Removed (down, no consumer left): the segment is released, not unlinked.
+    w.effects.clear();
+    assert!(
+        w.send(
+            5,
+            "unregister",
+            serde_json::json!({"client": "p2", "name": "cam"})
+        )
+        .is_ok()
+    );
+    assert!(
+        w.send(
+            5,
+            "detach",
+            serde_json::json!({"client": "c", "name": "cam"})
+        )
+        .is_ok()
+    );
+    assert!(w.effects.contains(&Effect::ReleaseSegment { channel: cam }));
+    assert!(
+        !w.effects
+            .iter()
+            .any(|e| matches!(e, Effect::RemoveSegment { .. })),
+        "{:?}",
+        w.effects
+    );
+}

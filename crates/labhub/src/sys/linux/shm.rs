@@ -236,6 +236,16 @@ unsafe impl Sync for ShmMapping {}
 impl ShmMapping {
     /// Maps `len` bytes of `fd` from offset 0, `MAP_SHARED`, readable and writable.
     pub fn map(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        Self::map_with(fd, len, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    /// Maps `len` bytes of `fd` from offset 0, `MAP_SHARED`, readable only: a write through it
+    /// faults.
+    pub fn map_read_only(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        Self::map_with(fd, len, libc::PROT_READ)
+    }
+
+    fn map_with(fd: &OwnedFd, len: usize, prot: libc::c_int) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -248,7 +258,7 @@ impl ShmMapping {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
