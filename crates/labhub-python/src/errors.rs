@@ -241,9 +241,11 @@ pub fn msg_error(e: MsgError, channel: &str) -> PyErr {
         MsgError::Timeout { .. } | MsgError::SubscriberTimeout { .. } => {
             raise("TimeoutError", text, &attrs(channel, None))
         }
-        MsgError::Remote { message, .. } => {
-            raise("RemoteError", text, &attrs(channel, Some(("remote_message", message))))
-        }
+        MsgError::Remote { message, .. } => raise(
+            "RemoteError",
+            text,
+            &attrs(channel, Some(("remote_message", message))),
+        ),
         MsgError::InvalidOption { option, .. } => bad_value(option, text),
         MsgError::InvalidEndpoint { .. } => bad_value("bind", text),
         MsgError::NoTopics { .. } => bad_value("topics", text),

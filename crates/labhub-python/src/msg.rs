@@ -364,7 +364,9 @@ impl PyReqServer {
                 let (sent, fatal) = match handled {
                     Handled::Reply(body) => (request.reply(body), None),
                     Handled::Failed(text) => (request.reply_error(text), None),
-                    Handled::Fatal(e) => (request.reply_error("the server was interrupted"), Some(e)),
+                    Handled::Fatal(e) => {
+                        (request.reply_error("the server was interrupted"), Some(e))
+                    }
                 };
                 match sent {
                     Ok(()) | Err(MsgError::ClientGone { .. }) => Ok(Some(fatal)),
