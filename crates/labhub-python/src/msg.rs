@@ -287,7 +287,7 @@ fn call_handler(handler: &Py<PyAny>, payload: &[u8]) -> Handled {
         let outcome = handler
             .bind(py)
             .call1((PyBytes::new(py, payload),))
-            .and_then(|r| r.extract::<Vec<u8>>().map_err(PyErr::from));
+            .and_then(|r| r.extract::<Vec<u8>>());
         match outcome {
             Ok(body) => Handled::Reply(body),
             Err(e) => {
