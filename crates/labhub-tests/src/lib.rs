@@ -552,60 +552,22 @@ pub mod attack {
     }
 }
 
-/// `python3`, if it is installed.
-pub fn python3() -> Option<&'static str> {
-    let found = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    found.then_some("python3")
-}
-
-/// The `PYTHONPATH` under which `import <module>` works in `python`: none if the module is
-/// installed already, else `dir`, which `pip install --target` fills with `requirement` once
-/// (later runs reuse it). Fails the test if pip cannot install it.
-pub fn python_package(
-    python: &str,
-    module: &str,
-    requirement: &str,
-    dir: &Path,
-) -> Option<PathBuf> {
-    let importable = |path: Option<&Path>| {
-        let mut cmd = Command::new(python);
-        cmd.args(["-c", &format!("import {module}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(path) = path {
-            cmd.env("PYTHONPATH", path);
-        }
-        cmd.status().is_ok_and(|s| s.success())
-    };
-    if importable(None) {
-        return None;
-    }
-    if !importable(Some(dir)) {
-        let out = Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg("--target")
-            .arg(dir)
-            .arg(requirement)
-            .output()
-            .expect("run pip");
+/// The Python interpreter of labhub's one test venv (`target/pyenv`, the pinned packages of
+/// `tests/python/requirements.txt`), made by `tests/pyenv.py` on first use and reused; `None`
+/// if `python3` is not installed. Fails the test if the venv cannot be made.
+pub fn python_env() -> Option<PathBuf> {
+    static ENV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/pyenv.py");
+        let out = Command::new("python3").arg(script).output().ok()?;
         assert!(
-            out.status.success() && importable(Some(dir)),
-            "{module} is not installed and `pip install {requirement}` failed:\n{}",
+            out.status.success(),
+            "tests/pyenv.py could not make the test venv:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-    Some(dir.to_owned())
+        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    })
+    .clone()
 }
 
 /// An HTTP response read to its end (the server closes the connection after it).

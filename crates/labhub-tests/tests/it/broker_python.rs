@@ -1,7 +1,7 @@
 //! A Python client written from docs/PROTOCOL.md alone (`tests/python/client.py`, pyzmq from
-//! PyPI) registers and discovers a channel on a real broker. When `import zmq` fails, the test
-//! installs pyzmq itself into a directory under the target folder (`pip install --target`),
-//! so the README's test command needs no manual step.
+//! PyPI) registers and discovers a channel on a real broker. pyzmq comes from the tests' one
+//! venv under the target folder (`labhub_tests::python_env`), so the README's test command
+//! needs no manual step.
 
 use super::*;
 
@@ -11,31 +11,18 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/client.py")
 }
 
-/// The `PYTHONPATH` under which `import zmq` works (see [`labhub_tests::python_package`]).
-fn pyzmq_path(python: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyzmq-27");
-    labhub_tests::python_package(python, "zmq", "pyzmq==27.*", &dir)
-}
-
 #[test]
 fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
-    let Some(python) = labhub_tests::python3() else {
+    let Some(python) = labhub_tests::python_env() else {
         eprintln!("SKIPPED: python3 is not installed, so the pyzmq protocol test cannot run");
         return;
     };
-    let pythonpath = pyzmq_path(python);
-    let with_path = |cmd: &mut Command| {
-        if let Some(path) = &pythonpath {
-            cmd.env("PYTHONPATH", path);
-        }
-    };
-    let mut keygen = Command::new(python);
+    let mut keygen = Command::new(&python);
     keygen.arg(script()).arg("keygen");
-    with_path(&mut keygen);
     let keygen = keygen.output().expect("run client.py keygen");
     assert!(
         keygen.status.success(),
-        "client.py keygen failed (is pyzmq installed? `python3 -m pip install pyzmq==27.*`):\n{}",
+        "client.py keygen failed:\n{}",
         String::from_utf8_lossy(&keygen.stderr)
     );
     let keys = String::from_utf8(keygen.stdout).unwrap();
@@ -49,8 +36,7 @@ fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
     let allow = format!("allow-list={}", list.display());
     let broker = TestBroker::start_on(&home, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", &[&allow]);
 
-    let mut cmd = Command::new(python);
-    with_path(&mut cmd);
+    let mut cmd = Command::new(&python);
     cmd.arg(script()).args([
         "run",
         &broker.endpoint,
@@ -83,16 +69,12 @@ fn a_pyzmq_client_following_the_protocol_document_registers_and_discovers() {
 
 #[test]
 fn a_pyzmq_client_following_the_documents_gets_a_memfd_channel_read_only() {
-    let Some(python) = labhub_tests::python3() else {
+    let Some(python) = labhub_tests::python_env() else {
         eprintln!("SKIPPED: python3 is not installed, so the pyzmq protocol test cannot run");
         return;
     };
-    let pythonpath = pyzmq_path(python);
-    let mut keygen = Command::new(python);
+    let mut keygen = Command::new(&python);
     keygen.arg(script()).arg("keygen");
-    if let Some(path) = &pythonpath {
-        keygen.env("PYTHONPATH", path);
-    }
     let keys = String::from_utf8(keygen.output().expect("run client.py keygen").stdout).unwrap();
     let (public, secret) = keys.trim().split_once(' ').expect("two keys");
 
@@ -132,10 +114,7 @@ fn a_pyzmq_client_following_the_documents_gets_a_memfd_channel_read_only() {
         producer.publish(b"frame", &[5]).unwrap();
     }
 
-    let mut cmd = Command::new(python);
-    if let Some(path) = &pythonpath {
-        cmd.env("PYTHONPATH", path);
-    }
+    let mut cmd = Command::new(&python);
     cmd.arg(script()).args([
         "consume",
         &broker.endpoint,

@@ -112,25 +112,15 @@ fn value_of(text: &str, series: &str) -> Option<f64> {
 }
 
 fn parse_with_prometheus_client(text: &str) -> serde_json::Value {
-    let Some(python) = labhub_tests::python3() else {
+    let Some(python) = labhub_tests::python_env() else {
         panic!("python3 is needed to parse the metrics with prometheus_client");
     };
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prometheus-client-0.26");
-    let path = labhub_tests::python_package(
-        python,
-        "prometheus_client",
-        "prometheus-client==0.26.0",
-        &dir,
-    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/parse_metrics.py");
-    let mut cmd = Command::new(python);
+    let mut cmd = Command::new(&python);
     cmd.arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(p) = path {
-        cmd.env("PYTHONPATH", p);
-    }
     let mut child = cmd.spawn().expect("run parse_metrics.py");
     child
         .stdin

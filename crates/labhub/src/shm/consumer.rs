@@ -1066,6 +1066,13 @@ impl<T: Payload> std::fmt::Debug for Frame<'_, T> {
 }
 
 impl<'a, T: Payload> Frame<'a, T> {
+    /// The consumer this frame was read from (its settings, counters and state zone stay
+    /// readable while the frame holds it borrowed).
+    #[inline]
+    pub fn consumer(&self) -> &Consumer<T> {
+        self.consumer
+    }
+
     /// The frame id (0, 1, … in publish order).
     #[inline]
     pub fn frame_id(&self) -> u64 {

@@ -247,6 +247,13 @@ pub enum PublishError {
         /// The channel.
         channel: String,
     },
+    /// The producer's interrupt check asked to give up waiting for space on a full ring (see
+    /// `Producer::set_interrupt`); no frame was dropped.
+    #[error("waiting for space on channel {channel:?} was interrupted")]
+    Interrupted {
+        /// The channel.
+        channel: String,
+    },
 }
 
 /// A frame was rewritten by the producer while it was read (lossy policies), so what was read

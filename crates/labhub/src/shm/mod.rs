@@ -85,7 +85,7 @@ pub use error::{ChannelError, LayoutError, Overwritten, PublishError, ReadError,
 pub(crate) use inspect::inspect_memfd;
 pub use inspect::{ConsumerReport, ProducerReport, SegmentReport, Sharing, inspect};
 pub use policy::{Backpressure, MAX_POLICY_LEN, Policy, PolicyParseError};
-pub use producer::{Producer, SlotMut};
+pub use producer::{InterruptCheck, Producer, SlotMut};
 pub(crate) use segment::MemfdPair;
 #[cfg(feature = "broker")]
 pub(crate) use segment::remove_orphans;

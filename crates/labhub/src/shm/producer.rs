@@ -27,6 +27,10 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
 /// `client::shm`): called while blocked on a full ring, it returns the client tags to evict.
 pub(crate) type DroppedFeed = Box<dyn FnMut() -> Vec<u32> + Send>;
 
+/// Asked by a producer blocked on a full ring, at least every [`LIVENESS_INTERVAL`], whether to
+/// give up the wait (see [`Producer::set_interrupt`]).
+pub type InterruptCheck = Box<dyn FnMut() -> bool + Send>;
+
 /// The single writer of a channel, created by [`Channel::create`](super::Channel::create).
 ///
 /// `T` is what frames are written as: an [`Element`](super::Element) type, or
@@ -74,6 +78,7 @@ pub struct Producer<T: Payload> {
     ndim: usize,
     full_bytes: u64,
     dropped_feed: Option<DroppedFeed>,
+    interrupt: Option<InterruptCheck>,
     _payload: PhantomData<fn() -> T>,
 }
 
@@ -435,6 +440,7 @@ impl<T: Payload> Producer<T> {
             ndim: schema.ndim as usize,
             full_bytes: geo.params.slot_size,
             dropped_feed: None,
+            interrupt: None,
             view,
             _payload: PhantomData,
         }
@@ -523,6 +529,32 @@ impl<T: Payload> Producer<T> {
     #[cfg(feature = "zmq")]
     pub(crate) fn set_dropped_feed(&mut self, feed: DroppedFeed) {
         self.dropped_feed = Some(feed);
+    }
+
+    /// Installs `check`, which a loan blocked on a full ring (policy `ring:N:block`) calls when
+    /// it starts waiting and after every wake-up (at least every 20 ms); when it returns true
+    /// the loan gives up with [`PublishError::Interrupted`] (not counted as a dropped frame).
+    /// For programs that must answer a signal (Ctrl-C) promptly during a long blocking
+    /// timeout; `None` removes it.
+    ///
+    /// ```
+    /// use labhub::shm::{self, Channel, Policy, PublishError};
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// # let name = format!("doc-interrupt-{}", std::process::id());
+    /// let mut p = Channel::new(&name).policy("ring:1:block:1min".parse()?).bytes(8).create()?;
+    /// let _reader = Channel::new(&name).bytes(8).open()?; // reads nothing: the ring fills
+    /// p.publish(&[0; 8], &[8])?;
+    /// let stop = Arc::new(AtomicBool::new(true)); // set by a signal handler, say
+    /// let flag = Arc::clone(&stop);
+    /// p.set_interrupt(Some(Box::new(move || flag.load(Ordering::Relaxed))));
+    /// assert!(matches!(p.loan(), Err(PublishError::Interrupted { .. })));
+    /// assert_eq!(p.stats().dropped, 0);
+    /// # drop(p); shm::remove_channel(&name)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_interrupt(&mut self, check: Option<InterruptCheck>) {
+        self.interrupt = check;
     }
 
     /// Evicts every consumer entry of the Hub client with tag `client_tag` (the broker said
@@ -652,9 +684,12 @@ impl<T: Payload> Producer<T> {
         if let Err(e) = self.wait_for_space(w) {
             let h = self.view.header();
             h.write_pos.store(w, Ordering::Release);
-            let dropped = h.dropped.load(Ordering::Relaxed);
-            h.dropped
-                .store(dropped.saturating_add(1), Ordering::Relaxed);
+            // A wait given up on request loses no frame: the caller may loan again.
+            if !matches!(e, PublishError::Interrupted { .. }) {
+                let dropped = h.dropped.load(Ordering::Relaxed);
+                h.dropped
+                    .store(dropped.saturating_add(1), Ordering::Relaxed);
+            }
             return Err(e);
         }
         if self.prefetch_ahead != 0 {
@@ -760,6 +795,11 @@ impl<T: Payload> Producer<T> {
             let now = Instant::now();
             if now >= deadline {
                 return Err(PublishError::Timeout {
+                    channel: self.channel().to_string(),
+                });
+            }
+            if self.interrupt.as_mut().is_some_and(|check| check()) {
+                return Err(PublishError::Interrupted {
                     channel: self.channel().to_string(),
                 });
             }
@@ -1114,6 +1154,13 @@ impl<T: Payload> std::fmt::Debug for SlotMut<'_, T> {
 }
 
 impl<T: Payload> SlotMut<'_, T> {
+    /// The producer this slot was loaned from (its settings and counters stay readable while
+    /// the loan holds it borrowed).
+    #[inline]
+    pub fn producer(&self) -> &Producer<T> {
+        self.producer
+    }
+
     /// The frame id this slot will commit.
     #[inline]
     pub fn frame_id(&self) -> u64 {

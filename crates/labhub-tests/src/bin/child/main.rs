@@ -6,6 +6,7 @@ mod broker;
 mod client;
 mod filelock;
 mod grant;
+mod interop;
 mod lifecycle;
 mod log;
 mod msg;
@@ -21,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         r if r.starts_with("broker-") => broker::run(r, &rest),
         r if r.starts_with("client-") => client::run(r, &rest),
         r if r.starts_with("filelock-") => filelock::run(r, &rest),
+        r if r.starts_with("interop-") => interop::run(r, &rest),
         r if r.starts_with("grant-") => grant::run(r, &rest),
         r if r.starts_with("lifecycle-") => lifecycle::run(r, &rest),
         "log-append" => log::append(&rest),
