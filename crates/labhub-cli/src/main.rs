@@ -157,11 +157,11 @@ mod tests {
             format!("call cam0 ping --json {connect}"),
             format!(
                 "record cam0 cam1 -o /tmp/r.zarr --attr a=b --attr c= --seconds 1.5 --frames 3 \
-                 --flush-interval 250ms --shard-size 16MiB --hub --json {connect}"
+                 --flush-interval 250ms --shard-size 16MiB --no-hub --json {connect}"
             ),
             format!(
                 "replay /tmp/r.zarr --as cam2 --as cam0=cam3 --rate 2x --loop --keep-timestamps \
-                 --max-frame-size 1MiB --hub --json {connect}"
+                 --max-frame-size 1MiB --no-hub --json {connect}"
             ),
             format!("watch cam0 --mode queue:8 {connect}"),
             "demo --seconds 1 --frame-size 64KiB --rate 0 --consumers 3 --slots 16 \

@@ -1,57 +1,21 @@
-//! The Python the recording tests read recordings with: a virtual environment under the
-//! target directory with pinned zarr-python (and what it needs for the crc32c codec),
-//! created once and reused. The one place to switch to a shared test environment.
+//! The Python the recording tests read recordings with: the tests' one venv under the target
+//! directory (`tests/pyenv.py`, the pinned packages of `tests/python/requirements.txt`, among
+//! them zarr-python and the crc32c codec it reads shard indexes with), made once and reused.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-/// Pinned packages (zarr-python reads the shard index's crc32c through `crc32c`).
-const PACKAGES: [&str; 3] = ["zarr==3.1.6", "crc32c==2.7.1", "numpy==2.4.6"];
-
-/// The venv's python, creating the venv and installing [`PACKAGES`] if needed; `None` if
-/// there is no python3 on this machine.
+/// The venv's python, making the venv if needed; `None` if there is no python3 on this
+/// machine. Fails the test if the venv cannot be made.
 pub fn zarr_python() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("venv-zarr-3.1.6");
-    let python = venv.join("bin/python");
-    let ready = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import zarr, crc32c"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ready(&python) {
-        return Some(python);
-    }
-    // Serialises the install between test threads and processes.
-    let _lock = labhub::filelock::FileLock::lock(venv.with_extension("lock")).ok();
-    if ready(&python) {
-        return Some(python);
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .ok()?;
-    assert!(made.success(), "python3 -m venv {} failed", venv.display());
-    let out = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(PACKAGES)
-        .output()
-        .expect("run pip");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/pyenv.py");
+    let out = Command::new("python3").arg(script).output().ok()?;
     assert!(
         out.status.success(),
-        "pip install {PACKAGES:?} failed:\n{}",
+        "tests/pyenv.py could not make the test venv:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(python)
+    Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 /// What `tests/python/read_recording.py` reads from recording `path`.

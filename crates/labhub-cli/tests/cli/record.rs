@@ -63,15 +63,17 @@ fn a_recording_opens_in_zarr_python_with_its_frames_shapes_and_metadata() {
         .unwrap();
     let (_tmp, path) = scratch();
     let mut rec = labhub(Path::new("/nonexistent-home"));
-    rec.args(["record", &name, "--no-hub", "-o"]).arg(&path).args([
-        "--frames",
-        "5",
-        "--attr",
-        "operator=ada",
-        "--attr",
-        "sample=A1",
-        "--json",
-    ]);
+    rec.args(["record", &name, "--no-hub", "-o"])
+        .arg(&path)
+        .args([
+            "--frames",
+            "5",
+            "--attr",
+            "operator=ada",
+            "--attr",
+            "sample=A1",
+            "--json",
+        ]);
     let child = rec
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -581,9 +583,7 @@ fn a_recorder_a_latest_viewer_and_a_bounded_job_share_one_channel_each_in_its_mo
         .unwrap();
     let (_tmp, path) = scratch();
     let out_path = path.to_str().unwrap();
-    let mut rec = broker.labhub(&[
-        "record", &name, "--frames", "40", "--json", "-o", out_path,
-    ]);
+    let mut rec = broker.labhub(&["record", &name, "--frames", "40", "--json", "-o", out_path]);
     let mut recorder = rec
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -594,14 +594,16 @@ fn a_recorder_a_latest_viewer_and_a_bounded_job_share_one_channel_each_in_its_mo
             recorder.try_wait().unwrap().is_none(),
             "the recorder exited"
         );
-        consumers_of(&name) == 1
+        camera.producer().report().consumers.len() == 1
     });
     // Neither of these reads while 40 frames go by: neither may hold the producer back.
-    let mut viewer = shm::Channel::new(&name)
+    let mut viewer = hub
+        .channel(&name)
         .delivery(DeliveryMode::Latest)
         .open()
         .unwrap();
-    let job = shm::Channel::new(&name)
+    let job = hub
+        .channel(&name)
         .delivery(DeliveryMode::Queue(2))
         .open()
         .unwrap();

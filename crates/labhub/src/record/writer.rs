@@ -296,7 +296,7 @@ impl Recorder {
     ///
     /// # Errors
     /// [`RecordingError::Option`] if the consumer is not lossless or the channel was added
-    /// already; `Channel` if its segment cannot be inspected; `Zarr` errors.
+    /// already; `Zarr` errors.
     pub fn add(&mut self, mut source: impl Source) -> Result<(), RecordingError> {
         let c = source.consumer();
         let channel = c.channel().to_string();
@@ -323,10 +323,8 @@ impl Recorder {
                 problem: format!("{channel:?} is recorded once"),
             });
         }
-        let report = shm::inspect(&channel).map_err(|source| RecordingError::Channel {
-            channel: channel.clone(),
-            source,
-        })?;
+        // Through the consumer's own mapping: a broker-granted channel has no name to inspect.
+        let report = c.report();
         let writer = ChannelWriter::new(
             Box::new(source),
             &self.path,
