@@ -31,20 +31,22 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
-from . import _msg, _native, _schema
+from . import _msg, _native, _record, _schema
 from ._errors import (
     BrokerError, ChannelBusy, ChannelFull, ChannelNotFound, ChecksumMismatch, ClosedError,
     ConfigError, ConfigMismatch, ConsumerTableFull, CorruptFrame, Error, Evicted, ForkedError,
     FramesHeld, InternalError, LoanOpen, MsgError, Overwritten, ReleasedError, SchemaMismatch,
-    RemoteError, ShmError, StateError, TimeoutError, ViewsExist, WrongSecret,
+    RecordingError, RemoteError, ShmError, StateError, TimeoutError, ViewsExist, WrongSecret,
 )
 from ._msg import Message, Publisher, ReqClient, ReqServer, Subscriber
+from ._record import Recording, Replay
 from ._native import Consumer, Frame, Loan, Producer
 from . import shm
 
 __all__ = [
     "Hub", "Producer", "Consumer", "Loan", "Frame", "shm",
     "Publisher", "Subscriber", "Message", "ReqServer", "ReqClient", "RemoteError",
+    "Recording", "Replay", "RecordingError",
     "Error", "TimeoutError", "ChannelNotFound", "SchemaMismatch", "ConfigMismatch",
     "ChannelBusy", "ChannelFull", "WrongSecret", "ConsumerTableFull", "Overwritten",
     "ChecksumMismatch", "Evicted", "CorruptFrame", "FramesHeld", "ViewsExist", "ReleasedError",
@@ -172,6 +174,49 @@ class Hub:
         native = self._hub.open_client(_schema.name_of(name),
                                        **_msg.options(hwm, max_message_size))
         return ReqClient(native)
+
+    def start_recording(self, channels: Any, path: Any, *, attributes: Optional[dict] = None,
+                        seconds: Optional[float] = None, frames: Optional[int] = None,
+                        flush_interval: float = 1.0, shard_size: int = 64 << 20) -> Recording:
+        """Starts recording ``channels`` (a name or a list) into the new Zarr v3 directory
+        ``path``, on a thread of its own, as a lossless consumer of each: if storage cannot
+        keep up, each channel's backpressure decides and every loss is counted and stored.
+
+        - ``attributes``: JSON values stored with the run (operator, sample, ...).
+        - ``seconds``, ``frames`` (per channel): when to stop by itself.
+        - ``flush_interval``: the longest time between flushes (what a killed process loses).
+        - ``shard_size``: about how large one shard file grows (bytes).
+
+        ``stop()`` ends it and returns the summary (``run_id``, ``elapsed_s``, per channel
+        ``frames``, ``bytes``, ``lag``, ``losses``); ``progress()`` reports while it runs.
+        """
+        return _record.start_recording(self._hub, channels, path, attributes=attributes,
+                                       seconds=seconds, frames=frames,
+                                       flush_interval=flush_interval, shard_size=shard_size)
+
+    def record(self, channels: Any, path: Any, **options: Any) -> dict:
+        """Records until ``seconds`` or ``frames`` (or Ctrl-C, which completes the recording
+        and then propagates) and returns the summary; options as for ``start_recording``."""
+        return _record.wait_or_stop(self.start_recording(channels, path, **options))
+
+    def start_replay(self, path: Any, *, rename: Optional[dict] = None, rate: Any = "1x",
+                     loop: bool = False, keep_timestamps: bool = False,
+                     max_frame_size: int = 1 << 30) -> Replay:
+        """Creates each recorded channel (under its recorded name, or ``rename[name]``) with
+        the recorded settings, registered with the broker, and publishes the recording into
+        them on a thread of its own: with the recorded timing (``rate="1x"``), scaled
+        (``"2x"``, ``0.5``), or as fast as the consumers take it (``"max"``); ``loop`` starts
+        again at the end until ``stop()``. ``keep_timestamps`` stamps frames with their
+        recorded times. A recording is untrusted input: frames above ``max_frame_size`` bytes
+        and anything not as ``labhub record`` writes it raise ``labhub.RecordingError``."""
+        return _record.start_replay(self._hub, path, rename=rename, rate=rate, loop=loop,
+                                    keep_timestamps=keep_timestamps,
+                                    max_frame_size=max_frame_size)
+
+    def replay(self, path: Any, **options: Any) -> dict:
+        """Replays to the end (Ctrl-C stops it and propagates) and returns the summary
+        (per channel the ``frames`` published); options as for ``start_replay``."""
+        return _record.wait_or_stop(self.start_replay(path, **options))
 
     def notice(self, timeout: Optional[float] = 0.0) -> Optional[dict]:
         """The next notice from the broker about any channel, as a dict with ``kind``

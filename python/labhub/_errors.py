@@ -114,6 +114,11 @@ class RemoteError(MsgError):
     (``remote_message``: ``"TypeName: text"``), or it could not take the request."""
 
 
+class RecordingError(Error, OSError):
+    """A recording could not be written or read: the path exists already, a file operation
+    failed, or a recording is not what ``labhub record`` writes (``path`` when known)."""
+
+
 class ForkedError(Error, RuntimeError):
     """A labhub object was used in a process forked after it was made."""
 

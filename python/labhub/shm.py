@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
-from . import _native, _schema
+from . import _native, _record, _schema
 from ._native import Consumer, Producer
+from ._record import Recording, Replay
 
-__all__ = ["create_producer", "open_consumer", "remove_channel"]
+__all__ = ["create_producer", "open_consumer", "remove_channel", "record", "start_recording",
+           "replay", "start_replay"]
 
 
 def create_producer(name: str, dtype: Any, shape: Any, policy: str = "ring:8:block", *,
@@ -37,3 +39,26 @@ def remove_channel(name: str) -> None:
     """Removes channel ``name``'s segment (processes that have it mapped keep working on
     it; a producer created later makes a fresh one)."""
     _native.remove_channel(_schema.name_of(name))
+
+
+def start_recording(channels: Any, path: Any, **options: Any) -> Recording:
+    """Starts recording brokerless channels into the new Zarr v3 directory ``path`` on a
+    thread of its own. Options as for ``Hub.start_recording``."""
+    return _record.start_recording(None, channels, path, **options)
+
+
+def record(channels: Any, path: Any, **options: Any) -> dict:
+    """Records brokerless channels until ``seconds`` or ``frames`` (or Ctrl-C, which completes
+    the recording and propagates) and returns the summary. Options as for ``Hub.record``."""
+    return _record.wait_or_stop(start_recording(channels, path, **options))
+
+
+def start_replay(path: Any, **options: Any) -> Replay:
+    """Starts replaying a recording into brokerless channels (created by name). Options as
+    for ``Hub.start_replay``."""
+    return _record.start_replay(None, path, **options)
+
+
+def replay(path: Any, **options: Any) -> dict:
+    """Replays a recording into brokerless channels to its end and returns the summary."""
+    return _record.wait_or_stop(start_replay(path, **options))

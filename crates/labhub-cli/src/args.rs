@@ -49,6 +49,47 @@ pub const MAX_PATH_COMPONENT_LEN: usize = 255;
 /// Most subscribers `pub --wait-subscribers` waits for.
 pub const MAX_SUBSCRIBERS_WAITED: usize = 100_000;
 
+/// Longest key of a `--attr KEY=VALUE`.
+pub const MAX_ATTR_KEY_LEN: usize = 64;
+/// Longest value of a `--attr KEY=VALUE`.
+pub const MAX_ATTR_VALUE_LEN: usize = 4096;
+
+/// A `KEY=VALUE` attribute: KEY 1 to 64 characters of `[A-Za-z0-9_.-]`, VALUE at most 4096
+/// bytes without control characters (stored as a string).
+pub fn attribute(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| "expected KEY=VALUE".to_owned())?;
+    if key.is_empty()
+        || key.len() > MAX_ATTR_KEY_LEN
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(format!(
+            "the key must be 1 to {MAX_ATTR_KEY_LEN} characters of A-Z a-z 0-9 _ . -"
+        ));
+    }
+    if value.len() > MAX_ATTR_VALUE_LEN || value.chars().any(char::is_control) {
+        return Err(format!(
+            "the value must be at most {MAX_ATTR_VALUE_LEN} bytes without control characters"
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// A delivery mode: `lossless`, `latest`, `queue:N`, `every:K`, `max-rate:HZ`.
+pub fn delivery_mode(text: &str) -> Result<labhub::shm::DeliveryMode, String> {
+    text.parse()
+        .map_err(|e: labhub::shm::DeliveryParseError| e.to_string())
+}
+
+/// A replay rate: `max` or a factor `1x`, `2x`, `0.5x` (above 0, at most 1000).
+pub fn rate(text: &str) -> Result<labhub::record::Rate, String> {
+    text.parse()
+        .map_err(|e: labhub::record::RateParseError| e.to_string())
+}
+
 /// A clap value parser: a function from the argument's text to its value or a message.
 pub trait Parser<T>: Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {}
 impl<T, F: Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static> Parser<T> for F {}

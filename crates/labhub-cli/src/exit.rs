@@ -73,6 +73,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if cause.is::<NotFound>() {
             return NOT_FOUND;
         }
+        if let Some(labhub::shm::ChannelError::NotFound { .. }) = cause.downcast_ref() {
+            return NOT_FOUND;
+        }
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             match e {
                 ClientError::Timeout { .. } => return UNREACHABLE,

@@ -54,6 +54,12 @@ enum Command {
     /// Send one request to a request/reply channel and print the reply.
     #[command(after_help = exit::HELP)]
     Call(cmd::call::CallArgs),
+    /// Record shared-memory channels with their metadata into a Zarr v3 directory.
+    #[command(after_help = exit::HELP)]
+    Record(cmd::record::RecordArgs),
+    /// Publish a recording into live channels with its timing (or faster).
+    #[command(after_help = exit::HELP)]
+    Replay(cmd::replay::ReplayArgs),
     /// Show every channel's rates, latency, drops and lag live, sorted by rate (`hub --metrics`).
     #[command(after_help = exit::HELP)]
     Top(cmd::top::TopArgs),
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
         Some(Command::Pub(args)) => cmd::publish::run(args, verbose),
         Some(Command::Sub(args)) => cmd::subscribe::run(args, verbose),
         Some(Command::Call(args)) => cmd::call::run(args, verbose),
+        Some(Command::Record(args)) => cmd::record::run(args, verbose),
+        Some(Command::Replay(args)) => cmd::replay::run(args, verbose),
         Some(Command::Top(args)) => cmd::top::run(args),
         Some(Command::Demo(args)) => cmd::demo::run(args, verbose),
     };
@@ -147,6 +155,15 @@ mod tests {
             ),
             format!("sub cam0 --topic a --topic b --count 2 --seconds 1 --json {connect}"),
             format!("call cam0 ping --json {connect}"),
+            format!(
+                "record cam0 cam1 -o /tmp/r.zarr --attr a=b --attr c= --seconds 1.5 --frames 3 \
+                 --flush-interval 250ms --shard-size 16MiB --no-hub --json {connect}"
+            ),
+            format!(
+                "replay /tmp/r.zarr --as cam2 --as cam0=cam3 --rate 2x --loop --keep-timestamps \
+                 --max-frame-size 1MiB --no-hub --json {connect}"
+            ),
+            format!("watch cam0 --mode queue:8 {connect}"),
             "demo --seconds 1 --frame-size 64KiB --rate 0 --consumers 3 --slots 16 \
              --interval 100ms --json"
                 .to_owned(),

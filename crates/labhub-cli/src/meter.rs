@@ -100,6 +100,11 @@ impl LiveLine {
         }
     }
 
+    /// Whether stdout is a terminal (the line refreshes in place).
+    pub fn is_terminal(&self) -> bool {
+        self.terminal
+    }
+
     /// Shows `text`.
     pub fn show(&mut self, text: &str) -> std::io::Result<()> {
         use std::io::Write as _;

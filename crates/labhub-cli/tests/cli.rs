@@ -19,6 +19,8 @@ use wait_timeout::ChildExt as _;
 mod demo;
 #[path = "cli/flags.rs"]
 mod flags;
+#[path = "cli/record.rs"]
+mod record;
 #[path = "cli/top.rs"]
 mod top;
 

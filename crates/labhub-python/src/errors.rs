@@ -73,6 +73,10 @@ pub fn guard<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
 }
 
 /// Renders an error with its chain of causes.
+pub fn chain_text(e: &dyn std::error::Error) -> String {
+    chain(e)
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

@@ -43,7 +43,7 @@ impl Drop for Hub {
 }
 
 impl Hub {
-    fn client(&self) -> PyResult<labhub::client::Hub> {
+    pub(crate) fn client(&self) -> PyResult<labhub::client::Hub> {
         self.fork.check()?;
         lock(&self.hub)
             .clone()

@@ -15,6 +15,7 @@ mod errors;
 mod hub;
 mod msg;
 mod producer;
+mod record;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -209,6 +210,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hub::create_producer, m)?)?;
     m.add_function(wrap_pyfunction!(hub::open_consumer, m)?)?;
     m.add_function(wrap_pyfunction!(hub::remove_channel, m)?)?;
+    m.add_class::<record::Run>()?;
+    m.add_function(wrap_pyfunction!(record::start_recording, m)?)?;
+    m.add_function(wrap_pyfunction!(record::start_replay, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("LAYOUT_VERSION", labhub::shm::LAYOUT_VERSION)?;
     m.add("MAX_DIMS", labhub::shm::MAX_DIMS)?;

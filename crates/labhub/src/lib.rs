@@ -22,9 +22,11 @@
 //! | [`broker`] | the broker: registry and watchdog, config, audit trail, perimeter, CurveZMQ server |
 //! | [`msg`] | ZeroMQ publish/subscribe and request/reply channels, optionally CurveZMQ-encrypted |
 //! | [`client`] | the Hub client: a lifecycle module (heartbeat, re-registration) and channels through the broker |
+//! | `record` | recording channels to Zarr v3 with their metadata, and replay (feature `record`) |
 //!
 //! Cargo features: `zmq` (keys, home, protocol, msg, client: libzmq, libsodium and the crypto
-//! crates) and `broker` (the broker; implies `zmq`), both on by default. With
+//! crates) and `broker` (the broker; implies `zmq`), both on by default; `record` (zarrs, no C
+//! code) for recording and replay, off by default. With
 //! `default-features = false` the crate is sys, lifecycle, log, sync, filelock, name and shm
 //! alone.
 //!
@@ -71,6 +73,8 @@ pub mod msg;
 pub mod name;
 #[cfg(feature = "zmq")]
 pub mod protocol;
+#[cfg(feature = "record")]
+pub mod record;
 pub mod shm;
 pub mod sync;
 pub(crate) mod sys;

@@ -23,8 +23,11 @@ use crate::exit::NotFound;
 /// "max_shape", "schema_name", "schema_version", "flex_size", "checksum", "has_secret",
 /// "pooled", "published", "dropped", "overwritten", "evicted", "state_version",
 /// "producer": {"pid", "alive", "attaches", "heartbeat_age_ms"}|null,
-/// "consumers": [{"index", "pid", "state", "alive", "position", "received", "missed", "held",
-/// "heartbeat_age_ms"}]} ("held": the frame id the consumer holds now, or null).
+/// "consumers": [{"index", "pid", "state", "alive", "delivery", "position", "cursor", "lag",
+/// "received", "missed", "dropped", "held", "heartbeat_age_ms"}]} ("delivery": the consumer's
+/// delivery mode, `lossless`, `latest`, `queue:N`, `every:K` or `max-rate:HZ`, null when
+/// unknown; "lag": frames committed it has not looked at; "dropped": frames its mode
+/// skipped; "held": the frame id the consumer holds now, or null).
 /// A channel the broker does not know exits with code 4.
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
@@ -158,15 +161,19 @@ pub fn run(args: InfoArgs, verbose: u8) -> anyhow::Result<()> {
             let held = k
                 .held
                 .map_or_else(|| "nothing".to_owned(), |f| format!("frame {f}"));
+            let mode = k
+                .delivery
+                .map_or_else(|| "unknown mode".to_owned(), |m| m.to_string());
             out(format!(
-                "  consumer {}: pid {} {}{}, position {}, received {}, missed {}, holding {held}",
+                "  consumer {}: pid {} {}{}, {mode}, lag {}, received {}, missed {}, dropped {}, holding {held}",
                 k.index,
                 k.pid,
                 k.state,
                 if k.alive { "" } else { " (dead)" },
-                k.position,
+                k.lag,
                 k.received,
-                k.missed
+                k.missed,
+                k.dropped
             ))?;
         }
     }

@@ -7,6 +7,8 @@ pub mod info;
 pub mod keygen;
 pub mod ls;
 pub mod publish;
+pub mod record;
+pub mod replay;
 pub mod subscribe;
 pub mod top;
 pub mod watch;

@@ -34,6 +34,11 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s",
           value_parser = args::duration(args::TEN_MS..=args::DAY))]
     interval: Duration,
+    /// How this watcher takes frames of a shared-memory channel: lossless (holds the
+    /// producer back like any lossless consumer), latest, queue:N, every:K or max-rate:HZ
+    /// (these never hold anyone back; frames they skip are counted as skipped).
+    #[arg(long, value_name = "MODE", default_value = "lossless", value_parser = args::delivery_mode)]
+    mode: labhub::shm::DeliveryMode,
     /// Print JSON Lines.
     #[arg(long)]
     json: bool,
@@ -59,6 +64,12 @@ struct Sample<'a> {
     missed: u64,
     /// Frames the channel dropped to backpressure, in the interval.
     dropped: u64,
+    /// This watcher's delivery mode.
+    mode: String,
+    /// Frames this watcher's delivery mode skipped on purpose, in the interval.
+    skipped: u64,
+    /// Frames committed that this watcher had not looked at yet, at the sample.
+    lag: u64,
 }
 
 /// Watches the channel.
@@ -142,7 +153,7 @@ fn emit(
         .published_per_s
         .map_or_else(|| "-".into(), |p| format!("{p:.1}"));
     live.show(&format!(
-        "{} {}{:6.1} s  {:.1} frames/s  {:.2} MB/s  latency mean {} max {}  missed {}  dropped {}  (producer {} frames/s)",
+        "{} {}{:6.1} s  {:.1} frames/s  {:.2} MB/s  latency mean {} max {}  missed {}  dropped {}  {} skipped {} lag {}  (producer {} frames/s)",
         sample.channel,
         frames.text(),
         sample.elapsed_s,
@@ -152,13 +163,16 @@ fn emit(
         micros(sample.rates.latency_us_max),
         sample.missed,
         sample.dropped,
+        sample.mode,
+        sample.skipped,
+        sample.lag,
         published,
     ))?;
     Ok(())
 }
 
 fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Result<()> {
-    let mut consumer = hub.channel(&args.channel).open()?;
+    let mut consumer = hub.channel(&args.channel).delivery(args.mode).open()?;
     let frames = FrameType {
         element: Some(consumer.consumer().element_type().to_string()),
         max_shape: Some(consumer.consumer().max_shape().to_vec()),
@@ -169,7 +183,8 @@ fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Resul
     let mut total = Meter::default();
     let mut stats = consumer.consumer().stats();
     let mut missed = consumer.consumer().missed();
-    let (mut all_missed, mut all_dropped) = (0, 0);
+    let mut skipped = consumer.consumer().dropped();
+    let (mut all_missed, mut all_dropped, mut all_skipped) = (0, 0, 0);
     while !finished(args, &clock, end) {
         let mut wake = clock.next;
         if let Some(e) = end {
@@ -198,6 +213,7 @@ fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Resul
             let seconds = (now - clock.last).as_secs_f64();
             let s = consumer.consumer().stats();
             let m = consumer.consumer().missed();
+            let k = consumer.consumer().dropped();
             let sample = Sample {
                 r#type: "sample",
                 channel: &args.channel,
@@ -208,12 +224,17 @@ fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Resul
                 rates: std::mem::take(&mut meter).rates(seconds),
                 missed: m.saturating_sub(missed),
                 dropped: s.dropped.saturating_sub(stats.dropped),
+                mode: args.mode.to_string(),
+                skipped: k.saturating_sub(skipped),
+                lag: consumer.consumer().lag(),
             };
             all_missed += sample.missed;
             all_dropped += sample.dropped;
+            all_skipped += sample.skipped;
             emit(args, &mut live, &frames, &sample)?;
             stats = s;
             missed = m;
+            skipped = k;
             clock.last = now;
             clock.samples += 1;
             while clock.next <= now {
@@ -222,7 +243,13 @@ fn watch_shm(args: &WatchArgs, hub: &Hub, end: Option<Instant>) -> anyhow::Resul
         }
     }
     live.finish()?;
-    summary(args, &clock, &frames, total, all_missed, all_dropped)
+    summary(
+        args,
+        &clock,
+        &frames,
+        total,
+        [all_missed, all_dropped, all_skipped],
+    )
 }
 
 fn summary(
@@ -230,8 +257,7 @@ fn summary(
     clock: &Clock,
     frames: &FrameType,
     total: Meter,
-    missed: u64,
-    dropped: u64,
+    [missed, dropped, skipped]: [u64; 3],
 ) -> anyhow::Result<()> {
     let seconds = clock.start.elapsed().as_secs_f64();
     let rates = total.rates(seconds);
@@ -246,10 +272,13 @@ fn summary(
             rates,
             missed,
             dropped,
+            mode: args.mode.to_string(),
+            skipped,
+            lag: 0,
         });
     }
     common::out(format!(
-        "{}: {}{} frames in {:.1} s, {:.1} frames/s, {:.2} MB/s, latency mean {} max {}, missed {}, dropped {}",
+        "{}: {}{} frames in {:.1} s, {:.1} frames/s, {:.2} MB/s, latency mean {} max {}, missed {}, dropped {}, {} skipped {}",
         args.channel,
         frames.text(),
         rates.frames,
@@ -259,7 +288,9 @@ fn summary(
         micros(rates.latency_us_mean),
         micros(rates.latency_us_max),
         missed,
-        dropped
+        dropped,
+        args.mode,
+        skipped
     ))?;
     Ok(())
 }
@@ -301,6 +332,9 @@ fn watch_counters(
             rates: Rates::default(),
             missed: 0,
             dropped: 0,
+            mode: args.mode.to_string(),
+            skipped: 0,
+            lag: 0,
         };
         emit(args, &mut live, frames, &sample)?;
         before = after;
@@ -309,5 +343,5 @@ fn watch_counters(
         clock.next += args.interval;
     }
     live.finish()?;
-    summary(args, &clock, frames, Meter::default(), 0, 0)
+    summary(args, &clock, frames, Meter::default(), [0, 0, 0])
 }

@@ -437,7 +437,7 @@ fn an_evicted_hub_consumer_whose_producer_is_gone_still_returns_by_its_deadline_
     // write is one aligned word.
     let mut map = unsafe { memmap2::MmapMut::map_mut(&control).unwrap() };
     drop(producer);
-    let entry = labhub_tests::memfd::CONSUMER_TABLE + 64 * index;
+    let entry = labhub_tests::memfd::CONSUMER_TABLE + 128 * index;
     map[entry..entry + 8].fill(0);
     drop(map);
     // Each read still ends by its 200 ms deadline (the child prints `timeout`) while no segment

@@ -133,6 +133,8 @@ pub mod at {
     pub const FLEX_VERSION: usize = 232;
     /// Header: the commit fence code.
     pub const COMMIT_FENCE: usize = 240;
+    /// Bytes of one consumer-table entry.
+    pub const ENTRY: usize = 128;
     /// The control region of a named segment mapped whole (`len` bytes).
     pub const fn control(len: usize) -> usize {
         len - CONTROL_SIZE
@@ -147,11 +149,11 @@ pub mod at {
     }
     /// Consumer entry `i`'s start time.
     pub const fn entry_start_time(len: usize, i: usize) -> usize {
-        consumers(len) + 64 * i + 8
+        consumers(len) + ENTRY * i + 8
     }
     /// Consumer entry `i`'s state word.
     pub const fn entry_state(len: usize, i: usize) -> usize {
-        consumers(len) + 64 * i
+        consumers(len) + ENTRY * i
     }
 }
 

@@ -71,7 +71,7 @@ fn a_stopped_consumer_of_a_lossless_ring_is_evicted_by_the_default_timeout_and_t
 /// at least every 100 ms for a `shm-consumer-read` child) has changed twice: the reader has
 /// looked at the header at least once since this call.
 fn wait_for_a_reader_turn(m: &memmap2::MmapMut, index: usize) {
-    let beat = || get_u64(m, at::consumers(m.len()) + 64 * index + 16);
+    let beat = || get_u64(m, at::consumers(m.len()) + at::ENTRY * index + 16);
     for _ in 0..2 {
         let before = beat();
         crate::common::wait_until("the reader's next turn", || beat() != before);

@@ -11,7 +11,7 @@ use super::element::{Dynamic, Element, ElementType, Payload};
 use super::error::ChannelError;
 use super::layout;
 use super::producer::Producer;
-use super::{Policy, Secret, StateFormat};
+use super::{DeliveryMode, Policy, Secret, StateFormat};
 use crate::name::ChannelName;
 
 /// How long a consumer of a lossless ring may go without reading (or waiting in the library)
@@ -105,6 +105,7 @@ pub struct Settings {
     pub(crate) schema_name: Option<String>,
     pub(crate) schema_version: Option<u32>,
     pub(crate) wait_mode: WaitMode,
+    pub(crate) delivery: DeliveryMode,
     pub(crate) ready_timeout: Duration,
     /// The segment size a broker announced: an attach to a segment of another size fails.
     pub(crate) expected_size: Option<u64>,
@@ -134,6 +135,7 @@ impl Settings {
             schema_name: None,
             schema_version: None,
             wait_mode: WaitMode::Blocking,
+            delivery: DeliveryMode::Lossless,
             ready_timeout: Duration::from_secs(2),
             expected_size: None,
             client_tag: 0,
@@ -166,6 +168,11 @@ impl Settings {
     /// The largest frame shape asked for, if any.
     pub fn shape(&self) -> Option<&[u64]> {
         self.shape.as_deref()
+    }
+
+    /// The consumer's delivery mode.
+    pub fn delivery(&self) -> DeliveryMode {
+        self.delivery
     }
 
     /// The application schema name and version asked for.
@@ -441,6 +448,31 @@ impl<B: Backend, T: Payload> Channel<B, T> {
     pub fn schema(mut self, name: impl Into<String>, version: u32) -> Self {
         self.settings.schema_name = Some(name.into());
         self.settings.schema_version = Some(version);
+        self
+    }
+
+    /// How this consumer takes frames ([`DeliveryMode`]; `lossless` by default): only a
+    /// lossless consumer holds the producer back, every other mode reads through checked
+    /// copies and never holds anyone back. A consumer setting, stored in its consumer-table
+    /// entry.
+    ///
+    /// ```
+    /// use labhub::shm::{self, Channel, DeliveryMode, Policy};
+    /// # let name = format!("doc-delivery-{}", std::process::id());
+    /// let mut p = Channel::new(&name).policy(Policy::ring(4)).bytes(8).create()?;
+    /// let mut viewer = Channel::new(&name).bytes(8).delivery(DeliveryMode::Latest).open()?;
+    /// for i in 0..10u8 {
+    ///     p.publish(&[i], &[1])?; // never blocked by the viewer
+    /// }
+    /// let frame = viewer.next(None)?;
+    /// assert_eq!((frame.frame_id(), frame.to_vec()?), (9, vec![9]));
+    /// # drop(frame);
+    /// assert_eq!(viewer.dropped(), 9);
+    /// # drop(viewer); drop(p); shm::remove_channel(&name)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn delivery(mut self, mode: DeliveryMode) -> Self {
+        self.settings.delivery = mode;
         self
     }
 

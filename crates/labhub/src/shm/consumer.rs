@@ -11,7 +11,7 @@ use super::error::{ChannelError, Overwritten, ReadError, StateError};
 use super::layout::{self, View, consumer_state};
 use super::producer::{commit_plausible, current_process, policy_of, same_rule};
 use super::sync_impl::ProcessId;
-use super::{ChannelStats, Policy, flex};
+use super::{ChannelStats, DeliveryMode, Policy, flex};
 use crate::name::ChannelName;
 use crate::sys;
 
@@ -159,10 +159,14 @@ fn check_open(
 /// it frees its table entry.
 ///
 /// # Reading frames
-/// [`Consumer::next`] returns the next [`Frame`]. Under a lossless ring (Block or Fail) the
-/// frame is **held**: the producer never rewrites its slot while this consumer's position
-/// covers it, so [`Frame::held`] gives the elements in place as `&[T]`, released when the
-/// frame is dropped.
+/// [`Consumer::next`] returns the next [`Frame`]. Under a lossless ring (Block or Fail), read
+/// in the lossless [`DeliveryMode`] (the default), the frame is **held**: the producer never
+/// rewrites its slot while this consumer's position covers it, so [`Frame::held`] gives the
+/// elements in place as `&[T]`, released when the frame is dropped.
+///
+/// A consumer in any other delivery mode (`latest`, `queue:N`, `every:K`, `max-rate:HZ`)
+/// holds nothing back, so the producer may rewrite any slot it reads: it reads like a reader
+/// of a lossy policy, below, on every channel.
 ///
 /// Under a lossy policy (Latest, DoubleBuffer, DropOldest) the producer never waits for
 /// readers and may rewrite a slot while it is read. A `&[T]` to such a slot would be undefined
@@ -210,7 +214,17 @@ pub struct Consumer<T: Payload> {
     /// the producer stores another one.
     rejected_commit: Option<u64>,
     mode: WaitMode,
-    lossless: bool,
+    /// How this consumer takes frames.
+    delivery: DeliveryMode,
+    /// The delivery mode is lossless: the entry's position holds the producer back (and is
+    /// written per frame); otherwise the entry's cursor is written instead.
+    lossless_mode: bool,
+    /// Frames are held in place: a lossless ring read in the lossless delivery mode.
+    holds: bool,
+    /// `every:K`: frames below this id are skipped (the next after frame f is f + K).
+    skip_until: u64,
+    /// `max-rate:HZ`: no frame is handed out before this instant.
+    next_due: Option<Instant>,
     _payload: PhantomData<fn() -> T>,
 }
 
@@ -247,6 +261,7 @@ impl<T: Payload> Consumer<T> {
     /// Opens the existing channel `settings` name (see `Channel::open`).
     pub(crate) fn open(settings: &Settings) -> Result<Self, ChannelError> {
         let name = settings.name()?;
+        check_delivery(settings)?;
         let view = super::open_view(name, settings.ready_timeout)?;
         check_open(name, settings, T::FIXED, &view)?;
         Self::attach(name, view, settings)
@@ -269,6 +284,7 @@ impl<T: Payload> Consumer<T> {
     /// `Channel::open_or_create`).
     pub(crate) fn open_or_create(settings: &Settings) -> Result<Self, ChannelError> {
         let (name, _, params) = settings.params()?;
+        check_delivery(settings)?;
         let geo = super::producer::geometry(params)?;
         loop {
             if let Some(view) = super::producer::create_segment(&name, geo, settings, None)? {
@@ -299,10 +315,12 @@ impl<T: Payload> Consumer<T> {
     fn attach(name: &ChannelName, view: View, settings: &Settings) -> Result<Self, ChannelError> {
         let me = current_process(name)?;
         let owner_tag = (u64::from(settings.client_tag) << 32) | u64::from(attach_nonce());
-        let (entry, state_word, cursor) = claim_entry(&view, me, owner_tag)?;
+        let delivery = settings.delivery;
+        let (entry, state_word, cursor) = claim_entry(&view, me, owner_tag, delivery)?;
         let p = view.geometry().params;
-        let lossless = policy_of(&p).is_some_and(Policy::is_lossless);
-        tracing::debug!(channel = %name, entry, cursor, "consumer attached");
+        let lossless_mode = delivery.holds_producer();
+        let holds = lossless_mode && policy_of(&p).is_some_and(Policy::is_lossless);
+        tracing::debug!(channel = %name, entry, cursor, %delivery, "consumer attached");
         Ok(Self {
             view,
             entry,
@@ -312,7 +330,11 @@ impl<T: Payload> Consumer<T> {
             known_commit: 0,
             rejected_commit: None,
             mode: settings.wait_mode,
-            lossless,
+            delivery,
+            lossless_mode,
+            holds,
+            skip_until: 0,
+            next_due: None,
             _payload: PhantomData,
         })
     }
@@ -328,10 +350,37 @@ impl<T: Payload> Consumer<T> {
         policy_of(&self.view.geometry().params)
     }
 
-    /// Whether frames are held in place (a lossless ring) rather than read through checked
-    /// copies.
+    /// Whether frames are held in place (a lossless ring read in the lossless delivery mode)
+    /// rather than read through checked copies.
     pub fn is_lossless(&self) -> bool {
-        self.lossless
+        self.holds
+    }
+
+    /// How this consumer takes frames (see [`DeliveryMode`]).
+    pub fn delivery_mode(&self) -> DeliveryMode {
+        self.delivery
+    }
+
+    /// Frames committed that this consumer has not looked at yet (the commit position less
+    /// its cursor): one atomic load.
+    pub fn lag(&self) -> u64 {
+        self.view
+            .header()
+            .commit_pos
+            .load(Ordering::Acquire)
+            .saturating_sub(self.cursor)
+    }
+
+    /// The version of the flexible-zone state now (0: none yet): one atomic load, so a
+    /// reader can poll it and call [`Consumer::read_state`] only when it changed.
+    pub fn state_version(&self) -> u64 {
+        self.view.header().flex_version.load(Ordering::Acquire)
+    }
+
+    /// Frames this consumer's delivery mode skipped on purpose (latest, queue, every,
+    /// max-rate).
+    pub fn dropped(&self) -> u64 {
+        self.entry().dropped.load(Ordering::Relaxed)
     }
 
     /// The element type of every frame.
@@ -434,7 +483,52 @@ impl<T: Payload> Consumer<T> {
 
     fn set_position(&mut self, cursor: u64) {
         self.cursor = cursor;
-        self.entry().position.store(cursor, Ordering::SeqCst);
+        if self.lossless_mode {
+            self.entry().position.store(cursor, Ordering::SeqCst);
+        } else {
+            // Holds nothing back: the position stays NOT_HOLDING; the cursor is for lag.
+            self.entry().cursor.store(cursor, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves the cursor where the delivery mode says the next frame is, given that frames
+    /// below `commit` exist; counts the frames it skips as dropped.
+    fn apply_delivery(&mut self, commit: u64) {
+        let target = match self.delivery {
+            DeliveryMode::Lossless => return,
+            DeliveryMode::Latest | DeliveryMode::MaxRate(_) => commit - 1,
+            DeliveryMode::Queue(n) => commit.saturating_sub(u64::from(n)),
+            DeliveryMode::Every(_) => self.skip_until.min(commit),
+        };
+        if target > self.cursor {
+            let e = self.entry();
+            let dropped = e.dropped.load(Ordering::Relaxed);
+            e.dropped.store(
+                dropped.saturating_add(target - self.cursor),
+                Ordering::Relaxed,
+            );
+            self.set_position(target);
+        }
+    }
+
+    /// `max-rate:HZ`: waits (refreshing the heartbeat) until the next frame may be handed
+    /// out, or `deadline`.
+    fn wait_due(&mut self, deadline: Option<Instant>) -> Result<(), ReadError> {
+        let Some(due) = self.next_due else {
+            return Ok(());
+        };
+        loop {
+            self.check_entry()?;
+            let now = Instant::now();
+            if now >= due {
+                return Ok(());
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(ReadError::Timeout);
+            }
+            let until = deadline.map_or(due, |d| d.min(due));
+            std::thread::sleep((until - now).min(HEARTBEAT_NAP));
+        }
     }
 
     /// A new commit position beyond the cursor, if the producer stored one the slots hold.
@@ -491,8 +585,13 @@ impl<T: Payload> Consumer<T> {
     /// [`ReadError::Timeout`]; [`ReadError::Evicted`]; [`ReadError::ChecksumMismatch`] (the
     /// frame is skipped); [`ReadError::Corrupt`] for a descriptor no producer writes (skipped).
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Frame<'_, T>, ReadError> {
+        if self.next_due.is_some() {
+            let deadline =
+                timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future));
+            self.wait_due(deadline)?;
+        }
         let snap = self.wait_snapshot(timeout)?;
-        self.hand_out(snap, self.lossless)
+        self.hand_out(snap, self.holds)
     }
 
     /// Waits for the next frame and returns its descriptor, without handing it out.
@@ -512,10 +611,14 @@ impl<T: Payload> Consumer<T> {
             // Reload the shared commit position only when the known one is used up. (Not the
             // next slot's seq word instead: while the producer writes that slot, reading it
             // costs the producer one more transfer of the line.)
-            if self.cursor >= self.known_commit {
+            // A mode that skips ahead (latest, queue, …) needs the newest commit every time.
+            if self.cursor >= self.known_commit || !self.lossless_mode {
                 self.refresh_commit();
             }
             let commit = self.known_commit;
+            if !self.lossless_mode && self.cursor < commit {
+                self.apply_delivery(commit);
+            }
             if self.cursor < commit {
                 match self.snapshot(self.cursor, commit)? {
                     Some(snap) => return Ok(snap),
@@ -613,7 +716,7 @@ impl<T: Payload> Consumer<T> {
                 });
             if let Some(snap) = found {
                 let mut held = false;
-                if self.lossless {
+                if self.holds {
                     if snap.frame >= self.cursor {
                         // Holding position ≤ frame keeps a lossless producer off its slot.
                         self.set_position(snap.frame);
@@ -765,6 +868,9 @@ impl<T: Payload> Consumer<T> {
                 });
             }
         }
+        if let DeliveryMode::MaxRate(hz) = self.delivery {
+            self.next_due = Some(Instant::now() + Duration::from_secs(1) / hz.max(1));
+        }
         let e = self.entry();
         e.held.store(snap.frame + 1, Ordering::Relaxed);
         // Only this consumer writes its entry's counters: a plain update, not a locked one.
@@ -805,12 +911,26 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
 }
 
+/// Checks the delivery mode's parameter.
+fn check_delivery(settings: &Settings) -> Result<(), ChannelError> {
+    settings
+        .delivery
+        .validate()
+        .map_err(|reason| ChannelError::InvalidConfig {
+            field: "delivery",
+            reason,
+        })
+}
+
 /// Takes a free (or dead consumer's) table entry. Returns (index, state word, start cursor).
 fn claim_entry(
     view: &View,
     me: ProcessId,
     owner_tag: u64,
+    delivery: DeliveryMode,
 ) -> Result<(usize, u64, u64), ChannelError> {
+    let (delivery_code, delivery_param) = delivery.to_code();
+    let holding = delivery.holds_producer();
     let h = view.header();
     let claiming = (consumer_state::CLAIMING << 32) | u64::from(me.pid);
     let active = (consumer_state::ACTIVE << 32) | u64::from(me.pid);
@@ -845,8 +965,16 @@ fn claim_entry(
             continue;
         }
         // Provisional position: conservative (it can only hold the producer back), raised below.
+        // A mode that holds nothing back never names a frame here, not even for a moment.
         let c0 = h.commit_pos.load(Ordering::SeqCst);
-        e.position.store(c0, Ordering::SeqCst);
+        e.position.store(
+            if holding { c0 } else { layout::NOT_HOLDING },
+            Ordering::SeqCst,
+        );
+        e.delivery.store(delivery_code, Ordering::Relaxed);
+        e.delivery_param.store(delivery_param, Ordering::Relaxed);
+        e.cursor.store(c0, Ordering::Relaxed);
+        e.dropped.store(0, Ordering::Relaxed);
         e.start_time.store(me.start_time, Ordering::SeqCst);
         e.heartbeat_ns
             .store(sys::monotonic_coarse_ns(), Ordering::Relaxed);
@@ -877,7 +1005,10 @@ fn claim_entry(
         let start = c0
             .max(bound.saturating_sub(view.geometry().slots()))
             .min(commit.max(c0));
-        e.position.store(start, Ordering::SeqCst);
+        if holding {
+            e.position.store(start, Ordering::SeqCst);
+        }
+        e.cursor.store(start, Ordering::Relaxed);
         return Ok((i, active, start));
     }
     Err(ChannelError::ConsumerTableFull {
@@ -1148,13 +1279,16 @@ impl<T: Payload> Drop for Frame<'_, T> {
         c.entry().held.store(0, Ordering::Relaxed);
         // Past this frame, or back to the cursor after holding an older one (`latest`).
         let next = c.cursor.max(self.snap.frame + 1);
+        if let DeliveryMode::Every(k) = c.delivery {
+            c.skip_until = self.snap.frame.saturating_add(u64::from(k));
+        }
         c.set_position(next);
         // Dekker with the producer: it sets `producer_waiting` then re-checks positions; we
         // stored our position (SeqCst) and now check the flag.
         let ctl = c.view.control();
         // The first releaser to see the flag clears it and wakes the producer: one wake per
         // sleep. The producer sets the flag again before each sleep.
-        if c.lossless
+        if c.holds
             && ctl.producer_waiting.load(Ordering::SeqCst) != 0
             && ctl.producer_waiting.swap(0, Ordering::SeqCst) != 0
         {

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::Policy;
 use super::element::ElementType;
 use super::error::ChannelError;
 use super::layout::{self, consumer_state};
 use super::producer::policy_of;
+use super::{DeliveryMode, Policy};
 use crate::name::ChannelName;
 use crate::sys;
 
@@ -102,8 +102,17 @@ pub struct ConsumerReport {
     pub state: &'static str,
     /// Whether its process is alive, by the rule the producer evicts by.
     pub alive: bool,
-    /// The lowest frame id it still needs.
+    /// Its delivery mode (`lossless`, `latest`, `queue:N`, …), `None` for a code this build
+    /// does not know.
+    pub delivery: Option<DeliveryMode>,
+    /// The lowest frame id it still needs (`u64::MAX` for a mode that holds nothing back).
     pub position: u64,
+    /// The next frame id it will look at.
+    pub cursor: u64,
+    /// Frames committed that it has not looked at yet (the commit position less its cursor).
+    pub lag: u64,
+    /// Frames its delivery mode skipped on purpose.
+    pub dropped: u64,
     /// Frames it read.
     pub received: u64,
     /// Frames it lost to overwrites.
@@ -201,6 +210,7 @@ pub(super) fn report(view: &layout::View) -> SegmentReport {
             attaches: h.producer_attaches.load(Ordering::Relaxed),
             heartbeat_age_ms: age_ms(now, h.producer_heartbeat_ns.load(Ordering::Relaxed)),
         });
+    let commit = h.commit_pos.load(Ordering::Acquire);
     let mut consumers = Vec::new();
     for index in 0..layout::CONSUMER_CAPACITY as usize {
         let Some(e) = view.consumer(index) else { break };
@@ -208,6 +218,17 @@ pub(super) fn report(view: &layout::View) -> SegmentReport {
         if state == consumer_state::FREE {
             continue;
         }
+        let delivery = DeliveryMode::from_code(
+            e.delivery.load(Ordering::Relaxed),
+            e.delivery_param.load(Ordering::Relaxed),
+        );
+        let position = e.position.load(Ordering::Relaxed);
+        // A lossless consumer's position is its cursor (the cursor word is kept by the others).
+        let cursor = if delivery == Some(DeliveryMode::Lossless) {
+            position
+        } else {
+            e.cursor.load(Ordering::Relaxed)
+        };
         consumers.push(ConsumerReport {
             index,
             pid: (state & 0xffff_ffff) as u32,
@@ -218,7 +239,11 @@ pub(super) fn report(view: &layout::View) -> SegmentReport {
                 _ => "unknown",
             },
             alive: !super::entry_owner_dead(view, index, state),
-            position: e.position.load(Ordering::Relaxed),
+            delivery,
+            position,
+            cursor,
+            lag: commit.saturating_sub(cursor),
+            dropped: e.dropped.load(Ordering::Relaxed),
             received: e.received.load(Ordering::Relaxed),
             missed: e.missed.load(Ordering::Relaxed),
             held: e.held.load(Ordering::Relaxed).checked_sub(1),

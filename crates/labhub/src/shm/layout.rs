@@ -28,7 +28,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"LABHUBDB");
 /// `b"LABHUBCT"` read as a little-endian u64: the control header's magic.
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"LABHUBCT");
 /// Layout version; any change to this file's structs bumps it.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// Alignment of regions and granularity of the segment size (bytes).
 pub const PAGE: u64 = 4096;
 /// Entries in the consumer table.
@@ -132,6 +132,24 @@ pub mod consumer_state {
     /// compare-and-swap that ended the entry's owner): it clears the start time, then frees.
     pub const RELEASING: u64 = 3;
 }
+
+/// Delivery-mode codes stored in [`ConsumerEntry::delivery`] (see `shm::DeliveryMode`).
+pub mod delivery_code {
+    /// Every frame; the entry's position holds the producer back (0: what a zeroed entry says).
+    pub const LOSSLESS: u32 = 0;
+    /// The newest frame.
+    pub const LATEST: u32 = 1;
+    /// At most `delivery_param` frames behind.
+    pub const QUEUE: u32 = 2;
+    /// One frame of every `delivery_param`.
+    pub const EVERY: u32 = 3;
+    /// The newest frame at most `delivery_param` times per second.
+    pub const MAX_RATE: u32 = 4;
+}
+
+/// The [`ConsumerEntry::position`] of an entry that holds nothing back (a delivery mode other
+/// than lossless): no frame id reaches it, so the producer's space computation passes over it.
+pub const NOT_HOLDING: u64 = u64::MAX;
 
 /// Slots at least this large use pooled payloads in lossless rings (see [`Geometry::pooled`]).
 /// Below it a ring's slots mostly fit in cache anyway, and the consumer-table scan pooling needs
@@ -398,7 +416,11 @@ const _: () = assert!(offset_of!(Control, reserved5) == 320);
 const _: () = assert!(size_of::<ProcessEvent>() == 8);
 const _: () = assert!(size_of::<ProcessMutex>() == 64);
 
-/// One consumer-table entry (64 bytes).
+/// One consumer-table entry (128 bytes).
+///
+/// The first cache line is what the producer reads when it computes space (`state`,
+/// `position`) and what the consumer writes per frame; the second holds the delivery mode and
+/// the per-consumer counters, written by the consumer alone and read by inspection.
 #[repr(C, align(64))]
 pub struct ConsumerEntry {
     /// `(state << 32) | pid`, see [`consumer_state`]; 0 when free.
@@ -407,7 +429,8 @@ pub struct ConsumerEntry {
     pub start_time: AtomicU64,
     /// `CLOCK_MONOTONIC` ns of the consumer's last read or wait.
     pub heartbeat_ns: AtomicU64,
-    /// Lowest frame id this consumer still needs (the next to read, or the one it holds).
+    /// Lowest frame id this consumer still needs (the next to read, or the one it holds);
+    /// [`NOT_HOLDING`] for a consumer whose delivery mode holds nothing back.
     pub position: AtomicU64,
     /// Frame id + 1 of the frame held now, 0 when none (diagnostics).
     pub held: AtomicU64,
@@ -418,9 +441,24 @@ pub struct ConsumerEntry {
     /// A tag of the consumer's Hub client (a hash of its client id), so a producer told by the
     /// broker that the client went silent can evict its entries; 0 without a Hub.
     pub owner_tag: AtomicU64,
+    /// A [`delivery_code`]: how this consumer takes frames. Written before the entry becomes
+    /// active, never changed while it is.
+    pub delivery: AtomicU32,
+    /// Reserved, zero.
+    pub reserved1: u32,
+    /// The delivery mode's parameter (queue length, decimation factor, rate), 0 for none.
+    pub delivery_param: AtomicU64,
+    /// The next frame id this consumer will look at (every mode; for a lossless consumer the
+    /// same as `position`). With the commit position it gives the consumer's lag.
+    pub cursor: AtomicU64,
+    /// Frames this consumer's delivery mode skipped on purpose (latest, queue, every,
+    /// max-rate).
+    pub dropped: AtomicU64,
+    /// Reserved, zero.
+    pub reserved2: [u8; 32],
 }
 
-const _: () = assert!(size_of::<ConsumerEntry>() == 64);
+const _: () = assert!(size_of::<ConsumerEntry>() == 128);
 const _: () = assert!(offset_of!(ConsumerEntry, state) == 0);
 const _: () = assert!(offset_of!(ConsumerEntry, start_time) == 8);
 const _: () = assert!(offset_of!(ConsumerEntry, heartbeat_ns) == 16);
@@ -429,6 +467,12 @@ const _: () = assert!(offset_of!(ConsumerEntry, held) == 32);
 const _: () = assert!(offset_of!(ConsumerEntry, received) == 40);
 const _: () = assert!(offset_of!(ConsumerEntry, missed) == 48);
 const _: () = assert!(offset_of!(ConsumerEntry, owner_tag) == 56);
+const _: () = assert!(offset_of!(ConsumerEntry, delivery) == 64);
+const _: () = assert!(offset_of!(ConsumerEntry, reserved1) == 68);
+const _: () = assert!(offset_of!(ConsumerEntry, delivery_param) == 72);
+const _: () = assert!(offset_of!(ConsumerEntry, cursor) == 80);
+const _: () = assert!(offset_of!(ConsumerEntry, dropped) == 88);
+const _: () = assert!(offset_of!(ConsumerEntry, reserved2) == 96);
 
 /// One slot descriptor (128 bytes): the sequence word and the frame's metadata.
 ///
@@ -1065,9 +1109,9 @@ impl View {
             return None;
         }
         let off = self.geo.consumer_table_offset as usize + i * size_of::<ConsumerEntry>();
-        // SAFETY: i < capacity, so [off, off + 64) lies inside the consumer table, inside the
+        // SAFETY: i < capacity, so [off, off + 128) lies inside the consumer table, inside the
         // control region (CONTROL_SIZE covers the table, checked by `check_sizes`); off is
-        // 64-aligned (384 + 64 i) and the region's base is page-aligned. All fields are
+        // 64-aligned (384 + 128 i) and the region's base is page-aligned. All fields are
         // atomics: any bit pattern is valid.
         Some(unsafe { &*self.control.as_ptr().add(off).cast::<ConsumerEntry>() })
     }
@@ -1660,7 +1704,8 @@ mod tests {
             "Consumer table entry",
             size_of::<ConsumerEntry>(),
             fields!(ConsumerEntry: state, start_time, heartbeat_ns, position, held, received,
-                missed, owner_tag),
+                missed, owner_tag, delivery, reserved1, delivery_param, cursor, dropped,
+                reserved2),
         );
         check_struct(
             doc,

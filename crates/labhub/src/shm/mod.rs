@@ -23,6 +23,10 @@
 //!   [`Producer::publish`] copies a slice in.
 //! - [`Consumer::next`] returns a [`Frame`]: held in place (`&[T]`) under lossless rings, read
 //!   through checked copies or atomic accesses under lossy policies (see [`Consumer`] for why).
+//! - Each consumer chooses its [`DeliveryMode`] ([`Channel::delivery`]): `lossless` (the
+//!   default, holds the producer back), `latest`, `queue:N`, `every:K` or `max-rate:HZ`, which
+//!   never hold anyone back and read through checked copies; one channel serves a lossless
+//!   recorder, a latest-only viewer and a bounded analysis job at once.
 //! - [`inspect`] reads a channel's header, counters and consumer table without attaching.
 //! - Dropping a producer never removes the channel; a producer created later takes it over and
 //!   continues the frame ids; [`remove_channel`] removes it.
@@ -58,6 +62,7 @@
 
 mod builder;
 mod consumer;
+mod delivery;
 mod element;
 mod error;
 mod flex;
@@ -71,6 +76,7 @@ mod segment;
 pub(crate) use builder::sealed;
 pub use builder::{Backend, Channel, DEFAULT_CONSUMER_TIMEOUT, Local, Settings};
 pub use consumer::{Consumer, Frame, Shared, WaitMode};
+pub use delivery::{DeliveryMode, DeliveryParseError, MAX_DELIVERY_PARAM};
 pub use element::{
     Bool, Complex32, Complex64, Dynamic, Element, ElementType, Payload, UnknownElementType,
 };

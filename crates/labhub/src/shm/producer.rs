@@ -880,6 +880,8 @@ impl<T: Payload> Producer<T> {
                 continue;
             }
             let pos = e.position.load(Ordering::SeqCst);
+            // A consumer whose delivery mode holds nothing back (position NOT_HOLDING) is
+            // passed over: it is never full and never lowers the minimum.
             if pos.saturating_add(n) <= w {
                 if check_liveness
                     && (super::reclaim_if_dead(&self.view, i, state)
