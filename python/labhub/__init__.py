@@ -201,17 +201,19 @@ class Hub:
 
     def start_replay(self, path: Any, *, rename: Optional[dict] = None, rate: Any = "1x",
                      loop: bool = False, keep_timestamps: bool = False,
-                     max_frame_size: int = 1 << 30) -> Replay:
+                     max_frame_size: int = 1 << 30, preload: Any = False) -> Replay:
         """Creates each recorded channel (under its recorded name, or ``rename[name]``) with
         the recorded settings, registered with the broker, and publishes the recording into
         them on a thread of its own: with the recorded timing (``rate="1x"``), scaled
         (``"2x"``, ``0.5``), or as fast as the consumers take it (``"max"``); ``loop`` starts
         again at the end until ``stop()``. ``keep_timestamps`` stamps frames with their
         recorded times. A recording is untrusted input: frames above ``max_frame_size`` bytes
-        and anything not as ``labhub record`` writes it raise ``labhub.RecordingError``."""
+        and anything not as ``labhub record`` writes it raise ``labhub.RecordingError``.
+        ``preload`` (``True``: up to 4 GiB, or a byte limit) reads every frame into memory
+        first, so publishing runs at memory speed and a loop reads the files once."""
         return _record.start_replay(self._hub, path, rename=rename, rate=rate, loop=loop,
                                     keep_timestamps=keep_timestamps,
-                                    max_frame_size=max_frame_size)
+                                    max_frame_size=max_frame_size, preload=preload)
 
     def replay(self, path: Any, **options: Any) -> dict:
         """Replays to the end (Ctrl-C stops it and propagates) and returns the summary

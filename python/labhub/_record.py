@@ -120,7 +120,7 @@ def start_recording(hub: Any, channels: Iterable[str], path: Any, *,
 
 def start_replay(hub: Any, path: Any, *, rename: Optional[Mapping[str, str]] = None,
                  rate: Any = "1x", loop: bool = False, keep_timestamps: bool = False,
-                 max_frame_size: int = 1 << 30) -> Replay:
+                 max_frame_size: int = 1 << 30, preload: Any = False) -> Replay:
     rename = dict(rename or {})
     for k, v in rename.items():
         _schema.name_of(k)
@@ -129,9 +129,15 @@ def start_replay(hub: Any, path: Any, *, rename: Optional[Mapping[str, str]] = N
         rate = f"{float(rate)}x"
     if not isinstance(rate, str):
         raise TypeError(f"rate: {rate!r} is neither a number nor a string such as '2x' or 'max'")
+    if preload is True:
+        preload = 4 << 30
+    elif preload is False or preload is None:
+        preload = None
+    else:
+        preload = _positive_int(preload, "preload", 1, 1 << 40)
     native = _native.start_replay(
         hub, _path_of(path), rename, rate, bool(loop), bool(keep_timestamps),
-        _positive_int(max_frame_size, "max_frame_size", 1, 1 << 40))
+        _positive_int(max_frame_size, "max_frame_size", 1, 1 << 40), preload)
     return Replay(native)
 
 

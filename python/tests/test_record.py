@@ -56,7 +56,8 @@ def test_a_hub_channel_is_recorded_and_replayed_into_a_live_channel(hub_process,
         assert summary["channels"][0]["frames"] == 3
         cam.close()
 
-        replay = hub.start_replay(path, rename={name: again}, rate="max", loop=True)
+        replay = hub.start_replay(path, rename={name: again}, rate="max", loop=True,
+                                  preload=True)
         viewer = hub.open_consumer(again, dtype=np.float32, shape=(8,))
         seen = []
         while len(seen) < 4:
@@ -134,4 +135,9 @@ def test_bad_arguments_and_hostile_recordings_are_typed_errors(name, tmp_path):
         shm.start_replay(path, rename={"nope": "x"})
     with pytest.raises(labhub.RecordingError, match="limit"):
         shm.start_replay(path, max_frame_size=2)
+    with pytest.raises(labhub.RecordingError, match="preloaded"):
+        shm.start_replay(path, rename={name: name + "-small"}, preload=2).wait(WATCHDOG)
+    shm.remove_channel(name + "-small")
+    with pytest.raises(TypeError, match="preload"):
+        shm.start_replay(path, preload="lots")
     cam.close()

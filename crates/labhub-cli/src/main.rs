@@ -161,7 +161,7 @@ mod tests {
             ),
             format!(
                 "replay /tmp/r.zarr --as cam2 --as cam0=cam3 --rate 2x --loop --keep-timestamps \
-                 --max-frame-size 1MiB --no-hub --json {connect}"
+                 --max-frame-size 1MiB --preload 1GiB --no-hub --json {connect}"
             ),
             format!("watch cam0 --mode queue:8 {connect}"),
             "demo --seconds 1 --frame-size 64KiB --rate 0 --consumers 3 --slots 16 \

@@ -293,7 +293,7 @@ pub fn start_recording(
 
 /// Starts replaying recording `path` into live channels (see `labhub.replay`).
 #[pyfunction]
-#[pyo3(signature = (hub, path, rename, rate, repeat, keep_timestamps, max_frame_size))]
+#[pyo3(signature = (hub, path, rename, rate, repeat, keep_timestamps, max_frame_size, preload=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn start_replay(
     py: Python<'_>,
@@ -304,6 +304,7 @@ pub fn start_replay(
     repeat: bool,
     keep_timestamps: bool,
     max_frame_size: u64,
+    preload: Option<u64>,
 ) -> PyResult<Run> {
     guard(|| {
         let rate: Rate = rate.parse().map_err(|e| bad_value("rate", e))?;
@@ -329,6 +330,7 @@ pub fn start_replay(
             repeat,
             keep_timestamps,
             stop: Some(stop.clone()),
+            preload,
         };
         let publish = |e: labhub::shm::ChannelError, name: &str| RecordingError::Channel {
             channel: name.to_owned(),

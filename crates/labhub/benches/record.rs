@@ -9,7 +9,8 @@
 //!   (`/dev/shm`) and the disk (`target/`).
 //! - replay at `max` into a channel a consumer drains, against a plain producer publishing
 //!   the same frames (all of them held in memory, so both read from memory, not cache) to the
-//!   same kind of consumer.
+//!   same kind of consumer; from the shard files, and preloaded (`ReplayOptions::preload`:
+//!   its publishing timed by the consumer from its first frame to its last, and with the load).
 //!
 //! `cargo bench -p labhub --features record --bench record` (optional argument: frames per
 //! run, default 512; rounds alternate baseline and subject).
@@ -78,20 +79,25 @@ fn record(path: &Path, n: usize, name: &str) -> Duration {
     d
 }
 
-/// A consumer thread that reads `n` frames of channel `name` (touching one element of each).
-fn drain(name: &str, n: usize) -> std::thread::JoinHandle<()> {
+/// A consumer thread that reads `n` frames of channel `name` (touching one element of each);
+/// it returns the time from its first frame to its last.
+fn drain(name: &str, n: usize) -> std::thread::JoinHandle<Duration> {
     let mut c = Channel::new(name).element::<u16>().open().unwrap();
     std::thread::spawn(move || {
         let mut sum = 0u64;
+        let mut first = None;
         for _ in 0..n {
-            let f = c.next(Some(Duration::from_secs(30))).unwrap();
+            let f = c.next(Some(Duration::from_secs(60))).unwrap();
+            first.get_or_insert_with(Instant::now);
             sum = sum.wrapping_add(u64::from(f.held().map_or(0, |h| h[0])));
         }
         std::hint::black_box(sum);
+        first.map_or(Duration::ZERO, |t| t.elapsed())
     })
 }
 
-fn plain_producer(frames: &[Vec<u16>], n: usize, name: &str) -> Duration {
+/// Start to end, and the consumer's first-to-last frame.
+fn plain_producer(frames: &[Vec<u16>], n: usize, name: &str) -> (Duration, Duration) {
     let mut p = Channel::new(name)
         .policy(Policy::ring(8))
         .frames::<u16>(&SHAPE)
@@ -102,24 +108,33 @@ fn plain_producer(frames: &[Vec<u16>], n: usize, name: &str) -> Duration {
     for i in 0..n {
         p.publish(&frames[i % frames.len()], &SHAPE).unwrap();
     }
-    consumer.join().unwrap();
+    let steady = consumer.join().unwrap();
     let d = start.elapsed();
     drop(p);
     shm::remove_channel(name).unwrap();
-    d
+    (d, steady)
 }
 
-fn replay(path: &Path, n: usize, name: &str) -> Duration {
+/// Start to end (a preload included), and the consumer's first-to-last frame.
+fn replay(path: &Path, n: usize, name: &str, preload: bool) -> (Duration, Duration) {
     let r = Replayer::open(path).unwrap();
     let p = r.configure(0, Channel::new(name)).create().unwrap();
     let consumer = drain(name, n);
     let start = Instant::now();
-    let summary = r.play(vec![p], &ReplayOptions::default()).unwrap();
-    consumer.join().unwrap();
+    let options = ReplayOptions {
+        preload: preload.then_some(4 << 30),
+        ..ReplayOptions::default()
+    };
+    let summary = r.play(vec![p], &options).unwrap();
+    let steady = consumer.join().unwrap();
     let d = start.elapsed();
     assert_eq!(summary.frames, [n as u64]);
     shm::remove_channel(name).unwrap();
-    d
+    (d, steady)
+}
+
+fn rounds(r: &[f64]) -> Vec<f64> {
+    r.iter().map(|r| (r * 100.0).round() / 100.0).collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -177,23 +192,35 @@ fn main() {
         assert_eq!(r.channels()[0].frames, n as u64);
         (0..n).map(|i| frames[i % frames.len()].clone()).collect()
     };
-    let (mut plain, mut rep, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let mut plain = Vec::new();
+    let mut rep = Vec::new();
+    let (mut ratio, mut pre_total, mut pre_steady) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        let p = gbps(bytes, plain_producer(&all, n, &name));
-        let r = gbps(bytes, replay(&path, n, &name));
+        let (p, p_steady) = plain_producer(&all, n, &name);
+        let (r, _) = replay(&path, n, &name, false);
+        let (pre, pre_s) = replay(&path, n, &name, true);
+        let p = gbps(bytes, p);
         plain.push(p);
-        rep.push(r);
-        ratio.push(r / p);
+        rep.push(gbps(bytes, r));
+        ratio.push(gbps(bytes, r) / p);
+        pre_total.push(gbps(bytes, pre) / p);
+        // First-to-last frame on both sides: n - 1 frame intervals.
+        pre_steady.push(p_steady.as_secs_f64() / pre_s.as_secs_f64());
     }
     println!(
         "replay   max  : plain producer {:.2} GB/s, replay {:.2} GB/s, ratio {:.2} (rounds {:?})",
         median(plain),
         median(rep),
         median(ratio.clone()),
-        ratio
-            .iter()
-            .map(|r| (r * 100.0).round() / 100.0)
-            .collect::<Vec<_>>()
+        rounds(&ratio)
+    );
+    println!(
+        "replay   max, preloaded: publishing {:.2}x the plain producer (rounds {:?}), \
+         {:.2}x with the load (rounds {:?})",
+        median(pre_steady.clone()),
+        rounds(&pre_steady),
+        median(pre_total.clone()),
+        rounds(&pre_total)
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -37,6 +37,11 @@ pub struct ReplayArgs {
     /// Stamp frames with their recorded timestamps (default: when they are published).
     #[arg(long)]
     keep_timestamps: bool,
+    /// Read every frame into memory before publishing (refused if the frames exceed SIZE,
+    /// default 4GiB): publishing then runs at memory speed, and --loop reads the files once.
+    #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "4GiB",
+          value_parser = args::size(1..=1 << 40))]
+    preload: Option<u64>,
     /// Largest frame accepted (padded to its largest shape), 1 to 1TiB.
     #[arg(long, value_name = "SIZE", default_value = "1GiB",
           value_parser = args::size(1..=1 << 40))]
@@ -89,6 +94,7 @@ pub fn run(args: ReplayArgs, verbose: u8) -> anyhow::Result<()> {
         repeat: args.repeat,
         keep_timestamps: args.keep_timestamps,
         stop: Some(stop.clone()),
+        preload: args.preload,
     };
     let frames = if !args.no_hub {
         let config = args.connect.resolve()?;

@@ -264,36 +264,60 @@ fn record_here(name: &str, path: &Path, frames: u64, spacing_ms: u64) {
 #[test]
 fn replay_publishes_a_recording_into_a_live_channel_with_its_shapes_and_states() {
     let name = unique("rec-src");
-    let again = unique("rec-again");
-    let _rm = (Remove(name.clone()), Remove(again.clone()));
+    let _rm = Remove(name.clone());
     let (_tmp, path) = scratch();
     record_here(&name, &path, 6, 1);
     let replay = Replayer::open(&path).unwrap();
-    // A consumer that starts first, with the recorded settings.
-    let mut viewer = replay
-        .configure(0, shm::Channel::new(&again))
-        .open_or_create()
-        .unwrap();
+    // From the files, and preloaded into memory: the same frames, shapes and states.
+    for preload in [None, Some("--preload")] {
+        let again = unique("rec-again");
+        let _rm = Remove(again.clone());
+        // A consumer that starts first, with the recorded settings.
+        let mut viewer = replay
+            .configure(0, shm::Channel::new(&again))
+            .open_or_create()
+            .unwrap();
+        let r = run({
+            let mut c = labhub(Path::new("/nonexistent-home"));
+            c.arg("replay")
+                .arg(&path)
+                .args(["--as", &again, "--rate", "max", "--no-hub", "--json"])
+                .args(preload);
+            c
+        });
+        assert_eq!(r.code, 0, "{preload:?}: {}", r.stderr);
+        let v = json(&r.stdout);
+        assert_eq!(v["channels"][0]["channel"], again.as_str());
+        assert_eq!(v["channels"][0]["recorded_as"], name.as_str());
+        assert_eq!(v["channels"][0]["frames"], 6);
+        for i in 0..6u64 {
+            let f = viewer.next(Some(WATCHDOG)).unwrap();
+            let shape: &[u64] = if i % 2 == 0 { &[2, 4] } else { &[1, 3] };
+            assert_eq!(f.shape(), shape, "{preload:?}: frame {i}");
+            assert_eq!(f.to_vec().unwrap(), vec![i as u8 + 1; f.len()]);
+            // The state written before frame 2 reaches frames 2.. only, as recorded.
+            let expect = if i < 2 { 1 } else { 2 };
+            assert_eq!(f.state_version(), expect, "{preload:?}: frame {i}");
+        }
+        let (version, state) = viewer.read_state::<Value>().unwrap().unwrap();
+        assert_eq!((version, &state), (2, &serde_json::json!({"step": 2})));
+    }
+    // A preload limit below the recording's frames is refused before anything is read.
+    let small = unique("rec-small");
+    let _rm = Remove(small.clone());
     let r = run({
         let mut c = labhub(Path::new("/nonexistent-home"));
         c.arg("replay")
             .arg(&path)
-            .args(["--as", &again, "--rate", "max", "--no-hub", "--json"]);
+            .args(["--as", &small, "--preload", "16", "--no-hub"]);
         c
     });
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let v = json(&r.stdout);
-    assert_eq!(v["channels"][0]["channel"], again.as_str());
-    assert_eq!(v["channels"][0]["recorded_as"], name.as_str());
-    assert_eq!(v["channels"][0]["frames"], 6);
-    for i in 0..6u64 {
-        let f = viewer.next(Some(WATCHDOG)).unwrap();
-        let shape: &[u64] = if i % 2 == 0 { &[2, 4] } else { &[1, 3] };
-        assert_eq!(f.shape(), shape, "frame {i}");
-        assert_eq!(f.to_vec().unwrap(), vec![i as u8 + 1; f.len()]);
-    }
-    let (version, state) = viewer.read_state::<Value>().unwrap().unwrap();
-    assert_eq!((version, &state), (2, &serde_json::json!({"step": 2})));
+    assert_eq!(r.code, FAILURE, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("more than the limit of 16"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

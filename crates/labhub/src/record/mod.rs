@@ -18,8 +18,11 @@
 //!   them, `producer_dropped` — refused or dropped by the channel's backpressure while
 //!   recording, `frame_id_gaps` — ids missing between recorded frames, `unreadable` —
 //!   frames skipped for a failed checksum or a corrupt descriptor) and the flexible-zone state
-//!   changes (`state_changes`: `[{"frame_index", "timestamp_ns", "version", "state"}]`, the
-//!   state before frame `frame_index` was recorded).
+//!   changes (`state_changes`: `[{"frame_index", "timestamp_ns", "version", "state"}]`: the
+//!   state in effect from recorded frame `frame_index` on, exactly — each frame carries the
+//!   state version it was committed under (docs/SHM_LAYOUT.md, `state_version`); a state
+//!   written and replaced before the recorder read it is counted in
+//!   `losses.state_changes_not_kept`).
 //! - `<channel>/frames`: `[N, *max_shape]` of the channel's dtype. Chunk = one frame, shard =
 //!   [`frames_per_shard`] frames (so small high-rate frames do not become a file each), the
 //!   shard index first (`index_location: start`, bytes + crc32c). A frame smaller than the

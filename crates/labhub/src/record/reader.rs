@@ -71,6 +71,12 @@ pub struct ReplayOptions {
     pub keep_timestamps: bool,
     /// Stops the replay early.
     pub stop: Option<StopHandle>,
+    /// Reads every channel's frames into memory before the replay starts, refusing a recording
+    /// whose frames (padded to the largest shape) exceed this many bytes in all: frames are
+    /// then published from memory at `memcpy` speed instead of the file system's read speed
+    /// (and a looped replay reads its files once). `None`: frames are read from their files
+    /// as they are published.
+    pub preload: Option<u64>,
 }
 
 /// One channel of a recording, as its metadata describes it (checked).
@@ -423,12 +429,20 @@ impl Replayer {
                 t0 = t0.min(c.per_frame(0)?.1.first().copied().unwrap_or(u64::MAX));
             }
         }
+        let preloaded = match options.preload {
+            Some(limit) => Some(self.preload(limit)?),
+            None => None,
+        };
         let start = Instant::now();
         let results: Vec<Result<u64, RecordingError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = sinks
                 .iter_mut()
                 .zip(&self.channels)
-                .map(|(sink, c)| scope.spawn(move || c.play(sink.producer(), options, start, t0)))
+                .enumerate()
+                .map(|(i, (sink, c))| {
+                    let held = preloaded.as_ref().map(|p| p[i].as_slice());
+                    scope.spawn(move || c.play(sink.producer(), options, start, t0, held))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -447,7 +461,101 @@ impl Replayer {
     }
 }
 
+/// One frame read into memory by a preloading replay.
+struct HeldFrame {
+    timestamp_ns: u64,
+    shape: Vec<u64>,
+    /// The frame padded to the largest shape; `None` for an empty chunk (zeros).
+    bytes: Option<Vec<u8>>,
+}
+
+impl Replayer {
+    /// Reads every channel's frames into memory, after checking that they fit in `limit`
+    /// bytes (padded to each channel's largest shape) before allocating any.
+    fn preload(&self, limit: u64) -> Result<Vec<Vec<HeldFrame>>, RecordingError> {
+        let total = self.channels.iter().try_fold(0u64, |sum, c| {
+            c.info
+                .frames
+                .checked_mul(c.frame_bytes)
+                .and_then(|b| sum.checked_add(b))
+        });
+        match total {
+            Some(t) if t <= limit => {}
+            size => {
+                return Err(RecordingError::TooLarge {
+                    path: self.path.clone(),
+                    what: "the preloaded frames",
+                    size: size.unwrap_or(u64::MAX),
+                    limit,
+                });
+            }
+        }
+        self.channels.iter().map(ChannelReader::load).collect()
+    }
+}
+
 impl ChannelReader {
+    /// Every frame of this channel, in memory (see [`Replayer::preload`]).
+    fn load(&self) -> Result<Vec<HeldFrame>, RecordingError> {
+        let ndim = self.info.max_shape.len();
+        let mut held = Vec::with_capacity(usize::try_from(self.info.frames).unwrap_or(0));
+        for s in 0..self.info.frames.div_ceil(self.per_shard) {
+            let (_, stamps, shapes) = self.per_frame(s)?;
+            let (file, path, index) = self.open_shard(s)?;
+            let shard = ShardFile {
+                file: &file,
+                path: &path,
+            };
+            for (j, (&ts, shape)) in stamps.iter().zip(shapes.chunks_exact(ndim)).enumerate() {
+                self.check_shape(s * self.per_shard + j as u64, shape)?;
+                let bytes = match index.get(j).copied().flatten() {
+                    Some(at) => {
+                        let mut frame = vec![0u8; self.frame_bytes as usize];
+                        shard.read(at, &mut frame)?;
+                        Some(frame)
+                    }
+                    None => None,
+                };
+                held.push(HeldFrame {
+                    timestamp_ns: ts,
+                    shape: shape.to_vec(),
+                    bytes,
+                });
+            }
+        }
+        Ok(held)
+    }
+
+    /// Opens shard `s` of the frames array and reads its (checked) index.
+    #[allow(clippy::type_complexity)]
+    fn open_shard(&self, s: u64) -> Result<(File, PathBuf, Vec<Option<u64>>), RecordingError> {
+        let ndim = self.info.max_shape.len();
+        let key = self.frames.chunk_key(&{
+            let mut i = vec![0u64; ndim + 1];
+            i[0] = s;
+            i
+        });
+        let path = self.frames.storage().key_to_fspath(&key);
+        let file = File::open(&path).map_err(io(&path, "open"))?;
+        let len = file.metadata().map_err(io(&path, "stat"))?.len();
+        let index = shard::read_index(&file, &path, len, self.per_shard, self.frame_bytes)?;
+        Ok((file, path, index))
+    }
+
+    /// Refuses a frame shape beyond the largest shape.
+    fn check_shape(&self, frame_index: u64, shape: &[u64]) -> Result<(), RecordingError> {
+        if shape.iter().zip(&self.info.max_shape).any(|(d, m)| d > m) {
+            return Err(invalid(
+                &self.node.join("shape"),
+                "shape",
+                format!(
+                    "frame {frame_index} has shape {shape:?}, beyond {:?}",
+                    self.info.max_shape
+                ),
+            ));
+        }
+        Ok(())
+    }
     fn open(
         store: &Arc<FilesystemStore>,
         root: &Path,
@@ -643,6 +751,7 @@ impl ChannelReader {
         options: &ReplayOptions,
         start: Instant,
         t0: u64,
+        held: Option<&[HeldFrame]>,
     ) -> Result<u64, RecordingError> {
         let stopped = || options.stop.as_ref().is_some_and(StopHandle::is_stopped);
         let mut published = 0u64;
@@ -653,50 +762,60 @@ impl ChannelReader {
         loop {
             let mut states = self.states.iter().peekable();
             let mut last_ts = t0;
-            for s in 0..shards {
-                let (_, stamps, shapes) = self.per_frame(s)?;
-                let key = self.frames.chunk_key(&{
-                    let mut i = vec![0u64; ndim + 1];
-                    i[0] = s;
-                    i
-                });
-                let path = self.frames.storage().key_to_fspath(&key);
-                let file = File::open(&path).map_err(io(&path, "open"))?;
-                let len = file.metadata().map_err(io(&path, "stat"))?.len();
-                let index = shard::read_index(&file, &path, len, self.per_shard, self.frame_bytes)?;
-                let shard = ShardFile {
-                    file: &file,
-                    path: &path,
-                };
-                for (j, (&ts, shape)) in stamps.iter().zip(shapes.chunks_exact(ndim)).enumerate() {
-                    if stopped() {
-                        return Ok(published);
+            // Publishes frame `frame_index`; false once the replay is stopped.
+            let mut emit = |frame_index: u64,
+                            ts: u64,
+                            shape: &[u64],
+                            bytes: FrameBytes<'_>|
+             -> Result<bool, RecordingError> {
+                if stopped() {
+                    return Ok(false);
+                }
+                while let Some((_, state)) = states.next_if(|(at, _)| *at <= frame_index) {
+                    producer.write_state(state).map_err(|e| {
+                        invalid(&self.node.join("zarr.json"), "state_changes", e.to_string())
+                    })?;
+                }
+                if let Rate::Speed(x) = options.rate {
+                    let at =
+                        epoch + Duration::from_secs_f64(ts.saturating_sub(t0) as f64 / 1e9 / x);
+                    wait_until(at, &stopped);
+                }
+                last_ts = last_ts.max(ts);
+                if !self.publish(producer, bytes, shape, ts, options, &mut pad)? {
+                    return Ok(false);
+                }
+                published += 1;
+                Ok(true)
+            };
+            match held {
+                Some(frames) => {
+                    for (i, f) in frames.iter().enumerate() {
+                        let bytes = FrameBytes::Memory(f.bytes.as_deref());
+                        if !emit(i as u64, f.timestamp_ns, &f.shape, bytes)? {
+                            return Ok(published);
+                        }
                     }
-                    let frame_index = s * self.per_shard + j as u64;
-                    if shape.iter().zip(&self.info.max_shape).any(|(d, m)| d > m) {
-                        return Err(invalid(
-                            &self.node.join("shape"),
-                            "shape",
-                            format!(
-                                "frame {frame_index} has shape {shape:?}, beyond {:?}",
-                                self.info.max_shape
-                            ),
-                        ));
+                }
+                None => {
+                    for s in 0..shards {
+                        let (_, stamps, shapes) = self.per_frame(s)?;
+                        let (file, path, index) = self.open_shard(s)?;
+                        let shard = ShardFile {
+                            file: &file,
+                            path: &path,
+                        };
+                        for (j, (&ts, shape)) in
+                            stamps.iter().zip(shapes.chunks_exact(ndim)).enumerate()
+                        {
+                            let frame_index = s * self.per_shard + j as u64;
+                            self.check_shape(frame_index, shape)?;
+                            let bytes = FrameBytes::File(&shard, index.get(j).copied().flatten());
+                            if !emit(frame_index, ts, shape, bytes)? {
+                                return Ok(published);
+                            }
+                        }
                     }
-                    while let Some((_, state)) = states.next_if(|(at, _)| *at <= frame_index) {
-                        producer.write_state(state).map_err(|e| {
-                            invalid(&self.node.join("zarr.json"), "state_changes", e.to_string())
-                        })?;
-                    }
-                    if let Rate::Speed(x) = options.rate {
-                        let at =
-                            epoch + Duration::from_secs_f64(ts.saturating_sub(t0) as f64 / 1e9 / x);
-                        wait_until(at, &stopped);
-                    }
-                    last_ts = last_ts.max(ts);
-                    let offset = index.get(j).copied().flatten();
-                    self.publish(producer, &shard, offset, shape, ts, options, &mut pad)?;
-                    published += 1;
                 }
             }
             if !options.repeat || stopped() || self.info.frames == 0 {
@@ -709,26 +828,26 @@ impl ChannelReader {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
         producer: &mut Producer<Dynamic>,
-        shard: &ShardFile<'_>,
-        offset: Option<u64>,
+        bytes: FrameBytes<'_>,
         shape: &[u64],
         ts: u64,
         options: &ReplayOptions,
         pad: &mut Vec<u8>,
-    ) -> Result<(), RecordingError> {
+    ) -> Result<bool, RecordingError> {
         let channel = producer.channel().to_string();
         let full = shape == self.info.max_shape.as_slice();
         loop {
             let mut slot = match producer.loan_shape(shape) {
                 Ok(slot) => slot,
                 // The channel's backpressure: wait for the consumers, unless stopped.
-                Err(PublishError::Timeout { .. } | PublishError::Full { .. })
-                    if !options.stop.as_ref().is_some_and(StopHandle::is_stopped) =>
-                {
+                Err(PublishError::Timeout { .. } | PublishError::Full { .. }) => {
+                    // Stopped while the consumers held the ring full: not an error.
+                    if options.stop.as_ref().is_some_and(StopHandle::is_stopped) {
+                        return Ok(false);
+                    }
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
@@ -737,33 +856,51 @@ impl ChannelReader {
             if options.keep_timestamps {
                 slot.set_timestamp_ns(ts);
             }
-            match offset {
+            // The frame padded to the largest shape, when it must be cut to its own shape.
+            let padded: Option<&[u8]> = match bytes {
                 // An empty chunk is a frame of zeros (the fill value).
-                None => slot.fill(0),
-                Some(at) if full => shard.read(at, &mut slot)?,
-                Some(at) => {
+                FrameBytes::File(_, None) | FrameBytes::Memory(None) => {
+                    slot.fill(0);
+                    None
+                }
+                FrameBytes::File(shard, Some(at)) if full => {
+                    shard.read(at, &mut slot)?;
+                    None
+                }
+                FrameBytes::Memory(Some(frame)) if full => {
+                    slot.copy_from_slice(frame);
+                    None
+                }
+                FrameBytes::File(shard, Some(at)) => {
                     pad.resize(self.frame_bytes as usize, 0);
                     shard.read(at, pad)?;
-                    let esize = self.info.element.size() as usize;
-                    super::for_each_row(
-                        shape,
-                        &self.info.max_shape,
-                        esize,
-                        |compact, padded, n| {
-                            if let (Some(d), Some(s)) = (
-                                slot.get_mut(compact..compact + n),
-                                pad.get(padded..padded + n),
-                            ) {
-                                d.copy_from_slice(s);
-                            }
-                        },
-                    );
+                    Some(pad.as_slice())
                 }
+                FrameBytes::Memory(Some(frame)) => Some(frame),
+            };
+            if let Some(src) = padded {
+                let esize = self.info.element.size() as usize;
+                super::for_each_row(shape, &self.info.max_shape, esize, |compact, at, n| {
+                    if let (Some(d), Some(s)) =
+                        (slot.get_mut(compact..compact + n), src.get(at..at + n))
+                    {
+                        d.copy_from_slice(s);
+                    }
+                });
             }
             slot.commit();
-            return Ok(());
+            return Ok(true);
         }
     }
+}
+
+/// Where a replayed frame's bytes come from.
+#[derive(Clone, Copy)]
+enum FrameBytes<'a> {
+    /// A chunk of an open shard file at this offset (`None`: an empty chunk, zeros).
+    File(&'a ShardFile<'a>, Option<u64>),
+    /// A preloaded frame padded to the largest shape (`None`: zeros).
+    Memory(Option<&'a [u8]>),
 }
 
 /// An open shard file.

@@ -472,7 +472,10 @@ struct ChannelWriter {
     unreadable: u64,
     missed_at_start: u64,
     dropped_at_start: u64,
+    /// The newest state version read from the flexible zone.
     state_version: u64,
+    /// States read but not yet followed by a recorded frame: `(version, state)`, oldest first.
+    pending_states: Vec<(u64, Value)>,
     state_changes: Vec<Value>,
     state_changes_lost: u64,
     /// A frame padded to the largest shape (frames of another shape, or not held).
@@ -585,6 +588,7 @@ impl ChannelWriter {
             missed_at_start,
             dropped_at_start: stats.dropped,
             state_version: 0,
+            pending_states: Vec::new(),
             state_changes: Vec::new(),
             state_changes_lost: 0,
             pad: Vec::new(),
@@ -609,6 +613,11 @@ impl ChannelWriter {
     /// Records until `stop`, the frame limit, or an error; flushes in every case.
     fn record(&mut self, stop: &AtomicBool) -> Result<(), RecordingError> {
         let result = self.record_frames(stop);
+        // States no recorded frame followed come after the last frame.
+        self.read_state();
+        for (version, state) in std::mem::take(&mut self.pending_states) {
+            self.keep_state(version, state);
+        }
         let flushed = self.flush();
         result.and(flushed)
     }
@@ -617,12 +626,15 @@ impl ChannelWriter {
         let mut last_flush = Instant::now();
         let poll = self.flush_interval.min(Duration::from_millis(100));
         while !stop.load(Ordering::Relaxed) && self.max_frames.is_none_or(|m| self.recorded < m) {
-            self.watch_state();
+            // Read a new state soon after it is written, before a later one replaces it.
+            self.read_state();
             let c = self.source.consumer();
+            let mut follows = 0;
             let recorded = match c.next(Some(poll)) {
                 Ok(frame) => {
                     let id = frame.frame_id();
                     let ts = frame.timestamp_ns();
+                    follows = frame.state_version();
                     let shape: Vec<u64> = frame.shape().to_vec();
                     let full = shape == self.max_shape && self.element != ElementType::Bool;
                     // Held frames (a lossless ring) are written from the slot itself.
@@ -681,8 +693,7 @@ impl ChannelWriter {
                 }
             };
             if let Some((id, ts, shape)) = recorded {
-                // A state the producer wrote before this frame was read counts before it.
-                self.watch_state();
+                self.follow_state(follows);
                 let lag = self.source.consumer().lag();
                 self.note_frame(id, ts, &shape, lag)?;
             }
@@ -694,17 +705,45 @@ impl ChannelWriter {
         Ok(())
     }
 
-    /// Records a state change if the flexible-zone version moved.
-    fn watch_state(&mut self) {
+    /// Reads the flexible zone's state if its version moved since the last read, keeping it
+    /// until a recorded frame follows it.
+    fn read_state(&mut self) {
         let c = self.source.consumer();
-        let v = c.state_version();
-        if v == self.state_version {
+        if c.state_version() == self.state_version {
             return;
         }
-        self.state_version = v;
         let Ok(Some((version, state))) = c.read_state::<Value>() else {
             return;
         };
+        if version <= self.state_version {
+            return;
+        }
+        // Versions written and replaced between two reads were never seen.
+        self.state_changes_lost += version - self.state_version - 1;
+        self.state_version = version;
+        self.pending_states.push((version, state));
+    }
+
+    /// Frame number `self.recorded`, just recorded, followed state version `version` (the
+    /// producer's state when it committed the frame): every pending state up to that version
+    /// starts at this frame, the newest of them in effect.
+    fn follow_state(&mut self, version: u64) {
+        if version > self.state_version {
+            self.read_state();
+        }
+        let ready = self
+            .pending_states
+            .iter()
+            .take_while(|(v, _)| *v <= version)
+            .count();
+        let ready: Vec<_> = self.pending_states.drain(..ready).collect();
+        for (v, state) in ready {
+            self.keep_state(v, state);
+        }
+    }
+
+    /// Stores a state change starting at frame `self.recorded`.
+    fn keep_state(&mut self, version: u64, state: Value) {
         if self.state_changes.len() >= MAX_STATE_CHANGES {
             self.state_changes_lost += 1;
             return;

@@ -814,6 +814,11 @@ impl<T: Payload> Consumer<T> {
         } else {
             0
         };
+        let state_version = if geo.params.flex_size > 0 {
+            m.state_version.load(Ordering::Relaxed)
+        } else {
+            0
+        };
         let len = m.data_size.load(Ordering::Relaxed);
         let timestamp_ns = m.timestamp_ns.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
@@ -840,6 +845,7 @@ impl<T: Payload> Consumer<T> {
             len,
             checksum,
             timestamp_ns,
+            state_version,
             ndim: used,
             dims,
         })
@@ -1037,6 +1043,7 @@ pub(crate) struct Snapshot {
     len: u64,
     checksum: u64,
     timestamp_ns: u64,
+    state_version: u64,
     ndim: usize,
     dims: [u64; layout::MAX_DIMS],
 }
@@ -1083,6 +1090,14 @@ impl<'a, T: Payload> Frame<'a, T> {
     #[inline]
     pub fn timestamp_ns(&self) -> u64 {
         self.snap.timestamp_ns
+    }
+
+    /// The state version (see [`Producer::write_state`](super::Producer::write_state)) the
+    /// producer had written when it committed this frame: the frame follows that state. 0
+    /// when the channel has no flexible zone or no state was written yet.
+    #[inline]
+    pub fn state_version(&self) -> u64 {
+        self.snap.state_version
     }
 
     /// The frame's shape.

@@ -496,8 +496,11 @@ pub struct SlotMeta {
     pub checksum: AtomicU64,
     /// Pooled payloads only: the payload buffer holding this frame.
     pub chunk: AtomicU64,
+    /// Channels with a flexible zone only: the state version (`flex_version`) when the frame
+    /// was committed, so a reader knows which state each frame followed.
+    pub state_version: AtomicU64,
     /// Reserved, zero.
-    pub reserved: [u64; 5],
+    pub reserved: [u64; 4],
 }
 
 const _: () = assert!(size_of::<SlotMeta>() == 128);
@@ -510,7 +513,8 @@ const _: () = assert!(offset_of!(SlotMeta, dims) == 40);
 const _: () = assert!(offset_of!(SlotMeta, dims) + DIMS_IN_FIRST_LINE * 8 == 64);
 const _: () = assert!(offset_of!(SlotMeta, checksum) == 72);
 const _: () = assert!(offset_of!(SlotMeta, chunk) == 80);
-const _: () = assert!(offset_of!(SlotMeta, reserved) == 88);
+const _: () = assert!(offset_of!(SlotMeta, state_version) == 88);
+const _: () = assert!(offset_of!(SlotMeta, reserved) == 96);
 
 /// Header of one flexible-zone buffer (64 bytes); `flex_size` bytes of state follow it.
 #[repr(C, align(64))]
@@ -1712,7 +1716,7 @@ mod tests {
             "Slot descriptor",
             size_of::<SlotMeta>(),
             fields!(SlotMeta: seq, frame_id, timestamp_ns, data_size, ndim, dims, checksum,
-                chunk, reserved),
+                chunk, state_version, reserved),
         );
         // The flexible-zone table documents the header and the data that follows it.
         let mut flex = fields!(FlexHeader: seq, len, reserved);

@@ -1222,6 +1222,11 @@ impl<T: Payload> SlotMut<'_, T> {
         if self.producer.pool.is_some() {
             m.chunk.store(self.payload as u64, Ordering::Relaxed);
         }
+        // Only a channel with a state has a version to tie frames to (the second line again).
+        if params.flex_size > 0 {
+            let v = view.header().flex_version.load(Ordering::Relaxed);
+            m.state_version.store(v, Ordering::Relaxed);
+        }
         // Commit: the even seq publishes payload and metadata (Release), then the commit position
         // tells waiting readers the frame exists.
         m.seq.store(layout::committed_seq(w), Ordering::Release);
