@@ -41,7 +41,8 @@ def _count_of(value: Any, arg: str, low: int, high: int) -> Optional[int]:
     return int(value)
 
 
-def _options(hwm: Any, max_message_size: Any) -> dict:
+def options(hwm: Any, max_message_size: Any) -> dict:
+    """The checked socket options of a message-channel end."""
     return {
         "hwm": _count_of(hwm, "hwm", 1, 2**31 - 1),
         "max_message_size": _count_of(max_message_size, "max_message_size", 1, 2**62),
@@ -250,10 +251,6 @@ def topics_of(topics: Any) -> list:
     if not out:
         raise ValueError("topics: give at least one prefix (\"\" for every topic)")
     return out
-
-
-def options(hwm: Any, max_message_size: Any) -> dict:
-    return _options(hwm, max_message_size)
 
 
 def bind_of(bind: Any, advertise_host: Any) -> dict:

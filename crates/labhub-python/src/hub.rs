@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use labhub::client::{ClientConfig, Notice};
+use labhub::client::{ClientConfig, Notice, OnHub};
+use labhub::msg::{BindBuilder, ConnectBuilder};
 use labhub::shm::{self, Backend, Channel, Dynamic, ElementType, Policy, StateFormat, WaitMode};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -183,20 +184,14 @@ impl Hub {
         guard(|| {
             let client = self.client()?;
             let made = interruptible(py, move || {
-                let mut b = client.publisher(&name);
-                if let Some(e) = bind {
-                    b = b.bind(e);
-                }
-                if let Some(h) = advertise_host {
-                    b = b.advertise_host(h);
-                }
-                if let Some(n) = hwm {
-                    b = b.hwm(n);
-                }
-                if let Some(n) = max_message_size {
-                    b = b.max_message_size(n);
-                }
-                b.create()
+                bound(
+                    client.publisher(&name),
+                    bind,
+                    advertise_host,
+                    hwm,
+                    max_message_size,
+                )
+                .create()
             })?;
             made.map(PyPublisher::new).map_err(client_error)
         })
@@ -216,17 +211,10 @@ impl Hub {
         guard(|| {
             let client = self.client()?;
             let made = interruptible(py, move || {
-                let mut b = client.subscriber(&name);
-                for t in topics {
-                    b = b.topic(t);
-                }
-                if let Some(n) = hwm {
-                    b = b.hwm(n);
-                }
-                if let Some(n) = max_message_size {
-                    b = b.max_message_size(n);
-                }
-                b.open()
+                let b = topics
+                    .into_iter()
+                    .fold(client.subscriber(&name), |b, t| b.topic(t));
+                connected(b, hwm, max_message_size).open()
             })?;
             made.map(PySubscriber::new).map_err(client_error)
         })
@@ -246,20 +234,14 @@ impl Hub {
         guard(|| {
             let client = self.client()?;
             let made = interruptible(py, move || {
-                let mut b = client.req_server(&name);
-                if let Some(e) = bind {
-                    b = b.bind(e);
-                }
-                if let Some(h) = advertise_host {
-                    b = b.advertise_host(h);
-                }
-                if let Some(n) = hwm {
-                    b = b.hwm(n);
-                }
-                if let Some(n) = max_message_size {
-                    b = b.max_message_size(n);
-                }
-                b.create()
+                bound(
+                    client.req_server(&name),
+                    bind,
+                    advertise_host,
+                    hwm,
+                    max_message_size,
+                )
+                .create()
             })?;
             made.map(PyReqServer::new).map_err(client_error)
         })
@@ -278,14 +260,7 @@ impl Hub {
         guard(|| {
             let client = self.client()?;
             let made = interruptible(py, move || {
-                let mut b = client.req_client(&name);
-                if let Some(n) = hwm {
-                    b = b.hwm(n);
-                }
-                if let Some(n) = max_message_size {
-                    b = b.max_message_size(n);
-                }
-                b.open()
+                connected(client.req_client(&name), hwm, max_message_size).open()
             })?;
             made.map(PyReqClient::new).map_err(client_error)
         })
@@ -303,6 +278,44 @@ impl Hub {
             Ok(())
         })
     }
+}
+
+/// A message-channel server builder with the options Python gave.
+fn bound<T>(
+    mut b: BindBuilder<T, OnHub>,
+    bind: Option<String>,
+    advertise_host: Option<String>,
+    hwm: Option<u32>,
+    max_message_size: Option<usize>,
+) -> BindBuilder<T, OnHub> {
+    if let Some(e) = bind {
+        b = b.bind(e);
+    }
+    if let Some(h) = advertise_host {
+        b = b.advertise_host(h);
+    }
+    if let Some(n) = hwm {
+        b = b.hwm(n);
+    }
+    if let Some(n) = max_message_size {
+        b = b.max_message_size(n);
+    }
+    b
+}
+
+/// A message-channel client builder with the options Python gave.
+fn connected<T>(
+    mut b: ConnectBuilder<T, OnHub>,
+    hwm: Option<u32>,
+    max_message_size: Option<usize>,
+) -> ConnectBuilder<T, OnHub> {
+    if let Some(n) = hwm {
+        b = b.hwm(n);
+    }
+    if let Some(n) = max_message_size {
+        b = b.max_message_size(n);
+    }
+    b
 }
 
 /// The settings the Python layer checked and passes on.
