@@ -102,9 +102,11 @@ def test_bad_arguments_and_hostile_recordings_are_typed_errors(name, tmp_path):
         shm.start_recording(name + "-none", tmp_path / "none.zarr")
     assert not (tmp_path / "none.zarr").exists(), "a failed start leaves no directory"
     (tmp_path / "exists.zarr").mkdir()
+    (tmp_path / "exists.zarr" / "precious").write_text("kept")
     with pytest.raises(labhub.RecordingError) as err:
         shm.start_recording(name, tmp_path / "exists.zarr")
     assert isinstance(err.value, OSError)
+    assert (tmp_path / "exists.zarr" / "precious").read_text() == "kept", "never removed"
     with pytest.raises(ValueError, match="channels"):
         shm.start_recording([], tmp_path / "a.zarr")
     with pytest.raises(TypeError, match="attributes"):

@@ -233,6 +233,7 @@ pub fn start_recording(
             attributes,
         };
         let client = hub.map(|h| h.get().client()).transpose()?;
+        let existed = std::fs::symlink_metadata(&path).is_ok();
         let target = path.clone();
         // Opening through a Hub waits on the broker: interruptible, off the GIL.
         let recorder = interruptible(py, move || -> Result<Recorder, RecordingError> {
@@ -263,8 +264,11 @@ pub fn start_recording(
             Ok(recorder)
         })?
         .map_err(|e| {
-            // A half-made recording of a failed start is removed: nothing was recorded.
-            let _ = std::fs::remove_dir_all(&path);
+            // A half-made recording of a failed start is removed (nothing was recorded in it),
+            // but never a path that was there before: `Exists` names one.
+            if !matches!(e, RecordingError::Exists { .. }) && !existed {
+                let _ = std::fs::remove_dir_all(&path);
+            }
             recording_error(e)
         })?;
         let run_id = recorder.run_id().to_owned();

@@ -718,3 +718,26 @@ fn a_recorder_a_latest_viewer_and_a_bounded_job_share_one_channel_each_in_its_mo
     drop(viewer);
     hub.shutdown();
 }
+
+#[test]
+fn a_recording_never_writes_into_a_path_that_exists() {
+    let (_tmp, path) = scratch();
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(path.join("notes.txt"), "yesterday's").unwrap();
+    let r = run({
+        let mut c = labhub(Path::new("/nonexistent-home"));
+        c.args(["record", "cam0", "--no-hub", "-o"]).arg(&path);
+        c
+    });
+    assert_eq!(r.code, FAILURE, "{}", r.stderr);
+    assert!(r.stderr.contains("exists already"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(path.join("notes.txt")).unwrap(),
+        "yesterday's"
+    );
+    assert_eq!(
+        std::fs::read_dir(&path).unwrap().count(),
+        1,
+        "nothing added"
+    );
+}

@@ -236,10 +236,18 @@ impl Recorder {
                 problem: "must be more than zero".into(),
             });
         }
-        if path.symlink_metadata().is_ok() {
-            return Err(RecordingError::Exists { path });
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io(parent, "create"))?;
         }
-        std::fs::create_dir_all(&path).map_err(io(&path, "create"))?;
+        // One `mkdir` of the recording itself: a path that exists, or appears meanwhile, is
+        // never written into.
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RecordingError::Exists { path });
+            }
+            Err(e) => return Err(io(&path, "create")(e)),
+        }
         let fs = FilesystemStore::new(&path).map_err(zarr(&path, "store"))?;
         let store = Arc::new(AtomicStore::new(fs));
         let now = SystemTime::now();
