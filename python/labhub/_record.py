@@ -7,9 +7,11 @@ is frame ``i`` as a numpy array of the channel's dtype (padded to the largest sh
 
 from __future__ import annotations
 
+import atexit
 import json
 import numbers
 import os
+import weakref
 from typing import Any, Iterable, Mapping, Optional
 
 from . import _native, _schema
@@ -31,9 +33,25 @@ def _path_of(path: Any) -> str:
     return os.fspath(path)
 
 
+# Runs not yet waited for: at interpreter exit each is stopped and waited for, so a recording
+# is completed (flushed, its metadata final) rather than cut off with the process.
+_live: "weakref.WeakSet[_Run]" = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_runs() -> None:
+    for run in list(_live):
+        try:
+            run._native.stop()
+            run._native.wait(None)
+        except BaseException:
+            pass
+
+
 class _Run:
     def __init__(self, native: Any) -> None:
         self._native = native
+        _live.add(self)
 
     @property
     def path(self) -> str:
@@ -64,9 +82,13 @@ class _Run:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self._native.stop()
-        self._native.wait(None)
+        try:
+            self._native.wait(None)
+        except Exception:
+            if exc_type is None:
+                raise    # the run's own error; never in place of the one already raised
 
 
 class Recording(_Run):

@@ -225,3 +225,17 @@ def test_wrong_names_kinds_and_arguments_are_typed_errors(hub_process, name):
         pub.close()
         with pytest.raises(labhub.ClosedError):
             pub.send("t", b"")
+
+
+def test_a_handler_may_close_its_own_server_and_closed_never_waits(hub_process, name):
+    with hub_process.client() as hub:
+        srv = hub.create_server(name, lambda q: (srv.close(), b"bye")[1])
+        serving = threading.Thread(target=srv.serve)
+        serving.start()
+        client = hub.open_client(name)
+        assert srv.closed is False       # answered while serve() holds the channel
+        assert repr(srv).startswith("<labhub.ReqServer")
+        assert client.request(b"x", timeout=WATCHDOG) == b"bye"
+        serving.join(WATCHDOG)
+        assert not serving.is_alive(), "serve() ended once its handler closed the server"
+        assert srv.closed

@@ -143,3 +143,20 @@ def test_bad_arguments_and_hostile_recordings_are_typed_errors(name, tmp_path):
     with pytest.raises(TypeError, match="preload"):
         shm.start_replay(path, preload="lots")
     cam.close()
+
+
+def test_two_threads_waiting_on_one_recording_both_get_its_summary(name, tmp_path):
+    import threading
+    cam = shm.create_producer(name, dtype=np.uint8, shape=(4,))
+    rec = shm.start_recording(name, tmp_path / "two.zarr", frames=2)
+    got = []
+    waiters = [threading.Thread(target=lambda: got.append(rec.wait(WATCHDOG))) for _ in range(2)]
+    for w in waiters:
+        w.start()
+    for k in range(2):
+        cam.publish(np.full(4, k, dtype=np.uint8))
+    for w in waiters:
+        w.join(WATCHDOG)
+    assert len(got) == 2 and got[0] == got[1] and got[0]["channels"][0]["frames"] == 2
+    assert rec.wait(0) == got[0]
+    cam.close()

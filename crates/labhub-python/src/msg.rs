@@ -7,7 +7,8 @@
 //! calls its Python handler (taking the GIL for that), which cannot deadlock because nobody
 //! takes the mutex with the GIL held.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use labhub::client::Registered;
@@ -23,6 +24,9 @@ use crate::{Fork, SLICE, interruptible, lock};
 /// was made in, and what it reports without taking the mutex.
 struct End<T> {
     cell: Arc<Mutex<Option<Registered<T>>>>,
+    /// Set by `close`, read without the mutex (a getter holding the GIL must never wait for
+    /// it: a server's handler holds it while it waits for the GIL).
+    closed: AtomicBool,
     fork: Fork,
     name: String,
     endpoint: String,
@@ -33,6 +37,7 @@ impl<T: Send + 'static> End<T> {
         Self {
             name: channel.channel_name().to_owned(),
             cell: Arc::new(Mutex::new(Some(channel))),
+            closed: AtomicBool::new(false),
             fork: Fork::now(),
             endpoint,
         }
@@ -53,8 +58,19 @@ impl<T: Send + 'static> End<T> {
         f: impl FnOnce(&mut T) -> R + Send,
     ) -> PyResult<Option<R>> {
         self.fork.check()?;
-        let cell = &self.cell;
-        Ok(py.detach(move || lock(cell).as_mut().map(|c| f(c))))
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let (cell, closed) = (&self.cell, &self.closed);
+        Ok(py.detach(move || {
+            let mut channel = lock(cell);
+            let result = channel.as_mut().map(|c| f(c));
+            // Closed meanwhile, by another thread or by a handler on this one: ended here.
+            if closed.load(Ordering::SeqCst) {
+                drop(channel.take());
+            }
+            result
+        }))
     }
 
     /// Waits in slices until `f` (given the slice) yields `Some`, `timeout` passes (`Ok(None)`)
@@ -83,16 +99,22 @@ impl<T: Send + 'static> End<T> {
         }
     }
 
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
+    /// Ends the channel now, or, while a call holds it (a wait in another thread, or the
+    /// handler of this server calling `close`), as soon as that call returns. Never waits.
+    fn close(&self) -> PyResult<()> {
         self.fork.check()?;
-        let cell = &self.cell;
-        let taken = py.detach(|| lock(cell).take());
+        self.closed.store(true, Ordering::SeqCst);
+        let taken = match self.cell.try_lock() {
+            Ok(mut channel) => channel.take(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(TryLockError::WouldBlock) => None,
+        };
         drop(taken);
         Ok(())
     }
 
     fn is_closed(&self) -> bool {
-        lock(&self.cell).is_none()
+        self.closed.load(Ordering::SeqCst)
     }
 }
 
@@ -100,9 +122,8 @@ impl<T> Drop for End<T> {
     fn drop(&mut self) {
         if self.fork.forked() {
             // The socket and the Hub's worker belong to the parent: dropping them here would
-            // unregister the parent's channel.
-            let taken = lock(&self.cell).take();
-            std::mem::forget(taken);
+            // unregister the parent's channel (and its mutex may have been held at the fork).
+            std::mem::forget(Arc::clone(&self.cell));
         }
     }
 }
@@ -206,8 +227,8 @@ impl PyPublisher {
     }
 
     /// Unregisters the channel and closes its socket.
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        guard(|| self.0.close(py))
+    fn close(&self) -> PyResult<()> {
+        guard(|| self.0.close())
     }
 }
 
@@ -268,8 +289,8 @@ impl PySubscriber {
     }
 
     /// Detaches from the channel and closes the socket.
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        guard(|| self.0.close(py))
+    fn close(&self) -> PyResult<()> {
+        guard(|| self.0.close())
     }
 }
 
@@ -382,8 +403,8 @@ impl PyReqServer {
     }
 
     /// Unregisters the channel and closes its socket.
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        guard(|| self.0.close(py))
+    fn close(&self) -> PyResult<()> {
+        guard(|| self.0.close())
     }
 }
 
@@ -442,7 +463,7 @@ impl PyReqClient {
     }
 
     /// Detaches from the channel and closes the socket.
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        guard(|| self.0.close(py))
+    fn close(&self) -> PyResult<()> {
+        guard(|| self.0.close())
     }
 }

@@ -30,13 +30,49 @@ enum Outcome {
 
 type Work = JoinHandle<Result<Outcome, RecordingError>>;
 
+/// Where a run is: its thread running, being joined by one `wait`, or its result kept for
+/// every later `wait`.
+enum RunState {
+    Running(Work),
+    Joining,
+    Done(Result<Py<PyDict>, PyErr>),
+}
+
+/// What starting a run fails with: the recording's error, or the Hub's while it opened or
+/// made the channels.
+enum StartError {
+    Recording(RecordingError),
+    Client(labhub::client::ClientError),
+}
+
+impl From<RecordingError> for StartError {
+    fn from(e: RecordingError) -> Self {
+        Self::Recording(e)
+    }
+}
+
+impl From<labhub::client::ClientError> for StartError {
+    fn from(e: labhub::client::ClientError) -> Self {
+        Self::Client(e)
+    }
+}
+
+impl StartError {
+    fn into_py(self) -> PyErr {
+        match self {
+            Self::Recording(e) => recording_error(e),
+            Self::Client(e) => crate::errors::client_error(e),
+        }
+    }
+}
+
 /// A recording or replay in progress (or finished). Use `labhub.Recording` or `labhub.Replay`.
 #[pyclass(module = "labhub", frozen, name = "_Run")]
 pub struct Run {
     stop: StopHandle,
     progress: Arc<Mutex<Vec<ChannelProgress>>>,
-    work: Mutex<Option<Work>>,
-    outcome: Mutex<Option<Result<Py<PyDict>, String>>>,
+    /// Locked only briefly and never while waiting: `wait` joins with it released.
+    state: Mutex<RunState>,
     fork: Fork,
     path: PathBuf,
     run_id: Option<String>,
@@ -47,6 +83,10 @@ pub fn recording_error(e: RecordingError) -> PyErr {
     let text = crate::errors::chain_text(&e);
     match e {
         RecordingError::Channel { source, .. } => crate::errors::channel_error(source),
+        RecordingError::Option {
+            option: "recorder thread" | "replay thread",
+            ..
+        } => raise("InternalError", text, &[]),
         RecordingError::Option { option, .. } => bad_value(option, text),
         RecordingError::Exists { path } => raise(
             "RecordingError",
@@ -110,7 +150,10 @@ impl Run {
     /// Whether the run has ended (stopped, its limit reached, or failed).
     #[getter]
     fn done(&self) -> bool {
-        lock(&self.work).as_ref().is_none_or(|w| w.is_finished())
+        match &*lock(&self.state) {
+            RunState::Running(w) => w.is_finished(),
+            RunState::Joining | RunState::Done(_) => true,
+        }
     }
 
     /// Each channel's progress so far: dicts of `channel`, `frames`, `bytes`, `lag`,
@@ -147,39 +190,33 @@ impl Run {
                 })
                 .transpose()?;
             loop {
-                if let Some(done) = lock(&self.outcome).as_ref() {
-                    return match done {
-                        Ok(d) => Ok(Some(d.clone_ref(py))),
-                        Err(text) => Err(raise("RecordingError", text.clone(), &[])),
-                    };
-                }
-                let finished = lock(&self.work).as_ref().is_none_or(|w| w.is_finished());
-                if finished {
-                    let work = lock(&self.work).take();
-                    if let Some(work) = work {
-                        let joined = py.detach(|| work.join());
-                        let result = match joined {
-                            Ok(Ok(outcome)) => Ok(summary_dict(py, outcome)?),
-                            Ok(Err(e)) => Err(e),
-                            Err(_) => {
-                                return Err(raise(
-                                    "InternalError",
-                                    "the recording thread panicked",
-                                    &[],
-                                ));
+                let work = {
+                    let mut state = lock(&self.state);
+                    match &*state {
+                        RunState::Done(Ok(d)) => return Ok(Some(d.clone_ref(py))),
+                        RunState::Done(Err(e)) => return Err(e.clone_ref(py)),
+                        RunState::Running(w) if w.is_finished() => {
+                            match std::mem::replace(&mut *state, RunState::Joining) {
+                                RunState::Running(w) => Some(w),
+                                _ => None,
                             }
-                        };
-                        let stored = match result {
-                            Ok(d) => Ok(d),
-                            Err(e) => {
-                                let err = recording_error(e);
-                                *lock(&self.outcome) = Some(Err(err.to_string()));
-                                return Err(err);
-                            }
-                        };
-                        *lock(&self.outcome) = Some(stored);
+                        }
+                        // Still running, or another thread's `wait` is joining it.
+                        RunState::Running(_) | RunState::Joining => None,
                     }
-                    continue;
+                };
+                if let Some(work) = work {
+                    let result = match py.detach(|| work.join()) {
+                        Ok(Ok(outcome)) => summary_dict(py, outcome),
+                        Ok(Err(e)) => Err(recording_error(e)),
+                        Err(_) => Err(raise("InternalError", "the run's thread panicked", &[])),
+                    };
+                    let kept = match &result {
+                        Ok(d) => Ok(d.clone_ref(py)),
+                        Err(e) => Err(e.clone_ref(py)),
+                    };
+                    *lock(&self.state) = RunState::Done(kept);
+                    return result.map(Some);
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Ok(None);
@@ -198,10 +235,6 @@ impl Drop for Run {
     fn drop(&mut self) {
         // A run nobody holds stops (a recording still completes its files on its thread).
         self.stop.stop();
-        if self.fork.forked() {
-            let work = lock(&self.work).take();
-            std::mem::forget(work);
-        }
     }
 }
 
@@ -236,18 +269,12 @@ pub fn start_recording(
         let existed = std::fs::symlink_metadata(&path).is_ok();
         let target = path.clone();
         // Opening through a Hub waits on the broker: interruptible, off the GIL.
-        let recorder = interruptible(py, move || -> Result<Recorder, RecordingError> {
+        let recorder = interruptible(py, move || -> Result<Recorder, StartError> {
             let mut recorder = Recorder::create(&target, options)?;
             for name in &channels {
                 match &client {
                     Some(hub) => {
-                        let consumer =
-                            hub.channel(name)
-                                .open()
-                                .map_err(|e| RecordingError::Option {
-                                    option: "channels",
-                                    problem: format!("channel {name}: {e}"),
-                                })?;
+                        let consumer = hub.channel(name).open()?;
                         recorder.add(consumer)?;
                     }
                     None => {
@@ -266,10 +293,10 @@ pub fn start_recording(
         .map_err(|e| {
             // A half-made recording of a failed start is removed (nothing was recorded in it),
             // but never a path that was there before: `Exists` names one.
-            if !matches!(e, RecordingError::Exists { .. }) && !existed {
+            if !matches!(e, StartError::Recording(RecordingError::Exists { .. })) && !existed {
                 let _ = std::fs::remove_dir_all(&path);
             }
-            recording_error(e)
+            e.into_py()
         })?;
         let run_id = recorder.run_id().to_owned();
         let stop = recorder.stop_handle();
@@ -286,8 +313,7 @@ pub fn start_recording(
         Ok(Run {
             stop,
             progress,
-            work: Mutex::new(Some(work)),
-            outcome: Mutex::new(None),
+            state: Mutex::new(RunState::Running(work)),
             fork: Fork::now(),
             path,
             run_id: Some(run_id),
@@ -349,18 +375,11 @@ pub fn start_replay(
                     names
                         .iter()
                         .enumerate()
-                        .map(|(i, n)| {
-                            r.configure(i, hub.channel(n)).create().map_err(|e| {
-                                RecordingError::Option {
-                                    option: "rename",
-                                    problem: format!("channel {n}: {e}"),
-                                }
-                            })
-                        })
+                        .map(|(i, n)| r.configure(i, hub.channel(n)).create())
                         .collect::<Result<Vec<_>, _>>()
                         .map(|s| (s, names))
                 })?
-                .map_err(recording_error)?;
+                .map_err(crate::errors::client_error)?;
                 spawn_replay(replay, sinks, options)?
             }
             None => {
@@ -381,8 +400,7 @@ pub fn start_replay(
         Ok(Run {
             stop,
             progress: Arc::new(Mutex::new(Vec::new())),
-            work: Mutex::new(Some(work)),
-            outcome: Mutex::new(None),
+            state: Mutex::new(RunState::Running(work)),
             fork: Fork::now(),
             path,
             run_id,

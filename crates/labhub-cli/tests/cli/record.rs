@@ -741,3 +741,73 @@ fn a_recording_never_writes_into_a_path_that_exists() {
         "nothing added"
     );
 }
+
+#[test]
+fn a_looped_replay_ends_with_the_error_of_a_channel_that_fails() {
+    let (a, b) = (unique("rec-loop-a"), unique("rec-loop-b"));
+    let (a2, b2) = (unique("rec-loop-a2"), unique("rec-loop-b2"));
+    let _rm = (
+        Remove(a.clone()),
+        Remove(b.clone()),
+        Remove(a2.clone()),
+        Remove(b2.clone()),
+    );
+    let (_tmp, path) = scratch();
+    let mut cams: Vec<_> = [&a, &b]
+        .iter()
+        .map(|n| {
+            shm::Channel::new(n)
+                .policy(Policy::ring(16))
+                .frames::<u8>(&[64])
+                .create()
+                .unwrap()
+        })
+        .collect();
+    // Two frames per shard: channel a's second shard can be damaged alone.
+    let options = RecordOptions {
+        max_frames: Some(6),
+        shard_bytes: 128,
+        ..RecordOptions::default()
+    };
+    let mut recorder = Recorder::create(&path, options).unwrap();
+    for n in [&a, &b] {
+        recorder.add(shm::Channel::new(n).open().unwrap()).unwrap();
+    }
+    let recording = std::thread::spawn(move || recorder.run(|_| {}));
+    for i in 0..6u8 {
+        for cam in &mut cams {
+            cam.publish(&[i; 64], &[64]).unwrap();
+        }
+    }
+    recording.join().unwrap().unwrap();
+    let shard = path.join(&a).join("frames/c/1/0");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[3] ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+
+    // Channel b alone would loop until stopped; a's error must end the whole replay.
+    let mut child = labhub(Path::new("/nonexistent-home"))
+        .arg("replay")
+        .arg(&path)
+        .args(["--as", &format!("{a}={a2}"), "--as", &format!("{b}={b2}")])
+        .args(["--rate", "max", "--loop", "--no-hub"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WATCHDOG;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("watchdog: the looped replay did not end with its failing channel");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(FAILURE), "{stderr}");
+    assert!(stderr.contains("CRC32C"), "{stderr}");
+}

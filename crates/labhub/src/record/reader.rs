@@ -5,6 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -434,6 +435,9 @@ impl Replayer {
             None => None,
         };
         let start = Instant::now();
+        // A channel that fails ends the others too, or a looped replay would hide its error.
+        let failed = AtomicBool::new(false);
+        let failed = &failed;
         let results: Vec<Result<u64, RecordingError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = sinks
                 .iter_mut()
@@ -441,7 +445,13 @@ impl Replayer {
                 .enumerate()
                 .map(|(i, (sink, c))| {
                     let held = preloaded.as_ref().map(|p| p[i].as_slice());
-                    scope.spawn(move || c.play(sink.producer(), options, start, t0, held))
+                    scope.spawn(move || {
+                        let played = c.play(sink.producer(), options, start, t0, held, failed);
+                        if played.is_err() {
+                            failed.store(true, Ordering::SeqCst);
+                        }
+                        played
+                    })
                 })
                 .collect();
             handles
@@ -752,8 +762,12 @@ impl ChannelReader {
         start: Instant,
         t0: u64,
         held: Option<&[HeldFrame]>,
+        failed: &AtomicBool,
     ) -> Result<u64, RecordingError> {
-        let stopped = || options.stop.as_ref().is_some_and(StopHandle::is_stopped);
+        let stopped = || {
+            options.stop.as_ref().is_some_and(StopHandle::is_stopped)
+                || failed.load(Ordering::SeqCst)
+        };
         let mut published = 0u64;
         let mut pad = Vec::new();
         let ndim = self.info.max_shape.len();
@@ -782,7 +796,8 @@ impl ChannelReader {
                     wait_until(at, &stopped);
                 }
                 last_ts = last_ts.max(ts);
-                if !self.publish(producer, bytes, shape, ts, options, &mut pad)? {
+                let keep = options.keep_timestamps.then_some(ts);
+                if !self.publish(producer, bytes, shape, keep, &stopped, &mut pad)? {
                     return Ok(false);
                 }
                 published += 1;
@@ -833,8 +848,8 @@ impl ChannelReader {
         producer: &mut Producer<Dynamic>,
         bytes: FrameBytes<'_>,
         shape: &[u64],
-        ts: u64,
-        options: &ReplayOptions,
+        timestamp_ns: Option<u64>,
+        stopped: &dyn Fn() -> bool,
         pad: &mut Vec<u8>,
     ) -> Result<bool, RecordingError> {
         let channel = producer.channel().to_string();
@@ -845,7 +860,7 @@ impl ChannelReader {
                 // The channel's backpressure: wait for the consumers, unless stopped.
                 Err(PublishError::Timeout { .. } | PublishError::Full { .. }) => {
                     // Stopped while the consumers held the ring full: not an error.
-                    if options.stop.as_ref().is_some_and(StopHandle::is_stopped) {
+                    if stopped() {
                         return Ok(false);
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -853,7 +868,7 @@ impl ChannelReader {
                 }
                 Err(source) => return Err(RecordingError::Publish { channel, source }),
             };
-            if options.keep_timestamps {
+            if let Some(ts) = timestamp_ns {
                 slot.set_timestamp_ns(ts);
             }
             // The frame padded to the largest shape, when it must be cut to its own shape.

@@ -480,8 +480,11 @@ struct ChannelWriter {
     unreadable: u64,
     missed_at_start: u64,
     dropped_at_start: u64,
-    /// The newest state version read from the flexible zone.
+    /// The newest state version read from the flexible zone (0: none yet).
     state_version: u64,
+    /// The flexible zone's version when the recording began (the state then in effect is
+    /// recorded; those before it are not this recording's).
+    state_at_start: u64,
     /// States read but not yet followed by a recorded frame: `(version, state)`, oldest first.
     pending_states: Vec<(u64, Value)>,
     state_changes: Vec<Value>,
@@ -567,6 +570,7 @@ impl ChannelWriter {
         let shape = per_frame("shape", vec![0, ndim], vec![per_shard, ndim])?;
         let stats = c.stats();
         let missed_at_start = c.missed();
+        let state_at_start = c.state_version();
         let progress = Arc::new(Progress::default());
         let mut w = Self {
             channel,
@@ -596,6 +600,7 @@ impl ChannelWriter {
             missed_at_start,
             dropped_at_start: stats.dropped,
             state_version: 0,
+            state_at_start,
             pending_states: Vec::new(),
             state_changes: Vec::new(),
             state_changes_lost: 0,
@@ -727,7 +732,12 @@ impl ChannelWriter {
             return;
         }
         // Versions written and replaced between two reads were never seen.
-        self.state_changes_lost += version - self.state_version - 1;
+        let expected = if self.state_version == 0 {
+            self.state_at_start.max(1)
+        } else {
+            self.state_version + 1
+        };
+        self.state_changes_lost += version.saturating_sub(expected);
         self.state_version = version;
         self.pending_states.push((version, state));
     }
