@@ -60,6 +60,12 @@ enum Command {
     /// Publish a recording into live channels with its timing (or faster).
     #[command(after_help = exit::HELP)]
     Replay(cmd::replay::ReplayArgs),
+    /// Republish a local channel into a channel of a peer hub, over CurveZMQ.
+    #[command(after_help = exit::HELP)]
+    Bridge(cmd::bridge::BridgeArgs),
+    /// Receive bridges from peer hubs into this hub's channels.
+    #[command(after_help = exit::HELP)]
+    Gateway(cmd::gateway::GatewayArgs),
     /// Show every channel's rates, latency, drops and lag live, sorted by rate (`hub --metrics`).
     #[command(after_help = exit::HELP)]
     Top(cmd::top::TopArgs),
@@ -95,6 +101,8 @@ fn main() -> ExitCode {
         Some(Command::Call(args)) => cmd::call::run(args, verbose),
         Some(Command::Record(args)) => cmd::record::run(args, verbose),
         Some(Command::Replay(args)) => cmd::replay::run(args, verbose),
+        Some(Command::Bridge(args)) => cmd::bridge::run(args, verbose),
+        Some(Command::Gateway(args)) => cmd::gateway::run(args, verbose),
         Some(Command::Top(args)) => cmd::top::run(args),
         Some(Command::Demo(args)) => cmd::demo::run(args, verbose),
     };
@@ -164,6 +172,16 @@ mod tests {
                  --max-frame-size 1MiB --preload 1GiB --no-hub --json {connect}"
             ),
             format!("watch cam0 --mode queue:8 {connect}"),
+            format!(
+                "bridge cam0 --to ws --as cam1 --delivery lossy --connections 4 --seconds 2 \
+                 --json {connect}"
+            ),
+            format!("bridge cam0 --to ws --lossy {connect}"),
+            format!(
+                "gateway --listen tcp://0.0.0.0:5580 --advertise 10.0.0.1 --window 16 \
+                 --orphan-timeout 1m --max-message-size 64MiB --json {connect}"
+            ),
+            format!("-v ls --all {connect}"),
             "demo --seconds 1 --frame-size 64KiB --rate 0 --consumers 3 --slots 16 \
              --interval 100ms --json"
                 .to_owned(),

@@ -15,6 +15,8 @@ use labhub::shm::Policy;
 use serde_json::Value;
 use wait_timeout::ChildExt as _;
 
+#[path = "cli/bridge.rs"]
+mod bridge;
 #[path = "cli/demo.rs"]
 mod demo;
 #[path = "cli/flags.rs"]
@@ -122,7 +124,11 @@ impl Broker {
     }
 
     fn start_with(tmp: Option<&Path>, extra: &[&str]) -> Self {
-        let home = tempfile::tempdir().unwrap();
+        Self::start_in_home(tempfile::tempdir().unwrap(), tmp, extra)
+    }
+
+    /// A broker in `home`, which the caller may have prepared (keys, allow list, broker.toml).
+    fn start_in_home(home: tempfile::TempDir, tmp: Option<&Path>, extra: &[&str]) -> Self {
         let mut hub = labhub(home.path());
         if let Some(tmp) = tmp {
             hub.env("TMPDIR", tmp);

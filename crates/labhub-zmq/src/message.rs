@@ -75,6 +75,37 @@ impl Message {
         Ok(Self { raw })
     }
 
+    /// A frame that shares `data` without copying it: libzmq holds one reference until it has
+    /// sent the frame, so the same bytes can back several frames (a frame kept to be sent
+    /// again).
+    pub fn from_shared(data: std::sync::Arc<Vec<u8>>) -> Result<Self, ZmqError> {
+        if data.is_empty() {
+            return Ok(Self::new());
+        }
+        let (ptr, len) = (data.as_ptr(), data.len());
+        let hint = std::sync::Arc::into_raw(data);
+        let mut raw = sys::zmq_msg_t::zeroed();
+        // SAFETY: `ptr` points at `len` bytes of the Vec the Arc `hint` keeps alive and
+        // unchanged (no `&mut` to a shared Vec exists); libzmq only reads them, then calls
+        // `release_shared` once with `hint`, which gives the reference back.
+        let rc = unsafe {
+            sys::zmq_msg_init_data(
+                &mut raw,
+                ptr.cast_mut().cast::<c_void>(),
+                len,
+                Some(release_shared),
+                hint.cast_mut().cast::<c_void>(),
+            )
+        };
+        if rc != 0 {
+            let err = ZmqError::last("zmq_msg_init_data", "");
+            // SAFETY: libzmq refused the buffer and will not call the free function.
+            unsafe { release_shared(ptr.cast_mut().cast::<c_void>(), hint.cast_mut().cast()) };
+            return Err(err);
+        }
+        Ok(Self { raw })
+    }
+
     /// A frame that refers to `data` without copying it and never frees it: one buffer can
     /// back any number of frames (tests send very large multipart messages this way).
     ///
@@ -169,6 +200,17 @@ unsafe extern "C" fn free_boxed_slice(data: *mut c_void, hint: *mut c_void) {
     // SAFETY: per this function's contract the pointer and length describe a Box<[u8]> that
     // nobody else frees. Dropping a byte box cannot panic, so nothing unwinds into libzmq.
     drop(unsafe { Box::from_raw(slice) });
+}
+
+/// Gives back the reference a [`Message::from_shared`] frame held.
+///
+/// # Safety
+/// `hint` comes from `Arc::<Vec<u8>>::into_raw` and is passed here once.
+unsafe extern "C" fn release_shared(_data: *mut c_void, hint: *mut c_void) {
+    // SAFETY: per this function's contract. Dropping the Arc (and maybe the Vec) cannot
+    // panic, so nothing unwinds into libzmq; Arc's count is atomic, so this may run on a
+    // libzmq I/O thread.
+    drop(unsafe { std::sync::Arc::from_raw(hint.cast_const().cast::<Vec<u8>>()) });
 }
 
 impl Drop for Message {

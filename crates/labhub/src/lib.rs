@@ -56,6 +56,8 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "bridge")]
+pub mod bridge;
 #[cfg(feature = "broker")]
 pub mod broker;
 #[cfg(feature = "zmq")]

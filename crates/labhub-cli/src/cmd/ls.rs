@@ -2,14 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use labhub::client::Hub;
-use labhub::protocol::{ChannelInfo, ChannelKind, ChannelState, Sharing};
+use labhub::client::{ClientConfig, Hub};
+use labhub::protocol::{BRIDGED_FROM, ChannelInfo, ChannelKind, ChannelState, Sharing};
 use serde::Serialize;
 
 use crate::args;
 use crate::common::{self, ConnectArgs, out, out_json};
 
-/// List the channels the broker knows: kind, state, producer, consumers, frame type, frame rate.
+/// List the channels the broker knows: kind, state, producer, consumers, frame type, frame
+/// rate, and the source of a channel a bridge brings from another hub.
 ///
 /// The frame rate of a shared-memory channel on this machine is measured from its segment's
 /// counter over --sample; other channels show "-". FRAMES is a shared-memory channel's element
@@ -17,7 +18,9 @@ use crate::common::{self, ConnectArgs, out, out_json};
 ///
 /// JSON (--json): one object {"channels": [CHANNEL, ...]}, each CHANNEL the broker's channel
 /// object (docs/PROTOCOL.md §3: name, kind, state, producer, consumers, counters, schema
-/// {"element", "shape", ...}, ...) plus "frame_rate" (frames/s, or null when not measured).
+/// {"element", "shape", ...}, metadata {"bridged_from": "CHANNEL@HUB"} for a bridged channel,
+/// ...) plus "frame_rate" (frames/s, or null when not measured); with --all also "hub" on
+/// each channel and "unreachable": [{"hub", "endpoint", "error"}].
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
     /// Only channels whose name starts with PREFIX.
@@ -30,6 +33,10 @@ pub struct LsArgs {
     #[arg(long, value_name = "DURATION", default_value = "500ms",
           value_parser = args::duration(Duration::ZERO..=args::HOUR))]
     sample: Duration,
+    /// Also list the channels of every peer hub of broker.toml (a HUB column; a peer that
+    /// cannot be reached is named on stderr).
+    #[arg(long)]
+    all: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -61,6 +68,9 @@ impl From<Kind> for ChannelKind {
 /// One row of `ls --json`.
 #[derive(Debug, Serialize)]
 pub struct Row {
+    /// The hub that listed it (with --all): this hub's name or a peer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
     /// The broker's channel object.
     #[serde(flatten)]
     pub channel: ChannelInfo,
@@ -138,28 +148,71 @@ pub(crate) fn rate_text(rate: Option<f64>) -> String {
     rate.map_or_else(|| "-".into(), |r| format!("{r:.1}"))
 }
 
+/// The SOURCE cell: where a bridged channel's frames come from, else "-".
+fn source_text(c: &ChannelInfo) -> String {
+    match c.spec.metadata.get(BRIDGED_FROM) {
+        Some(serde_json::Value::String(from)) => format!("bridged from {from}"),
+        _ => "-".into(),
+    }
+}
+
 /// Lists the channels.
 pub fn run(args: LsArgs, verbose: u8) -> anyhow::Result<()> {
     let config = args.connect.resolve()?;
+    // Peers are read before anything is sent, so a bad broker.toml fails first.
+    let peers = if args.all {
+        let home = common::home(args.connect.home.as_deref())?;
+        Some(labhub::home::peers(&home)?)
+    } else {
+        None
+    };
+    let keys = config.keys.clone();
     let (_guard, hub) = common::connect(verbose, config)?;
     let channels = hub.list(args.prefix.as_deref(), args.kind.map(Into::into))?;
     let rates = frame_rates(&hub, &channels, args.sample);
+    // (hub name, channel, frame rate) for every channel listed.
+    let own = peers.as_ref().map(|p| p.own_name.clone());
+    let mut rows: Vec<(Option<String>, ChannelInfo, Option<f64>)> = channels
+        .into_iter()
+        .zip(rates)
+        .map(|(c, r)| (own.clone(), c, r))
+        .collect();
+    let mut unreachable = Vec::new();
+    for peer in peers.iter().flat_map(|p| &p.peers) {
+        let config = ClientConfig::new(peer.endpoint.clone(), peer.public_key, keys.clone())
+            .request_timeout(args.connect.timeout);
+        match Hub::connect(config)
+            .and_then(|h| h.list(args.prefix.as_deref(), args.kind.map(Into::into)))
+        {
+            Ok(list) => rows.extend(list.into_iter().map(|c| (Some(peer.name.clone()), c, None))),
+            Err(e) => {
+                eprintln!("labhub: peer {} ({}): {e}", peer.name, peer.endpoint);
+                unreachable.push(serde_json::json!({
+                    "hub": peer.name, "endpoint": peer.endpoint, "error": e.to_string()
+                }));
+            }
+        }
+    }
     if args.json {
-        let rows: Vec<Row> = channels
+        let rows: Vec<Row> = rows
             .into_iter()
-            .zip(rates)
-            .map(|(channel, frame_rate)| Row {
+            .map(|(hub, channel, frame_rate)| Row {
+                hub,
                 channel,
                 frame_rate,
             })
             .collect();
-        return out_json(&serde_json::json!({ "channels": rows }));
+        let mut value = serde_json::json!({ "channels": rows });
+        if args.all {
+            value["unreachable"] = unreachable.into();
+        }
+        return out_json(&value);
     }
-    if channels.is_empty() {
+    if rows.is_empty() {
         eprintln!("no channels");
         return Ok(());
     }
-    let mut table = vec![[
+    let mut header = vec![
         "NAME".to_owned(),
         "KIND".into(),
         "STATE".into(),
@@ -167,9 +220,14 @@ pub fn run(args: LsArgs, verbose: u8) -> anyhow::Result<()> {
         "CONSUMERS".into(),
         "FRAMES".into(),
         "FRAMES/S".into(),
-    ]];
-    for (c, rate) in channels.iter().zip(rates) {
-        table.push([
+        "SOURCE".into(),
+    ];
+    if args.all {
+        header.insert(0, "HUB".into());
+    }
+    let mut table = vec![header];
+    for (at, c, rate) in &rows {
+        let mut row = vec![
             c.spec.name.to_string(),
             c.spec.kind.as_str().into(),
             state_name(c.state).into(),
@@ -179,10 +237,16 @@ pub fn run(args: LsArgs, verbose: u8) -> anyhow::Result<()> {
             },
             c.consumers.to_string(),
             frames_text(c),
-            rate_text(rate),
-        ]);
+            rate_text(*rate),
+            source_text(c),
+        ];
+        if args.all {
+            row.insert(0, at.clone().unwrap_or_default());
+        }
+        table.push(row);
     }
-    let widths: Vec<usize> = (0..7)
+    let columns = table[0].len();
+    let widths: Vec<usize> = (0..columns)
         .map(|i| {
             table
                 .iter()

@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod bridge;
 pub mod call;
 pub mod demo;
+pub mod gateway;
 pub mod hub;
 pub mod info;
 pub mod keygen;

@@ -23,6 +23,7 @@
 //! | grant socket | — | — | `grant_socket` | `<home>/grant.sock` |
 //! | grant ticket lifetime | — | — | `grant_ticket_ms` | 5000 |
 //! | access list of memfd channels | — | — | `[[access]]` tables | the owner's key only |
+//! | this hub's name, peer hubs | — | — | `name`, `[[peer]]` tables | the host name, none |
 //!
 //! The password is never read from the config file. The config file and the allow list must
 //! be trusted files (see [`crate::keys::trust`]).
@@ -136,6 +137,10 @@ pub struct ConfigLayer {
     pub grant_ticket_ms: Option<u64>,
     /// Which keys may produce or consume which memfd channels.
     pub access: Option<Vec<AccessRuleText>>,
+    /// This hub's name among its peers (default: the host name).
+    pub name: Option<String>,
+    /// The peer hubs bridges go to and `labhub ls --all` lists (see [`crate::home::peers`]).
+    pub peer: Option<Vec<crate::home::PeerText>>,
 }
 
 impl ConfigLayer {
@@ -166,6 +171,8 @@ impl ConfigLayer {
             grant_socket: self.grant_socket.or(lower.grant_socket),
             grant_ticket_ms: self.grant_ticket_ms.or(lower.grant_ticket_ms),
             access: self.access.or(lower.access),
+            name: self.name.or(lower.name),
+            peer: self.peer.or(lower.peer),
         }
     }
 
@@ -214,6 +221,8 @@ impl ConfigLayer {
             grant_socket: None,
             grant_ticket_ms: None,
             access: None,
+            name: None,
+            peer: None,
         })
     }
 
@@ -275,6 +284,9 @@ pub struct BrokerConfig {
     /// Which keys may produce or consume which memfd channels (the owner's own key always
     /// may).
     pub access: AccessList,
+    /// This hub's name and its peer hubs (checked at start; clients read them from the same
+    /// file, see [`crate::home::peers`]).
+    pub peers: crate::home::Peers,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -342,6 +354,10 @@ impl BrokerConfig {
             grant_socket: home.join(DEFAULT_GRANT_SOCKET),
             grant_ticket: DEFAULT_GRANT_TICKET,
             access: AccessList::default(),
+            peers: crate::home::check_peers(None, &[]).unwrap_or_else(|_| crate::home::Peers {
+                own_name: "localhost".into(),
+                peers: Vec::new(),
+            }),
             home,
         }
     }
@@ -457,6 +473,16 @@ impl BrokerConfig {
                     problem: e.problem,
                 })?;
         }
+        config.peers = crate::home::check_peers(
+            merged.name.as_deref(),
+            merged.peer.as_deref().unwrap_or_default(),
+        )
+        .map_err(|problem| ConfigError::InvalidValue {
+            origin: file_origin.clone(),
+            key: "peer".into(),
+            value: String::new(),
+            problem,
+        })?;
         config.password = var("LABHUB_BROKER_SECRET")
             .filter(|p| !p.is_empty())
             .map(Zeroizing::new);

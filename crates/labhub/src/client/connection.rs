@@ -99,6 +99,8 @@ struct Shared {
     zap: Mutex<Option<ZapHandler>>,
     /// This client's key pair as message-channel subscribers and clients present it.
     curve_keys: CurveKeyPair,
+    /// The broker's CURVE public key.
+    server_key: CurvePublicKey,
     next_id: Arc<AtomicU64>,
     stopped: AtomicBool,
     client_id: ClientId,
@@ -276,6 +278,12 @@ impl Hub {
             ))?,
         };
         let context = Context::new().map_err(zmq_err("creating the context", &config.endpoint))?;
+        if config.io_threads != 1 {
+            let threads = i32::try_from(config.io_threads).unwrap_or(i32::MAX);
+            context
+                .set_io_threads(threads)
+                .map_err(zmq_err("setting the I/O threads", &config.endpoint))?;
+        }
         let (server_key, curve_keys) = curve_keys(&config)?;
         let keys = (&server_key, &curve_keys);
         let dealer = curve_socket(&context, SocketType::Dealer, keys, &config.endpoint)?;
@@ -330,6 +338,7 @@ impl Hub {
                 admission,
                 zap: Mutex::new(None),
                 curve_keys,
+                server_key,
                 next_id,
                 stopped: AtomicBool::new(false),
                 client_id,
@@ -357,6 +366,12 @@ impl Hub {
 
     pub(crate) fn takeover_wait(&self) -> Duration {
         self.shared.takeover_wait
+    }
+
+    /// The broker's CURVE public key.
+    #[cfg_attr(not(feature = "bridge"), allow(dead_code))]
+    pub(crate) fn server_key(&self) -> CurvePublicKey {
+        self.shared.server_key
     }
 
     /// This client's key pair, as message-channel subscribers and clients present it.

@@ -64,6 +64,8 @@ use std::time::Duration;
 
 pub use connection::Hub;
 pub use heartbeat::ChannelCounters;
+#[cfg(feature = "bridge")]
+pub(crate) use msg::create_registered;
 pub use msg::{OnHub, Registered};
 pub use shm::{ConsumeError, OwnedFrame, ShmConsumer, ShmProducer, ViaHub};
 
@@ -103,6 +105,9 @@ pub struct ClientConfig {
     /// The broker's grant socket as this process reaches it (a container that mounts it
     /// elsewhere); `None` uses the path the broker announces.
     pub grant_socket: Option<PathBuf>,
+    /// libzmq I/O threads of this client's context, which encrypt and decrypt its CurveZMQ
+    /// traffic (one connection runs on one of them); default 1.
+    pub io_threads: u32,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -141,6 +146,7 @@ impl ClientConfig {
             heartbeat_interval: Duration::from_secs(1),
             takeover_wait: Duration::from_secs(10),
             grant_socket: None,
+            io_threads: 1,
         }
     }
 
@@ -209,6 +215,13 @@ impl ClientConfig {
     /// dead predecessor.
     pub fn takeover_wait(mut self, wait: Duration) -> Self {
         self.takeover_wait = wait;
+        self
+    }
+
+    /// Gives the client's ZeroMQ context `threads` I/O threads (at least 1): a bridge with
+    /// several connections encrypts them in parallel.
+    pub fn io_threads(mut self, threads: u32) -> Self {
+        self.io_threads = threads.max(1);
         self
     }
 
@@ -335,6 +348,13 @@ pub enum ClientError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// No channel of this hub is bridged from `source` (`CHANNEL@HUB`): no bridge brings it
+    /// here (run `labhub bridge CHANNEL --to <this hub>` on that hub's host).
+    #[error("no channel here is bridged from {wanted}")]
+    NotBridged {
+        /// The channel asked for, `CHANNEL@HUB`.
+        wanted: String,
     },
     /// Creating or attaching to the shared-memory channel failed.
     #[error("shared-memory channel {channel}")]

@@ -93,7 +93,7 @@ fn msg_err(channel: &ChannelName) -> impl FnOnce(MsgError) -> ClientError + '_ {
 }
 
 impl Hub {
-    fn via(&self, name: &str) -> OnHub {
+    pub(crate) fn via(&self, name: &str) -> OnHub {
         OnHub {
             hub: self.clone(),
             name: name.to_owned(),
@@ -151,7 +151,7 @@ impl Hub {
     }
 
     /// Discovers channel `name` of `kind` and returns its endpoint and server key.
-    fn find_server(
+    pub(crate) fn find_server(
         &self,
         name: &ChannelName,
         kind: ChannelKind,
@@ -189,7 +189,7 @@ impl Hub {
 }
 
 /// Binds a server with a fresh key pair, admitting the broker's keys, and registers it.
-fn create_registered<T>(
+pub(crate) fn create_registered<T>(
     builder: BindBuilder<T, OnHub>,
     kind: ChannelKind,
     bind: fn(&Context, &BindOptions) -> Result<T, MsgError>,

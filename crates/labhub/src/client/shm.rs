@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use super::heartbeat::{ChannelCounters, Role};
 use super::{ClientError, Hub, Notice};
 use crate::protocol::{
-    ChannelInfo, ChannelKind, ChannelName, ChannelSpec, ClientId, ErrorCode, Metadata,
-    Notification, Role as GrantRole, Schema, Sharing, ShmName,
+    ChannelInfo, ChannelKind, ChannelName, ChannelSpec, ClientId, ErrorCode, Notification,
+    Role as GrantRole, Schema, Sharing, ShmName,
 };
 use crate::shm::{
     self, ChannelError, ChannelStats, Consumer, ElementType, Frame, Payload, Producer,
@@ -169,7 +169,7 @@ impl shm::Backend for ViaHub {
                 producer.max_shape(),
                 &settings,
             )),
-            metadata: Metadata::new(),
+            metadata: settings.annotations.clone(),
         };
         hub.register(spec)?;
         // Kept to hand the segment over again should the broker restart.
@@ -212,7 +212,26 @@ impl shm::Backend for ViaHub {
     /// segment name, size, element type or shape that differs is
     /// [`ClientError::LayoutMismatch`] naming the field; a channel of another kind is
     /// [`ClientError::WrongKind`].
-    fn open<T: Payload>(self, settings: Settings) -> Result<ShmConsumer<T>, ClientError> {
+    ///
+    /// A name `CHANNEL@HUB` opens the local channel a bridge brought from channel `CHANNEL` of
+    /// peer hub `HUB` (whatever name it has here: the one registered with
+    /// `bridged_from = "CHANNEL@HUB"`).
+    fn open<T: Payload>(self, mut settings: Settings) -> Result<ShmConsumer<T>, ClientError> {
+        if let Err((raw, _)) = &settings.name
+            && let Some((channel, peer)) = raw.rsplit_once('@')
+        {
+            let source = format!("{channel}@{peer}");
+            let local = self
+                .hub
+                .list(None, Some(ChannelKind::Shm))?
+                .into_iter()
+                .find(|c| {
+                    c.spec.metadata.get(crate::protocol::BRIDGED_FROM)
+                        == Some(&serde_json::Value::String(source.clone()))
+                })
+                .ok_or(ClientError::NotBridged { wanted: source })?;
+            settings.name = Ok(local.spec.name);
+        }
         ShmConsumer::open(self.hub, settings, false)
     }
 
@@ -606,6 +625,8 @@ pub struct ShmConsumer<T: Payload> {
     backlog: VecDeque<Notice>,
     resume_hint: bool,
     evicted: bool,
+    /// Frames missed by the consumers this one replaced when it attached again.
+    missed_before: u64,
     /// Whether the broker has this consumer attached (not yet, for `open_or_create` of a
     /// channel no producer registered).
     broker_attached: bool,
@@ -656,6 +677,7 @@ impl<T: Payload> ShmConsumer<T> {
             notices,
             backlog: VecDeque::new(),
             resume_hint: false,
+            missed_before: 0,
             evicted: false,
             broker_attached,
             last_resume_try: Instant::now(),
@@ -751,9 +773,7 @@ impl<T: Payload> ShmConsumer<T> {
                 }
             }
         };
-        self.counters
-            .missed
-            .store(self.consumer.missed(), Ordering::Relaxed);
+        self.counters.missed.store(self.missed(), Ordering::Relaxed);
         let held = self.consumer.is_lossless();
         match self.consumer.hand_out(snap, held) {
             Ok(frame) => {
@@ -862,7 +882,7 @@ impl<T: Payload> ShmConsumer<T> {
         if !named {
             return self.resume_granted(evicted);
         }
-        let mut settings = self.settings.clone();
+        let mut settings = self.resume_settings();
         settings.ready_timeout = RESUME_READY_WAIT;
         settings.expected_size = None;
         let fresh = match Consumer::<T>::open(&settings) {
@@ -900,8 +920,26 @@ impl<T: Payload> ShmConsumer<T> {
         Ok(true)
     }
 
+    /// The settings to attach again with: a lossless consumer goes on from the frame after
+    /// the last it read, as far as the segment still holds it (frames ids continue across a
+    /// producer's restart); the frames it cannot have count as missed.
+    fn resume_settings(&self) -> Settings {
+        let mut settings = self.settings.clone();
+        if self.consumer.is_lossless() {
+            settings.resume_at = Some(self.consumer.cursor());
+        }
+        settings
+    }
+
+    /// Frames this consumer lost: overwritten before it read them, or gone when it attached
+    /// again (summed over every segment it read).
+    pub fn missed(&self) -> u64 {
+        self.missed_before + self.consumer.missed()
+    }
+
     fn switch_to(&mut self, fresh: Consumer<T>, evicted: bool) {
         tracing::info!(channel = %self.name, evicted, "consumer re-attached to the channel");
+        self.missed_before += self.consumer.missed();
         self.consumer = fresh;
         self.evicted = false;
         self.counters.reattached.fetch_add(1, Ordering::Relaxed);
@@ -919,7 +957,8 @@ impl<T: Payload> ShmConsumer<T> {
             Err(e) if gone(&e) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let fresh = match open_announced::<T>(&self.hub, &self.name, &info, &self.settings) {
+        let fresh = match open_announced::<T>(&self.hub, &self.name, &info, &self.resume_settings())
+        {
             Ok(c) => c,
             Err(e) if gone(&e) => return Ok(false),
             Err(e) => return Err(e),

@@ -92,6 +92,21 @@ impl Link {
             .map(|c| c.reason.clone()))
     }
 
+    /// Reads the events that arrived; the reason of a close not reported yet (once per close,
+    /// even if ZeroMQ has reconnected since: what was queued for the old connection is lost).
+    #[cfg(feature = "bridge")]
+    pub(crate) fn take_close(&self) -> Result<Option<CloseReason>, MsgError> {
+        if let Some(monitor) = self.socket.monitor_socket() {
+            let mut items = [monitor.poll_item(PollEvents::IN)];
+            poll(&mut items, Some(Duration::ZERO))
+                .map_err(|e| MsgError::zmq("poll", &self.endpoint, e))?;
+            if items[0].is_readable() {
+                self.read_events()?;
+            }
+        }
+        Ok(self.take_unreported())
+    }
+
     /// Why the connection is closed, if it has not come back since it closed.
     pub(crate) fn closed(&self) -> Option<CloseReason> {
         self.state

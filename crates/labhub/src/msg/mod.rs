@@ -127,6 +127,8 @@ pub use endpoint::DEFAULT_BIND;
 pub(crate) use endpoint::{BindOptions, ClientCurve, ConnectOptions, dialable};
 pub use error::{CloseReason, FrameError, MsgError};
 pub use labhub_zmq::{Context, CurveKeyPair, CurvePublicKey, CurveSecretKey};
+#[cfg(feature = "bridge")]
+pub(crate) use link::Link;
 pub use pubsub::{JsonMessage, Message, Publisher, Subscriber};
 pub use reqrep::{ReqClient, ReqServer, Request, Served};
 

@@ -12,6 +12,10 @@ pub use crate::latency::LatencySummary;
 /// serialised and nested at most [`MAX_METADATA_DEPTH`] deep).
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
+/// The [`Metadata`] key of a channel a bridge republishes: `CHANNEL@HUB`, the channel and peer
+/// hub its frames come from (docs/PROTOCOL.md, bridges).
+pub const BRIDGED_FROM: &str = "bridged_from";
+
 /// Counters a producer reports for a channel in its heartbeat (`frames_written`, …).
 pub type Counters = BTreeMap<String, u64>;
 

@@ -111,6 +111,11 @@ pub struct Settings {
     pub(crate) expected_size: Option<u64>,
     /// The Hub client's tag for the consumer-table entry (see `ConsumerEntry::owner_tag`).
     pub(crate) client_tag: u32,
+    /// What the broker lists with a channel created through the Hub.
+    pub(crate) annotations: serde_json::Map<String, serde_json::Value>,
+    /// A consumer that resumes on a new incarnation of its channel starts at this frame (the
+    /// one after the last it read), as far as the new segment still holds it.
+    pub(crate) resume_at: Option<u64>,
 }
 
 impl Settings {
@@ -139,6 +144,8 @@ impl Settings {
             ready_timeout: Duration::from_secs(2),
             expected_size: None,
             client_tag: 0,
+            annotations: serde_json::Map::new(),
+            resume_at: None,
         }
     }
 
@@ -197,7 +204,7 @@ impl Settings {
 
     /// The layout parameters to create a channel with: every setting a creator needs, checked.
     pub(crate) fn params(&self) -> Result<(ChannelName, Policy, layout::Params), ChannelError> {
-        use layout::{backpressure_code, checksum_code, policy_code, state_format_code};
+        use layout::{backpressure_code, checksum_code, policy_code};
         let name = self.name()?.clone();
         let policy = self
             .policy
@@ -279,11 +286,7 @@ impl Settings {
             } else {
                 checksum_code::NONE
             },
-            state_format: match self.state_format {
-                StateFormat::Json => state_format_code::JSON,
-                #[cfg(feature = "msgpack")]
-                StateFormat::MessagePack => state_format_code::MSGPACK,
-            },
+            state_format: self.state_format.code(),
             payload_mode: layout::Params::payload_mode_for(code, backpressure, slot_size),
             schema: layout::SchemaParams {
                 element: element.code(),
@@ -473,6 +476,16 @@ impl<B: Backend, T: Payload> Channel<B, T> {
     /// ```
     pub fn delivery(mut self, mode: DeliveryMode) -> Self {
         self.settings.delivery = mode;
+        self
+    }
+
+    /// A key and value the broker lists with the channel (the registration's `metadata`, shown
+    /// by `labhub info`), for a channel created through the Hub; a brokerless channel has no
+    /// registry and ignores them. `bridged_from` is what a bridge sets (see `labhub::bridge`).
+    pub fn annotate(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings
+            .annotations
+            .insert(key.into(), serde_json::Value::String(value.into()));
         self
     }
 

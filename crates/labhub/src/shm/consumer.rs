@@ -316,7 +316,15 @@ impl<T: Payload> Consumer<T> {
         let me = current_process(name)?;
         let owner_tag = (u64::from(settings.client_tag) << 32) | u64::from(attach_nonce());
         let delivery = settings.delivery;
-        let (entry, state_word, cursor) = claim_entry(&view, me, owner_tag, delivery)?;
+        let (entry, state_word, cursor) =
+            claim_entry(&view, me, owner_tag, delivery, settings.resume_at)?;
+        // Frames from where a resuming consumer stopped that the producer overwrote since.
+        let skipped = settings.resume_at.map_or(0, |at| cursor.saturating_sub(at));
+        if skipped > 0
+            && let Some(e) = view.consumer(entry)
+        {
+            e.missed.store(skipped, Ordering::Relaxed);
+        }
         let p = view.geometry().params;
         let lossless_mode = delivery.holds_producer();
         let holds = lossless_mode && policy_of(&p).is_some_and(Policy::is_lossless);
@@ -902,6 +910,21 @@ impl<T: Payload> Consumer<T> {
     ) -> Result<Option<(u64, S)>, StateError> {
         flex::read_state(&self.view)
     }
+
+    /// Reads the flexible-zone state as the bytes the producer serialised (in the channel's
+    /// [`StateFormat`](super::StateFormat)): `Ok(None)` before any; never a partial state.
+    ///
+    /// # Errors
+    /// As [`Consumer::read_state`], less the deserialisation.
+    pub fn read_state_bytes(&self) -> Result<Option<(u64, Vec<u8>)>, StateError> {
+        flex::read_state_bytes(&self.view)
+    }
+
+    /// The serialisation of the channel's flexible-zone state; `None` for a format this build
+    /// does not know (MessagePack without the `msgpack` feature).
+    pub fn state_format(&self) -> Option<super::StateFormat> {
+        super::StateFormat::from_code(self.view.geometry().params.state_format)
+    }
 }
 
 impl<T: Payload> Drop for Consumer<T> {
@@ -929,11 +952,14 @@ fn check_delivery(settings: &Settings) -> Result<(), ChannelError> {
 }
 
 /// Takes a free (or dead consumer's) table entry. Returns (index, state word, start cursor).
+/// `resume_at`: start there rather than at the commit position, or at the oldest frame the
+/// producer cannot have overwritten since, whichever is later.
 fn claim_entry(
     view: &View,
     me: ProcessId,
     owner_tag: u64,
     delivery: DeliveryMode,
+    resume_at: Option<u64>,
 ) -> Result<(usize, u64, u64), ChannelError> {
     let (delivery_code, delivery_param) = delivery.to_code();
     let holding = delivery.holds_producer();
@@ -972,7 +998,9 @@ fn claim_entry(
         }
         // Provisional position: conservative (it can only hold the producer back), raised below.
         // A mode that holds nothing back never names a frame here, not even for a moment.
+        // Resuming starts lower, which holds the producer back more: as safe.
         let c0 = h.commit_pos.load(Ordering::SeqCst);
+        let c0 = resume_at.map_or(c0, |at| at.min(c0));
         e.position.store(
             if holding { c0 } else { layout::NOT_HOLDING },
             Ordering::SeqCst,
@@ -1110,6 +1138,20 @@ impl<'a, T: Payload> Frame<'a, T> {
     #[inline]
     pub fn element_type(&self) -> ElementType {
         self.consumer.view.geometry().element()
+    }
+
+    /// The frame's id in the channel it came from: for a frame a bridge brought from another
+    /// hub, the source channel's frame id; for a frame that originated here, [`Frame::frame_id`].
+    /// `None` if a lossy producer overwrote the slot since the frame was read (the frame is
+    /// then stale anyway, see [`Frame::read`]).
+    pub fn origin_id(&self) -> Option<u64> {
+        let m = self.consumer.view.slot_meta(self.snap.frame);
+        let origin = m.origin_id.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if m.seq.load(Ordering::Relaxed) != self.snap.seq {
+            return None;
+        }
+        Some(origin.checked_sub(1).unwrap_or(self.snap.frame))
     }
 
     /// Items in the frame: elements, or bytes for a runtime-typed consumer.

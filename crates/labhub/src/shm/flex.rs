@@ -42,8 +42,13 @@ fn deserialize<T: serde::de::DeserializeOwned>(format: u32, bytes: &[u8]) -> Res
 
 /// Writes `value` as the next version. Only the producer calls this.
 pub(super) fn write_state<T: serde::Serialize>(view: &View, value: &T) -> Result<u64, StateError> {
+    let bytes = serialize(view.geometry().params.state_format, value)?;
+    write_state_bytes(view, &bytes)
+}
+
+/// Writes `bytes`, a state already serialised in the channel's format, as the next version.
+pub(super) fn write_state_bytes(view: &View, bytes: &[u8]) -> Result<u64, StateError> {
     let params = view.geometry().params;
-    let bytes = serialize(params.state_format, value)?;
     if bytes.len() as u64 > params.flex_size {
         return Err(StateError::TooLarge {
             size: bytes.len() as u64,
@@ -62,7 +67,7 @@ pub(super) fn write_state<T: serde::Serialize>(view: &View, value: &T) -> Result
     let (fh, _) = view.flex(b);
     fh.seq.store(v * 2 - 1, Ordering::Relaxed);
     fence(Ordering::Release);
-    write_bytes(view, b, &bytes);
+    write_bytes(view, b, bytes);
     fh.len.store(bytes.len() as u64, Ordering::Relaxed);
     fh.seq.store(v * 2, Ordering::Release);
     h.flex_version.store(v, Ordering::Release);
@@ -81,6 +86,15 @@ fn write_bytes(view: &View, b: usize, bytes: &[u8]) {
 pub(super) fn read_state<T: serde::de::DeserializeOwned>(
     view: &View,
 ) -> Result<Option<(u64, T)>, StateError> {
+    let format = view.geometry().params.state_format;
+    match read_state_bytes(view)? {
+        Some((v, bytes)) => deserialize(format, &bytes).map(|t| Some((v, t))),
+        None => Ok(None),
+    }
+}
+
+/// Reads the current version's serialised bytes, re-checking its seqlock word.
+pub(super) fn read_state_bytes(view: &View) -> Result<Option<(u64, Vec<u8>)>, StateError> {
     let params = view.geometry().params;
     let h = view.header();
     for attempt in 0..READ_ATTEMPTS {
@@ -105,7 +119,7 @@ pub(super) fn read_state<T: serde::de::DeserializeOwned>(
                         params.flex_size
                     )));
                 }
-                return deserialize(params.state_format, &copy).map(|t| Some((v, t)));
+                return Ok(Some((v, copy)));
             }
         }
         if attempt % 64 == 63 {

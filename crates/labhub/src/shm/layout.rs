@@ -499,8 +499,11 @@ pub struct SlotMeta {
     /// Channels with a flexible zone only: the state version (`flex_version`) when the frame
     /// was committed, so a reader knows which state each frame followed.
     pub state_version: AtomicU64,
+    /// The frame's id in the channel it came from, plus one (a bridged frame: the source
+    /// channel's id); 0: the frame originated in this channel.
+    pub origin_id: AtomicU64,
     /// Reserved, zero.
-    pub reserved: [u64; 4],
+    pub reserved: [u64; 3],
 }
 
 const _: () = assert!(size_of::<SlotMeta>() == 128);
@@ -514,7 +517,8 @@ const _: () = assert!(offset_of!(SlotMeta, dims) + DIMS_IN_FIRST_LINE * 8 == 64)
 const _: () = assert!(offset_of!(SlotMeta, checksum) == 72);
 const _: () = assert!(offset_of!(SlotMeta, chunk) == 80);
 const _: () = assert!(offset_of!(SlotMeta, state_version) == 88);
-const _: () = assert!(offset_of!(SlotMeta, reserved) == 96);
+const _: () = assert!(offset_of!(SlotMeta, origin_id) == 96);
+const _: () = assert!(offset_of!(SlotMeta, reserved) == 104);
 
 /// Header of one flexible-zone buffer (64 bytes); `flex_size` bytes of state follow it.
 #[repr(C, align(64))]
@@ -1716,7 +1720,7 @@ mod tests {
             "Slot descriptor",
             size_of::<SlotMeta>(),
             fields!(SlotMeta: seq, frame_id, timestamp_ns, data_size, ndim, dims, checksum,
-                chunk, state_version, reserved),
+                chunk, state_version, origin_id, reserved),
         );
         // The flexible-zone table documents the header and the data that follows it.
         let mut flex = fields!(FlexHeader: seq, len, reserved);

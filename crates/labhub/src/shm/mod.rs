@@ -126,6 +126,36 @@ pub enum StateFormat {
     MessagePack,
 }
 
+impl StateFormat {
+    /// Its code in the segment header (docs/SHM_LAYOUT.md: 1 JSON, 2 MessagePack).
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Json => layout::state_format_code::JSON,
+            #[cfg(feature = "msgpack")]
+            Self::MessagePack => layout::state_format_code::MSGPACK,
+        }
+    }
+
+    /// The format of header code `code`, if this build knows it.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            layout::state_format_code::JSON => Some(Self::Json),
+            #[cfg(feature = "msgpack")]
+            layout::state_format_code::MSGPACK => Some(Self::MessagePack),
+            _ => None,
+        }
+    }
+
+    /// Its name: `json`, `msgpack`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            #[cfg(feature = "msgpack")]
+            Self::MessagePack => "msgpack",
+        }
+    }
+}
+
 /// A channel secret: consumers must present the same bytes to open the channel. Only a salted
 /// BLAKE3 hash is stored in the segment.
 ///

@@ -79,6 +79,8 @@ pub struct Producer<T: Payload> {
     full_bytes: u64,
     dropped_feed: Option<DroppedFeed>,
     interrupt: Option<InterruptCheck>,
+    /// A frame committed by this producer carried an origin id (see [`SlotMut::set_origin_id`]).
+    writes_origins: bool,
     _payload: PhantomData<fn() -> T>,
 }
 
@@ -441,6 +443,7 @@ impl<T: Payload> Producer<T> {
             full_bytes: geo.params.slot_size,
             dropped_feed: None,
             interrupt: None,
+            writes_origins: false,
             view,
             _payload: PhantomData,
         }
@@ -500,6 +503,17 @@ impl<T: Payload> Producer<T> {
     /// The id the next committed frame will get.
     pub fn next_frame_id(&self) -> u64 {
         self.next_frame
+    }
+
+    /// The origin id of the newest committed frame (see [`SlotMut::set_origin_id`]), if it
+    /// carried one: where a bridge that took the channel over resumes.
+    pub fn newest_origin_id(&self) -> Option<u64> {
+        let last = self.next_frame_id().checked_sub(1)?;
+        let m = self.view.slot_meta(last);
+        if m.seq.load(Ordering::Acquire) != layout::committed_seq(last) {
+            return None;
+        }
+        m.origin_id.load(Ordering::Relaxed).checked_sub(1)
     }
 
     /// Size of the segment in bytes (what a broker announces).
@@ -658,6 +672,16 @@ impl<T: Payload> Producer<T> {
         flex::write_state(&self.view, state)
     }
 
+    /// Writes `bytes`, a state already serialised in the channel's
+    /// [`StateFormat`](super::StateFormat), into the flexible zone as a new version (a bridge
+    /// carrying another channel's state). Returns the new version.
+    ///
+    /// # Errors
+    /// [`StateError::TooLarge`] or [`StateError::CorruptVersion`].
+    pub fn write_state_bytes(&mut self, bytes: &[u8]) -> Result<u64, StateError> {
+        flex::write_state_bytes(&self.view, bytes)
+    }
+
     /// The byte length of a frame of `shape`, if the shape is within the largest one.
     fn frame_bytes(&self, shape: &[u64]) -> Result<u64, PublishError> {
         let max = self.max_shape();
@@ -720,6 +744,7 @@ impl<T: Payload> Producer<T> {
             ndim,
             bytes,
             timestamp_ns: 0,
+            origin: 0,
             done: false,
         })
     }
@@ -1141,6 +1166,8 @@ pub struct SlotMut<'a, T: Payload> {
     ndim: usize,
     bytes: u64,
     timestamp_ns: u64,
+    /// The frame's id in the channel it came from, plus one; 0: none.
+    origin: u64,
     done: bool,
 }
 
@@ -1177,6 +1204,14 @@ impl<T: Payload> SlotMut<'_, T> {
     #[inline]
     pub fn set_timestamp_ns(&mut self, ns: u64) {
         self.timestamp_ns = ns;
+    }
+
+    /// Marks the frame as frame `id` of another channel it was copied from (a bridge
+    /// republishing a remote channel's frames); consumers read it with
+    /// [`Frame::origin_id`](super::Frame::origin_id). By default a frame originates here.
+    #[inline]
+    pub fn set_origin_id(&mut self, id: u64) {
+        self.origin = id.saturating_add(1);
     }
 
     /// The frame's elements (bytes for a runtime-typed channel), in place.
@@ -1221,6 +1256,11 @@ impl<T: Payload> SlotMut<'_, T> {
         }
         if self.producer.pool.is_some() {
             m.chunk.store(self.payload as u64, Ordering::Relaxed);
+        }
+        // Written once any frame carried one, so no slot keeps an earlier frame's origin.
+        if self.origin != 0 || self.producer.writes_origins {
+            self.producer.writes_origins = true;
+            m.origin_id.store(self.origin, Ordering::Relaxed);
         }
         // Only a channel with a state has a version to tie frames to (the second line again).
         if params.flex_size > 0 {

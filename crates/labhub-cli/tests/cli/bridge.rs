@@ -1,0 +1,517 @@
+//! Bridges between two hubs on this machine: two `labhub hub` processes with their own homes
+//! and ports ("acq", the source, and "ws", the receiver), `labhub gateway` on ws and
+//! `labhub bridge` on acq as child processes, the source producer and the remote consumer in
+//! the test process. Kills are SIGKILL, mid-stream.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use labhub::client::{Hub, ShmConsumer, ShmProducer};
+use labhub::keys::{self, KeyPair};
+use labhub::shm::{Dynamic, ElementType, Policy};
+use serde_json::{Value, json};
+
+use super::{Broker, WATCHDOG, handshake_succeeds, run, unique};
+
+/// Writes `text` to `path` as a trusted file (mode 0600).
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(path, private).unwrap();
+}
+
+/// The two hubs: ws admits acq's client key unless told not to; acq knows ws as its peer.
+struct Pair {
+    acq: Broker,
+    ws: Broker,
+}
+
+impl Pair {
+    fn start(ws_admits_acq: bool) -> Self {
+        let acq_home = tempfile::tempdir().unwrap();
+        let acq_key: KeyPair = keys::local_client_key(&acq_home.path().join("keys")).unwrap();
+        let ws_home = tempfile::tempdir().unwrap();
+        if ws_admits_acq {
+            write_private(
+                &ws_home.path().join("allowed_clients"),
+                &format!("{}\n", acq_key.public),
+            );
+        }
+        write_private(&ws_home.path().join("broker.toml"), "name = \"ws\"\n");
+        let ws = Broker::start_in_home(ws_home, None, &[]);
+        write_private(
+            &acq_home.path().join("broker.toml"),
+            &format!(
+                "name = \"acq\"\n\n[[peer]]\nname = \"ws\"\nendpoint = \"{}\"\npublic_key = \"{}\"\n",
+                ws.endpoint, ws.public_key
+            ),
+        );
+        let acq = Broker::start_in_home(acq_home, None, &[]);
+        Self { acq, ws }
+    }
+}
+
+/// A long-running `labhub` child whose stdout lines are collected; killed on drop.
+struct Running {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    fresh: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn labhub");
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, fresh) = mpsc::channel();
+        let keep = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            fresh,
+        }
+    }
+
+    fn next_line(&self) -> String {
+        self.fresh
+            .recv_timeout(WATCHDOG)
+            .expect("a line from labhub within the watchdog")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit code.
+    fn terminate(&mut self) -> i32 {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "labhub did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn gateway(ws: &Broker) -> (Running, String) {
+    let g = Running::spawn(ws.labhub(&["gateway", "--listen", "tcp://127.0.0.1:0", "--json"]));
+    let first: Value = serde_json::from_str(&g.next_line()).unwrap();
+    let endpoint = first["listening"].as_str().unwrap().to_owned();
+    (g, endpoint)
+}
+
+fn bridge(acq: &Broker, channel: &str, extra: &[&str]) -> Running {
+    let mut args = vec!["bridge", channel, "--to", "ws", "--json"];
+    args.extend_from_slice(extra);
+    Running::spawn(acq.labhub(&args))
+}
+
+/// The gateway's last report of `channel`, if it printed one.
+fn gateway_report(g: &Running, channel: &str) -> Option<Value> {
+    g.lines()
+        .iter()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["channel"] == channel)
+}
+
+/// Waits until `hub` lists `channel` as up.
+fn wait_for_channel(hub: &Hub, channel: &str) {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        if let Ok(info) = hub.discover(channel)
+            && info.state == labhub::protocol::ChannelState::Up
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{channel} never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn remote_hub(ws: &Broker) -> Hub {
+    ws.hub()
+}
+
+/// Reads frames until one with origin id `last` arrived; returns the origin ids in order.
+fn read_until(consumer: &mut ShmConsumer<Dynamic>, last: u64) -> Vec<u64> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WATCHDOG;
+    while got.last() != Some(&last) {
+        assert!(
+            Instant::now() < deadline,
+            "the remote consumer got {} frames, last {:?}, never {last}",
+            got.len(),
+            got.last()
+        );
+        match consumer.next(Some(Duration::from_millis(100))) {
+            Ok(frame) => got.push(frame.origin_id().expect("a held frame")),
+            Err(labhub::client::ConsumeError::Timeout { .. }) => {}
+            Err(e) => tracing::debug!(error = %e, "remote read"),
+        }
+    }
+    got
+}
+
+#[test]
+fn a_bridged_channel_carries_frames_metadata_schema_and_state_to_the_peer_hub() {
+    let pair = Pair::start(true);
+    let (_gateway, _) = gateway(&pair.ws);
+    let name = unique("cam");
+    let acq = pair.acq.hub();
+    let mut producer: ShmProducer<u16> = acq
+        .channel(&name)
+        .policy("ring:16:block:30s".parse().unwrap())
+        .frames::<u16>(&[4, 8])
+        .flex_size(256)
+        .schema("camera", 3)
+        .create()
+        .unwrap();
+    producer.write_state(&json!({"exposure": 5})).unwrap();
+    let mut sender = bridge(&pair.acq, &name, &[]);
+    let ws = remote_hub(&pair.ws);
+    wait_for_channel(&ws, &name);
+    let mut remote: ShmConsumer<Dynamic> = ws
+        .channel(format!("{name}@acq"))
+        .open()
+        .expect("open CHANNEL@HUB");
+    {
+        let c = remote.consumer();
+        assert_eq!(c.element_type(), ElementType::U16);
+        assert_eq!(c.max_shape(), &[4, 8]);
+        assert_eq!(c.schema(), Some(("camera", 3)));
+        assert_eq!(c.report().flex_size, 256);
+    }
+    // Each frame is read at the peer before the next is published.
+    for i in 0..40u64 {
+        if i == 20 {
+            producer.write_state(&json!({"exposure": 6})).unwrap();
+        }
+        let shape: &[u64] = if i % 2 == 0 { &[4, 8] } else { &[2, 8] };
+        let mut slot = producer.loan_shape(shape).unwrap();
+        slot.fill(i as u16);
+        slot.set_timestamp_ns(1_000_000 + i);
+        slot.commit();
+        let frame = remote.next(Some(WATCHDOG)).unwrap();
+        assert_eq!(frame.origin_id(), Some(i), "source ids arrive in order");
+        assert_eq!(frame.shape(), shape);
+        assert_eq!(frame.timestamp_ns(), 1_000_000 + i);
+        let bytes = frame.held().unwrap().to_vec();
+        let expected: Vec<u8> = std::iter::repeat_n((i as u16).to_le_bytes(), bytes.len() / 2)
+            .flatten()
+            .collect();
+        assert_eq!(bytes, expected, "frame {i}'s payload");
+        // The state each frame followed: version 1 (exposure 5), then 2 (exposure 6).
+        assert_eq!(
+            frame.state_version(),
+            if i < 20 { 1 } else { 2 },
+            "frame {i}"
+        );
+    }
+    let (_, state) = remote
+        .consumer()
+        .read_state::<Value>()
+        .unwrap()
+        .expect("a state");
+    assert_eq!(state, json!({"exposure": 6}));
+
+    // `ls` on the peer shows the channel as bridged, with its source; `ls --all` on the
+    // source lists it at the peer.
+    let ls = run(pair.ws.labhub(&["ls", "--sample", "0"]));
+    assert_eq!(ls.code, 0, "{}", ls.stderr);
+    let row = ls.stdout.lines().find(|l| l.starts_with(&name)).unwrap();
+    assert!(row.contains(&format!("bridged from {name}@acq")), "{row}");
+    let all = run(pair.acq.labhub(&["ls", "--all", "--json", "--sample", "0"]));
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    let v: Value = serde_json::from_str(all.stdout.trim()).unwrap();
+    let rows = v["channels"].as_array().unwrap();
+    let at = |hub: &str| {
+        rows.iter()
+            .any(|r| r["hub"] == hub && r["name"] == name.as_str())
+    };
+    assert!(at("acq") && at("ws"), "{v}");
+    let bridged = rows.iter().find(|r| r["hub"] == "ws").unwrap();
+    assert_eq!(bridged["metadata"]["bridged_from"], format!("{name}@acq"));
+
+    assert_eq!(sender.terminate(), 0);
+    let summary: Value = serde_json::from_str(sender.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["frames"], 40, "{summary}");
+    assert_eq!(summary["skipped"], 0, "{summary}");
+    assert_eq!(summary["remote_lost"], 0, "{summary}");
+}
+
+#[test]
+fn a_bridge_whose_key_the_peer_does_not_admit_fails_naming_the_refusal() {
+    let pair = Pair::start(false);
+    let name = unique("cam");
+    let acq = pair.acq.hub();
+    let _producer: ShmProducer<u8> = acq
+        .channel(&name)
+        .policy(Policy::Latest)
+        .bytes(64)
+        .create()
+        .unwrap();
+    let out = run(pair
+        .acq
+        .labhub(&["bridge", &name, "--to", "ws", "--seconds", "30"]));
+    assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("refused this host's key"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_gateway_admits_no_key_its_hub_does_not_admit() {
+    let pair = Pair::start(true);
+    let (_gateway, endpoint) = gateway(&pair.ws);
+    let info = pair
+        .ws
+        .hub()
+        .discover(labhub::bridge::GATEWAY_CHANNEL)
+        .unwrap();
+    let server = labhub_zmq::CurvePublicKey::from_bytes(
+        info.spec.server_key.expect("a server key").as_bytes(),
+    )
+    .unwrap();
+    let context = labhub_zmq::Context::new().unwrap();
+    let stranger = labhub_zmq::CurveKeyPair::generate().unwrap();
+    let mut socket = context.socket(labhub_zmq::SocketType::Dealer).unwrap();
+    socket
+        .set_curve_client_keys(&server, &stranger.public, &stranger.secret)
+        .unwrap();
+    socket.enable_monitor().unwrap();
+    socket.connect(&endpoint).unwrap();
+    assert!(
+        !handshake_succeeds(&socket),
+        "a key the hub does not admit must not handshake with its gateway"
+    );
+}
+
+/// A source that publishes frames of 4 KiB (every 1 ms) until `total` are published.
+fn start_source(
+    hub: &Hub,
+    name: &str,
+    total: u64,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<ShmProducer<u8>>) {
+    let mut producer: ShmProducer<u8> = hub
+        .channel(name)
+        .policy("ring:64:block:30s".parse().unwrap())
+        .bytes(4096)
+        .create()
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&done);
+    let thread = std::thread::spawn(move || {
+        for i in 0..total {
+            let mut slot = producer.loan().unwrap();
+            slot.fill((i % 251) as u8);
+            slot.commit();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        flag.store(true, Ordering::SeqCst);
+        producer
+    });
+    (done, thread)
+}
+
+/// Checks a lossless stream after a kill: ids strictly increasing, every source frame from
+/// the first received on either received or counted lost by the gateway or missed by the
+/// consumer.
+fn check_accounting(got: &[u64], total: u64, lost: u64, missed: u64) {
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "origin ids strictly increasing, no duplicates"
+    );
+    let first = got[0];
+    assert_eq!(
+        got.len() as u64 + lost + missed,
+        total - first,
+        "received {} + lost at the gateway {lost} + missed by the consumer {missed}",
+        got.len()
+    );
+}
+
+#[test]
+fn killing_the_bridge_mid_stream_loses_only_what_the_gateway_counts() {
+    let pair = Pair::start(true);
+    let (gateway, _) = gateway(&pair.ws);
+    let name = unique("cam");
+    let acq = pair.acq.hub();
+    let total = 1500;
+    let ws = remote_hub(&pair.ws);
+    let (_done, source) = start_source(&acq, &name, total);
+    let mut sender = bridge(&pair.acq, &name, &[]);
+    wait_for_channel(&ws, &name);
+    let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        if let Ok(f) = remote.next(Some(WATCHDOG)) {
+            got.push(f.origin_id().unwrap());
+        }
+    }
+    sender.kill();
+    // Frames go on while no bridge runs; then a new bridge takes the channel over.
+    std::thread::sleep(Duration::from_millis(300));
+    let _sender = bridge(&pair.acq, &name, &[]);
+    got.extend(read_until(&mut remote, total - 1));
+    let producer = source.join().unwrap();
+    drop(producer);
+    let deadline = Instant::now() + WATCHDOG;
+    let lost = loop {
+        let report = gateway_report(&gateway, &name);
+        if let Some(r) = &report
+            && r["frames"].as_u64().unwrap() + r["lost"].as_u64().unwrap()
+                >= total - got.first().copied().unwrap_or(0)
+        {
+            break r["lost"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "gateway report {report:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        lost > 0,
+        "frames published while no bridge ran are counted lost"
+    );
+    check_accounting(&got, total, lost, remote.missed());
+}
+
+#[test]
+fn killing_the_gateway_mid_stream_loses_nothing_in_lossless_delivery() {
+    let pair = Pair::start(true);
+    let (mut gateway_proc, _) = gateway(&pair.ws);
+    let name = unique("cam");
+    let acq = pair.acq.hub();
+    let total = 1500;
+    let ws = remote_hub(&pair.ws);
+    let (_done, source) = start_source(&acq, &name, total);
+    let mut sender = bridge(&pair.acq, &name, &[]);
+    wait_for_channel(&ws, &name);
+    let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        if let Ok(f) = remote.next(Some(WATCHDOG)) {
+            got.push(f.origin_id().unwrap());
+        }
+    }
+    gateway_proc.kill();
+    let (gateway2, _) = gateway(&pair.ws);
+    got.extend(read_until(&mut remote, total - 1));
+    drop(source.join().unwrap());
+    let first = got[0];
+    let lost = gateway_report(&gateway2, &name).map_or(0, |r| r["lost"].as_u64().unwrap());
+    let missed = remote.missed();
+    let gaps: Vec<(u64, u64)> = got
+        .windows(2)
+        .filter(|w| w[1] != w[0] + 1)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    check_accounting(&got, total, lost, missed);
+    assert_eq!(
+        (lost, missed, got.len() as u64),
+        (0, 0, total - first),
+        "lossless: nothing lost across the gateway's death; gaps {gaps:?}"
+    );
+    assert_eq!(sender.terminate(), 0);
+    let summary: Value = serde_json::from_str(sender.lines().last().unwrap()).unwrap();
+    assert!(summary["sessions"].as_u64().unwrap() >= 2, "{summary}");
+}
+
+#[test]
+fn lossy_bridges_never_hold_the_source_back_and_count_what_they_skip() {
+    let pair = Pair::start(true);
+    let (_gateway, _) = gateway(&pair.ws);
+    let name = unique("cam");
+    let acq = pair.acq.hub();
+    let ws = remote_hub(&pair.ws);
+    let mut producer: ShmProducer<u8> = acq
+        .channel(&name)
+        .policy(Policy::ring(4))
+        .bytes(1 << 16)
+        .create()
+        .unwrap();
+    let mut sender = bridge(&pair.acq, &name, &["--lossy"]);
+    wait_for_channel(&ws, &name);
+    // A viewer that reads only the newest frame: a lossless bridge would fill the remote
+    // ring, then the local one, and hold the producer back; a lossy one never does.
+    let mut viewer: ShmConsumer<Dynamic> = ws
+        .channel(&name)
+        .delivery(labhub::shm::DeliveryMode::Latest)
+        .open()
+        .unwrap();
+    let started = Instant::now();
+    for i in 0..2000 {
+        let mut slot = producer.loan().unwrap();
+        slot.fill(1);
+        slot.commit();
+        if i % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert!(started.elapsed() < WATCHDOG);
+    // The last frame reaches the peer: the bridge always takes the newest frame.
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "frame 1999 never reached the peer"
+        );
+        if let Ok(f) = viewer.next(Some(Duration::from_millis(100)))
+            && f.origin_id() == Some(1999)
+        {
+            break;
+        }
+    }
+    assert_eq!(sender.terminate(), 0);
+    let summary: Value = serde_json::from_str(sender.lines().last().unwrap()).unwrap();
+    let frames = summary["frames"].as_u64().unwrap();
+    let skipped = summary["skipped"].as_u64().unwrap();
+    assert!(frames > 0, "{summary}");
+    assert!(
+        skipped > 0,
+        "a lossy bridge skips frames it has no room for: {summary}"
+    );
+    assert_eq!(
+        frames + skipped,
+        2000,
+        "every frame sent or counted skipped: {summary}"
+    );
+    assert_eq!(
+        summary["remote_lost"], 0,
+        "the gateway lost none of those sent: {summary}"
+    );
+}
