@@ -71,6 +71,7 @@ fn closed(name: &str) -> PyErr {
 /// Facts of a frame just read.
 struct Read {
     frame_id: u64,
+    origin_id: u64,
     timestamp_ns: u64,
     shape: Vec<u64>,
     /// Held in place: the address of its bytes; else a validated copy.
@@ -201,6 +202,7 @@ impl ConsumerCore {
         let frame = cell.frame().expect("just read");
         let mut read = Read {
             frame_id: frame.frame_id(),
+            origin_id: frame.origin_id().unwrap_or_else(|| frame.frame_id()),
             timestamp_ns: frame.timestamp_ns(),
             shape: frame.shape().to_vec(),
             held: frame.held().map(|b| (b.as_ptr() as usize, b.len())),
@@ -308,6 +310,7 @@ impl Consumer {
             serial,
             state,
             frame_id: read.frame_id,
+            origin_id: read.origin_id,
             timestamp_ns: read.timestamp_ns,
             shape: read.shape,
             held: read.held,
@@ -489,6 +492,7 @@ pub struct Frame {
     serial: u64,
     state: Arc<FrameState>,
     frame_id: u64,
+    origin_id: u64,
     timestamp_ns: u64,
     shape: Vec<u64>,
     held: Option<(usize, usize)>,
@@ -620,6 +624,13 @@ impl Frame {
     #[getter]
     fn frame_id(&self) -> u64 {
         self.frame_id
+    }
+
+    /// The frame's id in the channel it came from: for a frame a bridge brought from another
+    /// hub, the source channel's frame id; otherwise `frame_id`.
+    #[getter]
+    fn origin_id(&self) -> u64 {
+        self.origin_id
     }
 
     /// The producer's timestamp in ns (CLOCK_REALTIME at commit unless it set one).

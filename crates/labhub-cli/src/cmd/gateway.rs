@@ -29,8 +29,8 @@ pub struct GatewayArgs {
     /// The host or address bridges dial when --listen has a wildcard host [default: loopback].
     #[arg(long, value_name = "HOST")]
     advertise: Option<String>,
-    /// Items a bridge may have in flight, 1 to 1024.
-    #[arg(long, value_name = "N", default_value_t = 8,
+    /// Items a bridge may have in flight per connection, 1 to 1024.
+    #[arg(long, value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     window: u32,
     /// How long a bridged channel whose sender went away stays open for it to come back,
@@ -41,6 +41,11 @@ pub struct GatewayArgs {
     /// The largest message accepted from a bridge (one frame and its header), e.g. 64MiB.
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = args::size(1024..=1 << 40))]
     max_message_size: u64,
+    /// libzmq I/O threads, which decrypt the bridges' connections (one connection on one
+    /// thread), 1 to 16.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    io_threads: u32,
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
@@ -50,7 +55,7 @@ pub struct GatewayArgs {
 
 /// Runs the gateway until stopped.
 pub fn run(args: GatewayArgs, verbose: u8) -> anyhow::Result<()> {
-    let config = args.connect.resolve()?;
+    let config = args.connect.resolve()?.io_threads(args.io_threads);
     let signal = StopSignal::install()?;
     let (_guard, hub) = common::connect(verbose, config)?;
     let options = GatewayOptions {

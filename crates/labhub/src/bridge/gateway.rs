@@ -36,7 +36,7 @@ pub struct GatewayOptions {
     pub bind: String,
     /// The host to advertise when binding a wildcard address.
     pub advertise_host: Option<String>,
-    /// Items a sender may have in flight per session (at least 1; default 8).
+    /// Items a sender may have in flight per connection (at least 1; default 16).
     pub window: u32,
     /// How long a session whose sender went away keeps its channel, waiting for the sender
     /// to come back (default 30 s); then the channel is closed.
@@ -51,7 +51,7 @@ impl Default for GatewayOptions {
         Self {
             bind: crate::msg::DEFAULT_BIND.to_owned(),
             advertise_host: None,
-            window: 8,
+            window: 16,
             orphan_timeout: Duration::from_secs(30),
             max_message_size: 256 << 20,
         }
@@ -299,6 +299,8 @@ struct Session {
     /// Connections that said hello before the channel was ready.
     waiting: Vec<Vec<u8>>,
     ready: bool,
+    /// Items the sender may have in flight: the gateway's window per connection.
+    window: u32,
     epoch: u64,
     /// The first item of the current epoch.
     base: u64,
@@ -405,14 +407,8 @@ impl Router {
         self.send(peer, &[&a, &b]);
     }
 
-    fn welcome(&self, peer: &[u8], acked: u64) {
-        let [a, b] = wire::encode_json(
-            tag::WELCOME,
-            &Welcome {
-                acked,
-                window: self.options.window,
-            },
-        );
+    fn welcome(&self, peer: &[u8], acked: u64, window: u32) {
+        let [a, b] = wire::encode_json(tag::WELCOME, &Welcome { acked, window });
         self.send(peer, &[&a, &b]);
     }
 
@@ -448,14 +444,13 @@ impl Router {
             }
         };
         drop(bytes);
-        let window = u64::from(self.options.window);
         let Some(s) = self.session_of(&peer) else {
             self.refuse(&peer, "no_session", "say hello first".into());
             return;
         };
         s.heard = Instant::now();
         let floor = s.applied.max(s.base);
-        if seq >= floor.saturating_add(window) {
+        if seq >= floor.saturating_add(u64::from(s.window)) {
             // Past the credit given: a sender that ignores the protocol. Dropped, so what a
             // peer can make the gateway hold stays bounded by the window.
             tracing::warn!(seq, floor, "a bridge sent past its credit; item dropped");
@@ -531,6 +526,7 @@ impl Router {
                 });
             }
             if !ours {
+                s.window = session_window(self.options.window, hello.connections);
                 s.peers.clear();
                 s.opens += 1;
                 tracing::info!(channel = %name, %from, "a new bridge resumed the channel");
@@ -546,8 +542,8 @@ impl Router {
                 if !s.peers.contains(&peer) {
                     s.peers.push(peer.clone());
                 }
-                let acked = s.applied.max(s.base);
-                self.welcome(&peer, acked);
+                let (acked, window) = (s.applied.max(s.base), s.window);
+                self.welcome(&peer, acked, window);
             } else if !s.waiting.contains(&peer) {
                 s.waiting.push(peer);
             }
@@ -574,6 +570,7 @@ impl Router {
         self.sessions.insert(
             name,
             Session {
+                window: session_window(self.options.window, hello.connections),
                 base: hello.next_seq,
                 applied: hello.next_seq,
                 hello,
@@ -610,14 +607,14 @@ impl Router {
                     };
                     s.ready = true;
                     let waiting = std::mem::take(&mut s.waiting);
-                    let acked = s.applied.max(s.base);
+                    let (acked, window) = (s.applied.max(s.base), s.window);
                     for p in &waiting {
                         if !s.peers.contains(p) {
                             s.peers.push(p.clone());
                         }
                     }
                     for p in waiting {
-                        self.welcome(&p, acked);
+                        self.welcome(&p, acked, window);
                     }
                 }
                 Some(note::FAILED) => {
@@ -719,6 +716,11 @@ fn end_session(mut s: Session) {
     if let Some(w) = s.worker.take() {
         let _ = w.join();
     }
+}
+
+/// A session's window: `per_connection` items on each of its connections.
+fn session_window(per_connection: u32, connections: u32) -> u32 {
+    per_connection.saturating_mul(connections.clamp(1, super::MAX_CONNECTIONS))
 }
 
 /// Checks settings a sender announced before anything is created from them.
