@@ -515,3 +515,44 @@ fn lossy_bridges_never_hold_the_source_back_and_count_what_they_skip() {
         "the gateway lost none of those sent: {summary}"
     );
 }
+
+#[test]
+fn a_cut_connection_is_restored_by_itself_and_nothing_is_lost_over_several_connections() {
+    let pair = Pair::start(true);
+    let (gateway_proc, endpoint) = gateway(&pair.ws);
+    let name = unique("cam");
+    let acq = pair.acq.hub();
+    let total = 1500;
+    let ws = remote_hub(&pair.ws);
+    let (_done, source) = start_source(&acq, &name, total);
+    let mut sender = bridge(&pair.acq, &name, &["--connections", "3"]);
+    wait_for_channel(&ws, &name);
+    let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        if let Ok(f) = remote.next(Some(WATCHDOG)) {
+            got.push(f.origin_id().unwrap());
+        }
+    }
+    // Cut every connection to the gateway (the kernel aborts the sockets, as a network cut
+    // or a reset would).
+    let address = endpoint.trim_start_matches("tcp://");
+    let cut = Command::new("ss")
+        .args(["-K", "dst", address])
+        .output()
+        .expect("run ss -K");
+    assert!(cut.status.success(), "ss -K: {}", String::from_utf8_lossy(&cut.stderr));
+    got.extend(read_until(&mut remote, total - 1));
+    drop(source.join().unwrap());
+    let first = got[0];
+    let lost = gateway_report(&gateway_proc, &name).map_or(0, |r| r["lost"].as_u64().unwrap());
+    check_accounting(&got, total, lost, remote.missed());
+    assert_eq!(
+        (lost, remote.missed(), got.len() as u64),
+        (0, 0, total - first),
+        "nothing lost across the cut"
+    );
+    assert_eq!(sender.terminate(), 0);
+    let summary: Value = serde_json::from_str(sender.lines().last().unwrap()).unwrap();
+    assert!(summary["sessions"].as_u64().unwrap() >= 2, "reconnected: {summary}");
+}

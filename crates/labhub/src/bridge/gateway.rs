@@ -396,7 +396,13 @@ impl Router {
     }
 
     fn refuse(&self, peer: &[u8], code: &str, message: String) {
-        tracing::warn!(code, %message, "bridge request refused");
+        // A connection the gateway no longer knows (cut and reconnected by ZeroMQ) sends
+        // until its sender opens a new session: routine, not worth a warning each time.
+        if code == "no_session" {
+            tracing::debug!(code, %message, "bridge request refused");
+        } else {
+            tracing::warn!(code, %message, "bridge request refused");
+        }
         let [a, b] = wire::encode_json(
             tag::REFUSED,
             &Refusal {

@@ -30,7 +30,7 @@
 //! frame once (it resumes after the newest source id in the ring, even as a new process that
 //! took the channel over). Frames produced while no sender ran are counted lost.
 //!
-//! The messages are in docs/PROTOCOL.md §10.
+//! The messages are in docs/PROTOCOL.md §12.
 #![deny(unsafe_code)]
 
 mod gateway;

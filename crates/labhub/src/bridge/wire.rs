@@ -1,4 +1,4 @@
-//! The bridge's messages between a sender and a gateway (docs/PROTOCOL.md §10), encoded and
+//! The bridge's messages between a sender and a gateway (docs/PROTOCOL.md §12), encoded and
 //! decoded in one place. Every message is a ZeroMQ multipart message whose first frame starts
 //! with a type byte; integers are little-endian. Decoding never panics: a message another
 //! process sent is checked field by field and refused with a [`WireError`] naming what is wrong.

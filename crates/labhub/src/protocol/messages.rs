@@ -13,7 +13,7 @@ pub use crate::latency::LatencySummary;
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
 /// The [`Metadata`] key of a channel a bridge republishes: `CHANNEL@HUB`, the channel and peer
-/// hub its frames come from (docs/PROTOCOL.md, bridges).
+/// hub its frames come from (docs/PROTOCOL.md §12).
 pub const BRIDGED_FROM: &str = "bridged_from";
 
 /// Counters a producer reports for a channel in its heartbeat (`frames_written`, …).
