@@ -61,7 +61,10 @@ fn args() -> Args {
 
 /// A broker on its own thread, in a fresh home.
 fn broker(tag: &str) -> (Hub, std::path::PathBuf, Arc<AtomicBool>) {
-    let home = std::env::temp_dir().join(format!("labhub-bridge-figures-{tag}-{}", std::process::id()));
+    let home = std::env::temp_dir().join(format!(
+        "labhub-bridge-figures-{tag}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&home);
     let mut config = BrokerConfig::for_home(&home);
     config.endpoint = "tcp://127.0.0.1:*".into();
@@ -104,10 +107,21 @@ fn wait_up(hub: &Hub, name: &str) {
 }
 
 /// Frames through a bridge of `connections`: MB/s from the first publish to the last read.
-fn bridged(acq: &Hub, ws: &Hub, remote: &ClientConfig, name: &str, connections: u32, a: &Args) -> f64 {
+fn bridged(
+    acq: &Hub,
+    ws: &Hub,
+    remote: &ClientConfig,
+    name: &str,
+    connections: u32,
+    a: &Args,
+) -> f64 {
     let policy = "ring:32:block:60s".parse().unwrap();
-    let mut producer: ShmProducer<u8> =
-        acq.channel(name).policy(policy).bytes(a.size as u64).create().unwrap();
+    let mut producer: ShmProducer<u8> = acq
+        .channel(name)
+        .policy(policy)
+        .bytes(a.size as u64)
+        .create()
+        .unwrap();
     let options = BridgeOptions {
         connections,
         from_hub: "acq".into(),
@@ -119,7 +133,9 @@ fn bridged(acq: &Hub, ws: &Hub, remote: &ClientConfig, name: &str, connections: 
     let frames = a.frames;
     let reader = std::thread::spawn(move || {
         for _ in 0..frames {
-            let _ = consumer.next(Some(Duration::from_secs(60))).expect("a bridged frame");
+            let _ = consumer
+                .next(Some(Duration::from_secs(60)))
+                .expect("a bridged frame");
         }
         Instant::now()
     });
@@ -224,8 +240,12 @@ fn percentile(v: &mut [u64], p: f64) -> f64 {
 /// Latency (µs) from the producer's timestamp to the remote consumer, at 100 frames/s.
 fn bridged_latency(acq: &Hub, ws: &Hub, remote: &ClientConfig, name: &str, a: &Args) -> Vec<u64> {
     let policy = "ring:32:block:60s".parse().unwrap();
-    let mut producer: ShmProducer<u8> =
-        acq.channel(name).policy(policy).bytes(a.size as u64).create().unwrap();
+    let mut producer: ShmProducer<u8> = acq
+        .channel(name)
+        .policy(policy)
+        .bytes(a.size as u64)
+        .create()
+        .unwrap();
     let options = BridgeOptions {
         from_hub: "acq".into(),
         ..Default::default()
@@ -237,7 +257,9 @@ fn bridged_latency(acq: &Hub, ws: &Hub, remote: &ClientConfig, name: &str, a: &A
     let reader = std::thread::spawn(move || {
         let mut lat = Vec::new();
         for _ in 0..frames {
-            let f = consumer.next(Some(Duration::from_secs(60))).expect("a bridged frame");
+            let f = consumer
+                .next(Some(Duration::from_secs(60)))
+                .expect("a bridged frame");
             lat.push(now_ns().saturating_sub(f.timestamp_ns()));
         }
         lat

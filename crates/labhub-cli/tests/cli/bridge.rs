@@ -541,7 +541,11 @@ fn a_cut_connection_is_restored_by_itself_and_nothing_is_lost_over_several_conne
         .args(["-K", "dst", address])
         .output()
         .expect("run ss -K");
-    assert!(cut.status.success(), "ss -K: {}", String::from_utf8_lossy(&cut.stderr));
+    assert!(
+        cut.status.success(),
+        "ss -K: {}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
     got.extend(read_until(&mut remote, total - 1));
     drop(source.join().unwrap());
     let first = got[0];
@@ -554,5 +558,8 @@ fn a_cut_connection_is_restored_by_itself_and_nothing_is_lost_over_several_conne
     );
     assert_eq!(sender.terminate(), 0);
     let summary: Value = serde_json::from_str(sender.lines().last().unwrap()).unwrap();
-    assert!(summary["sessions"].as_u64().unwrap() >= 2, "reconnected: {summary}");
+    assert!(
+        summary["sessions"].as_u64().unwrap() >= 2,
+        "reconnected: {summary}"
+    );
 }

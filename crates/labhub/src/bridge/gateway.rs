@@ -531,17 +531,19 @@ impl Router {
                     next_seq: hello.next_seq,
                 });
             }
-            if !ours {
-                s.window = session_window(self.options.window, hello.connections);
+            if hello.attempt != s.hello.attempt || !ours {
+                // A new set of connections (a reconnection or a new sender): the old ones are
+                // gone.
                 s.peers.clear();
-                s.opens += 1;
-                tracing::info!(channel = %name, %from, "a new bridge resumed the channel");
-                s.hello = hello;
-            } else if hello.connection == 0 && !s.peers.contains(&peer) {
-                // The sender reconnected: its old connections are gone.
-                s.peers.clear();
+                s.waiting.clear();
                 self.by_peer.retain(|_, n| *n != name);
             }
+            if !ours {
+                s.window = session_window(self.options.window, hello.connections);
+                s.opens += 1;
+                tracing::info!(channel = %name, %from, "a new bridge resumed the channel");
+            }
+            s.hello = hello;
             self.by_peer.insert(peer.clone(), name.clone());
             let s = self.sessions.get_mut(&name).expect("present");
             if s.ready {
@@ -788,6 +790,10 @@ impl Worker {
                 return;
             }
         };
+        let flag = Arc::clone(&stop);
+        producer
+            .producer()
+            .set_interrupt(Some(Box::new(move || flag.load(Ordering::SeqCst))));
         let last_origin = producer.producer().newest_origin_id();
         if last_origin.is_some() {
             // Taken over from a gateway that died: the channel's consumers attach again to
@@ -878,6 +884,7 @@ impl Worker {
         let lossy = self.delivery == wire::Delivery::Lossy;
         let producer = self.producer.producer();
         let mut slot = loop {
+            // Blocked on a full lossless ring, the loan gives up when the session ends.
             match producer.loan_shape(&head.shape) {
                 Ok(slot) => break slot,
                 Err(PublishError::Timeout { .. } | PublishError::Full { .. })

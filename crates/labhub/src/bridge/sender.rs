@@ -163,6 +163,7 @@ impl Bridge {
         let hello = Hello {
             version: wire::VERSION,
             bridge: super::gateway::rand_u64(),
+            attempt: 0,
             connection: 0,
             connections: options.connections,
             from_hub: options.from_hub.clone(),
@@ -410,8 +411,10 @@ impl Sender {
             .in_flight
             .front()
             .map_or(self.next_seq, |item| item.seq);
+        let attempt = super::gateway::rand_u64();
         for (i, link) in links.iter().enumerate() {
             let hello = Hello {
+                attempt,
                 connection: i as u32,
                 next_seq: first,
                 ..self.hello.clone()
@@ -541,11 +544,13 @@ impl Sender {
 
     /// Takes credit up to `acked`.
     fn credit(&mut self, acked: u64) {
-        if acked <= self.acked && !self.in_flight.is_empty() {
+        // Never past what was sent (a gateway cannot credit items it never had).
+        let acked = acked.min(self.next_seq.max(self.acked));
+        let gained = acked.saturating_sub(self.acked);
+        if gained == 0 {
             return;
         }
-        let gained = acked.saturating_sub(self.acked);
-        self.acked = self.acked.max(acked);
+        self.acked = acked;
         while self.in_flight.front().is_some_and(|i| i.seq < self.acked) {
             self.in_flight.pop_front();
         }

@@ -114,6 +114,9 @@ pub struct Hello {
     pub version: u32,
     /// The bridge: random per sender run, the same on all its connections.
     pub bridge: u64,
+    /// This set of connections: random per connection attempt, the same on all of them (a
+    /// new attempt replaces the connections of the previous one).
+    pub attempt: u64,
     /// This connection's index, `0..connections`.
     pub connection: u32,
     /// The bridge's connections.
