@@ -106,17 +106,17 @@ fn wait_up(hub: &Hub, name: &str) {
     }
 }
 
-/// Frames through a bridge of `connections`: MB/s from the first publish to the last read.
-fn bridged(
+/// A source channel on acq, a bridge of `connections` to ws, and a lossless consumer there.
+fn open(
     acq: &Hub,
     ws: &Hub,
     remote: &ClientConfig,
     name: &str,
     connections: u32,
     a: &Args,
-) -> f64 {
+) -> (ShmProducer<u8>, Bridge, ShmConsumer<Dynamic>) {
     let policy = "ring:32:block:60s".parse().unwrap();
-    let mut producer: ShmProducer<u8> = acq
+    let producer: ShmProducer<u8> = acq
         .channel(name)
         .policy(policy)
         .bytes(a.size as u64)
@@ -129,7 +129,20 @@ fn bridged(
     };
     let bridge = Bridge::start(acq, name, remote.clone(), options).unwrap();
     wait_up(ws, name);
-    let mut consumer: ShmConsumer<Dynamic> = ws.channel(name).open().unwrap();
+    let consumer: ShmConsumer<Dynamic> = ws.channel(name).open().unwrap();
+    (producer, bridge, consumer)
+}
+
+/// Frames through a bridge of `connections`: MB/s from the first publish to the last read.
+fn bridged(
+    acq: &Hub,
+    ws: &Hub,
+    remote: &ClientConfig,
+    name: &str,
+    connections: u32,
+    a: &Args,
+) -> f64 {
+    let (mut producer, bridge, mut consumer) = open(acq, ws, remote, name, connections, a);
     let frames = a.frames;
     let reader = std::thread::spawn(move || {
         for _ in 0..frames {
@@ -239,20 +252,7 @@ fn percentile(v: &mut [u64], p: f64) -> f64 {
 
 /// Latency (µs) from the producer's timestamp to the remote consumer, at 100 frames/s.
 fn bridged_latency(acq: &Hub, ws: &Hub, remote: &ClientConfig, name: &str, a: &Args) -> Vec<u64> {
-    let policy = "ring:32:block:60s".parse().unwrap();
-    let mut producer: ShmProducer<u8> = acq
-        .channel(name)
-        .policy(policy)
-        .bytes(a.size as u64)
-        .create()
-        .unwrap();
-    let options = BridgeOptions {
-        from_hub: "acq".into(),
-        ..Default::default()
-    };
-    let bridge = Bridge::start(acq, name, remote.clone(), options).unwrap();
-    wait_up(ws, name);
-    let mut consumer: ShmConsumer<Dynamic> = ws.channel(name).open().unwrap();
+    let (mut producer, bridge, mut consumer) = open(acq, ws, remote, name, 1, a);
     let frames = a.latency_frames;
     let reader = std::thread::spawn(move || {
         let mut lat = Vec::new();

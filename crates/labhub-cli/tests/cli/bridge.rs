@@ -349,6 +349,73 @@ fn start_source(
     (done, thread)
 }
 
+/// Frames each streaming test publishes.
+const TOTAL: u64 = 1500;
+
+/// Two hubs, a gateway, a source publishing [`TOTAL`] frames (one a millisecond), a bridge,
+/// and a lossless consumer at the peer that has read the first 200 frames it got.
+struct Stream {
+    gateway: Running,
+    gateway_endpoint: String,
+    sender: Running,
+    name: String,
+    remote: ShmConsumer<Dynamic>,
+    got: Vec<u64>,
+    source: Option<std::thread::JoinHandle<ShmProducer<u8>>>,
+    // Dropped last: the hubs the channels were made through.
+    _hubs: (Hub, Hub),
+    pair: Pair,
+}
+
+impl Stream {
+    fn start(bridge_args: &[&str]) -> Self {
+        let pair = Pair::start(true);
+        let (gateway, gateway_endpoint) = gateway(&pair.ws);
+        let name = unique("cam");
+        let acq = pair.acq.hub();
+        let ws = remote_hub(&pair.ws);
+        let (_, source) = start_source(&acq, &name, TOTAL);
+        let sender = bridge(&pair.acq, &name, bridge_args);
+        wait_for_channel(&ws, &name);
+        let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
+        let mut got = Vec::new();
+        while got.len() < 200 {
+            if let Ok(f) = remote.next(Some(WATCHDOG)) {
+                got.push(f.origin_id().unwrap());
+            }
+        }
+        Self {
+            gateway,
+            gateway_endpoint,
+            sender,
+            name,
+            remote,
+            got,
+            source: Some(source),
+            _hubs: (acq, ws),
+            pair,
+        }
+    }
+
+    /// Reads to the last frame and waits for the source to finish.
+    fn read_to_the_end(&mut self) {
+        let rest = read_until(&mut self.remote, TOTAL - 1);
+        self.got.extend(rest);
+        if let Some(source) = self.source.take() {
+            drop(source.join().unwrap());
+        }
+    }
+
+    /// The gaps in the origin ids received.
+    fn gaps(&self) -> Vec<(u64, u64)> {
+        self.got
+            .windows(2)
+            .filter(|w| w[1] != w[0] + 1)
+            .map(|w| (w[0], w[1]))
+            .collect()
+    }
+}
+
 /// Checks a lossless stream after a kill: ids strictly increasing, every source frame from
 /// the first received on either received or counted lost by the gateway or missed by the
 /// consumer.
@@ -368,35 +435,18 @@ fn check_accounting(got: &[u64], total: u64, lost: u64, missed: u64) {
 
 #[test]
 fn killing_the_bridge_mid_stream_loses_only_what_the_gateway_counts() {
-    let pair = Pair::start(true);
-    let (gateway, _) = gateway(&pair.ws);
-    let name = unique("cam");
-    let acq = pair.acq.hub();
-    let total = 1500;
-    let ws = remote_hub(&pair.ws);
-    let (_done, source) = start_source(&acq, &name, total);
-    let mut sender = bridge(&pair.acq, &name, &[]);
-    wait_for_channel(&ws, &name);
-    let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
-    let mut got = Vec::new();
-    while got.len() < 200 {
-        if let Ok(f) = remote.next(Some(WATCHDOG)) {
-            got.push(f.origin_id().unwrap());
-        }
-    }
-    sender.kill();
+    let mut stream = Stream::start(&[]);
+    stream.sender.kill();
     // Frames go on while no bridge runs; then a new bridge takes the channel over.
     std::thread::sleep(Duration::from_millis(300));
-    let _sender = bridge(&pair.acq, &name, &[]);
-    got.extend(read_until(&mut remote, total - 1));
-    let producer = source.join().unwrap();
-    drop(producer);
+    stream.sender = bridge(&stream.pair.acq, &stream.name, &[]);
+    stream.read_to_the_end();
     let deadline = Instant::now() + WATCHDOG;
+    let first = stream.got[0];
     let lost = loop {
-        let report = gateway_report(&gateway, &name);
+        let report = gateway_report(&stream.gateway, &stream.name);
         if let Some(r) = &report
-            && r["frames"].as_u64().unwrap() + r["lost"].as_u64().unwrap()
-                >= total - got.first().copied().unwrap_or(0)
+            && r["frames"].as_u64().unwrap() + r["lost"].as_u64().unwrap() >= TOTAL - first
         {
             break r["lost"].as_u64().unwrap();
         }
@@ -407,48 +457,59 @@ fn killing_the_bridge_mid_stream_loses_only_what_the_gateway_counts() {
         lost > 0,
         "frames published while no bridge ran are counted lost"
     );
-    check_accounting(&got, total, lost, remote.missed());
+    check_accounting(&stream.got, TOTAL, lost, stream.remote.missed());
 }
 
 #[test]
 fn killing_the_gateway_mid_stream_loses_nothing_in_lossless_delivery() {
-    let pair = Pair::start(true);
-    let (mut gateway_proc, _) = gateway(&pair.ws);
-    let name = unique("cam");
-    let acq = pair.acq.hub();
-    let total = 1500;
-    let ws = remote_hub(&pair.ws);
-    let (_done, source) = start_source(&acq, &name, total);
-    let mut sender = bridge(&pair.acq, &name, &[]);
-    wait_for_channel(&ws, &name);
-    let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
-    let mut got = Vec::new();
-    while got.len() < 200 {
-        if let Ok(f) = remote.next(Some(WATCHDOG)) {
-            got.push(f.origin_id().unwrap());
-        }
-    }
-    gateway_proc.kill();
-    let (gateway2, _) = gateway(&pair.ws);
-    got.extend(read_until(&mut remote, total - 1));
-    drop(source.join().unwrap());
-    let first = got[0];
-    let lost = gateway_report(&gateway2, &name).map_or(0, |r| r["lost"].as_u64().unwrap());
-    let missed = remote.missed();
-    let gaps: Vec<(u64, u64)> = got
-        .windows(2)
-        .filter(|w| w[1] != w[0] + 1)
-        .map(|w| (w[0], w[1]))
-        .collect();
-    check_accounting(&got, total, lost, missed);
-    assert_eq!(
-        (lost, missed, got.len() as u64),
-        (0, 0, total - first),
-        "lossless: nothing lost across the gateway's death; gaps {gaps:?}"
+    let mut stream = Stream::start(&[]);
+    stream.gateway.kill();
+    stream.gateway = gateway(&stream.pair.ws).0;
+    stream.read_to_the_end();
+    expect_nothing_lost(&mut stream);
+}
+
+#[test]
+fn a_cut_connection_is_restored_by_itself_and_nothing_is_lost_over_several_connections() {
+    let mut stream = Stream::start(&["--connections", "3"]);
+    // Cut every connection to the gateway (the kernel aborts the sockets, as a network cut
+    // or a reset would).
+    let address = stream
+        .gateway_endpoint
+        .trim_start_matches("tcp://")
+        .to_owned();
+    let cut = Command::new("ss")
+        .args(["-K", "dst", &address])
+        .output()
+        .expect("run ss -K");
+    assert!(
+        cut.status.success(),
+        "ss -K: {}",
+        String::from_utf8_lossy(&cut.stderr)
     );
-    assert_eq!(sender.terminate(), 0);
-    let summary: Value = serde_json::from_str(sender.lines().last().unwrap()).unwrap();
-    assert!(summary["sessions"].as_u64().unwrap() >= 2, "{summary}");
+    stream.read_to_the_end();
+    expect_nothing_lost(&mut stream);
+}
+
+/// Every frame from the first read arrived once, in order, nothing counted lost or missed,
+/// and the bridge opened a second session.
+fn expect_nothing_lost(stream: &mut Stream) {
+    let lost =
+        gateway_report(&stream.gateway, &stream.name).map_or(0, |r| r["lost"].as_u64().unwrap());
+    let missed = stream.remote.missed();
+    check_accounting(&stream.got, TOTAL, lost, missed);
+    assert_eq!(
+        (lost, missed, stream.got.len() as u64),
+        (0, 0, TOTAL - stream.got[0]),
+        "nothing lost; gaps {:?}",
+        stream.gaps()
+    );
+    assert_eq!(stream.sender.terminate(), 0);
+    let summary: Value = serde_json::from_str(stream.sender.lines().last().unwrap()).unwrap();
+    assert!(
+        summary["sessions"].as_u64().unwrap() >= 2,
+        "reconnected: {summary}"
+    );
 }
 
 #[test]
@@ -513,53 +574,5 @@ fn lossy_bridges_never_hold_the_source_back_and_count_what_they_skip() {
     assert_eq!(
         summary["remote_lost"], 0,
         "the gateway lost none of those sent: {summary}"
-    );
-}
-
-#[test]
-fn a_cut_connection_is_restored_by_itself_and_nothing_is_lost_over_several_connections() {
-    let pair = Pair::start(true);
-    let (gateway_proc, endpoint) = gateway(&pair.ws);
-    let name = unique("cam");
-    let acq = pair.acq.hub();
-    let total = 1500;
-    let ws = remote_hub(&pair.ws);
-    let (_done, source) = start_source(&acq, &name, total);
-    let mut sender = bridge(&pair.acq, &name, &["--connections", "3"]);
-    wait_for_channel(&ws, &name);
-    let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
-    let mut got = Vec::new();
-    while got.len() < 200 {
-        if let Ok(f) = remote.next(Some(WATCHDOG)) {
-            got.push(f.origin_id().unwrap());
-        }
-    }
-    // Cut every connection to the gateway (the kernel aborts the sockets, as a network cut
-    // or a reset would).
-    let address = endpoint.trim_start_matches("tcp://");
-    let cut = Command::new("ss")
-        .args(["-K", "dst", address])
-        .output()
-        .expect("run ss -K");
-    assert!(
-        cut.status.success(),
-        "ss -K: {}",
-        String::from_utf8_lossy(&cut.stderr)
-    );
-    got.extend(read_until(&mut remote, total - 1));
-    drop(source.join().unwrap());
-    let first = got[0];
-    let lost = gateway_report(&gateway_proc, &name).map_or(0, |r| r["lost"].as_u64().unwrap());
-    check_accounting(&got, total, lost, remote.missed());
-    assert_eq!(
-        (lost, remote.missed(), got.len() as u64),
-        (0, 0, total - first),
-        "nothing lost across the cut"
-    );
-    assert_eq!(sender.terminate(), 0);
-    let summary: Value = serde_json::from_str(sender.lines().last().unwrap()).unwrap();
-    assert!(
-        summary["sessions"].as_u64().unwrap() >= 2,
-        "reconnected: {summary}"
     );
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use labhub_zmq::{Context, Flags, Message as ZmqFrame, PollEvents, Socket, SocketType, poll};
 
 use super::wire::{self, ChannelSettings, FromSender, Hello, Refusal, Welcome, tag};
-use super::{BridgeError, GATEWAY_CHANNEL};
+use super::{Background, BridgeError, GATEWAY_CHANNEL};
 use crate::client::{Hub, Registered, ShmProducer};
 use crate::msg::{BindBuilder, BindOptions, MsgError};
 use crate::protocol::{BRIDGED_FROM, ChannelKind, ChannelName};
@@ -85,9 +85,8 @@ pub struct SessionReport {
 /// every bridged channel) when dropped or [`Gateway::stop`]ped.
 pub struct Gateway {
     endpoint: String,
-    stop: Arc<AtomicBool>,
     reports: Arc<Mutex<Vec<SessionReport>>>,
-    thread: Option<JoinHandle<Result<(), BridgeError>>>,
+    thread: Background,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -172,7 +171,7 @@ impl Gateway {
             }
         };
         let endpoint = router.endpoint.clone();
-        let acks_endpoint = format!("inproc://labhub-gateway-{:016x}", rand_u64());
+        let acks_endpoint = format!("inproc://labhub-gateway-{:016x}", super::rand_u64());
         let acks = hub
             .context()
             .socket(SocketType::Pull)
@@ -181,32 +180,28 @@ impl Gateway {
                 what: "binding the gateway's internal socket",
                 source,
             })?;
-        let stop = Arc::new(AtomicBool::new(false));
         let reports = Arc::new(Mutex::new(Vec::new()));
-        let mut state = Router {
-            hub: hub.clone(),
-            router,
-            acks,
-            acks_endpoint,
-            options,
-            sessions: HashMap::new(),
-            by_peer: HashMap::new(),
-            stop: Arc::clone(&stop),
-            reports: Arc::clone(&reports),
-        };
-        let thread = std::thread::Builder::new()
-            .name("labhub-gateway".into())
-            .spawn(move || state.run())
-            .map_err(|e| BridgeError::Option {
-                option: "thread",
-                problem: e.to_string(),
-            })?;
+        let hub = hub.clone();
+        let shared = Arc::clone(&reports);
+        let thread = Background::spawn("labhub-gateway".into(), "gateway thread", move |stop| {
+            Router {
+                hub,
+                router,
+                acks,
+                acks_endpoint,
+                options,
+                sessions: HashMap::new(),
+                by_peer: HashMap::new(),
+                stop,
+                reports: shared,
+            }
+            .run()
+        })?;
         tracing::info!(%endpoint, "bridge gateway listening");
         Ok(Self {
             endpoint,
-            stop,
             reports,
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -225,7 +220,7 @@ impl Gateway {
 
     /// Whether the gateway stopped by itself (its socket failed); [`Gateway::stop`] tells why.
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
+        self.thread.is_finished()
     }
 
     /// Stops the gateway: every session ends, every bridged channel is closed, the gateway
@@ -234,39 +229,8 @@ impl Gateway {
     /// # Errors
     /// What made the gateway stop by itself, if it did.
     pub fn stop(mut self) -> Result<(), BridgeError> {
-        self.finish()
+        self.thread.finish()
     }
-
-    fn finish(&mut self) -> Result<(), BridgeError> {
-        self.stop.store(true, Ordering::SeqCst);
-        match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|_| {
-                Err(BridgeError::Option {
-                    option: "gateway thread",
-                    problem: "panicked".into(),
-                })
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.finish();
-    }
-}
-
-pub(crate) fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 /// What the socket thread tells a session's worker.

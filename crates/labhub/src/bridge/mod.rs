@@ -42,6 +42,10 @@ pub use gateway::{Gateway, GatewayOptions, SessionReport};
 pub use sender::{Bridge, BridgeOptions, BridgeStats, MAX_CONNECTIONS};
 pub use wire::Delivery;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
 use crate::client::ClientError;
 
 /// The req/rep channel name under which a hub's gateway registers.
@@ -120,4 +124,74 @@ impl BridgeError {
             _ => false,
         }
     }
+}
+
+/// A background thread of the bridge (the gateway's socket thread, a sender) and the flag that
+/// stops it.
+struct Background {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), BridgeError>>>,
+    what: &'static str,
+}
+
+impl Background {
+    /// Starts `run` on a thread called `name`; `run` is given the stop flag.
+    fn spawn(
+        name: String,
+        what: &'static str,
+        run: impl FnOnce(Arc<AtomicBool>) -> Result<(), BridgeError> + Send + 'static,
+    ) -> Result<Self, BridgeError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(flag))
+            .map_err(|e| BridgeError::Option {
+                option: what,
+                problem: e.to_string(),
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            what,
+        })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the thread and returns what it ended with (once; later calls return `Ok`).
+    fn finish(&mut self) -> Result<(), BridgeError> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(BridgeError::Option {
+                    option: self.what,
+                    problem: "panicked".into(),
+                })
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// A random 64-bit number (bridge and attempt ids): std's randomly keyed hasher over the time
+/// and the pid, enough to tell runs and attempts apart.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }

@@ -11,14 +11,13 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use labhub_zmq::{Flags, Message as ZmqFrame, PollEvents, SocketType, poll};
 
 use super::spool::{self, Pending, Spool};
 use super::wire::{self, ChannelSettings, Delivery, FromGateway, Hello, tag};
-use super::{BridgeError, GATEWAY_CHANNEL};
+use super::{Background, BridgeError, GATEWAY_CHANNEL};
 use crate::client::{ClientConfig, ClientError, Hub, ShmConsumer};
 use crate::msg::{ClientCurve, CloseReason, ConnectOptions, Link};
 use crate::protocol::{ChannelKind, ChannelName, ErrorCode};
@@ -92,9 +91,8 @@ pub struct BridgeStats {
 /// A running bridge; see the module documentation. Stops when dropped or
 /// [`Bridge::stop`]ped.
 pub struct Bridge {
-    stop: Arc<AtomicBool>,
     stats: Arc<Mutex<BridgeStats>>,
-    thread: Option<JoinHandle<Result<(), BridgeError>>>,
+    thread: Background,
     channel: String,
 }
 
@@ -158,11 +156,10 @@ impl Bridge {
         let mut consumer: ShmConsumer<Dynamic> = local.channel(channel).delivery(mode).open()?;
         let settings = settings_of(&mut consumer);
         let remote = Hub::connect(remote.io_threads(options.connections))?;
-        let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(BridgeStats::default()));
         let hello = Hello {
             version: wire::VERSION,
-            bridge: super::gateway::rand_u64(),
+            bridge: super::rand_u64(),
             attempt: 0,
             connection: 0,
             connections: options.connections,
@@ -184,38 +181,32 @@ impl Bridge {
             option: "thread",
             problem: e.to_string(),
         })?;
-        let mut sender = Sender {
-            spool: Arc::clone(&spool),
-            remote,
-            options,
-            hello,
-            stop: Arc::clone(&stop),
-            stats: Arc::clone(&stats),
-            next_seq: 0,
-            acked: 0,
-            window: 1,
-            in_flight: VecDeque::new(),
-            refusals: 0,
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("labhub-bridge-{channel}"))
-            .spawn(move || {
+        let thread = Background::spawn(format!("labhub-bridge-{channel}"), "bridge thread", {
+            let (stats, spool) = (Arc::clone(&stats), Arc::clone(&spool));
+            move |stop| {
+                let mut sender = Sender {
+                    spool,
+                    remote,
+                    options,
+                    hello,
+                    stop,
+                    stats,
+                    next_seq: 0,
+                    acked: 0,
+                    window: 1,
+                    in_flight: VecDeque::new(),
+                    refusals: 0,
+                };
                 let result = sender.run();
                 sender.spool.stop();
                 let _ = reader.join();
                 result
-            })
-            .map_err(|e| {
-                spool.stop();
-                BridgeError::Option {
-                    option: "thread",
-                    problem: e.to_string(),
-                }
-            })?;
+            }
+        })
+        .inspect_err(|_| spool.stop())?;
         Ok(Self {
-            stop,
             stats,
-            thread: Some(thread),
+            thread,
             channel: channel.to_owned(),
         })
     }
@@ -227,7 +218,7 @@ impl Bridge {
 
     /// Whether the bridge ended by itself (a fatal refusal); [`Bridge::stop`] says why.
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
+        self.thread.is_finished()
     }
 
     /// Stops the bridge (telling the gateway, which closes the remote channel) and returns
@@ -238,27 +229,8 @@ impl Bridge {
     /// ([`BridgeError::KeyRefused`]), the gateway's refusal ([`BridgeError::Refused`]), the
     /// local channel's failure.
     pub fn stop(mut self) -> Result<BridgeStats, BridgeError> {
-        self.finish()?;
+        self.thread.finish()?;
         Ok(self.stats())
-    }
-
-    fn finish(&mut self) -> Result<(), BridgeError> {
-        self.stop.store(true, Ordering::SeqCst);
-        match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|_| {
-                Err(BridgeError::Option {
-                    option: "bridge thread",
-                    problem: "panicked".into(),
-                })
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.finish();
     }
 }
 
@@ -411,7 +383,7 @@ impl Sender {
             .in_flight
             .front()
             .map_or(self.next_seq, |item| item.seq);
-        let attempt = super::gateway::rand_u64();
+        let attempt = super::rand_u64();
         for (i, link) in links.iter().enumerate() {
             let hello = Hello {
                 attempt,

@@ -74,14 +74,7 @@ impl Link {
     /// caller hears of next happens after this call. Returns why the connection is closed
     /// for good (a failed handshake ZeroMQ does not retry), if it is.
     pub(crate) fn settle(&self) -> Result<Option<CloseReason>, MsgError> {
-        if let Some(monitor) = self.socket.monitor_socket() {
-            let mut items = [monitor.poll_item(PollEvents::IN)];
-            poll(&mut items, Some(Duration::ZERO))
-                .map_err(|e| MsgError::zmq("poll", &self.endpoint, e))?;
-            if items[0].is_readable() {
-                self.read_events()?;
-            }
-        }
+        self.read_waiting_events()?;
         let mut state = self.state.borrow_mut();
         state.unreported = false;
         state.handshake_reported = false;
@@ -96,6 +89,12 @@ impl Link {
     /// even if ZeroMQ has reconnected since: what was queued for the old connection is lost).
     #[cfg(feature = "bridge")]
     pub(crate) fn take_close(&self) -> Result<Option<CloseReason>, MsgError> {
+        self.read_waiting_events()?;
+        Ok(self.take_unreported())
+    }
+
+    /// Reads the monitor's events that arrived, without waiting.
+    fn read_waiting_events(&self) -> Result<(), MsgError> {
         if let Some(monitor) = self.socket.monitor_socket() {
             let mut items = [monitor.poll_item(PollEvents::IN)];
             poll(&mut items, Some(Duration::ZERO))
@@ -104,7 +103,7 @@ impl Link {
                 self.read_events()?;
             }
         }
-        Ok(self.take_unreported())
+        Ok(())
     }
 
     /// Why the connection is closed, if it has not come back since it closed.
