@@ -179,7 +179,7 @@ mod tests {
             format!("bridge cam0 --to ws --lossy {connect}"),
             format!(
                 "gateway --listen tcp://0.0.0.0:5580 --advertise 10.0.0.1 --window 16 \
-                 --orphan-timeout 1m --max-message-size 64MiB --io-threads 4 --json {connect}"
+                 --orphan-timeout 1m --max-message-size 64MiB --io-threads 4 --max-bridges 8 --json {connect}"
             ),
             format!("-v ls --all {connect}"),
             "demo --seconds 1 --frame-size 64KiB --rate 0 --consumers 3 --slots 16 \

@@ -41,6 +41,10 @@ pub struct GatewayArgs {
     /// The largest message accepted from a bridge (one frame and its header), e.g. 64MiB.
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = args::size(1024..=1 << 40))]
     max_message_size: u64,
+    /// The most bridged channels at once, 1 to 10000.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    max_bridges: u32,
     /// libzmq I/O threads, which decrypt the bridges' connections (one connection on one
     /// thread), 1 to 16.
     #[arg(long, value_name = "N", default_value_t = 2,
@@ -64,6 +68,7 @@ pub fn run(args: GatewayArgs, verbose: u8) -> anyhow::Result<()> {
         window: args.window,
         orphan_timeout: args.orphan_timeout,
         max_message_size: usize::try_from(args.max_message_size).unwrap_or(usize::MAX),
+        max_sessions: args.max_bridges as usize,
     };
     let gateway = Gateway::start(&hub, options).context("starting the gateway")?;
     if args.json {

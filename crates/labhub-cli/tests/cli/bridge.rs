@@ -127,7 +127,13 @@ impl Drop for Running {
 }
 
 fn gateway(ws: &Broker) -> (Running, String) {
-    let g = Running::spawn(ws.labhub(&["gateway", "--listen", "tcp://127.0.0.1:0", "--json"]));
+    gateway_with(ws, &[])
+}
+
+fn gateway_with(ws: &Broker, extra: &[&str]) -> (Running, String) {
+    let mut args = vec!["gateway", "--listen", "tcp://127.0.0.1:0", "--json"];
+    args.extend_from_slice(extra);
+    let g = Running::spawn(ws.labhub(&args));
     let first: Value = serde_json::from_str(&g.next_line()).unwrap();
     let endpoint = first["listening"].as_str().unwrap().to_owned();
     (g, endpoint)
@@ -189,7 +195,8 @@ fn read_until(consumer: &mut ShmConsumer<Dynamic>, last: u64) -> Vec<u64> {
 #[test]
 fn a_bridged_channel_carries_frames_metadata_schema_and_state_to_the_peer_hub() {
     let pair = Pair::start(true);
-    let (_gateway, _) = gateway(&pair.ws);
+    // The smallest credit window: one item in flight at a time.
+    let (_gateway, _) = gateway_with(&pair.ws, &["--window", "1"]);
     let name = unique("cam");
     let acq = pair.acq.hub();
     let mut producer: ShmProducer<u16> = acq
@@ -574,5 +581,66 @@ fn lossy_bridges_never_hold_the_source_back_and_count_what_they_skip() {
     assert_eq!(
         summary["remote_lost"], 0,
         "the gateway lost none of those sent: {summary}"
+    );
+}
+
+#[test]
+fn stopping_a_lossless_bridge_delivers_every_frame_it_took_from_the_channel() {
+    let pair = Pair::start(true);
+    let (_gateway, _) = gateway(&pair.ws);
+    let name = unique("cam");
+    let acq = pair.acq.hub();
+    let ws = remote_hub(&pair.ws);
+    let mut producer: ShmProducer<u8> = acq
+        .channel(&name)
+        .policy("ring:256:block:30s".parse().unwrap())
+        .bytes(1 << 16)
+        .create()
+        .unwrap();
+    let mut sender = bridge(&pair.acq, &name, &[]);
+    wait_for_channel(&ws, &name);
+    let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
+    // Published at once: most are still in the local ring, the bridge's queue or in flight
+    // when the bridge is told to stop.
+    for _ in 0..200 {
+        producer.loan().unwrap().commit();
+    }
+    assert_eq!(sender.terminate(), 0);
+    let summary: Value = serde_json::from_str(sender.lines().last().unwrap()).unwrap();
+    let sent = summary["frames"].as_u64().unwrap();
+    assert!(sent > 0, "{summary}");
+    let got = read_until(&mut remote, sent - 1);
+    assert_eq!(
+        got,
+        (0..sent).collect::<Vec<_>>(),
+        "every frame the bridge took arrived"
+    );
+    assert_eq!(
+        summary["acked"], sent,
+        "and was credited before the bridge said goodbye: {summary}"
+    );
+}
+
+#[test]
+fn a_bridge_of_frames_larger_than_the_gateway_takes_is_refused_naming_the_limit() {
+    let pair = Pair::start(true);
+    let (_gateway, _) = gateway_with(&pair.ws, &["--max-message-size", "1MiB"]);
+    let name = unique("cam");
+    let acq = pair.acq.hub();
+    let _producer: ShmProducer<u8> = acq
+        .channel(&name)
+        .policy(Policy::Latest)
+        .bytes(2 << 20)
+        .create()
+        .unwrap();
+    let out = run(pair
+        .acq
+        .labhub(&["bridge", &name, "--to", "ws", "--seconds", "30"]));
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("do not fit this gateway's largest message"),
+        "{}",
+        out.stderr
     );
 }

@@ -42,8 +42,10 @@ pub struct GatewayOptions {
     /// to come back (default 30 s); then the channel is closed.
     pub orphan_timeout: Duration,
     /// The largest message accepted, header and payload (default 256 MiB): a larger one
-    /// closes the connection before it is read.
+    /// closes the connection before it is read, and a bridge of larger frames is refused.
     pub max_message_size: usize,
+    /// The most bridged channels at once (default 64).
+    pub max_sessions: usize,
 }
 
 impl Default for GatewayOptions {
@@ -54,6 +56,7 @@ impl Default for GatewayOptions {
             window: 16,
             orphan_timeout: Duration::from_secs(30),
             max_message_size: 256 << 20,
+            max_sessions: 64,
         }
     }
 }
@@ -194,6 +197,7 @@ impl Gateway {
                 by_peer: HashMap::new(),
                 stop,
                 reports: shared,
+                ending: Vec::new(),
             }
             .run()
         })?;
@@ -241,8 +245,13 @@ enum Command {
         seq: u64,
         frames: Vec<ZmqFrame>,
     },
-    /// A new sender adopted the session: its items start at `next_seq`.
-    Reset { epoch: u64, next_seq: u64 },
+    /// Items start afresh at `next_seq` (a sender that gave items up, or, `new_sender`, a new
+    /// sender that adopted the session).
+    Reset {
+        epoch: u64,
+        next_seq: u64,
+        new_sender: bool,
+    },
 }
 
 /// What a worker tells the socket thread (over the inproc PUSH/PULL pair).
@@ -265,6 +274,10 @@ struct Session {
     ready: bool,
     /// Items the sender may have in flight: the gateway's window per connection.
     window: u32,
+    /// The largest item payload the channel can take: its largest frame, or its state zone.
+    largest_item: usize,
+    /// Items of this epoch handed to the worker and not yet applied.
+    forwarded: std::collections::BTreeSet<u64>,
     epoch: u64,
     /// The first item of the current epoch.
     base: u64,
@@ -292,6 +305,8 @@ struct Router {
     by_peer: HashMap<Vec<u8>, String>,
     stop: Arc<AtomicBool>,
     reports: Arc<Mutex<Vec<SessionReport>>>,
+    /// Workers of ended sessions, until they have finished.
+    ending: Vec<JoinHandle<()>>,
 }
 
 impl Router {
@@ -325,8 +340,12 @@ impl Router {
                 self.keepalive();
             }
         };
-        for (_, s) in self.sessions.drain() {
-            end_session(s);
+        let sessions: Vec<Session> = self.sessions.drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            self.ending.extend(end_session(s));
+        }
+        for w in self.ending.drain(..) {
+            let _ = w.join();
         }
         result
     }
@@ -394,7 +413,7 @@ impl Router {
         let seq = match message {
             FromSender::Hello(hello) => return self.hello(peer, hello),
             FromSender::Frame(ref head, _) => head.seq,
-            FromSender::State { seq, .. } => seq,
+            FromSender::State { seq, .. } | FromSender::Renumber { seq } => seq,
             FromSender::Ping => {
                 if let Some(s) = self.session_of(&peer) {
                     s.heard = Instant::now();
@@ -407,7 +426,7 @@ impl Router {
                 {
                     tracing::info!(channel = %name, "bridge said goodbye; channel closed");
                     self.by_peer.retain(|_, n| *n != name);
-                    end_session(s);
+                    self.ending.extend(end_session(s));
                     self.publish_reports();
                 }
                 return;
@@ -424,6 +443,22 @@ impl Router {
             // Past the credit given: a sender that ignores the protocol. Dropped, so what a
             // peer can make the gateway hold stays bounded by the window.
             tracing::warn!(seq, floor, "a bridge sent past its credit; item dropped");
+            return;
+        }
+        let payload = frames.get(1).map_or(0, |f| f.len());
+        if payload > s.largest_item {
+            tracing::warn!(
+                seq,
+                payload,
+                largest = s.largest_item,
+                "a bridge item is larger than its channel allows; dropped"
+            );
+            return;
+        }
+        // An item already handed to the worker (sent again after a reconnection) is not
+        // queued twice: the worker's queue holds at most a window of items per epoch.
+        s.forwarded.retain(|&f| f >= floor);
+        if seq < floor || !s.forwarded.insert(seq) {
             return;
         }
         let epoch = s.epoch;
@@ -453,20 +488,48 @@ impl Router {
         if let Err(problem) = check_settings(&hello.settings) {
             return self.refuse(&peer, "bad_request", problem);
         }
+        let largest = largest_item(&hello.settings);
+        if largest.saturating_add(MAX_HEAD) > self.options.max_message_size {
+            return self.refuse(
+                &peer,
+                "mismatch",
+                format!(
+                    "frames of up to {largest} bytes do not fit this gateway's largest message of {} bytes",
+                    self.options.max_message_size
+                ),
+            );
+        }
+        if !self.sessions.contains_key(&hello.channel)
+            && self.sessions.len() >= self.options.max_sessions
+        {
+            return self.refuse(
+                &peer,
+                "busy",
+                format!(
+                    "this gateway serves its most bridges, {}",
+                    self.options.max_sessions
+                ),
+            );
+        }
         let from = format!("{}@{}", hello.from_channel, hello.from_hub);
         let name = hello.channel.clone();
         if let Some(s) = self.sessions.get_mut(&name) {
             let ours = s.hello.bridge == hello.bridge;
-            if !ours && s.heard.elapsed() < SILENT_AFTER && !s.peers.is_empty() {
+            if !ours && s.heard.elapsed() < SILENT_AFTER {
                 let busy = format!(
                     "channel {name} is being bridged from {}@{} by another bridge",
                     s.hello.from_channel, s.hello.from_hub
                 );
                 return self.refuse(&peer, "busy", busy);
             }
+            if ours && hello.attempt < s.hello.attempt {
+                // A HELLO of connections the sender has already replaced.
+                return;
+            }
             if s.hello.settings != hello.settings
                 || s.hello.from_channel != hello.from_channel
                 || s.hello.from_hub != hello.from_hub
+                || s.hello.delivery != hello.delivery
             {
                 if ours {
                     return self.refuse(
@@ -478,7 +541,7 @@ impl Router {
                 // Another source or other settings: a new channel, not a continuation.
                 if let Some(old) = self.sessions.remove(&name) {
                     self.by_peer.retain(|_, n| *n != name);
-                    end_session(old);
+                    self.ending.extend(end_session(old));
                 }
                 return self.hello(peer, hello);
             }
@@ -490,9 +553,11 @@ impl Router {
                 s.epoch += 1;
                 s.base = hello.next_seq;
                 s.applied = hello.next_seq;
+                s.forwarded.clear();
                 let _ = s.commands.send(Command::Reset {
                     epoch: s.epoch,
                     next_seq: hello.next_seq,
+                    new_sender: !ours,
                 });
             }
             if hello.attempt != s.hello.attempt || !ours {
@@ -508,8 +573,21 @@ impl Router {
                 tracing::info!(channel = %name, %from, "a new bridge resumed the channel");
             }
             s.hello = hello;
+            let Some(s) = self.sessions.get_mut(&name) else {
+                return;
+            };
+            if s.peers.len() + s.waiting.len()
+                >= s.hello.connections.clamp(1, super::MAX_CONNECTIONS) as usize
+                && !s.peers.contains(&peer)
+                && !s.waiting.contains(&peer)
+            {
+                return self.refuse(
+                    &peer,
+                    "bad_request",
+                    "more connections than the bridge announced".into(),
+                );
+            }
             self.by_peer.insert(peer.clone(), name.clone());
-            let s = self.sessions.get_mut(&name).expect("present");
             if s.ready {
                 if !s.peers.contains(&peer) {
                     s.peers.push(peer.clone());
@@ -543,6 +621,8 @@ impl Router {
             name,
             Session {
                 window: session_window(self.options.window, hello.connections),
+                largest_item: largest_item(&hello.settings),
+                forwarded: Default::default(),
                 base: hello.next_seq,
                 applied: hello.next_seq,
                 hello,
@@ -599,7 +679,7 @@ impl Router {
                         for p in s.waiting.iter().chain(&s.peers) {
                             self.refuse(p, "channel", problem.clone());
                         }
-                        end_session(s);
+                        self.ending.extend(end_session(s));
                     }
                 }
                 Some(note::ACK) => {
@@ -634,6 +714,7 @@ impl Router {
     }
 
     fn keepalive(&mut self) {
+        self.ending.retain(|w| !w.is_finished());
         let orphaned: Vec<String> = self
             .sessions
             .iter()
@@ -647,7 +728,7 @@ impl Router {
             if let Some(s) = self.sessions.remove(&name) {
                 tracing::warn!(channel = %name, "bridge session ended: its sender is gone");
                 self.by_peer.retain(|_, n| *n != name);
-                end_session(s);
+                self.ending.extend(end_session(s));
             }
         }
         for s in self.sessions.values() {
@@ -682,17 +763,32 @@ impl Router {
     }
 }
 
-fn end_session(mut s: Session) {
+/// Ends a session: its worker stops (a loan it waits in gives up) and closes the channel. The
+/// worker is not waited for here (it may be creating the channel, which can take seconds), so
+/// the socket thread keeps serving the other bridges; its handle is reaped later.
+fn end_session(mut s: Session) -> Option<JoinHandle<()>> {
     s.stop.store(true, Ordering::SeqCst);
     drop(s.commands);
-    if let Some(w) = s.worker.take() {
-        let _ = w.join();
-    }
+    s.worker.take()
 }
 
 /// A session's window: `per_connection` items on each of its connections.
 fn session_window(per_connection: u32, connections: u32) -> u32 {
     per_connection.saturating_mul(connections.clamp(1, super::MAX_CONNECTIONS))
+}
+
+/// The largest frame header (four dimensions).
+const MAX_HEAD: usize = 42 + 8 * crate::shm::MAX_DIMS;
+
+/// The largest item payload a channel of `s` takes: its largest frame or its state zone.
+fn largest_item(s: &ChannelSettings) -> usize {
+    let element = s.element.parse::<ElementType>().map_or(8, |e| e.size());
+    let frame = s
+        .max_shape
+        .iter()
+        .try_fold(element, |n, &d| n.checked_mul(d))
+        .unwrap_or(u64::MAX);
+    usize::try_from(frame.max(s.flex_size)).unwrap_or(usize::MAX)
 }
 
 /// Checks settings a sender announced before anything is created from them.
@@ -724,6 +820,10 @@ struct Worker {
     pending: BTreeMap<u64, Vec<ZmqFrame>>,
     /// The newest source frame id written.
     last_origin: Option<u64>,
+    /// A new sender adopted the session and has not sent a frame yet: a first frame whose id
+    /// is not above the newest written comes from a source channel that numbers afresh (it
+    /// was made again), not from a resend, which a new sender cannot have.
+    fresh_sender: bool,
     last_state: u64,
     lost: u64,
     written: u64,
@@ -775,6 +875,7 @@ impl Worker {
             applied: hello.next_seq,
             pending: BTreeMap::new(),
             last_origin,
+            fresh_sender: false,
             last_state: 0,
             lost: 0,
             written: 0,
@@ -785,10 +886,15 @@ impl Worker {
                 break;
             }
             match command {
-                Command::Reset { epoch, next_seq } => {
+                Command::Reset {
+                    epoch,
+                    next_seq,
+                    new_sender,
+                } => {
                     w.epoch = epoch;
                     w.applied = next_seq;
                     w.pending.clear();
+                    w.fresh_sender |= new_sender;
                 }
                 Command::Item { epoch, seq, frames } => {
                     if epoch != w.epoch {
@@ -825,6 +931,10 @@ impl Worker {
         let bytes: Vec<&[u8]> = frames.iter().map(|f| f.as_bytes()).collect();
         match wire::decode_from_sender(&bytes) {
             Ok(FromSender::Frame(head, payload)) => self.write_frame(&head, payload),
+            Ok(FromSender::Renumber { .. }) => {
+                tracing::info!(channel = %self.name, "the source channel numbers its frames afresh");
+                self.last_origin = None;
+            }
             Ok(FromSender::State { version, bytes, .. }) if version > self.last_state => {
                 self.last_state = version;
                 if let Err(e) = self.producer.producer().write_state_bytes(bytes) {
@@ -836,6 +946,12 @@ impl Worker {
     }
 
     fn write_frame(&mut self, head: &wire::FrameHead, payload: &[u8]) {
+        if std::mem::take(&mut self.fresh_sender)
+            && self.last_origin.is_some_and(|last| head.origin <= last)
+        {
+            tracing::info!(channel = %self.name, origin = head.origin, "the source channel numbers its frames afresh");
+            self.last_origin = None;
+        }
         if let Some(last) = self.last_origin {
             if head.origin <= last {
                 // Sent again after a reconnection, already written.

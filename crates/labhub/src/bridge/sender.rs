@@ -195,6 +195,8 @@ impl Bridge {
                     acked: 0,
                     window: 1,
                     in_flight: VecDeque::new(),
+                    sent_upto: 0,
+                    attempts: 0,
                     refusals: 0,
                 };
                 let result = sender.run();
@@ -284,6 +286,10 @@ struct Sender {
     window: u64,
     /// Lossless: the items sent and not yet credited, oldest first.
     in_flight: VecDeque<Item>,
+    /// Every item below this one has been sent in the current session.
+    sent_upto: u64,
+    /// Connection attempts so far (each HELLO names its attempt).
+    attempts: u64,
     /// Handshakes the peer hub ended in a row (see `probe_key`).
     refusals: u32,
 }
@@ -383,7 +389,9 @@ impl Sender {
             .in_flight
             .front()
             .map_or(self.next_seq, |item| item.seq);
-        let attempt = super::rand_u64();
+        // Increasing, so the gateway can tell a late HELLO of connections already replaced.
+        self.attempts += 1;
+        let attempt = self.attempts;
         for (i, link) in links.iter().enumerate() {
             let hello = Hello {
                 attempt,
@@ -428,21 +436,18 @@ impl Sender {
                 Err(e) => return Err(BridgeError::Wire(e)),
             }
         }
-        let acked = acked.unwrap_or(first);
+        // Never past what this sender has numbered (a gateway cannot have more).
+        let acked = acked.unwrap_or(first).min(self.next_seq.max(first));
         self.credit(acked);
         // Items the gateway gave up on (a new session after lossy items were lost).
         self.next_seq = self.next_seq.max(acked);
+        // What is still in flight goes again, as the window allows (the rest as credit comes).
+        self.sent_upto = acked;
         let session = Session { links };
-        let again: Vec<(u64, Vec<u8>, Arc<Vec<u8>>)> = self
-            .in_flight
-            .iter()
-            .map(|i| (i.seq, i.head.clone(), Arc::clone(&i.body)))
-            .collect();
-        let resent = again.len() as u64;
-        for (seq, head, body) in again {
-            self.send_item(&session, seq, head, body)?;
+        let resent = self.in_flight.len();
+        while self.sent_upto < self.next_seq && self.sent_upto < self.acked + self.window {
+            self.send_unsent(&session)?;
         }
-        self.stats().resent += resent;
         tracing::info!(channel = %self.hello.from_channel, %endpoint, acked, resent, "bridge connected");
         Ok(session)
     }
@@ -557,6 +562,19 @@ impl Sender {
             })
     }
 
+    /// Sends the in-flight item `sent_upto` (kept from an earlier session).
+    fn send_unsent(&mut self, session: &Session) -> Result<(), BridgeError> {
+        let Some(item) = self.in_flight.iter().find(|i| i.seq == self.sent_upto) else {
+            self.sent_upto = self.next_seq;
+            return Ok(());
+        };
+        let (seq, head, body) = (item.seq, item.head.clone(), Arc::clone(&item.body));
+        self.send_item(session, seq, head, body)?;
+        self.sent_upto = seq + 1;
+        self.stats().resent += 1;
+        Ok(())
+    }
+
     /// Sends item `head`/`body` as the next one, keeping it if lossless.
     fn push(
         &mut self,
@@ -575,6 +593,7 @@ impl Sender {
             });
         }
         self.next_seq += 1;
+        self.sent_upto = self.next_seq;
         self.send_item(session, seq, head, body)
     }
 
@@ -583,9 +602,27 @@ impl Sender {
         let mut heard = Instant::now();
         let mut pinged = Instant::now();
         let mut checked = Instant::now();
+        let mut stopping: Option<Instant> = None;
         loop {
-            if self.stop.load(Ordering::SeqCst) {
-                return Ok(Ended::Stopped);
+            if self.stop.load(Ordering::SeqCst) && stopping.is_none() {
+                // Lossless: what the reader took from the local ring is delivered before the
+                // bridge says goodbye (bounded by `dead_after`); lossy: nothing is owed.
+                self.spool.stop();
+                stopping = Some(Instant::now());
+            }
+            if let Some(since) = stopping {
+                let delivered = self.spool.is_drained() && self.acked == self.next_seq;
+                let lossless = self.options.delivery == Delivery::Lossless;
+                if !lossless || delivered || since.elapsed() > self.options.dead_after {
+                    if lossless && !delivered {
+                        tracing::warn!(
+                            channel = %self.hello.from_channel,
+                            in_flight = self.next_seq - self.acked,
+                            "stopped before every frame taken from the channel was delivered"
+                        );
+                    }
+                    return Ok(Ended::Stopped);
+                }
             }
             match self.drain(session)? {
                 Ok(true) => heard = Instant::now(),
@@ -625,8 +662,16 @@ impl Sender {
                         .send(wire::encode_bare(tag::PING), Flags::DONTWAIT);
                 }
             }
-            // Room for a state and the frame after it.
-            if self.next_seq + 1 < self.acked + self.window {
+            let room = self.sent_upto < self.acked + self.window;
+            if room && self.sent_upto < self.next_seq {
+                // An item in flight not sent in this session yet (the window was smaller).
+                if let Err(e) = self.send_unsent(session) {
+                    return match e {
+                        BridgeError::Silent { .. } => Ok(Ended::Broken(e.to_string())),
+                        other => Err(other),
+                    };
+                }
+            } else if room {
                 if let Err(e) = self.forward_one(session) {
                     match e {
                         BridgeError::Silent { .. } => {
@@ -705,6 +750,7 @@ impl Sender {
             Some(Pending::State(version, bytes)) => {
                 self.push(session, |seq| wire::encode_state_head(seq, version), bytes)
             }
+            Some(Pending::Renumber) => self.push(session, wire::encode_renumber, Vec::new()),
             Some(Pending::Frame(head, payload)) => {
                 let len = payload.len() as u64;
                 self.push(

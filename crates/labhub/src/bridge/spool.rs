@@ -23,12 +23,15 @@ pub(super) enum Pending {
     State(u64, Vec<u8>),
     /// A frame (its head's `seq` is set when it is sent) and its payload.
     Frame(FrameHead, Vec<u8>),
+    /// The source channel's frame ids start afresh with the next frame (it was made again).
+    Renumber,
 }
 
 impl Pending {
     fn bytes(&self) -> usize {
         match self {
             Self::State(_, b) | Self::Frame(_, b) => b.len(),
+            Self::Renumber => 0,
         }
     }
 }
@@ -50,6 +53,8 @@ pub(super) struct Spool {
     /// Signalled when an item is queued, and when one is taken (room for the reader).
     changed: Condvar,
     stop: AtomicBool,
+    /// The reader has returned.
+    done: AtomicBool,
 }
 
 impl Spool {
@@ -84,6 +89,11 @@ impl Spool {
         self.stop.store(true, Ordering::SeqCst);
         self.changed.notify_all();
     }
+
+    /// Whether the reader has stopped and everything it queued was taken.
+    pub(super) fn is_drained(&self) -> bool {
+        self.done.load(Ordering::SeqCst) && self.lock().items.is_empty()
+    }
 }
 
 /// Starts the thread that reads `consumer` into `spool`.
@@ -95,11 +105,17 @@ pub(super) fn start(
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("labhub-bridge-read-{}", consumer.channel()))
-        .spawn(move || read(&mut consumer, delivery, budget, &spool))
+        .spawn(move || {
+            read(&mut consumer, delivery, budget, &spool);
+            spool.done.store(true, Ordering::SeqCst);
+            spool.changed.notify_all();
+        })
 }
 
 fn read(consumer: &mut ShmConsumer<Dynamic>, delivery: Delivery, budget: usize, spool: &Spool) {
     let mut state_version = 0;
+    // The source id of the last frame queued: ids going back mean the channel was made again.
+    let mut last_origin: Option<u64> = None;
     // Frames skipped since the last frame queued, which that next frame carries.
     let mut since = 0;
     let mut dropped_seen = consumer.consumer().dropped();
@@ -123,15 +139,17 @@ fn read(consumer: &mut ShmConsumer<Dynamic>, delivery: Delivery, budget: usize, 
                     Some(bytes) => Some(bytes.to_vec()),
                     None => frame.to_vec().ok(),
                 };
+                // Read after the payload: `None` if the slot was overwritten meanwhile.
+                let origin = frame.origin_id();
                 let head = FrameHead {
                     seq: 0,
-                    origin: frame.origin_id().unwrap_or_else(|| frame.frame_id()),
+                    origin: origin.unwrap_or(0),
                     timestamp_ns: frame.timestamp_ns(),
                     state_version: frame.state_version(),
                     skipped: 0,
                     shape: frame.shape().to_vec(),
                 };
-                Ok(payload.map(|p| (head, p)))
+                Ok(payload.filter(|_| origin.is_some()).map(|p| (head, p)))
             }
             Err(e) => Err(e),
         };
@@ -178,6 +196,8 @@ fn read(consumer: &mut ShmConsumer<Dynamic>, delivery: Delivery, budget: usize, 
         } else {
             None
         };
+        let renumbered = last_origin.is_some_and(|last| head.origin <= last);
+        last_origin = Some(head.origin);
         let mut q = spool.lock();
         q.failed = None;
         q.skipped += skipped;
@@ -186,12 +206,22 @@ fn read(consumer: &mut ShmConsumer<Dynamic>, delivery: Delivery, budget: usize, 
             // Only the newest frame waits (it carries the skips of those it replaces); a
             // state is kept (it is small and later frames follow it).
             let (mut replaced, mut carried) = (0, 0);
-            q.items.retain(|i| match i {
-                Pending::State(..) => true,
-                Pending::Frame(h, _) => {
-                    replaced += 1;
-                    carried += h.skipped;
-                    false
+            // Only the newest state waits too (it replaces the older ones).
+            let newest_state = q
+                .items
+                .iter()
+                .rposition(|i| matches!(i, Pending::State(..)));
+            let mut at = 0;
+            q.items.retain(|i| {
+                at += 1;
+                match i {
+                    Pending::State(..) => Some(at - 1) == newest_state && state.is_none(),
+                    Pending::Renumber => true,
+                    Pending::Frame(h, _) => {
+                        replaced += 1;
+                        carried += h.skipped;
+                        false
+                    }
                 }
             });
             q.skipped += replaced;
@@ -199,7 +229,12 @@ fn read(consumer: &mut ShmConsumer<Dynamic>, delivery: Delivery, budget: usize, 
             q.bytes = q.items.iter().map(Pending::bytes).sum();
         }
         head.skipped = std::mem::take(&mut since);
-        for item in state.into_iter().chain([Pending::Frame(head, payload)]) {
+        let renumber = renumbered.then_some(Pending::Renumber);
+        for item in renumber
+            .into_iter()
+            .chain(state)
+            .chain([Pending::Frame(head, payload)])
+        {
             q.bytes += item.bytes();
             q.items.push_back(item);
         }

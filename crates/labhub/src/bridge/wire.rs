@@ -23,6 +23,8 @@ pub(crate) mod tag {
     pub const PING: u8 = 0x04;
     /// Sender → gateway: the bridge stops; the gateway closes the channel.
     pub const BYE: u8 = 0x05;
+    /// Sender → gateway: the source channel numbers its frames afresh (it was made again).
+    pub const RENUMBER: u8 = 0x06;
     /// Gateway → sender: the session is open (frame 1: JSON [`Welcome`](super::Welcome)).
     pub const WELCOME: u8 = 0x81;
     /// Gateway → sender: items applied so far, and what the gateway counted lost.
@@ -191,6 +193,11 @@ pub enum FromSender<'a> {
         /// The serialised state.
         bytes: &'a [u8],
     },
+    /// The source's frame ids start afresh from the next frame on (item `seq`).
+    Renumber {
+        /// The item number.
+        seq: u64,
+    },
     /// Keep-alive.
     Ping,
     /// The bridge stops.
@@ -236,6 +243,14 @@ pub fn encode_state_head(seq: u64, version: u64) -> Vec<u8> {
     b.push(tag::STATE);
     b.extend_from_slice(&seq.to_le_bytes());
     b.extend_from_slice(&version.to_le_bytes());
+    b
+}
+
+/// Frame 0 of a renumbering item.
+pub fn encode_renumber(seq: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(9);
+    b.push(tag::RENUMBER);
+    b.extend_from_slice(&seq.to_le_bytes());
     b
 }
 
@@ -346,6 +361,14 @@ pub fn decode_from_sender<'a>(frames: &[&'a [u8]]) -> Result<FromSender<'a>, Wir
                 seq: u64_at(head, 1, "state seq")?,
                 version: u64_at(head, 9, "state version")?,
                 bytes: frames[1],
+            })
+        }
+        tag::RENUMBER => {
+            if head.len() != 9 || frames.len() > 2 || frames.get(1).is_some_and(|f| !f.is_empty()) {
+                return Err(bad("renumber is 9 bytes and an empty payload"));
+            }
+            Ok(FromSender::Renumber {
+                seq: u64_at(head, 1, "renumber seq")?,
             })
         }
         tag::PING | tag::BYE => {
