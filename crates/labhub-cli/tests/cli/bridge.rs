@@ -644,3 +644,58 @@ fn a_bridge_of_frames_larger_than_the_gateway_takes_is_refused_naming_the_limit(
         out.stderr
     );
 }
+
+#[test]
+fn a_source_producer_that_restarts_is_bridged_on_from_the_next_frame() {
+    let pair = Pair::start(true);
+    let (gateway, _) = gateway(&pair.ws);
+    let name = unique("cam");
+    let acq = pair.acq.hub();
+    let ws = remote_hub(&pair.ws);
+    let make = |hub: &Hub| -> ShmProducer<u8> {
+        hub.channel(&name)
+            .policy("ring:16:block:30s".parse().unwrap())
+            .bytes(64)
+            .create()
+            .unwrap()
+    };
+    let mut producer = make(&acq);
+    let _sender = bridge(&pair.acq, &name, &[]);
+    wait_for_channel(&ws, &name);
+    let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
+    for i in 0..20u64 {
+        producer.loan().unwrap().commit();
+        let f = remote.next(Some(WATCHDOG)).unwrap();
+        assert_eq!(f.origin_id(), Some(i));
+    }
+    // The producer goes and comes back (here in the same process, so only the segment's
+    // producer lock tells it went): it takes the channel over, frame ids go on, and the
+    // bridge's consumer follows it to its new segment.
+    drop(producer);
+    let acq2 = pair.acq.hub();
+    let mut producer = make(&acq2);
+    let first = producer.next_frame_id();
+    assert_eq!(first, 20, "frame ids go on across the takeover");
+    for i in 0..20u64 {
+        producer.loan().unwrap().commit();
+        let f = remote.next(Some(WATCHDOG)).unwrap();
+        assert_eq!(
+            f.origin_id(),
+            Some(first + i),
+            "frame {i} of the new channel"
+        );
+    }
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let report = gateway_report(&gateway, &name);
+        if let Some(r) = &report
+            && r["frames"] == 40
+        {
+            assert_eq!(r["lost"], 0, "{r}");
+            assert_eq!(r["duplicates"], 0, "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway report {report:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -748,13 +748,15 @@ impl<T: Payload> ShmConsumer<T> {
             match self.consumer.wait_snapshot(Some(slice)) {
                 Ok(snap) => break snap,
                 Err(ReadError::Timeout) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(self.timeout_error(start));
-                    }
+                    // Before the deadline's check: a caller that waits in short slices must
+                    // still notice a producer that died or moved to a new segment.
                     if self.last_resume_try.elapsed() >= RESUME_EVERY
                         && !self.consumer.producer_alive()
                     {
                         self.resume()?;
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(self.timeout_error(start));
                     }
                 }
                 Err(ReadError::Evicted { .. }) => {
