@@ -363,6 +363,7 @@ impl Sender {
             }
             Err(e) => return Err(e.into()),
         };
+        let endpoint = reachable(&endpoint, self.remote.endpoint());
         let options = ConnectOptions {
             topics: Vec::new(),
             curve: Some(ClientCurve {
@@ -767,6 +768,22 @@ impl Sender {
     }
 }
 
+/// The gateway's endpoint as this host reaches it: a gateway that advertises a loopback
+/// address (bound to a wildcard without `--advertise`) runs on its hub's host, so that host is
+/// dialled instead when the hub is not on loopback itself.
+fn reachable(gateway: &str, hub: &str) -> String {
+    fn host_port(endpoint: &str) -> Option<(&str, &str)> {
+        endpoint.strip_prefix("tcp://")?.rsplit_once(':')
+    }
+    let loopback = |host: &str| host.starts_with("127.") || host == "localhost" || host == "[::1]";
+    match (host_port(gateway), host_port(hub)) {
+        (Some((g, port)), Some((h, _))) if loopback(g) && !loopback(h) => {
+            format!("tcp://{h}:{port}")
+        }
+        _ => gateway.to_owned(),
+    }
+}
+
 fn zmq(what: &'static str) -> impl FnOnce(labhub_zmq::ZmqError) -> BridgeError {
     move |source| BridgeError::Zmq { what, source }
 }
@@ -781,5 +798,29 @@ fn link_error(e: crate::msg::MsgError) -> BridgeError {
             detail: reason.to_string(),
         },
         other => BridgeError::Msg(Box::new(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable;
+
+    #[test]
+    fn a_gateway_advertising_loopback_is_reached_on_its_hubs_host() {
+        assert_eq!(
+            reachable("tcp://127.0.0.1:5580", "tcp://10.0.0.7:5570"),
+            "tcp://10.0.0.7:5580"
+        );
+        assert_eq!(
+            reachable("tcp://127.0.0.1:5580", "tcp://127.0.0.2:5570"),
+            "tcp://127.0.0.1:5580",
+            "both on loopback: as advertised"
+        );
+        assert_eq!(
+            reachable("tcp://10.0.0.8:5580", "tcp://10.0.0.7:5570"),
+            "tcp://10.0.0.8:5580",
+            "an advertised address is used as it is"
+        );
+        assert_eq!(reachable("ipc:///x", "tcp://h:1"), "ipc:///x");
     }
 }
