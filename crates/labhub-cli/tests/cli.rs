@@ -129,43 +129,8 @@ impl Broker {
 
     /// A broker in `home`, which the caller may have prepared (keys, allow list, broker.toml).
     fn start_in_home(home: tempfile::TempDir, tmp: Option<&Path>, extra: &[&str]) -> Self {
-        let mut hub = labhub(home.path());
-        if let Some(tmp) = tmp {
-            hub.env("TMPDIR", tmp);
-        }
-        let mut child = hub
-            .args([
-                "hub",
-                "--endpoint",
-                "tcp://127.0.0.1:*",
-                "--notify-endpoint",
-                "tcp://127.0.0.1:*",
-                "--log-level",
-                "warn",
-                "--json",
-            ])
-            .args(extra)
-            .env("LABHUB_BROKER_SECRET", "cli-test-password")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn labhub hub");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(WATCHDOG) {
-            Ok(line) if !line.is_empty() => line,
-            _ => {
-                let _ = child.kill();
-                panic!("labhub hub printed no ready line");
-            }
-        };
-        let ready: Value = serde_json::from_str(&line).expect("the ready line is JSON");
+        let any = "tcp://127.0.0.1:*";
+        let (child, ready) = spawn_hub(home.path(), tmp, any, any, extra);
         Self {
             child,
             endpoint: ready["endpoint"].as_str().unwrap().to_owned(),
@@ -194,6 +159,72 @@ impl Broker {
                 .notify_endpoint(&self.notify_endpoint),
         )
         .unwrap()
+    }
+}
+
+/// Starts `labhub hub` in `home` on these endpoints; returns it and its ready line.
+fn spawn_hub(
+    home: &Path,
+    tmp: Option<&Path>,
+    endpoint: &str,
+    notify: &str,
+    extra: &[&str],
+) -> (Child, Value) {
+    let mut hub = labhub(home);
+    if let Some(tmp) = tmp {
+        hub.env("TMPDIR", tmp);
+    }
+    let mut child = hub
+        .args([
+            "hub",
+            "--endpoint",
+            endpoint,
+            "--notify-endpoint",
+            notify,
+            "--log-level",
+            "warn",
+            "--json",
+        ])
+        .args(extra)
+        .env("LABHUB_BROKER_SECRET", "cli-test-password")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn labhub hub");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(WATCHDOG) {
+        Ok(line) if !line.is_empty() => line,
+        _ => {
+            let _ = child.kill();
+            panic!("labhub hub printed no ready line");
+        }
+    };
+    (
+        child,
+        serde_json::from_str(&line).expect("the ready line is JSON"),
+    )
+}
+
+impl Broker {
+    /// Kills the broker (SIGKILL) and starts it again in the same home on the same ports.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, _) = spawn_hub(
+            self.home.path(),
+            None,
+            &self.endpoint,
+            &self.notify_endpoint,
+            &[],
+        );
+        self.child = child;
     }
 }
 

@@ -699,3 +699,19 @@ fn a_source_producer_that_restarts_is_bridged_on_from_the_next_frame() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn either_hub_restarting_mid_stream_loses_nothing() {
+    let mut stream = Stream::start(&[]);
+    // SIGKILL and restart on the same ports, the receiving hub then the source's: the gateway,
+    // the bridged channel and the source register again by themselves, and frames never went
+    // through a broker.
+    stream.pair.ws.restart();
+    stream.pair.acq.restart();
+    stream.read_to_the_end();
+    let lost =
+        gateway_report(&stream.gateway, &stream.name).map_or(0, |r| r["lost"].as_u64().unwrap());
+    let missed = stream.remote.missed();
+    check_accounting(&stream.got, TOTAL, lost, missed);
+    assert_eq!((lost, missed), (0, 0), "gaps {:?}", stream.gaps());
+}
