@@ -223,8 +223,9 @@ impl Bridge {
         self.thread.is_finished()
     }
 
-    /// Stops the bridge (telling the gateway, which closes the remote channel) and returns
-    /// what it did.
+    /// Stops the bridge and returns what it did: a lossless bridge first delivers the frames
+    /// it took from the channel (waiting at most `dead_after` for their credit), then tells
+    /// the gateway, which closes the remote channel. Dropping the bridge does the same.
     ///
     /// # Errors
     /// What ended the bridge by itself, if something did: a refused key
