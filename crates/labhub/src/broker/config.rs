@@ -695,6 +695,40 @@ mod tests {
     }
 
     #[test]
+    fn the_hub_name_and_its_peers_come_from_the_file_and_a_bad_peer_is_named() {
+        let h = home("peers");
+        let key = crate::keys::KeyPair::generate().public.to_z85();
+        let peer = |name: &str, endpoint: &str, key: &str| {
+            format!(
+                "name = \"acq\"\n\n[[peer]]\nname = \"{name}\"\nendpoint = \"{endpoint}\"\npublic_key = \"{key}\"\n"
+            )
+        };
+        std::fs::write(
+            h.join("broker.toml"),
+            peer("ws", "tcp://10.0.0.7:5570", &key),
+        )
+        .unwrap();
+        let e = env(&[("LABHUB_HOME", h.to_str().unwrap())]);
+        let c = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap();
+        assert_eq!(c.peers.own_name, "acq");
+        assert_eq!(c.peers.get("ws").unwrap().endpoint, "tcp://10.0.0.7:5570");
+        for (text, needle) in [
+            (peer("acq", "tcp://h:1", &key), "own name"),
+            (peer("ws", "udp://h:1", &key), "tcp://HOST:PORT"),
+            (peer("ws", "tcp://h:1", "not a key"), "public_key"),
+            ("[[peer]]\nname = \"ws\"\n".to_owned(), "missing field"),
+        ] {
+            std::fs::write(h.join("broker.toml"), text).unwrap();
+            let err = BrokerConfig::resolve(ConfigLayer::default(), None, None, &e).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(needle) && text.contains("broker.toml"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn the_access_list_and_grant_settings_come_from_the_file_and_a_bad_key_is_named() {
         let h = home("access");
         let key = crate::keys::KeyPair::generate().public.to_z85();
