@@ -728,3 +728,37 @@ fn either_hub_restarting_mid_stream_loses_nothing() {
     stream.read_to_the_end();
     expect_nothing_lost(&mut stream, false);
 }
+
+#[test]
+fn a_full_remote_ring_holds_the_source_back_through_the_credits() {
+    let mut bridged = Bridged::start("ring:8:block:200ms", &["--buffer", "256KiB"]);
+    let (name, ws) = (bridged.name.clone(), bridged.ws.clone());
+    // A lossless consumer at the peer that does not read yet: its ring (8 slots, like the
+    // source's) fills, the gateway withholds credit, the bridge's window (16) and queue
+    // (256 KiB: 4 frames) fill, then the source ring: the producer's loan times out.
+    let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
+    let mut published = 0u64;
+    let held_back = loop {
+        match bridged.producer.loan() {
+            Ok(slot) => {
+                slot.commit();
+                published += 1;
+            }
+            Err(labhub::shm::PublishError::Timeout { .. }) => break published,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(published < 1000, "the source was never held back");
+    };
+    // Remote ring, credit window, the bridge's queue and the source ring: nothing else holds
+    // frames, so the source stops after about 8 + 16 + 4 + 8 of them.
+    assert!(
+        (20..=60).contains(&held_back),
+        "held back after {held_back} frames"
+    );
+    // The peer reads: credit flows again and every frame arrives, in order.
+    let got = read_until(&mut remote, held_back - 1);
+    assert_eq!(got, (0..held_back).collect::<Vec<_>>());
+    bridged.producer.loan().unwrap().commit();
+    let next = remote.next(Some(WATCHDOG)).unwrap();
+    assert_eq!(next.origin_id(), Some(held_back), "the source goes on");
+}
