@@ -293,7 +293,16 @@ fn subscribers_that_never_read_do_not_pin_the_broker_s_memory() {
             .unwrap();
         assert!(reply.is_ok(), "{reply:?}");
     }
-    let s = status(&mut probe);
+    // A reply can go out before the notice of the same request is counted published: wait
+    // for the count (bounded) rather than read it once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let s = loop {
+        let s = status(&mut probe);
+        if s.notifications_published >= 12_000 || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(s.notifications_published >= 12_000, "{s:?}");
     assert_eq!(
         s.requests.cut, 0,
