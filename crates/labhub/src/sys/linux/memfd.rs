@@ -46,7 +46,7 @@ pub fn add_seals(fd: BorrowedFd<'_>, seals: u32) -> io::Result<()> {
     )?)
 }
 
-#[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+#[cfg_attr(not(feature = "broker"), allow(dead_code))] // the broker grants memfds
 /// The seals of a memfd (`F_GET_SEALS`); `InvalidInput` for a file that takes no seals (not
 /// a memfd).
 pub fn seals(fd: BorrowedFd<'_>) -> io::Result<u32> {
@@ -59,7 +59,7 @@ pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     u64::try_from(st.st_size).map_err(|_| io::Error::other("negative file size"))
 }
 
-#[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+#[cfg_attr(not(feature = "broker"), allow(dead_code))] // the broker grants memfds
 /// Whether `fd` is a memfd: its `/proc/self/fd` link names `/memfd:…`.
 pub fn is_memfd(fd: BorrowedFd<'_>) -> bool {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).is_ok_and(|target| {
@@ -70,7 +70,7 @@ pub fn is_memfd(fd: BorrowedFd<'_>) -> bool {
     })
 }
 
-#[cfg_attr(not(feature = "zmq"), allow(dead_code))]
+#[cfg_attr(not(feature = "broker"), allow(dead_code))] // the broker grants memfds
 /// Opens the file behind `fd` again (`/proc/self/fd/N`), read-write or read-only,
 /// close-on-exec: a new open file description of the same file, whose byte-range locks are
 /// its own (a descriptor passed over a socket shares its sender's description, and with it

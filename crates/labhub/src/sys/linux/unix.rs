@@ -33,6 +33,7 @@ fn seqpacket(nonblocking: bool) -> io::Result<OwnedFd> {
 
 /// A non-blocking listening socket bound at `path` (which must not exist), its file given
 /// `mode`.
+#[cfg_attr(not(feature = "broker"), allow(dead_code))] // the broker side of grants
 pub fn seqpacket_listen(path: &Path, mode: u32, backlog: i32) -> io::Result<OwnedFd> {
     let fd = seqpacket(true)?;
     let addr = SocketAddrUnix::new(path)?;
@@ -43,6 +44,7 @@ pub fn seqpacket_listen(path: &Path, mode: u32, backlog: i32) -> io::Result<Owne
 }
 
 /// Accepts one pending connection, non-blocking and close-on-exec; `None` if none is pending.
+#[cfg_attr(not(feature = "broker"), allow(dead_code))] // the broker side of grants
 pub fn seqpacket_accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
         Ok(fd) => Ok(Some(fd)),
@@ -100,6 +102,7 @@ pub struct Received {
     /// The message was longer than the buffer (the rest is lost).
     pub truncated: bool,
     /// More descriptors came than [`MAX_FDS`] (the kernel closed the rest).
+    #[cfg_attr(not(feature = "broker"), allow(dead_code))] // the broker side of grants
     pub fds_truncated: bool,
     /// The descriptors, close-on-exec.
     pub fds: Vec<OwnedFd>,
@@ -136,6 +139,7 @@ pub fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Optio
 
 /// The credentials of the peer of a connected Unix socket, as the kernel recorded them at
 /// `connect` (`SO_PEERCRED`): pid, uid and gid, translated into this process's namespaces.
+#[cfg_attr(not(feature = "broker"), allow(dead_code))] // the broker side of grants
 pub fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<(u32, u32, u32)> {
     let cred = rustix::net::sockopt::socket_peercred(socket)?;
     Ok((
