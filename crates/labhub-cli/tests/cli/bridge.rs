@@ -762,3 +762,120 @@ fn a_full_remote_ring_holds_the_source_back_through_the_credits() {
     let next = remote.next(Some(WATCHDOG)).unwrap();
     assert_eq!(next.origin_id(), Some(held_back), "the source goes on");
 }
+
+#[test]
+fn a_source_channel_made_again_is_bridged_on_with_its_new_numbering_and_state() {
+    let mut pair = Pair::start(true);
+    let (gateway, _) = gateway(&pair.ws);
+    let name = unique("cam");
+    let ws = remote_hub(&pair.ws);
+    let make = |hub: &Hub| -> ShmProducer<u8> {
+        hub.channel(&name)
+            .policy("ring:16:block:30s".parse().unwrap())
+            .bytes(64)
+            .flex_size(256)
+            .create()
+            .unwrap()
+    };
+    let acq = pair.acq.hub();
+    let mut producer = make(&acq);
+    for exposure in 1..=3 {
+        producer
+            .write_state(&json!({ "exposure": exposure }))
+            .unwrap();
+    }
+    let mut sender = bridge(&pair.acq, &name, &[]);
+    wait_for_channel(&ws, &name);
+    let mut remote: ShmConsumer<Dynamic> = ws.channel(&name).open().unwrap();
+    // The peer numbers the states it writes itself: one state, the third, came over.
+    let mut versions = Vec::new();
+    for i in 0..20u64 {
+        producer.loan().unwrap().commit();
+        let f = remote.next(Some(WATCHDOG)).unwrap();
+        assert_eq!(f.origin_id(), Some(i));
+        versions.push(f.state_version());
+    }
+    let before = versions[0];
+    assert!(
+        before > 0 && versions.iter().all(|&v| v == before),
+        "{versions:?}"
+    );
+    // The source's producer and its hub both go: the hub that comes back knows nothing of the
+    // channel, so the producer makes it afresh, its ids and state versions from the start. The
+    // bridge keeps running and follows it.
+    drop(producer);
+    drop(acq);
+    pair.acq.restart();
+    let acq = pair.acq.hub();
+    let mut producer = make(&acq);
+    assert_eq!(producer.next_frame_id(), 0, "a channel made afresh");
+    producer.write_state(&json!({ "exposure": 10 })).unwrap();
+    for i in 0..20u64 {
+        producer.loan().unwrap().commit();
+        let f = remote.next(Some(WATCHDOG)).unwrap();
+        assert_eq!(
+            f.origin_id(),
+            Some(i),
+            "frame {i} of the channel made again"
+        );
+        // Its first state, version 1 at the source, is a new version at the peer.
+        assert_eq!(f.state_version(), before + 1, "frame {i}'s state");
+    }
+    let (_, state) = remote
+        .consumer()
+        .read_state::<Value>()
+        .unwrap()
+        .expect("a state");
+    assert_eq!(
+        state,
+        json!({ "exposure": 10 }),
+        "the state of the channel made again"
+    );
+
+    // Once more while no bridge runs: a new bridge's first frame, not above the newest the
+    // gateway wrote, and its first state, version 1 again, start the channel afresh too.
+    sender.kill();
+    drop(producer);
+    drop(acq);
+    pair.acq.restart();
+    let acq = pair.acq.hub();
+    let mut producer = make(&acq);
+    assert_eq!(producer.next_frame_id(), 0, "a channel made afresh");
+    producer.write_state(&json!({ "exposure": 20 })).unwrap();
+    let _sender = bridge(&pair.acq, &name, &[]);
+    // A new consumer reads from the frame after the newest when it attached.
+    let deadline = Instant::now() + WATCHDOG;
+    while acq.discover(&name).map_or(0, |info| info.consumers) == 0 {
+        assert!(Instant::now() < deadline, "the new bridge never attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..20u64 {
+        producer.loan().unwrap().commit();
+        let f = remote.next(Some(WATCHDOG)).unwrap();
+        assert_eq!(f.origin_id(), Some(i), "frame {i} through the new bridge");
+        assert_eq!(f.state_version(), before + 2, "frame {i}'s state");
+    }
+    let (_, state) = remote
+        .consumer()
+        .read_state::<Value>()
+        .unwrap()
+        .expect("a state");
+    assert_eq!(
+        state,
+        json!({ "exposure": 20 }),
+        "the state through the new bridge"
+    );
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let report = gateway_report(&gateway, &name);
+        if let Some(r) = &report
+            && r["frames"] == 60
+        {
+            assert_eq!(r["lost"], 0, "{r}");
+            assert_eq!(r["duplicates"], 0, "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway report {report:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -895,6 +895,10 @@ impl Worker {
                     w.applied = next_seq;
                     w.pending.clear();
                     w.fresh_sender |= new_sender;
+                    if new_sender {
+                        // Its first state is the source's current one, whatever its version.
+                        w.last_state = 0;
+                    }
                 }
                 Command::Item { epoch, seq, frames } => {
                     if epoch != w.epoch {
@@ -933,7 +937,9 @@ impl Worker {
             Ok(FromSender::Frame(head, payload)) => self.write_frame(&head, payload),
             Ok(FromSender::Renumber { .. }) => {
                 tracing::info!(channel = %self.name, "the source channel numbers its frames afresh");
+                // Its state versions too.
                 self.last_origin = None;
+                self.last_state = 0;
             }
             Ok(FromSender::State { version, bytes, .. }) if version > self.last_state => {
                 self.last_state = version;

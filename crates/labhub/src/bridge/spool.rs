@@ -184,6 +184,12 @@ fn read(consumer: &mut ShmConsumer<Dynamic>, delivery: Delivery, budget: usize, 
                 continue;
             }
         };
+        // A source channel made again numbers its frames and its states afresh.
+        let renumbered = last_origin.is_some_and(|last| head.origin <= last);
+        last_origin = Some(head.origin);
+        if renumbered {
+            state_version = 0;
+        }
         // The state the frame follows goes before it.
         let state = if head.state_version > state_version {
             match consumer.consumer().read_state_bytes() {
@@ -196,8 +202,6 @@ fn read(consumer: &mut ShmConsumer<Dynamic>, delivery: Delivery, budget: usize, 
         } else {
             None
         };
-        let renumbered = last_origin.is_some_and(|last| head.origin <= last);
-        last_origin = Some(head.origin);
         let mut q = spool.lock();
         q.failed = None;
         q.skipped += skipped;

@@ -316,10 +316,18 @@ impl<T: Payload> Consumer<T> {
         let me = current_process(name)?;
         let owner_tag = (u64::from(settings.client_tag) << 32) | u64::from(attach_nonce());
         let delivery = settings.delivery;
-        let (entry, state_word, cursor) =
-            claim_entry(&view, me, owner_tag, delivery, settings.resume_at)?;
+        // Frame ids only grow across a takeover, so a resume point beyond the commit position
+        // means the channel was made again, numbering its frames from 0: resume from there.
+        let resume_at = settings.resume_at.map(|at| {
+            if at > view.header().commit_pos.load(Ordering::SeqCst) {
+                0
+            } else {
+                at
+            }
+        });
+        let (entry, state_word, cursor) = claim_entry(&view, me, owner_tag, delivery, resume_at)?;
         // Frames from where a resuming consumer stopped that the producer overwrote since.
-        let skipped = settings.resume_at.map_or(0, |at| cursor.saturating_sub(at));
+        let skipped = resume_at.map_or(0, |at| cursor.saturating_sub(at));
         if skipped > 0
             && let Some(e) = view.consumer(entry)
         {
