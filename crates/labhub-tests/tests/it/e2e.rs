@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use labhub::client::ShmProducer;
-use labhub::client::{ClientConfig, ConsumeError, Hub, ShmConsumer};
-use labhub::protocol::{ChannelKind, ChannelState, ErrorCode};
+use labhub::client::{ClientConfig, ConsumeError, Hub, Notice, ShmConsumer};
+use labhub::protocol::{ChannelKind, ChannelState, DownReason, ErrorCode, Notification};
 use labhub::shm::{Backpressure, Policy};
 
 use crate::common::{ChildProc, ScratchDir, WATCHDOG, spawn_child, unique};
@@ -268,7 +268,7 @@ fn a_consumer_reattaches_by_itself_when_its_producer_comes_back_with_a_new_segme
 }
 
 #[test]
-fn a_producer_restarting_before_the_broker_noticed_its_death_waits_and_takes_the_channel_over() {
+fn a_producer_restarting_before_its_heartbeat_timeout_takes_the_channel_over_at_once() {
     let broker = TestBroker::start();
     let name = unique("takeover");
     let home = broker.home.path().to_str().unwrap().to_owned();
@@ -278,20 +278,49 @@ fn a_producer_restarting_before_the_broker_noticed_its_death_waits_and_takes_the
         &[&home, &broker.endpoint, &broker.notify, &name],
     );
     wait_for(&mut first, "ready", |l| l.starts_with("ready"));
+    let make = |hub: &Hub| -> Result<ShmProducer<u8>, labhub::client::ClientError> {
+        hub.channel(&name)
+            .policy(Policy::Ring {
+                slots: 64,
+                when_full: Backpressure::DropOldest,
+            })
+            .bytes(64)
+            .create()
+    };
+    // A client that does not retry: the broker must hand the channel over on the first ask.
+    let impatient = |broker: &TestBroker| {
+        let mut config = ClientConfig::from_home(broker.home.path())
+            .unwrap()
+            .notify_endpoint(&broker.notify)
+            .request_timeout(Duration::from_secs(5))
+            .takeover_wait(Duration::ZERO);
+        config.endpoint = broker.endpoint.clone();
+        Hub::connect(config).unwrap()
+    };
+    let hub = impatient(&broker);
+    // While the first producer lives, its channel is its own.
+    match make(&hub) {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::AlreadyExists), "{e}"),
+        Ok(_) => panic!("a live producer's channel was taken"),
+    }
+    // SIGKILLed: long before its heartbeat timeout (5 s) the broker, asked for the channel,
+    // sees that the process which handed it the segment is gone, expires its client and lets
+    // the new producer take over.
+    let notices = hub.notices().unwrap();
     first.kill();
-    // At once, before the broker's watchdog fires: the broker still holds the channel.
-    let hub = broker.client();
-    let producer = hub
-        .channel(&name)
-        .policy(Policy::Ring {
-            slots: 64,
-            when_full: Backpressure::DropOldest,
-        })
-        .bytes(64)
-        .create()
-        .unwrap();
+    let producer = make(&hub).expect("taken over at once");
     let info = hub.discover(&name).unwrap();
     assert_eq!(&info.producer, hub.client_id());
+    let reason = loop {
+        match notices.recv_timeout(WATCHDOG) {
+            Ok(Notice::Broker(Notification::ChannelDown {
+                name: down, reason, ..
+            })) if down.as_str() == name => break reason,
+            Ok(_) => {}
+            Err(e) => panic!("no channel_down notice: {e}"),
+        }
+    };
+    assert_eq!(reason, DownReason::ProcessEnded);
     drop(producer);
     hub.shutdown();
     let _ = labhub::shm::remove_channel(&name);

@@ -118,6 +118,8 @@ struct Staged {
     pair: MemfdPair,
     data_size: u64,
     record: GrantRecord,
+    /// The process that handed the segment over, as the kernel names it (`SO_PEERCRED`).
+    process: Option<sys::ProcessId>,
     expires: Instant,
 }
 
@@ -146,6 +148,10 @@ pub struct GrantService {
     connections: Vec<Connection>,
     held: HashMap<ChannelName, Arc<MemfdPair>>,
     staged: HashMap<(ClientId, ChannelName), Staged>,
+    /// The process of each client that registered a segment it handed over: a client's
+    /// heartbeats come from the process its producers run in, so when that process is gone the
+    /// client is too, whatever its heartbeat timeout says.
+    processes: HashMap<ClientId, sys::ProcessId>,
     stats: GrantStats,
 }
 
@@ -217,6 +223,7 @@ impl GrantService {
             connections: Vec::new(),
             held: HashMap::new(),
             staged: HashMap::new(),
+            processes: HashMap::new(),
             stats: GrantStats::default(),
         })
     }
@@ -334,6 +341,26 @@ impl GrantService {
             }));
         }
         registry.record_grant(channel, staged.record);
+        if let Some(process) = staged.process {
+            if self.processes.len() >= registry.config().max_clients {
+                // Bounded by the clients the registry tracks.
+                self.processes
+                    .retain(|c, _| registry.knows_client(c.as_str()));
+            }
+            self.processes.insert(client.clone(), process);
+        }
+    }
+
+    /// Whether `client`'s process is known to have ended: the process that handed over a
+    /// segment `client` registered is gone (a pid reused since is not it). `false` when no
+    /// such process is known (the client shared no segment through this broker).
+    pub fn client_process_gone(&self, client: &ClientId) -> bool {
+        self.processes.get(client).is_some_and(|p| !p.is_alive())
+    }
+
+    /// Forgets `client`'s process (the registry no longer tracks the client).
+    pub fn forget_client(&mut self, client: &ClientId) {
+        self.processes.remove(client);
     }
 
     /// Closes the broker's descriptors of `channel`'s segment.
@@ -685,6 +712,7 @@ impl GrantService {
                     pair,
                     data_size,
                     record,
+                    process: sys::ProcessId::of(pid).ok(),
                     expires: now + STAGED_LIFETIME,
                 },
             );

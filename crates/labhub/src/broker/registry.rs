@@ -160,6 +160,15 @@ pub struct Registry {
     channels: BTreeMap<ChannelName, Channel>,
 }
 
+/// How a client ended.
+#[derive(Clone, Copy)]
+enum Ended {
+    /// Silent past its heartbeat timeout.
+    Silent,
+    /// Its process is gone.
+    Process,
+}
+
 impl Registry {
     /// An empty registry.
     pub fn new(config: RegistryConfig) -> Self {
@@ -656,11 +665,29 @@ impl Registry {
             .collect();
         expired.sort();
         for id in expired {
-            self.expire(&id, effects);
+            self.expire(&id, Ended::Silent, effects);
         }
     }
 
-    fn expire(&mut self, id: &ClientId, effects: &mut Vec<Effect>) {
+    /// The client producing `name`, while the channel is up.
+    pub fn live_producer_of(&self, name: &ChannelName) -> Option<&ClientId> {
+        self.channels
+            .get(name)
+            .filter(|ch| ch.state == ChannelState::Up)
+            .map(|ch| &ch.producer)
+    }
+
+    /// Expires `id` now, as its heartbeat timeout would later: its process is known to have
+    /// ended (the broker checks that; the registry takes its word).
+    pub fn expire_ended(&mut self, id: &ClientId, effects: &mut Vec<Effect>) {
+        self.expire(id, Ended::Process, effects);
+    }
+
+    fn expire(&mut self, id: &ClientId, how: Ended, effects: &mut Vec<Effect>) {
+        let (down, dropped) = match how {
+            Ended::Silent => (DownReason::HeartbeatTimeout, DropReason::HeartbeatTimeout),
+            Ended::Process => (DownReason::ProcessEnded, DropReason::ProcessEnded),
+        };
         let Some(client) = self.clients.remove(id) else {
             return;
         };
@@ -673,7 +700,7 @@ impl Registry {
                 .get(name)
                 .is_some_and(|ch| &ch.producer == id && ch.state == ChannelState::Up)
             {
-                self.take_down(name, DownReason::HeartbeatTimeout, effects);
+                self.take_down(name, down, effects);
             }
         }
         for name in &client.consumes {
@@ -686,13 +713,13 @@ impl Registry {
                     name: name.clone(),
                     producer: producer.clone(),
                     consumer: id.clone(),
-                    reason: DropReason::HeartbeatTimeout,
+                    reason: dropped,
                 }));
                 effects.push(Effect::Audit(AuditEvent::ConsumerDropped {
                     channel: name.clone(),
                     consumer: id.clone(),
                     producer,
-                    reason: DropReason::HeartbeatTimeout,
+                    reason: dropped,
                 }));
                 self.remove_if_unheld(name, effects);
             }

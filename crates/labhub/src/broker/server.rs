@@ -31,7 +31,8 @@ use super::registry::{Effect, Origin, Registry};
 use super::segments::{self, Removal};
 use crate::keys::{self, KeyError, KeyPair, PublicKey};
 use crate::protocol::{
-    self, ChannelKind, ChannelName, CurveKey, ErrorCode, MAX_ADMITTED_KEYS, Reply, Request, ShmName,
+    self, ChannelKind, ChannelName, ClientId, CurveKey, ErrorCode, MAX_ADMITTED_KEYS, Reply,
+    Request, Role, ShmName,
 };
 
 /// The most frames kept of one message; the rest are read and discarded.
@@ -831,6 +832,9 @@ impl Broker {
                     )
                 }
                 Ok(request) => {
+                    if let protocol::Request::Register(r) = request {
+                        self.expire_if_ended(&r.channel.name, &r.client);
+                    }
                     let now = Instant::now();
                     let reply = self.registry.handle(
                         now,
@@ -892,6 +896,25 @@ impl Broker {
         reply
     }
 
+    /// Expires the client producing `name` now, rather than at its heartbeat timeout, if its
+    /// process is known to have ended: another client asking for the channel is most often
+    /// its producer restarted, which then takes it over at once.
+    fn expire_if_ended(&mut self, name: &ChannelName, asking: &ClientId) {
+        let Some(holder) = self
+            .registry
+            .live_producer_of(name)
+            .filter(|p| *p != asking)
+            .cloned()
+        else {
+            return;
+        };
+        if self.grants.client_process_gone(&holder) {
+            tracing::info!(channel = %name, client = %holder, "the producer's process has ended: its client expires now");
+            self.registry.expire_ended(&holder, &mut self.effects);
+            self.grants.forget_client(&holder);
+        }
+    }
+
     /// `grant`: the access list, then the registry (channel state, client admission), then a
     /// ticket.
     fn grant(&mut self, key: Option<&str>, g: &protocol::GrantRequest) -> Reply {
@@ -913,6 +936,9 @@ impl Broker {
             );
             return refused(&mut self.effects, ErrorCode::AccessDenied, message);
         };
+        if g.role == Role::Produce {
+            self.expire_if_ended(&g.name, &g.client);
+        }
         let now = Instant::now();
         let mut reply = self.registry.handle(
             now,

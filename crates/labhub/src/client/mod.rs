@@ -100,7 +100,8 @@ pub struct ClientConfig {
     /// The heartbeat interval until the broker tells its own.
     pub heartbeat_interval: Duration,
     /// How long a shared-memory producer's `create` through the Hub retries while the broker
-    /// still holds the channel for a producer that died (until its heartbeat times out there).
+    /// still holds the channel for a producer that died (until its heartbeat times out there;
+    /// a predecessor whose process the broker saw end loses the channel at once).
     pub takeover_wait: Duration,
     /// The broker's grant socket as this process reaches it (a container that mounts it
     /// elsewhere); `None` uses the path the broker announces.

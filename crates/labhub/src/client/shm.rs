@@ -124,9 +124,10 @@ impl shm::Backend for ViaHub {
     /// data one and hands both to the broker on its grant socket, after a `produce` grant the
     /// broker's access list must allow. If the broker holds the segment of a producer of this
     /// channel that died, it hands that over first and this producer continues it (frame ids,
-    /// last frames, counters and state carry over into its new segment). If the broker still
-    /// holds the channel for a predecessor whose death it has not noticed yet (its heartbeat
-    /// has not timed out), the grant is retried for up to
+    /// last frames, counters and state carry over into its new segment). A predecessor whose
+    /// process has ended loses the channel at once (the broker knows the process that handed it
+    /// the segment); if the broker still holds the channel for a predecessor it cannot check
+    /// (its heartbeat has not timed out yet), the grant is retried for up to
     /// [`ClientConfig::takeover_wait`](super::ClientConfig::takeover_wait).
     fn create<T: Payload>(self, settings: Settings) -> Result<ShmProducer<T>, ClientError> {
         let hub = self.hub;

@@ -621,6 +621,9 @@ pub enum DownReason {
     HeartbeatTimeout,
     /// The producer unregistered it.
     Unregistered,
+    /// The producer's process ended (the broker saw it gone before its heartbeats stopped
+    /// counting: another client asked for the channel).
+    ProcessEnded,
 }
 
 /// Why a consumer was dropped.
@@ -630,6 +633,9 @@ pub enum DownReason {
 pub enum DropReason {
     /// The consumer stopped sending heartbeats.
     HeartbeatTimeout,
+    /// The consumer's client ended with its process (its process also produced a channel the
+    /// broker saw it gone from).
+    ProcessEnded,
 }
 
 /// Notifications published on the broker's PUB socket.

@@ -298,6 +298,40 @@ fn a_down_channel_keeps_its_segment_until_the_last_consumer_leaves() {
 }
 
 #[test]
+fn a_client_whose_process_ended_expires_at_once_with_that_reason() {
+    let mut w = World::new();
+    w.register_shm(0, "prod", "cam0");
+    w.register_shm(0, "peer", "other");
+    w.send(
+        0,
+        "attach",
+        serde_json::json!({"client": "prod", "name": "other"}),
+    );
+    w.take_effects();
+    assert_eq!(w.reg.live_producer_of(&name("cam0")), Some(&client("prod")));
+    w.reg.expire_ended(&client("prod"), &mut w.effects);
+    let actions = w.actions();
+    assert!(
+        matches!(&actions[0], Effect::Notify(Notification::ChannelDown { reason: DownReason::ProcessEnded, producer, .. }) if producer.as_str() == "prod"),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&Effect::Notify(Notification::ConsumerDropped {
+            name: name("other"),
+            producer: client("peer"),
+            consumer: client("prod"),
+            reason: DropReason::ProcessEnded,
+        }))
+    );
+    assert_eq!(w.reg.live_producer_of(&name("cam0")), None);
+    assert!(!w.reg.knows_client("prod"));
+    assert_eq!(
+        w.reg.live_producer_of(&name("other")),
+        Some(&client("peer"))
+    );
+}
+
+#[test]
 fn a_silent_consumer_is_dropped_and_the_producer_told() {
     let mut w = World::new();
     w.register_shm(0, "prod", "cam0");
