@@ -465,7 +465,14 @@ fn an_evicted_hub_consumer_whose_producer_is_gone_still_returns_by_its_deadline_
     // SAFETY: a shared mapping of the control region of a segment this test created; the
     // write is one aligned word.
     let mut map = unsafe { memmap2::MmapMut::map_mut(&control).unwrap() };
+    // The producer's client unregisters the channel in the background: evicted before the
+    // broker took it down, the consumer could still be granted the old segment again.
     drop(producer);
+    let deadline = Instant::now() + WATCHDOG;
+    while hub.discover(&name).is_ok() {
+        assert!(Instant::now() < deadline, "the channel never went down");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let entry = labhub_tests::memfd::CONSUMER_TABLE + 128 * index;
     map[entry..entry + 8].fill(0);
     drop(map);
