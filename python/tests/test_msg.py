@@ -161,8 +161,9 @@ RECV_WAITING = HUB + r"""
 import signal
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent may ignore it
 sub = hub.open_subscriber(sys.argv[4])
-print("waiting", flush=True)
 try:
+    # Inside the try: the parent's SIGINT may come as soon as the line is out.
+    print("waiting", flush=True)
     sub.recv()
 except KeyboardInterrupt:
     print("interrupted", flush=True)

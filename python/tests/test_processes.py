@@ -65,8 +65,9 @@ CONSUMER_WAITING = r"""
 import signal, sys, time, labhub
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent may ignore it
 viewer = labhub.shm.open_consumer(sys.argv[1])
-print("waiting", flush=True)
 try:
+    # Inside the try: the parent's SIGINT may come as soon as the line is out.
+    print("waiting", flush=True)
     viewer.next()
 except KeyboardInterrupt:
     print("interrupted", flush=True)
@@ -90,8 +91,9 @@ cam = labhub.shm.create_producer(sys.argv[1], dtype=np.uint8, shape=(4,), policy
 print("created", flush=True)
 sys.stdin.readline()
 cam.publish(np.zeros(4, dtype=np.uint8))
-print("blocking", flush=True)
 try:
+    # Inside the try: the parent's SIGINT may come as soon as the line is out.
+    print("blocking", flush=True)
     cam.loan()
 except KeyboardInterrupt:
     print("interrupted dropped=%d" % cam.stats()["dropped"], flush=True)

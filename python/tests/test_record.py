@@ -75,8 +75,9 @@ signal.signal(signal.SIGINT, signal.default_int_handler)  # a background parent 
 cam = labhub.shm.create_producer(sys.argv[1], dtype=np.uint8, shape=(16,), policy="ring:8:drop")
 rec = labhub.shm.start_recording(sys.argv[1], sys.argv[2])
 cam.publish(np.full(16, 7, dtype=np.uint8))
-print("recording", flush=True)
 try:
+    # Inside the try: the parent's SIGINT may come as soon as the line is out.
+    print("recording", flush=True)
     rec.wait()
 except KeyboardInterrupt:
     summary = rec.stop()
