@@ -78,9 +78,31 @@ impl TestBroker {
         Self::start_on(home, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", &[])
     }
 
+    /// Starts a broker on fresh ports whose clients expire after 10 s of silence, not 300 ms:
+    /// for a test whose client sends raw requests without heartbeats and may stall under load.
+    pub fn start_patient(home: &TestHome) -> Self {
+        Self::start_with(
+            "tcp://127.0.0.1:*",
+            "tcp://127.0.0.1:*",
+            home,
+            (1000, 10),
+            &[],
+        )
+    }
+
     pub fn start_on(home: &TestHome, endpoint: &str, notify: &str, extra: &[&str]) -> Self {
-        let interval = INTERVAL_MS.to_string();
-        let misses = MISSES.to_string();
+        Self::start_with(endpoint, notify, home, (INTERVAL_MS, MISSES), extra)
+    }
+
+    fn start_with(
+        endpoint: &str,
+        notify: &str,
+        home: &TestHome,
+        (interval_ms, misses): (u64, u32),
+        extra: &[&str],
+    ) -> Self {
+        let interval = interval_ms.to_string();
+        let misses = misses.to_string();
         let mut args = vec![
             home.path.to_str().unwrap(),
             endpoint,
