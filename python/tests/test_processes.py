@@ -75,13 +75,14 @@ except KeyboardInterrupt:
 
 
 def test_ctrl_c_interrupts_a_blocking_read(name, spawn):
-    shm.create_producer(name, dtype=np.uint8, shape=(4,))
+    cam = shm.create_producer(name, dtype=np.uint8, shape=(4,))  # kept: the child opens it
     child = spawn(CONSUMER_WAITING, name)
     child.expect("waiting")
     time.sleep(0.1)  # let it enter the wait; being early only makes the test pass sooner
     child.proc.send_signal(signal.SIGINT)
     child.expect("interrupted", timeout=WATCHDOG)
     assert child.wait() == 0
+    cam.close()
 
 
 PRODUCER_BLOCKED = r"""
