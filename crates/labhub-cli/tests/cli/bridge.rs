@@ -154,6 +154,33 @@ fn gateway_report(g: &Running, channel: &str) -> Option<Value> {
         .find(|v| v["channel"] == channel)
 }
 
+/// Waits until the gateway reports `frames` written for `channel`, none lost or duplicated.
+fn expect_written_once(gateway: &Running, channel: &str, frames: u64) {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let report = gateway_report(gateway, channel);
+        if let Some(r) = &report
+            && r["frames"] == frames
+        {
+            assert_eq!(r["lost"], 0, "{r}");
+            assert_eq!(r["duplicates"], 0, "{r}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "gateway report {report:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The flexible-zone state `consumer` reads now.
+fn state_of(consumer: &mut ShmConsumer<Dynamic>) -> Value {
+    let (_, state) = consumer
+        .consumer()
+        .read_state::<Value>()
+        .unwrap()
+        .expect("a state");
+    state
+}
+
 /// Waits until `hub` lists `channel` as up.
 fn wait_for_channel(hub: &Hub, channel: &str) {
     let deadline = Instant::now() + WATCHDOG;
@@ -248,11 +275,7 @@ fn a_bridged_channel_carries_frames_metadata_schema_and_state_to_the_peer_hub() 
             "frame {i}"
         );
     }
-    let (_, state) = remote
-        .consumer()
-        .read_state::<Value>()
-        .unwrap()
-        .expect("a state");
+    let state = state_of(&mut remote);
     assert_eq!(state, json!({"exposure": 6}));
 
     // `ls` on the peer shows the channel as bridged, with its source; `ls --all` on the
@@ -702,19 +725,7 @@ fn a_source_producer_that_restarts_is_bridged_on_from_the_next_frame() {
             "frame {i} of the new channel"
         );
     }
-    let deadline = Instant::now() + WATCHDOG;
-    loop {
-        let report = gateway_report(&gateway, &name);
-        if let Some(r) = &report
-            && r["frames"] == 40
-        {
-            assert_eq!(r["lost"], 0, "{r}");
-            assert_eq!(r["duplicates"], 0, "{r}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway report {report:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    expect_written_once(&gateway, &name, 40);
 }
 
 #[test]
@@ -821,11 +832,7 @@ fn a_source_channel_made_again_is_bridged_on_with_its_new_numbering_and_state() 
         // Its first state, version 1 at the source, is a new version at the peer.
         assert_eq!(f.state_version(), before + 1, "frame {i}'s state");
     }
-    let (_, state) = remote
-        .consumer()
-        .read_state::<Value>()
-        .unwrap()
-        .expect("a state");
+    let state = state_of(&mut remote);
     assert_eq!(
         state,
         json!({ "exposure": 10 }),
@@ -855,27 +862,11 @@ fn a_source_channel_made_again_is_bridged_on_with_its_new_numbering_and_state() 
         assert_eq!(f.origin_id(), Some(i), "frame {i} through the new bridge");
         assert_eq!(f.state_version(), before + 2, "frame {i}'s state");
     }
-    let (_, state) = remote
-        .consumer()
-        .read_state::<Value>()
-        .unwrap()
-        .expect("a state");
+    let state = state_of(&mut remote);
     assert_eq!(
         state,
         json!({ "exposure": 20 }),
         "the state through the new bridge"
     );
-    let deadline = Instant::now() + WATCHDOG;
-    loop {
-        let report = gateway_report(&gateway, &name);
-        if let Some(r) = &report
-            && r["frames"] == 60
-        {
-            assert_eq!(r["lost"], 0, "{r}");
-            assert_eq!(r["duplicates"], 0, "{r}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway report {report:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    expect_written_once(&gateway, &name, 60);
 }
