@@ -146,6 +146,18 @@ def test_a_request_nobody_answers_times_out_and_the_client_stays_usable(hub_proc
         t.join(WATCHDOG)
 
 
+def test_a_hub_serves_a_message_channel_once_at_a_time(hub_process, name):
+    with hub_process.client() as hub:
+        pub = hub.create_publisher(name)
+        with pytest.raises(labhub.ChannelBusy) as busy:
+            hub.create_publisher(name)
+        assert busy.value.channel == name and "already served by this hub" in str(busy.value)
+        with pytest.raises(labhub.ChannelBusy):
+            hub.create_server(name, lambda request: request)
+        pub.close()
+        hub.create_publisher(name).close()   # free again once closed
+
+
 def test_receiving_nothing_is_a_timeout_error(hub_process, name):
     with hub_process.client() as hub:
         pub = hub.create_publisher(name)   # kept: dropping it unregisters the channel

@@ -207,6 +207,9 @@ pub fn client_error(e: ClientError) -> PyErr {
                 ),
             }
         }
+        ClientError::AlreadyServing { channel } => {
+            raise("ChannelBusy", text, &[("channel", channel)])
+        }
         ClientError::LayoutMismatch {
             channel,
             field,

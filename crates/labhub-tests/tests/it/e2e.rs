@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use labhub::client::ShmProducer;
-use labhub::client::{ClientConfig, ConsumeError, Hub, Notice, ShmConsumer};
+use labhub::client::{ClientConfig, ClientError, ConsumeError, Hub, Notice, ShmConsumer};
 use labhub::protocol::{ChannelKind, ChannelState, DownReason, ErrorCode, Notification};
 use labhub::shm::{Backpressure, Policy};
 
@@ -529,4 +529,35 @@ fn a_hub_producer_evicts_a_stopped_consumer_the_broker_dropped() {
     drop(producer);
     hub.shutdown();
     let _ = labhub::shm::remove_channel(&name);
+}
+
+#[test]
+fn one_hub_serves_a_message_channel_once_at_a_time() {
+    let broker = TestBroker::start();
+    let hub = broker.client();
+    let topic = unique("topic");
+    let first = hub.publisher(&topic).create().unwrap();
+    let endpoint = hub.discover(&topic).unwrap().spec.endpoint;
+    // A second publisher of the same client would replace the first's registration.
+    let second = hub.publisher(&topic).create();
+    assert!(
+        matches!(&second, Err(ClientError::AlreadyServing { channel }) if *channel == topic),
+        "{second:?}"
+    );
+    assert_eq!(second.unwrap_err().code(), Some(ErrorCode::AlreadyExists));
+    assert!(matches!(
+        hub.req_server(&topic).create(),
+        Err(ClientError::AlreadyServing { .. })
+    ));
+    assert_eq!(hub.discover(&topic).unwrap().spec.endpoint, endpoint);
+    // Once the first is dropped the name is free again.
+    drop(first);
+    let again = hub.publisher(&topic).create().unwrap();
+    let info = hub.discover(&topic).unwrap();
+    assert_eq!(
+        (&info.producer, info.state),
+        (hub.client_id(), ChannelState::Up)
+    );
+    drop(again);
+    hub.shutdown();
 }

@@ -108,6 +108,10 @@ struct Shared {
     request_timeout: Duration,
     takeover_wait: Duration,
     grant_socket: Option<std::path::PathBuf>,
+    /// The message channels this client serves (publishers and request servers): the broker
+    /// takes a second registration of one from the same client for a refresh, so the client
+    /// refuses it itself.
+    serving: Mutex<std::collections::HashSet<ChannelName>>,
 }
 
 impl Drop for Shared {
@@ -346,6 +350,7 @@ impl Hub {
                 request_timeout: config.request_timeout,
                 takeover_wait: config.takeover_wait,
                 grant_socket: config.grant_socket,
+                serving: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -377,6 +382,28 @@ impl Hub {
     /// This client's key pair, as message-channel subscribers and clients present it.
     pub(crate) fn curve_keys(&self) -> &CurveKeyPair {
         &self.shared.curve_keys
+    }
+
+    /// Claims `name` for a message-channel server or publisher of this client until the
+    /// claim is dropped.
+    ///
+    /// # Errors
+    /// [`ClientError::AlreadyServing`] while another of this client's ends serves `name`.
+    pub(crate) fn claim_serving(&self, name: &ChannelName) -> Result<ServingClaim, ClientError> {
+        let mut serving = self
+            .shared
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !serving.insert(name.clone()) {
+            return Err(ClientError::AlreadyServing {
+                channel: name.to_string(),
+            });
+        }
+        Ok(ServingClaim {
+            hub: self.clone(),
+            name: name.clone(),
+        })
     }
 
     /// Makes sure the ZAP handler that admits the broker's keys to this Hub's
@@ -1240,3 +1267,21 @@ const _: () = {
     const fn is_send_sync<T: Send + Sync>() {}
     is_send_sync::<Hub>();
 };
+
+/// A message channel this client serves; released when dropped.
+pub(crate) struct ServingClaim {
+    hub: Hub,
+    name: ChannelName,
+}
+
+impl Drop for ServingClaim {
+    fn drop(&mut self) {
+        let mut serving = self
+            .hub
+            .shared
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        serving.remove(&self.name);
+    }
+}

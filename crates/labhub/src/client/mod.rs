@@ -294,6 +294,15 @@ pub enum ClientError {
         /// The broker's explanation.
         message: String,
     },
+    /// This client already has a publisher or server of the channel open (a second one would
+    /// replace the first's registration at the broker).
+    #[error(
+        "channel {channel} is already served by this hub client (another publisher or server of it is open)"
+    )]
+    AlreadyServing {
+        /// The channel.
+        channel: String,
+    },
     /// The client was shut down.
     #[error("the hub client is shut down")]
     Stopped,
@@ -369,10 +378,13 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The broker's error code, if the broker refused the request.
+    /// The broker's error code, if the broker refused the request (`already_exists` too for
+    /// [`ClientError::AlreadyServing`], the same refusal made by this client).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Refused { code, .. } => Some(*code),
+            // What the broker answers a second client that registers a live channel.
+            Self::AlreadyServing { .. } => Some(ErrorCode::AlreadyExists),
             _ => None,
         }
     }

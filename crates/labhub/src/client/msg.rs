@@ -47,6 +47,8 @@ pub struct Registered<T> {
     name: ChannelName,
     role: Role,
     hub: Hub,
+    /// A publisher's or server's hold on its name in this client; released after `forget`.
+    _serving: Option<super::connection::ServingClaim>,
 }
 
 impl<T> std::fmt::Debug for Registered<T> {
@@ -202,6 +204,7 @@ pub(crate) fn create_registered<T>(
         endpoint: options.endpoint.clone(),
         source,
     })?;
+    let serving = via.hub.claim_serving(&name)?;
     via.hub.guard_servers()?;
     let server_key = CurveKey::from_bytes(*keys.public.as_bytes());
     options.curve = Some(keys);
@@ -223,6 +226,7 @@ pub(crate) fn create_registered<T>(
         name,
         role: Role::Producer,
         hub: via.hub,
+        _serving: Some(serving),
     })
 }
 
@@ -253,6 +257,7 @@ fn open_attached<T>(
         name,
         role: Role::Consumer,
         hub: via.hub,
+        _serving: None,
     })
 }
 
