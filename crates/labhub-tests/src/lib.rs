@@ -146,7 +146,14 @@ pub struct ChildProc {
     label: String,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Arc<Stderr>,
+}
+
+/// A child's stderr as collected so far, and whether the pipe reached its end.
+#[derive(Default)]
+struct Stderr {
+    text: Mutex<(String, bool)>,
+    ended: std::sync::Condvar,
 }
 
 impl ChildProc {
@@ -174,16 +181,18 @@ impl ChildProc {
                 }
             }
         });
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Stderr::default());
         let err = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 eprintln!("{line}");
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
+                let mut s = sink.text.lock().unwrap();
+                s.0.push_str(&line);
+                s.0.push('\n');
             }
+            sink.text.lock().unwrap().1 = true;
+            sink.ended.notify_all();
         });
         Self {
             stdin: child.stdin.take(),
@@ -212,7 +221,18 @@ impl ChildProc {
 
     /// What the process has written to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.text.lock().unwrap().0.clone()
+    }
+
+    /// Waits (at most 5 s: a process it started may hold the pipe open) until everything the
+    /// exited process wrote to stderr is collected.
+    fn drain_stderr(&self) {
+        let text = self.stderr.text.lock().unwrap();
+        let _ = self
+            .stderr
+            .ended
+            .wait_timeout_while(text, Duration::from_secs(5), |t| !t.1)
+            .unwrap();
     }
 
     /// The next stdout line; fails the test after [`WATCHDOG`] or if the process ends first.
@@ -331,6 +351,7 @@ impl ChildProc {
         let deadline = Instant::now() + WATCHDOG;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.drain_stderr();
                 return status;
             }
             assert!(
