@@ -788,6 +788,19 @@ fn a_source_channel_made_again_is_bridged_on_with_its_new_numbering_and_state() 
             .create()
             .unwrap()
     };
+    // The source's producer and its hub go (SIGKILL), the hub comes back knowing nothing of the
+    // channel, and the producer makes it afresh with state `exposure`.
+    let remake = |pair: &mut Pair, gone: (Hub, ShmProducer<u8>), exposure: u64| {
+        drop(gone);
+        pair.acq.restart();
+        let acq = pair.acq.hub();
+        let mut producer = make(&acq);
+        assert_eq!(producer.next_frame_id(), 0, "a channel made afresh");
+        producer
+            .write_state(&json!({ "exposure": exposure }))
+            .unwrap();
+        (acq, producer)
+    };
     let acq = pair.acq.hub();
     let mut producer = make(&acq);
     for exposure in 1..=3 {
@@ -811,16 +824,9 @@ fn a_source_channel_made_again_is_bridged_on_with_its_new_numbering_and_state() 
         before > 0 && versions.iter().all(|&v| v == before),
         "{versions:?}"
     );
-    // The source's producer and its hub both go: the hub that comes back knows nothing of the
-    // channel, so the producer makes it afresh, its ids and state versions from the start. The
-    // bridge keeps running and follows it.
-    drop(producer);
-    drop(acq);
-    pair.acq.restart();
-    let acq = pair.acq.hub();
-    let mut producer = make(&acq);
-    assert_eq!(producer.next_frame_id(), 0, "a channel made afresh");
-    producer.write_state(&json!({ "exposure": 10 })).unwrap();
+    // The channel made afresh, its ids and state versions from the start: the bridge keeps
+    // running and follows it.
+    let (acq, mut producer) = remake(&mut pair, (acq, producer), 10);
     for i in 0..20u64 {
         producer.loan().unwrap().commit();
         let f = remote.next(Some(WATCHDOG)).unwrap();
@@ -842,13 +848,7 @@ fn a_source_channel_made_again_is_bridged_on_with_its_new_numbering_and_state() 
     // Once more while no bridge runs: a new bridge's first frame, not above the newest the
     // gateway wrote, and its first state, version 1 again, start the channel afresh too.
     sender.kill();
-    drop(producer);
-    drop(acq);
-    pair.acq.restart();
-    let acq = pair.acq.hub();
-    let mut producer = make(&acq);
-    assert_eq!(producer.next_frame_id(), 0, "a channel made afresh");
-    producer.write_state(&json!({ "exposure": 20 })).unwrap();
+    let (acq, mut producer) = remake(&mut pair, (acq, producer), 20);
     let _sender = bridge(&pair.acq, &name, &[]);
     // A new consumer reads from the frame after the newest when it attached.
     let deadline = Instant::now() + WATCHDOG;
